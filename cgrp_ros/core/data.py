@@ -1,0 +1,83 @@
+"""Finding and loading thermal/visible pairs (RoadScene layout or any two folders)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".npy"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_dataset_root() -> Path:
+    """$CGRP_DATA, else ../shared/datasets/roadscene beside the repository."""
+    return Path(os.environ.get("CGRP_DATA", REPO_ROOT.parent / "shared" / "datasets" / "roadscene"))
+
+
+def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Read an image (or .npy array) as stored: uint8/uint16, mono or BGR. Raises InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for corrupt files
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise InputError(f"{path}: not a readable image")
+    return image
+
+
+def read_split(path) -> list[str]:
+    """File names listed one per line (blank lines and # comments ignored)."""
+    lines = Path(path).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@dataclass
+class PairListing:
+    pairs: list          # [(name, visible_path, thermal_path)]
+    unpaired: list       # [path] with no partner in the other folder
+
+
+def _by_stem(folder: Path) -> dict:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def find_pairs(visible, thermal, names=None) -> PairListing:
+    """Pair files of two folders by name stem (extensions may differ), or two single files.
+
+    `names` (file names or stems) restricts the folders to a split.
+    """
+    visible, thermal = Path(visible), Path(thermal)
+    if visible.is_file() or thermal.is_file():
+        return PairListing([(visible.stem, visible, thermal)], [])
+    for folder in (visible, thermal):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such file or folder")
+    vis, th = _by_stem(visible), _by_stem(thermal)
+    if names is not None:
+        wanted = {Path(n).stem for n in names}
+        vis = {k: v for k, v in vis.items() if k in wanted}
+        th = {k: v for k, v in th.items() if k in wanted}
+    pairs = [(stem, vis[stem], th[stem]) for stem in sorted(vis) if stem in th]
+    unpaired = [vis[s] for s in sorted(vis) if s not in th] + [th[s] for s in sorted(th) if s not in vis]
+    return PairListing(pairs, unpaired)
+
+
+def load_split(root=None, split: str = "train"):
+    """[(name, visible BGR uint8, thermal uint8)] of a RoadScene-layout folder's split."""
+    root = Path(root) if root is not None else default_dataset_root()
+    if not root.is_dir():
+        raise InputError(f"dataset folder {root} not found (set CGRP_DATA or pass --data)")
+    names = read_split(root / f"{split}.txt")
+    listing = find_pairs(root / "visible", root / "thermal", names)
+    return [(name, read_image(v, cv2.IMREAD_COLOR), read_image(t, cv2.IMREAD_GRAYSCALE))
+            for name, v, t in listing.pairs]

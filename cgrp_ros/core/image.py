@@ -1,0 +1,126 @@
+"""Image normalisation and geometry helpers shared by the pipeline, training and evaluation.
+
+Conventions: images are numpy arrays, H x W (mono) or H x W x 3 (BGR, OpenCV order);
+network tensors are float32 in [0, 1], N x C x H x W.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+MIN_SIDE = 2  # smaller images carry no usable structure; they are rejected, not upsampled
+
+
+def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
+    """Validate an input image and return it as an ndarray; raises InputError naming `name`."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in channels):
+        raise InputError(f"{name}: expected H x W or H x W x {channels}, got shape {image.shape}")
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
+        raise InputError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too small")
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise InputError(f"{name}: unsupported dtype {image.dtype}")
+    return image
+
+
+def visible_to_bgr01(visible: np.ndarray) -> np.ndarray:
+    """Visible image (H x W, H x W x 3 BGR or H x W x 4 BGRA; uint8/uint16/float) -> H x W x 3 float32 in [0, 1]."""
+    visible = check_image(visible, "visible")
+    if visible.dtype == np.uint8:
+        out = visible.astype(np.float32) / 255.0
+    elif visible.dtype == np.uint16:
+        out = visible.astype(np.float32) / 65535.0
+    else:
+        out = np.nan_to_num(visible.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        out = np.clip(out, 0.0, 1.0)
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bool = False) -> np.ndarray:
+    """Thermal image (H x W; uint8, uint16 or float) -> H x W float32 in [0, 1].
+
+    8-bit thermal is already display-scaled by the camera, so it is divided by 255 unless
+    `agc_8bit`. 16-bit radiometric and float thermal get a robust automatic gain control: the
+    `percentiles` (low, high) of the finite values map to 0 and 1, so a few hot or dead pixels do
+    not flatten the image. NaN/inf are treated as missing and set to 0.
+    """
+    thermal = check_image(thermal, "thermal", channels=(1, 3, 4))
+    if thermal.ndim == 3:  # a colour-mapped thermal: its luminance carries the signal
+        thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY) if thermal.dtype == np.uint8 \
+            else thermal[:, :, :3].mean(axis=2)
+    lo_p, hi_p = percentiles
+    if not 0.0 <= lo_p < hi_p <= 100.0:
+        raise InputError(f"thermal percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    if thermal.dtype == np.uint8 and not agc_8bit:
+        return thermal.astype(np.float32) / 255.0
+    values = thermal.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.float32)
+    sample = values[finite]
+    if sample.size > 65536:  # percentiles of a strided sample: same answer, a fraction of the time
+        sample = sample[:: sample.size // 65536]
+    lo, hi = np.percentile(sample, [lo_p, hi_p])
+    if hi - lo < 1e-6:  # constant image: keep it mid-grey rather than dividing by zero
+        out = np.full(values.shape, 0.5, np.float32)
+    else:
+        out = (values - lo) / (hi - lo)
+    out[~finite] = 0.0
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def bgr_to_ycrcb(bgr01: np.ndarray) -> np.ndarray:
+    """H x W x 3 BGR float [0, 1] -> H x W x 3 YCrCb float [0, 1] (OpenCV's definition)."""
+    return cv2.cvtColor(bgr01.astype(np.float32), cv2.COLOR_BGR2YCrCb)
+
+
+def ycrcb_to_bgr(ycrcb01: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`bgr_to_ycrcb`, clipped to [0, 1]."""
+    return np.clip(cv2.cvtColor(ycrcb01.astype(np.float32), cv2.COLOR_YCrCb2BGR), 0.0, 1.0)
+
+
+def to_uint8(image01: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint8 (rounded)."""
+    return (np.clip(image01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def working_shape(height: int, width: int, max_size=(256, 320), multiple: int = 32):
+    """Aspect-preserving working resolution for an image of `height` x `width`.
+
+    Returns ((h, w), (ph, pw)): the resized size that fits inside `max_size` (H, W), and that
+    size padded up to a multiple of `multiple` (what the networks need).
+    """
+    scale = min(max_size[0] / height, max_size[1] / width)
+    h = max(multiple // 2, int(round(height * scale)))
+    w = max(multiple // 2, int(round(width * scale)))
+    ph = -(-h // multiple) * multiple
+    pw = -(-w // multiple) * multiple
+    return (h, w), (ph, pw)
+
+
+def pad_to(image: np.ndarray, shape) -> np.ndarray:
+    """Pad an H x W[ x C] image at the bottom/right to `shape` (H, W) by edge reflection."""
+    dh, dw = shape[0] - image.shape[0], shape[1] - image.shape[1]
+    if dh == 0 and dw == 0:
+        return image
+    mode = cv2.BORDER_REFLECT_101 if min(image.shape[:2]) > 1 else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(image, 0, dh, 0, dw, mode)
+
+
+def resize(image: np.ndarray, shape, interpolation=None) -> np.ndarray:
+    """Resize to `shape` (H, W); area averaging when shrinking, bilinear when enlarging."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    if interpolation is None:
+        shrinking = shape[0] < image.shape[0] and shape[1] < image.shape[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=interpolation)

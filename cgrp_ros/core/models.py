@@ -1,0 +1,65 @@
+"""Saving, finding and loading network weights (one .pt file per network)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+from .networks import NETWORKS
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+STAGES = ("generator", "registration", "fusion")
+
+
+def models_dir() -> Path:
+    """Where the shipped weights are: $CGRP_MODELS, the repo's models/, or the ament share dir."""
+    if os.environ.get("CGRP_MODELS"):
+        return Path(os.environ["CGRP_MODELS"])
+    if REPO_MODELS.is_dir():
+        return REPO_MODELS
+    try:  # colcon install: share/cgrp_ros/models
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("cgrp_ros")) / "models"
+    except Exception:
+        return REPO_MODELS
+
+
+def default_model_path(stage: str) -> Path:
+    return models_dir() / f"{stage}.pt"
+
+
+def save_model(path, network: str, model: torch.nn.Module, config: dict, meta: dict) -> None:
+    """Weights + the constructor arguments that rebuild the network + provenance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    torch.save({"network": network, "config": config, "state_dict": state, "meta": meta}, path)
+
+
+def load_model(path, network: str) -> torch.nn.Module:
+    """Rebuild and load `network` from `path`; any problem raises ModelLoadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(path, "file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("network") != network:
+        found = blob.get("network") if isinstance(blob, dict) else type(blob).__name__
+        raise ModelLoadError(path, f"holds '{found}', expected '{network}'")
+    try:
+        model = NETWORKS[network](**blob.get("config", {}))
+        model.load_state_dict(blob["state_dict"])
+    except Exception as exc:
+        raise ModelLoadError(path, f"weights do not fit the {network} network ({exc})") from None
+    return model.eval()
+
+
+def model_meta(path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    except Exception:
+        return {}

@@ -1,0 +1,239 @@
+"""The three CGRP networks as small composable torch modules.
+
+All images are float32 in [0, 1], N x C x H x W, with H and W multiples of
+:data:`SIZE_MULTIPLE`. Flows follow :mod:`cgrp_ros.core.warp` (N x 2 x H x W, pixels).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .warp import upsample_flow, warp
+
+SIZE_MULTIPLE = 32  # the registration pyramid goes down to 1/16, the generator to 1/4
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, padding=dilation * (k // 2), dilation=dilation)]
+    if act:
+        layers.append(nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# (1) Generator: visible -> pseudo-thermal (CPSTN's generator, ResNet style)
+# ----------------------------------------------------------------------------------------------
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"),
+            nn.InstanceNorm2d(channels, affine=True), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"),
+            nn.InstanceNorm2d(channels, affine=True))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Generator(nn.Module):
+    """Visible BGR (N x 3 x H x W) -> pseudo-thermal (N x 1 x H x W).
+
+    Strided encoder to 1/4, residual blocks, upsample+conv decoder (no transposed convs, so
+    no checkerboard). Purely local operators: it changes appearance, not geometry.
+    """
+
+    def __init__(self, width: int = 16, blocks: int = 4):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, w, 7, padding=3, padding_mode="reflect"), nn.InstanceNorm2d(w, affine=True), nn.ReLU(True),
+            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.InstanceNorm2d(2 * w, affine=True), nn.ReLU(True),
+            nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.InstanceNorm2d(4 * w, affine=True), nn.ReLU(True))
+        self.blocks = nn.Sequential(*[ResidualBlock(4 * w) for _ in range(blocks)])
+        self.decoder = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.InstanceNorm2d(2 * w, affine=True), nn.ReLU(True),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(2 * w, w, 3, padding=1), nn.InstanceNorm2d(w, affine=True), nn.ReLU(True),
+            nn.Conv2d(w, 1, 7, padding=3, padding_mode="reflect"), nn.Sigmoid())
+
+    def forward(self, visible: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.blocks(self.encoder(visible)))
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70-style patch discriminator on 1-channel images; also exposes its features (style loss)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.stages = nn.ModuleList([
+            conv(1, w, 4, 2), conv(w, 2 * w, 4, 2), conv(2 * w, 4 * w, 4, 2), conv(4 * w, 4 * w, 3, 1)])
+        self.head = nn.Conv2d(4 * w, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        logits = self.head(x)
+        return (logits, features) if return_features else logits
+
+
+# ----------------------------------------------------------------------------------------------
+# (2) Registration: multi-level coarse-to-fine (MRRN), pseudo-thermal (fixed) vs thermal (moving)
+# ----------------------------------------------------------------------------------------------
+def local_correlation(fixed: torch.Tensor, moving: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume N x (2r+1)^2 x H x W: mean over channels of fixed(p) * moving(p + (dx, dy))."""
+    _, _, height, width = fixed.shape
+    padded = F.pad(moving, [radius] * 4)
+    costs = []
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            shifted = padded[:, :, dy:dy + height, dx:dx + width]
+            costs.append((fixed * shifted).mean(dim=1, keepdim=True))
+    return torch.cat(costs, dim=1)
+
+
+def instance_standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance per image: registration ignores global gain/offset differences."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+class FeaturePyramid(nn.Module):
+    """Shared extractor F^k: features at 1/2, 1/4, 1/8, 1/16 of the input."""
+
+    def __init__(self, channels=(16, 32, 48, 64)):
+        super().__init__()
+        stages, cin = [], 1
+        for cout in channels:
+            stages.append(nn.Sequential(conv(cin, cout, 3, 2), conv(cout, cout, 3)))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features  # fine -> coarse
+
+
+class LevelEstimator(nn.Module):
+    """One pyramid level: coarse estimate M_C from the cost volume, then dilated refinement M_R."""
+
+    def __init__(self, channels: int, radius: int, hidden: int):
+        super().__init__()
+        self.radius = radius
+        cost = (2 * radius + 1) ** 2
+        self.coarse = nn.Sequential(conv(cost + channels + 2, hidden), conv(hidden, hidden),
+                                    conv(hidden, hidden // 2), conv(hidden // 2, 2, act=False))
+        self.refine = nn.Sequential(conv(channels + 2, hidden // 2, dilation=1), conv(hidden // 2, hidden // 2, dilation=2),
+                                    conv(hidden // 2, hidden // 2, dilation=4), conv(hidden // 2, 2, act=False))
+
+    def forward(self, fixed_feat, moving_feat, flow):
+        warped = warp(moving_feat, flow, padding_mode="border")
+        cost = local_correlation(F.normalize(fixed_feat, dim=1), F.normalize(warped, dim=1), self.radius)
+        flow = flow + self.coarse(torch.cat((cost, fixed_feat, flow), dim=1))
+        return flow + self.refine(torch.cat((fixed_feat, flow), dim=1))
+
+
+class RegistrationNet(nn.Module):
+    """Dense deformation field that warps the thermal onto the pseudo-thermal.
+
+    forward(pseudo_thermal, thermal) -> (flow N x 2 x H x W in pixels, flows per level coarse
+    -> fine in their own level's pixels). Four levels (1/2 .. 1/16, listed fine to coarse):
+    with a correlation radius of 4 at 1/16 the coarsest level alone reaches +-64 px, enough
+    for the 'severe' preset at working widths up to ~640 px; finer levels only correct the
+    residual, so their radius and width shrink where the resolution (and the cost) grows.
+    """
+
+    def __init__(self, channels=(16, 32, 48, 64), radii=(1, 2, 3, 4), hidden=(24, 32, 48, 64)):
+        super().__init__()
+        self.pyramid = FeaturePyramid(channels)
+        self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])
+
+    def forward(self, pseudo_thermal: torch.Tensor, thermal: torch.Tensor):
+        fixed = self.pyramid(instance_standardize(pseudo_thermal))
+        moving = self.pyramid(instance_standardize(thermal))
+        flow, flows = None, []
+        for level in reversed(range(len(fixed))):
+            f, m = fixed[level], moving[level]
+            flow = torch.zeros_like(f[:, :2]) if flow is None else upsample_flow(flow, f.shape[2:])
+            flow = self.levels[level](f, m, flow)
+            flows.append(flow)
+        full = upsample_flow(flow, thermal.shape[2:])
+        return full, flows
+
+
+# ----------------------------------------------------------------------------------------------
+# (3) Fusion: dual path + interaction fusion module (DIFN)
+# ----------------------------------------------------------------------------------------------
+class DenseBlock(nn.Module):
+    """Residual dense block: each conv sees all previous outputs; 1x1 fuse + skip."""
+
+    def __init__(self, channels: int, growth: int = 8, layers: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList([conv(channels + i * growth, growth) for i in range(layers)])
+        self.fuse = nn.Conv2d(channels + layers * growth, channels, 1)
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, dim=1)))
+        return x + self.fuse(torch.cat(features, dim=1))
+
+
+class InteractionFusion(nn.Module):
+    """IFM: a shared attention map from the product of both paths re-weights each path; per-pixel
+    weights blend each path's original and attended features; the two are merged by a conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.key_v = nn.Conv2d(channels, channels, 3, padding=1)
+        self.key_t = nn.Conv2d(channels, channels, 3, padding=1)
+        self.blend_v = nn.Conv2d(2 * channels, 2, 3, padding=1)
+        self.blend_t = nn.Conv2d(2 * channels, 2, 3, padding=1)
+        self.merge = conv(2 * channels, channels)
+
+    def forward(self, visible_feat, thermal_feat):
+        attention = torch.sigmoid(self.key_v(visible_feat) * self.key_t(thermal_feat))
+        paths = []
+        for feat, blend in ((visible_feat, self.blend_v), (thermal_feat, self.blend_t)):
+            attended = feat * attention
+            w = torch.softmax(blend(torch.cat((feat, attended), dim=1)), dim=1)
+            paths.append(w[:, :1] * feat + w[:, 1:] * attended)
+        return self.merge(torch.cat(paths, dim=1))
+
+
+class FusionNet(nn.Module):
+    """(visible luminance, registered thermal), each N x 1 x H x W -> fused luminance N x 1 x H x W.
+
+    Each path: a full-resolution conv (keeps fine detail), then a stride-2 conv and a residual
+    dense block; the IFM mixes the paths at 1/2 resolution (4x cheaper); the decoder upsamples
+    and joins the full-resolution features of both paths.
+    """
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        c = channels
+        self.stem_v, self.stem_t = conv(1, c // 2), conv(1, c // 2)
+        self.path_v = nn.Sequential(conv(c // 2, c, stride=2), DenseBlock(c))
+        self.path_t = nn.Sequential(conv(c // 2, c, stride=2), DenseBlock(c))
+        self.interaction = InteractionFusion(c)
+        self.mid = DenseBlock(c)
+        self.decoder = nn.Sequential(conv(c + c, c), nn.Conv2d(c, 1, 3, padding=1))
+
+    def forward(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
+        sv, st = self.stem_v(visible_y), self.stem_t(thermal)
+        merged = self.mid(self.interaction(self.path_v(sv), self.path_t(st)))
+        merged = F.interpolate(merged, size=visible_y.shape[2:], mode="bilinear", align_corners=False)
+        # predict a residual on the mean of the inputs: trains fast and starts from a sane image
+        return torch.clamp(0.5 * (visible_y + thermal) + self.decoder(torch.cat((merged, sv, st), dim=1)), 0.0, 1.0)
+
+
+NETWORKS = {"generator": Generator, "registration": RegistrationNet, "fusion": FusionNet}

@@ -1,0 +1,111 @@
+"""The one resampler and flow convention used everywhere in cgrp_ros.
+
+Flow convention: ``flow`` holds displacements in pixels, x first, and
+
+    registered[y, x] = thermal[y + flow[y, x, 1], x + flow[y, x, 0]]
+
+numpy flows are float32 H x W x 2; torch flows are N x 2 x H x W (channel 0 = x, 1 = y).
+Sampling is bilinear with pixel centres at integer coordinates; samples outside the image
+are 0 (images) or the border value (features), and :func:`valid_mask` says which pixels
+sampled inside.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def pixel_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """1 x 2 x H x W tensor of pixel coordinates (x, y) on `like`'s device and dtype."""
+    ys = torch.arange(height, device=like.device, dtype=like.dtype)
+    xs = torch.arange(width, device=like.device, dtype=like.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x, grid_y), dim=0).unsqueeze(0)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Resample `image` (N x C x H x W) at p + flow(p); flow is N x 2 x H x W in pixels."""
+    _, _, height, width = flow.shape
+    coords = pixel_grid(height, width, flow) + flow
+    # normalise to [-1, 1] with align_corners=True: pixel 0 -> -1, pixel W-1 -> +1
+    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)],
+                         device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+    grid = (coords * scale - 1.0).permute(0, 2, 3, 1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+
+
+def upsample_flow(flow: torch.Tensor, size) -> torch.Tensor:
+    """Resize an N x 2 x h x w flow to `size` (H, W), scaling the displacements with it."""
+    height, width = size
+    scale_x = width / flow.shape[3]
+    scale_y = height / flow.shape[2]
+    up = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    return up * torch.tensor([scale_x, scale_y], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+
+
+def valid_mask(flow: np.ndarray, source_shape=None) -> np.ndarray:
+    """H x W bool: where p + flow(p) lands inside the source image (default: same size as flow)."""
+    height, width = flow.shape[:2]
+    src_h, src_w = source_shape if source_shape is not None else (height, width)
+    xs = np.arange(width, dtype=np.float32)[None, :] + flow[:, :, 0]
+    ys = np.arange(height, dtype=np.float32)[:, None] + flow[:, :, 1]
+    return (xs >= 0) & (xs <= src_w - 1) & (ys >= 0) & (ys <= src_h - 1)
+
+
+def sample_maps(flow: np.ndarray):
+    """cv2.remap maps (map_x, map_y), float32 H x W, for a numpy flow."""
+    height, width = flow.shape[:2]
+    map_x = np.arange(width, dtype=np.float32)[None, :] + flow[:, :, 0]
+    map_y = np.arange(height, dtype=np.float32)[:, None] + flow[:, :, 1]
+    return map_x, map_y
+
+
+def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, border_value=0) -> np.ndarray:
+    """Bilinear sample of `image` at (map_x, map_y); keeps the dtype (uint8, uint16, float32)."""
+    src = image.astype(np.float32) if image.dtype == np.float64 else image
+    out = cv2.remap(src, map_x, map_y, interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    return out
+
+
+def warp_numpy(image: np.ndarray, flow: np.ndarray, border_value=0) -> np.ndarray:
+    """numpy twin of :func:`warp` for H x W[ x C] images and H x W x 2 flows."""
+    map_x, map_y = sample_maps(flow)
+    return remap(image, map_x, map_y, border_value)
+
+
+def invert_flow(displacement: np.ndarray, iterations: int = 40) -> np.ndarray:
+    """Flow f with f(p) = -d(p + f(p)): undoes the warp `displacement` d (H x W x 2, pixels).
+
+    If ``moved = warp(image, d)`` then ``warp(moved, invert_flow(d)) == image`` wherever both
+    samples fall inside. Fixed-point iteration; converges for the smooth, small-Jacobian fields
+    of :mod:`cgrp_ros.core.deform` to far below 0.01 px.
+    """
+    d = displacement.astype(np.float32)
+    f = -d.copy()
+    for _ in range(iterations):
+        map_x, map_y = sample_maps(f)
+        f_new = -cv2.remap(d, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if np.max(np.abs(f_new - f)) < 1e-4:
+            return f_new
+        f = f_new
+    return f
+
+
+def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """H x W x 2 flow -> H x W x 3 BGR uint8: hue = direction, saturation = magnitude.
+
+    White is zero motion; `max_magnitude` (pixels) fixes the scale, else the image's maximum.
+    """
+    fx, fy = flow[:, :, 0].astype(np.float32), flow[:, :, 1].astype(np.float32)
+    magnitude, angle = cv2.cartToPolar(fx, fy, angleInDegrees=True)
+    if max_magnitude is None:
+        max_magnitude = float(np.max(magnitude)) if magnitude.size else 0.0
+    max_magnitude = max(max_magnitude, 1e-6)
+    hsv = np.empty(flow.shape[:2] + (3,), np.uint8)
+    hsv[:, :, 0] = (angle / 2.0).astype(np.uint8)  # OpenCV hue is 0..179
+    hsv[:, :, 1] = np.clip(magnitude / max_magnitude * 255.0, 0, 255).astype(np.uint8)
+    hsv[:, :, 2] = 255
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
