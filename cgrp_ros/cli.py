@@ -1,76 +1,48 @@
-"""`cgrp` command line: a thin adapter over cgrp_ros.core.
+"""`cgrp` command line: a thin adapter over cgrp_ros.core; one module per command in cgrp_ros/commands.
 
-    cgrp fuse     --visible PATH --thermal PATH --out DIR     offline fusion of files or folders
-    cgrp train    generator|registration|fusion|joint           train a stage (resumable)
-    cgrp export   --out DIR                                     ONNX models for the onnxruntime backend
-    cgrp eval     --data DIR --preset moderate --out DIR        misaligned-fusion benchmark
-    cgrp bench                                                  per-stage latency per backend
-    cgrp demo                                                   player + node on the bundled sample
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
-from pathlib import Path
 
+from .core.errors import CgrpError
 
-def _size(text: str):
-    """'256x320' (H x W) -> (256, 320)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x320, got '{text}'") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError("working size must be at least 32x32")
-    return h, w
-
-
-def cmd_train(args) -> int:
-    from .core.train import TrainConfig, train
-
-    extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
-                               ("fusion", args.fusion), ("threads", args.threads)) if v}
-    cfg = TrainConfig(stage=args.stage, data=args.data, out=args.out, run_dir=args.run_dir,
-                      iterations=args.iterations or 0, batch=args.batch or 0, lr=args.lr or 0.0,
-                      preset=args.preset, seed=args.seed, minutes=args.minutes, resume=not args.restart,
-                      device=args.device, flow_supervision=not args.no_flow_supervision, extra=extra)
-    meta = train(cfg)
-    print(f"[{args.stage}] {meta['iterations']} iterations in {meta['wall_time_s'] / 60:.1f} min on {meta['device']}; "
-          f"weights in {cfg.out}")
-    return 0
+COMMANDS = ("demo", "fuse", "train", "export", "eval", "bench", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cgrp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train one stage (generator -> registration -> fusion [-> joint])")
-    t.add_argument("stage", choices=["generator", "registration", "fusion", "joint"])
-    t.add_argument("--data", type=Path, default=None, help="RoadScene-layout folder (default: ../shared/datasets/roadscene)")
-    t.add_argument("--out", type=Path, default=Path("models"), help="where the final weights go (default: models)")
-    t.add_argument("--run-dir", type=Path, default=Path("runs"), help="resumable checkpoints (default: runs)")
-    t.add_argument("--iterations", type=int, help="total iterations (default: per stage)")
-    t.add_argument("--batch", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--preset", default="severe", help="deformation preset for registration/joint")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--minutes", type=float, help="wall-clock budget: save and stop after this long")
-    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
-    t.add_argument("--no-flow-supervision", action="store_true",
-                   help="registration: train on image similarity + smoothness only (ablation)")
-    t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")
-    t.add_argument("--registration", type=Path, help="registration weights to start joint from")
-    t.add_argument("--fusion", type=Path, help="fusion weights to start joint from")
-    t.set_defaults(func=cmd_train)
+    parser = argparse.ArgumentParser(prog="cgrp", description="Thermal-visible fusion for misaligned cameras (CGRP).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cgrp_ros.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cgrp_ros.commands.{name}":
+                raise
+            continue  # command not part of this build
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[cgrp] %(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CgrpError as exc:  # our own errors: one clear line, no traceback
+        print(f"cgrp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cgrp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

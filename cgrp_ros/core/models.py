@@ -1,6 +1,7 @@
 """Saving, finding and loading network weights (one .pt file per network)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def save_model(path, network: str, model: torch.nn.Module, config: dict, meta: d
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only
     torch.save({"network": network, "config": config, "state_dict": state, "meta": meta}, path)
 
 
@@ -44,7 +46,7 @@ def load_model(path, network: str) -> torch.nn.Module:
     if not path.is_file():
         raise ModelLoadError(path, "file not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = _read(path)
     except Exception as exc:
         raise ModelLoadError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("network") != network:
@@ -60,6 +62,12 @@ def load_model(path, network: str) -> torch.nn.Module:
 
 def model_meta(path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        return _read(path).get("meta", {})
     except Exception:
         return {}
+
+
+def _read(path):
+    # TorchVersion is a str subclass; files written before meta was sanitised contain it
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .warp import upsample_flow, warp
+from .warp import upsample2, warp
 
 SIZE_MULTIPLE = 32  # the registration pyramid goes down to 1/16, the generator to 1/4
 
@@ -163,11 +163,10 @@ class RegistrationNet(nn.Module):
         flow, flows = None, []
         for level in reversed(range(len(fixed))):
             f, m = fixed[level], moving[level]
-            flow = torch.zeros_like(f[:, :2]) if flow is None else upsample_flow(flow, f.shape[2:])
+            flow = torch.zeros_like(f[:, :2]) if flow is None else upsample2(flow)
             flow = self.levels[level](f, m, flow)
             flows.append(flow)
-        full = upsample_flow(flow, thermal.shape[2:])
-        return full, flows
+        return upsample2(flow), flows  # finest level is 1/2
 
 
 # ----------------------------------------------------------------------------------------------

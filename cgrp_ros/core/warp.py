@@ -17,23 +17,31 @@ import torch
 import torch.nn.functional as F
 
 
-def pixel_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """1 x 2 x H x W tensor of pixel coordinates (x, y) on `like`'s device and dtype."""
-    ys = torch.arange(height, device=like.device, dtype=like.dtype)
-    xs = torch.arange(width, device=like.device, dtype=like.dtype)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack((grid_x, grid_y), dim=0).unsqueeze(0)
+def pixel_grid(like: torch.Tensor) -> torch.Tensor:
+    """N x 2 x H x W pixel coordinates (x, y) with `like`'s shape (N x C x H x W), device and dtype.
+
+    Built with tensor ops (cumsum) rather than Python shape arithmetic, so an exported ONNX
+    graph keeps dynamic height and width.
+    """
+    ones = torch.ones_like(like[:, :1])
+    xs = torch.cumsum(ones, dim=3) - 1.0
+    ys = torch.cumsum(ones, dim=2) - 1.0
+    return torch.cat((xs, ys), dim=1)
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
     """Resample `image` (N x C x H x W) at p + flow(p); flow is N x 2 x H x W in pixels."""
-    _, _, height, width = flow.shape
-    coords = pixel_grid(height, width, flow) + flow
-    # normalise to [-1, 1] with align_corners=True: pixel 0 -> -1, pixel W-1 -> +1
-    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)],
-                         device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-    grid = (coords * scale - 1.0).permute(0, 2, 3, 1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    grid = pixel_grid(flow)
+    # normalise to [-1, 1] with align_corners=True: pixel 0 -> -1, pixel size-1 -> +1
+    last = torch.amax(grid, dim=(2, 3), keepdim=True).clamp_min(1.0)
+    coords = (grid + flow) * (2.0 / last) - 1.0
+    return F.grid_sample(image, coords.permute(0, 2, 3, 1), mode="bilinear",
+                         padding_mode=padding_mode, align_corners=True)
+
+
+def upsample2(flow: torch.Tensor) -> torch.Tensor:
+    """Double an N x 2 x H x W flow's resolution and its displacements (pyramid step)."""
+    return 2.0 * F.interpolate(flow, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 def upsample_flow(flow: torch.Tensor, size) -> torch.Tensor:

@@ -1,0 +1,45 @@
+"""Pipeline options shared by every command that runs the networks."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def size_arg(text: str):
+    """'256x320' (H x W) -> (256, 320)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x320, got '{text}'") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError("working size must be at least 32x32")
+    return h, w
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--fp16", action="store_true", help="half precision (torch on CUDA)")
+    g.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
+                   help="largest resolution the networks run at (default: 256x320)")
+    g.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
+    g.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")
+    g.add_argument("--thermal-percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
+                   help="robust gain control for 16-bit/float thermal (default: 1 99)")
+
+
+def pipeline_from_args(args):
+    from ..core.pipeline import Pipeline, PipelineConfig
+
+    cfg = PipelineConfig(backend=args.backend, device=args.device, fp16=args.fp16, working_size=args.working_size,
+                         thermal_percentiles=tuple(args.thermal_percentiles))
+    if args.models:
+        cfg.generator, cfg.registration, cfg.fusion = (str(args.models / f"{s}.pt")
+                                                       for s in ("generator", "registration", "fusion"))
+    if args.homography:
+        path = Path(args.homography)
+        cfg.homography = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    return Pipeline(cfg)

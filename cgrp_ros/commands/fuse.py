@@ -1,0 +1,66 @@
+"""cgrp fuse: offline fusion of one pair or two folders of same-named pairs."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..core.data import find_pairs, read_image
+from ..core.errors import CgrpError
+from ..core.warp import flow_to_color
+from .common import add_pipeline_arguments, pipeline_from_args
+
+HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
+log = logging.getLogger("cgrp_ros")
+
+
+def add_arguments(p):
+    p.add_argument("--visible", type=Path, required=True, help="visible image file or folder")
+    p.add_argument("--thermal", type=Path, required=True, help="thermal image file or folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_pipeline_arguments(p)
+
+
+def write_result(out: Path, name: str, result) -> None:
+    """DIR/fused/NAME.png (colour when the visible is colour), registered/, pseudo/, flow/ (.npy), flow_vis/."""
+    for sub in ("fused", "registered", "pseudo", "flow", "flow_vis"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    fused = result.fused_color if result.fused_color is not None else result.fused
+    registered = result.registered_thermal
+    if registered.dtype == np.float32:  # PNG holds no floats: keep the data as .npy next to an 8-bit view
+        np.save(out / "registered" / f"{name}.npy", registered)
+        registered = cv2.normalize(np.nan_to_num(registered), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    cv2.imwrite(str(out / "fused" / f"{name}.png"), fused)
+    cv2.imwrite(str(out / "registered" / f"{name}.png"), registered)
+    cv2.imwrite(str(out / "pseudo" / f"{name}.png"), result.pseudo_thermal)
+    np.save(out / "flow" / f"{name}.npy", result.flow)
+    cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
+
+
+def run(args) -> int:
+    listing = find_pairs(args.visible, args.thermal)
+    failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]
+    if not listing.pairs:
+        for f in failures:
+            print(f"cgrp fuse: {f}", file=sys.stderr)
+        print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
+        return 2
+    pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
+    for name, visible_path, thermal_path in tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2):
+        try:
+            visible = read_image(visible_path)
+            thermal = read_image(thermal_path)
+            result = pipeline(visible, thermal)
+            write_result(args.out, name, result)
+        except CgrpError as exc:
+            failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
+                            else f"{name}: {exc}")
+    for f in failures:
+        print(f"cgrp fuse: {f}", file=sys.stderr)
+    done = len(listing.pairs) - sum(1 for f in failures if not f.endswith("other folder"))
+    print(f"cgrp fuse: {done} pair(s) written to {args.out}, {len(failures)} problem(s)")
+    return 1 if failures else 0

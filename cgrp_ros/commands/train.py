@@ -1,0 +1,42 @@
+"""cgrp train: train one stage of the CGRP networks (resumable)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "train one stage: generator -> registration -> fusion [-> joint] (resumable checkpoints in runs/)"
+
+
+def add_arguments(t):
+    t.add_argument("stage", choices=["generator", "registration", "fusion", "joint"])
+    t.add_argument("--data", type=Path, default=None, help="RoadScene-layout folder (default: ../shared/datasets/roadscene)")
+    t.add_argument("--out", type=Path, default=Path("models"), help="where the final weights go (default: models)")
+    t.add_argument("--run-dir", type=Path, default=Path("runs"), help="resumable checkpoints (default: runs)")
+    t.add_argument("--iterations", type=int, help="total iterations (default: per stage)")
+    t.add_argument("--batch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--preset", default="severe", help="deformation preset for registration/joint (default: severe)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--minutes", type=float, help="wall-clock budget: save and stop after this long")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    t.add_argument("--no-flow-supervision", action="store_true",
+                   help="registration: train on image similarity + smoothness only (ablation)")
+    t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")
+    t.add_argument("--registration", type=Path, help="registration weights to start joint from")
+    t.add_argument("--fusion", type=Path, help="fusion weights to start joint from")
+
+
+def run(args) -> int:
+    from ..core.train import TrainConfig, train
+
+    extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
+                               ("fusion", args.fusion), ("threads", args.threads)) if v}
+    cfg = TrainConfig(stage=args.stage, data=args.data, out=args.out, run_dir=args.run_dir,
+                      iterations=args.iterations or 0, batch=args.batch or 0, lr=args.lr or 0.0,
+                      preset=args.preset, seed=args.seed, minutes=args.minutes, resume=not args.restart,
+                      device=args.device, flow_supervision=not args.no_flow_supervision, extra=extra)
+    meta = train(cfg)
+    print(f"[{args.stage}] {meta['iterations']} iterations in {meta['wall_time_s'] / 60:.1f} min on "
+          f"{meta['device']}; weights in {cfg.out}")
+    return 0
