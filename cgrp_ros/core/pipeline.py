@@ -93,84 +93,116 @@ class Pipeline:
         sx, sy = wt / wv, ht / hv  # same field of view, pixel centres at integers
         return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
 
+    def _prepare(self, visible, thermal=None):
+        """Validate, normalise and resize the inputs to the padded working resolution."""
+        c = self.config
+        f = _Frame()
+        f.visible = check_image(visible, "visible")
+        f.vis01 = visible_to_bgr01(f.visible)
+        f.hv, f.wv = f.vis01.shape[:2]
+        (f.h, f.w), f.padded = working_shape(f.hv, f.wv, c.working_size, SIZE_MULTIPLE)
+        vis_w = resize(f.vis01, (f.h, f.w))
+        f.y_w = bgr_to_ycrcb(vis_w)[:, :, 0]
+        f.vis_in, f.y_in = self._nchw(vis_w, f.padded), self._nchw(f.y_w, f.padded)
+        if thermal is not None:
+            f.thermal = check_image(thermal, "thermal")
+            th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
+            f.v2t = self._visible_to_thermal((f.hv, f.wv), th01.shape[:2])
+            if self.homography is None:
+                th_w = resize(th01, (f.h, f.w))
+            else:  # working pixel -> visible pixel -> thermal pixel
+                sx, sy = f.wv / f.w, f.hv / f.h
+                work_to_vis = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+                th_w = cv2.warpPerspective(th01, f.v2t @ work_to_vis, (f.w, f.h),
+                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            f.th_in = self._nchw(th_w, f.padded)
+        return f
+
+    @staticmethod
+    def _nchw(image, padded):
+        """H x W[ x C] float32 -> 1 x C x pH x pW, reflect-padded to the networks' multiple."""
+        image = pad_to(image, padded)
+        return np.ascontiguousarray(image.reshape(padded + (-1,)).transpose(2, 0, 1)[None])
+
+    def _to_visible(self, f, image_w):
+        """A 1 x 1 x pH x pW working-resolution output -> H x W float32 at the visible resolution."""
+        return cv2.resize(image_w[0, 0, :f.h, :f.w], (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
+
+    def _fused_outputs(self, f, fused_w):
+        """(fused uint8, fused_color uint8 or None): the network's fused luminance at the working
+        resolution plus the visible detail above it, with the visible chroma when it has colour."""
+        ycrcb = bgr_to_ycrcb(f.vis01)
+        detail = self._to_visible(f, fused_w) - resize(f.y_w, (f.hv, f.wv), cv2.INTER_LINEAR)
+        fused_y = np.clip(ycrcb[:, :, 0] + detail, 0.0, 1.0)
+        fused_color = None
+        if f.visible.ndim == 3:
+            ycrcb[:, :, 0] = fused_y
+            fused_color = to_uint8(ycrcb_to_bgr(ycrcb))
+        return to_uint8(fused_y), fused_color
+
+    def _registered(self, f, flow):
+        """One bilinear resample of the raw thermal: visible p -> p + flow(p) -> prior map -> thermal pixel."""
+        map_x = np.arange(f.wv, dtype=np.float32)[None, :] + flow[:, :, 0]
+        map_y = np.arange(f.hv, dtype=np.float32)[:, None] + flow[:, :, 1]
+        if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product
+            map_x = map_x * np.float32(f.v2t[0, 0]) + np.float32(f.v2t[0, 2])
+            map_y = map_y * np.float32(f.v2t[1, 1]) + np.float32(f.v2t[1, 2])
+        else:
+            pts = f.v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
+            map_x = (pts[0] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
+            map_y = (pts[1] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
+        raw = f.thermal if f.thermal.ndim == 2 else cv2.cvtColor(f.thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
+        return remap(raw, map_x, map_y)
+
     def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS) -> FusionResult:
         """Fuse one pair. visible: H x W (x3 BGR / x4 BGRA), thermal: h x w uint8/uint16/float32.
 
         `outputs` names the results to compute ('fused', 'registered_thermal', 'flow',
         'pseudo_thermal'); the flow is always returned. Raises InputError for unusable input.
         """
-        timings, t0 = {}, time.perf_counter()
-        c = self.config
-        visible = check_image(visible, "visible")
-        thermal = check_image(thermal, "thermal")
-        vis01 = visible_to_bgr01(visible)
-        th01 = normalize_thermal(thermal, c.thermal_percentiles, c.agc_8bit)
-        hv, wv = vis01.shape[:2]
-        (h, w), padded = working_shape(hv, wv, c.working_size, SIZE_MULTIPLE)
-        v2t = self._visible_to_thermal((hv, wv), th01.shape[:2])
-
-        vis_w = resize(vis01, (h, w))
-        if self.homography is None:
-            th_w = resize(th01, (h, w))
-        else:  # working pixel -> visible pixel -> thermal pixel
-            work_to_vis = np.array([[wv / w, 0, 0.5 * wv / w - 0.5], [0, hv / h, 0.5 * hv / h - 0.5], [0, 0, 1]])
-            th_w = cv2.warpPerspective(th01, v2t @ work_to_vis, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        y_w = bgr_to_ycrcb(vis_w)[:, :, 0]
-        nchw = lambda a: np.ascontiguousarray(pad_to(a, padded).reshape(padded + (-1,)).transpose(2, 0, 1)[None])  # noqa: E731
-        vis_in, th_in, y_in = nchw(vis_w), nchw(th_w), nchw(y_w)
+        t0 = time.perf_counter()
+        f = self._prepare(visible, thermal)
         t1 = time.perf_counter()
-        timings["preprocess"] = (t1 - t0) * 1e3
-
         run = self.backend
-        pseudo = run("generator", vis_in)
+        pseudo = run("generator", f.vis_in)
         run.synchronize()
         t2 = time.perf_counter()
-        flow_w, registered_w = run("registration", pseudo, th_in)
+        flow_w, registered_w = run("registration", pseudo, f.th_in)
         run.synchronize()
         t3 = time.perf_counter()
-        fused_w = run("fusion", y_in, registered_w) if "fused" in outputs else None
+        fused_w = run("fusion", f.y_in, registered_w) if "fused" in outputs else None
         run.synchronize()
         t4 = time.perf_counter()
-        timings.update(generator=(t2 - t1) * 1e3, registration=(t3 - t2) * 1e3, fusion=(t4 - t3) * 1e3)
 
         # flow at the visible resolution, in visible pixels
-        flow = cv2.resize(flow_w[0, :, :h, :w].transpose(1, 2, 0), (wv, hv), interpolation=cv2.INTER_LINEAR)
-        flow[:, :, 0] *= wv / w
-        flow[:, :, 1] *= hv / h
+        flow = cv2.resize(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
+        flow[:, :, 0] *= f.wv / f.w
+        flow[:, :, 1] *= f.hv / f.h
         flow = np.ascontiguousarray(flow, dtype=np.float32)
-
-        registered = None
-        if "registered_thermal" in outputs:
-            # one resample of the raw thermal: visible p -> p + flow(p) -> prior map -> thermal pixel
-            map_x = np.arange(wv, dtype=np.float32)[None, :] + flow[:, :, 0]
-            map_y = np.arange(hv, dtype=np.float32)[:, None] + flow[:, :, 1]
-            if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product
-                map_x = map_x * np.float32(v2t[0, 0]) + np.float32(v2t[0, 2])
-                map_y = map_y * np.float32(v2t[1, 1]) + np.float32(v2t[1, 2])
-            else:
-                pts = v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
-                map_x = (pts[0] / pts[2]).reshape(hv, wv).astype(np.float32)
-                map_y = (pts[1] / pts[2]).reshape(hv, wv).astype(np.float32)
-            raw = thermal if thermal.ndim == 2 else cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
-            registered = remap(raw, map_x, map_y)
-
-        fused = fused_color = None
-        if fused_w is not None:
-            # the network sees the working resolution; the visible detail above it is added back
-            y_full = bgr_to_ycrcb(vis01)
-            y_up = resize(y_w, (hv, wv), cv2.INTER_LINEAR)
-            detail = cv2.resize(fused_w[0, 0, :h, :w], (wv, hv), interpolation=cv2.INTER_LINEAR) - y_up
-            fused_y = np.clip(y_full[:, :, 0] + detail, 0.0, 1.0)
-            fused = to_uint8(fused_y)
-            if visible.ndim == 3:
-                y_full[:, :, 0] = fused_y
-                fused_color = to_uint8(ycrcb_to_bgr(y_full))
-
-        pseudo_full = None
-        if "pseudo_thermal" in outputs:
-            pseudo_full = to_uint8(cv2.resize(pseudo[0, 0, :h, :w], (wv, hv), interpolation=cv2.INTER_LINEAR))
+        registered = self._registered(f, flow) if "registered_thermal" in outputs else None
+        fused, fused_color = self._fused_outputs(f, fused_w) if fused_w is not None else (None, None)
+        pseudo_full = to_uint8(self._to_visible(f, pseudo)) if "pseudo_thermal" in outputs else None
         t5 = time.perf_counter()
-        timings["postprocess"] = (t5 - t4) * 1e3
-        timings["total"] = (t5 - t0) * 1e3
-        return FusionResult(fused, fused_color, registered, flow, pseudo_full, timings)
+        timings = dict(preprocess=t1 - t0, generator=t2 - t1, registration=t3 - t2, fusion=t4 - t3,
+                       postprocess=t5 - t4, total=t5 - t0)
+        return FusionResult(fused, fused_color, registered, flow, pseudo_full,
+                            {k: v * 1e3 for k, v in timings.items()})
+
+    def fuse(self, visible: np.ndarray, thermal: np.ndarray):
+        """Fusion network only, for a thermal already in the visible camera's frame (no registration).
+
+        Returns (fused H x W uint8, fused_color H x W x 3 uint8 or None). Used by the evaluation's
+        baselines (other registrars, or none) so they share the exact same fusion.
+        """
+        f = self._prepare(visible, thermal)
+        return self._fused_outputs(f, self.backend("fusion", f.y_in, f.th_in))
+
+    def pseudo_thermal(self, visible: np.ndarray) -> np.ndarray:
+        """The generator alone: H x W float32 pseudo-thermal in [0, 1] at the visible resolution."""
+        f = self._prepare(visible)
+        return np.clip(self._to_visible(f, self.backend("generator", f.vis_in)), 0.0, 1.0)
+
+
+class _Frame:
+    """Per-call working state shared by the pipeline's steps."""

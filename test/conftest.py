@@ -1,0 +1,38 @@
+"""Shared test setup: an isolated DDS domain over shared memory for every test run, sample data."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample"
+
+# Every test run gets its own ROS domain and talks over shared memory only (no sockets):
+# parallel runs on one machine never see each other and nothing leaves the machine.
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("CGRP_CACHE", str(REPO / ".pytest_cache" / "cgrp"))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_pairs():
+    """[(name, visible BGR uint8, thermal uint8)] of the bundled RoadScene val pairs."""
+    import cv2
+
+    names = sorted(p.stem for p in (SAMPLE / "visible").glob("*.jpg"))
+    return [(n, cv2.imread(str(SAMPLE / "visible" / f"{n}.jpg")), cv2.imread(str(SAMPLE / "thermal" / f"{n}.jpg"), 0))
+            for n in names]
+
+
+@pytest.fixture(scope="session")
+def cpu_pipeline():
+    """The shipped weights on the torch CPU backend (built once per test session)."""
+    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+
+    return Pipeline(PipelineConfig(backend="torch", device="cpu"))
