@@ -1,0 +1,97 @@
+"""`cgrp fuse` and `cgrp export` end to end, as a user runs them."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cgrp(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cgrp_ros.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pair_folders(tmp_path_factory, sample_dir):
+    """Two sample pairs (thermal as .png: extensions may differ), one corrupt thermal, one orphan."""
+    root = tmp_path_factory.mktemp("pairs")
+    vis, th = root / "visible", root / "thermal"
+    vis.mkdir(), th.mkdir()
+    names = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[:2]
+    for n in names:
+        shutil.copy(sample_dir / "visible" / f"{n}.jpg", vis)
+        cv2.imwrite(str(th / f"{n}.png"), cv2.imread(str(sample_dir / "thermal" / f"{n}.jpg"), 0))
+    shutil.copy(sample_dir / "visible" / f"{names[0]}.jpg", vis / "broken.jpg")
+    (th / "broken.png").write_bytes(b"this is not a png")
+    shutil.copy(sample_dir / "visible" / f"{names[1]}.jpg", vis / "orphan.jpg")
+    return vis, th, names
+
+
+@pytest.fixture(scope="module")
+def fuse_run(pair_folders, tmp_path_factory):
+    vis, th, names = pair_folders
+    out = tmp_path_factory.mktemp("fused")
+    return cgrp("fuse", "--visible", vis, "--thermal", th, "--out", out), out, names
+
+
+def test_fuse_writes_every_output_for_every_good_pair(fuse_run, pair_folders):
+    proc, out, names = fuse_run
+    vis, _, _ = pair_folders
+    for n in names:
+        visible = cv2.imread(str(vis / f"{n}.jpg"))
+        fused = cv2.imread(str(out / "fused" / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+        assert fused.shape == visible.shape  # colour visible -> colour fused
+        assert cv2.imread(str(out / "registered" / f"{n}.png"), 0).shape == visible.shape[:2]
+        assert cv2.imread(str(out / "pseudo" / f"{n}.png"), 0).shape == visible.shape[:2]
+        flow = np.load(out / "flow" / f"{n}.npy")
+        assert flow.shape == visible.shape[:2] + (2,) and flow.dtype == np.float32
+        assert cv2.imread(str(out / "flow_vis" / f"{n}.png")).shape == visible.shape
+
+
+def test_fuse_names_the_bad_files_and_fails_without_a_traceback(fuse_run):
+    proc, out, _ = fuse_run
+    assert proc.returncode != 0
+    assert "broken.png" in proc.stderr and "not a readable image" in proc.stderr
+    assert "orphan.jpg" in proc.stderr and "no partner" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "fused" / "broken.png").exists()
+
+
+def test_fuse_single_files(sample_dir, tmp_path):
+    n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    proc = cgrp("fuse", "--visible", sample_dir / "visible" / f"{n}.jpg",
+                "--thermal", sample_dir / "thermal" / f"{n}.jpg", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fused" / f"{n}.png").is_file()
+
+
+def test_missing_model_is_one_clear_line(sample_dir, tmp_path):
+    (tmp_path / "models").mkdir()
+    proc = cgrp("fuse", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal",
+                "--out", tmp_path / "out", "--models", tmp_path / "models")
+    assert proc.returncode == 2
+    assert "generator.pt" in proc.stderr and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_model_is_one_clear_line(sample_dir, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models, ignore=shutil.ignore_patterns("onnx", "*.md"))
+    (models / "registration.pt").write_bytes(b"\x00garbage")
+    proc = cgrp("fuse", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal",
+                "--out", tmp_path / "out", "--models", models)
+    assert proc.returncode == 2
+    assert "registration.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_writes_onnx_that_matches_torch(tmp_path):
+    proc = cgrp("export", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("generator", "registration", "fusion"):
+        assert (tmp_path / f"{stage}.onnx").stat().st_size > 10_000
+    assert "max flow difference" in proc.stdout

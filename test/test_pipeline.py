@@ -1,0 +1,107 @@
+"""The Pipeline with the shipped weights: shapes, dtypes, inputs, backends, and that it registers."""
+import numpy as np
+import pytest
+
+from cgrp_ros.core.deform import misalign, rng_for
+from cgrp_ros.core.errors import InputError
+from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+from cgrp_ros.core.warp import valid_mask
+
+
+def _check(result, shape, thermal_dtype, colour):
+    h, w = shape
+    assert result.fused.shape == (h, w) and result.fused.dtype == np.uint8
+    assert result.flow.shape == (h, w, 2) and result.flow.dtype == np.float32
+    assert result.pseudo_thermal.shape == (h, w) and result.pseudo_thermal.dtype == np.uint8
+    assert result.registered_thermal.shape == (h, w) and result.registered_thermal.dtype == thermal_dtype
+    if colour:
+        assert result.fused_color.shape == (h, w, 3) and result.fused_color.dtype == np.uint8
+    else:
+        assert result.fused_color is None
+    assert np.isfinite(result.flow).all()
+    assert set(result.timings) >= {"preprocess", "generator", "registration", "fusion", "postprocess", "total"}
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (351, 502), (97, 333), (600, 420)])
+def test_outputs_follow_the_visible_resolution(cpu_pipeline, sample_pairs, shape):
+    import cv2
+    _, visible, thermal = sample_pairs[0]
+    visible = cv2.resize(visible, shape[::-1])
+    _check(cpu_pipeline(visible, thermal), shape, np.uint8, colour=True)
+
+
+def test_thermal_bit_depths_and_mono_visible(cpu_pipeline, sample_pairs):
+    _, visible, thermal = sample_pairs[1]
+    radiometric = (thermal.astype(np.uint16) * 40 + 20000)  # 16-bit camera counts
+    r16 = cpu_pipeline(visible, radiometric)
+    _check(r16, visible.shape[:2], np.uint16, colour=True)
+    assert r16.registered_thermal.max() > 20000  # raw counts, not rescaled
+    r8 = cpu_pipeline(visible, thermal)
+    # the AGC maps the 16-bit image onto the 8-bit one's range: the fusion sees nearly the same input
+    assert np.abs(r16.fused.astype(int) - r8.fused).mean() < 12
+    rf = cpu_pipeline(visible[:, :, 1], thermal.astype(np.float32) / 7.0 + 290.0)  # kelvin-like floats
+    _check(rf, visible.shape[:2], np.float32, colour=False)
+
+
+def test_thermal_of_another_resolution_lands_in_the_visible_frame(cpu_pipeline, sample_pairs):
+    import cv2
+    _, visible, thermal = sample_pairs[2]
+    visible_hr = cv2.resize(visible, None, fx=2, fy=2)  # a 2x higher-resolution visible camera
+    result = cpu_pipeline(visible_hr, thermal)
+    _check(result, visible_hr.shape[:2], np.uint8, colour=True)
+
+
+def test_only_requested_outputs_are_computed(cpu_pipeline, sample_pairs):
+    _, visible, thermal = sample_pairs[0]
+    result = cpu_pipeline(visible, thermal, outputs={"flow"})
+    assert result.fused is None and result.registered_thermal is None and result.pseudo_thermal is None
+    assert result.flow.shape == visible.shape[:2] + (2,)
+
+
+@pytest.mark.parametrize("visible, thermal, match", [
+    (np.zeros((1, 1, 3), np.uint8), np.zeros((10, 10), np.uint8), "too small"),
+    (np.zeros((10, 10, 2), np.uint8), np.zeros((10, 10), np.uint8), "shape"),
+    (np.zeros((10, 10, 3), np.int64), np.zeros((10, 10), np.uint8), "dtype"),
+    (np.zeros((10, 10, 3), np.uint8), "not an image", "numpy array"),
+])
+def test_unusable_input_raises_input_error(cpu_pipeline, visible, thermal, match):
+    with pytest.raises(InputError, match=match):
+        cpu_pipeline(visible, thermal)
+
+
+def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
+    _, visible, thermal = sample_pairs[3]
+    torch_pipe = Pipeline(PipelineConfig(backend="torch", device="cpu"))
+    ort_pipe = Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", onnx_dir=str(tmp_path)))
+    assert ort_pipe.backend.providers == ["CPUExecutionProvider"]
+    for shape in [(180, 250), visible.shape[:2]]:  # two sizes: the ONNX graphs have dynamic H/W
+        import cv2
+        v = cv2.resize(visible, shape[::-1])
+        t = cv2.resize(thermal, shape[::-1])
+        a, b = torch_pipe(v, t), ort_pipe(v, t)
+        assert np.abs(a.flow - b.flow).max() < 1e-3
+        assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
+        assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
+
+
+def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs):
+    """Shipped weights, moderate preset: the registered thermal is closer to the aligned one."""
+    for name, visible, thermal in sample_pairs[:3]:
+        m = misalign(thermal, "moderate", rng_for(0, name))
+        result = cpu_pipeline(visible, m.misaligned)
+        region = m.valid & valid_mask(result.flow)
+        mae_before = np.abs(m.misaligned.astype(np.float32) - thermal)[region].mean()
+        mae_after = np.abs(result.registered_thermal.astype(np.float32) - thermal)[region].mean()
+        epe_before = np.linalg.norm(m.flow, axis=2)[m.valid].mean()
+        epe_after = np.linalg.norm(result.flow - m.flow, axis=2)[m.valid].mean()
+        assert mae_after < 0.8 * mae_before, f"{name}: MAE {mae_before:.2f} -> {mae_after:.2f}"
+        assert epe_after < 0.6 * epe_before, f"{name}: EPE {epe_before:.2f} -> {epe_after:.2f} px"
+
+
+def test_fusion_only_and_generator_only_entry_points(cpu_pipeline, sample_pairs):
+    _, visible, thermal = sample_pairs[0]
+    fused, fused_color = cpu_pipeline.fuse(visible, thermal)
+    assert fused.shape == thermal.shape and fused_color.shape == visible.shape
+    pseudo = cpu_pipeline.pseudo_thermal(visible)
+    assert pseudo.shape == thermal.shape and pseudo.dtype == np.float32
+    assert 0.0 <= pseudo.min() and pseudo.max() <= 1.0
