@@ -1,0 +1,123 @@
+"""sensor_msgs/Image <-> numpy without cv_bridge (ROS-free: works on any object with the Image fields).
+
+    array = image_to_numpy(msg)                  # a view of msg.data where possible
+    msg = numpy_to_image(array, "bgr8", Image, header)
+
+Arrays keep the message's channel order (an rgb8 image comes back as H x W x 3 RGB); use
+``to_bgr`` for the BGR order the core expects. Single-channel images are H x W, others H x W x C.
+Anything that cannot be read raises ImageConversionError (an InputError) naming the problem.
+"""
+from __future__ import annotations
+
+import array as _array
+import sys
+
+import numpy as np
+
+from .core.errors import InputError
+
+# encoding -> (element dtype, channels)
+ENCODINGS = {
+    "mono8": (np.uint8, 1),
+    "8UC1": (np.uint8, 1),
+    "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "bgr8": (np.uint8, 3),
+    "rgb8": (np.uint8, 3),
+    "bgra8": (np.uint8, 4),
+    "rgba8": (np.uint8, 4),
+    "32FC1": (np.float32, 1),
+    "32FC2": (np.float32, 2),
+}
+HOST_IS_BIGENDIAN = sys.byteorder == "big"
+
+
+class ImageConversionError(InputError):
+    """An Image message cannot be converted. ``kind`` says why: 'encoding', 'size', 'step' or 'data'."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+def image_to_numpy(msg) -> np.ndarray:
+    """Image message -> H x W (one channel) or H x W x C array in the message's channel order.
+
+    The result is a view of ``msg.data`` (row padding from ``step`` is skipped by strides, not
+    copied); only data in the non-native byte order is copied, once, to swap it.
+    """
+    encoding = msg.encoding
+    if encoding not in ENCODINGS:
+        raise ImageConversionError("encoding", f"unsupported encoding '{encoding}' "
+                                               f"(supported: {', '.join(ENCODINGS)})")
+    dtype, channels = ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError("size", f"{encoding} image has zero size ({width}x{height})")
+    dtype = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
+    pixel_bytes = dtype.itemsize * channels
+    if step < width * pixel_bytes:
+        raise ImageConversionError("step", f"{encoding} image of width {width} needs step >= "
+                                           f"{width * pixel_bytes} bytes, got {step}")
+    data = msg.data
+    if len(data) < step * height:
+        raise ImageConversionError("data", f"{encoding} image {width}x{height} with step {step} needs "
+                                           f"{step * height} bytes of data, got {len(data)}")
+    shape, strides = (height, width), (step, pixel_bytes)
+    if channels > 1:
+        shape, strides = shape + (channels,), strides + (dtype.itemsize,)
+    # a strided view straight onto the message buffer: no copy, padding bytes skipped
+    image = np.ndarray(shape, dtype=dtype, buffer=memoryview(data).cast("B"), strides=strides)
+    if not dtype.isnative:
+        image = image.astype(dtype.newbyteorder("="))
+    return image
+
+
+def to_bgr(image: np.ndarray, encoding: str) -> np.ndarray:
+    """The core's channel order (BGR / BGRA) for an array read from an image of ``encoding``."""
+    if encoding == "rgb8":
+        return image[:, :, ::-1]  # a view
+    if encoding == "rgba8":
+        return image[:, :, [2, 1, 0, 3]]
+    return image
+
+
+def encoding_for(image: np.ndarray, preferred: str | None = None) -> str:
+    """The encoding that describes ``image``: ``preferred`` when it fits, else mono8/mono16/32FC1/bgr8/32FC2."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if preferred in ENCODINGS and ENCODINGS[preferred] == (image.dtype.type, channels):
+        return preferred
+    for encoding in ("mono8", "mono16", "32FC1", "bgr8", "bgra8", "32FC2"):
+        if ENCODINGS[encoding] == (image.dtype.type, channels):
+            return encoding
+    raise ImageConversionError("encoding", f"no image encoding for a {image.dtype} array of shape {image.shape}")
+
+
+def numpy_to_image(image: np.ndarray, encoding: str, image_cls, header=None):
+    """H x W (x C) array -> a new ``image_cls`` (sensor_msgs.msg.Image) message; one copy of the pixels.
+
+    ``encoding`` must match the array's dtype and channel count; ``header`` is copied by reference.
+    """
+    if encoding not in ENCODINGS:
+        raise ImageConversionError("encoding", f"unsupported encoding '{encoding}'")
+    dtype, channels = ENCODINGS[encoding]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    found = 1 if image.ndim == 2 else image.shape[2]
+    if image.ndim not in (2, 3) or found != channels or image.dtype != dtype:
+        raise ImageConversionError("encoding", f"a {image.dtype} array of shape {image.shape} "
+                                               f"is not a {encoding} image")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageConversionError("size", f"{encoding} image has zero size {image.shape[:2]}")
+    image = np.ascontiguousarray(image)
+    msg = image_cls()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = HOST_IS_BIGENDIAN
+    msg.step = int(image.strides[0])
+    data = _array.array("B")
+    data.frombytes(image.reshape(-1).view(np.uint8))  # array.array is what the generated setter keeps as is
+    msg.data = data
+    return msg

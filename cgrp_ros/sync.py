@@ -1,0 +1,156 @@
+"""Pairing the two camera streams (ROS-free), and handing pairs to one worker thread.
+
+``PairSynchronizer`` pairs visible and thermal messages by header stamp with the approximate-time
+policy of message_filters: ``message_filters.ApproximateTimeSynchronizer`` when it is importable,
+else ``ApproximateTimePairs``, this package's equivalent for two streams. Either way a stamp that
+jumps backwards (a looping bag, a restarted driver) clears the queues so pairing resumes at once.
+
+``LatestPairSlot`` is the single-slot handoff to the worker: a new pair replaces one that the
+worker has not taken yet (the replaced pair is counted as dropped), so the worker always gets
+the freshest pair and never builds a backlog.
+"""
+from __future__ import annotations
+
+import threading
+
+try:
+    import message_filters
+except ImportError:  # the pip runtime has no message_filters wheel
+    message_filters = None
+
+VISIBLE, THERMAL = 0, 1
+
+
+def stamp_ns(msg) -> int:
+    """A message's header stamp in integer nanoseconds."""
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class ApproximateTimePairs:
+    """message_filters' ApproximateTimeSynchronizer policy for two streams.
+
+    Each stream keeps its last ``queue_size`` messages by stamp. A new message is paired with the
+    message of the other stream whose stamp is closest to its own, if they differ by at most
+    ``slop`` seconds; both are then removed and ``callback(visible_msg, thermal_msg)`` is called.
+    """
+
+    def __init__(self, queue_size: int, slop: float, callback):
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if slop < 0:
+            raise ValueError(f"slop must be >= 0 s, got {slop}")
+        self.queue_size = int(queue_size)
+        self.slop_ns = int(round(slop * 1e9))
+        self.callback = callback
+        self.queues = ({}, {})  # stream -> {stamp_ns: msg}
+
+    def add(self, stream: int, msg) -> None:
+        stamp = stamp_ns(msg)
+        own, other = self.queues[stream], self.queues[1 - stream]
+        own[stamp] = msg
+        while len(own) > self.queue_size:
+            del own[min(own)]
+        if stamp not in own:  # evicted at once: older than everything queued
+            return
+        candidates = [s for s in other if abs(s - stamp) <= self.slop_ns]
+        if not candidates:
+            return
+        match = min(candidates, key=lambda s: abs(s - stamp))
+        pair = [None, None]
+        pair[stream], pair[1 - stream] = own.pop(stamp), other.pop(match)
+        self.callback(*pair)
+
+    def clear(self) -> None:
+        for queue in self.queues:
+            queue.clear()
+
+
+class _MessageFiltersPairs:
+    """The same interface over message_filters.ApproximateTimeSynchronizer."""
+
+    def __init__(self, queue_size: int, slop: float, callback):
+        self.inputs = (message_filters.SimpleFilter(), message_filters.SimpleFilter())
+        self.sync = message_filters.ApproximateTimeSynchronizer(list(self.inputs), queue_size, slop)
+        self.sync.registerCallback(callback)
+
+    def add(self, stream: int, msg) -> None:
+        self.inputs[stream].signalMessage(msg)
+
+
+class PairSynchronizer:
+    """Approximate-time pairing of the visible and thermal streams; ``add(VISIBLE | THERMAL, msg)``.
+
+    queue_size: messages kept per stream; slop: largest stamp difference of a pair, seconds;
+    callback(visible_msg, thermal_msg) is called from ``add`` for every pair.
+    use_message_filters: None = when importable, False = always this package's policy.
+    """
+
+    def __init__(self, queue_size: int, slop: float, callback, use_message_filters: bool | None = None):
+        if use_message_filters is None:
+            use_message_filters = message_filters is not None
+        if use_message_filters and message_filters is None:
+            raise ImportError("message_filters is not importable")
+        self.implementation = "message_filters" if use_message_filters else "builtin"
+        self._make = lambda: (_MessageFiltersPairs if use_message_filters else ApproximateTimePairs)(
+            queue_size, slop, callback)
+        ApproximateTimePairs(queue_size, slop, callback)  # validates the arguments for both
+        self._policy = self._make()
+        self._last_stamp = [None, None]
+        self.resets = 0  # how often a backwards jump cleared the queues
+
+    def add(self, stream: int, msg) -> None:
+        stamp = stamp_ns(msg)
+        last = self._last_stamp[stream]
+        if last is not None and stamp < last:
+            # time went backwards on this stream: queued messages belong to the old timeline
+            self.reset()
+        self._last_stamp[stream] = stamp
+        self._policy.add(stream, msg)
+
+    def reset(self) -> None:
+        """Forget every queued message (a fresh policy: message_filters has no clear())."""
+        self._policy = self._make()
+        self._last_stamp = [None, None]
+        self.resets += 1
+
+
+class LatestPairSlot:
+    """Single-slot, thread-safe handoff of pairs to one worker; the newest pair wins.
+
+    ``put`` never blocks; a pair still waiting when the next one arrives is dropped and counted
+    in ``dropped``. ``take`` blocks up to ``timeout`` seconds and returns None on timeout or close.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pair = None
+        self._closed = False
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, pair) -> bool:
+        """Offer a pair; returns True when it replaced (dropped) a pair the worker never took."""
+        with self._cond:
+            replaced = self._pair is not None
+            self.dropped += replaced
+            self.received += 1
+            self._pair = pair
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None):
+        with self._cond:
+            self._cond.wait_for(lambda: self._pair is not None or self._closed, timeout)
+            pair, self._pair = self._pair, None
+            return pair
+
+    def close(self) -> None:
+        """Wake the worker for good: every later ``take`` returns at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
