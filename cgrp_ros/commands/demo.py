@@ -1,0 +1,203 @@
+"""cgrp demo: cgrp_player + cgrp_fusion as two processes (no launch needed), results saved as PNG.
+
+The player publishes the bundled sample with the thermal misaligned (`--deform`, default moderate);
+this process subscribes to the node's outputs, saves fused / registered / flow frames and a
+side-by-side panel to --out, and prints throughput and latency.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HELP = "ROS 2 demo: player + fusion node on the bundled sample (thermal misaligned), frames saved to out/demo"
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "cgrp_fusion.yaml"
+OUTPUTS = ("fused", "registered_thermal", "deformation")
+
+
+def add_arguments(p):
+    p.add_argument("--frames", type=int, default=12, help="fused frames to receive (default: 12)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
+    p.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
+                   help="misalignment of the thermal stream (default: moderate)")
+    p.add_argument("--rate", type=float, default=4.0, help="player rate, pairs/s (default: 4)")
+    p.add_argument("--timeout", type=float, default=90.0,
+                   help="give up when no output arrived after this many seconds (default: 90)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
+
+
+def _node_command(module: str, parameters: dict) -> list:
+    command = [sys.executable, "-m", module, "--ros-args"]
+    if module.endswith("fusion_node") and CONFIG.is_file():
+        command += ["--params-file", str(CONFIG)]
+    for name, value in parameters.items():
+        command += ["-p", f"{name}:={value}"]
+    return command
+
+
+def _stop(processes) -> None:
+    """SIGINT every child, then kill what is still there after 5 s."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 5.0
+    for proc in processes:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _label(image: np.ndarray, text: str, height: int) -> np.ndarray:
+    """`image` scaled to `height` px, as BGR uint8, under a black bar with `text`."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    width = round(image.shape[1] * height / image.shape[0])
+    tile = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    bar = np.zeros((28, width, 3), np.uint8)
+    cv2.putText(bar, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, tile])
+
+
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """A uint8 view of a thermal image for the PNGs (16-bit and float are stretched min..max)."""
+    if image.dtype == np.uint8:
+        return image
+    return cv2.normalize(np.nan_to_num(image.astype(np.float32)), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def run(args) -> int:
+    # the demo is self-contained: shared memory on this machine only, a private domain unless one is set
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    import rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from ..core.warp import flow_to_color
+    from ..image_conversions import image_to_numpy, to_bgr
+    from ..sync import stamp_ns
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    fusion_params = {"reliability": "reliable", "stats_period": 5.0, "backend": args.backend, "device": args.device,
+                     "outputs": "[fused,registered_thermal,deformation]"}
+    if args.models:
+        for stage in ("generator", "registration", "fusion"):
+            fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())
+    player_params = {"deform": args.deform, "rate": args.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0}
+    print(f"cgrp demo: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, {args.frames} frames, thermal misaligned "
+          f"'{args.deform}', logs in {out}/", flush=True)
+
+    rclpy.init()
+    node = rclpy.create_node("cgrp_demo")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    inputs = {"visible": {}, "thermal": {}}    # stamp -> msg, the last few of each stream
+    outputs = {}                               # visible stamp -> {output name: msg}
+    arrival = {}                               # visible stamp -> (monotonic time, latency s) of the first output
+
+    def keep_input(stream, msg):
+        queue = inputs[stream]
+        queue[stamp_ns(msg)] = msg
+        while len(queue) > 40:
+            del queue[min(queue)]
+
+    def keep_output(name, msg):
+        stamp = stamp_ns(msg)
+        outputs.setdefault(stamp, {})[name] = msg
+        if stamp not in arrival:
+            arrival[stamp] = (time.monotonic(), node.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9)
+
+    for stream in inputs:
+        node.create_subscription(Image, f"{stream}/image", lambda m, s=stream: keep_input(s, m), qos)
+    for name in OUTPUTS:
+        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: keep_output(n, m), qos)
+
+    logs = {name: open(out / f"{name}.log", "w") for name in ("fusion", "player")}
+    fusion = subprocess.Popen(_node_command("cgrp_ros.fusion_node", fusion_params), stdout=logs["fusion"],
+                              stderr=subprocess.STDOUT)
+    player = subprocess.Popen(_node_command("cgrp_ros.player_node", player_params), stdout=logs["player"],
+                              stderr=subprocess.STDOUT)
+    complete = []  # visible stamps with every output, in arrival order
+    started = time.monotonic()
+    failure = None
+    try:
+        while len(complete) < args.frames:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
+            for proc, name in ((fusion, "fusion"), (player, "player")):
+                if proc.poll() is not None:
+                    failure = f"the {name} node exited ({proc.returncode}):\n{_tail(out / f'{name}.log')}"
+            waited = time.monotonic() - started
+            if not complete and waited > args.timeout:
+                failure = (f"no output from the fusion node within {args.timeout:g} s; its log:\n"
+                           f"{_tail(out / 'fusion.log')}")
+            elif waited > args.timeout + 20 * args.frames:
+                failure = f"only {len(complete)} of {args.frames} frames within {waited:.0f} s"
+            if failure:
+                break
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    finally:
+        _stop([player, fusion])
+        for f in logs.values():
+            f.close()
+    if failure:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        print(f"cgrp demo: error: {failure}", file=sys.stderr)
+        return 1
+
+    for index, stamp in enumerate(complete):
+        frame = outputs[stamp]
+        cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
+        cv2.imwrite(str(out / f"registered_{index:03d}.png"), to_8bit(image_to_numpy(frame["registered_thermal"])))
+        cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
+
+    # the panel: the last frame whose input pair this process also received
+    def nearest(stream, stamp):
+        queue = inputs[stream]
+        return queue[min(queue, key=lambda s: abs(s - stamp))] if queue else None
+
+    for stamp in reversed(complete):
+        visible_msg = inputs["visible"].get(stamp)
+        thermal_msg = nearest("thermal", stamp)
+        if visible_msg is not None and thermal_msg is not None:
+            frame = outputs[stamp]
+            fused = image_to_numpy(frame["fused"])
+            height = fused.shape[0]
+            tiles = [_label(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
+                     _label(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({args.deform} misalignment)", height),
+                     _label(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
+                     _label(fused, "fused", height),
+                     _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height)]
+            cv2.imwrite(str(out / "panel.png"), np.hstack(tiles))
+            break
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+    times = [arrival[s][0] for s in complete]
+    latencies = np.array([arrival[s][1] for s in complete]) * 1e3
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
+    print(f"cgrp demo: {len(complete)} frames in {out}/ (fused_*.png, registered_*.png, flow_*.png, panel.png)")
+    print(f"cgrp demo: throughput {fps:.2f} fps, latency (stamp -> received) p50 {np.percentile(latencies, 50):.0f} ms, "
+          f"p95 {np.percentile(latencies, 95):.0f} ms; player at {args.rate:g} pairs/s, newer pairs win")
+    return 0
