@@ -1,0 +1,103 @@
+"""Approximate-time pairing (the active implementation and the built-in fallback) and the worker handoff."""
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from cgrp_ros import sync
+from cgrp_ros.sync import THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer
+
+IMPLEMENTATIONS = [pytest.param(None, id="active"), pytest.param(False, id="builtin")]
+
+
+def msg(t: float, tag=""):
+    sec, nanosec = divmod(int(round(t * 1e9)), 1_000_000_000)
+    return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)), tag=tag)
+
+
+def collect(use_message_filters, queue_size=10, slop=0.05):
+    pairs = []
+    synchronizer = PairSynchronizer(queue_size, slop, lambda v, t: pairs.append((v.tag, t.tag)), use_message_filters)
+    return synchronizer, pairs
+
+
+@pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
+def test_pairs_inside_slop_only(use_mf):
+    s, pairs = collect(use_mf)
+    s.add(VISIBLE, msg(10.00, "v0"))
+    s.add(THERMAL, msg(10.03, "t0"))    # inside 50 ms
+    s.add(VISIBLE, msg(11.00, "v1"))
+    s.add(THERMAL, msg(11.20, "t1"))    # 200 ms apart: never paired
+    s.add(THERMAL, msg(12.01, "t2"))
+    s.add(VISIBLE, msg(12.00, "v2"))    # thermal first works as well
+    assert pairs == [("v0", "t0"), ("v2", "t2")]
+
+
+@pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
+def test_closest_partner_wins(use_mf):
+    s, pairs = collect(use_mf, slop=0.1)
+    s.add(THERMAL, msg(5.00, "far"))
+    s.add(THERMAL, msg(5.06, "near"))
+    s.add(VISIBLE, msg(5.07, "v"))
+    assert pairs == [("v", "near")]
+
+
+@pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
+def test_queue_size_bounds_what_can_pair(use_mf):
+    s, pairs = collect(use_mf, queue_size=2)
+    for i in range(5):
+        s.add(VISIBLE, msg(1.0 + i, f"v{i}"))
+    s.add(THERMAL, msg(1.0, "t0"))      # v0 fell out of the queue
+    s.add(THERMAL, msg(5.0, "t4"))
+    assert pairs == [("v4", "t4")]
+
+
+@pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
+def test_recovers_when_stamps_jump_backwards(use_mf):
+    s, pairs = collect(use_mf, queue_size=3)
+    for i in range(5):                  # a bag ...
+        s.add(VISIBLE, msg(100.0 + i, f"v{i}"))
+        s.add(THERMAL, msg(100.0 + i + 0.01, f"t{i}"))
+    s.add(VISIBLE, msg(100.5, "stale"))  # one unpaired message of the old timeline
+    for i in range(3):                  # ... that loops: stamps restart at 100 s
+        s.add(VISIBLE, msg(100.0 + i, f"w{i}"))
+        s.add(THERMAL, msg(100.0 + i + 0.01, f"u{i}"))
+    assert pairs[-3:] == [("w0", "u0"), ("w1", "u1"), ("w2", "u2")]
+    assert s.resets >= 1
+
+
+def test_active_implementation_is_reported():
+    s, _ = collect(None)
+    assert s.implementation == ("message_filters" if sync.message_filters is not None else "builtin")
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        ApproximateTimePairs(0, 0.05, print)
+    with pytest.raises(ValueError):
+        PairSynchronizer(10, -1.0, print, use_message_filters=False)
+
+
+def test_latest_pair_wins_and_drops_are_counted():
+    slot = LatestPairSlot()
+    assert slot.take(timeout=0.01) is None
+    assert slot.put(1) is False
+    assert slot.put(2) is True           # 1 was never taken
+    assert slot.put(3) is True
+    assert slot.take(timeout=0.01) == 3
+    assert (slot.received, slot.dropped) == (3, 2)
+
+
+def test_take_wakes_on_put_and_close():
+    slot = LatestPairSlot()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    worker.start()
+    slot.put("pair")
+    worker.join(2)
+    assert got == ["pair"]
+    worker = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    worker.start()
+    slot.close()
+    worker.join(2)
+    assert not worker.is_alive() and got == ["pair", None] and slot.closed
