@@ -14,6 +14,7 @@ Parameters: PARAMETERS below, config/cgrp_fusion.yaml, docs/ros.md.
 """
 from __future__ import annotations
 
+import array
 import collections
 import logging
 import os
@@ -106,7 +107,7 @@ def check_parameter(name: str, value) -> str | None:
     param = PARAMETERS_BY_NAME.get(name)
     if param is None:
         return None
-    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    values = list(value) if isinstance(value, (list, tuple, array.array, np.ndarray)) else [value]
     if param.choices:
         bad = [v for v in values if v not in param.choices]
         if bad:
@@ -250,7 +251,10 @@ class FusionNode(Node):
     # -- parameters ----------------------------------------------------------------------------------
     def _check_new_parameters(self, parameters) -> SetParametersResult:
         for p in parameters:
-            reason = check_parameter(p.name, p.value)
+            try:
+                reason = check_parameter(p.name, p.value)
+            except Exception as exc:  # a value of a shape no check foresaw: reject it, keep running
+                reason = f"{p.name}: {type(exc).__name__}: {exc}"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
