@@ -21,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name)")
     p.add_argument("--figures", type=int, default=3, metavar="N", help="example panels for the first N pairs")
     p.add_argument("--out", type=Path, required=True, help="output folder for report.md, metrics.* and figures")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
     add_pipeline_arguments(p)
 
 
@@ -46,6 +47,9 @@ def run(args) -> int:
 
     args.data = args.data or default_dataset_root()
     pairs = list_pairs(args.data, args.list, args.limit)  # data problems raise before the models load
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     pipeline = pipeline_from_args(args)
     info = dict(command=command_line(args), data=str(args.data), working_size="{}x{}".format(*args.working_size))
     evaluation = evaluate(pipeline, pairs, args.out, args.preset, args.seed, args.figures, info)

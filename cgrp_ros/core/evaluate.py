@@ -257,7 +257,9 @@ def machine_description() -> dict:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return dict(cpu=cpu, cores=cores, gpu=gpu, os=platform.platform(), python=platform.python_version(),
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return dict(cpu=cpu, cores=cores, gpu=gpu, load_average=load, os=platform.platform(),
+                python=platform.python_version(),
                 torch=torch.__version__, opencv=cv2.__version__, numpy=np.__version__)
 
 

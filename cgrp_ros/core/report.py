@@ -61,7 +61,8 @@ def report_markdown(evaluation) -> str:
              f"- weights: {', '.join(Path(p).name for p in weights['paths'].values())} in "
              f"`{Path(next(iter(weights['paths'].values()))).parent}`"
              + ("" if weights["shipped"] else " — **not the shipped weights**"),
-             f"- machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}; {machine['os']}, "
+             f"- machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}, load average "
+             f"{machine['load_average']} at start; {machine['os']}, "
              f"Python {machine['python']}, torch {machine['torch']}, OpenCV {machine['opencv']}",
              "", "## Targets", ""]
     for target, holds, detail in evaluation.targets:

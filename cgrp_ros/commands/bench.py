@@ -1,0 +1,86 @@
+"""cgrp bench: per-stage latency, fps and memory for every backend/device; --ros: the node over ROS 2."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..core.errors import CgrpError
+from .common import size_arg
+
+HELP = "latency (per stage, p50/p95), fps and peak memory of every available backend/device; --ros: node end to end"
+
+
+def sizes_arg(text: str):
+    """'256x320,512x640' -> [(256, 320), (512, 640)]."""
+    return [size_arg(part) for part in text.split(",") if part.strip()]
+
+
+def add_arguments(p):
+    p.add_argument("--runs", type=int, default=20, help="timed runs per configuration and size (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
+    p.add_argument("--sizes", type=sizes_arg, default=[(256, 320), (512, 640), (720, 1280)], metavar="HxW,...",
+                   help="working sizes (default: 256x320,512x640,720x1280)")
+    p.add_argument("--backends", default=None, metavar="LIST",
+                   help="comma-separated configurations (default: all): torch-cpu, torch-cuda, torch-cuda-fp16, "
+                        "onnxruntime-cpu, onnxruntime-gpu")
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0: torch's own choice); also OMP_NUM_THREADS of the --ros node")
+    g = p.add_argument_group("ROS 2 (--ros)")
+    g.add_argument("--ros", action="store_true",
+                   help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")
+    g.add_argument("--rate", type=float, default=30.0, help="player rate, pairs/s (default: 30)")
+    g.add_argument("--duration", type=float, default=20.0, help="measured seconds after the first output (default: 20)")
+    g.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
+                   help="misalignment of the played thermal (default: moderate)")
+
+
+def _selected(configs, wanted: str | None):
+    if not wanted:
+        return configs
+    names = [w.strip() for w in wanted.split(",") if w.strip()]
+    known = {c.label: c for c in configs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise CgrpError(f"unknown configuration(s) {', '.join(unknown)}; expected {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def run(args) -> int:
+    import torch
+
+    from ..core.bench import bench_markdown, configurations, run_benchmarks
+    from ..core.evaluate import machine_description
+
+    if args.runs < 1 or args.warmup < 0:
+        raise CgrpError("--runs must be >= 1 and --warmup >= 0")
+    configs = _selected(configurations(), args.backends)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the --ros node
+    machine = machine_description()
+    machine["torch_threads"] = torch.get_num_threads()
+    if args.ros:
+        from ..ros_bench import ros_markdown, run_ros_bench
+
+        available = [c for c in configs if c.available]
+        if not available:
+            raise CgrpError("none of the selected configurations is available on this machine")
+        document = run_ros_bench(available[0], args.sizes[0], args.rate, args.duration, args.deform, args.out)
+        document["machine"] = machine
+        name, table = "bench_ros", ros_markdown(document)
+    else:
+        document = run_benchmarks(configs, args.sizes, args.runs, args.warmup,
+                                  progress=lambda text: print(f"cgrp bench: {text}", flush=True))
+        document["machine"] = machine
+        name, table = "bench", bench_markdown(document)
+    header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}; "
+              f"torch {machine['torch']} ({machine['torch_threads']} threads), Python {machine['python']}; "
+              f"load average at start {machine['load_average']}")
+    (args.out / f"{name}.json").write_text(json.dumps(document, indent=1))
+    (args.out / f"{name}.md").write_text(f"{header}\n\n{table}\n")
+    print(table)
+    print(f"cgrp bench: written {args.out / (name + '.json')} and {args.out / (name + '.md')}")
+    return 0

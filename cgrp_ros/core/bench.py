@@ -1,0 +1,175 @@
+"""Latency, throughput and memory of the Pipeline on every backend/device this machine offers.
+
+Each configuration ("torch-cpu", "torch-cuda-fp16", ...) runs the full pipeline (all outputs)
+`warmup` times untimed, then `runs` times; the per-stage times are the Pipeline's own timings
+(ms, synchronised on CUDA). Inputs are synthetic frames already at the working size, so the
+pre-processing measures normalisation and padding, not a resize. Frames per second is
+1000 / mean end-to-end time for one pair processed at a time.
+
+Peak memory: on CPU the resident-set growth, from just before the pipeline is built to the
+peak during the runs (Linux VmHWM, reset first; ru_maxrss elsewhere, which cannot be reset and
+may then read 0); on CUDA torch.cuda.max_memory_allocated (torch backends only).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .report import markdown_table
+
+log = logging.getLogger("cgrp_ros")
+
+STAGES = ("preprocess", "generator", "registration", "fusion", "postprocess", "total")
+DEFAULT_SIZES = ((256, 320), (512, 640), (720, 1280))
+
+
+@dataclass(frozen=True)
+class Config:
+    """One backend/device combination; `reason` says why it cannot run here when not available."""
+    label: str
+    backend: str
+    device: str
+    fp16: bool = False
+    available: bool = True
+    reason: str = ""
+
+
+def configurations() -> list[Config]:
+    """Every combination the issue names, each marked available or not on this machine."""
+    import torch
+    from .backends import nvidia_driver_present
+
+    cuda = torch.cuda.is_available()
+    no_cuda = "not available on this machine (torch sees no CUDA GPU)"
+    configs = [Config("torch-cpu", "torch", "cpu"),
+               Config("torch-cuda", "torch", "cuda", False, cuda, "" if cuda else no_cuda),
+               Config("torch-cuda-fp16", "torch", "cuda", True, cuda, "" if cuda else no_cuda)]
+    try:
+        import onnxruntime as ort
+        providers = set(ort.get_available_providers())
+        has_ort, driver = True, nvidia_driver_present()
+    except ImportError:
+        providers, has_ort, driver = set(), False, False
+    configs.append(Config("onnxruntime-cpu", "onnxruntime", "cpu", False, has_ort,
+                          "" if has_ort else "not available on this machine (onnxruntime not installed)"))
+    # The core's OnnxBackend picks TensorRT before CUDA by itself: one GPU entry, labelled by what it ran on.
+    gpu_ort = driver and bool(providers & {"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+    configs.append(Config("onnxruntime-gpu", "onnxruntime", "cuda", False, gpu_ort, "" if gpu_ort else
+                          "not available on this machine (no NVIDIA driver or no CUDA/TensorRT provider)"))
+    return configs
+
+
+def synthetic_pair(height: int, width: int, seed: int = 0):
+    """(visible H x W x 3 uint8, thermal H x W uint8) of smooth random structure."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 4), dtype=np.uint8)
+    frame = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(frame[:, :, :3]), np.ascontiguousarray(frame[:, :, 3])
+
+
+def _proc_status_kib(field: str):
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryProbe:
+    """Peak resident memory growth (MiB) over a block; CUDA peak allocation when on the GPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def __enter__(self):
+        gc.collect()
+        if self.cuda:
+            import torch
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.cuda_start = torch.cuda.memory_allocated()
+        self.resettable = _reset_peak_rss()
+        self.rss_start = _proc_status_kib("VmRSS") if self.resettable else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc):
+        peak = _proc_status_kib("VmHWM") if self.resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.rss_mib = max(0, (peak or 0) - (self.rss_start or 0)) / 1024.0
+        self.cuda_mib = None
+        if self.cuda:
+            import torch
+            self.cuda_mib = (torch.cuda.max_memory_allocated() - self.cuda_start) / 2 ** 20
+        return False
+
+
+def percentiles(values) -> dict:
+    values = np.asarray(values, np.float64)
+    return dict(p50=float(np.percentile(values, 50)), p95=float(np.percentile(values, 95)),
+                mean=float(values.mean()))
+
+
+def bench_one(config: Config, size, runs: int = 20, warmup: int = 3) -> dict:
+    """Time the pipeline of `config` at working size `size` (H, W): stats per stage (ms), fps, memory."""
+    from .pipeline import Pipeline, PipelineConfig
+
+    visible, thermal = synthetic_pair(*size)
+    with MemoryProbe(cuda=config.backend == "torch" and config.device == "cuda") as memory:
+        pipeline = Pipeline(PipelineConfig(backend=config.backend, device=config.device, fp16=config.fp16,
+                                           working_size=tuple(size)))
+        for _ in range(warmup):
+            pipeline(visible, thermal)
+        timings = [pipeline(visible, thermal).timings for _ in range(runs)]
+    stages = {stage: percentiles([t[stage] for t in timings]) for stage in STAGES}
+    return dict(config=config.label, size="{}x{}".format(*size), runs=runs, warmup=warmup,
+                description=pipeline.description, stages_ms=stages,
+                fps=1000.0 / stages["total"]["mean"], peak_rss_mib=memory.rss_mib, peak_cuda_mib=memory.cuda_mib)
+
+
+def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=None) -> dict:
+    """Every available config at every size; unavailable ones are listed with their reason."""
+    results, unavailable = [], []
+    for config in configs:
+        if not config.available:
+            unavailable.append(dict(config=config.label, reason=config.reason))
+            continue
+        for size in sizes:
+            if progress:
+                progress(f"{config.label} at {size[0]}x{size[1]}")
+            results.append(bench_one(config, size, runs, warmup))
+    return dict(results=results, unavailable=unavailable)
+
+
+def bench_markdown(document: dict) -> str:
+    """Latency table (p50 / p95 ms per stage and end to end), fps and memory; then what did not run."""
+    header = ["config", "size", "preprocess", "generator", "registration", "fusion", "postprocess",
+              "total p50", "total p95", "fps", "peak mem MiB"]
+    rows = []
+    for r in document["results"]:
+        s = r["stages_ms"]
+        memory = f"{r['peak_cuda_mib']:.0f} (CUDA)" if r.get("peak_cuda_mib") is not None else f"{r['peak_rss_mib']:.0f} (RSS)"
+        rows.append([f"`{r['config']}`", r["size"]]
+                    + [f"{s[k]['p50']:.1f} / {s[k]['p95']:.1f}" for k in STAGES[:-1]]
+                    + [f"{s['total']['p50']:.1f}", f"{s['total']['p95']:.1f}", f"{r['fps']:.2f}", memory])
+    text = [markdown_table(header, rows), "",
+            "Stage columns: p50 / p95 in ms. fps = 1000 / mean end-to-end ms, one pair at a time."]
+    if document["unavailable"]:
+        text += ["", "Not measured:", ""] + [f"- `{u['config']}`: {u['reason']}" for u in document["unavailable"]]
+    return "\n".join(text)

@@ -1,0 +1,129 @@
+"""`cgrp bench --ros`: cgrp_player -> cgrp_fusion -> this subscriber, over ROS 2 on this machine.
+
+The player and the node run as their console scripts (``cgrp_fusion``, ``cgrp_player``; the
+``python -m`` module when the scripts are not on PATH) with ROS parameters. Latency is the
+time from the visible input stamp (set by the player at publish time) to the arrival of the
+``/cgrp_fusion/fused`` message here; the output rate counts fused messages over the measured
+window. Only ``fused`` is subscribed, so the node skips the outputs nobody listens to.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .core.errors import CgrpError
+from .core.report import markdown_table
+
+SCRIPTS = {"cgrp_fusion": "cgrp_ros.fusion_node", "cgrp_player": "cgrp_ros.player_node"}
+
+
+def _command(script: str, parameters: dict) -> list:
+    """The console script (or its module) with ``--ros-args -p name:=value ...``."""
+    found = shutil.which(script) or shutil.which(script, path=str(Path(sys.executable).parent))
+    command = [found] if found else [sys.executable, "-m", SCRIPTS[script]]
+    command.append("--ros-args")
+    for name, value in parameters.items():
+        command += ["-p", f"{name}:={value}"]
+    return command
+
+
+def _stop(processes) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in processes:
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, deform: str = "moderate",
+                  out: Path = Path("out/bench"), startup_timeout: float = 120.0) -> dict:
+    """Play the bundled sample at `rate` Hz through the node; latency and achieved output rate."""
+    # private and local: shared memory only, a domain of our own unless the caller chose one
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    try:
+        import rclpy
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+    except ImportError as exc:
+        raise CgrpError(f"ROS 2 Python packages are not available ({exc})") from None
+
+    node_params = {"backend": config.backend, "device": config.device, "fp16": str(config.fp16).lower(),
+                   "working_size": f"[{size[0]},{size[1]}]", "reliability": "reliable", "outputs": "[fused]",
+                   "stats_period": 0.0}
+    player_params = {"rate": rate, "deform": deform, "reliable": "true", "seed": 0}
+    out.mkdir(parents=True, exist_ok=True)
+    rclpy.init()
+    node = rclpy.create_node("cgrp_bench")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    fused, inputs = [], []   # (arrival monotonic s, latency s); arrival times of visible inputs
+
+    def on_fused(msg):
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        fused.append((time.monotonic(), node.get_clock().now().nanoseconds * 1e-9 - stamp))
+
+    node.create_subscription(Image, "cgrp_fusion/fused", on_fused, qos)
+    node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), qos)
+    logs = {name: open(out / f"ros_{name}.log", "w") for name in SCRIPTS}
+    processes = [subprocess.Popen(_command("cgrp_fusion", node_params), stdout=logs["cgrp_fusion"],
+                                  stderr=subprocess.STDOUT),
+                 subprocess.Popen(_command("cgrp_player", player_params), stdout=logs["cgrp_player"],
+                                  stderr=subprocess.STDOUT)]
+    failure, start, window_start = None, time.monotonic(), None
+    try:
+        while True:
+            rclpy.spin_once(node, timeout_sec=0.05)
+            now = time.monotonic()
+            for proc, name in zip(processes, SCRIPTS):
+                if proc.poll() is not None:
+                    failure = f"{name} exited with {proc.returncode}; see {out / f'ros_{name}.log'}"
+            if window_start is None and len(fused) >= 3:  # the first outputs include model warm-up
+                window_start = now
+                fused.clear()
+                inputs.clear()
+            if window_start is None and now - start > startup_timeout:
+                failure = f"no output from cgrp_fusion within {startup_timeout:g} s; see {out / 'ros_cgrp_fusion.log'}"
+            if failure or (window_start is not None and now - window_start >= duration):
+                window_end = now
+                break
+    finally:
+        _stop(processes)
+        for f in logs.values():
+            f.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if failure:
+        raise CgrpError(failure)
+    window = window_end - window_start
+    latencies = np.array([lat for _, lat in fused]) * 1e3
+    stats = lambda a: dict(p50=float(np.percentile(a, 50)), p95=float(np.percentile(a, 95)),  # noqa: E731
+                           mean=float(a.mean())) if a.size else None
+    return dict(config=config.label, size="{}x{}".format(*size), player_rate_hz=rate, deform=deform,
+                measured_s=window, input_rate_hz=len(inputs) / window, output_rate_hz=len(fused) / window,
+                outputs=len(fused), latency_ms=stats(latencies),
+                subscribed=["/cgrp_fusion/fused"], commands=[" ".join(_command(s, p)) for s, p in
+                                                             (("cgrp_fusion", node_params), ("cgrp_player", player_params))])
+
+
+def ros_markdown(document: dict) -> str:
+    latency = document["latency_ms"] or {"p50": float("nan"), "p95": float("nan")}
+    row = [f"`{document['config']}`", document["size"], f"{document['player_rate_hz']:g}",
+           f"{document['input_rate_hz']:.1f}", f"{document['output_rate_hz']:.2f}",
+           f"{latency['p50']:.0f}", f"{latency['p95']:.0f}", f"{document['measured_s']:.0f}"]
+    header = ["config", "working size", "player Hz", "inputs received Hz", "fused output Hz",
+              "latency p50 ms", "latency p95 ms", "window s"]
+    return (markdown_table(header, [row]) + "\n\nLatency: visible input stamp -> fused message received by the "
+            "benchmark's subscriber (player, node and subscriber on this machine, shared-memory transport).")
