@@ -1,0 +1,58 @@
+"""Launch files, parameter file and rviz config: parse, name real executables and files, match the node."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
+
+
+def console_scripts():
+    return set(re.findall(r'"(\w+) = cgrp_ros\.[\w.]+:main"', (REPO / "setup.py").read_text()))
+
+
+def test_both_launch_files_exist():
+    assert {p.name for p in LAUNCH_FILES} == {"cgrp_fusion.launch.py", "demo.launch.py"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_names_existing_executables_and_files(path):
+    tree = ast.parse(path.read_text(), str(path))
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    executables = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                   for kw in n.keywords if kw.arg == "executable" and isinstance(kw.value, ast.Constant)}
+    assert executables - {"rviz2"} <= console_scripts() and "cgrp_fusion" in executables
+    for name in strings & {"cgrp_fusion.yaml", "cgrp.rviz"}:
+        assert (REPO / "config" / name).is_file()
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_imports_when_launch_ros_is_present(path):
+    pytest.importorskip("launch_ros")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.generate_launch_description().entities
+
+
+def test_parameter_file_matches_the_declared_parameters():
+    from cgrp_ros.fusion_node import PARAMETERS, check_parameter
+
+    params = yaml.safe_load((REPO / "config" / "cgrp_fusion.yaml").read_text())["/**"]["ros__parameters"]
+    assert params == {p.name: p.default for p in PARAMETERS}
+    assert all(check_parameter(name, value) is None for name, value in params.items())
+
+
+def test_rviz_config_shows_both_inputs_and_all_outputs():
+    rviz = yaml.safe_load((REPO / "config" / "cgrp.rviz").read_text())
+    topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]
+              if d["Class"] == "rviz_default_plugins/Image"}
+    assert topics == {"/visible/image", "/thermal/image"} | {f"/cgrp_fusion/{n}" for n in
+                                                             ("fused", "registered_thermal", "deformation", "pseudo_thermal")}
