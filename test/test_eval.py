@@ -1,0 +1,81 @@
+"""cgrp eval and cgrp bench end to end on tiny inputs, and the classical baselines' flow convention."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from cgrp_ros.cli import main
+from cgrp_ros.core import evaluate as E
+from cgrp_ros.core.warp import warp_numpy
+
+
+@pytest.fixture(scope="module")
+def scene():
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128)).astype(np.float32), (0, 0), 3)
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_affine_to_flow_translation():
+    flow = E.affine_to_flow(np.array([[1, 0, 2.5], [0, 1, -1.0]]), (4, 5))
+    assert np.allclose(flow[..., 0], 2.5) and np.allclose(flow[..., 1], -1.0)
+
+
+@pytest.mark.parametrize("registrar", ["ecc", "dis"])
+def test_classical_registrars_use_the_core_convention(scene, registrar):
+    true_flow = np.zeros(scene.shape + (2,), np.float32)
+    true_flow[..., 0], true_flow[..., 1] = 3.0, -2.0
+    moving = warp_numpy(scene, -true_flow)  # scene(p) = moving(p + true_flow)
+    flow = E.ecc_flow(scene, moving) if registrar == "ecc" else E.dis_flow(scene, moving)
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.median(np.abs(flow[inner] - true_flow[inner])) < 0.5
+
+
+def test_eval_end_to_end(sample_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(sample_dir), "--limit", "2", "--out", str(out), "--device", "cpu",
+                 "--working-size", "64x96", "--figures", "1", "--preset", "mild"]) == 0
+    for name in ("report.md", "metrics.csv", "metrics.json", "hist_epe.png", "hist_abs_error.png"):
+        assert (out / name).is_file(), name
+    assert len(list(out.glob("example_*.png"))) == 1
+    with open(out / "metrics.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == E.COLUMNS
+    assert reader.fieldnames[:7] == ["image", "method", "mae", "rmse", "ncc", "mi", "epe"]
+    assert len(rows) == 2 * len(E.METHODS)
+    assert {(r["image"], r["method"]) for r in rows} == {(i, m) for i in {r["image"] for r in rows} for m in E.METHODS}
+    document = json.loads((out / "metrics.json").read_text())
+    assert set(document["summary"]) == set(E.METHODS) and document["summary"]["cgrp"]["mae"]["n"] == 2
+    report = (out / "report.md").read_text()
+    assert "`cgrp`" in report and "**" in report and "Targets" in report
+
+
+def test_eval_is_deterministic_in_seed(sample_dir, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(tmp_path / name), "--device", "cpu",
+              "--working-size", "64x96", "--figures", "0"])
+        runs.append((tmp_path / name / "metrics.csv").read_text())
+    assert runs[0] == runs[1]
+
+
+def test_eval_reports_missing_data(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "visible/ and thermal/" in capsys.readouterr().err
+
+
+def test_bench_writes_json(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--runs", "2", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu,torch-cuda",
+                 "--out", str(out)]) == 0
+    document = json.loads((out / "bench.json").read_text())
+    measured = {r["config"] for r in document["results"]}
+    assert "torch-cpu" in measured
+    assert measured | {u["config"] for u in document["unavailable"]} == {"torch-cpu", "torch-cuda"}
+    stages = document["results"][0]["stages_ms"]
+    assert set(stages) == {"preprocess", "generator", "registration", "fusion", "postprocess", "total"}
+    assert stages["total"]["p95"] >= stages["total"]["p50"] > 0
+    assert (out / "bench.md").read_text().count("|") > 10

@@ -1,0 +1,127 @@
+"""Metrics against hand-computed values on tiny arrays and against known properties."""
+import math
+
+import numpy as np
+import pytest
+
+from cgrp_ros.core import metrics as M
+from cgrp_ros.core.deform import misalign, rng_for
+from cgrp_ros.core.warp import warp_numpy
+
+# 2 x 2 images: A varies down the rows, B across the columns (their centred values are orthogonal)
+A = np.array([[0, 0], [10, 10]], np.uint8)
+B = np.array([[0, 10], [0, 10]], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def texture():
+    rng = np.random.default_rng(0)
+    import cv2
+    image = cv2.GaussianBlur(rng.integers(0, 256, (48, 64)).astype(np.float32), (0, 0), 2)
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_identical_images():
+    assert M.mae(A, A) == 0 and M.rmse(A, A) == 0
+    assert M.correlation(A, A) == pytest.approx(1.0)
+    assert M.mutual_information(A, A) == pytest.approx(M.entropy(A)) == pytest.approx(1.0)
+
+
+def test_intensity_shift():
+    shifted = A.astype(np.float64) + 5
+    assert M.mae(A, shifted) == pytest.approx(5.0)
+    assert M.rmse(A, shifted) == pytest.approx(5.0)
+    assert M.correlation(A, shifted) == pytest.approx(1.0)
+
+
+def test_orthogonal_patterns():
+    assert M.mae(A, B) == pytest.approx(5.0)            # |0-0|, |0-10|, |10-0|, |10-10|
+    assert M.rmse(A, B) == pytest.approx(math.sqrt(50))
+    assert M.correlation(A, B) == pytest.approx(0.0)
+    assert M.mutual_information(A, B) == pytest.approx(0.0)  # joint histogram = product of marginals
+
+
+def test_spatially_shifted_image(texture):
+    moved = np.roll(texture, 3, axis=1)
+    assert M.mae(texture, moved) > 0
+    assert M.correlation(texture, moved) < M.correlation(texture, texture)
+    assert M.mutual_information(texture, moved) < M.mutual_information(texture, texture)
+
+
+def test_mask_selects_pixels():
+    mask = np.array([[True, False], [True, False]])
+    assert M.mae(A, B, mask) == pytest.approx(5.0)        # pixels (0,0) and (1,0): 0 and 10
+    assert math.isnan(M.mae(A, B, np.zeros((2, 2), bool)))
+
+
+def test_entropy_values():
+    assert M.entropy(np.full((4, 4), 7, np.uint8)) == 0.0
+    assert M.entropy(np.array([[0, 255]], np.uint8)) == pytest.approx(1.0)
+    assert M.entropy(np.array([[0, 1, 2, 3]], np.uint8)) == pytest.approx(2.0)
+
+
+def test_constant_images():
+    flat = np.full((16, 16), 80, np.uint8)
+    assert math.isnan(M.correlation(flat, A.repeat(8, 0).repeat(8, 1)))  # undefined, not 0
+    assert M.standard_deviation(flat) == 0 and M.spatial_frequency(flat) == 0 and M.average_gradient(flat) == 0
+    assert M.ssim(flat, flat) == pytest.approx(1.0)
+    assert math.isnan(M.qabf(flat, flat, flat))
+
+
+def test_mutual_information_symmetric(texture):
+    other = np.random.default_rng(1).integers(0, 256, texture.shape).astype(np.uint8) // 2 + texture // 2
+    assert M.mutual_information(texture, other) == pytest.approx(M.mutual_information(other, texture))
+    assert M.mutual_information(texture, other) >= 0
+
+
+def test_gradient_measures_hand_computed():
+    assert M.standard_deviation(np.array([[0, 10]])) == pytest.approx(5.0)
+    assert M.spatial_frequency(B) == pytest.approx(10.0)      # row differences 10, column differences 0
+    assert M.average_gradient(B) == pytest.approx(math.sqrt(100 / 2))
+
+
+def test_ssim_and_vif_of_identical(texture):
+    assert M.ssim(texture, texture) == pytest.approx(1.0)
+    assert M.vif(texture, texture) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(texture + np.random.default_rng(2).normal(0, 20, texture.shape), 0, 255)
+    assert M.ssim(texture, noisy) < 1.0 and M.vif(texture, noisy) < 1.0
+    assert M.ssim(texture, noisy) == pytest.approx(M.ssim(noisy, texture))
+
+
+def test_qabf_perfect_fusion(texture):
+    # F = A = B: relative strength and orientation are 1 everywhere: the product of the two sigmoids at 1
+    q_g = 0.9994 / (1 + math.exp(-15 * (1 - 0.5)))
+    q_a = 0.9879 / (1 + math.exp(-22 * (1 - 0.8)))
+    assert M.qabf(texture, texture, texture) == pytest.approx(q_g * q_a)
+    assert M.qabf(texture, texture, np.full_like(texture, 128)) < 0.1
+
+
+def test_flow_errors():
+    reference = np.random.default_rng(3).normal(0, 4, (8, 10, 2)).astype(np.float32)
+    assert M.flow_errors(reference, reference) == dict(epe=0.0, epe_lt1=1.0, epe_lt3=1.0)
+    off = reference + np.array([3.0, 4.0], np.float32)
+    assert M.flow_errors(off, reference) == pytest.approx(dict(epe=5.0, epe_lt1=0.0, epe_lt3=0.0))
+    half = reference + np.array([0.0, 2.0], np.float32)
+    assert M.flow_errors(half, reference) == pytest.approx(dict(epe=2.0, epe_lt1=0.0, epe_lt3=1.0))
+
+
+def test_exact_field_registers_the_misalignment(texture):
+    truth = misalign(texture, "moderate", rng_for(0, "texture"))
+    registered = warp_numpy(truth.misaligned, truth.flow)
+    scores = M.registration_metrics(registered, texture, truth.valid, truth.flow, truth.flow)
+    assert scores["epe"] == 0.0 and scores["epe_lt1"] == 1.0
+    assert scores["mae"] < 0.1 * M.mae(truth.misaligned, texture, truth.valid)  # only resampling error left
+    assert scores["ncc"] > 0.99
+
+
+def test_fusion_metrics_columns(texture):
+    values = M.fusion_metrics(texture, texture, texture)
+    assert list(values) == list(M.FUSION_COLUMNS)
+    assert values["ssim"] == pytest.approx(1.0) and values["cc"] == pytest.approx(1.0)
+    assert values["fmi"] == pytest.approx(2 * M.entropy(texture))
+    assert values["vif"] == pytest.approx(2.0, abs=1e-5)
+
+
+def test_rejects_colour():
+    with pytest.raises(ValueError):
+        M.entropy(np.zeros((4, 4, 3), np.uint8))
