@@ -39,7 +39,7 @@ def test_eval_end_to_end(sample_dir, tmp_path):
                  "--working-size", "64x96", "--figures", "1", "--preset", "mild"]) == 0
     for name in ("report.md", "metrics.csv", "metrics.json", "hist_epe.png", "hist_abs_error.png"):
         assert (out / name).is_file(), name
-    assert len(list(out.glob("example_*.png"))) == 1
+    assert len(list(out.glob("example_*.png"))) == len(list(out.glob("compare_*.png"))) == 1
     with open(out / "metrics.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

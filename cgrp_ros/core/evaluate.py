@@ -187,7 +187,8 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
     if keep_panel:
         panel = dict(visible=visible, misaligned=moving, registered=result.registered_thermal,
                      fused=result.fused_color if result.fused_color is not None else result.fused,
-                     flow=result.flow, truth_flow=truth.flow, visible_y=visible_y)
+                     flow=result.flow, truth_flow=truth.flow, visible_y=visible_y, aligned=aligned,
+                     registered_by_method=registered, fused_by_method=fused)
     return PairResult(name, rows, epe, abs_error, panel)
 
 
@@ -305,7 +306,9 @@ def evaluate(pipeline, pairs, out, preset: str = "moderate", seed: int = 0, figu
         if pair.panel:
             path = out / f"example_{name}.png"
             cv2.imwrite(str(path), report.example_panel(pair.panel))
-            files.append(path)
+            compare = out / f"compare_{name}.png"
+            cv2.imwrite(str(compare), report.comparison_panel(pair.panel))
+            files += [path, compare]
     summary = summarize(rows)
     info = dict(info or {})
     info.update(preset=preset, seed=seed, pairs=len(pairs), pipeline=pipeline.description,

@@ -77,7 +77,8 @@ def report_markdown(evaluation) -> str:
     lines += [f"- `{m}`: {METHOD_DESCRIPTIONS[m]}" for m in METHODS]
     lines += ["", "mean ± standard deviation over images; ↑ higher is better, ↓ lower is better; best in bold.",
               "Figures: `example_*.png` (visible | misaligned thermal | CGRP registered | CGRP fused | CGRP flow | "
-              "ground-truth flow | checkerboard of visible and registered thermal), `hist_epe.png`, "
+              "ground-truth flow | checkerboard of visible and registered thermal), `compare_*.png` (per method: "
+              "checkerboard of visible and registered thermal, fused image), `hist_epe.png`, "
               "`hist_abs_error.png`.", ""]
     return "\n".join(lines)
 
@@ -115,6 +116,19 @@ def example_panel(panel: dict) -> np.ndarray:
              _tile(flow_to_color(panel["truth_flow"], scale), f"true flow (max {scale:.0f} px)"),
              _tile(checkerboard(panel["visible_y"], panel["registered"]), "visible / registered")]
     return np.hstack(tiles)
+
+
+def comparison_panel(panel: dict) -> np.ndarray:
+    """Two rows over the methods: checkerboards of visible and registered thermal (the aligned
+    thermal first, as the ideal), then each method's fused image (the aligned-pair row left blank)."""
+    from .evaluate import METHODS
+
+    registrar = lambda m: "cgrp" if m == "cgrp_avg" else m  # noqa: E731
+    top = [_tile(checkerboard(panel["visible_y"], panel["aligned"]), "visible / aligned (ideal)")]
+    top += [_tile(checkerboard(panel["visible_y"], panel["registered_by_method"][registrar(m)]), f"visible / {m}")
+            for m in METHODS]
+    bottom = [np.zeros_like(top[0])] + [_tile(panel["fused_by_method"][m], f"fused {m}") for m in METHODS]
+    return np.vstack((np.hstack(top), np.hstack(bottom)))
 
 
 def histogram_figure(counts: dict, edges: np.ndarray, title: str, xlabel: str,
