@@ -18,6 +18,7 @@ import array
 import collections
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -167,6 +168,8 @@ class Stats:
         self.bad_messages = 0       # messages skipped by the conversion (encoding, step, size, data)
         self.bad_pairs = 0          # pairs the core rejected as input
         self.inference_errors = 0   # unexpected failures inside the pipeline
+        self.non_finite_thermal = 0  # pairs fused although the thermal had NaN/inf pixels
+        self.constant_images = 0    # pairs fused although an input had no contrast
         self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
         self.last_message = [time.monotonic(), time.monotonic()]  # per stream
         self.last_pair = time.monotonic()
@@ -294,20 +297,23 @@ class FusionNode(Node):
         self._log_startup()
 
     # -- input ---------------------------------------------------------------------------------------
-    def _log_throttled(self, key, text: str, period: float = 5.0):
-        """An error line at most every `period` s per key (one key per stream and kind of problem)."""
+    def _log_throttled(self, key, text: str, period: float = 5.0, level: str = "error"):
+        """A log line at most every `period` s per key (one key per stream and kind of problem)."""
         now = time.monotonic()
         if now - self._log_times.get(key, -period) >= period:
             self._log_times[key] = now
-            self.get_logger().error(text)
+            getattr(self.get_logger(), level)(text)
+
+    def _count(self, counter: str) -> None:
+        with self.stats.lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
 
     def _on_image(self, stream: int, msg: Image):
         name = STREAM_NAMES[stream]
         try:
             image_to_numpy(msg)  # validation only: a cheap view, converted again by the worker
         except ImageConversionError as exc:
-            with self.stats.lock:
-                self.stats.bad_messages += 1
+            self._count("bad_messages")
             self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")
             return
         self.stats.last_message[stream] = time.monotonic()
@@ -330,25 +336,48 @@ class FusionNode(Node):
         """The enabled outputs that someone subscribes to right now."""
         return {name for name in self.values["outputs"] if self.publishers_[name].get_subscription_count() > 0}
 
+    def _check_content(self, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> None:
+        """Warn about (and count) inputs that are fused but carry little or no information.
+
+        NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
+        with no finite pixel at all is rejected. A constant image (zero variance) is fused as it is:
+        a lens cap or a camera's flat-field correction produces it, and the other camera still counts.
+        """
+        if thermal.dtype.kind == "f":
+            finite = np.isfinite(thermal)
+            if not finite.all():
+                if not finite.any():
+                    raise InputError(f"thermal image {thermal.shape[1]}x{thermal.shape[0]} has no finite pixel")
+                self._count("non_finite_thermal")
+                self._log_throttled("non-finite", f"thermal image at {stamp:.3f} has {finite.size - finite.sum()} "
+                                    "NaN/inf pixels: fused with them treated as missing", level="warning")
+        for name, image in (("visible", visible), ("thermal", thermal)):
+            if image.size and image.min() == image.max():
+                self._count("constant_images")
+                self._log_throttled(("constant", name), f"{name} image at {stamp:.3f} is constant "
+                                    f"(value {image.flat[0]}): fused, but it carries no information",
+                                    level="warning")
+
     def _process(self, visible_msg: Image, thermal_msg: Image):
         wanted = self._wanted_outputs()
         if not wanted:
             return  # nobody listens: spend nothing
         core_outputs = {"flow"} | (wanted - {"deformation"})  # the core calls the deformation 'flow'
+        stamp = stamp_seconds(visible_msg.header.stamp)
         try:
             visible = to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)
             thermal = image_to_numpy(thermal_msg)
+            self._check_content(visible, thermal, stamp)
             result = self.pipeline(visible, thermal, outputs=core_outputs)
         except InputError as exc:
-            with self.stats.lock:
-                self.stats.bad_pairs += 1
-            self._log_throttled("pair", f"skipping pair at {stamp_seconds(visible_msg.header.stamp):.3f}: {exc}")
+            self._count("bad_pairs")
+            # one throttle key per kind of problem: the message without its numbers
+            self._log_throttled(("pair", re.sub(r"\d+", "#", str(exc))), f"skipping pair at {stamp:.3f}: {exc}")
             return
         except Exception as exc:  # one bad pair must not stop the node: log, count, go on with the next
-            with self.stats.lock:
-                self.stats.inference_errors += 1
-            self._log_throttled("inference", f"inference failed for the pair at "
-                                f"{stamp_seconds(visible_msg.header.stamp):.3f}: {type(exc).__name__}: {exc}")
+            self._count("inference_errors")
+            self._log_throttled("inference", f"inference failed for the pair at {stamp:.3f}: "
+                                f"{type(exc).__name__}: {exc}")
             return
         header = visible_msg.header
         images = {
@@ -411,7 +440,9 @@ class FusionNode(Node):
             "latency p95 ms": f"{p95 * 1e3:.0f}" if count else "n/a",
             "pairs": str(self.slot.received), "dropped pairs": str(self.slot.dropped),
             "published": str(s.published), "bad messages": str(s.bad_messages), "bad pairs": str(s.bad_pairs),
-            "inference errors": str(s.inference_errors), "synchronizer": self.sync.implementation,
+            "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
+            "constant images": str(s.constant_images), "synchronizer resets": str(self.sync.resets),
+            "synchronizer": self.sync.implementation,
         }
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: fusion", message=message,
                                   hardware_id=self.pipeline.description,

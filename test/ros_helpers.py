@@ -9,14 +9,39 @@ import time
 
 import numpy as np
 
+try:  # the ROS test modules skip themselves when rclpy is missing; this keeps the helpers importable
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from cgrp_ros.image_conversions import numpy_to_image
+
+    RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+except ImportError:
+    rclpy = None
+
 STARTUP_TIMEOUT = 60.0  # torch import + model load on a busy 2-core machine
+OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
+SLOP = 0.05
 
 
-def start_node(module: str, log_path, *ros_args: str) -> subprocess.Popen:
-    """`python -m module --ros-args ...` with stdout + stderr in `log_path` (the DDS settings are inherited)."""
+def start_node(module: str, log_path, *ros_args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m module --ros-args ...` with stdout + stderr in `log_path` (the DDS settings are inherited).
+
+    `env`: variables added to (or, with value None, removed from) this process's environment.
+    """
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     log = open(log_path, "w")
     return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], stdout=log,
-                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            stderr=subprocess.STDOUT, env=environment)
 
 
 def stop_node(proc: subprocess.Popen, signum=signal.SIGINT, timeout: float = 2.0):
@@ -60,6 +85,20 @@ class Spinner:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MB (VmRSS from /proc; psutil is not a dependency)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all threads) in seconds, from /proc/<pid>/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def log_tail(path, lines: int = 15) -> str:
     if path is None:
         return ""
@@ -77,3 +116,73 @@ def make_images(height=120, width=160, seed=0):
     visible = np.clip(np.stack([scene * 80 + 120, scene * 60 + 100, xx / width * 255], axis=2), 0, 255).astype(np.uint8)
     thermal = (30000 + 2000 * scene + rng.normal(0, 20, scene.shape)).astype(np.uint16)
     return visible, thermal
+
+
+class Harness:
+    """The node process plus a test node publishing both streams and recording every output."""
+
+    def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None):
+        """`ros_args` are added after the defaults (reliable inputs, slop, 1 s stats, a 64x96 working size);
+        `outputs`: the outputs this side subscribes to (the node computes only those)."""
+        self.log_path = log_path
+        self.proc = start_node("cgrp_ros.fusion_node", log_path, "-p", "reliability:=reliable",
+                               "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0", "-p", "working_size:=[64,96]",
+                               *ros_args, env=env)
+        self.spinner = Spinner("cgrp_fusion_tester")
+        node = self.spinner.node
+        self.visible_pub = node.create_publisher(Image, "visible/image", RELIABLE)
+        self.thermal_pub = node.create_publisher(Image, "thermal/image", RELIABLE)
+        self.outputs = tuple(outputs)
+        self.received = {name: [] for name in self.outputs}
+        for name in self.outputs:
+            node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: self.received[n].append(m), RELIABLE)
+        self.diagnostics = []
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.set_parameters = node.create_client(SetParameters, "cgrp_fusion/set_parameters")
+        self.visible, self.thermal = make_images()
+        self.wait_for(lambda: self.visible_pub.get_subscription_count() and self.thermal_pub.get_subscription_count()
+                      and all(node.count_publishers(f"cgrp_fusion/{n}") for n in self.outputs),
+                      STARTUP_TIMEOUT, "the node's topics")
+
+    def wait_for(self, predicate, timeout, what):
+        self.spinner.wait_for(predicate, timeout, what, self.proc, self.log_path)
+
+    def stamp(self, offset=0.0):
+        return rclpy.time.Time(nanoseconds=self.spinner.node.get_clock().now().nanoseconds
+                               + int(offset * 1e9)).to_msg()
+
+    def publish_pair(self, thermal_offset=0.0, visible=None, thermal=None, visible_encoding="bgr8",
+                     thermal_encoding="mono16", visible_msg=None, thermal_msg=None, stamp=None):
+        """Publish one pair; returns the visible stamp in ns. Ready-made (broken) messages replace the arrays;
+        `stamp` (a builtin_interfaces Time) replaces now."""
+        stamp = stamp or self.stamp()
+        header = Header(stamp=stamp, frame_id="test_visible")
+        if visible_msg is None:
+            visible_msg = numpy_to_image(self.visible if visible is None else visible, visible_encoding, Image)
+        visible_msg.header = header
+        if thermal_msg is None:
+            thermal_msg = numpy_to_image(self.thermal if thermal is None else thermal, thermal_encoding, Image)
+        thermal_msg.header = Header(stamp=rclpy.time.Time(nanoseconds=stamp.sec * 10**9 + stamp.nanosec
+                                                          + int(thermal_offset * 1e9)).to_msg(), frame_id="test_thermal")
+        self.visible_pub.publish(visible_msg)
+        self.thermal_pub.publish(thermal_msg)
+        return stamp.sec * 10**9 + stamp.nanosec
+
+    def outputs_for(self, stamp_ns):
+        return {name: m for name in self.outputs for m in self.received[name]
+                if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamp_ns}
+
+    def wait_outputs(self, stamp_ns, timeout=30.0, what="all four outputs"):
+        self.wait_for(lambda: len(self.outputs_for(stamp_ns)) == len(self.outputs), timeout, what)
+        return self.outputs_for(stamp_ns)
+
+    def log(self):
+        return open(self.log_path, errors="replace").read()
+
+    def last_diagnostic(self):
+        statuses = [s for array in self.diagnostics for s in array.status if s.name.startswith("cgrp_fusion")]
+        return statuses[-1] if statuses else None
+
+    def diagnostic_value(self, key):
+        status = self.last_diagnostic()
+        return None if status is None else {kv.key: kv.value for kv in status.values}.get(key)

@@ -7,91 +7,20 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from cgrp_ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
-from ros_helpers import STARTUP_TIMEOUT, Spinner, make_images, start_node, stop_node  # noqa: E402
-
-OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
-SLOP = 0.05
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-class Harness:
-    """The node process plus a test node publishing both streams and recording every output."""
-
-    def __init__(self, log_path):
-        self.log_path = log_path
-        self.proc = start_node("cgrp_ros.fusion_node", log_path, "-p", "reliability:=reliable",
-                               "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0", "-p", "stream_timeout:=1.0",
-                               "-p", "working_size:=[64,96]")
-        self.spinner = Spinner("cgrp_fusion_tester")
-        node = self.spinner.node
-        self.visible_pub = node.create_publisher(Image, "visible/image", RELIABLE)
-        self.thermal_pub = node.create_publisher(Image, "thermal/image", RELIABLE)
-        self.received = {name: [] for name in OUTPUTS}
-        for name in OUTPUTS:
-            node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: self.received[n].append(m), RELIABLE)
-        self.diagnostics = []
-        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.set_parameters = node.create_client(SetParameters, "cgrp_fusion/set_parameters")
-        self.visible, self.thermal = make_images()
-        self.wait_for(lambda: self.visible_pub.get_subscription_count() and self.thermal_pub.get_subscription_count()
-                      and all(node.count_publishers(f"cgrp_fusion/{n}") for n in OUTPUTS),
-                      STARTUP_TIMEOUT, "the node's topics")
-
-    def wait_for(self, predicate, timeout, what):
-        self.spinner.wait_for(predicate, timeout, what, self.proc, self.log_path)
-
-    def stamp(self, offset=0.0):
-        return rclpy.time.Time(nanoseconds=self.spinner.node.get_clock().now().nanoseconds
-                               + int(offset * 1e9)).to_msg()
-
-    def publish_pair(self, thermal_offset=0.0, visible=None, thermal=None, visible_encoding="bgr8",
-                     thermal_encoding="mono16", visible_msg=None, thermal_msg=None):
-        """Publish one pair; returns the visible stamp in ns. Ready-made (broken) messages replace the arrays."""
-        stamp = self.stamp()
-        header = Header(stamp=stamp, frame_id="test_visible")
-        if visible_msg is None:
-            visible_msg = numpy_to_image(self.visible if visible is None else visible, visible_encoding, Image)
-        visible_msg.header = header
-        if thermal_msg is None:
-            thermal_msg = numpy_to_image(self.thermal if thermal is None else thermal, thermal_encoding, Image)
-        thermal_msg.header = Header(stamp=rclpy.time.Time(nanoseconds=stamp.sec * 10**9 + stamp.nanosec
-                                                          + int(thermal_offset * 1e9)).to_msg(), frame_id="test_thermal")
-        self.visible_pub.publish(visible_msg)
-        self.thermal_pub.publish(thermal_msg)
-        return stamp.sec * 10**9 + stamp.nanosec
-
-    def outputs_for(self, stamp_ns):
-        return {name: m for name in OUTPUTS for m in self.received[name]
-                if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamp_ns}
-
-    def wait_outputs(self, stamp_ns, timeout=30.0, what="all four outputs"):
-        self.wait_for(lambda: len(self.outputs_for(stamp_ns)) == len(OUTPUTS), timeout, what)
-        return self.outputs_for(stamp_ns)
-
-    def log(self):
-        return open(self.log_path, errors="replace").read()
-
-    def last_diagnostic(self):
-        statuses = [s for array in self.diagnostics for s in array.status if s.name.startswith("cgrp_fusion")]
-        return statuses[-1] if statuses else None
-
-    def diagnostic_value(self, key):
-        status = self.last_diagnostic()
-        return None if status is None else {kv.key: kv.value for kv in status.values}.get(key)
+from ros_helpers import SLOP, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     rclpy.init()
-    h = Harness(tmp_path_factory.mktemp("fusion") / "cgrp_fusion.log")
+    h = Harness(tmp_path_factory.mktemp("fusion") / "cgrp_fusion.log", "-p", "stream_timeout:=1.0")
     yield h
     if h.proc.poll() is None:
         stop_node(h.proc, signal.SIGKILL)
