@@ -50,7 +50,7 @@ def _selected(configs, wanted: str | None):
 def run(args) -> int:
     import torch
 
-    from ..core.bench import bench_markdown, configurations, run_benchmarks
+    from ..core.bench import bench_markdown, bench_targets, configurations, run_benchmarks
     from ..core.evaluate import machine_description
 
     if args.runs < 1 or args.warmup < 0:
@@ -75,6 +75,7 @@ def run(args) -> int:
         document = run_benchmarks(configs, args.sizes, args.runs, args.warmup,
                                   progress=lambda text: print(f"cgrp bench: {text}", flush=True))
         document["machine"] = machine
+        document["targets"] = [dict(target=t, verdict=v) for t, v in bench_targets(document)]
         name, table = "bench", bench_markdown(document)
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}; "
               f"torch {machine['torch']} ({machine['torch_threads']} threads), Python {machine['python']}; "

@@ -157,6 +157,25 @@ def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=Non
     return dict(results=results, unavailable=unavailable)
 
 
+def bench_targets(document: dict) -> list:
+    """The issue's speed targets: [(target, verdict text)] from the measured results."""
+    def best(labels, size):
+        found = [r for r in document["results"] if r["config"] in labels and r["size"] == size]
+        return max(found, key=lambda r: r["fps"]) if found else None
+
+    out = []
+    cpu = best({"torch-cpu", "onnxruntime-cpu"}, "256x320")
+    verdict = "not measured (256x320 not benchmarked)" if cpu is None else (
+        f"{'holds' if cpu['fps'] >= 10 else 'MISSED'}: best CPU configuration `{cpu['config']}` "
+        f"at {cpu['fps']:.2f} fps")
+    out.append(("full pipeline >= 10 fps at 256x320 on CPU (best CPU backend)", verdict))
+    gpu = best({"torch-cuda-fp16"}, "512x640")
+    verdict = "not measured (no CUDA GPU, or 512x640 not benchmarked)" if gpu is None else (
+        f"{'holds' if gpu['fps'] >= 200 else 'MISSED'}: `torch-cuda-fp16` at {gpu['fps']:.1f} fps")
+    out.append(("full pipeline >= 200 fps at 512x640 fp16 on a CUDA GPU", verdict))
+    return out
+
+
 def bench_markdown(document: dict) -> str:
     """Latency table (p50 / p95 ms per stage and end to end), fps and memory; then what did not run."""
     header = ["config", "size", "preprocess", "generator", "registration", "fusion", "postprocess",
@@ -170,6 +189,7 @@ def bench_markdown(document: dict) -> str:
                     + [f"{s['total']['p50']:.1f}", f"{s['total']['p95']:.1f}", f"{r['fps']:.2f}", memory])
     text = [markdown_table(header, rows), "",
             "Stage columns: p50 / p95 in ms. fps = 1000 / mean end-to-end ms, one pair at a time."]
+    text += ["", "Targets:", ""] + [f"- {target}: {verdict}" for target, verdict in bench_targets(document)]
     if document["unavailable"]:
         text += ["", "Not measured:", ""] + [f"- `{u['config']}`: {u['reason']}" for u in document["unavailable"]]
     return "\n".join(text)
