@@ -27,8 +27,8 @@ from .warp import invert_flow, valid_mask, warp, warp_numpy
 
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
-    "generator": dict(iterations=1200, batch=6, crop=(128, 128), lr=2e-4),
-    "registration": dict(iterations=2500, batch=4, crop=(144, 256), lr=4e-4, preset="severe"),
+    "generator": dict(iterations=700, batch=6, crop=(128, 128), lr=2e-4),
+    "registration": dict(iterations=1600, batch=4, crop=(144, 256), lr=4e-4, preset="severe"),
     "fusion": dict(iterations=800, batch=6, crop=(128, 128), lr=1e-3),
     "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
 }
