@@ -155,8 +155,16 @@ class _RosLogHandler(logging.Handler):
         self.ros_logger = ros_logger
 
     def emit(self, record):
-        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(record.levelno, "error")
-        getattr(self.ros_logger, level)(record.getMessage())
+        # one call per severity on its own line: rclpy refuses a second severity from the same call site
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(text)
+        elif record.levelno >= logging.INFO:
+            self.ros_logger.info(text)
+        else:
+            self.ros_logger.debug(text)
 
 
 class Stats:
@@ -297,12 +305,15 @@ class FusionNode(Node):
         self._log_startup()
 
     # -- input ---------------------------------------------------------------------------------------
-    def _log_throttled(self, key, text: str, period: float = 5.0, level: str = "error"):
-        """A log line at most every `period` s per key (one key per stream and kind of problem)."""
+    def _log_throttled(self, key, text: str, period: float = 5.0, warning: bool = False):
+        """An error (or warning) line at most every `period` s per key (one key per stream and kind of problem)."""
         now = time.monotonic()
         if now - self._log_times.get(key, -period) >= period:
             self._log_times[key] = now
-            getattr(self.get_logger(), level)(text)
+            if warning:  # separate call sites: rclpy refuses two severities from one
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().error(text)
 
     def _count(self, counter: str) -> None:
         with self.stats.lock:
@@ -336,27 +347,27 @@ class FusionNode(Node):
         """The enabled outputs that someone subscribes to right now."""
         return {name for name in self.values["outputs"] if self.publishers_[name].get_subscription_count() > 0}
 
-    def _check_content(self, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> None:
-        """Warn about (and count) inputs that are fused but carry little or no information.
+    def _content_warnings(self, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
+        """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
 
         NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
-        with no finite pixel at all is rejected. A constant image (zero variance) is fused as it is:
-        a lens cap or a camera's flat-field correction produces it, and the other camera still counts.
+        with no finite pixel at all is rejected (InputError). A constant image (zero variance) is fused
+        as it is: a lens cap or a camera's flat-field correction produces it, and the other camera still
+        counts. The warnings are emitted only for pairs that the pipeline then fuses.
         """
+        warnings = []
         if thermal.dtype.kind == "f":
             finite = np.isfinite(thermal)
             if not finite.all():
                 if not finite.any():
                     raise InputError(f"thermal image {thermal.shape[1]}x{thermal.shape[0]} has no finite pixel")
-                self._count("non_finite_thermal")
-                self._log_throttled("non-finite", f"thermal image at {stamp:.3f} has {finite.size - finite.sum()} "
-                                    "NaN/inf pixels: fused with them treated as missing", level="warning")
+                warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
+                                 f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
         for name, image in (("visible", visible), ("thermal", thermal)):
             if image.size and image.min() == image.max():
-                self._count("constant_images")
-                self._log_throttled(("constant", name), f"{name} image at {stamp:.3f} is constant "
-                                    f"(value {image.flat[0]}): fused, but it carries no information",
-                                    level="warning")
+                warnings.append(("constant_images", ("constant", name), f"{name} image at {stamp:.3f} is "
+                                 f"constant (value {image.flat[0]}): fused, but it carries no information"))
+        return warnings
 
     def _process(self, visible_msg: Image, thermal_msg: Image):
         wanted = self._wanted_outputs()
@@ -367,7 +378,7 @@ class FusionNode(Node):
         try:
             visible = to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)
             thermal = image_to_numpy(thermal_msg)
-            self._check_content(visible, thermal, stamp)
+            warnings = self._content_warnings(visible, thermal, stamp)
             result = self.pipeline(visible, thermal, outputs=core_outputs)
         except InputError as exc:
             self._count("bad_pairs")
@@ -379,6 +390,9 @@ class FusionNode(Node):
             self._log_throttled("inference", f"inference failed for the pair at {stamp:.3f}: "
                                 f"{type(exc).__name__}: {exc}")
             return
+        for counter, key, text in warnings:
+            self._count(counter)
+            self._log_throttled(key, text, warning=True)
         header = visible_msg.header
         images = {
             "fused": (result.fused_color if result.fused_color is not None else result.fused, None),
