@@ -124,10 +124,11 @@ class Harness:
     def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None):
         """`ros_args` are added after the defaults (reliable inputs, slop, 1 s stats, a 64x96 working size);
         `outputs`: the outputs this side subscribes to (the node computes only those)."""
+        self.ros_args = ("-p", "reliability:=reliable", "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0",
+                         "-p", "working_size:=[64,96]", *ros_args)
+        self.env = env
         self.log_path = log_path
-        self.proc = start_node("cgrp_ros.fusion_node", log_path, "-p", "reliability:=reliable",
-                               "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0", "-p", "working_size:=[64,96]",
-                               *ros_args, env=env)
+        self.proc = start_node("cgrp_ros.fusion_node", log_path, *self.ros_args, env=env)
         self.spinner = Spinner("cgrp_fusion_tester")
         node = self.spinner.node
         self.visible_pub = node.create_publisher(Image, "visible/image", RELIABLE)
@@ -140,9 +141,20 @@ class Harness:
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.set_parameters = node.create_client(SetParameters, "cgrp_fusion/set_parameters")
         self.visible, self.thermal = make_images()
+        self.wait_for_topics()
+
+    def wait_for_topics(self):
+        node = self.spinner.node
         self.wait_for(lambda: self.visible_pub.get_subscription_count() and self.thermal_pub.get_subscription_count()
                       and all(node.count_publishers(f"cgrp_fusion/{n}") for n in self.outputs),
                       STARTUP_TIMEOUT, "the node's topics")
+
+    def restart(self, log_path):
+        """Start the node again (after it stopped) with the same arguments; log to `log_path`."""
+        self.log_path = log_path
+        self.diagnostics.clear()
+        self.proc = start_node("cgrp_ros.fusion_node", log_path, *self.ros_args, env=self.env)
+        self.wait_for_topics()
 
     def wait_for(self, predicate, timeout, what):
         self.spinner.wait_for(predicate, timeout, what, self.proc, self.log_path)

@@ -1,0 +1,99 @@
+"""cgrp_fusion lifecycle and startup faults (issue 5): cuda without a GPU, SIGTERM/SIGINT while
+serving, an immediate restart under the same name, and the model/device errors that end the node."""
+import shutil
+import signal
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from ros_helpers import STARTUP_TIMEOUT, Harness, start_node, stop_node  # noqa: E402
+
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def assert_clean_log(text):
+    assert "Traceback" not in text and "Logging error" not in text, text[-3000:]
+
+
+@pytest.mark.skipif(has_cuda(), reason="this machine has a GPU: nothing to fall back from")
+def test_cuda_without_gpu_falls_back_stops_on_signals_and_restarts(tmp_path):
+    rclpy.init()
+    h = Harness(tmp_path / "first.log", "-p", "device:=cuda", outputs=("fused",))
+    try:
+        h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="an output on the CPU fallback")
+        assert "device 'cuda' requested but no CUDA GPU is available: falling back to CPU" in h.log()
+        assert "on cpu" in h.log()  # the startup line names the device actually used
+
+        h.publish_pair()  # SIGTERM while the worker may be busy with this pair
+        code, seconds = stop_node(h.proc, signal.SIGTERM, timeout=5.0)
+        assert code == 0 and seconds < 2.0, f"SIGTERM: exit {code} after {seconds:.2f} s\n{h.log()[-2000:]}"
+        assert_clean_log(h.log())
+
+        h.restart(tmp_path / "second.log")  # at once: same node name, same topics
+        h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="an output after the restart")
+        h.wait_for(lambda: h.spinner.node.get_node_names().count("cgrp_fusion") == 1, 10.0,
+                   "exactly one cgrp_fusion in the graph")
+        code, seconds = stop_node(h.proc, signal.SIGINT, timeout=5.0)
+        assert code == 0 and seconds < 2.0, f"SIGINT: exit {code} after {seconds:.2f} s\n{h.log()[-2000:]}"
+        assert_clean_log(h.log())
+    finally:
+        if h.proc.poll() is None:
+            stop_node(h.proc, signal.SIGKILL)
+        h.spinner.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def startup_error(tmp_path, *ros_args, env=None):
+    """Start the node expecting it to fail: (exit code, non-empty log lines)."""
+    log = tmp_path / "fusion.log"
+    proc = start_node("cgrp_ros.fusion_node", log, *ros_args, env=env)
+    try:
+        code = proc.wait(STARTUP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            stop_node(proc, signal.SIGKILL)
+    return code, [line for line in log.read_text().splitlines() if line.strip()]
+
+
+def models_copy(tmp_path, corrupt=None, missing=None):
+    """A models folder like the shipped one, with one file corrupt or missing."""
+    from cgrp_ros.core.models import default_model_path
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for stage in ("generator", "registration", "fusion"):
+        if stage != missing:
+            shutil.copy(default_model_path(stage), folder / f"{stage}.pt")
+    if corrupt:
+        (folder / f"{corrupt}.pt").write_bytes(b"\x00 not a checkpoint")
+    return folder
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("missing", "cannot load model '{folder}/registration.pt': file not found"),
+    ("corrupt", "cannot load model '{folder}/fusion.pt': not a readable checkpoint"),
+], ids=["missing", "corrupt"])
+def test_missing_or_corrupt_shipped_model_exits_with_one_line(tmp_path, fault, expected):
+    stage = "registration" if fault == "missing" else "fusion"
+    folder = models_copy(tmp_path, **{fault: stage})
+    code, lines = startup_error(tmp_path, env={"CGRP_MODELS": str(folder)})
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("cgrp_fusion: error: ") and expected.format(folder=folder) in lines[0], lines
+
+
+def test_missing_model_parameter_exits_with_one_line(tmp_path):
+    code, lines = startup_error(tmp_path, "-p", f"fusion_model:={tmp_path}/nowhere.pt")
+    assert code == 2 and lines == [f"cgrp_fusion: error: invalid parameter fusion_model: no such file "
+                                   f"'{tmp_path}/nowhere.pt'"], lines
+
+
+@pytest.mark.skipif(has_cuda(), reason="this machine has a GPU")
+def test_require_gpu_without_gpu_exits_with_one_line(tmp_path):
+    code, lines = startup_error(tmp_path, "-p", "device:=cuda", "-p", "require_gpu:=true")
+    assert code == 2 and lines == ["cgrp_fusion: error: require_gpu is set but no CUDA GPU is available"], lines
