@@ -1,0 +1,73 @@
+"""cgrp_fusion's worker when inference itself fails (issue 5): the node runs in this process (real rclpy,
+real worker thread); its `pipeline` attribute is replaced by a wrapper that raises once, the way a
+CUDA out-of-memory or a backend bug would. The pair is logged and counted, the next one is fused."""
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from cgrp_ros.fusion_node import FusionNode  # noqa: E402
+from cgrp_ros.image_conversions import numpy_to_image  # noqa: E402
+from ros_helpers import RELIABLE, make_images  # noqa: E402
+
+
+class FailsOnce:
+    """The real pipeline, except that the first call raises."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("simulated: CUDA out of memory")
+        return self.pipeline(*args, **kwargs)
+
+    def __getattr__(self, name):  # description, config, backend ... of the real one
+        return getattr(self.pipeline, name)
+
+
+def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused(capfd):
+    rclpy.init()
+    node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
+                                           Parameter("outputs", value=["fused"])])
+    listener = rclpy.create_node("worker_listener")
+    fused = []
+    listener.create_subscription(Image, "cgrp_fusion/fused", fused.append, RELIABLE)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    executor.add_node(listener)
+    try:
+        node.pipeline = FailsOnce(node.pipeline)
+        visible, thermal = make_images()
+
+        def spin_until(predicate, timeout, what):
+            end = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < end, f"timed out waiting for {what}"
+                executor.spin_once(timeout_sec=0.02)
+
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        for second in (1, 2):  # two pairs handed to the worker the way the synchronizer does
+            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            spin_until(lambda: node.pipeline.calls == second and node.slot.received == second, 30.0, f"pair {second}")
+        spin_until(lambda: len(fused) == 1, 30.0, "the second pair's output")
+        assert fused[0].header.stamp.sec == 2
+        assert node.stats.inference_errors == 1 and node.stats.published == 1
+        assert node._worker.is_alive()
+        executor.spin_once(timeout_sec=0.1)
+        err = capfd.readouterr().err
+        assert "inference failed for the pair at 1.000: RuntimeError: simulated: CUDA out of memory" in err, err
+    finally:
+        node.stop()
+        executor.shutdown()
+        node.destroy_node()
+        listener.destroy_node()
+        rclpy.try_shutdown()
