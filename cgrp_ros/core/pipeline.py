@@ -152,7 +152,10 @@ class Pipeline:
             pts = f.v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
             map_x = (pts[0] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
             map_y = (pts[1] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
-        raw = f.thermal if f.thermal.ndim == 2 else cv2.cvtColor(f.thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
+        raw = f.thermal
+        if raw.ndim == 3:  # a colour-mapped thermal: its luminance (cvtColor has no float64)
+            raw = raw[:, :, :3].astype(np.float32) if raw.dtype == np.float64 else raw[:, :, :3]
+            raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
         return remap(raw, map_x, map_y)
 
     def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS) -> FusionResult:
