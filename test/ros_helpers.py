@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from cgrp_ros.commands.soak import cpu_seconds, rss_mb  # noqa: F401  (for the tests)
+
 try:  # the ROS test modules skip themselves when rclpy is missing; this keeps the helpers importable
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -83,20 +85,6 @@ class Spinner:
         if predicate():
             return
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` in MB (VmRSS from /proc; psutil is not a dependency)."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` (all threads) in seconds, from /proc/<pid>/stat."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def log_tail(path, lines: int = 15) -> str:

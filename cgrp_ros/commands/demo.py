@@ -34,7 +34,8 @@ def add_arguments(p):
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
 
 
-def _node_command(module: str, parameters: dict) -> list:
+def node_command(module: str, parameters: dict) -> list:
+    """`python -m module --ros-args ...`; the fusion node also gets config/cgrp_fusion.yaml first."""
     command = [sys.executable, "-m", module, "--ros-args"]
     if module.endswith("fusion_node") and CONFIG.is_file():
         command += ["--params-file", str(CONFIG)]
@@ -43,7 +44,28 @@ def _node_command(module: str, parameters: dict) -> list:
     return command
 
 
-def _stop(processes) -> None:
+def private_dds() -> None:
+    """Shared memory on this machine only, on a private domain, unless the caller set these variables."""
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+def start_nodes(out: Path, fusion_params: dict, player_params: dict):
+    """cgrp_fusion and cgrp_player as child processes, logging to out/fusion.log and out/player.log.
+
+    Returns (fusion process, player process, [open log files]); close the logs after `stop_processes`.
+    """
+    logs = [open(out / "fusion.log", "w"), open(out / "player.log", "w")]
+    fusion = subprocess.Popen(node_command("cgrp_ros.fusion_node", fusion_params), stdout=logs[0],
+                              stderr=subprocess.STDOUT)
+    player = subprocess.Popen(node_command("cgrp_ros.player_node", player_params), stdout=logs[1],
+                              stderr=subprocess.STDOUT)
+    return fusion, player, logs
+
+
+def stop_processes(processes) -> None:
     """SIGINT every child, then kill what is still there after 5 s."""
     for proc in processes:
         if proc.poll() is None:
@@ -57,7 +79,7 @@ def _stop(processes) -> None:
             proc.wait()
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
@@ -83,11 +105,7 @@ def to_8bit(image: np.ndarray) -> np.ndarray:
 
 
 def run(args) -> int:
-    # the demo is self-contained: shared memory on this machine only, a private domain unless one is set
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    private_dds()  # the demo is self-contained
     import rclpy
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -131,11 +149,7 @@ def run(args) -> int:
     for name in OUTPUTS:
         node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: keep_output(n, m), qos)
 
-    logs = {name: open(out / f"{name}.log", "w") for name in ("fusion", "player")}
-    fusion = subprocess.Popen(_node_command("cgrp_ros.fusion_node", fusion_params), stdout=logs["fusion"],
-                              stderr=subprocess.STDOUT)
-    player = subprocess.Popen(_node_command("cgrp_ros.player_node", player_params), stdout=logs["player"],
-                              stderr=subprocess.STDOUT)
+    fusion, player, logs = start_nodes(out, fusion_params, player_params)
     complete = []  # visible stamps with every output, in arrival order
     started = time.monotonic()
     failure = None
@@ -145,11 +159,11 @@ def run(args) -> int:
             complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
             for proc, name in ((fusion, "fusion"), (player, "player")):
                 if proc.poll() is not None:
-                    failure = f"the {name} node exited ({proc.returncode}):\n{_tail(out / f'{name}.log')}"
+                    failure = f"the {name} node exited ({proc.returncode}):\n{log_tail(out / f'{name}.log')}"
             waited = time.monotonic() - started
             if not complete and waited > args.timeout:
                 failure = (f"no output from the fusion node within {args.timeout:g} s; its log:\n"
-                           f"{_tail(out / 'fusion.log')}")
+                           f"{log_tail(out / 'fusion.log')}")
             elif waited > args.timeout + 20 * args.frames:
                 failure = f"only {len(complete)} of {args.frames} frames within {waited:.0f} s"
             if failure:
@@ -157,8 +171,8 @@ def run(args) -> int:
     except KeyboardInterrupt:
         failure = "interrupted"
     finally:
-        _stop([player, fusion])
-        for f in logs.values():
+        stop_processes([player, fusion])
+        for f in logs:
             f.close()
     if failure:
         node.destroy_node()
