@@ -21,5 +21,4 @@ def test_one_minute_soak_keeps_serving_with_bounded_memory(tmp_path):
     assert totals["inference_errors"] == 0 and totals["bad_messages"] == 0
     assert memory["growth_mb"] is not None and memory["growth_mb"] < 50.0, memory
     assert len(report["windows"]) >= 5 and all(w["out"] > 0 for w in report["windows"]), report["windows"]
-    assert totals["dropped"] > 0  # 30 Hz is faster than this CPU fuses: latest-wins drops, no backlog
     assert (out / "soak.md").is_file() and "cgrp soak: OK" in proc.stdout
