@@ -419,7 +419,8 @@ class FusionNode(Node):
         s = self.stats
         self.get_logger().info(f"stats: {fps:.2f} fps, {latency}, pairs {self.slot.received}, "
                                f"dropped {self.slot.dropped}, published {s.published}, bad messages "
-                               f"{s.bad_messages}, bad pairs {s.bad_pairs}, inference errors {s.inference_errors}")
+                               f"{s.bad_messages}, bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, "
+                               f"non-finite thermal {s.non_finite_thermal}, constant images {s.constant_images}")
 
     def diagnose(self):
         """(level, message) of the node right now."""

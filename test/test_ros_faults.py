@@ -81,6 +81,17 @@ def test_unreadable_message_is_skipped_logged_counted(harness, case):
     wait_counter(harness, "bad messages", before + 1)
 
 
+def test_a_repeated_fault_is_logged_once_but_counted_every_time(harness):
+    before = counter(harness, "bad messages")
+    for _ in range(6):  # a driver sending the same broken message at 20 Hz
+        harness.publish_pair(visible_msg=raw_image("rgb8", 160, 120, 480, 100))
+        harness.spinner.spin(0.05)
+    wait_counter(harness, "bad messages", before + 6)
+    lines = re.findall(r"skipping visible image: rgb8 image .* needs 57600 bytes of data", harness.log())
+    assert len(lines) == 1, lines
+    still_fusing(harness)
+
+
 # -- pairs the core cannot use: skipped in the worker, 'bad pairs' --------------------------------------
 def test_1x1_images_are_skipped_as_bad_pairs(harness):
     before = counter(harness, "bad pairs")
