@@ -22,6 +22,7 @@ def add_arguments(t):
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     t.add_argument("--no-flow-supervision", action="store_true",
                    help="registration: train on image similarity + smoothness only (ablation)")
+    t.add_argument("--init", type=Path, help="registration: start from these weights (fine-tuning)")
     t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")
     t.add_argument("--registration", type=Path, help="registration weights to start joint from")
     t.add_argument("--fusion", type=Path, help="fusion weights to start joint from")
@@ -31,7 +32,7 @@ def run(args) -> int:
     from ..core.train import TrainConfig, train
 
     extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
-                               ("fusion", args.fusion), ("threads", args.threads)) if v}
+                               ("fusion", args.fusion), ("threads", args.threads), ("init", args.init)) if v}
     cfg = TrainConfig(stage=args.stage, data=args.data, out=args.out, run_dir=args.run_dir,
                       iterations=args.iterations or 0, batch=args.batch or 0, lr=args.lr or 0.0,
                       preset=args.preset, seed=args.seed, minutes=args.minutes, resume=not args.restart,

@@ -5,6 +5,8 @@ All images are float32 in [0, 1], N x C x H x W, with H and W multiples of
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,14 +88,18 @@ class PatchDiscriminator(nn.Module):
 # (2) Registration: multi-level coarse-to-fine (MRRN), pseudo-thermal (fixed) vs thermal (moving)
 # ----------------------------------------------------------------------------------------------
 def local_correlation(fixed: torch.Tensor, moving: torch.Tensor, radius: int) -> torch.Tensor:
-    """Cost volume N x (2r+1)^2 x H x W: mean over channels of fixed(p) * moving(p + (dx, dy))."""
+    """Cost volume N x (2r+1)^2 x H x W: sum over channels of fixed(p) * moving(p + (dx, dy)).
+
+    With unit-length feature vectors (as the estimator passes them) this is the cosine
+    similarity, in [-1, 1] whatever the channel count.
+    """
     _, _, height, width = fixed.shape
     padded = F.pad(moving, [radius] * 4)
     costs = []
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
             shifted = padded[:, :, dy:dy + height, dx:dx + width]
-            costs.append((fixed * shifted).mean(dim=1, keepdim=True))
+            costs.append((fixed * shifted).sum(dim=1, keepdim=True))
     return torch.cat(costs, dim=1)
 
 
@@ -123,30 +129,65 @@ class FeaturePyramid(nn.Module):
         return features  # fine -> coarse
 
 
+def displacement_grid(radius: int) -> torch.Tensor:
+    """1 x (2r+1)^2 x 2 x 1 x 1 offsets (dx, dy) in the order of :func:`local_correlation`'s channels."""
+    offsets = [(dx - radius, dy - radius) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    return torch.tensor(offsets, dtype=torch.float32).view(1, -1, 2, 1, 1)
+
+
+class LevelOutput(NamedTuple):
+    flow: torch.Tensor       # N x 2 x h x w, this level's estimate (level pixels)
+    prior: torch.Tensor      # N x 2 x h x w, the upsampled estimate it started from
+    log_prob: torch.Tensor   # N x (2r+1)^2 x h x w, match distribution over the offsets
+    radius: int
+
+
 class LevelEstimator(nn.Module):
-    """One pyramid level: coarse estimate M_C from the cost volume, then dilated refinement M_R."""
+    """One pyramid level.
+
+    M_C (coarse): a parameter-free match — the soft-argmax of the local cost volume (expected
+    displacement under a softmax with a learned temperature) — plus a learned correction from
+    the cost volume, the fixed features and the incoming flow. M_R (refine): dilated convs add a
+    residual. The learned parts start at zero, so an untrained level already matches features:
+    training only has to improve on that, which fits a CPU training budget.
+    """
 
     def __init__(self, channels: int, radius: int, hidden: int):
         super().__init__()
         self.radius = radius
         cost = (2 * radius + 1) ** 2
+        self.register_buffer("offsets", displacement_grid(radius), persistent=False)
+        self.log_temperature = nn.Parameter(torch.tensor(4.0))  # softmax sharpness, e^4 ~ 55
         self.coarse = nn.Sequential(conv(cost + channels + 2, hidden), conv(hidden, hidden),
                                     conv(hidden, hidden // 2), conv(hidden // 2, 2, act=False))
         self.refine = nn.Sequential(conv(channels + 2, hidden // 2, dilation=1), conv(hidden // 2, hidden // 2, dilation=2),
                                     conv(hidden // 2, hidden // 2, dilation=4), conv(hidden // 2, 2, act=False))
+        for head in (self.coarse[-1][0], self.refine[-1][0]):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    @staticmethod
+    def embed(feat):
+        """Unit vectors of channel-centred features: post-ReLU features are all positive, so
+        without centring every cosine similarity is near 1 and the soft-argmax is flat."""
+        return F.normalize(feat - feat.mean(dim=(2, 3), keepdim=True), dim=1)
 
     def forward(self, fixed_feat, moving_feat, flow):
+        """-> (refined flow, match log-probabilities N x (2r+1)^2 x H x W over the offsets)."""
         warped = warp(moving_feat, flow, padding_mode="border")
-        cost = local_correlation(F.normalize(fixed_feat, dim=1), F.normalize(warped, dim=1), self.radius)
-        flow = flow + self.coarse(torch.cat((cost, fixed_feat, flow), dim=1))
-        return flow + self.refine(torch.cat((fixed_feat, flow), dim=1))
+        cost = local_correlation(self.embed(fixed_feat), self.embed(warped), self.radius)
+        log_prob = torch.log_softmax(cost * self.log_temperature.exp(), dim=1)
+        match = (log_prob.exp().unsqueeze(2) * self.offsets).sum(dim=1)  # N x 2 x H x W, level pixels
+        flow = flow + match + self.coarse(torch.cat((cost, fixed_feat, flow), dim=1))
+        return flow + self.refine(torch.cat((fixed_feat, flow), dim=1)), log_prob
 
 
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
-    forward(pseudo_thermal, thermal) -> (flow N x 2 x H x W in pixels, flows per level coarse
-    -> fine in their own level's pixels). Four levels (1/2 .. 1/16, listed fine to coarse):
+    forward(pseudo_thermal, thermal) -> (flow N x 2 x H x W in pixels, [LevelOutput] coarse ->
+    fine: each level's flow in its own pixels, the flow it started from, and its match
+    log-probabilities, which training supervises directly). Four levels (1/2 .. 1/16, listed fine to coarse):
     with a correlation radius of 4 at 1/16 the coarsest level alone reaches +-64 px, enough
     for the 'severe' preset at working widths up to ~640 px; finer levels only correct the
     residual, so their radius and width shrink where the resolution (and the cost) grows.
@@ -160,13 +201,13 @@ class RegistrationNet(nn.Module):
     def forward(self, pseudo_thermal: torch.Tensor, thermal: torch.Tensor):
         fixed = self.pyramid(instance_standardize(pseudo_thermal))
         moving = self.pyramid(instance_standardize(thermal))
-        flow, flows = None, []
+        flow, outputs = None, []
         for level in reversed(range(len(fixed))):
             f, m = fixed[level], moving[level]
-            flow = torch.zeros_like(f[:, :2]) if flow is None else upsample2(flow)
-            flow = self.levels[level](f, m, flow)
-            flows.append(flow)
-        return upsample2(flow), flows  # finest level is 1/2
+            prior = torch.zeros_like(f[:, :2]) if flow is None else upsample2(flow)
+            flow, log_prob = self.levels[level](f, m, prior)
+            outputs.append(LevelOutput(flow, prior, log_prob, self.levels[level].radius))
+        return upsample2(flow), outputs  # finest level is 1/2
 
 
 # ----------------------------------------------------------------------------------------------

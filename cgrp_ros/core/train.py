@@ -239,7 +239,14 @@ class RegistrationStage(Stage):
     Loss: (1 - local NCC) between registered thermal and pseudo-thermal + flow smoothness, plus
     (unless ``flow_supervision`` is off) multi-level end-point error against the known inverse
     of the synthetic displacement.
+
+    Curriculum: learning cross-modal matching from scratch is too slow for a CPU budget, so in a
+    share of each batch the fixed image is the aligned *real* thermal (a mono-modal pair, quick to
+    learn); that share decays linearly from 100 % to ``MONO_FLOOR`` over the first
+    ``MONO_WARMUP`` of training, after which the pseudo-thermal dominates as at inference.
     """
+
+    MONO_WARMUP, MONO_FLOOR = 0.6, 0.2
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -248,17 +255,27 @@ class RegistrationStage(Stage):
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
         self.config = {}
-        self.modules = {"registration": RegistrationNet().to(self.device)}
+        net = RegistrationNet()
+        if cfg.extra.get("init"):  # fine-tune from earlier weights; the curriculum starts at its floor
+            net = load_model(cfg.extra["init"], "registration")
+            self.MONO_WARMUP = 0.0
+        self.modules = {"registration": net.to(self.device)}
         self.optimizers = {"registration": torch.optim.Adam(self.modules["registration"].parameters(), lr=cfg.lr)}
         self.scheduler_steps = cfg.iterations
 
-    def misaligned_batch(self):
-        """Batch of (visible, pseudo, aligned thermal, misaligned thermal, gt flow, valid) crops."""
+    def mono_share(self, iteration: int) -> float:
+        progress = iteration / max(1e-9, self.MONO_WARMUP * self.cfg.iterations)
+        return max(self.MONO_FLOOR, 1.0 - progress)
+
+    def misaligned_batch(self, iteration: int):
+        """Batch of (visible, fixed, aligned thermal, misaligned thermal, gt flow, valid) crops;
+        fixed is the pseudo-thermal, or the aligned thermal in the curriculum's share."""
         cols = [[] for _ in range(6)]
+        share = self.mono_share(iteration)
         for _ in range(self.cfg.batch):
             i = int(self.rng.integers(len(self.images)))
             _, v, t = self.images[i]
-            p = self.pseudo[i]
+            p = t if self.rng.random() < share else self.pseudo[i]
             if self.rng.random() < 0.5:
                 v, t, p = v[:, ::-1], t[:, ::-1], p[:, ::-1]
             d, _ = random_displacement(*t.shape, self.cfg.preset, self.rng)
@@ -274,7 +291,7 @@ class RegistrationStage(Stage):
 
     def registration_loss(self, pseudo, moving, gt_flow, valid):
         net = self.modules["registration"]
-        flow, level_flows = net(pseudo, moving)
+        flow, levels = net(pseudo, moving)
         registered = warp(moving, flow)
         ncc = 1.0 - losses.local_ncc(registered, pseudo, window=9, mask=valid)
         smooth = losses.smoothness(flow)
@@ -283,17 +300,19 @@ class RegistrationStage(Stage):
         epe = losses.masked_epe(flow, gt_flow, valid)
         logs["epe"] = epe.item()
         if self.cfg.flow_supervision:
-            sup = epe
-            for k, lf in enumerate(reversed(level_flows)):  # fine -> coarse, level k at 1/2^(k+1)
+            sup, match = epe, 0.0
+            for k, level in enumerate(reversed(levels)):  # fine -> coarse, level k at 1/2^(k+1)
                 factor = 2 ** (k + 1)
                 gt_k = F.avg_pool2d(gt_flow, factor) / factor
                 valid_k = (F.avg_pool2d(valid, factor) > 0.99).float()
-                sup = sup + 0.5 * factor * losses.masked_epe(lf, gt_k, valid_k) / (k + 1)
-            loss = loss + 0.1 * sup
+                sup = sup + 0.5 * factor * losses.masked_epe(level.flow, gt_k, valid_k) / (k + 1)
+                match = match + losses.match_nll(level.log_prob, gt_k - level.prior.detach(), level.radius, valid_k)
+            loss = loss + 0.1 * sup + 0.5 * match
+            logs["match"] = float(match)
         return loss, registered, logs
 
     def step(self, iteration):
-        _, pseudo, _, moving, gt_flow, valid = self.misaligned_batch()
+        _, pseudo, _, moving, gt_flow, valid = self.misaligned_batch(iteration)
         loss, _, logs = self.registration_loss(pseudo, moving, gt_flow, valid)
         opt = self.optimizers["registration"]
         for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
@@ -344,7 +363,7 @@ class JointStage(RegistrationStage):
                                                      lr=cfg.lr)}
 
     def step(self, iteration):
-        visible, pseudo, aligned, moving, gt_flow, valid = self.misaligned_batch()
+        visible, pseudo, aligned, moving, gt_flow, valid = self.misaligned_batch(iteration)
         reg_loss, registered, logs = self.registration_loss(pseudo, moving, gt_flow, valid)
         y = bgr_to_luma(visible)
         fused = self.modules["fusion"](y, registered)
