@@ -3,7 +3,7 @@
 A backend maps float32 NCHW numpy arrays to float32 NCHW numpy arrays:
 
     generator(visible_bgr)            -> pseudo_thermal                  (N x 3 -> N x 1)
-    registration(pseudo, thermal)     -> (flow, registered_thermal)      (N x 1, N x 1 -> N x 2, N x 1)
+    registration(pseudo, visible_y, thermal) -> (flow, registered_thermal)  (3 x N x 1 -> N x 2, N x 1)
     fusion(visible_y, registered)     -> fused_y                         (N x 1, N x 1 -> N x 1)
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger("cgrp_ros")
 ONNX_OPSET = 17
 ONNX_IO = {
     "generator": (["visible"], ["pseudo_thermal"]),
-    "registration": (["pseudo_thermal", "thermal"], ["flow", "registered_thermal"]),
+    "registration": (["pseudo_thermal", "visible_y", "thermal"], ["flow", "registered_thermal"]),
     "fusion": (["visible_y", "registered_thermal"], ["fused"]),
 }
 
@@ -37,8 +37,8 @@ class RegistrationExport(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, pseudo_thermal, thermal):
-        flow, _ = self.net(pseudo_thermal, thermal)
+    def forward(self, pseudo_thermal, visible_y, thermal):
+        flow, _ = self.net(pseudo_thermal, visible_y, thermal)
         return flow, warp(thermal, flow)
 
 
@@ -102,7 +102,7 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sample = {"generator": (torch.rand(1, 3, 64, 96),),
-              "registration": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)),
+              "registration": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)),
               "fusion": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96))}
     written = {}
     for stage in STAGES:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .filters import gradient_magnitude, sobel  # noqa: F401  (re-exported for the losses below)
+
 
 def _gaussian_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
     coords = torch.arange(size, device=like.device, dtype=like.dtype) - (size - 1) / 2.0
@@ -39,18 +41,6 @@ def local_ncc(x: torch.Tensor, y: torch.Tensor, window: int = 9, mask=None, eps:
     if mask is None:
         return ncc.mean()
     return (ncc * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def sobel(x: torch.Tensor):
-    """(gx, gy) Sobel gradients of a 1-channel image, same size (replicate padding)."""
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype) / 4.0
-    xp = F.pad(x, [1, 1, 1, 1], mode="replicate")
-    return F.conv2d(xp, kx.view(1, 1, 3, 3)), F.conv2d(xp, kx.t().reshape(1, 1, 3, 3))
-
-
-def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
-    gx, gy = sobel(x)
-    return torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
 
 
 def smoothness(flow: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .filters import gradient_magnitude
 from .warp import upsample2, warp
 
 SIZE_MULTIPLE = 32  # the registration pyramid goes down to 1/16, the generator to 1/4
@@ -110,12 +111,19 @@ def instance_standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x - mean) / (std + eps)
 
 
+def structure_input(appearance: torch.Tensor, structure_source: torch.Tensor) -> torch.Tensor:
+    """N x 2 x H x W: the standardised appearance image and the standardised gradient magnitude
+    of `structure_source` (registration ignores global gain/offset differences)."""
+    return torch.cat((instance_standardize(appearance),
+                      instance_standardize(gradient_magnitude(structure_source))), dim=1)
+
+
 class FeaturePyramid(nn.Module):
     """Shared extractor F^k: features at 1/2, 1/4, 1/8, 1/16 of the input."""
 
-    def __init__(self, channels=(16, 32, 48, 64)):
+    def __init__(self, channels=(16, 32, 48, 64), in_channels: int = 2):
         super().__init__()
-        stages, cin = [], 1
+        stages, cin = [], in_channels
         for cout in channels:
             stages.append(nn.Sequential(conv(cin, cout, 3, 2), conv(cout, cout, 3)))
             cin = cout
@@ -185,7 +193,12 @@ class LevelEstimator(nn.Module):
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
-    forward(pseudo_thermal, thermal) -> (flow N x 2 x H x W in pixels, [LevelOutput] coarse ->
+    Inputs to the shared pyramid: the fixed side is [pseudo-thermal, edge strength of the visible
+    image], the moving side [thermal, edge strength of the thermal]. The pseudo-thermal carries
+    the thermal appearance; the edge channel carries the scene structure that both cameras see
+    (object outlines), which stays matchable where a CPU-trained generator is still blurry.
+
+    forward(pseudo_thermal, visible_y, thermal) -> (flow N x 2 x H x W in pixels, [LevelOutput] coarse ->
     fine: each level's flow in its own pixels, the flow it started from, and its match
     log-probabilities, which training supervises directly). Four levels (1/2 .. 1/16, listed fine to coarse):
     with a correlation radius of 4 at 1/16 the coarsest level alone reaches +-64 px, enough
@@ -198,9 +211,10 @@ class RegistrationNet(nn.Module):
         self.pyramid = FeaturePyramid(channels)
         self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])
 
-    def forward(self, pseudo_thermal: torch.Tensor, thermal: torch.Tensor):
-        fixed = self.pyramid(instance_standardize(pseudo_thermal))
-        moving = self.pyramid(instance_standardize(thermal))
+    def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """pseudo_thermal, visible_y (the visible luminance), thermal: N x 1 x H x W in [0, 1]."""
+        fixed = self.pyramid(structure_input(pseudo_thermal, visible_y))
+        moving = self.pyramid(structure_input(thermal, thermal))
         flow, outputs = None, []
         for level in reversed(range(len(fixed))):
             f, m = fixed[level], moving[level]

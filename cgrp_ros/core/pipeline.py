@@ -171,7 +171,7 @@ class Pipeline:
         pseudo = run("generator", f.vis_in)
         run.synchronize()
         t2 = time.perf_counter()
-        flow_w, registered_w = run("registration", pseudo, f.th_in)
+        flow_w, registered_w = run("registration", pseudo, f.y_in, f.th_in)
         run.synchronize()
         t3 = time.perf_counter()
         fused_w = run("fusion", f.y_in, registered_w) if "fused" in outputs else None

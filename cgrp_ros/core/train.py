@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from .warp import invert_flow, valid_mask, warp, warp_numpy
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
     "generator": dict(iterations=700, batch=6, crop=(128, 128), lr=2e-4),
-    "registration": dict(iterations=1600, batch=4, crop=(144, 256), lr=4e-4, preset="severe"),
+    "registration": dict(iterations=2000, batch=4, crop=(144, 256), lr=4e-4, preset="severe"),
     "fusion": dict(iterations=800, batch=6, crop=(128, 128), lr=1e-3),
     "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
 }
@@ -254,6 +255,7 @@ class RegistrationStage(Stage):
         generator.to(self.device)
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
+        self.luma = [cv2.cvtColor(v, cv2.COLOR_BGR2YCrCb)[:, :, 0] for _, v, _ in self.images]
         self.config = {}
         net = RegistrationNet()
         if cfg.extra.get("init"):  # fine-tune from earlier weights; the curriculum starts at its floor
@@ -268,14 +270,18 @@ class RegistrationStage(Stage):
         return max(self.MONO_FLOOR, 1.0 - progress)
 
     def misaligned_batch(self, iteration: int):
-        """Batch of (visible, fixed, aligned thermal, misaligned thermal, gt flow, valid) crops;
-        fixed is the pseudo-thermal, or the aligned thermal in the curriculum's share."""
+        """Batch of (visible luminance, fixed, aligned thermal, misaligned thermal, gt flow, valid)
+        crops; fixed is the pseudo-thermal, or the aligned thermal in the curriculum's share (then
+        the aligned thermal also stands in for the visible luminance: a fully mono-modal pair)."""
         cols = [[] for _ in range(6)]
         share = self.mono_share(iteration)
         for _ in range(self.cfg.batch):
             i = int(self.rng.integers(len(self.images)))
             _, v, t = self.images[i]
-            p = t if self.rng.random() < share else self.pseudo[i]
+            v = self.luma[i]
+            mono = self.rng.random() < share
+            p = t if mono else self.pseudo[i]
+            v = t if mono else v
             if self.rng.random() < 0.5:
                 v, t, p = v[:, ::-1], t[:, ::-1], p[:, ::-1]
             d, _ = random_displacement(*t.shape, self.cfg.preset, self.rng)
@@ -289,9 +295,9 @@ class RegistrationStage(Stage):
                 col.append(self.t(crop_padded(arr, box, self.cfg.crop, reflect=k < 4)))
         return [torch.cat(c) for c in cols]
 
-    def registration_loss(self, pseudo, moving, gt_flow, valid):
+    def registration_loss(self, visible_y, pseudo, moving, gt_flow, valid):
         net = self.modules["registration"]
-        flow, levels = net(pseudo, moving)
+        flow, levels = net(pseudo, visible_y, moving)
         registered = warp(moving, flow)
         ncc = 1.0 - losses.local_ncc(registered, pseudo, window=9, mask=valid)
         smooth = losses.smoothness(flow)
@@ -312,8 +318,8 @@ class RegistrationStage(Stage):
         return loss, registered, logs
 
     def step(self, iteration):
-        _, pseudo, _, moving, gt_flow, valid = self.misaligned_batch(iteration)
-        loss, _, logs = self.registration_loss(pseudo, moving, gt_flow, valid)
+        visible_y, pseudo, _, moving, gt_flow, valid = self.misaligned_batch(iteration)
+        loss, _, logs = self.registration_loss(visible_y, pseudo, moving, gt_flow, valid)
         opt = self.optimizers["registration"]
         for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
             group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
@@ -363,9 +369,8 @@ class JointStage(RegistrationStage):
                                                      lr=cfg.lr)}
 
     def step(self, iteration):
-        visible, pseudo, aligned, moving, gt_flow, valid = self.misaligned_batch(iteration)
-        reg_loss, registered, logs = self.registration_loss(pseudo, moving, gt_flow, valid)
-        y = bgr_to_luma(visible)
+        y, pseudo, aligned, moving, gt_flow, valid = self.misaligned_batch(iteration)
+        reg_loss, registered, logs = self.registration_loss(y, pseudo, moving, gt_flow, valid)
         fused = self.modules["fusion"](y, registered)
         fus_loss, fus_logs = losses.fusion_loss(fused, y, aligned)
         loss = reg_loss + fus_loss
