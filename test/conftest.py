@@ -36,3 +36,17 @@ def cpu_pipeline():
     from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
 
     return Pipeline(PipelineConfig(backend="torch", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def smooth_texture():
+    """make(height, width, sigma) -> a deterministic blurred-noise uint8 image (matchable texture)."""
+    import cv2
+    import numpy as np
+
+    def make(height, width, sigma):
+        noise = np.random.default_rng(0).integers(0, 256, (height, width)).astype(np.float32)
+        image = cv2.GaussianBlur(noise, (0, 0), sigma)
+        return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+    return make

@@ -2,7 +2,6 @@
 import csv
 import json
 
-import cv2
 import numpy as np
 import pytest
 
@@ -12,10 +11,8 @@ from cgrp_ros.core.warp import warp_numpy
 
 
 @pytest.fixture(scope="module")
-def scene():
-    rng = np.random.default_rng(0)
-    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128)).astype(np.float32), (0, 0), 3)
-    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+def scene(smooth_texture):
+    return smooth_texture(96, 128, 3)
 
 
 def test_affine_to_flow_translation():

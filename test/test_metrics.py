@@ -14,11 +14,8 @@ B = np.array([[0, 10], [0, 10]], np.uint8)
 
 
 @pytest.fixture(scope="module")
-def texture():
-    rng = np.random.default_rng(0)
-    import cv2
-    image = cv2.GaussianBlur(rng.integers(0, 256, (48, 64)).astype(np.float32), (0, 0), 2)
-    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+def texture(smooth_texture):
+    return smooth_texture(48, 64, 2)
 
 
 def test_identical_images():

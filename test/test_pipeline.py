@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from cgrp_ros.core.backends import flow_agreement
 from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.errors import InputError
 from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
@@ -79,7 +80,8 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         v = cv2.resize(visible, shape[::-1])
         t = cv2.resize(thermal, shape[::-1])
         a, b = torch_pipe(v, t), ort_pipe(v, t)
-        assert np.abs(a.flow - b.flow).max() < 1e-3
+        agree = flow_agreement(a.flow, b.flow)
+        assert agree["ok"], agree  # mean <= 1e-3 px, max <= 0.05 px (FLOW_AGREEMENT_PX)
         assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
 

@@ -314,7 +314,7 @@ class RegistrationStage(Stage):
                 sup = sup + 0.5 * factor * losses.masked_epe(level.flow, gt_k, valid_k) / (k + 1)
                 match = match + losses.match_nll(level.log_prob, gt_k - level.prior.detach(), level.radius, valid_k)
             loss = loss + 0.1 * sup + 0.5 * match
-            logs["match"] = float(match)
+            logs["match"] = float(match.detach())
         return loss, registered, logs
 
     def step(self, iteration):
