@@ -35,7 +35,7 @@ from .data import find_pairs, read_image, read_split
 from .deform import misalign, rng_for
 from .errors import InputError
 from .image import normalize_thermal, to_uint8
-from .warp import flow_to_color, valid_mask, warp_numpy
+from .warp import valid_mask, warp_numpy
 
 log = logging.getLogger("cgrp_ros")
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import losses
 from .data import load_split
+from .filters import gradient_magnitude
 from .deform import random_displacement
 from .image import resize, working_shape
 from .models import default_model_path, load_model, save_model
@@ -222,8 +223,7 @@ class GeneratorStage(Stage):
         style = sum(F.l1_loss(losses.gram(a), losses.gram(b)) for a, b in zip(feat_fake, feat_real))
         pixel = F.l1_loss(fake, thermal)
         ssim = losses.ssim_loss(fake, thermal)
-        edge = 1.0 - losses.local_ncc(losses.gradient_magnitude(fake),
-                                      losses.gradient_magnitude(bgr_to_luma(visible)), window=15)
+        edge = 1.0 - losses.local_ncc(gradient_magnitude(fake), gradient_magnitude(bgr_to_luma(visible)), window=15)
         loss = 10.0 * pixel + 2.0 * ssim + 0.5 * edge + 0.05 * adv + 10.0 * style
         self.optimizers["generator"].zero_grad()
         loss.backward()
@@ -263,7 +263,6 @@ class RegistrationStage(Stage):
             self.MONO_WARMUP = 0.0
         self.modules = {"registration": net.to(self.device)}
         self.optimizers = {"registration": torch.optim.Adam(self.modules["registration"].parameters(), lr=cfg.lr)}
-        self.scheduler_steps = cfg.iterations
 
     def mono_share(self, iteration: int) -> float:
         progress = iteration / max(1e-9, self.MONO_WARMUP * self.cfg.iterations)

@@ -44,15 +44,6 @@ def upsample2(flow: torch.Tensor) -> torch.Tensor:
     return 2.0 * F.interpolate(flow, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-def upsample_flow(flow: torch.Tensor, size) -> torch.Tensor:
-    """Resize an N x 2 x h x w flow to `size` (H, W), scaling the displacements with it."""
-    height, width = size
-    scale_x = width / flow.shape[3]
-    scale_y = height / flow.shape[2]
-    up = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
-    return up * torch.tensor([scale_x, scale_y], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-
-
 def valid_mask(flow: np.ndarray, source_shape=None) -> np.ndarray:
     """H x W bool: where p + flow(p) lands inside the source image (default: same size as flow)."""
     height, width = flow.shape[:2]
