@@ -351,16 +351,14 @@ class FusionNode(Node):
         """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
 
         NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
-        with no finite pixel at all is rejected (InputError). A constant image (zero variance) is fused
+        with no finite pixel at all is rejected by the core (InputError). A constant image (zero variance) is fused
         as it is: a lens cap or a camera's flat-field correction produces it, and the other camera still
         counts. The warnings are emitted only for pairs that the pipeline then fuses.
         """
         warnings = []
         if thermal.dtype.kind == "f":
             finite = np.isfinite(thermal)
-            if not finite.all():
-                if not finite.any():
-                    raise InputError(f"thermal image {thermal.shape[1]}x{thermal.shape[0]} has no finite pixel")
+            if finite.any() and not finite.all():  # none finite: the core rejects the pair
                 warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
                                  f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
         for name, image in (("visible", visible), ("thermal", thermal)):

@@ -51,7 +51,8 @@ def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bo
     8-bit thermal is already display-scaled by the camera, so it is divided by 255 unless
     `agc_8bit`. 16-bit radiometric and float thermal get a robust automatic gain control: the
     `percentiles` (low, high) of the finite values map to 0 and 1, so a few hot or dead pixels do
-    not flatten the image. NaN/inf are treated as missing and set to 0.
+    not flatten the image. NaN/inf are treated as missing and set to 0; a thermal with no finite
+    pixel at all raises InputError.
     """
     thermal = check_image(thermal, "thermal", channels=(1, 3, 4))
     if thermal.ndim == 3:  # a colour-mapped thermal: its luminance carries the signal
@@ -64,8 +65,8 @@ def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bo
         return thermal.astype(np.float32) / 255.0
     values = thermal.astype(np.float32)
     finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(values.shape, np.float32)
+    if not finite.any():  # nothing measured: fusing it would only pass noise on
+        raise InputError(f"thermal image {values.shape[1]}x{values.shape[0]} has no finite pixel")
     sample = values[finite]
     if sample.size > 65536:  # percentiles of a strided sample: same answer, a fraction of the time
         sample = sample[:: sample.size // 65536]
