@@ -13,3 +13,13 @@ def sobel(x: torch.Tensor):
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     gx, gy = sobel(x)
     return torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
+
+
+def normalized_edges(x: torch.Tensor, window: int = 15) -> torch.Tensor:
+    """Gradient magnitude (after a 3 x 3 box blur) divided by its local mean over `window` pixels
+    plus half its image mean: edges of every contrast count alike, so a few bright street lights
+    in a night-time visible image cannot outweigh the scene's outlines."""
+    blurred = F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="replicate"), 3, 1)
+    edges = gradient_magnitude(blurred)
+    local = F.avg_pool2d(F.pad(edges, [window // 2] * 4, mode="replicate"), window, 1)
+    return edges / (local + 0.5 * edges.mean(dim=(2, 3), keepdim=True))
