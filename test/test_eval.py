@@ -80,3 +80,26 @@ def test_bench_writes_json(tmp_path):
     assert set(stages) == {"preprocess", "generator", "registration", "fusion", "postprocess", "total"}
     assert stages["total"]["p95"] >= stages["total"]["p50"] > 0
     assert (out / "bench.md").read_text().count("|") > 10
+
+
+def test_bench_names_every_backend_and_says_why_one_cannot_run():
+    from cgrp_ros.core.bench import configurations
+
+    configs = {c.label: c for c in configurations()}
+    assert set(configs) == {"torch-cpu", "torch-cuda", "torch-cuda-fp16",
+                            "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt"}
+    assert configs["onnxruntime-cuda"].onnx_providers == ("CUDAExecutionProvider",)
+    assert configs["onnxruntime-tensorrt"].onnx_providers[0] == "TensorrtExecutionProvider"
+    for config in configs.values():
+        assert config.available or config.reason.startswith("not available on this machine")
+
+
+def test_an_explicit_gpu_provider_without_a_gpu_falls_back_to_cpu(caplog):
+    from cgrp_ros.core.backends import OnnxBackend, nvidia_driver_present
+    from cgrp_ros.core.pipeline import PipelineConfig
+
+    if nvidia_driver_present():
+        pytest.skip("this machine has a GPU")
+    backend = OnnxBackend(PipelineConfig().model_paths(), device="cuda", providers=("CUDAExecutionProvider",))
+    assert backend.providers == ["CPUExecutionProvider"] and backend.device == "cpu"
+    assert "falling back to CPU" in caplog.text

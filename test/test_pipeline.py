@@ -87,10 +87,6 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 2): the shipped CPU-trained registration does not yet register cross-modal "
-    "pairs: on RoadScene val at 'moderate' its flow EPE is 16.5 px vs 12.8 px unregistered "
-    "(models/MODEL_CARD.md). strict: this test must start passing once better weights ship."))
 def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs):
     """Shipped weights, moderate preset: the registered thermal is closer to the aligned one."""
     for name, visible, thermal in sample_pairs[:3]:

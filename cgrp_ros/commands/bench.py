@@ -23,7 +23,7 @@ def add_arguments(p):
                    help="working sizes (default: 256x320,512x640,720x1280)")
     p.add_argument("--backends", default=None, metavar="LIST",
                    help="comma-separated configurations (default: all): torch-cpu, torch-cuda, torch-cuda-fp16, "
-                        "onnxruntime-cpu, onnxruntime-gpu")
+                        "onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: torch's own choice); also OMP_NUM_THREADS of the --ros node")

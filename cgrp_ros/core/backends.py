@@ -153,7 +153,10 @@ class OnnxBackend:
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
     def __init__(self, model_paths: dict, device: str = "auto", onnx_dir=None, require_gpu: bool = False,
-                 threads: int = 0):
+                 threads: int = 0, providers=None):
+        """`providers`: an explicit onnxruntime provider order for GPU devices (e.g. only
+        CUDAExecutionProvider to leave TensorRT out); default TensorRT -> CUDA -> CPU. The CPU
+        provider is always appended as the last resort."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -173,7 +176,13 @@ class OnnxBackend:
                 log.warning("device 'cuda' requested but no NVIDIA driver was found: falling back to CPU")
             device = "cpu"
         available = ort.get_available_providers()
-        wanted = ["CPUExecutionProvider"] if device == "cpu" else [p for p in self.PREFERRED if p in available]
+        order = list(providers or self.PREFERRED)
+        missing = [p for p in order if p not in available]
+        if missing and device != "cpu":
+            log.warning("onnxruntime providers %s are not available (have %s)", missing, available)
+        wanted = [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
+        if device == "cpu":
+            wanted = ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -209,9 +218,9 @@ class OnnxBackend:
 
 
 def make_backend(name: str, model_paths: dict, device: str = "auto", fp16: bool = False,
-                 require_gpu: bool = False, onnx_dir=None):
+                 require_gpu: bool = False, onnx_dir=None, onnx_providers=None):
     if name == "torch":
         return TorchBackend(model_paths, device, fp16, require_gpu)
     if name in ("onnxruntime", "onnx", "ort"):
-        return OnnxBackend(model_paths, device, onnx_dir, require_gpu)
+        return OnnxBackend(model_paths, device, onnx_dir, require_gpu, providers=onnx_providers)
     raise BackendError(f"unknown backend '{name}', expected torch or onnxruntime")

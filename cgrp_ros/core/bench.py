@@ -38,6 +38,7 @@ class Config:
     fp16: bool = False
     available: bool = True
     reason: str = ""
+    onnx_providers: tuple | None = None
 
 
 def configurations() -> list[Config]:
@@ -58,10 +59,13 @@ def configurations() -> list[Config]:
         providers, has_ort, driver = set(), False, False
     configs.append(Config("onnxruntime-cpu", "onnxruntime", "cpu", False, has_ort,
                           "" if has_ort else "not available on this machine (onnxruntime not installed)"))
-    # The core's OnnxBackend picks TensorRT before CUDA by itself: one GPU entry, labelled by what it ran on.
-    gpu_ort = driver and bool(providers & {"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-    configs.append(Config("onnxruntime-gpu", "onnxruntime", "cuda", False, gpu_ort, "" if gpu_ort else
-                          "not available on this machine (no NVIDIA driver or no CUDA/TensorRT provider)"))
+    # TensorRT hands the nodes it cannot build to CUDA, so its entry keeps CUDA behind it
+    for label, order in (("onnxruntime-cuda", ("CUDAExecutionProvider",)),
+                         ("onnxruntime-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"))):
+        usable = driver and order[0] in providers
+        configs.append(Config(label, "onnxruntime", "cuda", False, usable,
+                              "" if usable else f"not available on this machine (no NVIDIA driver or no {order[0]})",
+                              onnx_providers=order))
     return configs
 
 
@@ -133,7 +137,7 @@ def bench_one(config: Config, size, runs: int = 20, warmup: int = 3) -> dict:
     visible, thermal = synthetic_pair(*size)
     with MemoryProbe(cuda=config.backend == "torch" and config.device == "cuda") as memory:
         pipeline = Pipeline(PipelineConfig(backend=config.backend, device=config.device, fp16=config.fp16,
-                                           working_size=tuple(size)))
+                                           working_size=tuple(size), onnx_providers=config.onnx_providers))
         for _ in range(warmup):
             pipeline(visible, thermal)
         timings = [pipeline(visible, thermal).timings for _ in range(runs)]

@@ -75,18 +75,3 @@ def fusion_loss(fused, visible_y, thermal, w_ssim=1.0, w_intensity=4.0, w_gradie
                        torch.maximum(gradient_magnitude(visible_y), gradient_magnitude(thermal)))
     total = w_ssim * l_ssim + w_intensity * l_int + w_gradient * l_grad
     return total, dict(ssim=l_ssim.item(), intensity=l_int.item(), gradient=l_grad.item())
-
-
-def match_nll(log_prob: torch.Tensor, target: torch.Tensor, radius: int, mask: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of the true offset under a level's match distribution.
-
-    log_prob: N x (2r+1)^2 x h x w over offsets in row-major (dy, dx) order; target: N x 2 x h x w
-    residual displacement (level pixels) that the level should find; mask: N x 1 x h x w. Pixels
-    whose rounded target lies outside the search window are ignored. This trains the shared
-    features to make the right match the most similar one — a dense, direct signal.
-    """
-    offset = torch.round(target).long() + radius
-    inside = ((offset >= 0) & (offset <= 2 * radius)).all(dim=1, keepdim=True) & (mask > 0.5)
-    index = (offset[:, 1:2] * (2 * radius + 1) + offset[:, 0:1]).clamp(0, (2 * radius + 1) ** 2 - 1)
-    nll = -log_prob.gather(1, index)
-    return (nll * inside).sum() / inside.sum().clamp_min(1)

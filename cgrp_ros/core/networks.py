@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .filters import gradient_magnitude
+from .align import GlobalAffine, affine_flow
+from .filters import gradient_magnitude, normalized_edges
 from .warp import upsample2, warp
 
-SIZE_MULTIPLE = 32  # the registration pyramid goes down to 1/16, the generator to 1/4
+SIZE_MULTIPLE = 32  # >= every network's coarsest stride (global affine 1/16, dense levels 1/8, generator 1/4)
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, act: bool = True) -> nn.Sequential:
@@ -119,9 +120,9 @@ def structure_input(appearance: torch.Tensor, structure_source: torch.Tensor) ->
 
 
 class FeaturePyramid(nn.Module):
-    """Shared extractor F^k: features at 1/2, 1/4, 1/8, 1/16 of the input."""
+    """Shared extractor F^k: features at 1/2, 1/4, ... of the input, one stage per entry of `channels`."""
 
-    def __init__(self, channels=(16, 32, 48, 64), in_channels: int = 2):
+    def __init__(self, channels=(16, 32, 48), in_channels: int = 2):
         super().__init__()
         stages, cin = [], in_channels
         for cout in channels:
@@ -137,35 +138,27 @@ class FeaturePyramid(nn.Module):
         return features  # fine -> coarse
 
 
-def displacement_grid(radius: int) -> torch.Tensor:
-    """1 x (2r+1)^2 x 2 x 1 x 1 offsets (dx, dy) in the order of :func:`local_correlation`'s channels."""
-    offsets = [(dx - radius, dy - radius) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
-    return torch.tensor(offsets, dtype=torch.float32).view(1, -1, 2, 1, 1)
-
-
 class LevelOutput(NamedTuple):
     flow: torch.Tensor       # N x 2 x h x w, this level's estimate (level pixels)
     prior: torch.Tensor      # N x 2 x h x w, the upsampled estimate it started from
-    log_prob: torch.Tensor   # N x (2r+1)^2 x h x w, match distribution over the offsets
     radius: int
 
 
 class LevelEstimator(nn.Module):
-    """One pyramid level.
+    """One pyramid level: M_C (coarse) reads the local cost volume around the current estimate,
+    the fixed features and the incoming flow and predicts a correction; M_R (refine, dilated
+    convs) adds a residual. Both heads start at zero, so an untrained level passes its prior
+    (the global affine at the coarsest level) through unchanged: an under-trained network
+    degrades to the global stage, not below it.
 
-    M_C (coarse): a parameter-free match — the soft-argmax of the local cost volume (expected
-    displacement under a softmax with a learned temperature) — plus a learned correction from
-    the cost volume, the fixed features and the incoming flow. M_R (refine): dilated convs add a
-    residual. The learned parts start at zero, so an untrained level already matches features:
-    training only has to improve on that, which fits a CPU training budget.
+    (An explicit soft-argmax match trained with a match-likelihood loss was tried and removed:
+    on cross-modal pairs it made the flow worse than its own prior; models/MODEL_CARD.md.)
     """
 
     def __init__(self, channels: int, radius: int, hidden: int):
         super().__init__()
         self.radius = radius
         cost = (2 * radius + 1) ** 2
-        self.register_buffer("offsets", displacement_grid(radius), persistent=False)
-        self.log_temperature = nn.Parameter(torch.tensor(4.0))  # softmax sharpness, e^4 ~ 55
         self.coarse = nn.Sequential(conv(cost + channels + 2, hidden), conv(hidden, hidden),
                                     conv(hidden, hidden // 2), conv(hidden // 2, 2, act=False))
         self.refine = nn.Sequential(conv(channels + 2, hidden // 2, dilation=1), conv(hidden // 2, hidden // 2, dilation=2),
@@ -177,50 +170,71 @@ class LevelEstimator(nn.Module):
     @staticmethod
     def embed(feat):
         """Unit vectors of channel-centred features: post-ReLU features are all positive, so
-        without centring every cosine similarity is near 1 and the soft-argmax is flat."""
+        without centring every cosine similarity is near 1."""
         return F.normalize(feat - feat.mean(dim=(2, 3), keepdim=True), dim=1)
 
     def forward(self, fixed_feat, moving_feat, flow):
-        """-> (refined flow, match log-probabilities N x (2r+1)^2 x H x W over the offsets)."""
+        """-> refined flow (level pixels)."""
         warped = warp(moving_feat, flow, padding_mode="border")
         cost = local_correlation(self.embed(fixed_feat), self.embed(warped), self.radius)
-        log_prob = torch.log_softmax(cost * self.log_temperature.exp(), dim=1)
-        match = (log_prob.exp().unsqueeze(2) * self.offsets).sum(dim=1)  # N x 2 x H x W, level pixels
-        flow = flow + match + self.coarse(torch.cat((cost, fixed_feat, flow), dim=1))
-        return flow + self.refine(torch.cat((fixed_feat, flow), dim=1)), log_prob
+        flow = flow + self.coarse(torch.cat((cost, fixed_feat, flow), dim=1))
+        return flow + self.refine(torch.cat((fixed_feat, flow), dim=1))
 
 
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
-    Inputs to the shared pyramid: the fixed side is [pseudo-thermal, edge strength of the visible
-    image], the moving side [thermal, edge strength of the thermal]. The pseudo-thermal carries
-    the thermal appearance; the edge channel carries the scene structure that both cameras see
-    (object outlines), which stays matchable where a CPU-trained generator is still blurry.
+    Two stages. (a) A global affine (:class:`~cgrp_ros.core.align.GlobalAffine`, no learned
+    weights) fitted at 1/2 resolution on the contrast-normalised edges of the visible luminance
+    and of the thermal: object outlines are what both cameras see, and one affine for the whole
+    image absorbs the rigid part of the misalignment (translation, rotation, scale) robustly.
+    (b) Coarse-to-fine dense levels starting from that affine: a shared pyramid for the fixed
+    side [pseudo-thermal, edge strength of the visible image] and the moving side [thermal,
+    edge strength of the thermal]; each level matches features in a small window around the
+    current estimate and corrects it, so the levels only learn the local (elastic) residual.
 
     forward(pseudo_thermal, visible_y, thermal) -> (flow N x 2 x H x W in pixels, [LevelOutput] coarse ->
-    fine: each level's flow in its own pixels, the flow it started from, and its match
-    log-probabilities, which training supervises directly). Four levels (1/2 .. 1/16, listed fine to coarse):
-    with a correlation radius of 4 at 1/16 the coarsest level alone reaches +-64 px, enough
-    for the 'severe' preset at working widths up to ~640 px; finer levels only correct the
-    residual, so their radius and width shrink where the resolution (and the cost) grows.
+    fine: each level's flow in its own pixels and the flow it started from; training supervises each). Three dense levels (1/2, 1/4, 1/8,
+    listed fine to coarse): after the global stage only the local residual is left (the
+    'severe' preset's elastic part is <= 3 % of the width), and radius 2 at 1/8 reaches +-16 px.
     """
 
-    def __init__(self, channels=(16, 32, 48, 64), radii=(1, 2, 3, 4), hidden=(24, 32, 48, 64)):
+    def __init__(self, channels=(16, 32, 48), radii=(1, 2, 2), hidden=(24, 32, 48),
+                 global_affine: bool = True):
         super().__init__()
+        self.global_affine = GlobalAffine() if global_affine else None
         self.pyramid = FeaturePyramid(channels)
         self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])
 
-    def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor):
-        """pseudo_thermal, visible_y (the visible luminance), thermal: N x 1 x H x W in [0, 1]."""
+    def initial_flow(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
+        """The global stage's flow, N x 2 x H x W in pixels of the inputs (zeros without the stage)."""
+        if self.global_affine is None:
+            return torch.zeros_like(thermal).expand(-1, 2, -1, -1)
+        with torch.no_grad():  # no learned weights, and the inputs are data: nothing to backpropagate
+            params = self.global_affine(F.avg_pool2d(normalized_edges(visible_y), 2),
+                                        F.avg_pool2d(normalized_edges(thermal), 2))
+        return affine_flow(params, thermal)
+
+    def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
+                initial_flow: torch.Tensor | None = None):
+        """pseudo_thermal, visible_y (the visible luminance), thermal: N x 1 x H x W in [0, 1].
+
+        `initial_flow` (N x 2 x H x W, pixels) replaces the global stage's estimate: training
+        fits the affine on the whole image and passes its crop, as inference sees it."""
+        if initial_flow is None:
+            initial_flow = self.initial_flow(visible_y, thermal)
         fixed = self.pyramid(structure_input(pseudo_thermal, visible_y))
         moving = self.pyramid(structure_input(thermal, thermal))
         flow, outputs = None, []
         for level in reversed(range(len(fixed))):
             f, m = fixed[level], moving[level]
-            prior = torch.zeros_like(f[:, :2]) if flow is None else upsample2(flow)
-            flow, log_prob = self.levels[level](f, m, prior)
-            outputs.append(LevelOutput(flow, prior, log_prob, self.levels[level].radius))
+            if flow is None:  # the average of an affine flow over a cell is its value at the cell centre
+                factor = 2 ** (level + 1)
+                prior = F.avg_pool2d(initial_flow, factor) / factor
+            else:
+                prior = upsample2(flow)
+            flow = self.levels[level](f, m, prior)
+            outputs.append(LevelOutput(flow, prior, self.levels[level].radius))
         return upsample2(flow), outputs  # finest level is 1/2
 
 

@@ -39,6 +39,7 @@ class PipelineConfig:
     registration: str | None = None
     fusion: str | None = None
     onnx_dir: str | None = None            # exported ONNX files (default: exported on first use to a cache)
+    onnx_providers: tuple | None = None    # onnxruntime provider order on GPU (default TensorRT -> CUDA -> CPU)
     thermal_percentiles: tuple = (1.0, 99.0)  # robust AGC for 16-bit / float thermal
     agc_8bit: bool = False                 # also apply the AGC to 8-bit thermal
     homography: object = None              # 3x3, thermal pixel -> visible pixel (rig calibration)
@@ -76,7 +77,8 @@ class Pipeline:
                 raise InputError("homography must be a finite, invertible 3x3 matrix")
             self.homography = hm
         self.model_paths = c.model_paths()
-        self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir)
+        self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir,
+                                    c.onnx_providers)
         log.info("cgrp pipeline: %s, working size %dx%d, models %s", self.backend.description, h, w,
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 

@@ -30,7 +30,7 @@ from .warp import invert_flow, valid_mask, warp, warp_numpy
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
     "generator": dict(iterations=700, batch=6, crop=(128, 128), lr=2e-4),
-    "registration": dict(iterations=2000, batch=4, crop=(144, 256), lr=4e-4, preset="severe"),
+    "registration": dict(iterations=1000, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
     "fusion": dict(iterations=800, batch=6, crop=(128, 128), lr=1e-3),
     "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
 }
@@ -247,7 +247,7 @@ class RegistrationStage(Stage):
     ``MONO_WARMUP`` of training, after which the pseudo-thermal dominates as at inference.
     """
 
-    MONO_WARMUP, MONO_FLOOR = 0.6, 0.2
+    MONO_WARMUP, MONO_FLOOR = 0.25, 0.2
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -269,11 +269,13 @@ class RegistrationStage(Stage):
         return max(self.MONO_FLOOR, 1.0 - progress)
 
     def misaligned_batch(self, iteration: int):
-        """Batch of (visible luminance, fixed, aligned thermal, misaligned thermal, gt flow, valid)
-        crops; fixed is the pseudo-thermal, or the aligned thermal in the curriculum's share (then
-        the aligned thermal also stands in for the visible luminance: a fully mono-modal pair)."""
-        cols = [[] for _ in range(6)]
+        """Batch of (visible luminance, fixed, aligned thermal, misaligned thermal, gt flow, valid,
+        global-stage flow) crops; fixed is the pseudo-thermal, or the aligned thermal in the
+        curriculum's share (then the aligned thermal also stands in for the visible luminance: a
+        fully mono-modal pair). The global stage sees the whole image, as at inference."""
+        cols = [[] for _ in range(7)]
         share = self.mono_share(iteration)
+        net = self.modules["registration"]
         for _ in range(self.cfg.batch):
             i = int(self.rng.integers(len(self.images)))
             _, v, t = self.images[i]
@@ -289,14 +291,15 @@ class RegistrationStage(Stage):
             moving = np.clip(moving, 0, 1) ** gamma
             flow = invert_flow(d, iterations=20)
             valid = valid_mask(flow).astype(np.float32)
+            initial = net.initial_flow(self.t(np.ascontiguousarray(v)), self.t(moving))[0].cpu().numpy().transpose(1, 2, 0)
             box = random_crop_box(self.rng, t.shape, self.cfg.crop)
-            for k, (col, arr) in enumerate(zip(cols, (v, p, t, moving, flow, valid))):
+            for k, (col, arr) in enumerate(zip(cols, (v, p, t, moving, flow, valid, initial))):
                 col.append(self.t(crop_padded(arr, box, self.cfg.crop, reflect=k < 4)))
         return [torch.cat(c) for c in cols]
 
-    def registration_loss(self, visible_y, pseudo, moving, gt_flow, valid):
+    def registration_loss(self, visible_y, pseudo, moving, gt_flow, valid, initial=None):
         net = self.modules["registration"]
-        flow, levels = net(pseudo, visible_y, moving)
+        flow, levels = net(pseudo, visible_y, moving, initial)
         registered = warp(moving, flow)
         ncc = 1.0 - losses.local_ncc(registered, pseudo, window=9, mask=valid)
         smooth = losses.smoothness(flow)
@@ -305,20 +308,18 @@ class RegistrationStage(Stage):
         epe = losses.masked_epe(flow, gt_flow, valid)
         logs["epe"] = epe.item()
         if self.cfg.flow_supervision:
-            sup, match = epe, 0.0
+            sup = epe
             for k, level in enumerate(reversed(levels)):  # fine -> coarse, level k at 1/2^(k+1)
                 factor = 2 ** (k + 1)
                 gt_k = F.avg_pool2d(gt_flow, factor) / factor
                 valid_k = (F.avg_pool2d(valid, factor) > 0.99).float()
                 sup = sup + 0.5 * factor * losses.masked_epe(level.flow, gt_k, valid_k) / (k + 1)
-                match = match + losses.match_nll(level.log_prob, gt_k - level.prior.detach(), level.radius, valid_k)
-            loss = loss + 0.1 * sup + 0.5 * match
-            logs["match"] = float(match.detach())
+            loss = loss + 0.1 * sup
         return loss, registered, logs
 
     def step(self, iteration):
-        visible_y, pseudo, _, moving, gt_flow, valid = self.misaligned_batch(iteration)
-        loss, _, logs = self.registration_loss(visible_y, pseudo, moving, gt_flow, valid)
+        visible_y, pseudo, _, moving, gt_flow, valid, initial = self.misaligned_batch(iteration)
+        loss, _, logs = self.registration_loss(visible_y, pseudo, moving, gt_flow, valid, initial)
         opt = self.optimizers["registration"]
         for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
             group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
@@ -368,8 +369,8 @@ class JointStage(RegistrationStage):
                                                      lr=cfg.lr)}
 
     def step(self, iteration):
-        y, pseudo, aligned, moving, gt_flow, valid = self.misaligned_batch(iteration)
-        reg_loss, registered, logs = self.registration_loss(y, pseudo, moving, gt_flow, valid)
+        y, pseudo, aligned, moving, gt_flow, valid, initial = self.misaligned_batch(iteration)
+        reg_loss, registered, logs = self.registration_loss(y, pseudo, moving, gt_flow, valid, initial)
         fused = self.modules["fusion"](y, registered)
         fus_loss, fus_logs = losses.fusion_loss(fused, y, aligned)
         loss = reg_loss + fus_loss
