@@ -39,11 +39,15 @@ def apply_affine(params: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
                       p[:, 3:4] * u + (1.0 + p[:, 4:5]) * v + p[:, 5:6]), dim=1)
 
 
+def pixels_per_unit(coords: torch.Tensor) -> torch.Tensor:
+    """N x 2 x 1 x 1 (W/2, H/2): pixels per normalised unit of a :func:`normalized_grid`."""
+    return 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])
+
+
 def affine_flow(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The affine as a flow in pixels (N x 2 x H x W, core convention) at `like`'s resolution."""
     coords = normalized_grid(like)
-    half_size = 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])  # (W/2, H/2)
-    return (apply_affine(params, coords) - coords) * half_size
+    return (apply_affine(params, coords) - coords) * pixels_per_unit(coords)
 
 
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -133,10 +137,10 @@ class GlobalAffine(nn.Module):
         mask = (inside > 0.999).to(fixed.dtype)
         fixed_n, _ = _masked_standardize(fixed, mask)
         warped_n, std = _masked_standardize(warped, mask)
-        half_size = 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])
+        scale = pixels_per_unit(coords)
         gx, gy = _central_gradients(warped)
-        gx = gx * half_size[:, 0:1] / std * mask  # d(warped_n) / d(normalised coordinate)
-        gy = gy * half_size[:, 1:2] / std * mask
+        gx = gx * scale[:, 0:1] / std * mask  # d(warped_n) / d(normalised coordinate)
+        gy = gy * scale[:, 1:2] / std * mask
         u, v = coords[:, 0:1], coords[:, 1:2]
         # d(warped_n)/d(params) expressed at the current estimate (a first-order approximation)
         if translation_only:

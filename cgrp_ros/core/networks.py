@@ -5,8 +5,6 @@ All images are float32 in [0, 1], N x C x H x W, with H and W multiples of
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,7 +13,7 @@ from .align import GlobalAffine, affine_flow
 from .filters import gradient_magnitude, normalized_edges
 from .warp import upsample2, warp
 
-SIZE_MULTIPLE = 32  # >= every network's coarsest stride (global affine 1/16, dense levels 1/8, generator 1/4)
+SIZE_MULTIPLE = 32  # >= every network's coarsest stride (global affine and dense levels 1/8, generator 1/4)
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, act: bool = True) -> nn.Sequential:
@@ -138,12 +136,6 @@ class FeaturePyramid(nn.Module):
         return features  # fine -> coarse
 
 
-class LevelOutput(NamedTuple):
-    flow: torch.Tensor       # N x 2 x h x w, this level's estimate (level pixels)
-    prior: torch.Tensor      # N x 2 x h x w, the upsampled estimate it started from
-    radius: int
-
-
 class LevelEstimator(nn.Module):
     """One pyramid level: M_C (coarse) reads the local cost volume around the current estimate,
     the fixed features and the incoming flow and predicts a correction; M_R (refine, dilated
@@ -193,8 +185,8 @@ class RegistrationNet(nn.Module):
     edge strength of the thermal]; each level matches features in a small window around the
     current estimate and corrects it, so the levels only learn the local (elastic) residual.
 
-    forward(pseudo_thermal, visible_y, thermal) -> (flow N x 2 x H x W in pixels, [LevelOutput] coarse ->
-    fine: each level's flow in its own pixels and the flow it started from; training supervises each). Three dense levels (1/2, 1/4, 1/8,
+    forward(pseudo_thermal, visible_y, thermal) -> (flow N x 2 x H x W in pixels, [each level's flow in
+    its own pixels, coarse -> fine]; training supervises each level). Three dense levels (1/2, 1/4, 1/8,
     listed fine to coarse): after the global stage only the local residual is left (the
     'severe' preset's elastic part is <= 3 % of the width), and radius 2 at 1/8 reaches +-16 px.
     """
@@ -234,7 +226,7 @@ class RegistrationNet(nn.Module):
             else:
                 prior = upsample2(flow)
             flow = self.levels[level](f, m, prior)
-            outputs.append(LevelOutput(flow, prior, self.levels[level].radius))
+            outputs.append(flow)
         return upsample2(flow), outputs  # finest level is 1/2
 
 

@@ -309,11 +309,11 @@ class RegistrationStage(Stage):
         logs["epe"] = epe.item()
         if self.cfg.flow_supervision:
             sup = epe
-            for k, level in enumerate(reversed(levels)):  # fine -> coarse, level k at 1/2^(k+1)
+            for k, level_flow in enumerate(reversed(levels)):  # fine -> coarse, level k at 1/2^(k+1)
                 factor = 2 ** (k + 1)
                 gt_k = F.avg_pool2d(gt_flow, factor) / factor
                 valid_k = (F.avg_pool2d(valid, factor) > 0.99).float()
-                sup = sup + 0.5 * factor * losses.masked_epe(level.flow, gt_k, valid_k) / (k + 1)
+                sup = sup + 0.5 * factor * losses.masked_epe(level_flow, gt_k, valid_k) / (k + 1)
             loss = loss + 0.1 * sup
         return loss, registered, logs
 
