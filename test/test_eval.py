@@ -1,6 +1,8 @@
 """cgrp eval and cgrp bench end to end on tiny inputs, and the classical baselines' flow convention."""
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,20 +36,26 @@ def test_eval_end_to_end(sample_dir, tmp_path):
     out = tmp_path / "eval"
     assert main(["eval", "--data", str(sample_dir), "--limit", "2", "--out", str(out), "--device", "cpu",
                  "--working-size", "64x96", "--figures", "1", "--preset", "mild"]) == 0
+    run = out / "sample" / "mild"  # per data set x preset; the cross-domain table at the top
     for name in ("report.md", "metrics.csv", "metrics.json", "hist_epe.png", "hist_abs_error.png"):
+        assert (run / name).is_file(), name
+    for name in ("report.md", "summary.json", "summary.csv", "pairs.csv"):
         assert (out / name).is_file(), name
-    assert len(list(out.glob("example_*.png"))) == len(list(out.glob("compare_*.png"))) == 1
-    with open(out / "metrics.csv") as f:
+    assert len(list(run.glob("example_*.png"))) == len(list(run.glob("compare_*.png"))) == 1
+    with open(run / "metrics.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
     assert tuple(reader.fieldnames) == E.COLUMNS
     assert reader.fieldnames[:7] == ["image", "method", "mae", "rmse", "ncc", "mi", "epe"]
+    assert reader.fieldnames[-2:] == ["registration_confidence", "registration_fallback"]
     assert len(rows) == 2 * len(E.METHODS)
     assert {(r["image"], r["method"]) for r in rows} == {(i, m) for i in {r["image"] for r in rows} for m in E.METHODS}
-    document = json.loads((out / "metrics.json").read_text())
+    for r in rows:
+        assert 0.0 <= float(r["registration_confidence"]) <= 1.0 and r["registration_fallback"] in ("0", "1")
+    document = json.loads((run / "metrics.json").read_text())
     assert set(document["summary"]) == set(E.METHODS) and document["summary"]["cgrp"]["mae"]["n"] == 2
-    report = (out / "report.md").read_text()
-    assert "`cgrp`" in report and "**" in report and "Targets" in report
+    report = (run / "report.md").read_text()
+    assert "`cgrp`" in report and "**" in report and "Targets" in report and "confidence" in report
 
 
 def test_eval_is_deterministic_in_seed(sample_dir, tmp_path):
@@ -55,7 +63,7 @@ def test_eval_is_deterministic_in_seed(sample_dir, tmp_path):
     for name in ("a", "b"):
         main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(tmp_path / name), "--device", "cpu",
               "--working-size", "64x96", "--figures", "0"])
-        with open(tmp_path / name / "metrics.csv") as f:
+        with open(tmp_path / name / "sample" / "moderate" / "metrics.csv") as f:
             runs.append({r["method"]: r for r in csv.DictReader(f)})
     assert runs[0]["none"] == runs[1]["none"]  # depends on the misalignment only: bit-identical
     for method in E.METHODS:  # OpenCV's parallel ECC may differ in the last digits
@@ -66,6 +74,160 @@ def test_eval_is_deterministic_in_seed(sample_dir, tmp_path):
 def test_eval_reports_missing_data(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "visible/ and thermal/" in capsys.readouterr().err
+
+
+def test_eval_rejects_unknown_methods_and_presets(sample_dir, tmp_path, capsys):
+    assert main(["eval", "--data", str(sample_dir), "--methods", "cgrp,sift", "--out", str(tmp_path)]) == 2
+    assert "sift" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(sample_dir), "--preset", "none,wild", "--out", str(tmp_path)])
+    assert "wild" in capsys.readouterr().err
+
+
+@pytest.fixture
+def multi_rig(tmp_path, sample_dir):
+    """A data set made of two rigs (subfolders a/ and b/ with visible/ + thermal/), named like the shared one."""
+    root = tmp_path / "other_cameras"
+    names = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))
+    for rig, chosen in (("a", names[:2]), ("b", names[2:3])):
+        for kind in ("visible", "thermal"):
+            (root / rig / kind).mkdir(parents=True)
+            for n in chosen:
+                shutil.copy(sample_dir / kind / f"{n}.jpg", root / rig / kind)
+    return root, names
+
+
+def test_a_folder_of_rigs_is_one_data_set_with_prefixed_names(multi_rig, tmp_path):
+    root, names = multi_rig
+    pairs = E.list_pairs(root)
+    assert [p[0] for p in pairs] == [f"a/{names[0]}", f"a/{names[1]}", f"b/{names[2]}"]
+    assert all(p[1].parent.parent.name == p[0].split("/")[0] for p in pairs)
+    split = tmp_path / "split.txt"
+    split.write_text(f"a/{names[1]}.jpg\n{names[2]}\n")  # rig-prefixed or bare names
+    assert [p[0] for p in E.list_pairs(root, split)] == [f"a/{names[1]}", f"b/{names[2]}"]
+    assert len(E.list_pairs(root, limit=2)) == 2
+    assert E.dataset_names([root, root.parent / "x" / "other_cameras", Path("/d/roadscene")]) == \
+        ["other_cameras", "other_cameras_2", "roadscene"]
+
+
+def test_each_list_belongs_to_the_data_before_it():
+    from cgrp_ros.cli import build_parser
+    from cgrp_ros.commands.eval import dataset_specs
+
+    parse = lambda *a: build_parser().parse_args(["eval", *a, "--out", "o"])  # noqa: E731
+    args = parse("--data", "A", "--list", "A/val.txt", "--data", "B", "--preset", "none,mild", "--preset", "peer")
+    assert dataset_specs(args) == [(Path("A"), Path("A/val.txt")), (Path("B"), None)]
+    assert args.presets == ["none", "mild", "peer"]
+    assert dataset_specs(parse("--list", "L", "--data", "A")) == [(Path("A"), Path("L"))]
+    assert parse().presets == ["moderate"]
+    with pytest.raises(SystemExit):
+        parse("--data", "A", "--list", "x", "--list", "y")
+
+
+def test_eval_several_data_sets_and_presets_in_one_report(sample_dir, multi_rig, tmp_path, capsys):
+    root, names = multi_rig
+    split = tmp_path / "val.txt"
+    split.write_text(f"{names[1]}\n")
+    benchmarks = tmp_path / "benchmarks.md"
+    benchmarks.write_text("# Benchmarks\n\nintro\n\n<!-- cgrp eval cross-domain: begin -->\nold table\n"
+                          "<!-- cgrp eval cross-domain: end -->\n\n## Speed\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(sample_dir), "--list", str(split), "--data", str(root), "--limit", "2",
+                 "--preset", "none,mild", "--preset", "peer", "--methods", "cgrp,none", "--out", str(out),
+                 "--device", "cpu", "--working-size", "64x96", "--figures", "1", "--threads", "1",
+                 "--write-benchmarks", str(benchmarks)]) == 0
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["dataset"], r["preset"]) for r in table] == [
+        (d, p) for d in ("sample", "other_cameras") for p in ("none", "mild", "peer")]
+    assert [int(r["pairs"]) for r in table] == [1, 1, 1, 2, 2, 2]
+    for r in table:
+        for column in ("epe_none", "epe_cgrp", "mae_cgrp", "max_pair_epe", "confidence_mean"):
+            assert np.isfinite(float(r[column])), column
+        assert 0 <= int(r["fallbacks"]) <= int(r["pairs"]) and 0 <= int(r["worse_pairs"]) <= int(r["pairs"])
+        if r["preset"] == "none":
+            assert float(r["epe_none"]) == 0.0
+        else:
+            assert float(r["ratio"]) == pytest.approx(float(r["epe_cgrp"]) / float(r["epe_none"]), rel=1e-4)
+    # targets: other_cameras is held to its out-of-domain bounds; an unnamed data set to the general ones
+    checked = {(r["dataset"], r["preset"]): int(r["targets_checked"]) for r in table}
+    assert checked == {("sample", "none"): 1, ("sample", "mild"): 2, ("sample", "peer"): 0,
+                       ("other_cameras", "none"): 2, ("other_cameras", "mild"): 2, ("other_cameras", "peer"): 1}
+    with open(out / "pairs.csv") as f:
+        pairs = list(csv.DictReader(f))
+    assert len(pairs) == 9 and {p["image"] for p in pairs if p["dataset"] == "other_cameras"} == \
+        {f"a/{names[0]}", f"a/{names[1]}"}
+    assert all(p["registration_fallback"] in ("0", "1") for p in pairs)
+    with open(out / "other_cameras" / "peer" / "metrics.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"cgrp", "none"}  # --methods: no ECC, DIS
+    assert len(list((out / "other_cameras" / "none").glob("example_a_*.png"))) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    confidence = summary["confidence"]
+    assert confidence["pairs_below"] + confidence["pairs_above"] == 9
+    assert confidence["threshold"] == summary["info"]["confidence_threshold"]
+    report = (out / "report.md").read_text()
+    assert "| dataset | preset | pairs | EPE none | EPE cgrp | ratio |" in report
+    assert "`other_cameras` | `peer`" in report and "mean EPE on aligned input" in report
+    assert "other_cameras/peer/report.md" in report
+    written = benchmarks.read_text()
+    assert written.startswith("# Benchmarks\n\nintro\n\n<!-- cgrp eval cross-domain: begin -->")
+    assert written.endswith("<!-- cgrp eval cross-domain: end -->\n\n## Speed\n") and "old table" not in written
+    assert "--data " + str(sample_dir) + " --list " + str(split) + " --data " + str(root) in written
+    assert "other_cameras/peer/report.md" not in written  # no links into the output folder
+    printed = capsys.readouterr().out
+    assert "other_cameras none: issue 9:" in printed and "confidence <" in printed
+
+
+def _row(dataset, preset, **values):
+    row = dict(dataset=dataset, preset=preset, pairs=10, epe_none=10.0, epe_cgrp=1.0, ratio=0.1, max_pair_epe=2.0,
+               max_pair="x", worse_pairs=0, worst_excess=0.0)
+    row.update(values)
+    return row
+
+
+def test_issue_9_targets_per_row_and_by_how_much_they_are_missed():
+    targets = lambda *a, **k: {t["target"]: t for t in E.row_targets(_row(*a, **k))}  # noqa: E731
+    none_in = targets("roadscene", "none", epe_none=0.0, epe_cgrp=1.3, ratio=float("nan"), max_pair_epe=6.0)
+    assert not none_in["mean EPE on aligned input"]["holds"]
+    assert none_in["mean EPE on aligned input"]["missed_by"] == pytest.approx(0.3)
+    assert none_in["no pair moved by more than 5 px on average"]["missed_by"] == pytest.approx(1.0)
+    assert targets("other_cameras", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["holds"]
+    assert targets("m3svd", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["bound"] == 1.0
+    mild = targets("m3svd", "mild", ratio=0.7, worse_pairs=2, worst_excess=1.5)
+    assert mild["EPE ratio cgrp / unregistered"]["missed_by"] == pytest.approx(0.1)
+    worse = mild["no pair worse than unregistered by more than 0.5 px"]
+    assert not worse["holds"] and worse["missed_by"] == 2 and "1.5 px" in worse["detail"]
+    assert targets("other_cameras", "moderate", ratio=0.25)["EPE ratio cgrp / unregistered"]["holds"]
+    assert not targets("m3svd", "peer", ratio=0.25)["EPE ratio cgrp / unregistered"]["holds"]
+    assert targets("m3svd", "severe", ratio=0.25)["EPE ratio cgrp / unregistered"]["holds"]
+    assert targets("other_cameras", "severe") == {}  # no severe target out of domain
+    road = targets("roadscene", "moderate", epe_cgrp=4.5, ratio=0.15)
+    assert road["EPE not worse than before issue 9"]["missed_by"] == pytest.approx(0.5)
+    assert road["EPE ratio cgrp / unregistered"]["holds"]
+
+
+def test_confidence_check_splits_every_pair_at_the_threshold():
+    def run(pairs):
+        rows = [dict(image=n, method="cgrp", epe=e, registration_confidence=c, registration_fallback=c < 0.5)
+                for n, e, c in pairs]
+        return E.Evaluation("mild", 0, rows, {}, [], {}, [], ("cgrp", "none"), "d")
+    check = E.confidence_check([run([("a", 9.0, 0.1), ("b", 1.0, 0.9)]), run([("a", 5.0, 0.4), ("b", 2.0, 0.5)])], 0.5)
+    assert (check["pairs_below"], check["pairs_above"]) == (2, 2)
+    assert check["epe_below"] == pytest.approx(7.0) and check["epe_above"] == pytest.approx(1.5)
+    assert check["holds"] is True
+    assert E.confidence_check([run([("a", 1.0, 0.9)])], 0.5)["holds"] is None  # nothing below: not testable
+
+
+def test_marked_block_is_replaced_or_appended(tmp_path):
+    from cgrp_ros.core.report import BENCHMARKS_BEGIN, BENCHMARKS_END, replace_marked_block
+
+    path = tmp_path / "b.md"
+    replace_marked_block(path, "first")  # a missing file is created
+    assert path.read_text() == f"{BENCHMARKS_BEGIN}\nfirst\n{BENCHMARKS_END}\n"
+    path.write_text("head\n")
+    replace_marked_block(path, "one")
+    replace_marked_block(path, "two\n")
+    assert path.read_text() == f"head\n\n{BENCHMARKS_BEGIN}\ntwo\n{BENCHMARKS_END}\n"
 
 
 def test_bench_writes_json(tmp_path):

@@ -1,6 +1,13 @@
-"""cgrp eval: misaligned-fusion benchmark of CGRP against classical baselines on aligned pairs."""
+"""cgrp eval: misaligned-fusion benchmark of CGRP against classical baselines on aligned pairs.
+
+Several data sets (repeat --data, each with its own optional --list) and presets (repeat --preset or
+separate them by commas) run in one command: per-run outputs go to OUT/DATASET/PRESET/, one
+cross-domain table (a row per data set x preset) to OUT/report.md, summary.json, summary.csv, pairs.csv.
+"""
 from __future__ import annotations
 
+import argparse
+import shlex
 from pathlib import Path
 
 from ..core.data import default_dataset_root
@@ -10,50 +17,139 @@ from .common import add_pipeline_arguments, pipeline_from_args
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
 
 
+class _DataAction(argparse.Action):
+    """--data DIR: a new data set; a --list given before the first --data belongs to it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        datasets = list(getattr(namespace, "datasets", None) or [])
+        datasets.append([value, getattr(namespace, "pending_list", None)])
+        namespace.pending_list = None
+        namespace.datasets = datasets
+
+
+class _ListAction(argparse.Action):
+    """--list FILE: the split of the --data right before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        datasets = getattr(namespace, "datasets", None) or []
+        if not datasets:
+            if getattr(namespace, "pending_list", None) is not None:
+                parser.error("--list given twice before the first --data")
+            namespace.pending_list = value
+        elif datasets[-1][1] is None:
+            datasets[-1][1] = value
+        else:
+            parser.error(f"--list {value}: --data {datasets[-1][0]} already has --list {datasets[-1][1]}")
+
+
+class _PresetAction(argparse.Action):
+    """--preset NAME[,NAME...], repeatable; the default is replaced, not extended."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        chosen = list(getattr(namespace, "_presets_given", None) or [])
+        for name in (v.strip() for v in value.split(",")):
+            if name not in PRESETS:
+                parser.error(f"--preset: unknown preset '{name}', expected some of {', '.join(PRESETS)}")
+            if name and name not in chosen:
+                chosen.append(name)
+        namespace._presets_given = chosen
+        namespace.presets = chosen
+
+
 def add_arguments(p):
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder with visible/ and thermal/ aligned pairs (default: the RoadScene data set)")
-    p.add_argument("--list", type=Path, default=None, metavar="FILE",
-                   help="evaluate only the names listed in FILE, e.g. DATA/val.txt (default: every pair)")
-    p.add_argument("--preset", default="moderate", choices=[k for k in PRESETS if k != "none"],
-                   help="synthetic misalignment strength (default: moderate)")
+    from ..core.evaluate import METHODS
+
+    p.add_argument("--data", type=Path, action=_DataAction, dest="datasets", default=None, metavar="DIR",
+                   help="folder with visible/ and thermal/ aligned pairs, or whose subfolders each hold them "
+                   "(one data set made of all of them); repeat for several data sets, each named after its "
+                   "folder (default: the RoadScene data set)")
+    p.add_argument("--list", type=Path, action=_ListAction, dest="pending_list", default=None, metavar="FILE",
+                   help="evaluate only the names listed in FILE, e.g. DATA/val.txt; applies to the --data "
+                   "before it (default: every pair)")
+    p.add_argument("--preset", action=_PresetAction, dest="presets", default=["moderate"], metavar="NAME[,NAME]",
+                   help=f"synthetic misalignment, repeatable or comma-separated: {', '.join(PRESETS)} "
+                   "(default: moderate)")
+    p.add_argument("--methods", default=",".join(METHODS), metavar="M[,M]",
+                   help=f"methods to run, comma-separated, of {', '.join(METHODS)}; cgrp and none always run "
+                   "(default: all; ECC is slow on large images: --methods cgrp,none)")
     p.add_argument("--seed", type=int, default=0, help="misalignment seed; each image's warp depends on (seed, name)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name)")
-    p.add_argument("--figures", type=int, default=3, metavar="N", help="example panels for the first N pairs")
-    p.add_argument("--out", type=Path, required=True, help="output folder for report.md, metrics.* and figures")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name) of each data set")
+    p.add_argument("--figures", type=int, default=3, metavar="N", help="example panels for the first N pairs of each run")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: report.md + summary.* (all runs), DATASET/PRESET/ per run")
+    p.add_argument("--write-benchmarks", type=Path, default=None, metavar="FILE",
+                   help="also put the cross-domain table into FILE (e.g. docs/benchmarks.md) between the lines "
+                   "'<!-- cgrp eval cross-domain: begin -->' and '<!-- cgrp eval cross-domain: end -->'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
     add_pipeline_arguments(p)
 
 
+def dataset_specs(args) -> list:
+    """[(data folder, list file or None)] in command-line order; the default data set when none is given."""
+    if args.datasets:
+        return [(Path(d), Path(lst) if lst else None) for d, lst in args.datasets]
+    return [(default_dataset_root(), args.pending_list)]
+
+
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed options (also right when called from Python)."""
-    parts = ["cgrp eval", f"--data {args.data}"]
-    if args.list:
-        parts.append(f"--list {args.list}")
-    parts += [f"--preset {args.preset}", f"--seed {args.seed}"]
+    from ..core.evaluate import METHODS, select_methods
+
+    parts = ["cgrp eval"]
+    for data, list_file in dataset_specs(args):
+        parts.append(f"--data {shlex.quote(str(data))}")
+        if list_file:
+            parts.append(f"--list {shlex.quote(str(list_file))}")
+    parts += [f"--preset {','.join(args.presets)}"]
+    methods = select_methods(args.methods)
+    if methods != METHODS:
+        parts.append(f"--methods {','.join(methods)}")
+    parts.append(f"--seed {args.seed}")
     if args.limit:
         parts.append(f"--limit {args.limit}")
-    parts += [f"--out {args.out}", f"--backend {args.backend}", f"--device {args.device}",
+    parts += [f"--out {shlex.quote(str(args.out))}", f"--backend {args.backend}", f"--device {args.device}",
               "--working-size {}x{}".format(*args.working_size)]
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
     if args.fp16:
         parts.append("--fp16")
     if args.models:
-        parts.append(f"--models {args.models}")
+        parts.append(f"--models {shlex.quote(str(args.models))}")
+    if args.homography:
+        parts.append(f"--homography {shlex.quote(str(args.homography))}")
+    if args.write_benchmarks:
+        parts.append(f"--write-benchmarks {shlex.quote(str(args.write_benchmarks))}")
     return " ".join(parts)
 
 
 def run(args) -> int:
-    from ..core.evaluate import evaluate, list_pairs
+    from ..core import report
+    from ..core.evaluate import evaluate_datasets, load_datasets, select_methods
 
-    args.data = args.data or default_dataset_root()
-    pairs = list_pairs(args.data, args.list, args.limit)  # data problems raise before the models load
+    methods = select_methods(args.methods)  # bad names, data problems: raise before the models load
+    datasets = load_datasets(dataset_specs(args), args.limit)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     pipeline = pipeline_from_args(args)
-    info = dict(command=command_line(args), data=str(args.data), working_size="{}x{}".format(*args.working_size))
-    evaluation = evaluate(pipeline, pairs, args.out, args.preset, args.seed, args.figures, info)
-    for target, holds, detail in evaluation.targets:
-        print(f"cgrp eval: {'holds' if holds else 'MISSED'}: {target} ({detail})")
-    print(f"cgrp eval: {len(pairs)} pair(s), report in {args.out / 'report.md'}")
+    info = dict(command=command_line(args), working_size="{}x{}".format(*args.working_size))
+    result = evaluate_datasets(pipeline, datasets, args.presets, args.out, args.seed, args.figures, methods, info)
+    for evaluation in result.evaluations:
+        for target, holds, detail in evaluation.targets:
+            print(f"cgrp eval: {evaluation.dataset} {evaluation.preset}: {'holds' if holds else 'MISSED'}: "
+                  f"{target} ({detail})")
+    for row in result.rows:
+        print(f"cgrp eval: {row['dataset']} {row['preset']}: {row['pairs']} pair(s), EPE cgrp {row['epe_cgrp']:.3g} px, "
+              f"none {row['epe_none']:.3g} px, confidence {row['confidence_mean']:.3g}, {row['fallbacks']} fallback(s)")
+        for t in row["targets"]:
+            print(f"cgrp eval: {row['dataset']} {row['preset']}: issue 9: {'holds' if t['holds'] else 'MISSED'}: "
+                  f"{t['target']} ({t['detail']})")
+    c = result.confidence
+    print(f"cgrp eval: confidence < {c['threshold']:.3g}: {c['pairs_below']} pair(s), mean EPE {c['epe_below']:.3g} px; "
+          f">= {c['threshold']:.3g}: {c['pairs_above']} pair(s), mean EPE {c['epe_above']:.3g} px")
+    if args.write_benchmarks:
+        report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result))
+        print(f"cgrp eval: table written into {args.write_benchmarks}")
+    print(f"cgrp eval: {sum(len(d.pairs) for d in datasets)} pair(s) x {len(args.presets)} preset(s), "
+          f"report in {args.out / 'report.md'}")
     return 0

@@ -49,32 +49,53 @@ def summary_table(summary: dict, methods, columns: dict) -> str:
     return markdown_table(["method"] + [f"{c} {arrows[c]}" for c in columns], rows)
 
 
+def _weights_line(weights: dict) -> str:
+    return (f"{', '.join(Path(p).name for p in weights['paths'].values())} in "
+            f"`{Path(next(iter(weights['paths'].values()))).parent}`"
+            + ("" if weights["shipped"] else " — **not the shipped weights**"))
+
+
+def _machine_line(machine: dict) -> str:
+    return (f"{machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}, load average "
+            f"{machine['load_average']} at start; {machine['os']}, "
+            f"Python {machine['python']}, torch {machine['torch']}, OpenCV {machine['opencv']}")
+
+
 def report_markdown(evaluation) -> str:
-    from .evaluate import METHOD_DESCRIPTIONS, REGISTRARS, METHODS
+    from .evaluate import METHOD_DESCRIPTIONS, REGISTRARS
 
     info, summary = evaluation.info, evaluation.summary
+    methods = [m for m in evaluation.methods]
+    registrars = [m for m in REGISTRARS if m in methods]
     machine, weights = info["machine"], info["weights"]
-    lines = [f"# cgrp eval: preset `{evaluation.preset}`, seed {evaluation.seed}", "",
+    title = f"`{evaluation.dataset}`, preset" if evaluation.dataset else "preset"
+    lines = [f"# cgrp eval: {title} `{evaluation.preset}`, seed {evaluation.seed}", "",
              f"- command: `{info.get('command', 'n/a')}`",
-             f"- data: `{info.get('data', 'n/a')}`, {info['pairs']} pairs",
+             f"- data: `{info.get('data', 'n/a')}`" + (f" (`{info['list']}`)" if info.get("list") else "")
+             + f", {info['pairs']} pairs",
              f"- pipeline: {info['pipeline']}, working size {info.get('working_size', 'n/a')}",
-             f"- weights: {', '.join(Path(p).name for p in weights['paths'].values())} in "
-             f"`{Path(next(iter(weights['paths'].values()))).parent}`"
-             + ("" if weights["shipped"] else " — **not the shipped weights**"),
-             f"- machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}, load average "
-             f"{machine['load_average']} at start; {machine['os']}, "
-             f"Python {machine['python']}, torch {machine['torch']}, OpenCV {machine['opencv']}",
+             f"- weights: {_weights_line(weights)}",
+             f"- machine: {_machine_line(machine)}",
              "", "## Targets", ""]
     for target, holds, detail in evaluation.targets:
         lines.append(f"- {'**holds**' if holds else '**MISSED**'}: {target} ({detail})")
+    if not evaluation.targets:
+        lines.append("- none of this report's targets applies to this preset (issue 9's targets: the "
+                     "cross-domain [report](../../report.md))")
+    confidence = [r["registration_confidence"] for r in evaluation.rows if r["method"] == "cgrp"]
+    fallbacks = sum(bool(r["registration_fallback"]) for r in evaluation.rows if r["method"] == "cgrp")
+    if confidence:
+        lines += ["", f"CGRP registration confidence: mean {np.mean(confidence):.3f}, min {np.min(confidence):.3f}; "
+                  f"{fallbacks} of {len(confidence)} pairs fell back to the prior (threshold "
+                  f"{info.get('confidence_threshold', float('nan')):.3g})."]
     lines += ["", "## Registration (registered vs aligned thermal)", "",
               f"Scored region: {info['region']}. Intensities in grey levels (0-255); EPE in pixels "
               "against the exact inverse of the applied displacement. `cgrp_avg` shares `cgrp`'s registration.",
-              "", summary_table(summary, REGISTRARS, M.REGISTRATION_COLUMNS), "",
+              "", summary_table(summary, registrars, M.REGISTRATION_COLUMNS), "",
               "## Fusion (fused luminance vs visible luminance and the aligned thermal)", "",
               "fmi and vif are sums over the two sources, cc and ssim their means (see docs/metrics.md).", "",
-              summary_table(summary, METHODS, M.FUSION_COLUMNS), "", "## Methods", ""]
-    lines += [f"- `{m}`: {METHOD_DESCRIPTIONS[m]}" for m in METHODS]
+              summary_table(summary, methods, M.FUSION_COLUMNS), "", "## Methods", ""]
+    lines += [f"- `{m}`: {METHOD_DESCRIPTIONS[m]}" for m in methods]
     lines += ["", "mean ± standard deviation over images; ↑ higher is better, ↓ lower is better; best in bold.",
               "Figures: `example_*.png` (visible | misaligned thermal | CGRP registered | CGRP fused | CGRP flow | "
               "ground-truth flow | checkerboard of visible and registered thermal), `compare_*.png` (per method: "
@@ -123,11 +144,12 @@ def comparison_panel(panel: dict) -> np.ndarray:
     thermal first, as the ideal), then each method's fused image (the aligned-pair row left blank)."""
     from .evaluate import METHODS
 
+    methods = [m for m in METHODS if m in panel["fused_by_method"]]  # the methods that ran
     registrar = lambda m: "cgrp" if m == "cgrp_avg" else m  # noqa: E731
     top = [_tile(checkerboard(panel["visible_y"], panel["aligned"]), "visible / aligned (ideal)")]
     top += [_tile(checkerboard(panel["visible_y"], panel["registered_by_method"][registrar(m)]), f"visible / {m}")
-            for m in METHODS]
-    bottom = [np.zeros_like(top[0])] + [_tile(panel["fused_by_method"][m], f"fused {m}") for m in METHODS]
+            for m in methods]
+    bottom = [np.zeros_like(top[0])] + [_tile(panel["fused_by_method"][m], f"fused {m}") for m in methods]
     return np.vstack((np.hstack(top), np.hstack(bottom)))
 
 
@@ -178,6 +200,15 @@ def _json_safe(value):
     return value
 
 
+def _csv_cell(value):
+    """Floats with 6 significant digits, booleans as 0/1 (so every column but the names reads as a number)."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.6g}"
+    return value
+
+
 def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
     """report.md, metrics.csv, metrics.json, hist_epe.png, hist_abs_error.png; returns their paths."""
     from .evaluate import ABS_ERROR_BINS, COLUMNS, EPE_BINS
@@ -188,10 +219,13 @@ def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in evaluation.rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    document = dict(preset=evaluation.preset, seed=evaluation.seed, info=evaluation.info,
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    document = dict(dataset=evaluation.dataset, preset=evaluation.preset, seed=evaluation.seed, info=evaluation.info,
                     columns={**{k: d for k, (d, _) in M.REGISTRATION_COLUMNS.items()},
-                             **{k: d for k, (d, _) in M.FUSION_COLUMNS.items()}},
+                             **{k: d for k, (d, _) in M.FUSION_COLUMNS.items()},
+                             "registration_confidence": "confidence of cgrp's registration of the pair, 0..1",
+                             "registration_fallback": "cgrp's registration fell back to the prior (identity "
+                                                      "or --homography) for the pair"},
                     summary=evaluation.summary,
                     targets=[dict(target=t, holds=h, detail=d) for t, h, d in evaluation.targets],
                     per_image=evaluation.rows)
@@ -203,3 +237,146 @@ def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
         err_hist, ABS_ERROR_BINS, f"per-pixel |registered - aligned| thermal, {evaluation.preset}",
         "absolute error (grey levels)"))
     return list(paths.values())
+
+
+# -- several data sets x presets (cgrp eval with repeated --data / --preset) ------------------------------
+BENCHMARKS_BEGIN = "<!-- cgrp eval cross-domain: begin -->"
+BENCHMARKS_END = "<!-- cgrp eval cross-domain: end -->"
+
+
+def _num(value, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float, np.floating)) and math.isfinite(value) else "—"
+
+
+def _targets_cell(targets: list) -> str:
+    if not targets:
+        return "—"
+    missed = [t for t in targets if not t["holds"]]
+    return "holds" if not missed else f"**MISSED** {len(missed)} of {len(targets)}"
+
+
+def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
+    """The cross-domain report: one row per data set x preset, issue 9's targets, the confidence check.
+
+    `level` is the markdown level of the title (sections one below); `links` adds links to the per-run reports.
+    """
+    from .evaluate import WORSE_MARGIN_PX
+
+    info, rows, conf = result.info, result.rows, result.confidence
+    h1, h2 = "#" * level, "#" * (level + 1)
+    extra = [m for m in ("ecc", "dis") if m in info["methods"]]
+    data = "; ".join(f"`{d['name']}` = `{d['data']}`" + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
+                     + f", {d['pairs']} pairs" for d in info["datasets"])
+    lines = [f"{h1} cgrp eval: cross-domain, seed {info['seed']}", "",
+             f"- command: `{info.get('command', 'n/a')}`",
+             f"- date: {info['date']}",
+             f"- data: {data}",
+             f"- pipeline: {info['pipeline']}, working size {info.get('working_size', 'n/a')}",
+             f"- weights: {_weights_line(info['weights'])}",
+             f"- machine: {_machine_line(info['machine'])}",
+             f"- methods: {', '.join(f'`{m}`' for m in info['methods'])}",
+             "",
+             "EPE: flow end-point error in pixels of the visible image against the exact inverse of the applied "
+             "misalignment, averaged over each pair's scored region, then over pairs. `none` = no registration "
+             "(for the `none` preset its EPE is 0 and the cgrp EPE is how far the registration moves an aligned "
+             "pair). ratio = mean EPE cgrp / mean EPE none. max pair: the largest per-pair mean EPE of cgrp. "
+             f"worse: pairs where cgrp's EPE exceeds no registration's by more than {WORSE_MARGIN_PX:g} px. "
+             "MAE: registered vs aligned thermal, grey levels. confidence: mean registration confidence; "
+             f"fallbacks: pairs registered with the prior (confidence below {info['confidence_threshold']:.3g}).",
+             "", f"{h2} Results", ""]
+    header = ["dataset", "preset", "pairs", "EPE none", "EPE cgrp", "ratio"] + [f"EPE {m}" for m in extra] + \
+        ["MAE none / cgrp", "max pair EPE", "worse", "confidence", "fallbacks", "targets"]
+    table = []
+    for r in rows:
+        table.append([f"`{r['dataset']}`", f"`{r['preset']}`", r["pairs"], _num(r["epe_none"]), _num(r["epe_cgrp"]),
+                      _num(r["ratio"])] + [_num(r.get(f"epe_{m}")) for m in extra] +
+                     [f"{_num(r['mae_none'])} / {_num(r['mae_cgrp'])}", _num(r["max_pair_epe"]), r["worse_pairs"],
+                      _num(r["confidence_mean"], 3), r["fallbacks"], _targets_cell(r["targets"])])
+    lines += [markdown_table(header, table), "", f"{h2} Targets (issue 9, \"Done when\")", ""]
+    checked = [(r, t) for r in rows for t in r["targets"]]
+    for r, t in checked:
+        lines.append(f"- {'**holds**' if t['holds'] else '**MISSED**'}: `{r['dataset']}` `{r['preset']}`: "
+                     f"{t['target']} ({t['detail']})")
+    held = sum(t["holds"] for _, t in checked)
+    if not checked:
+        lines.append("- no target applies to these data sets and presets")
+    lines += ["", f"{held} of {len(checked)} targets hold. Targets with a data-set-specific bound apply to "
+              "`roadscene` and `m3svd` (in-domain val splits) and `other_cameras` (out-of-domain); the others to "
+              "any data set.", "", f"{h2} Confidence", "",
+              f"Over all pairs of all rows above, the CGRP registration's confidence against the fallback threshold "
+              f"{conf['threshold']:.3g}:", "",
+              markdown_table(["confidence", "pairs", "mean EPE cgrp (px)"],
+                             [[f"below {conf['threshold']:.3g}", conf["pairs_below"], _num(conf["epe_below"])],
+                              [f"{conf['threshold']:.3g} or above", conf["pairs_above"], _num(conf["epe_above"])]]),
+              ""]
+    verdict = {True: "**holds**", False: "**MISSED**", None: "not testable (one of the groups is empty)"}[conf["holds"]]
+    lines += [f"- {verdict}: {conf['target']}", ""]
+    if links:
+        lines += [f"{h2} Per-run reports", "",
+                  "Figures, histograms, fusion metrics and per-pair rows of each data set x preset:", ""]
+        lines += [f"- [`{e.dataset}` `{e.preset}`]({e.dataset}/{e.preset}/report.md)" for e in result.evaluations]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_cross_domain(result, out: Path) -> list:
+    """OUT/report.md, summary.json, summary.csv (a row per data set x preset), pairs.csv (a row per pair)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("report.md", "summary.json", "summary.csv", "pairs.csv")}
+    paths["report.md"].write_text(cross_domain_markdown(result))
+    document = dict(info=result.info, rows=result.rows, confidence=result.confidence,
+                    runs=[str(Path(e.dataset) / e.preset) for e in result.evaluations])
+    paths["summary.json"].write_text(json.dumps(_json_safe(document), indent=1))
+    fields = list(dict.fromkeys(k for r in result.rows for k in r if k != "targets"))
+    with open(paths["summary.csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields + ["targets_checked", "targets_missed", "missed"])
+        writer.writeheader()
+        for r in result.rows:
+            missed = [t for t in r["targets"] if not t["holds"]]
+            writer.writerow({**{k: _csv_cell(r.get(k, "")) for k in fields}, "targets_checked": len(r["targets"]),
+                             "targets_missed": len(missed), "missed": "; ".join(f"{t['target']} ({t['detail']})"
+                                                                                for t in missed)})
+    extra = [m for m in ("ecc", "dis") if m in result.info["methods"]]
+    pair_fields = ["dataset", "preset", "image", "epe_none", "epe_cgrp"] + [f"epe_{m}" for m in extra] + \
+        ["mae_none", "mae_cgrp", "registration_confidence", "registration_fallback"]
+    with open(paths["pairs.csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=pair_fields)
+        writer.writeheader()
+        for evaluation in result.evaluations:
+            pairs = {}
+            for row in evaluation.rows:
+                pairs.setdefault(row["image"], {})[row["method"]] = row
+            for name, by_method in pairs.items():
+                cgrp = by_method["cgrp"]
+                cells = dict(dataset=evaluation.dataset, preset=evaluation.preset, image=name,
+                             epe_none=by_method["none"]["epe"], epe_cgrp=cgrp["epe"],
+                             mae_none=by_method["none"]["mae"], mae_cgrp=cgrp["mae"],
+                             registration_confidence=cgrp["registration_confidence"],
+                             registration_fallback=cgrp["registration_fallback"])
+                cells.update({f"epe_{m}": by_method[m]["epe"] for m in extra})
+                writer.writerow({k: _csv_cell(v) for k, v in cells.items()})
+    return list(paths.values())
+
+
+def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, end: str = BENCHMARKS_END) -> None:
+    """Put `block` between the `begin` and `end` marker lines of the file at `path`, replacing what was there.
+
+    A file without the markers gets them (and the block) appended; a missing file is created.
+    """
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    marked = f"{begin}\n{block.strip()}\n{end}"
+    start, stop = text.find(begin), text.find(end)
+    if start >= 0 and stop > start:
+        text = text[:start] + marked + text[stop + len(end):]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + marked + "\n"
+    path.write_text(text)
+
+
+def benchmarks_block(result) -> str:
+    """What --write-benchmarks puts between the markers: the cross-domain report without links to OUT."""
+    note = ("*Written by `cgrp eval --write-benchmarks` (command and date below): run the command again "
+            "rather than editing this section.*")
+    return note + "\n\n" + cross_domain_markdown(result, level=3, links=False)
