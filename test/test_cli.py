@@ -1,8 +1,10 @@
 """`cgrp fuse` and `cgrp export` end to end, as a user runs them."""
+import csv
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -51,6 +53,46 @@ def test_fuse_writes_every_output_for_every_good_pair(fuse_run, pair_folders):
         flow = np.load(out / "flow" / f"{n}.npy")
         assert flow.shape == visible.shape[:2] + (2,) and flow.dtype == np.float32
         assert cv2.imread(str(out / "flow_vis" / f"{n}.png")).shape == visible.shape
+
+
+def test_fuse_writes_the_registration_confidence_of_every_fused_pair(fuse_run):
+    _, out, names = fuse_run
+    with open(out / "registration.csv") as f:
+        reader = csv.DictReader(f)
+        rows = {r["name"]: r for r in reader}
+    assert reader.fieldnames == ["name", "registration_confidence", "registration_fallback", "mean_flow_px"]
+    assert sorted(rows) == sorted(names)  # not the broken pair
+    for n in names:
+        assert 0.0 <= float(rows[n]["registration_confidence"]) <= 1.0
+        assert rows[n]["registration_fallback"] in ("0", "1")
+        flow = np.load(out / "flow" / f"{n}.npy")
+        assert float(rows[n]["mean_flow_px"]) == pytest.approx(np.hypot(flow[..., 0], flow[..., 1]).mean(), abs=1e-3)
+
+
+def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_path, monkeypatch, capsys):
+    from cgrp_ros.cli import main
+    from cgrp_ros.commands import fuse
+
+    class LowConfidence:  # stands in for the Pipeline: a pair with too little shared structure
+        confidence_threshold = 0.3
+
+        def __call__(self, visible, thermal):
+            h, w = visible.shape[:2]
+            return SimpleNamespace(fused=visible[:, :, 0], fused_color=visible, registered_thermal=thermal,
+                                   flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=visible[:, :, 0],
+                                   registration_confidence=0.12, registration_fallback=True)
+
+    monkeypatch.setattr(fuse, "pipeline_from_args", lambda args: LowConfidence())
+    n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    assert main(["fuse", "--visible", str(sample_dir / "visible" / f"{n}.jpg"),
+                 "--thermal", str(sample_dir / "thermal" / f"{n}.jpg"), "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {n}: low registration confidence 0.12 (below 0.30)" in captured.err
+    assert "1 with low registration confidence" in captured.out
+    with open(tmp_path / "registration.csv") as f:
+        row, = csv.DictReader(f)
+    assert row == dict(name=n, registration_confidence="0.1200", registration_fallback="1", mean_flow_px="0.000")
+    assert (tmp_path / "fused" / f"{n}.png").is_file()
 
 
 def test_fuse_names_the_bad_files_and_fails_without_a_traceback(fuse_run):

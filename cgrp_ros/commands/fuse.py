@@ -1,6 +1,12 @@
-"""cgrp fuse: offline fusion of one pair or two folders of same-named pairs."""
+"""cgrp fuse: offline fusion of one pair or two folders of same-named pairs.
+
+Besides the images, OUT/registration.csv has a row per fused pair: the registration's confidence,
+whether it fell back to the prior (identity, or --homography) and the mean flow magnitude. A pair
+registered with low confidence gets a warning line; it is still written and is no failure.
+"""
 from __future__ import annotations
 
+import csv
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +22,7 @@ from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
 log = logging.getLogger("cgrp_ros")
+REGISTRATION_COLUMNS = ("name", "registration_confidence", "registration_fallback", "mean_flow_px")
 
 
 def add_arguments(p):
@@ -41,6 +48,32 @@ def write_result(out: Path, name: str, result) -> None:
     cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
 
 
+def registration_row(name: str, result) -> dict:
+    """One row of OUT/registration.csv (see REGISTRATION_COLUMNS)."""
+    flow = result.flow
+    return dict(name=name, registration_confidence=f"{float(result.registration_confidence):.4f}",
+                registration_fallback=int(bool(result.registration_fallback)),
+                mean_flow_px=f"{float(np.hypot(flow[..., 0], flow[..., 1]).mean()):.3f}")
+
+
+def low_confidence_warning(name: str, result, threshold: float) -> str | None:
+    """The warning line for a pair registered with low confidence, or None."""
+    confidence = float(result.registration_confidence)
+    if not result.registration_fallback and confidence >= threshold:
+        return None
+    what = ("registered with the prior (identity or --homography) instead" if result.registration_fallback
+            else "the registration may be wrong")
+    return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f} (below {threshold:.2f}): {what}"
+
+
+def write_registration_csv(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=REGISTRATION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def run(args) -> int:
     listing = find_pairs(args.visible, args.thermal)
     failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]
@@ -50,17 +83,26 @@ def run(args) -> int:
         print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
+    registration, low_confidence = [], 0
     for name, visible_path, thermal_path in tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2):
         try:
             visible = read_image(visible_path)
             thermal = read_image(thermal_path)
             result = pipeline(visible, thermal)
             write_result(args.out, name, result)
+            registration.append(registration_row(name, result))
+            warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
+            if warning:
+                low_confidence += 1
+                tqdm.write(warning, file=sys.stderr)
         except CgrpError as exc:
             failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
                             else f"{name}: {exc}")
+    if registration:
+        write_registration_csv(args.out / "registration.csv", registration)
     for f in failures:
         print(f"cgrp fuse: {f}", file=sys.stderr)
     done = len(listing.pairs) - sum(1 for f in failures if not f.endswith("other folder"))
-    print(f"cgrp fuse: {done} pair(s) written to {args.out}, {len(failures)} problem(s)")
+    low = f", {low_confidence} with low registration confidence (registration.csv)" if low_confidence else ""
+    print(f"cgrp fuse: {done} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
     return 1 if failures else 0
