@@ -178,6 +178,9 @@ class Stats:
         self.inference_errors = 0   # unexpected failures inside the pipeline
         self.non_finite_thermal = 0  # pairs fused although the thermal had NaN/inf pixels
         self.constant_images = 0    # pairs fused although an input had no contrast
+        self.fallback_pairs = 0     # pairs the registration fell back to the prior for (too little evidence)
+        self.last_confidence = None  # registration confidence of the last fused pair, 0..1
+        self.last_fallback = None   # whether that pair was registered with the prior
         self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
         self.last_message = [time.monotonic(), time.monotonic()]  # per stream
         self.last_pair = time.monotonic()
@@ -391,6 +394,13 @@ class FusionNode(Node):
         for counter, key, text in warnings:
             self._count(counter)
             self._log_throttled(key, text, warning=True)
+        confidence, fallback = float(result.registration_confidence), bool(result.registration_fallback)
+        with self.stats.lock:
+            self.stats.last_confidence, self.stats.last_fallback = confidence, fallback
+            self.stats.fallback_pairs += fallback
+        low_confidence = self._low_confidence()
+        if low_confidence:
+            self._log_throttled("low confidence", f"pair at {stamp:.3f}: {low_confidence}", warning=True)
         header = visible_msg.header
         images = {
             "fused": (result.fused_color if result.fused_color is not None else result.fused, None),
@@ -418,7 +428,17 @@ class FusionNode(Node):
         self.get_logger().info(f"stats: {fps:.2f} fps, {latency}, pairs {self.slot.received}, "
                                f"dropped {self.slot.dropped}, published {s.published}, bad messages "
                                f"{s.bad_messages}, bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, "
-                               f"non-finite thermal {s.non_finite_thermal}, constant images {s.constant_images}")
+                               f"non-finite thermal {s.non_finite_thermal}, constant images {s.constant_images}, "
+                               f"fallback pairs {s.fallback_pairs}")
+
+    def _low_confidence(self) -> str | None:
+        """Why the last fused pair's registration is doubtful, or None (also when nothing was fused yet)."""
+        confidence, fallback = self.stats.last_confidence, self.stats.last_fallback
+        threshold = float(self.pipeline.confidence_threshold)
+        if confidence is None or (not fallback and confidence >= threshold):
+            return None
+        return (f"low registration confidence {confidence:.2f} (below {threshold:.2f}): "
+                + ("registered with the prior (identity or homography)" if fallback else "registration may be wrong"))
 
     def diagnose(self):
         """(level, message) of the node right now."""
@@ -441,10 +461,13 @@ class FusionNode(Node):
             rate = (dropped - old_dropped) / (received - old_received)
             if rate > self.values["drop_rate_warn"]:
                 return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
+        low_confidence = self._low_confidence()
+        if low_confidence:  # a warning, never an error: the pair was fused
+            return DiagnosticStatus.WARN, f"last pair: {low_confidence}"
         return DiagnosticStatus.OK, "fusing"
 
-    def _publish_diagnostics(self):
-        level, message = self.diagnose()
+    def diagnostic_values(self) -> dict:
+        """The key/values of the /diagnostics status."""
         count, p50, p95 = self.stats.latency_percentiles(time.monotonic() - 10.0)
         s = self.stats
         values = {
@@ -456,10 +479,17 @@ class FusionNode(Node):
             "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
             "constant images": str(s.constant_images), "synchronizer resets": str(self.sync.resets),
             "synchronizer": self.sync.implementation,
+            "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
+            "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
+            "fallback pairs": str(s.fallback_pairs),
         }
+        return values
+
+    def _publish_diagnostics(self):
+        level, message = self.diagnose()
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: fusion", message=message,
                                   hardware_id=self.pipeline.description,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+                                  values=[KeyValue(key=k, value=v) for k, v in self.diagnostic_values().items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)

@@ -1,6 +1,8 @@
 """cgrp_fusion's worker when inference itself fails (issue 5): the node runs in this process (real rclpy,
 real worker thread); its `pipeline` attribute is replaced by a wrapper that raises once, the way a
-CUDA out-of-memory or a backend bug would. The pair is logged and counted, the next one is fused."""
+CUDA out-of-memory or a backend bug would. The pair is logged and counted, the next one is fused.
+A second wrapper sets the registration confidence: low confidence is a diagnostics WARN, never an ERROR."""
+import dataclasses
 import time
 
 import pytest
@@ -65,6 +67,77 @@ def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused
         executor.spin_once(timeout_sec=0.1)
         err = capfd.readouterr().err
         assert "inference failed for the pair at 1.000: RuntimeError: simulated: CUDA out of memory" in err, err
+    finally:
+        node.stop()
+        executor.shutdown()
+        node.destroy_node()
+        listener.destroy_node()
+        rclpy.try_shutdown()
+
+
+class Confidence:
+    """The real pipeline, with the registration confidence / fallback of each call taken from a list."""
+
+    def __init__(self, pipeline, outcomes):
+        self.pipeline, self.outcomes, self.calls = pipeline, list(outcomes), 0
+
+    def __call__(self, *args, **kwargs):
+        confidence, fallback = self.outcomes[self.calls]
+        self.calls += 1
+        return dataclasses.replace(self.pipeline(*args, **kwargs), registration_confidence=confidence,
+                                   registration_fallback=fallback)
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+
+def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_counted(capfd):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    rclpy.init()
+    node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
+                                           Parameter("outputs", value=["fused"]),
+                                           Parameter("stream_timeout", value=3600.0)])
+    listener = rclpy.create_node("confidence_listener")
+    fused = []
+    listener.create_subscription(Image, "cgrp_fusion/fused", fused.append, RELIABLE)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    executor.add_node(listener)
+    try:
+        threshold = node.pipeline.confidence_threshold
+        node.pipeline = Confidence(node.pipeline, [(0.02, True), (min(1.0, threshold + 0.1), False)])
+        values = node.diagnostic_values()
+        assert (values["registration confidence"], values["registration fallback"], values["fallback pairs"]) == \
+            ("n/a", "n/a", "0")
+        assert node.diagnose()[0] == DiagnosticStatus.OK
+        visible, thermal = make_images()
+
+        def spin_until(predicate, timeout, what):
+            end = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < end, f"timed out waiting for {what}"
+                executor.spin_once(timeout_sec=0.02)
+
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+
+        def fuse(second):
+            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            spin_until(lambda: len(fused) == second, 30.0, f"pair {second}")
+
+        fuse(1)  # too little evidence: fused with the prior, a warning
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN and "low registration confidence 0.02" in message, message
+        values = node.diagnostic_values()
+        assert (values["registration confidence"], values["registration fallback"], values["fallback pairs"]) == \
+            ("0.020", "true", "1")
+        fuse(2)  # confident again: OK, the counter keeps the history
+        assert node.diagnose() == (DiagnosticStatus.OK, "fusing")
+        values = node.diagnostic_values()
+        assert (values["registration fallback"], values["fallback pairs"]) == ("false", "1")
+        executor.spin_once(timeout_sec=0.1)
+        assert "pair at 1.000: low registration confidence 0.02" in capfd.readouterr().err
     finally:
         node.stop()
         executor.shutdown()
