@@ -123,7 +123,8 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
 
         def fuse(second):
             header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
-            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header),
+                           numpy_to_image(thermal, "mono16", Image, header)))
             spin_until(lambda: len(fused) == second, 30.0, f"pair {second}")
 
         fuse(1)  # too little evidence: fused with the prior, a warning

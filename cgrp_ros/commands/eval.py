@@ -73,8 +73,10 @@ def add_arguments(p):
                    help=f"methods to run, comma-separated, of {', '.join(METHODS)}; cgrp and none always run "
                    "(default: all; ECC is slow on large images: --methods cgrp,none)")
     p.add_argument("--seed", type=int, default=0, help="misalignment seed; each image's warp depends on (seed, name)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name) of each data set")
-    p.add_argument("--figures", type=int, default=3, metavar="N", help="example panels for the first N pairs of each run")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N pairs (by name) of each data set")
+    p.add_argument("--figures", type=int, default=3, metavar="N",
+                   help="example panels for the first N pairs of each run")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: report.md + summary.* (all runs), DATASET/PRESET/ per run")
     p.add_argument("--write-benchmarks", type=Path, default=None, metavar="FILE",
@@ -139,14 +141,16 @@ def run(args) -> int:
             print(f"cgrp eval: {evaluation.dataset} {evaluation.preset}: {'holds' if holds else 'MISSED'}: "
                   f"{target} ({detail})")
     for row in result.rows:
-        print(f"cgrp eval: {row['dataset']} {row['preset']}: {row['pairs']} pair(s), EPE cgrp {row['epe_cgrp']:.3g} px, "
-              f"none {row['epe_none']:.3g} px, confidence {row['confidence_mean']:.3g}, {row['fallbacks']} fallback(s)")
+        print(f"cgrp eval: {row['dataset']} {row['preset']}: {row['pairs']} pair(s), EPE cgrp "
+              f"{row['epe_cgrp']:.3g} px, none {row['epe_none']:.3g} px, confidence {row['confidence_mean']:.3g}, "
+              f"{row['fallbacks']} fallback(s)")
         for t in row["targets"]:
             print(f"cgrp eval: {row['dataset']} {row['preset']}: issue 9: {'holds' if t['holds'] else 'MISSED'}: "
                   f"{t['target']} ({t['detail']})")
     c = result.confidence
-    print(f"cgrp eval: confidence < {c['threshold']:.3g}: {c['pairs_below']} pair(s), mean EPE {c['epe_below']:.3g} px; "
-          f">= {c['threshold']:.3g}: {c['pairs_above']} pair(s), mean EPE {c['epe_above']:.3g} px")
+    print(f"cgrp eval: confidence < {c['threshold']:.3g}: {c['pairs_below']} pair(s), mean EPE "
+          f"{c['epe_below']:.3g} px; >= {c['threshold']:.3g}: {c['pairs_above']} pair(s), mean EPE "
+          f"{c['epe_above']:.3g} px")
     if args.write_benchmarks:
         report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result))
         print(f"cgrp eval: table written into {args.write_benchmarks}")

@@ -478,7 +478,9 @@ def _at_most(name, value, bound, unit="") -> dict:
 
 
 def row_targets(row: dict) -> list:
-    """Issue 9's 'Done when' targets that apply to one table row: [dict(target, holds, value, bound, missed_by, detail)].
+    """Issue 9's 'Done when' targets that apply to one table row.
+
+    Returns [dict(target, holds, value, bound, missed_by, detail)].
 
     Data-set-specific bounds apply to the names in IN_DOMAIN / OUT_OF_DOMAIN; the ones stated for every
     data set (no pair moved by > 5 px on aligned input; mild ratio and no pair made worse) apply to any name.

@@ -265,7 +265,8 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
     info, rows, conf = result.info, result.rows, result.confidence
     h1, h2 = "#" * level, "#" * (level + 1)
     extra = [m for m in ("ecc", "dis") if m in info["methods"]]
-    data = "; ".join(f"`{d['name']}` = `{d['data']}`" + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
+    data = "; ".join(f"`{d['name']}` = `{d['data']}`"
+                     + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
                      + f", {d['pairs']} pairs" for d in info["datasets"])
     lines = [f"{h1} cgrp eval: cross-domain, seed {info['seed']}", "",
              f"- command: `{info.get('command', 'n/a')}`",
