@@ -1,4 +1,5 @@
-"""Writing evaluation results: report.md, metrics.csv, metrics.json and PNG figures (OpenCV drawing)."""
+"""Writing evaluation results: report.md, metrics.csv, metrics.json and PNG figures (OpenCV drawing) per run;
+the cross-domain report.md, summary.json/csv and pairs.csv over several runs; the block in docs/benchmarks.md."""
 from __future__ import annotations
 
 import csv
