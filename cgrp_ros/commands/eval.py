@@ -148,9 +148,11 @@ def run(args) -> int:
             print(f"cgrp eval: {row['dataset']} {row['preset']}: issue 9: {'holds' if t['holds'] else 'MISSED'}: "
                   f"{t['target']} ({t['detail']})")
     c = result.confidence
-    print(f"cgrp eval: confidence < {c['threshold']:.3g}: {c['pairs_below']} pair(s), mean EPE "
-          f"{c['epe_below']:.3g} px; >= {c['threshold']:.3g}: {c['pairs_above']} pair(s), mean EPE "
-          f"{c['epe_above']:.3g} px")
+    mean = lambda n, epe: f"mean EPE {epe:.3g} px" if n else "no pair"  # noqa: E731
+    verdict = {True: "holds", False: "MISSED", None: "not testable"}[c["holds"]]
+    print(f"cgrp eval: confidence < {c['threshold']:.3g}: {c['pairs_below']} pair(s), "
+          f"{mean(c['pairs_below'], c['epe_below'])}; >= {c['threshold']:.3g}: {c['pairs_above']} pair(s), "
+          f"{mean(c['pairs_above'], c['epe_above'])}: {verdict}")
     if args.write_benchmarks:
         report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result))
         print(f"cgrp eval: table written into {args.write_benchmarks}")
