@@ -26,8 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "cgrp = cgrp_ros.cli:main",
-            "cgrp_fusion = cgrp_ros.fusion_node:main",
-            "cgrp_player = cgrp_ros.player_node:main",
+            "cgrp_fusion = cgrp_ros.ros.fusion_node:main",
+            "cgrp_player = cgrp_ros.ros.player_node:main",
         ],
     },
 )

@@ -19,7 +19,7 @@ try:  # the ROS test modules skip themselves when rclpy is missing; this keeps t
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from cgrp_ros.image_conversions import numpy_to_image
+    from cgrp_ros.ros.image_conversions import numpy_to_image
 
     RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 except ImportError:
@@ -116,7 +116,7 @@ class Harness:
                          "-p", "working_size:=[64,96]", *ros_args)
         self.env = env
         self.log_path = log_path
-        self.proc = start_node("cgrp_ros.fusion_node", log_path, *self.ros_args, env=env)
+        self.proc = start_node("cgrp_ros.ros.fusion_node", log_path, *self.ros_args, env=env)
         self.spinner = Spinner("cgrp_fusion_tester")
         node = self.spinner.node
         self.visible_pub = node.create_publisher(Image, "visible/image", RELIABLE)
@@ -141,7 +141,7 @@ class Harness:
         """Start the node again (after it stopped) with the same arguments; log to `log_path`."""
         self.log_path = log_path
         self.diagnostics.clear()
-        self.proc = start_node("cgrp_ros.fusion_node", log_path, *self.ros_args, env=self.env)
+        self.proc = start_node("cgrp_ros.ros.fusion_node", log_path, *self.ros_args, env=self.env)
         self.wait_for_topics()
 
     def wait_for(self, predicate, timeout, what):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cgrp_ros.core.errors import InputError
-from cgrp_ros.image_conversions import (ENCODINGS, ImageConversionError, encoding_for, image_to_numpy,
+from cgrp_ros.ros.image_conversions import (ENCODINGS, ImageConversionError, encoding_for, image_to_numpy,
                                         numpy_to_image, to_bgr)
 
 

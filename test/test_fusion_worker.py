@@ -13,8 +13,8 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from cgrp_ros.fusion_node import FusionNode  # noqa: E402
-from cgrp_ros.image_conversions import numpy_to_image  # noqa: E402
+from cgrp_ros.ros.fusion_node import FusionNode  # noqa: E402
+from cgrp_ros.ros.image_conversions import numpy_to_image  # noqa: E402
 from ros_helpers import RELIABLE, make_images  # noqa: E402
 
 

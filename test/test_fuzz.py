@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cgrp_ros.core.errors import InputError
-from cgrp_ros.image_conversions import ENCODINGS, ImageConversionError, image_to_numpy, to_bgr
+from cgrp_ros.ros.image_conversions import ENCODINGS, ImageConversionError, image_to_numpy, to_bgr
 
 try:
     from sensor_msgs.msg import Image  # the message class the node really receives

@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from cgrp_ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
+from cgrp_ros.ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
 from ros_helpers import STARTUP_TIMEOUT, Harness, cpu_seconds, rss_mb, stop_node  # noqa: E402
 
 STREAM_TIMEOUT = 1.0

@@ -13,7 +13,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from cgrp_ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
+from cgrp_ros.ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
 from ros_helpers import SLOP, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
 
 

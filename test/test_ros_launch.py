@@ -43,7 +43,7 @@ def test_launch_file_imports_when_launch_ros_is_present(path):
 
 
 def test_parameter_file_matches_the_declared_parameters():
-    from cgrp_ros.fusion_node import PARAMETERS, check_parameter
+    from cgrp_ros.ros.parameters import PARAMETERS, check_parameter
 
     params = yaml.safe_load((REPO / "config" / "cgrp_fusion.yaml").read_text())["/**"]["ros__parameters"]
     assert params == {p.name: p.default for p in PARAMETERS}

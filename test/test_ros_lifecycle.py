@@ -52,7 +52,7 @@ def test_cuda_without_gpu_falls_back_stops_on_signals_and_restarts(tmp_path):
 def startup_error(tmp_path, *ros_args, env=None):
     """Start the node expecting it to fail: (exit code, non-empty log lines)."""
     log = tmp_path / "fusion.log"
-    proc = start_node("cgrp_ros.fusion_node", log, *ros_args, env=env)
+    proc = start_node("cgrp_ros.ros.fusion_node", log, *ros_args, env=env)
     try:
         code = proc.wait(STARTUP_TIMEOUT)
     finally:

@@ -14,7 +14,7 @@ def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "generator.pt"
     bad.write_bytes(b"not a checkpoint")
     log = tmp_path / "fusion.log"
-    proc = start_node("cgrp_ros.fusion_node", log, "-p", f"generator_model:={bad}")
+    proc = start_node("cgrp_ros.ros.fusion_node", log, "-p", f"generator_model:={bad}")
     try:
         code = proc.wait(60)
     finally:
@@ -34,7 +34,7 @@ def test_player_publishes_count_pairs_then_exits(tmp_path):
         for stream in got:
             spinner.node.create_subscription(Image, f"{stream}/image", got[stream].append, qos)
         log = tmp_path / "player.log"
-        proc = start_node("cgrp_ros.player_node", log, "-p", "count:=30", "-p", "rate:=10.0", "-p", "max_width:=160",
+        proc = start_node("cgrp_ros.ros.player_node", log, "-p", "count:=30", "-p", "rate:=10.0", "-p", "max_width:=160",
                           "-p", "deform:=moderate", "-p", "stamp_offset:=0.02", "-p", "jitter:=0.005")
         try:
             spinner.wait_for(lambda: proc.poll() is not None, 30.0, "the player to exit after count pairs", log_path=log)

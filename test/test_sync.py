@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cgrp_ros import sync
-from cgrp_ros.sync import THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer
+from cgrp_ros.ros import sync
+from cgrp_ros.ros.sync import THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer
 
 IMPLEMENTATIONS = [pytest.param(None, id="active"), pytest.param(False, id="builtin")]
 

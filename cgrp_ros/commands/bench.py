@@ -63,7 +63,7 @@ def run(args) -> int:
     machine = machine_description()
     machine["torch_threads"] = torch.get_num_threads()
     if args.ros:
-        from ..ros_bench import ros_markdown, run_ros_bench
+        from ..ros.bench import ros_markdown, run_ros_bench
 
         available = [c for c in configs if c.available]
         if not available:

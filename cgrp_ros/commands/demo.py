@@ -58,9 +58,9 @@ def start_nodes(out: Path, fusion_params: dict, player_params: dict):
     Returns (fusion process, player process, [open log files]); close the logs after `stop_processes`.
     """
     logs = [open(out / "fusion.log", "w"), open(out / "player.log", "w")]
-    fusion = subprocess.Popen(node_command("cgrp_ros.fusion_node", fusion_params), stdout=logs[0],
+    fusion = subprocess.Popen(node_command("cgrp_ros.ros.fusion_node", fusion_params), stdout=logs[0],
                               stderr=subprocess.STDOUT)
-    player = subprocess.Popen(node_command("cgrp_ros.player_node", player_params), stdout=logs[1],
+    player = subprocess.Popen(node_command("cgrp_ros.ros.player_node", player_params), stdout=logs[1],
                               stderr=subprocess.STDOUT)
     return fusion, player, logs
 
@@ -111,8 +111,8 @@ def run(args) -> int:
     from sensor_msgs.msg import Image
 
     from ..core.warp import flow_to_color
-    from ..image_conversions import image_to_numpy, to_bgr
-    from ..sync import stamp_ns
+    from ..ros.image_conversions import image_to_numpy, to_bgr
+    from ..ros.sync import stamp_ns
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 def output_problem(name: str, msg, visible_size) -> str | None:
     """Why output `name` is malformed, or None. visible_size: (height, width) of its input, if known."""
-    from ..image_conversions import image_to_numpy
+    from ..ros.image_conversions import image_to_numpy
 
     if msg.encoding not in OUTPUTS[name]:
         return f"{name}: encoding '{msg.encoding}'"
@@ -106,7 +106,7 @@ def run(args) -> int:
 
     from ..core.evaluate import machine_description
     from ..core.report import markdown_table
-    from ..sync import stamp_ns
+    from ..ros.sync import stamp_ns
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.errors import CgrpError
-from .core.report import markdown_table
+from ..core.errors import CgrpError
+from ..core.report import markdown_table
 
-SCRIPTS = {"cgrp_fusion": "cgrp_ros.fusion_node", "cgrp_player": "cgrp_ros.player_node"}
+SCRIPTS = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
 
 
 def _command(script: str, parameters: dict) -> list:

@@ -8,190 +8,39 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             /diagnostics          diagnostic_msgs/DiagnosticArray
 
 Every output carries the visible image's header. The node is a thin adapter: messages are paired
-by stamp (cgrp_ros.sync), converted to numpy views (cgrp_ros.image_conversions) and handed to one
-worker thread that runs cgrp_ros.core.pipeline.Pipeline on the newest pair.
-Parameters: PARAMETERS below, config/cgrp_fusion.yaml, docs/ros.md.
+by stamp (cgrp_ros.ros.sync), converted to numpy views (cgrp_ros.ros.image_conversions) and handed
+to one worker thread that runs cgrp_ros.core.pipeline.Pipeline on the newest pair. Parameters:
+cgrp_ros.ros.parameters, config/cgrp_fusion.yaml, docs/ros.md; /diagnostics: cgrp_ros.ros.diagnostics.
 """
 from __future__ import annotations
 
-import array
 import collections
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 
-from .core.errors import CgrpError, InputError
+from ..core.errors import CgrpError, InputError
+from . import diagnostics
+from .diagnostics import STREAM_NAMES, Stats
 from .image_conversions import ImageConversionError, encoding_for, image_to_numpy, numpy_to_image, to_bgr
-from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer
+from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
+from .process import RosLogHandler, spin_until_signal
+from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
 
-OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
-STREAM_NAMES = ("visible", "thermal")
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
-
-
-@dataclass(frozen=True)
-class Param:
-    """One node parameter: default, meaning and the values it accepts."""
-    name: str
-    default: object
-    description: str
-    choices: tuple = ()        # allowed values (strings, or items of a string array)
-    range: tuple = ()          # (min, max) for numbers and number arrays
-    rebuild: bool = False      # changing it builds a new Pipeline
-    read_only: bool = False    # fixed at startup (e.g. QoS)
-
-
-PARAMETERS = (
-    Param("backend", "torch", "inference backend", choices=("torch", "onnxruntime"), rebuild=True),
-    Param("device", "auto", "auto: CUDA when available, else CPU; cuda without a GPU falls back to CPU "
-          "with a warning unless require_gpu", choices=("auto", "cuda", "cpu"), rebuild=True),
-    Param("require_gpu", False, "fail instead of falling back to the CPU", rebuild=True),
-    Param("fp16", False, "half precision (torch on CUDA only)", rebuild=True),
-    Param("working_size", [256, 320], "[height, width] px: the largest resolution the networks run at; "
-          "outputs are always at the visible resolution", range=(32, 4096), rebuild=True),
-    Param("generator_model", "", "generator weights (.pt); empty: the shipped models/generator.pt", rebuild=True),
-    Param("registration_model", "", "registration weights (.pt); empty: the shipped one", rebuild=True),
-    Param("fusion_model", "", "fusion weights (.pt); empty: the shipped one", rebuild=True),
-    Param("onnx_dir", "", "exported ONNX files for backend onnxruntime; empty: exported once to a cache",
-          rebuild=True),
-    Param("thermal_percentiles", [1.0, 99.0], "[low, high] percentiles of the robust gain control for "
-          "16-bit and float thermal", range=(0.0, 100.0)),
-    Param("agc_8bit", False, "apply the gain control to 8-bit thermal too"),
-    Param("slop", 0.05, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
-    Param("queue_size", 10, "messages per stream kept for pairing", range=(1, 1000)),
-    Param("reliability", "best_effort", "input QoS reliability; set reliable for large images over shared "
-          "memory (read only)", choices=("best_effort", "reliable"), read_only=True),
-    Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
-          choices=OUTPUTS),
-    Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
-    Param("drop_rate_warn", 0.5, "fraction of dropped pairs that makes diagnostics warn", range=(0.0, 1.0)),
-    Param("stats_period", 10.0, "s between statistics log lines; 0 turns them off", range=(0.0, 3600.0)),
-)
-PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
-
-
-def describe(param: Param) -> ParameterDescriptor:
-    """A ParameterDescriptor that rclpy enforces (type, range, read-only) and `ros2 param describe` shows."""
-    text = param.description
-    if param.choices:
-        text += f" (one of: {', '.join(param.choices)})"
-    descriptor = ParameterDescriptor(description=text, read_only=param.read_only)
-    if param.range and isinstance(param.default, (int, float)) and not isinstance(param.default, bool):
-        low, high = param.range
-        if isinstance(param.default, int):
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=0)]
-        else:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
-    elif param.range:
-        descriptor.additional_constraints = f"each value in [{param.range[0]}, {param.range[1]}]"
-    return descriptor
-
-
-def check_parameter(name: str, value) -> str | None:
-    """Why `value` is not acceptable for parameter `name`, or None when it is."""
-    param = PARAMETERS_BY_NAME.get(name)
-    if param is None:
-        return None
-    values = list(value) if isinstance(value, (list, tuple, array.array, np.ndarray)) else [value]
-    if param.choices:
-        bad = [v for v in values if v not in param.choices]
-        if bad:
-            return f"{name}: {bad[0]!r} is not one of {', '.join(param.choices)}"
-    if param.range:
-        low, high = param.range
-        bad = [v for v in values if not (low <= v <= high)]
-        if bad:
-            return f"{name}: {bad[0]} is outside [{low}, {high}]"
-    if name == "working_size" and len(values) != 2:
-        return "working_size: expected [height, width]"
-    if name == "thermal_percentiles" and (len(values) != 2 or values[0] >= values[1]):
-        return "thermal_percentiles: expected [low, high] with low < high"
-    if name == "outputs" and len(set(values)) != len(values):
-        return "outputs: duplicate names"
-    if name.endswith("_model") and value and not os.path.isfile(value):
-        return f"{name}: no such file '{value}'"
-    if name == "onnx_dir" and value and not os.path.isdir(value):
-        return f"onnx_dir: no such folder '{value}'"
-    return None
-
-
-def pipeline_config(values: dict):
-    """PipelineConfig from the node's parameter values (a dict name -> value)."""
-    from .core.pipeline import PipelineConfig
-
-    return PipelineConfig(
-        backend=values["backend"], device=values["device"], fp16=values["fp16"], require_gpu=values["require_gpu"],
-        working_size=tuple(int(v) for v in values["working_size"]),
-        generator=values["generator_model"] or None, registration=values["registration_model"] or None,
-        fusion=values["fusion_model"] or None, onnx_dir=values["onnx_dir"] or None,
-        thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"])
-
-
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-class _RosLogHandler(logging.Handler):
-    """Sends the core's Python log records (logger 'cgrp_ros') to the node's ROS logger."""
-
-    def __init__(self, ros_logger):
-        super().__init__()
-        self.ros_logger = ros_logger
-
-    def emit(self, record):
-        # one call per severity on its own line: rclpy refuses a second severity from the same call site
-        text = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            self.ros_logger.error(text)
-        elif record.levelno >= logging.WARNING:
-            self.ros_logger.warning(text)
-        elif record.levelno >= logging.INFO:
-            self.ros_logger.info(text)
-        else:
-            self.ros_logger.debug(text)
-
-
-class Stats:
-    """Counters and latencies, shared by the executor and the worker thread."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.published = 0          # pairs whose outputs were published
-        self.bad_messages = 0       # messages skipped by the conversion (encoding, step, size, data)
-        self.bad_pairs = 0          # pairs the core rejected as input
-        self.inference_errors = 0   # unexpected failures inside the pipeline
-        self.non_finite_thermal = 0  # pairs fused although the thermal had NaN/inf pixels
-        self.constant_images = 0    # pairs fused although an input had no contrast
-        self.fallback_pairs = 0     # pairs the registration fell back to the prior for (too little evidence)
-        self.last_confidence = None  # registration confidence of the last fused pair, 0..1
-        self.last_fallback = None   # whether that pair was registered with the prior
-        self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
-        self.last_message = [time.monotonic(), time.monotonic()]  # per stream
-        self.last_pair = time.monotonic()
-
-    def latency_percentiles(self, since: float):
-        with self.lock:
-            recent = [lat for t, lat in self.latencies if t >= since]
-        if not recent:
-            return 0, None, None
-        p50, p95 = np.percentile(recent, [50, 95])
-        return len(recent), float(p50), float(p95)
 
 
 class FusionNode(Node):
@@ -206,17 +55,17 @@ class FusionNode(Node):
             reason = check_parameter(name, value)
             if reason:
                 raise InputError(f"invalid parameter {reason}")
-        self._core_log = _RosLogHandler(self.get_logger())
+        self._core_log = RosLogHandler(self.get_logger())
         logging.getLogger("cgrp_ros").addHandler(self._core_log)
         logging.getLogger("cgrp_ros").setLevel(logging.INFO)
 
-        from .core.pipeline import Pipeline
+        from ..core.pipeline import Pipeline
         self.pipeline = Pipeline(pipeline_config(self.values))  # CgrpError here: the caller exits
         self.pipeline_error = None    # why the last rebuild failed (diagnostics ERROR)
         self._rebuild = False         # a rebuild parameter changed: the worker rebuilds
         self.stats = Stats()
         self._log_times = {}          # throttled log key -> last time
-        self._drop_history = collections.deque(maxlen=6)  # (received, dropped) per diagnostics tick
+        self.drop_history = collections.deque(maxlen=6)  # (received, dropped) per diagnostics tick
 
         self.slot = LatestPairSlot()
         self.sync = self._make_synchronizer()
@@ -290,7 +139,7 @@ class FusionNode(Node):
     def _apply_pipeline_changes(self):
         """In the worker thread, between pairs: rebuild the Pipeline; keep the old one if that fails."""
         self._rebuild = False
-        from .core.pipeline import Pipeline
+        from ..core.pipeline import Pipeline
         config = pipeline_config(self.values)
         current = self.pipeline.config
         keys = ("backend", "device", "fp16", "require_gpu", "working_size", "generator", "registration",
@@ -318,16 +167,12 @@ class FusionNode(Node):
             else:
                 self.get_logger().error(text)
 
-    def _count(self, counter: str) -> None:
-        with self.stats.lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-
     def _on_image(self, stream: int, msg: Image):
         name = STREAM_NAMES[stream]
         try:
             image_to_numpy(msg)  # validation only: a cheap view, converted again by the worker
         except ImageConversionError as exc:
-            self._count("bad_messages")
+            self.stats.count("bad_messages")
             self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")
             return
         self.stats.last_message[stream] = time.monotonic()
@@ -382,17 +227,17 @@ class FusionNode(Node):
             warnings = self._content_warnings(visible, thermal, stamp)
             result = self.pipeline(visible, thermal, outputs=core_outputs)
         except InputError as exc:
-            self._count("bad_pairs")
+            self.stats.count("bad_pairs")
             # one throttle key per kind of problem: the message without its numbers
             self._log_throttled(("pair", re.sub(r"\d+", "#", str(exc))), f"skipping pair at {stamp:.3f}: {exc}")
             return
         except Exception as exc:  # one bad pair must not stop the node: log, count, go on with the next
-            self._count("inference_errors")
+            self.stats.count("inference_errors")
             self._log_throttled("inference", f"inference failed for the pair at {stamp:.3f}: "
                                 f"{type(exc).__name__}: {exc}")
             return
         for counter, key, text in warnings:
-            self._count(counter)
+            self.stats.count(counter)
             self._log_throttled(key, text, warning=True)
         confidence, fallback = float(result.registration_confidence), bool(result.registration_fallback)
         with self.stats.lock:
@@ -420,79 +265,22 @@ class FusionNode(Node):
     # -- monitoring ----------------------------------------------------------------------------------
     def _log_stats(self):
         now = time.monotonic()
-        count, p50, p95 = self.stats.latency_percentiles(self._stats_since)
-        fps = count / max(now - self._stats_since, 1e-9)
+        self.get_logger().info(diagnostics.stats_line(self, now - self._stats_since, self._stats_since))
         self._stats_since = now
-        latency = f"latency p50 {p50 * 1e3:.0f} ms p95 {p95 * 1e3:.0f} ms" if count else "latency n/a"
-        s = self.stats
-        self.get_logger().info(f"stats: {fps:.2f} fps, {latency}, pairs {self.slot.received}, "
-                               f"dropped {self.slot.dropped}, published {s.published}, bad messages "
-                               f"{s.bad_messages}, bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, "
-                               f"non-finite thermal {s.non_finite_thermal}, constant images {s.constant_images}, "
-                               f"fallback pairs {s.fallback_pairs}")
 
     def _low_confidence(self) -> str | None:
-        """Why the last fused pair's registration is doubtful, or None (also when nothing was fused yet)."""
-        confidence, fallback = self.stats.last_confidence, self.stats.last_fallback
-        threshold = float(self.pipeline.confidence_threshold)
-        if confidence is None or (not fallback and confidence >= threshold):
-            return None
-        return (f"low registration confidence {confidence:.2f} (below {threshold:.2f}): "
-                + ("registered with the prior (identity or homography)" if fallback else "registration may be wrong"))
+        return diagnostics.low_confidence(self.stats, float(self.pipeline.confidence_threshold))
 
     def diagnose(self):
         """(level, message) of the node right now."""
-        now, timeout = time.monotonic(), self.values["stream_timeout"]
-        received, dropped = self.slot.received, self.slot.dropped
-        self._drop_history.append((received, dropped))
-        if self.pipeline_error:
-            return DiagnosticStatus.ERROR, f"model failed to load: {self.pipeline_error}"
-        silent = [f"{STREAM_NAMES[i]}/image" for i in (VISIBLE, THERMAL)
-                  if now - self.stats.last_message[i] > timeout]
-        if len(silent) == 2:
-            return DiagnosticStatus.WARN, f"no input on {' or '.join(silent)} for more than {timeout:g} s"
-        if silent:
-            return DiagnosticStatus.WARN, f"{silent[0]} silent for more than {timeout:g} s"
-        if now - self.stats.last_pair > timeout:
-            return (DiagnosticStatus.WARN, f"no synchronized pair for {now - self.stats.last_pair:.1f} s "
-                    f"(stamps further apart than slop {self.values['slop']} s?)")
-        old_received, old_dropped = self._drop_history[0]
-        if received - old_received >= 5:
-            rate = (dropped - old_dropped) / (received - old_received)
-            if rate > self.values["drop_rate_warn"]:
-                return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
-        low_confidence = self._low_confidence()
-        if low_confidence:  # a warning, never an error: the pair was fused
-            return DiagnosticStatus.WARN, f"last pair: {low_confidence}"
-        return DiagnosticStatus.OK, "fusing"
+        return diagnostics.diagnose(self)
 
     def diagnostic_values(self) -> dict:
         """The key/values of the /diagnostics status."""
-        count, p50, p95 = self.stats.latency_percentiles(time.monotonic() - 10.0)
-        s = self.stats
-        values = {
-            "backend": self.pipeline.description, "fps (10 s)": f"{count / 10.0:.2f}",
-            "latency p50 ms": f"{p50 * 1e3:.0f}" if count else "n/a",
-            "latency p95 ms": f"{p95 * 1e3:.0f}" if count else "n/a",
-            "pairs": str(self.slot.received), "dropped pairs": str(self.slot.dropped),
-            "published": str(s.published), "bad messages": str(s.bad_messages), "bad pairs": str(s.bad_pairs),
-            "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
-            "constant images": str(s.constant_images), "synchronizer resets": str(self.sync.resets),
-            "synchronizer": self.sync.implementation,
-            "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
-            "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
-            "fallback pairs": str(s.fallback_pairs),
-        }
-        return values
+        return diagnostics.diagnostic_values(self)
 
     def _publish_diagnostics(self):
-        level, message = self.diagnose()
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: fusion", message=message,
-                                  hardware_id=self.pipeline.description,
-                                  values=[KeyValue(key=k, value=v) for k, v in self.diagnostic_values().items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        self.diagnostics_pub.publish(diagnostics.diagnostic_array(self, self.get_clock().now().to_msg()))
 
     # -- shutdown ------------------------------------------------------------------------------------
     def stop(self, timeout: float = 1.5) -> bool:
@@ -502,24 +290,6 @@ class FusionNode(Node):
         logging.getLogger("cgrp_ros").removeHandler(self._core_log)
         return not self._worker.is_alive()
 
-
-def spin_until_signal(node: Node, until=lambda: False) -> None:
-    """Spin `node` until SIGINT, SIGTERM or `until()` is true.
-
-    Our signal handlers replace rclpy's, so a Ctrl-C ends the loop without a KeyboardInterrupt traceback.
-    """
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while not stop.is_set() and not until() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except ExternalShutdownException:
-        pass
-    finally:
-        executor.shutdown(timeout_sec=0.5)
 
 
 def main(args=None) -> int:

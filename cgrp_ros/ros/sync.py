@@ -21,6 +21,11 @@ except ImportError:  # the pip runtime has no message_filters wheel
 VISIBLE, THERMAL = 0, 1
 
 
+def stamp_seconds(stamp) -> float:
+    """A builtin_interfaces Time in float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def stamp_ns(msg) -> int:
     """A message's header stamp in integer nanoseconds."""
     stamp = msg.header.stamp

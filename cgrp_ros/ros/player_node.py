@@ -20,16 +20,16 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from .core.data import find_pairs, read_image
-from .core.deform import PRESETS, misalign, rng_for
-from .core.errors import CgrpError
-from .fusion_node import spin_until_signal
+from ..core.data import find_pairs, read_image
+from ..core.deform import PRESETS, misalign, rng_for
+from ..core.errors import CgrpError
 from .image_conversions import encoding_for, numpy_to_image
+from .process import spin_until_signal
 
 
 def sample_dir() -> Path:
     """The bundled sample pairs: the source tree's sample/, else the installed share/cgrp_ros/sample."""
-    repo_sample = Path(__file__).resolve().parents[1] / "sample"
+    repo_sample = Path(__file__).resolve().parents[2] / "sample"
     if repo_sample.is_dir():
         return repo_sample
     try:

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .core.errors import InputError
+from ..core.errors import InputError
 
 # encoding -> (element dtype, channels)
 ENCODINGS = {

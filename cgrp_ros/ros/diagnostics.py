@@ -1,0 +1,133 @@
+"""cgrp_fusion's counters and its /diagnostics status: what the node reports about itself.
+
+`Stats` is shared by the executor and the worker thread. The functions read a node-like object
+with `values` (parameters), `stats`, `slot` (LatestPairSlot), `sync` (PairSynchronizer),
+`pipeline` (None while the node is not active), `pipeline_error` and `drop_history`.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+STREAM_NAMES = ("visible", "thermal")
+
+
+class Stats:
+    """Counters and latencies, shared by the executor and the worker thread."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.published = 0          # pairs whose outputs were published
+        self.bad_messages = 0       # messages skipped by the conversion (encoding, step, size, data, payload)
+        self.bad_pairs = 0          # pairs the core rejected as input
+        self.inference_errors = 0   # unexpected failures inside the pipeline
+        self.non_finite_thermal = 0  # pairs fused although the thermal had NaN/inf pixels
+        self.constant_images = 0    # pairs fused although an input had no contrast
+        self.fallback_pairs = 0     # pairs the registration fell back to the prior for (too little evidence)
+        self.last_confidence = None  # registration confidence of the last fused pair, 0..1
+        self.last_fallback = None   # whether that pair was registered with the prior
+        self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
+        self.last_message = [time.monotonic(), time.monotonic()]  # per stream
+        self.last_pair = time.monotonic()
+
+    def count(self, counter: str) -> None:
+        with self.lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def latency_percentiles(self, since: float):
+        with self.lock:
+            recent = [lat for t, lat in self.latencies if t >= since]
+        if not recent:
+            return 0, None, None
+        p50, p95 = np.percentile(recent, [50, 95])
+        return len(recent), float(p50), float(p95)
+
+
+def low_confidence(stats: Stats, threshold: float) -> str | None:
+    """Why the last fused pair's registration is doubtful, or None (also when nothing was fused yet)."""
+    confidence, fallback = stats.last_confidence, stats.last_fallback
+    if confidence is None or (not fallback and confidence >= threshold):
+        return None
+    return (f"low registration confidence {confidence:.2f} (below {threshold:.2f}): "
+            + ("registered with the prior (identity or homography)" if fallback else "registration may be wrong"))
+
+
+def confidence_threshold(node) -> float | None:
+    pipeline = node.pipeline
+    return None if pipeline is None else float(pipeline.confidence_threshold)
+
+
+def diagnose(node):
+    """(level, message) of the node right now."""
+    now, timeout, stats = time.monotonic(), node.values["stream_timeout"], node.stats
+    received, dropped = node.slot.received, node.slot.dropped
+    node.drop_history.append((received, dropped))
+    if node.pipeline_error:
+        return DiagnosticStatus.ERROR, f"model failed to load: {node.pipeline_error}"
+    silent = [f"{STREAM_NAMES[i]}/image" for i in (0, 1) if now - stats.last_message[i] > timeout]
+    if len(silent) == 2:
+        return DiagnosticStatus.WARN, f"no input on {' or '.join(silent)} for more than {timeout:g} s"
+    if silent:
+        return DiagnosticStatus.WARN, f"{silent[0]} silent for more than {timeout:g} s"
+    if now - stats.last_pair > timeout:
+        return (DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s "
+                f"(stamps further apart than slop {node.values['slop']} s?)")
+    old_received, old_dropped = node.drop_history[0]
+    if received - old_received >= 5:
+        rate = (dropped - old_dropped) / (received - old_received)
+        if rate > node.values["drop_rate_warn"]:
+            return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
+    threshold = confidence_threshold(node)
+    doubtful = threshold is not None and low_confidence(stats, threshold)
+    if doubtful:  # a warning, never an error: the pair was fused
+        return DiagnosticStatus.WARN, f"last pair: {doubtful}"
+    return DiagnosticStatus.OK, "fusing"
+
+
+def backend_description(node) -> str:
+    return "not loaded" if node.pipeline is None else node.pipeline.description
+
+
+def diagnostic_values(node) -> dict:
+    """The key/values of the /diagnostics status."""
+    s = node.stats
+    count, p50, p95 = s.latency_percentiles(time.monotonic() - 10.0)
+    return {
+        "backend": backend_description(node), "fps (10 s)": f"{count / 10.0:.2f}",
+        "latency p50 ms": f"{p50 * 1e3:.0f}" if count else "n/a",
+        "latency p95 ms": f"{p95 * 1e3:.0f}" if count else "n/a",
+        "pairs": str(node.slot.received), "dropped pairs": str(node.slot.dropped),
+        "published": str(s.published), "bad messages": str(s.bad_messages), "bad pairs": str(s.bad_pairs),
+        "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
+        "constant images": str(s.constant_images), "synchronizer resets": str(node.sync.resets),
+        "synchronizer": node.sync.implementation,
+        "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
+        "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
+        "fallback pairs": str(s.fallback_pairs),
+    }
+
+
+def diagnostic_array(node, stamp) -> DiagnosticArray:
+    """The /diagnostics message: one status `<node name>: fusion`."""
+    level, message = diagnose(node)
+    status = DiagnosticStatus(level=level, name=f"{node.get_name()}: fusion", message=message,
+                              hardware_id=backend_description(node),
+                              values=[KeyValue(key=k, value=v) for k, v in diagnostic_values(node).items()])
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array
+
+
+def stats_line(node, seconds: float, since: float) -> str:
+    """The periodic `stats:` log line over the last `seconds` (latencies recorded after `since`)."""
+    s = node.stats
+    count, p50, p95 = s.latency_percentiles(since)
+    latency = f"latency p50 {p50 * 1e3:.0f} ms p95 {p95 * 1e3:.0f} ms" if count else "latency n/a"
+    return (f"stats: {count / max(seconds, 1e-9):.2f} fps, {latency}, pairs {node.slot.received}, "
+            f"dropped {node.slot.dropped}, published {s.published}, bad messages {s.bad_messages}, "
+            f"bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, non-finite thermal "
+            f"{s.non_finite_thermal}, constant images {s.constant_images}, fallback pairs {s.fallback_pairs}")

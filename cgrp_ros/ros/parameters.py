@@ -1,0 +1,113 @@
+"""cgrp_fusion's parameter table: names, defaults, meanings, accepted values, and their checks.
+
+`PARAMETERS` is the one source for the node's declarations, `config/cgrp_fusion.yaml` and the
+parameter table in docs/ros.md (the tests compare them).
+"""
+from __future__ import annotations
+
+import array
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One node parameter: default, meaning and the values it accepts."""
+    name: str
+    default: object
+    description: str
+    choices: tuple = ()        # allowed values (strings, or items of a string array)
+    range: tuple = ()          # (min, max) for numbers and number arrays
+    rebuild: bool = False      # changing it builds a new Pipeline
+    read_only: bool = False    # fixed at startup (e.g. QoS)
+
+
+PARAMETERS = (
+    Param("backend", "torch", "inference backend", choices=("torch", "onnxruntime"), rebuild=True),
+    Param("device", "auto", "auto: CUDA when available, else CPU; cuda without a GPU falls back to CPU "
+          "with a warning unless require_gpu", choices=("auto", "cuda", "cpu"), rebuild=True),
+    Param("require_gpu", False, "fail instead of falling back to the CPU", rebuild=True),
+    Param("fp16", False, "half precision (torch on CUDA only)", rebuild=True),
+    Param("working_size", [256, 320], "[height, width] px: the largest resolution the networks run at; "
+          "outputs are always at the visible resolution", range=(32, 4096), rebuild=True),
+    Param("generator_model", "", "generator weights (.pt); empty: the shipped models/generator.pt", rebuild=True),
+    Param("registration_model", "", "registration weights (.pt); empty: the shipped one", rebuild=True),
+    Param("fusion_model", "", "fusion weights (.pt); empty: the shipped one", rebuild=True),
+    Param("onnx_dir", "", "exported ONNX files for backend onnxruntime; empty: exported once to a cache",
+          rebuild=True),
+    Param("thermal_percentiles", [1.0, 99.0], "[low, high] percentiles of the robust gain control for "
+          "16-bit and float thermal", range=(0.0, 100.0)),
+    Param("agc_8bit", False, "apply the gain control to 8-bit thermal too"),
+    Param("slop", 0.05, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
+    Param("queue_size", 10, "messages per stream kept for pairing", range=(1, 1000)),
+    Param("reliability", "best_effort", "input QoS reliability; set reliable for large images over shared "
+          "memory (read only)", choices=("best_effort", "reliable"), read_only=True),
+    Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
+          choices=OUTPUTS),
+    Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
+    Param("drop_rate_warn", 0.5, "fraction of dropped pairs that makes diagnostics warn", range=(0.0, 1.0)),
+    Param("stats_period", 10.0, "s between statistics log lines; 0 turns them off", range=(0.0, 3600.0)),
+)
+PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def describe(param: Param) -> ParameterDescriptor:
+    """A ParameterDescriptor that rclpy enforces (type, range, read-only) and `ros2 param describe` shows."""
+    text = param.description
+    if param.choices:
+        text += f" (one of: {', '.join(param.choices)})"
+    descriptor = ParameterDescriptor(description=text, read_only=param.read_only)
+    if param.range and isinstance(param.default, (int, float)) and not isinstance(param.default, bool):
+        low, high = param.range
+        if isinstance(param.default, int):
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=0)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+    elif param.range:
+        descriptor.additional_constraints = f"each value in [{param.range[0]}, {param.range[1]}]"
+    return descriptor
+
+
+def check_parameter(name: str, value) -> str | None:
+    """Why `value` is not acceptable for parameter `name`, or None when it is."""
+    param = PARAMETERS_BY_NAME.get(name)
+    if param is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple, array.array, np.ndarray)) else [value]
+    if param.choices:
+        bad = [v for v in values if v not in param.choices]
+        if bad:
+            return f"{name}: {bad[0]!r} is not one of {', '.join(param.choices)}"
+    if param.range:
+        low, high = param.range
+        bad = [v for v in values if not (low <= v <= high)]
+        if bad:
+            return f"{name}: {bad[0]} is outside [{low}, {high}]"
+    if name == "working_size" and len(values) != 2:
+        return "working_size: expected [height, width]"
+    if name == "thermal_percentiles" and (len(values) != 2 or values[0] >= values[1]):
+        return "thermal_percentiles: expected [low, high] with low < high"
+    if name == "outputs" and len(set(values)) != len(values):
+        return "outputs: duplicate names"
+    if name.endswith("_model") and value and not os.path.isfile(value):
+        return f"{name}: no such file '{value}'"
+    if name == "onnx_dir" and value and not os.path.isdir(value):
+        return f"onnx_dir: no such folder '{value}'"
+    return None
+
+
+def pipeline_config(values: dict):
+    """PipelineConfig from the node's parameter values (a dict name -> value)."""
+    from ..core.pipeline import PipelineConfig
+
+    return PipelineConfig(
+        backend=values["backend"], device=values["device"], fp16=values["fp16"], require_gpu=values["require_gpu"],
+        working_size=tuple(int(v) for v in values["working_size"]),
+        generator=values["generator_model"] or None, registration=values["registration_model"] or None,
+        fusion=values["fusion_model"] or None, onnx_dir=values["onnx_dir"] or None,
+        thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"])

@@ -1,0 +1,49 @@
+"""What every cgrp node process needs: spinning until a signal, and the core's log in the ROS log."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+class RosLogHandler(logging.Handler):
+    """Sends the core's Python log records (logger 'cgrp_ros') to a node's ROS logger."""
+
+    def __init__(self, ros_logger):
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record):
+        # one call per severity on its own line: rclpy refuses a second severity from the same call site
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(text)
+        elif record.levelno >= logging.INFO:
+            self.ros_logger.info(text)
+        else:
+            self.ros_logger.debug(text)
+
+
+def spin_until_signal(node: Node, until=lambda: False) -> None:
+    """Spin `node` until SIGINT, SIGTERM or `until()` is true.
+
+    Our signal handlers replace rclpy's, so a Ctrl-C ends the loop without a KeyboardInterrupt traceback.
+    """
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set() and not until() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        pass
+    finally:
+        executor.shutdown(timeout_sec=0.5)
