@@ -1,13 +1,14 @@
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 package_name = "cgrp_ros"
 
 setup(
     name=package_name,
     version="0.1.0",
-    packages=find_packages(exclude=["test"]),
+    # namespace-aware: cgrp_ros/core has no __init__.py and must be installed too
+    packages=find_namespace_packages(include=["cgrp_ros", "cgrp_ros.*"], exclude=["*.__pycache__"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -16,13 +17,15 @@ setup(
         ("share/" + package_name + "/models", glob("models/*.pt") + glob("models/*.md")),
         ("share/" + package_name + "/sample", glob("sample/*/*", recursive=True)),
     ],
-    install_requires=["setuptools"],
+    # the Python runtime; rclpy and the message packages come from ROS 2 (package.xml) or the ros-* wheels
+    # in requirements.txt. onnxruntime is optional (backend onnxruntime): onnxruntime or onnxruntime-gpu.
+    install_requires=["setuptools", "numpy>=1.24", "opencv-python-headless>=4.8", "torch>=2.1", "tqdm>=4.60"],
+    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"], "test": ["pytest", "hypothesis", "PyYAML"]},
     zip_safe=True,
     maintainer="cgrp_ros maintainers",
     maintainer_email="cgrp-ros@example.com",
     description="Thermal-visible fusion for misaligned cameras (CGRP): generation, registration, fusion.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "cgrp = cgrp_ros.cli:main",
