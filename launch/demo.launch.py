@@ -32,7 +32,9 @@ def generate_launch_description():
         executable="cgrp_fusion",
         name="cgrp_fusion",
         # sample images are ~0.5 MB: reliable inputs so shared-memory transport delivers them whole
-        parameters=[os.path.join(share, "config", "cgrp_fusion.yaml"), {"reliability": "reliable"}],
+        parameters=[os.path.join(share, "config", "cgrp_fusion.yaml"),
+                    {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
+                     for stream in ("visible", "thermal")}],
         output="screen",
         emulate_tty=True,
     )

@@ -28,6 +28,9 @@ except ImportError:
 STARTUP_TIMEOUT = 60.0  # torch import + model load on a busy 2-core machine
 OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
 SLOP = 0.05
+# large test images over shared memory need reliable inputs: the standard QoS override parameters
+RELIABLE_INPUTS = ("-p", "qos_overrides./visible/image.subscription.reliability:=reliable",
+                   "-p", "qos_overrides./thermal/image.subscription.reliability:=reliable")
 
 
 def start_node(module: str, log_path, *ros_args: str, env: dict | None = None) -> subprocess.Popen:
@@ -110,9 +113,9 @@ class Harness:
     """The node process plus a test node publishing both streams and recording every output."""
 
     def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None):
-        """`ros_args` are added after the defaults (reliable inputs, slop, 1 s stats, a 64x96 working size);
+        """`ros_args` are added after the defaults (reliable inputs by qos_overrides, slop, 1 s stats, a 64x96 working size);
         `outputs`: the outputs this side subscribes to (the node computes only those)."""
-        self.ros_args = ("-p", "reliability:=reliable", "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0",
+        self.ros_args = (*RELIABLE_INPUTS, "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0",
                          "-p", "working_size:=[64,96]", *ros_args)
         self.env = env
         self.log_path = log_path

@@ -13,7 +13,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_helpers import RELIABLE, STARTUP_TIMEOUT, Spinner, log_tail, stop_node  # noqa: E402
+from ros_helpers import RELIABLE, RELIABLE_INPUTS, STARTUP_TIMEOUT, Spinner, log_tail, stop_node  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -81,7 +81,7 @@ def test_colcon_build_installs_nodes_that_run_from_install(tmp_path):
 
     scripts = workspace / "install" / "cgrp_ros" / "lib" / "cgrp_ros"
     logs = {name: tmp_path / f"{name}.log" for name in ("cgrp_fusion", "cgrp_player")}
-    args = {"cgrp_fusion": ["-p", "working_size:=[64,96]", "-p", "outputs:=[fused]", "-p", "reliability:=reliable"],
+    args = {"cgrp_fusion": ["-p", "working_size:=[64,96]", "-p", "outputs:=[fused]", *RELIABLE_INPUTS],
             "cgrp_player": ["-p", "max_width:=160", "-p", "rate:=5.0"]}
     rclpy.init()
     spinner = Spinner("colcon_smoke")

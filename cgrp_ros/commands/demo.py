@@ -112,11 +112,12 @@ def run(args) -> int:
 
     from ..core.warp import flow_to_color
     from ..ros.image_conversions import image_to_numpy, to_bgr
+    from ..ros.parameters import RELIABLE_INPUTS
     from ..ros.sync import stamp_ns
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    fusion_params = {"reliability": "reliable", "stats_period": 5.0, "backend": args.backend, "device": args.device,
+    fusion_params = {**RELIABLE_INPUTS, "stats_period": 5.0, "backend": args.backend, "device": args.device,
                      "outputs": "[fused,registered_thermal,deformation]"}
     if args.models:
         for stage in ("generator", "registration", "fusion"):

@@ -106,12 +106,13 @@ def run(args) -> int:
 
     from ..core.evaluate import machine_description
     from ..core.report import markdown_table
+    from ..ros.parameters import RELIABLE_INPUTS
     from ..ros.sync import stamp_ns
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     duration = args.minutes * 60.0
-    fusion_params = {"reliability": "reliable", "stats_period": 10.0, "backend": args.backend, "device": args.device,
+    fusion_params = {**RELIABLE_INPUTS, "stats_period": 10.0, "backend": args.backend, "device": args.device,
                      "outputs": f"[{','.join(OUTPUTS)}]"}
     if args.models:
         for stage in ("generator", "registration", "fusion"):

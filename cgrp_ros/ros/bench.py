@@ -58,11 +58,13 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
         import rclpy
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+
+        from .parameters import RELIABLE_INPUTS
     except ImportError as exc:
         raise CgrpError(f"ROS 2 Python packages are not available ({exc})") from None
 
     node_params = {"backend": config.backend, "device": config.device, "fp16": str(config.fp16).lower(),
-                   "working_size": f"[{size[0]},{size[1]}]", "reliability": "reliable", "outputs": "[fused]",
+                   "working_size": f"[{size[0]},{size[1]}]", **RELIABLE_INPUTS, "outputs": "[fused]",
                    "stats_period": 0.0}
     player_params = {"rate": rate, "deform": deform, "reliable": "true", "seed": 0}
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
@@ -41,6 +42,11 @@ from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seco
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
+
+
+def output_qos() -> QoSProfile:
+    """Reliable, keep last 2: compatible with best-effort and reliable subscribers (qos_overrides.* on top)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class FusionNode(Node):
@@ -69,14 +75,15 @@ class FusionNode(Node):
 
         self.slot = LatestPairSlot()
         self.sync = self._make_synchronizer()
-        reliability = ReliabilityPolicy.RELIABLE if self.values["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=INPUT_DEPTH, reliability=reliability)
-        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions_ = [
-            self.create_subscription(Image, "visible/image", lambda m: self._on_image(VISIBLE, m), input_qos),
-            self.create_subscription(Image, "thermal/image", lambda m: self._on_image(THERMAL, m), input_qos),
+            self.create_subscription(Image, "visible/image", lambda m: self._on_image(VISIBLE, m), self._input_qos(),
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies()),
+            self.create_subscription(Image, "thermal/image", lambda m: self._on_image(THERMAL, m), self._input_qos(),
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies()),
         ]
-        self.publishers_ = {name: self.create_publisher(Image, f"~/{name}", output_qos) for name in OUTPUTS}
+        self.publishers_ = {name: self.create_publisher(Image, f"~/{name}", output_qos(),
+                                                        qos_overriding_options=QoSOverridingOptions.with_default_policies())
+                            for name in OUTPUTS}
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
@@ -90,6 +97,12 @@ class FusionNode(Node):
         self._log_startup()
 
     # -- setup ---------------------------------------------------------------------------------------
+    def _input_qos(self) -> QoSProfile:
+        """Keep last 5, best effort unless the `reliability` alias says reliable. Each subscription's
+        qos_overrides.<topic>.subscription.* parameters are applied on top by rclpy (and win)."""
+        reliability = ReliabilityPolicy.RELIABLE if self.values["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=INPUT_DEPTH, reliability=reliability)
+
     def _make_synchronizer(self) -> PairSynchronizer:
         return PairSynchronizer(self.values["queue_size"], self.values["slop"], self._on_pair)
 
@@ -109,7 +122,14 @@ class FusionNode(Node):
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
-            f"inputs {self.values['reliability']}, outputs {', '.join(self.values['outputs'])}")
+            f"inputs {self._input_reliability()}, outputs {', '.join(self.values['outputs'])}")
+
+    def _input_reliability(self) -> str:
+        """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
+        policies = [s.qos_profile.reliability.name.lower() for s in self.subscriptions_]
+        if policies[0] == policies[1]:
+            return policies[0]
+        return ", ".join(f"{name} {policy}" for name, policy in zip(STREAM_NAMES, policies))
 
     # -- parameters ----------------------------------------------------------------------------------
     def _check_new_parameters(self, parameters) -> SetParametersResult:

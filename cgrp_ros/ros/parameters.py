@@ -45,8 +45,9 @@ PARAMETERS = (
     Param("agc_8bit", False, "apply the gain control to 8-bit thermal too"),
     Param("slop", 0.05, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
     Param("queue_size", 10, "messages per stream kept for pairing", range=(1, 1000)),
-    Param("reliability", "best_effort", "input QoS reliability; set reliable for large images over shared "
-          "memory (read only)", choices=("best_effort", "reliable"), read_only=True),
+    Param("reliability", "best_effort", "deprecated alias: the inputs' default QoS reliability; prefer the standard "
+          "qos_overrides.<topic>.subscription.reliability, which wins (read only)", choices=("best_effort", "reliable"),
+          read_only=True),
     Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
           choices=OUTPUTS),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
@@ -54,6 +55,11 @@ PARAMETERS = (
     Param("stats_period", 10.0, "s between statistics log lines; 0 turns them off", range=(0.0, 3600.0)),
 )
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
+
+# Reliable inputs through the standard QoS override parameters (topics as the node resolves them, i.e.
+# after remapping): large images over shared memory need them.
+RELIABLE_INPUTS = {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
+                   for stream in ("visible", "thermal")}
 
 
 def describe(param: Param) -> ParameterDescriptor:
