@@ -16,7 +16,7 @@ try:  # the ROS test modules skip themselves when rclpy is missing; this keeps t
     from diagnostic_msgs.msg import DiagnosticArray
     from rcl_interfaces.srv import SetParameters
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
     from cgrp_ros.ros.image_conversions import numpy_to_image
@@ -109,21 +109,37 @@ def make_images(height=120, width=160, seed=0):
     return visible, thermal
 
 
+def compress(image, encoding, _image_cls=None):
+    """A CompressedImage as image_transport writes it: JPEG for 8-bit colour, PNG for mono (16-bit kept)."""
+    import cv2
+
+    kind = "jpeg" if image.ndim == 3 else "png"
+    ok, data = cv2.imencode(".jpg" if kind == "jpeg" else ".png", image)
+    assert ok
+    return CompressedImage(format=f"{encoding}; {kind} compressed {encoding}", data=data.tobytes())
+
+
 class Harness:
     """The node process plus a test node publishing both streams and recording every output."""
 
-    def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None):
+    def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None, transport: str = "raw"):
         """`ros_args` are added after the defaults (reliable inputs by qos_overrides, slop, 1 s stats, a 64x96 working size);
-        `outputs`: the outputs this side subscribes to (the node computes only those)."""
-        self.ros_args = (*RELIABLE_INPUTS, "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0",
-                         "-p", "working_size:=[64,96]", *ros_args)
+        `outputs`: the outputs this side subscribes to (the node computes only those); `transport`: raw or
+        compressed (the node gets image_transport:=compressed; pairs are published as JPEG visible + PNG thermal)."""
+        self.transport = transport
+        suffix = "/compressed" if transport == "compressed" else ""
+        reliable = [arg for stream in ("visible", "thermal")
+                    for arg in ("-p", f"qos_overrides./{stream}/image{suffix}.subscription.reliability:=reliable")]
+        self.ros_args = (*reliable, "-p", f"slop:={SLOP}", "-p", "stats_period:=1.0", "-p", "working_size:=[64,96]",
+                         "-p", f"image_transport:={transport}", *ros_args)
         self.env = env
         self.log_path = log_path
         self.proc = start_node("cgrp_ros.ros.fusion_node", log_path, *self.ros_args, env=env)
         self.spinner = Spinner("cgrp_fusion_tester")
         node = self.spinner.node
-        self.visible_pub = node.create_publisher(Image, "visible/image", RELIABLE)
-        self.thermal_pub = node.create_publisher(Image, "thermal/image", RELIABLE)
+        input_type = CompressedImage if transport == "compressed" else Image
+        self.visible_pub = node.create_publisher(input_type, f"visible/image{suffix}", RELIABLE)
+        self.thermal_pub = node.create_publisher(input_type, f"thermal/image{suffix}", RELIABLE)
         self.outputs = tuple(outputs)
         self.received = {name: [] for name in self.outputs}
         for name in self.outputs:
@@ -160,11 +176,12 @@ class Harness:
         `stamp` (a builtin_interfaces Time) replaces now."""
         stamp = stamp or self.stamp()
         header = Header(stamp=stamp, frame_id="test_visible")
+        convert = compress if self.transport == "compressed" else numpy_to_image
         if visible_msg is None:
-            visible_msg = numpy_to_image(self.visible if visible is None else visible, visible_encoding, Image)
+            visible_msg = convert(self.visible if visible is None else visible, visible_encoding, Image)
         visible_msg.header = header
         if thermal_msg is None:
-            thermal_msg = numpy_to_image(self.thermal if thermal is None else thermal, thermal_encoding, Image)
+            thermal_msg = convert(self.thermal if thermal is None else thermal, thermal_encoding, Image)
         thermal_msg.header = Header(stamp=rclpy.time.Time(nanoseconds=stamp.sec * 10**9 + stamp.nanosec
                                                           + int(thermal_offset * 1e9)).to_msg(), frame_id="test_thermal")
         self.visible_pub.publish(visible_msg)

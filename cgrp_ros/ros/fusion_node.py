@@ -1,7 +1,9 @@
 """cgrp_fusion: the ROS 2 node. Two unaligned camera streams in, pixel-aligned fusion results out.
 
-Subscribes  visible/image, thermal/image                 (sensor_msgs/Image)
+Subscribes  visible/image, thermal/image                 (sensor_msgs/Image; image_transport: raw)
+            visible/image/compressed, thermal/image/compressed  (CompressedImage; image_transport: compressed)
 Publishes   ~/fused               bgr8 (colour visible) or mono8
+            ~/fused/compressed    JPEG of ~/fused (sensor_msgs/CompressedImage)
             ~/registered_thermal  the input thermal's encoding (mono8/8UC1, mono16/16UC1, 32FC1)
             ~/deformation         32FC2, flow in pixels: registered[y, x] = thermal[y + fy, x + fx]
             ~/pseudo_thermal      mono8
@@ -30,10 +32,11 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.errors import CgrpError, InputError
 from . import diagnostics
+from .compressed import DecodedImage, decode_message, encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
 from .image_conversions import ImageConversionError, encoding_for, image_to_numpy, numpy_to_image, to_bgr
 from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
@@ -42,6 +45,11 @@ from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seco
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
+
+
+def as_array(msg) -> np.ndarray:
+    """The pixels of a raw Image (a view of its buffer) or of an already decoded CompressedImage."""
+    return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
 
 
 def output_qos() -> QoSProfile:
@@ -75,15 +83,14 @@ class FusionNode(Node):
 
         self.slot = LatestPairSlot()
         self.sync = self._make_synchronizer()
-        self.subscriptions_ = [
-            self.create_subscription(Image, "visible/image", lambda m: self._on_image(VISIBLE, m), self._input_qos(),
-                                     qos_overriding_options=QoSOverridingOptions.with_default_policies()),
-            self.create_subscription(Image, "thermal/image", lambda m: self._on_image(THERMAL, m), self._input_qos(),
-                                     qos_overriding_options=QoSOverridingOptions.with_default_policies()),
-        ]
+        self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
         self.publishers_ = {name: self.create_publisher(Image, f"~/{name}", output_qos(),
                                                         qos_overriding_options=QoSOverridingOptions.with_default_policies())
                             for name in OUTPUTS}
+        # image_transport's naming: the compressed topic is the (remapped) base topic + /compressed
+        self.compressed_pub = self.create_publisher(CompressedImage, self.resolve_topic_name("~/fused") + "/compressed",
+                                                    output_qos(),
+                                                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
@@ -97,6 +104,16 @@ class FusionNode(Node):
         self._log_startup()
 
     # -- setup ---------------------------------------------------------------------------------------
+    def _create_input(self, stream: int):
+        """The subscription of one camera: `<name>/image` (raw) or `<name>/image/compressed`."""
+        base, options = f"{STREAM_NAMES[stream]}/image", QoSOverridingOptions.with_default_policies()
+        if self.values["image_transport"] == "compressed":
+            return self.create_subscription(CompressedImage, self.resolve_topic_name(base) + "/compressed",
+                                            lambda m: self._on_image(stream, m), self._input_qos(),
+                                            qos_overriding_options=options)
+        return self.create_subscription(Image, base, lambda m: self._on_image(stream, m), self._input_qos(),
+                                        qos_overriding_options=options)
+
     def _input_qos(self) -> QoSProfile:
         """Keep last 5, best effort unless the `reliability` alias says reliable. Each subscription's
         qos_overrides.<topic>.subscription.* parameters are applied on top by rclpy (and win)."""
@@ -122,7 +139,7 @@ class FusionNode(Node):
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
-            f"inputs {self._input_reliability()}, outputs {', '.join(self.values['outputs'])}")
+            f"inputs {self.values['image_transport']} {self._input_reliability()}, outputs {', '.join(self.values['outputs'])}")
 
     def _input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
@@ -187,10 +204,13 @@ class FusionNode(Node):
             else:
                 self.get_logger().error(text)
 
-    def _on_image(self, stream: int, msg: Image):
+    def _on_image(self, stream: int, msg):
         name = STREAM_NAMES[stream]
         try:
-            image_to_numpy(msg)  # validation only: a cheap view, converted again by the worker
+            if isinstance(msg, CompressedImage):
+                msg = decode_message(msg)  # decoded once, here: a corrupt payload is a bad message
+            else:
+                image_to_numpy(msg)  # validation only: a cheap view, converted again by the worker
         except ImageConversionError as exc:
             self.stats.count("bad_messages")
             self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")
@@ -212,8 +232,12 @@ class FusionNode(Node):
                 self._process(*pair)
 
     def _wanted_outputs(self) -> set:
-        """The enabled outputs that someone subscribes to right now."""
-        return {name for name in self.values["outputs"] if self.publishers_[name].get_subscription_count() > 0}
+        """The enabled outputs that someone subscribes to right now ('fused/compressed' with 'fused')."""
+        outputs = self.values["outputs"]
+        wanted = {name for name in outputs if self.publishers_[name].get_subscription_count() > 0}
+        if "fused" in outputs and self.compressed_pub.get_subscription_count() > 0:
+            wanted.add("fused/compressed")
+        return wanted
 
     def _content_warnings(self, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
         """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
@@ -239,11 +263,14 @@ class FusionNode(Node):
         wanted = self._wanted_outputs()
         if not wanted:
             return  # nobody listens: spend nothing
-        core_outputs = {"flow"} | (wanted - {"deformation"})  # the core calls the deformation 'flow'
+        # the core always computes the flow ('deformation'); the rest only when wanted
+        core_outputs = {"flow"} | (wanted & {"fused", "registered_thermal", "pseudo_thermal"})
+        if "fused/compressed" in wanted:
+            core_outputs.add("fused")
         stamp = stamp_seconds(visible_msg.header.stamp)
         try:
-            visible = to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)
-            thermal = image_to_numpy(thermal_msg)
+            visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
+            thermal = as_array(thermal_msg)
             warnings = self._content_warnings(visible, thermal, stamp)
             result = self.pipeline(visible, thermal, outputs=core_outputs)
         except InputError as exc:
@@ -277,6 +304,10 @@ class FusionNode(Node):
             image, preferred = images[name]
             if name in wanted and image is not None:
                 self.publishers_[name].publish(numpy_to_image(image, encoding_for(image, preferred), Image, header))
+        if "fused/compressed" in wanted:
+            fused = images["fused"][0]
+            self.compressed_pub.publish(encode_compressed(fused, encoding_for(fused), CompressedImage, header,
+                                                          self.values["jpeg_quality"]))
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(header.stamp)
         with self.stats.lock:
             self.stats.published += 1

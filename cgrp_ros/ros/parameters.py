@@ -48,6 +48,10 @@ PARAMETERS = (
     Param("reliability", "best_effort", "deprecated alias: the inputs' default QoS reliability; prefer the standard "
           "qos_overrides.<topic>.subscription.reliability, which wins (read only)", choices=("best_effort", "reliable"),
           read_only=True),
+    Param("image_transport", "raw", "input transport: raw subscribes <topic> (sensor_msgs/Image), compressed "
+          "<topic>/compressed (sensor_msgs/CompressedImage: JPEG, PNG incl. 16-bit) (read only)",
+          choices=("raw", "compressed"), read_only=True),
+    Param("jpeg_quality", 90, "JPEG quality of ~/fused/compressed", range=(1, 100)),
     Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
           choices=OUTPUTS),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),

@@ -1,0 +1,84 @@
+"""sensor_msgs/CompressedImage <-> numpy, as image_transport's `compressed` plugin writes them.
+
+    image, encoding = decode_compressed(msg)     # JPEG or PNG (8- or 16-bit), BGR order for colour
+    msg = encode_compressed(array, "bgr8", CompressedImage, header, quality=90)   # JPEG
+
+`format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
+"jpeg" / "png" is read too. The payload decides what the image is (OpenCV reads its header): a JPEG
+is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that cannot be decoded raises
+ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
+header in front of the PNG) is not supported.
+"""
+from __future__ import annotations
+
+import array as _array
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .image_conversions import ImageConversionError
+
+# decoded (dtype, channels) -> encoding
+DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16"}
+# an original encoding named in `format` that the decoded image may keep (same dtype and channels)
+SAME_AS = {"8UC1": "mono8", "16UC1": "mono16", "mono8": "mono8", "mono16": "mono16", "bgr8": "bgr8", "bgra8": "bgra8"}
+
+
+@dataclass
+class DecodedImage:
+    """A decoded CompressedImage: what the synchronizer and the worker need of a message."""
+    header: object
+    image: np.ndarray
+    encoding: str
+
+
+def _payload(data) -> np.ndarray:
+    if isinstance(data, (bytes, bytearray, memoryview, _array.array)):
+        return np.frombuffer(data, np.uint8)
+    return np.asarray(data, np.uint8)
+
+
+def decode_compressed(msg) -> tuple:
+    """CompressedImage -> (H x W or H x W x C array, encoding)."""
+    fmt = (msg.format or "").strip()
+    if "compresseddepth" in fmt.lower():
+        raise ImageConversionError("format", f"format '{fmt}' (compressedDepth) is not supported: "
+                                             "publish the thermal as 'compressed' (PNG)")
+    payload = _payload(msg.data)
+    if payload.size == 0:
+        raise ImageConversionError("payload", "empty compressed payload")
+    image = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        kind = fmt.split(";")[-1].split()[0] if fmt else "compressed"
+        raise ImageConversionError("payload", f"cannot decode the {kind} payload of {payload.size} bytes "
+                                              f"(format '{fmt}')")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    encoding = DECODED_ENCODINGS.get((image.dtype.type, channels))
+    if encoding is None:
+        raise ImageConversionError("encoding", f"decoded a {image.dtype} image with {channels} channels "
+                                               f"(format '{fmt}'): not supported")
+    original = fmt.split(";")[0].strip() if ";" in fmt else ""
+    if SAME_AS.get(original) == encoding:
+        encoding = original  # e.g. 16UC1 stays 16UC1, as raw messages do
+    return image, encoding
+
+
+def decode_message(msg) -> DecodedImage:
+    image, encoding = decode_compressed(msg)
+    return DecodedImage(msg.header, image, encoding)
+
+
+def encode_compressed(image: np.ndarray, encoding: str, message_cls, header=None, quality: int = 90):
+    """An 8-bit mono or BGR array -> a JPEG CompressedImage ("<encoding>; jpeg compressed <encoding>")."""
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ImageConversionError("encoding", f"cannot JPEG-encode a {image.dtype} image of shape {image.shape}")
+    msg = message_cls()
+    if header is not None:
+        msg.header = header
+    msg.format = f"{encoding}; jpeg compressed {encoding}"
+    data = _array.array("B")
+    data.frombytes(buffer.tobytes())
+    msg.data = data
+    return msg

@@ -1,0 +1,48 @@
+"""CompressedImage decoding and encoding (cgrp_ros.ros.compressed), without a node."""
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("sensor_msgs")
+from sensor_msgs.msg import CompressedImage  # noqa: E402
+
+from cgrp_ros.ros.compressed import decode_compressed, encode_compressed  # noqa: E402
+from cgrp_ros.ros.image_conversions import ImageConversionError  # noqa: E402
+
+
+def message(image, ext, fmt):
+    return CompressedImage(format=fmt, data=cv2.imencode(ext, image)[1].tobytes())
+
+
+def test_16bit_png_is_lossless_and_keeps_its_encoding():
+    thermal = (np.arange(120 * 160).reshape(120, 160) * 3).astype(np.uint16)
+    image, encoding = decode_compressed(message(thermal, ".png", "16UC1; png compressed 16UC1"))
+    assert encoding == "16UC1" and image.dtype == np.uint16 and np.array_equal(image, thermal)
+    assert decode_compressed(message(thermal, ".png", "png"))[1] == "mono16"
+
+
+def test_jpeg_colour_and_mono():
+    rng = np.random.default_rng(0)
+    colour = cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (0, 0), 2)
+    image, encoding = decode_compressed(message(colour, ".jpg", "rgb8; jpeg compressed bgr8"))
+    assert encoding == "bgr8" and image.shape == (60, 80, 3)  # decoded in BGR order whatever the camera sent
+    assert decode_compressed(message(colour[:, :, 0].copy(), ".jpg", "mono8; jpeg compressed mono8"))[1] == "mono8"
+
+
+@pytest.mark.parametrize("payload, fmt, kind", [
+    (b"", "jpeg", "payload"),
+    (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "bgr8; jpeg compressed bgr8", "payload"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "mono16; png compressed mono16", "payload"),
+    (bytes(100), "16UC1; compressedDepth png", "format"),
+])
+def test_unreadable_payloads_raise_a_conversion_error(payload, fmt, kind):
+    with pytest.raises(ImageConversionError) as err:
+        decode_compressed(CompressedImage(format=fmt, data=payload))
+    assert err.value.kind == kind
+
+
+def test_encode_is_a_jpeg_of_the_same_size():
+    fused = np.full((50, 70, 3), 120, np.uint8)
+    msg = encode_compressed(fused, "bgr8", CompressedImage, quality=75)
+    assert msg.format == "bgr8; jpeg compressed bgr8"
+    assert decode_compressed(msg)[0].shape == (50, 70, 3)
