@@ -49,6 +49,25 @@ def test_mono_visible_and_8bit_thermal_keep_their_families(harness):
     assert out["fused"].encoding == "mono8" and out["registered_thermal"].encoding == "8UC1"
 
 
+def test_deformation_vis_is_the_colour_coded_flow_while_subscribed(harness):
+    from cgrp_ros.core.warp import flow_to_color
+    from ros_helpers import RELIABLE
+
+    vis = []
+    subscription = harness.spinner.node.create_subscription(Image, "cgrp_fusion/deformation_vis", vis.append, RELIABLE)
+    try:
+        harness.wait_for(lambda: harness.spinner.node.count_subscribers("cgrp_fusion/deformation_vis") >= 1, 10.0,
+                         "the deformation_vis subscription")
+        stamp = harness.publish_pair()
+        out = harness.wait_outputs(stamp)
+        harness.wait_for(lambda: any(m.header.stamp == out["fused"].header.stamp for m in vis), 10.0, "deformation_vis")
+        msg = next(m for m in vis if m.header.stamp == out["fused"].header.stamp)
+        assert msg.encoding == "bgr8" and (msg.height, msg.width) == (120, 160) and msg.header.frame_id == "test_visible"
+        assert np.array_equal(image_to_numpy(msg), flow_to_color(image_to_numpy(out["deformation"])))
+    finally:
+        harness.spinner.node.destroy_subscription(subscription)
+
+
 def test_pairs_inside_the_slop_are_fused_outside_are_not(harness):
     outside = harness.publish_pair(thermal_offset=4 * SLOP)
     harness.spinner.spin(0.3)

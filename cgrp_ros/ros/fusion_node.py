@@ -6,6 +6,7 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/fused/compressed    JPEG of ~/fused (sensor_msgs/CompressedImage)
             ~/registered_thermal  the input thermal's encoding (mono8/8UC1, mono16/16UC1, 32FC1)
             ~/deformation         32FC2, flow in pixels: registered[y, x] = thermal[y + fy, x + fx]
+            ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
             ~/pseudo_thermal      mono8
             /diagnostics          diagnostic_msgs/DiagnosticArray
 
@@ -35,6 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.errors import CgrpError, InputError
+from ..core.warp import flow_to_color
 from . import diagnostics
 from .compressed import DecodedImage, decode_message, encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
@@ -298,6 +300,8 @@ class FusionNode(Node):
             "fused": (result.fused_color if result.fused_color is not None else result.fused, None),
             "registered_thermal": (result.registered_thermal, thermal_msg.encoding),
             "deformation": (result.flow, "32FC2"),
+            "deformation_vis": (flow_to_color(result.flow, self.values["deformation_vis_max"] or None)
+                                if "deformation_vis" in wanted else None, "bgr8"),
             "pseudo_thermal": (result.pseudo_thermal, "mono8"),
         }
         for name in OUTPUTS:

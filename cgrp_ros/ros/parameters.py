@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
+OUTPUTS = ("fused", "registered_thermal", "deformation", "deformation_vis", "pseudo_thermal")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ PARAMETERS = (
           "<topic>/compressed (sensor_msgs/CompressedImage: JPEG, PNG incl. 16-bit) (read only)",
           choices=("raw", "compressed"), read_only=True),
     Param("jpeg_quality", 90, "JPEG quality of ~/fused/compressed", range=(1, 100)),
+    Param("deformation_vis_max", 0.0, "flow magnitude (px) shown at full colour in ~/deformation_vis; 0: each "
+          "image's own maximum (as cgrp fuse's flow_vis)", range=(0.0, 10000.0)),
     Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
           choices=OUTPUTS),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
