@@ -18,13 +18,15 @@ def generate_launch_description():
         DeclareLaunchArgument("thermal", default_value="thermal/image", description="thermal image topic"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="cgrp_fusion parameter file"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate at once; false: leave it to a lifecycle manager"),
     ]
     fusion = Node(
         package="cgrp_ros",
         executable="cgrp_fusion",
         name="cgrp_fusion",
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file")],
+        parameters=[LaunchConfiguration("params_file"), {"autostart": LaunchConfiguration("autostart")}],
         remappings=[("visible/image", LaunchConfiguration("visible")),
                     ("thermal/image", LaunchConfiguration("thermal"))],
         output="screen",

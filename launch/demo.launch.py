@@ -18,6 +18,8 @@ def generate_launch_description():
         DeclareLaunchArgument("deform", default_value="moderate", description="misalignment preset: none, mild, moderate, severe"),
         DeclareLaunchArgument("rate", default_value="4.0", description="pairs per second"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/cgrp.rviz"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate cgrp_fusion at once; false: leave it to a lifecycle manager"),
     ]
     player = Node(
         package="cgrp_ros",
@@ -34,7 +36,8 @@ def generate_launch_description():
         # sample images are ~0.5 MB: reliable inputs so shared-memory transport delivers them whole
         parameters=[os.path.join(share, "config", "cgrp_fusion.yaml"),
                     {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
-                     for stream in ("visible", "thermal")}],
+                     for stream in ("visible", "thermal")},
+                    {"autostart": LaunchConfiguration("autostart")}],
         output="screen",
         emulate_tty=True,
     )

@@ -122,10 +122,12 @@ def compress(image, encoding, _image_cls=None):
 class Harness:
     """The node process plus a test node publishing both streams and recording every output."""
 
-    def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None, transport: str = "raw"):
+    def __init__(self, log_path, *ros_args: str, outputs=OUTPUTS, env: dict | None = None, transport: str = "raw",
+                 wait: bool = True):
         """`ros_args` are added after the defaults (reliable inputs by qos_overrides, slop, 1 s stats, a 64x96 working size);
         `outputs`: the outputs this side subscribes to (the node computes only those); `transport`: raw or
-        compressed (the node gets image_transport:=compressed; pairs are published as JPEG visible + PNG thermal)."""
+        compressed (the node gets image_transport:=compressed; pairs are published as JPEG visible + PNG thermal);
+        `wait`: wait for the node's topics (not for a node started with autostart:=false)."""
         self.transport = transport
         suffix = "/compressed" if transport == "compressed" else ""
         reliable = [arg for stream in ("visible", "thermal")
@@ -148,7 +150,8 @@ class Harness:
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.set_parameters = node.create_client(SetParameters, "cgrp_fusion/set_parameters")
         self.visible, self.thermal = make_images()
-        self.wait_for_topics()
+        if wait:
+            self.wait_for_topics()
 
     def wait_for_topics(self):
         node = self.spinner.node

@@ -39,6 +39,7 @@ def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused
     rclpy.init()
     node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
                                            Parameter("outputs", value=["fused"])])
+    assert node.autostart() is None  # configure + activate, as main() does
     listener = rclpy.create_node("worker_listener")
     fused = []
     listener.create_subscription(Image, "cgrp_fusion/fused", fused.append, RELIABLE)
@@ -98,6 +99,7 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
     node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
                                            Parameter("outputs", value=["fused"]),
                                            Parameter("stream_timeout", value=3600.0)])
+    assert node.autostart() is None
     listener = rclpy.create_node("confidence_listener")
     fused = []
     listener.create_subscription(Image, "cgrp_fusion/fused", fused.append, RELIABLE)

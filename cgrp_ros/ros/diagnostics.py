@@ -2,7 +2,8 @@
 
 `Stats` is shared by the executor and the worker thread. The functions read a node-like object
 with `values` (parameters), `stats`, `slot` (LatestPairSlot), `sync` (PairSynchronizer),
-`pipeline` (None while the node is not active), `pipeline_error` and `drop_history`.
+`pipeline` (None while the node is not active), `pipeline_error`, `drop_history` and `state`
+(its lifecycle state).
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def diagnose(node):
     now, timeout, stats = time.monotonic(), node.values["stream_timeout"], node.stats
     received, dropped = node.slot.received, node.slot.dropped
     node.drop_history.append((received, dropped))
+    state = getattr(node, "state", "active")
+    if state != "active":  # a lifecycle manager keeps it there on purpose: not a fault
+        return DiagnosticStatus.OK, f"{state}: not fusing (lifecycle state)"
     if node.pipeline_error:
         return DiagnosticStatus.ERROR, f"model failed to load: {node.pipeline_error}"
     silent = [f"{STREAM_NAMES[i]}/image" for i in (0, 1) if now - stats.last_message[i] > timeout]
@@ -97,6 +101,7 @@ def diagnostic_values(node) -> dict:
     s = node.stats
     count, p50, p95 = s.latency_percentiles(time.monotonic() - 10.0)
     return {
+        "lifecycle state": getattr(node, "state", "active"),
         "backend": backend_description(node), "fps (10 s)": f"{count / 10.0:.2f}",
         "latency p50 ms": f"{p50 * 1e3:.0f}" if count else "n/a",
         "latency p95 ms": f"{p95 * 1e3:.0f}" if count else "n/a",

@@ -18,6 +18,7 @@ cgrp_ros.ros.parameters, config/cgrp_fusion.yaml, docs/ros.md; /diagnostics: cgr
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ import time
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
@@ -54,13 +55,27 @@ def as_array(msg) -> np.ndarray:
     return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
 
 
+def release_memory() -> None:
+    """Give freed models back: a garbage collection and, when torch uses CUDA, its cached blocks."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def output_qos() -> QoSProfile:
     """Reliable, keep last 2: compatible with best-effort and reliable subscribers (qos_overrides.* on top)."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
 
 
-class FusionNode(Node):
-    """Node `cgrp_fusion`: see the module docstring."""
+class FusionNode(LifecycleNode):
+    """Node `cgrp_fusion`, a managed (lifecycle) node: see the module docstring.
+
+    unconfigured --configure--> inactive (synchronizer, publishers) --activate--> active (Pipeline,
+    subscriptions, worker) --deactivate--> inactive (worker stopped, Pipeline and CUDA cache freed)
+    --cleanup--> unconfigured; shutdown from any state. `main()` configures and activates at once
+    when `autostart` is true (the default), so run alone it behaves like a plain node.
+    """
 
     def __init__(self, **kwargs):
         super().__init__("cgrp_fusion", **kwargs)
@@ -75,25 +90,23 @@ class FusionNode(Node):
         logging.getLogger("cgrp_ros").addHandler(self._core_log)
         logging.getLogger("cgrp_ros").setLevel(logging.INFO)
 
-        from ..core.pipeline import Pipeline
-        self.pipeline = Pipeline(pipeline_config(self.values))  # CgrpError here: the caller exits
+        self.state = "unconfigured"   # lifecycle state, as the transitions below leave it
+        self.finalized = False        # shutdown done: main() ends the process
+        self.pipeline = None          # built on activate, released on deactivate
         self.pipeline_error = None    # why the last rebuild failed (diagnostics ERROR)
+        self.activation_error = None  # why the last activation failed (main() prints it at autostart)
         self._rebuild = False         # a rebuild parameter changed: the worker rebuilds
         self.stats = Stats()
         self._log_times = {}          # throttled log key -> last time
         self.drop_history = collections.deque(maxlen=6)  # (received, dropped) per diagnostics tick
-
         self.slot = LatestPairSlot()
         self.sync = self._make_synchronizer()
-        self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
-        self.publishers_ = {name: self.create_publisher(Image, f"~/{name}", output_qos(),
-                                                        qos_overriding_options=QoSOverridingOptions.with_default_policies())
-                            for name in OUTPUTS}
-        # image_transport's naming: the compressed topic is the (remapped) base topic + /compressed
-        self.compressed_pub = self.create_publisher(CompressedImage, self.resolve_topic_name("~/fused") + "/compressed",
-                                                    output_qos(),
-                                                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.subscriptions_ = []
+        self.publishers_ = {}
+        self.compressed_pub = None
+        self._worker = None
+
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # in every state
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -101,9 +114,109 @@ class FusionNode(Node):
         self._stats_since = time.monotonic()
         self._restart_stats_timer()
 
-        self._worker = threading.Thread(target=self._work, name="cgrp_fusion_worker", daemon=True)
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Synchronizer and the output publishers (lifecycle publishers: silent until activated)."""
+        self.sync = self._make_synchronizer()
+        options = QoSOverridingOptions.with_default_policies
+        self.publishers_ = {name: self.create_lifecycle_publisher(Image, f"~/{name}", output_qos(),
+                                                                  qos_overriding_options=options())
+                            for name in OUTPUTS}
+        # image_transport's naming: the compressed topic is the (remapped) base topic + /compressed
+        self.compressed_pub = self.create_lifecycle_publisher(
+            CompressedImage, self.resolve_topic_name("~/fused") + "/compressed", output_qos(),
+            qos_overriding_options=options())
+        self.state = "inactive"
+        if not self._autostarting:
+            self.get_logger().info("configured")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Build the Pipeline (models loaded here), subscribe to the cameras, start the worker."""
+        from ..core.pipeline import Pipeline
+
+        self.activation_error = None
+        try:
+            self.pipeline = Pipeline(pipeline_config(self.values))
+        except CgrpError as exc:  # missing/corrupt model, no GPU with require_gpu: stay inactive
+            self.activation_error = str(exc)
+            if not self._autostarting:  # at autostart main() prints the one error line
+                self.get_logger().error(f"activation failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.pipeline_error = None
+        self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
+        self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
+        self.stats.last_message = [time.monotonic(), time.monotonic()]
+        self.stats.last_pair = time.monotonic()
+        self._worker = threading.Thread(target=self._work, args=(self.slot,), name="cgrp_fusion_worker", daemon=True)
         self._worker.start()
+        self.state = "active"
         self._log_startup()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe, stop the worker (it finishes the pair in hand) and free the models."""
+        self._deactivate()
+        self.get_logger().info("deactivated: pipeline released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_publishers()
+        self.state = "unconfigured"
+        self.get_logger().info("cleaned up")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._destroy_publishers()
+        self.state, self.finalized = "finalized", True
+        self.get_logger().info("shut down")
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._destroy_publishers()
+        self.state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    _autostarting = False
+
+    def autostart(self) -> str | None:
+        """configure + activate (the `autostart` parameter); None, or why it failed."""
+        self._autostarting = True
+        try:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return "configuration failed"
+            if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                return self.activation_error or "activation failed"
+            return None
+        finally:
+            self._autostarting = False
+
+    def _deactivate(self) -> bool:
+        """Back to inactive: no subscriptions, no worker, no Pipeline; False if the worker did not stop."""
+        for subscription in self.subscriptions_:
+            self.destroy_subscription(subscription)
+        self.subscriptions_ = []
+        stopped = self._stop_worker()
+        self.pipeline = None
+        release_memory()
+        self.state = "inactive" if self.state == "active" else self.state
+        return stopped
+
+    def _stop_worker(self, timeout: float = 1.5) -> bool:
+        self.slot.close()
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return True
+        worker.join(timeout)
+        return not worker.is_alive()
+
+    def _destroy_publishers(self):
+        for publisher in [*self.publishers_.values(), self.compressed_pub]:
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+        self.publishers_, self.compressed_pub = {}, None
 
     # -- setup ---------------------------------------------------------------------------------------
     def _create_input(self, stream: int):
@@ -141,7 +254,7 @@ class FusionNode(Node):
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
-            f"inputs {self.values['image_transport']} {self._input_reliability()}, outputs {', '.join(self.values['outputs'])}")
+            f"inputs {self._input_reliability()} ({self.values['image_transport']}), outputs {', '.join(self.values['outputs'])}")
 
     def _input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
@@ -170,8 +283,9 @@ class FusionNode(Node):
             self.sync = self._make_synchronizer()
         if "stats_period" in changed:
             self._restart_stats_timer()
-        if any(PARAMETERS_BY_NAME[n].rebuild for n in changed) or changed & {"thermal_percentiles", "agc_8bit"}:
-            self._rebuild = True  # the worker applies it between two pairs
+        if self.pipeline is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed)
+                                          or changed & {"thermal_percentiles", "agc_8bit"}):
+            self._rebuild = True  # the worker applies it between two pairs (inactive: the next activation builds)
         if changed:
             self.get_logger().info(f"parameters changed: {', '.join(sorted(changed))}")
 
@@ -220,17 +334,18 @@ class FusionNode(Node):
         self.stats.last_message[stream] = time.monotonic()
         self.sync.add(stream, msg)
 
-    def _on_pair(self, visible_msg: Image, thermal_msg: Image):
+    def _on_pair(self, visible_msg, thermal_msg):
         self.stats.last_pair = time.monotonic()
         self.slot.put((visible_msg, thermal_msg))
 
     # -- worker --------------------------------------------------------------------------------------
-    def _work(self):
-        while not self.slot.closed:
-            pair = self.slot.take(timeout=0.5)
+    def _work(self, slot: LatestPairSlot):
+        """The worker thread of one activation: fuse the newest pair until `slot` is closed."""
+        while not slot.closed:
+            pair = slot.take(timeout=0.5)
             if self._rebuild:
                 self._apply_pipeline_changes()
-            if pair is not None and not self.slot.closed:
+            if pair is not None and not slot.closed:
                 self._process(*pair)
 
     def _wanted_outputs(self) -> set:
@@ -261,10 +376,11 @@ class FusionNode(Node):
                                  f"constant (value {image.flat[0]}): fused, but it carries no information"))
         return warnings
 
-    def _process(self, visible_msg: Image, thermal_msg: Image):
-        wanted = self._wanted_outputs()
+    def _process(self, visible_msg, thermal_msg):
+        pipeline = self.pipeline
+        wanted = self._wanted_outputs() if pipeline is not None else set()
         if not wanted:
-            return  # nobody listens: spend nothing
+            return  # nobody listens (or deactivating): spend nothing
         # the core always computes the flow ('deformation'); the rest only when wanted
         core_outputs = {"flow"} | (wanted & {"fused", "registered_thermal", "pseudo_thermal"})
         if "fused/compressed" in wanted:
@@ -274,7 +390,7 @@ class FusionNode(Node):
             visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
             thermal = as_array(thermal_msg)
             warnings = self._content_warnings(visible, thermal, stamp)
-            result = self.pipeline(visible, thermal, outputs=core_outputs)
+            result = pipeline(visible, thermal, outputs=core_outputs)
         except InputError as exc:
             self.stats.count("bad_pairs")
             # one throttle key per kind of problem: the message without its numbers
@@ -292,7 +408,7 @@ class FusionNode(Node):
         with self.stats.lock:
             self.stats.last_confidence, self.stats.last_fallback = confidence, fallback
             self.stats.fallback_pairs += fallback
-        low_confidence = self._low_confidence()
+        low_confidence = diagnostics.low_confidence(self.stats, float(pipeline.confidence_threshold))
         if low_confidence:
             self._log_throttled("low confidence", f"pair at {stamp:.3f}: {low_confidence}", warning=True)
         header = visible_msg.header
@@ -323,9 +439,6 @@ class FusionNode(Node):
         self.get_logger().info(diagnostics.stats_line(self, now - self._stats_since, self._stats_since))
         self._stats_since = now
 
-    def _low_confidence(self) -> str | None:
-        return diagnostics.low_confidence(self.stats, float(self.pipeline.confidence_threshold))
-
     def diagnose(self):
         """(level, message) of the node right now."""
         return diagnostics.diagnose(self)
@@ -340,10 +453,9 @@ class FusionNode(Node):
     # -- shutdown ------------------------------------------------------------------------------------
     def stop(self, timeout: float = 1.5) -> bool:
         """Stop the worker (it finishes the pair in hand); False if it did not stop within `timeout` s."""
-        self.slot.close()
-        self._worker.join(timeout)
+        stopped = self._stop_worker(timeout)
         logging.getLogger("cgrp_ros").removeHandler(self._core_log)
-        return not self._worker.is_alive()
+        return stopped
 
 
 
@@ -359,7 +471,18 @@ def main(args=None) -> int:
         print(f"cgrp_fusion: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    spin_until_signal(node)
+    if node.values["autostart"]:
+        error = node.autostart()
+        if error:  # missing/corrupt model, no GPU with require_gpu: one line, no traceback
+            print(f"cgrp_fusion: error: {error}", file=sys.stderr)
+            node.stop()
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+    else:
+        node.get_logger().info("waiting in state 'unconfigured' (autostart is false): configure and activate "
+                               "through the lifecycle services, e.g. ros2 lifecycle set /cgrp_fusion configure")
+    spin_until_signal(node, until=lambda: node.finalized)
     node.get_logger().info("shutting down")
     stopped = node.stop()
     node.destroy_node()

@@ -28,6 +28,8 @@ class Param:
 
 
 PARAMETERS = (
+    Param("autostart", True, "configure and activate at start-up; false: wait for a lifecycle manager (read only)",
+          read_only=True),
     Param("backend", "torch", "inference backend", choices=("torch", "onnxruntime"), rebuild=True),
     Param("device", "auto", "auto: CUDA when available, else CPU; cuda without a GPU falls back to CPU "
           "with a warning unless require_gpu", choices=("auto", "cuda", "cpu"), rebuild=True),

@@ -134,6 +134,13 @@ class LatestPairSlot:
         self.received = 0
         self.dropped = 0
 
+    @classmethod
+    def following(cls, previous: "LatestPairSlot") -> "LatestPairSlot":
+        """A new open slot that continues `previous`'s counters (a new worker, the same statistics)."""
+        slot = cls()
+        slot.received, slot.dropped = previous.received, previous.dropped
+        return slot
+
     def put(self, pair) -> bool:
         """Offer a pair; returns True when it replaced (dropped) a pair the worker never took."""
         with self._cond:

@@ -1,0 +1,89 @@
+"""cgrp_fusion as a managed node (issue 11), driven through the standard lifecycle services the way a
+lifecycle manager (or `ros2 lifecycle set`) does: outputs only while active; deactivate unsubscribes
+and releases the Pipeline; activate again builds it again; cleanup removes the publishers; shutdown
+ends the process."""
+import re
+import signal
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+
+from ros_helpers import STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+
+
+@pytest.fixture
+def harness(tmp_path):
+    rclpy.init()
+    h = Harness(tmp_path / "cgrp_fusion.log", "-p", "autostart:=false", outputs=("fused",), wait=False)
+    node = h.spinner.node
+    h.change_state = node.create_client(ChangeState, "cgrp_fusion/change_state")
+    h.get_state = node.create_client(GetState, "cgrp_fusion/get_state")
+    h.wait_for(lambda: h.change_state.service_is_ready() and h.get_state.service_is_ready(), STARTUP_TIMEOUT,
+               "the lifecycle services")
+    yield h
+    if h.proc.poll() is None:
+        stop_node(h.proc, signal.SIGKILL)
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def call(h, client, request, what):
+    future = client.call_async(request)
+    h.wait_for(future.done, STARTUP_TIMEOUT, what)
+    return future.result()
+
+
+def transition(h, transition_id) -> bool:
+    return call(h, h.change_state, ChangeState.Request(transition=Transition(id=transition_id)),
+                f"transition {transition_id}").success
+
+
+def state(h) -> int:
+    return call(h, h.get_state, GetState.Request(), "the state").current_state.id
+
+
+def diagnostics_say(h, key, value):
+    h.wait_for(lambda: h.diagnostic_value(key) == value, 5.0, f"/diagnostics '{key}' = {value!r}")
+
+
+def nothing_fused(h, seconds=1.5):
+    stamp = h.publish_pair()
+    h.spinner.spin(seconds)
+    return h.outputs_for(stamp) == {}
+
+
+def test_outputs_only_while_active_and_deactivate_releases_the_pipeline(harness):
+    h = harness
+    assert state(h) == State.PRIMARY_STATE_UNCONFIGURED
+    diagnostics_say(h, "lifecycle state", "unconfigured")
+    assert h.diagnostic_value("backend") == "not loaded"
+    assert "waiting in state 'unconfigured'" in h.log()
+
+    assert transition(h, Transition.TRANSITION_CONFIGURE) and state(h) == State.PRIMARY_STATE_INACTIVE
+    h.wait_for(lambda: h.spinner.node.count_publishers("cgrp_fusion/fused") == 1, 10.0, "the output publisher")
+    assert h.visible_pub.get_subscription_count() == 0  # inputs are subscribed on activate only
+    assert nothing_fused(h)
+
+    for activation in (1, 2):  # the second activation builds the released Pipeline again
+        assert transition(h, Transition.TRANSITION_ACTIVATE) and state(h) == State.PRIMARY_STATE_ACTIVE
+        h.wait_for_topics()
+        h.wait_outputs(h.publish_pair(), what=f"an output after activation {activation}")
+        diagnostics_say(h, "lifecycle state", "active")
+        assert h.diagnostic_value("backend").startswith("torch")
+
+        assert transition(h, Transition.TRANSITION_DEACTIVATE) and state(h) == State.PRIMARY_STATE_INACTIVE
+        h.wait_for(lambda: len(re.findall("deactivated: pipeline released", h.log())) == activation, 5.0,
+                   "the release line")
+        diagnostics_say(h, "backend", "not loaded")  # no Pipeline object left: models freed
+        h.wait_for(lambda: h.visible_pub.get_subscription_count() == 0, 5.0, "the inputs to be unsubscribed")
+        assert nothing_fused(h)
+
+    assert transition(h, Transition.TRANSITION_CLEANUP) and state(h) == State.PRIMARY_STATE_UNCONFIGURED
+    h.wait_for(lambda: h.spinner.node.count_publishers("cgrp_fusion/fused") == 0, 10.0, "the publishers to go")
+
+    assert transition(h, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+    h.spinner.wait_for(lambda: h.proc.poll() is not None, 5.0, "the process to end after shutdown")
+    assert h.proc.returncode == 0 and "Traceback" not in h.log()
