@@ -26,7 +26,7 @@ def harness(tmp_path_factory):
                "the ~/fused/compressed publisher")
     yield h
     if h.proc.poll() is None:
-        stop_node(h.proc, signal.SIGKILL)
+        stop_node(h.proc, signal.SIGINT, timeout=5.0)  # a clean exit leaves no stale endpoints behind
     h.spinner.node.destroy_node()
     rclpy.try_shutdown()
 

@@ -1,9 +1,11 @@
 """The ROS 2 adapters over cgrp_ros.core, one module per job.
 
-fusion_node        the cgrp_fusion node (inputs, worker, outputs) and its main()
+fusion_node        the cgrp_fusion managed node (lifecycle, inputs, worker, outputs) and its main()
 parameters         its parameter table, checks and the PipelineConfig it builds
+pipelines          rebuilds beside the running Pipeline, swapped in between two pairs
 diagnostics        its counters, the /diagnostics status and the stats log line
 image_conversions  sensor_msgs/Image <-> numpy (no cv_bridge)
+compressed         sensor_msgs/CompressedImage <-> numpy (JPEG, PNG incl. 16-bit)
 sync               approximate-time pairing of the two streams, the latest-pair slot
 player_node        the cgrp_player node (image folders as two camera streams)
 process            spinning until a signal, the core's log in the ROS log

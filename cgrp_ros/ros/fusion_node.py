@@ -12,7 +12,8 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
 
 Every output carries the visible image's header. The node is a thin adapter: messages are paired
 by stamp (cgrp_ros.ros.sync), converted to numpy views (cgrp_ros.ros.image_conversions) and handed
-to one worker thread that runs cgrp_ros.core.pipeline.Pipeline on the newest pair. Parameters:
+to one worker thread that runs cgrp_ros.core.pipeline.Pipeline on the newest pair; parameter changes
+build a new Pipeline beside the running one (cgrp_ros.ros.pipelines) and swap it in when ready. Parameters:
 cgrp_ros.ros.parameters, config/cgrp_fusion.yaml, docs/ros.md; /diagnostics: cgrp_ros.ros.diagnostics.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from . import diagnostics
 from .compressed import DecodedImage, decode_message, encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
 from .image_conversions import ImageConversionError, encoding_for, image_to_numpy, numpy_to_image, to_bgr
+from .pipelines import LIGHT, PipelineBuilder
 from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
 from .process import RosLogHandler, spin_until_signal
 from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
@@ -93,9 +95,8 @@ class FusionNode(LifecycleNode):
         self.state = "unconfigured"   # lifecycle state, as the transitions below leave it
         self.finalized = False        # shutdown done: main() ends the process
         self.pipeline = None          # built on activate, released on deactivate
-        self.pipeline_error = None    # why the last rebuild failed (diagnostics ERROR)
         self.activation_error = None  # why the last activation failed (main() prints it at autostart)
-        self._rebuild = False         # a rebuild parameter changed: the worker rebuilds
+        self.builder = None           # PipelineBuilder while active: rebuilds beside the running Pipeline
         self.stats = Stats()
         self._log_times = {}          # throttled log key -> last time
         self.drop_history = collections.deque(maxlen=6)  # (received, dropped) per diagnostics tick
@@ -143,7 +144,7 @@ class FusionNode(LifecycleNode):
             if not self._autostarting:  # at autostart main() prints the one error line
                 self.get_logger().error(f"activation failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.pipeline_error = None
+        self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
         self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
         self.stats.last_message = [time.monotonic(), time.monotonic()]
@@ -198,7 +199,10 @@ class FusionNode(LifecycleNode):
         for subscription in self.subscriptions_:
             self.destroy_subscription(subscription)
         self.subscriptions_ = []
+        if self.builder is not None:
+            self.builder.close()
         stopped = self._stop_worker()
+        self.builder = None
         self.pipeline = None
         release_memory()
         self.state = "inactive" if self.state == "active" else self.state
@@ -250,7 +254,7 @@ class FusionNode(LifecycleNode):
         models = ", ".join(f"{stage}={path}" for stage, path in self.pipeline.model_paths.items())
         h, w = self.pipeline.config.working_size
         self.get_logger().info(
-            f"cgrp_fusion ready: backend {self.values['backend']} ({self.pipeline.description}), "
+            f"cgrp_fusion ready: backend {self.pipeline.config.backend} ({self.pipeline.description}), "
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
@@ -283,31 +287,23 @@ class FusionNode(LifecycleNode):
             self.sync = self._make_synchronizer()
         if "stats_period" in changed:
             self._restart_stats_timer()
-        if self.pipeline is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed)
-                                          or changed & {"thermal_percentiles", "agc_8bit"}):
-            self._rebuild = True  # the worker applies it between two pairs (inactive: the next activation builds)
+        builder = self.builder
+        if builder is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed) or changed & set(LIGHT)):
+            builder.request(pipeline_config(self.values))  # inactive: the next activation builds
         if changed:
             self.get_logger().info(f"parameters changed: {', '.join(sorted(changed))}")
 
-    def _apply_pipeline_changes(self):
-        """In the worker thread, between pairs: rebuild the Pipeline; keep the old one if that fails."""
-        self._rebuild = False
-        from ..core.pipeline import Pipeline
-        config = pipeline_config(self.values)
-        current = self.pipeline.config
-        keys = ("backend", "device", "fp16", "require_gpu", "working_size", "generator", "registration",
-                "fusion", "onnx_dir")
-        if all(getattr(config, k) == getattr(current, k) for k in keys):
-            current.thermal_percentiles, current.agc_8bit = config.thermal_percentiles, config.agc_8bit
-            return
-        try:
-            pipeline = Pipeline(config)
-        except CgrpError as exc:
-            self.pipeline_error = str(exc)
-            self.get_logger().error(f"pipeline rebuild failed, still running the previous one: {exc}")
-            return
-        self.pipeline, self.pipeline_error = pipeline, None
-        self._log_startup()
+    @property
+    def pipeline_error(self) -> str | None:
+        """Why the latest rebuild failed, while the previous Pipeline keeps running (diagnostics ERROR)."""
+        builder = self.builder
+        return None if builder is None else builder.error
+
+    def _on_built(self, pipeline, seconds: float):
+        self.get_logger().info(f"new pipeline built in {seconds:.1f} s beside the running one: swapping it in")
+
+    def _on_build_failed(self, exc):
+        self.get_logger().error(f"pipeline rebuild failed, still running the previous one: {exc}")
 
     # -- input ---------------------------------------------------------------------------------------
     def _log_throttled(self, key, text: str, period: float = 5.0, warning: bool = False):
@@ -342,9 +338,12 @@ class FusionNode(LifecycleNode):
     def _work(self, slot: LatestPairSlot):
         """The worker thread of one activation: fuse the newest pair until `slot` is closed."""
         while not slot.closed:
-            pair = slot.take(timeout=0.5)
-            if self._rebuild:
-                self._apply_pipeline_changes()
+            pair = slot.take(timeout=0.2)
+            builder = self.builder
+            if builder is not None:  # between pairs: a new Pipeline or new working size / gain control
+                self.pipeline, swapped = builder.take(self.pipeline)
+                if swapped:
+                    self._log_startup()
             if pair is not None and not slot.closed:
                 self._process(*pair)
 

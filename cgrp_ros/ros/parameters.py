@@ -23,7 +23,7 @@ class Param:
     description: str
     choices: tuple = ()        # allowed values (strings, or items of a string array)
     range: tuple = ()          # (min, max) for numbers and number arrays
-    rebuild: bool = False      # changing it builds a new Pipeline
+    rebuild: bool = False      # changing it builds a new Pipeline (beside the running one)
     read_only: bool = False    # fixed at startup (e.g. QoS)
 
 
@@ -36,7 +36,7 @@ PARAMETERS = (
     Param("require_gpu", False, "fail instead of falling back to the CPU", rebuild=True),
     Param("fp16", False, "half precision (torch on CUDA only)", rebuild=True),
     Param("working_size", [256, 320], "[height, width] px: the largest resolution the networks run at; "
-          "outputs are always at the visible resolution", range=(32, 4096), rebuild=True),
+          "outputs are always at the visible resolution", range=(32, 4096)),
     Param("generator_model", "", "generator weights (.pt); empty: the shipped models/generator.pt", rebuild=True),
     Param("registration_model", "", "registration weights (.pt); empty: the shipped one", rebuild=True),
     Param("fusion_model", "", "fusion weights (.pt); empty: the shipped one", rebuild=True),

@@ -1,0 +1,114 @@
+"""Reconfiguration without an outage (issue 11): 18 parameter changes in 20 s, valid and invalid,
+backend switches (torch <-> onnxruntime, warm ONNX cache) and working sizes among them, while pairs
+stream in at 10 Hz. Fused output never stops for more than 3 s and goes on after the last change;
+working-size and gain-control changes build no Pipeline."""
+import re
+import signal
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("onnxruntime")
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ros_helpers import STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+
+RATE = 10.0
+SPAN = 20.0      # seconds over which the changes are spread
+MAX_GAP = 3.0    # longest allowed pause between two fused outputs
+# (name, value, accepted?) in the order they are set
+CHANGES = [
+    ("backend", "onnxruntime", True),
+    ("working_size", [96, 128], True),
+    ("working_size", [16, 2000000], False),
+    ("backend", "tensorflow", False),
+    ("working_size", [64, 96], True),
+    ("thermal_percentiles", [2.0, 98.0], True),
+    ("backend", "torch", True),
+    ("backend", "onnxruntime", True),
+    ("working_size", [128, 160], True),
+    ("slop", -1.0, False),
+    ("generator_model", "/no/such/generator.pt", False),
+    ("agc_8bit", True, True),
+    ("working_size", [64, 96], True),
+    ("backend", "torch", True),
+    ("device", "cpu", True),
+    ("backend", "onnxruntime", True),
+    ("working_size", [96, 96], True),
+    ("backend", "torch", True),
+]
+
+
+def warm_onnx_cache():
+    """Export the ONNX models once, as `cgrp export` / a first onnxruntime start would (the node shares the cache)."""
+    from cgrp_ros.core.backends import STAGES, export_onnx, onnx_cache_dir
+    from cgrp_ros.core.pipeline import PipelineConfig
+
+    paths = PipelineConfig().model_paths()
+    folder = onnx_cache_dir(paths)
+    if not all((folder / f"{stage}.onnx").is_file() for stage in STAGES):
+        export_onnx(paths, folder)
+
+
+@pytest.fixture
+def harness(tmp_path):
+    warm_onnx_cache()
+    rclpy.init()
+    h = Harness(tmp_path / "cgrp_fusion.log", "-p", "stream_timeout:=30.0", outputs=("fused",))
+    yield h
+    if h.proc.poll() is None:
+        stop_node(h.proc, signal.SIGINT, timeout=5.0)  # a clean exit leaves no stale endpoints behind
+    h.spinner.node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def test_parameter_changes_while_streaming_never_stop_the_output(harness):
+    h = harness
+    h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="the first output")
+    h.wait_for(h.set_parameters.service_is_ready, 10.0, "the set_parameters service")
+    arrivals, seen = [], set()
+
+    def record():
+        for msg in h.received["fused"]:
+            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            if key not in seen:
+                seen.add(key)
+                arrivals.append(time.monotonic())
+
+    futures = []
+    start = time.monotonic()
+    next_pair, step = start, SPAN / (len(CHANGES) - 1)
+    last_change = None
+    while time.monotonic() < start + SPAN + 5.0:  # the changes, then 5 s more of streaming
+        now = time.monotonic()
+        if now >= next_pair:
+            h.publish_pair()
+            next_pair += 1.0 / RATE
+        index = len(futures)
+        if index < len(CHANGES) and now >= start + index * step:
+            name, value, _ = CHANGES[index]
+            request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+            futures.append(h.set_parameters.call_async(request))
+            last_change = now
+        h.spinner.spin(0.01)
+        record()
+        assert h.proc.poll() is None, h.log()[-3000:]
+
+    assert len(futures) == len(CHANGES) >= 15 and last_change - start <= SPAN + 0.5
+    h.wait_for(lambda: all(f.done() for f in futures), 10.0, "the answers to the parameter changes")
+    results = [f.result().results[0] for f in futures]
+    for (name, value, accepted), result in zip(CHANGES, results):
+        assert result.successful == accepted, (name, value, result.reason)
+        assert accepted or result.reason, f"{name}={value} rejected without a reason"
+
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert arrivals and max(gaps) <= MAX_GAP, f"fused output stopped for {max(gaps):.1f} s"
+    assert arrivals[-1] > last_change + 1.0, "no output after the last change"
+    log = h.log()
+    assert "pipeline rebuild failed" not in log, log[-3000:]
+    # 8 Pipelines at most: the first + one per backend/device change (7); the working sizes and the
+    # gain control (7 valid changes) build none
+    assert len(re.findall(r"cgrp pipeline: ", log)) <= 8, log[-3000:]
+    assert "Traceback" not in log
