@@ -1,6 +1,8 @@
-"""cgrp_fusion with its parameter file; the input topics and the namespace are launch arguments.
+"""cgrp_fusion with its parameter file; input topics, transport, namespace, lifecycle, clock and log level
+are launch arguments.
 
     ros2 launch cgrp_ros cgrp_fusion.launch.py visible:=/camera/color/image_raw thermal:=/thermal/image_raw
+    ros2 launch cgrp_ros cgrp_fusion.launch.py image_transport:=compressed use_sim_time:=true   # a bag with --clock
 """
 import os
 
@@ -14,21 +16,32 @@ from launch_ros.actions import Node
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory("cgrp_ros"), "config", "cgrp_fusion.yaml")
     arguments = [
-        DeclareLaunchArgument("visible", default_value="visible/image", description="visible image topic"),
-        DeclareLaunchArgument("thermal", default_value="thermal/image", description="thermal image topic"),
+        DeclareLaunchArgument("visible", default_value="visible/image",
+                              description="visible image topic (the base topic with image_transport compressed)"),
+        DeclareLaunchArgument("thermal", default_value="thermal/image",
+                              description="thermal image topic (the base topic with image_transport compressed)"),
+        DeclareLaunchArgument("image_transport", default_value="raw",
+                              description="input transport: raw (sensor_msgs/Image) or compressed (<topic>/compressed)"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="cgrp_fusion parameter file"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="configure and activate at once; false: leave it to a lifecycle manager"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (bag replay with --clock) instead of the system clock"),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error or fatal"),
     ]
     fusion = Node(
         package="cgrp_ros",
         executable="cgrp_fusion",
         name="cgrp_fusion",
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {"autostart": LaunchConfiguration("autostart")}],
+        parameters=[LaunchConfiguration("params_file"),
+                    {"autostart": LaunchConfiguration("autostart"),
+                     "use_sim_time": LaunchConfiguration("use_sim_time"),
+                     "image_transport": LaunchConfiguration("image_transport")}],
         remappings=[("visible/image", LaunchConfiguration("visible")),
                     ("thermal/image", LaunchConfiguration("thermal"))],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
         emulate_tty=True,
     )

@@ -18,6 +18,7 @@ def generate_launch_description():
         DeclareLaunchArgument("deform", default_value="moderate", description="misalignment preset: none, mild, moderate, severe"),
         DeclareLaunchArgument("rate", default_value="4.0", description="pairs per second"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/cgrp.rviz"),
+        DeclareLaunchArgument("log_level", default_value="info", description="cgrp_fusion's log level: debug, info, warn, error"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="configure and activate cgrp_fusion at once; false: leave it to a lifecycle manager"),
     ]
@@ -38,6 +39,7 @@ def generate_launch_description():
                     {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
                      for stream in ("visible", "thermal")},
                     {"autostart": LaunchConfiguration("autostart")}],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
         emulate_tty=True,
     )

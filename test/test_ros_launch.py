@@ -31,6 +31,25 @@ def test_launch_file_names_existing_executables_and_files(path):
         assert (REPO / "config" / name).is_file()
 
 
+def launch_arguments(path):
+    """{declared argument: default} and the set of LaunchConfiguration names a launch file uses."""
+    tree = ast.parse(path.read_text(), str(path))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    declared = {c.args[0].value: next(getattr(k.value, "value", None) for k in c.keywords if k.arg == "default_value")
+                for c in calls if c.func.id == "DeclareLaunchArgument"}  # None: a computed default
+    used = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    return declared, used
+
+
+def test_fusion_launch_file_exposes_transport_clock_log_level_and_lifecycle():
+    declared, used = launch_arguments(REPO / "launch" / "cgrp_fusion.launch.py")
+    assert {"visible": "visible/image", "thermal": "thermal/image", "image_transport": "raw", "use_sim_time": "false",
+            "log_level": "info", "autostart": "true", "namespace": ""}.items() <= declared.items()
+    assert set(declared) == used  # every argument reaches the node
+    declared, used = launch_arguments(REPO / "launch" / "demo.launch.py")
+    assert {"log_level", "autostart"} <= set(declared) and set(declared) == used
+
+
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_imports_when_launch_ros_is_present(path):
     pytest.importorskip("launch_ros")
