@@ -3,11 +3,12 @@
 fusion_node        the cgrp_fusion managed node (lifecycle, inputs, worker, outputs) and its main()
 parameters         its parameter table, checks and the PipelineConfig it builds
 pipelines          rebuilds beside the running Pipeline, swapped in between two pairs
+fusion_outputs     one pair of messages -> the output images (no rclpy: also for a bag reader)
 diagnostics        its counters, the /diagnostics status and the stats log line
 image_conversions  sensor_msgs/Image <-> numpy (no cv_bridge)
 compressed         sensor_msgs/CompressedImage <-> numpy (JPEG, PNG incl. 16-bit)
 sync               approximate-time pairing of the two streams, the latest-pair slot
-player_node        the cgrp_player node (image folders as two camera streams)
+player_node        the cgrp_player node; FolderSource: image folders as two camera streams
 process            spinning until a signal, the core's log in the ROS log
 bench              `cgrp bench --ros`: player -> node -> subscriber
 """

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -38,11 +37,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.errors import CgrpError, InputError
-from ..core.warp import flow_to_color
 from . import diagnostics
-from .compressed import DecodedImage, decode_message, encode_compressed
+from .compressed import decode_message, encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
-from .image_conversions import ImageConversionError, encoding_for, image_to_numpy, numpy_to_image, to_bgr
+from .fusion_outputs import fuse_pair
+from .image_conversions import ImageConversionError, image_to_numpy, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
 from .process import RosLogHandler, spin_until_signal
@@ -50,11 +49,6 @@ from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seco
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
-
-
-def as_array(msg) -> np.ndarray:
-    """The pixels of a raw Image (a view of its buffer) or of an already decoded CompressedImage."""
-    return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
 
 
 def release_memory() -> None:
@@ -355,41 +349,14 @@ class FusionNode(LifecycleNode):
             wanted.add("fused/compressed")
         return wanted
 
-    def _content_warnings(self, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
-        """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
-
-        NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
-        with no finite pixel at all is rejected by the core (InputError). A constant image (zero variance) is fused
-        as it is: a lens cap or a camera's flat-field correction produces it, and the other camera still
-        counts. The warnings are emitted only for pairs that the pipeline then fuses.
-        """
-        warnings = []
-        if thermal.dtype.kind == "f":
-            finite = np.isfinite(thermal)
-            if finite.any() and not finite.all():  # none finite: the core rejects the pair
-                warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
-                                 f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
-        for name, image in (("visible", visible), ("thermal", thermal)):
-            if image.size and image.min() == image.max():
-                warnings.append(("constant_images", ("constant", name), f"{name} image at {stamp:.3f} is "
-                                 f"constant (value {image.flat[0]}): fused, but it carries no information"))
-        return warnings
-
     def _process(self, visible_msg, thermal_msg):
         pipeline = self.pipeline
         wanted = self._wanted_outputs() if pipeline is not None else set()
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
-        # the core always computes the flow ('deformation'); the rest only when wanted
-        core_outputs = {"flow"} | (wanted & {"fused", "registered_thermal", "pseudo_thermal"})
-        if "fused/compressed" in wanted:
-            core_outputs.add("fused")
         stamp = stamp_seconds(visible_msg.header.stamp)
         try:
-            visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
-            thermal = as_array(thermal_msg)
-            warnings = self._content_warnings(visible, thermal, stamp)
-            result = pipeline(visible, thermal, outputs=core_outputs)
+            out = fuse_pair(pipeline, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"])
         except InputError as exc:
             self.stats.count("bad_pairs")
             # one throttle key per kind of problem: the message without its numbers
@@ -400,33 +367,22 @@ class FusionNode(LifecycleNode):
             self._log_throttled("inference", f"inference failed for the pair at {stamp:.3f}: "
                                 f"{type(exc).__name__}: {exc}")
             return
-        for counter, key, text in warnings:
+        for counter, key, text in out.warnings:
             self.stats.count(counter)
             self._log_throttled(key, text, warning=True)
-        confidence, fallback = float(result.registration_confidence), bool(result.registration_fallback)
         with self.stats.lock:
-            self.stats.last_confidence, self.stats.last_fallback = confidence, fallback
-            self.stats.fallback_pairs += fallback
+            self.stats.last_confidence, self.stats.last_fallback = out.confidence, out.fallback
+            self.stats.fallback_pairs += out.fallback
         low_confidence = diagnostics.low_confidence(self.stats, float(pipeline.confidence_threshold))
         if low_confidence:
             self._log_throttled("low confidence", f"pair at {stamp:.3f}: {low_confidence}", warning=True)
         header = visible_msg.header
-        images = {
-            "fused": (result.fused_color if result.fused_color is not None else result.fused, None),
-            "registered_thermal": (result.registered_thermal, thermal_msg.encoding),
-            "deformation": (result.flow, "32FC2"),
-            "deformation_vis": (flow_to_color(result.flow, self.values["deformation_vis_max"] or None)
-                                if "deformation_vis" in wanted else None, "bgr8"),
-            "pseudo_thermal": (result.pseudo_thermal, "mono8"),
-        }
-        for name in OUTPUTS:
-            image, preferred = images[name]
-            if name in wanted and image is not None:
-                self.publishers_[name].publish(numpy_to_image(image, encoding_for(image, preferred), Image, header))
-        if "fused/compressed" in wanted:
-            fused = images["fused"][0]
-            self.compressed_pub.publish(encode_compressed(fused, encoding_for(fused), CompressedImage, header,
-                                                          self.values["jpeg_quality"]))
+        for name, (image, encoding) in out.images.items():
+            if name == "fused/compressed":
+                self.compressed_pub.publish(encode_compressed(image, encoding, CompressedImage, header,
+                                                              self.values["jpeg_quality"]))
+            else:
+                self.publishers_[name].publish(numpy_to_image(image, encoding, Image, header))
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(header.stamp)
         with self.stats.lock:
             self.stats.published += 1

@@ -43,6 +43,45 @@ def _float_range(low, high):
     return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
 
 
+class FolderSource:
+    """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays.
+
+    The player asks a source for `len(source)` pairs and `source.arrays(index)`; another source (e.g.
+    the two image topics of a recording) can take this one's place.
+    """
+
+    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0):
+        if deform not in PRESETS:
+            raise CgrpError(f"deform: unknown preset '{deform}', expected one of {', '.join(PRESETS)}")
+        root = sample_dir()
+        visible_dir, thermal_dir = visible_dir or root / "visible", thermal_dir or root / "thermal"
+        self.pairs = find_pairs(visible_dir, thermal_dir).pairs  # [(name, visible path, thermal path)]
+        if not self.pairs:
+            raise CgrpError(f"no visible/thermal pairs in '{visible_dir}' and '{thermal_dir}'")
+        self.deform, self.seed, self.max_width = deform, seed, max_width
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _shrink(self, image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        if not self.max_width or width <= self.max_width:
+            return image
+        size = (self.max_width, max(1, round(height * self.max_width / width)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def arrays(self, index: int):
+        """(visible, thermal) of pair `index`: the thermal single channel, misaligned by `deform`."""
+        name, visible_path, thermal_path = self.pairs[index]
+        visible = self._shrink(read_image(visible_path))
+        thermal = self._shrink(read_image(thermal_path))
+        if thermal.ndim == 3:  # a thermal camera is single channel
+            thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
+        if self.deform != "none":
+            thermal = misalign(thermal, self.deform, rng_for(self.seed, name)).misaligned
+        return visible, thermal
+
+
 class PlayerNode(Node):
     def __init__(self, **kwargs):
         super().__init__("cgrp_player", **kwargs)
@@ -55,25 +94,17 @@ class PlayerNode(Node):
                                     floating_point_range=_float_range(-10.0, 10.0))
         self.jitter = declare("jitter", 0.0, "uniform +- noise on the thermal stamp, s",
                               floating_point_range=_float_range(0.0, 10.0))
-        self.deform = declare("deform", "none", f"misalign the thermal with this preset ({', '.join(PRESETS)})")
+        deform = declare("deform", "none", f"misalign the thermal with this preset ({', '.join(PRESETS)})")
         self.seed = declare("seed", 0, "seed of the misalignment and the jitter")
         reliable = declare("reliable", True, "reliable QoS (needed for large images over shared memory)")
         self.count = declare("count", 0, "pairs to publish before exiting; 0: loop forever",
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
-        self.max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
-                                 integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
+        max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
+                            integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
         self.visible_frame = declare("visible_frame_id", "visible_camera", "frame_id of the visible images")
         self.thermal_frame = declare("thermal_frame_id", "thermal_camera", "frame_id of the thermal images")
-        if self.deform not in PRESETS:
-            raise CgrpError(f"deform: unknown preset '{self.deform}', expected one of {', '.join(PRESETS)}")
-
-        root = sample_dir()
-        listing = find_pairs(visible_dir or root / "visible", thermal_dir or root / "thermal")
-        if not listing.pairs:
-            raise CgrpError(f"no visible/thermal pairs in '{visible_dir or root / 'visible'}' and "
-                            f"'{thermal_dir or root / 'thermal'}'")
-        self.pairs = listing.pairs        # [(name, visible path, thermal path)]
-        self._messages = {}               # name -> (visible msg, thermal msg), built on first use
+        self.source = FolderSource(visible_dir, thermal_dir, deform, self.seed, max_width)
+        self._messages = {}               # index -> (visible msg, thermal msg), built on first use
         self._rng = np.random.default_rng(self.seed)
         self.published = 0
         self.done = False
@@ -83,33 +114,21 @@ class PlayerNode(Node):
         self.visible_pub = self.create_publisher(Image, "visible/image", qos)
         self.thermal_pub = self.create_publisher(Image, "thermal/image", qos)
         self.timer = self.create_timer(1.0 / rate, self._publish_next)
-        self.get_logger().info(f"cgrp_player: {len(self.pairs)} pairs at {rate:g} Hz, deform {self.deform}, "
+        self.get_logger().info(f"cgrp_player: {len(self.source)} pairs at {rate:g} Hz, deform {deform}, "
                                f"stamp offset {self.stamp_offset:g} s, jitter {self.jitter:g} s, "
                                f"{'reliable' if reliable else 'best effort'}, count {self.count or 'unlimited'}")
 
-    def _shrink(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        if not self.max_width or width <= self.max_width:
-            return image
-        size = (self.max_width, max(1, round(height * self.max_width / width)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-    def _messages_for(self, name, visible_path, thermal_path):
-        if name not in self._messages:
-            visible = self._shrink(read_image(visible_path))
-            thermal = self._shrink(read_image(thermal_path))
-            if thermal.ndim == 3:  # a thermal camera is single channel
-                thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
-            if self.deform != "none":
-                thermal = misalign(thermal, self.deform, rng_for(self.seed, name)).misaligned
-            self._messages[name] = (numpy_to_image(visible, encoding_for(visible), Image),
-                                    numpy_to_image(thermal, encoding_for(thermal), Image))
-        return self._messages[name]
+    def _messages_for(self, index: int):
+        if index not in self._messages:
+            visible, thermal = self.source.arrays(index)
+            self._messages[index] = (numpy_to_image(visible, encoding_for(visible), Image),
+                                     numpy_to_image(thermal, encoding_for(thermal), Image))
+        return self._messages[index]
 
     def _publish_next(self):
         if self.done:
             return
-        visible_msg, thermal_msg = self._messages_for(*self.pairs[self.published % len(self.pairs)])
+        visible_msg, thermal_msg = self._messages_for(self.published % len(self.source))
         now = self.get_clock().now().nanoseconds
         offset = self.stamp_offset + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter > 0 else 0.0)
         for msg, stamp, frame in ((visible_msg, now, self.visible_frame),

@@ -1,0 +1,88 @@
+"""One pair of camera messages -> the node's output images, without rclpy.
+
+    outputs = fuse_pair(pipeline, visible_msg, thermal_msg, wanted={"fused", "deformation_vis"})
+    outputs.images["fused"]          # (array, encoding), at the visible image's resolution
+
+The messages are anything with a `header` and either the sensor_msgs/Image fields or a decoded
+CompressedImage (`compressed.DecodedImage`), so a recording read without ROS (a bag) goes through
+the same code as cgrp_fusion's subscriptions. InputError: the pipeline rejects the pair (a bad pair);
+any other exception: inference failed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.warp import flow_to_color
+from .compressed import DecodedImage
+from .image_conversions import encoding_for, image_to_numpy, to_bgr
+from .sync import stamp_seconds
+
+# output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused')
+CORE_OUTPUT = {"fused": "fused", "fused/compressed": "fused", "registered_thermal": "registered_thermal",
+               "deformation": "flow", "deformation_vis": "flow", "pseudo_thermal": "pseudo_thermal"}
+
+
+@dataclass
+class PairOutputs:
+    stamp: float                                # the visible image's stamp, s
+    images: dict = field(default_factory=dict)  # output name -> (array, encoding); 'fused/compressed' not encoded here
+    warnings: list = field(default_factory=list)  # (counter, throttle key, text): fused, but worth a warning
+    confidence: float = 1.0                     # registration confidence of the pair
+    fallback: bool = False                      # registered with the prior (too little evidence)
+
+
+def as_array(msg) -> np.ndarray:
+    """The pixels of a raw Image (a view of its buffer) or of an already decoded CompressedImage."""
+    return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
+
+
+def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
+    """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
+
+    NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
+    with no finite pixel at all is rejected by the core (InputError). A constant image (zero variance) is fused
+    as it is: a lens cap or a camera's flat-field correction produces it, and the other camera still
+    counts. The warnings are meant for pairs that the pipeline then fuses.
+    """
+    warnings = []
+    if thermal.dtype.kind == "f":
+        finite = np.isfinite(thermal)
+        if finite.any() and not finite.all():  # none finite: the core rejects the pair
+            warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
+                             f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
+    for name, image in (("visible", visible), ("thermal", thermal)):
+        if image.size and image.min() == image.max():
+            warnings.append(("constant_images", ("constant", name), f"{name} image at {stamp:.3f} is "
+                             f"constant (value {image.flat[0]}): fused, but it carries no information"))
+    return warnings
+
+
+def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0) -> PairOutputs:
+    """Fuse one pair; the images of the `wanted` outputs (names of CORE_OUTPUT) with their encodings."""
+    stamp = stamp_seconds(visible_msg.header.stamp)
+    visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
+    thermal = as_array(thermal_msg)
+    warnings = content_warnings(visible, thermal, stamp)
+    # the core always computes the flow; the rest only when an output needs it
+    result = pipeline(visible, thermal, outputs={"flow"} | {CORE_OUTPUT[name] for name in wanted})
+    fused = result.fused_color if result.fused_color is not None else result.fused
+    candidates = {
+        "fused": lambda: (fused, encoding_for(fused)) if fused is not None else None,
+        "fused/compressed": lambda: (fused, encoding_for(fused)) if fused is not None else None,
+        "registered_thermal": lambda: (result.registered_thermal,
+                                       encoding_for(result.registered_thermal, thermal_msg.encoding)),
+        "deformation": lambda: (result.flow, "32FC2"),
+        "deformation_vis": lambda: (flow_to_color(result.flow, deformation_vis_max or None), "bgr8"),
+        "pseudo_thermal": lambda: (result.pseudo_thermal, "mono8") if result.pseudo_thermal is not None else None,
+    }
+    images = {}
+    for name in wanted:
+        if name == "registered_thermal" and result.registered_thermal is None:
+            continue
+        image = candidates[name]()
+        if image is not None:
+            images[name] = image
+    return PairOutputs(stamp, images, warnings, float(result.registration_confidence),
+                       bool(result.registration_fallback))
