@@ -50,3 +50,14 @@ def smooth_texture():
         return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def m3svd_pairs():
+    """[(name, visible BGR uint8, thermal uint8)] of the bundled M3SVD val frames (a second rig)."""
+    import cv2
+
+    folder = SAMPLE / "m3svd"
+    names = sorted(p.stem for p in (folder / "visible").glob("*.jpg"))
+    return [(n, cv2.imread(str(folder / "visible" / f"{n}.jpg")), cv2.imread(str(folder / "thermal" / f"{n}.png"), 0))
+            for n in names]

@@ -1,4 +1,5 @@
 """The Pipeline with the shipped weights: shapes, dtypes, inputs, backends, and that it registers."""
+import cv2
 import numpy as np
 import pytest
 
@@ -99,6 +100,26 @@ def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs
         epe_after = np.linalg.norm(result.flow - m.flow, axis=2)[m.valid].mean()
         assert mae_after < 0.8 * mae_before, f"{name}: MAE {mae_before:.2f} -> {mae_after:.2f}"
         assert epe_after < 0.6 * epe_before, f"{name}: EPE {epe_before:.2f} -> {epe_after:.2f} px"
+
+
+def test_aligned_pairs_of_two_rigs_stay_aligned(cpu_pipeline, sample_pairs, m3svd_pairs):
+    """Do no harm: already aligned RoadScene and M3SVD pairs come out aligned (flow within 1 px of zero)."""
+    for name, visible, thermal in sample_pairs[:3] + m3svd_pairs:
+        result = cpu_pipeline(visible, thermal)
+        moved = np.linalg.norm(result.flow, axis=2)
+        assert moved.mean() < 1.0, f"{name}: moved by {moved.mean():.2f} px on average"
+        assert 0.0 <= result.registration_confidence <= 1.0
+
+
+def test_registration_falls_back_without_shared_structure(cpu_pipeline, sample_pairs):
+    """A lens-capped thermal, or the thermal of another scene: the prior (zero flow), flagged."""
+    _, visible, thermal = sample_pairs[0]
+    other = sample_pairs[3][2]
+    for moving in (np.full_like(thermal, 90), cv2.resize(other, thermal.shape[::-1])):
+        result = cpu_pipeline(visible, moving)
+        assert result.registration_fallback
+        assert result.registration_confidence < cpu_pipeline.confidence_threshold
+        assert np.abs(result.flow).max() == 0.0
 
 
 def test_fusion_only_and_generator_only_entry_points(cpu_pipeline, sample_pairs):

@@ -33,11 +33,22 @@ def test_fusion_stage_trains_writes_weights_and_resumes(tiny_dataset, tmp_path, 
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
-def test_generator_then_registration_stages_chain(tiny_dataset, tmp_path):
+def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
     common = dict(data=tiny_dataset, out=tmp_path / "models", run_dir=tmp_path / "runs", batch=2, iterations=2)
+    models = tmp_path / "models"
     train(TrainConfig(stage="generator", crop=(64, 64), **common))
-    assert isinstance(load_model(tmp_path / "models" / "generator.pt", "generator"), Generator)
+    assert isinstance(load_model(models / "generator.pt", "generator"), Generator)
+    meta = train(TrainConfig(stage="global", crop=(64, 96), **common))
+    # the confidence threshold is chosen on training samples and stored with the weights
+    threshold = meta["calibration"]["threshold"]
+    assert 0.0 <= threshold <= 1.0
+    assert float(load_model(models / "registration.pt", "registration").global_stage.threshold) == threshold
+    global_weights = {k: v.clone() for k, v in load_model(models / "registration.pt", "registration")
+                      .global_stage.state_dict().items()}
     meta = train(TrainConfig(stage="registration", crop=(64, 96), preset="moderate",
-                             extra={"generator": tmp_path / "models" / "generator.pt"}, **common))
+                             extra={"generator": models / "generator.pt", "init": models / "registration.pt"},
+                             **common))
     assert meta["flow_supervision"] is True
-    assert (tmp_path / "models" / "registration.pt").is_file()
+    trained = load_model(models / "registration.pt", "registration")
+    # the dense levels train on top of a frozen global stage
+    assert all(torch.equal(v, trained.global_stage.state_dict()[k]) for k, v in global_weights.items())

@@ -1,10 +1,16 @@
-"""Global affine alignment: Gauss-Newton on the zero-normalised correlation of structure images.
+"""Global affine stage: learned cross-modal matches over the whole image, a robust affine fit,
+and a confidence that says when to fall back to the prior.
 
-Local cross-modal matches are unreliable at coarse scales (measured: a dense network trained
-from the identity on our CPU budget made alignment worse). A global affine, fitted to the whole
-image at once, is the robust first step for the rigid part of a camera misalignment
-(translation, rotation, scale, shear); the registration network's dense levels then only
-correct what is left.
+The previous stage (Gauss-Newton on the correlation of contrast-normalised edges) converged, but
+its hand-made criterion itself peaked at wrong warps on cameras it was not tuned on, and nothing
+noticed. Here a pair of small encoders (one per modality, trained on synthetic misalignments of
+aligned pairs from two rigs) describes every 8 x 8 cell of the visible and of the thermal image;
+every visible cell is compared with *every* thermal cell (a global search, no initial guess),
+the match is read off around the best peak, and an affine is fitted to all matches by
+iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
+evidence is thin. The share of cells whose match is both sharp and consistent with that affine
+is the stage's confidence; below a threshold the stage returns the identity (the prior) and says
+so. The dense levels of the registration network then correct only the local residual.
 
 Parameters are an affine in normalised coordinates (``align_corners=False``: u = (2x + 1) / W - 1),
 so the same six numbers describe the warp at every pyramid level. ``params`` is N x 6:
@@ -17,10 +23,14 @@ tensor ops with a fixed number of iterations, so the stage exports to ONNX with 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .filters import instance_standardize, normalized_edges
+from .layers import conv
 from .warp import pixel_grid
 
 
@@ -39,6 +49,18 @@ def apply_affine(params: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
                       p[:, 3:4] * u + (1.0 + p[:, 4:5]) * v + p[:, 5:6]), dim=1)
 
 
+def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """params of x -> outer(inner(x)), both N x 6 as in :func:`apply_affine`."""
+    def matrix(p):
+        one = torch.ones_like(p[:, 0])
+        zero = torch.zeros_like(one)
+        return torch.stack((torch.stack((1 + p[:, 0], p[:, 1], p[:, 2]), 1),
+                            torch.stack((p[:, 3], 1 + p[:, 4], p[:, 5]), 1),
+                            torch.stack((zero, zero, one), 1)), 1)
+    m = matrix(outer) @ matrix(inner)
+    return torch.stack((m[:, 0, 0] - 1, m[:, 0, 1], m[:, 0, 2], m[:, 1, 0], m[:, 1, 1] - 1, m[:, 1, 2]), dim=1)
+
+
 def pixels_per_unit(coords: torch.Tensor) -> torch.Tensor:
     """N x 2 x 1 x 1 (W/2, H/2): pixels per normalised unit of a :func:`normalized_grid`."""
     return 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])
@@ -53,7 +75,7 @@ def affine_flow(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve N x k x k symmetric positive definite systems (N x k right-hand sides) by Cholesky.
 
-    Written out element by element (k = 6 here) because ONNX has no linear-solve operator.
+    Written out element by element (k = 3 here) because ONNX has no linear-solve operator.
     """
     k = matrix.shape[-1]
     low = [[None] * k for _ in range(k)]
@@ -78,87 +100,144 @@ def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.stack(x, dim=1)
 
 
-def _masked_standardize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4):
-    """(x - mean) / std over `mask` per image and channel; also returns the std."""
-    count = mask.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
-    mean = (x * mask).sum(dim=(2, 3), keepdim=True) / count
-    centred = (x - mean) * mask
-    std = torch.sqrt((centred ** 2).sum(dim=(2, 3), keepdim=True) / count + eps)
-    return centred / std, std
+
+def match_input(image: torch.Tensor) -> torch.Tensor:
+    """N x 2 x H x W encoder input: the standardised image and its standardised contrast-normalised
+    edges (outlines count alike whatever their contrast, so a street light cannot dominate)."""
+    return torch.cat((instance_standardize(image), instance_standardize(normalized_edges(image))), dim=1)
 
 
-def _central_gradients(x: torch.Tensor):
-    """(d/dx, d/dy) per pixel by central differences (replicate border), N x C x H x W each."""
-    padded = F.pad(x, [1, 1, 1, 1], mode="replicate")
-    gx = 0.5 * (padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2])
-    gy = 0.5 * (padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1])
-    return gx, gy
+class MatchEncoder(nn.Module):
+    """N x 1 x H x W image in [0, 1] -> N x D x H/8 x W/8 unit-length cell descriptors.
 
-
-class GlobalAffine(nn.Module):
-    """Fit the affine that best aligns `moving` to `fixed` (both N x C x H x W structure images).
-
-    Coarse to fine over an average-pooling pyramid; at each level a fixed number of damped
-    Gauss-Newton steps on the sum over channels of the squared difference of the zero-mean,
-    unit-variance images inside the valid (sampled-inside) region -- the enhanced correlation
-    coefficient criterion, so gain and offset differences between the modalities do not matter.
-    A step that would move the image by more than `max_step` (normalised units) is shrunk.
-    The coarsest `translation_levels` fit a translation only: on a few dozen pixels rotation and
-    scale are poorly determined and let the fit drift (measured on RoadScene val).
+    Three stride-2 stages, then dilated convolutions at 1/8 that widen the receptive field to
+    about 100 px, so a cell is described by its surroundings, not only by its own few edges.
     """
 
-    def __init__(self, levels: int = 3, iterations: int = 10, damping: float = 1e-2, max_step: float = 0.1,
-                 translation_levels: int = 1):
+    STRIDE = 8
+
+    def __init__(self, channels=(16, 32, 64), dim: int = 64):
         super().__init__()
-        self.levels, self.iterations, self.damping, self.max_step = levels, iterations, damping, max_step
-        self.translation_levels = translation_levels
+        c1, c2, c3 = channels
+        self.body = nn.Sequential(conv(2, c1, stride=2), conv(c1, c1), conv(c1, c2, stride=2), conv(c2, c2),
+                                  conv(c2, c3, stride=2), conv(c3, c3, dilation=2), conv(c3, c3, dilation=4),
+                                  nn.Conv2d(c3, dim, 1))
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, params: torch.Tensor | None = None):
-        """-> params N x 6 (see the module docstring)."""
-        if params is None:
-            params = fixed.new_zeros(fixed.shape[0], 6)
-        pyramid = [(fixed, moving)]
-        for _ in range(self.levels - 1):
-            f, m = pyramid[-1]
-            pyramid.append((F.avg_pool2d(f, 2), F.avg_pool2d(m, 2)))
-        for index, (f, m) in enumerate(reversed(pyramid)):
-            coords = normalized_grid(f[:, :1])
-            translation_only = index < self.translation_levels
-            for _ in range(self.iterations):
-                params = params + self._step(f, m, coords, params, translation_only)
-        return params
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.body(match_input(image))
+        return F.normalize(features - features.mean(dim=(2, 3), keepdim=True), dim=1)
 
-    def _step(self, fixed, moving, coords, params, translation_only=False):
-        where = apply_affine(params, coords)
-        grid = where.permute(0, 2, 3, 1)
-        warped = F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        inside = F.grid_sample(torch.ones_like(moving[:, :1]), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-        mask = (inside > 0.999).to(fixed.dtype)
-        fixed_n, _ = _masked_standardize(fixed, mask)
-        warped_n, std = _masked_standardize(warped, mask)
-        scale = pixels_per_unit(coords)
-        gx, gy = _central_gradients(warped)
-        gx = gx * scale[:, 0:1] / std * mask  # d(warped_n) / d(normalised coordinate)
-        gy = gy * scale[:, 1:2] / std * mask
-        u, v = coords[:, 0:1], coords[:, 1:2]
-        # d(warped_n)/d(params) expressed at the current estimate (a first-order approximation)
-        if translation_only:
-            jac = torch.stack((gx, gy), dim=1)
-        else:
-            jac = torch.stack((gx * u, gx * v, gx, gy * u, gy * v, gy), dim=1)  # N x 6 x C x H x W
-        jac = jac.flatten(2)
-        residual = (warped_n - fixed_n).flatten(1)
-        count = mask.sum(dim=(1, 2, 3)).clamp_min(1.0)[:, None]
-        hessian = torch.einsum("nip,njp->nij", jac, jac) / count[:, :, None]
-        gradient = torch.einsum("nip,np->ni", jac, residual) / count
-        eye = torch.eye(jac.shape[1], dtype=jac.dtype, device=jac.device)
-        # Levenberg-Marquardt; the absolute term keeps a featureless image at the current estimate
-        damped = hessian * (1.0 + self.damping * eye) + 1e-2 * eye
-        step = -solve_spd(damped, gradient)
-        # keep a single step bounded: a flat or degenerate image must not throw the warp away
-        if translation_only:
-            zero = torch.zeros_like(step[:, :1])
-            step = torch.cat((zero, zero, step[:, 0:1], zero, zero, step[:, 1:2]), dim=1)
-        size = step.abs().amax(dim=1, keepdim=True)
-        return step * torch.clamp(self.max_step / (size + 1e-12), max=1.0)
+
+def cauchy(residual: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cauchy robust weight 1 / (1 + (r / scale)^2)."""
+    return 1.0 / (1.0 + (residual / scale) ** 2)
+
+
+class GlobalMatcher(nn.Module):
+    """Affine from the visible luminance to the thermal, with a confidence; the identity when unsure.
+
+    forward(visible_y, thermal) (N x 1 x H x W in [0, 1], H and W multiples of 8) ->
+    (params N x 6 as in :func:`apply_affine`, confidence N in [0, 1], fallback N in {0, 1}).
+
+    `threshold`: confidence below which the prior (the identity) is returned instead; chosen on
+    the training split (models/MODEL_CARD.md) and stored with the weights.
+    """
+
+    PEAK_RADIUS = 1.5                    # cells around the best match that make the sub-cell estimate
+    ROBUST_SCALES = (4.0, 2.0, 1.0, 1.0, 1.0)  # IRLS Cauchy scales (cells), coarse to fine
+    INLIER_SCALE = 1.0                   # cells: the confidence counts matches within about this
+    PRIOR_WEIGHT = 5.0                   # weight of the identity prior, in fully confident cells
+    IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
+    PASSES = 2                           # match, warp by the estimate, match again
+
+    def __init__(self, dim: int = 64, threshold: float = 0.1):
+        super().__init__()
+        self.visible_encoder = MatchEncoder(dim=dim)
+        self.thermal_encoder = MatchEncoder(dim=dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # cosine similarity -> logits
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """(match probabilities N x P x Q over thermal cells q for each visible cell p,
+        cell centres N x 2 x h x w in normalised coordinates)."""
+        fv, ft = self.visible_encoder(visible_y), self.thermal_encoder(thermal)
+        logits = torch.einsum("ndp,ndq->npq", fv.flatten(2), ft.flatten(2)) * self.log_scale.exp()
+        return torch.softmax(logits, dim=2), normalized_grid(fv[:, :1])
+
+    def matches(self, prob: torch.Tensor, cells: torch.Tensor):
+        """Sub-cell match of every visible cell: the probability-weighted mean position within
+        PEAK_RADIUS cells of its best thermal cell (a second peak elsewhere cannot drag it).
+        -> (positions N x 2 x P normalised, weights N x P = probability mass at the peak)."""
+        grid = cells.flatten(2)                                   # N x 2 x Q (same grid both sides)
+        per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: cells per normalised unit
+        best = torch.argmax(prob, dim=2)                          # N x P
+        peak = torch.gather(grid, 2, best[:, None, :].expand(-1, 2, -1))  # N x 2 x P
+        offset = (grid[:, :, None, :] - peak[:, :, :, None]) * per_cell[:, :, :, None]  # N x 2 x P x Q
+        near = (offset.pow(2).sum(dim=1) <= self.PEAK_RADIUS ** 2).to(prob.dtype)
+        local = prob * near
+        mass = local.sum(dim=2)
+        position = torch.einsum("npq,ncq->ncp", local, grid) / mass.clamp_min(1e-12)[:, None]
+        return position, mass
+
+    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
+        """IRLS affine fit of cell centre -> matched position. -> (params N x 6, residual N x P in cells)."""
+        n = cells.shape[0]
+        source = cells.flatten(2)                                 # N x 2 x P
+        design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
+        per_cell = pixels_per_unit(cells).flatten(2)
+        eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
+        prior = self.PRIOR_WEIGHT
+        robust = torch.ones_like(weight)
+        params = residual = None
+        for scale in self.ROBUST_SCALES:
+            w = weight * robust
+            normal = torch.einsum("nip,njp,np->nij", design, design, w) + prior * eye
+            rhs = torch.einsum("nip,ncp,np->nic", design, position, w) + prior * eye[:, :, :2]
+            # the prior pulls towards the identity affine (rows: u, v, 1 -> columns: u', v')
+            a = torch.stack((solve_spd(normal, rhs[:, :, 0]), solve_spd(normal, rhs[:, :, 1])), dim=2)
+            predicted = torch.einsum("nip,nic->ncp", design, a)
+            residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
+            robust = cauchy(residual, scale)
+            params = torch.stack((a[:, 0, 0] - 1.0, a[:, 1, 0], a[:, 2, 0],
+                                  a[:, 0, 1], a[:, 1, 1] - 1.0, a[:, 2, 1]), dim=1)
+        return params, residual
+
+    def select(self, cells, position, weight):
+        """Fit, then model selection: the fitted affine replaces the identity only if it explains
+        the matches clearly better (by IDENTITY_MARGIN of the inlier score). On an aligned pair the
+        fit's free parameters otherwise turn match noise into a small but real warp (measured:
+        about a 1 px shear on aligned RoadScene / M3SVD pairs); the dense levels correct what is
+        left. -> (params N x 6, inlier score N in [0, 1])."""
+        params, residual = self.fit(cells, position, weight)
+        per_cell = pixels_per_unit(cells).flatten(2)
+        identity_residual = ((position - cells.flatten(2)) * per_cell).pow(2).sum(dim=1).sqrt()
+        score = (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
+        identity_score = (weight * cauchy(identity_residual, self.INLIER_SCALE)).mean(dim=1)
+        keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
+        return params * (1.0 - keep)[:, None], torch.maximum(score, identity_score)
+
+    def estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """Before the fallback: (params N x 6, confidence N).
+
+        Two passes: the second matches the thermal warped by the first affine, where rotation
+        and scale no longer distort the descriptors, and its (small) affine is composed with the
+        first. The confidence is the last pass's inlier score.
+
+        (Smoothing the last pass's residual matches into an elastic field was tried and made
+        every preset worse, aligned pairs included: the matches' local errors are correlated.)"""
+        prob, cells = self.correlation(visible_y, thermal)
+        params, confidence = self.select(cells, *self.matches(prob, cells))
+        for _ in range(self.PASSES - 1):
+            coords = normalized_grid(thermal)
+            warped = F.grid_sample(thermal, apply_affine(params, coords).permute(0, 2, 3, 1), mode="bilinear",
+                                   padding_mode="border", align_corners=False)
+            prob, cells = self.correlation(visible_y, warped)
+            second, confidence = self.select(cells, *self.matches(prob, cells))
+            params = compose_affine(params, second)
+        return params, confidence
+
+    def forward(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """-> (affine params N x 6, confidence N, fallback N); params are zero where it fell back."""
+        params, confidence = self.estimate(visible_y, thermal)
+        fallback = (confidence < self.threshold).to(params.dtype)
+        return params * (1.0 - fallback)[:, None], confidence, fallback

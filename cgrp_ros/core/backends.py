@@ -3,7 +3,8 @@
 A backend maps float32 NCHW numpy arrays to float32 NCHW numpy arrays:
 
     generator(visible_bgr)            -> pseudo_thermal                  (N x 3 -> N x 1)
-    registration(pseudo, visible_y, thermal) -> (flow, registered_thermal)  (3 x N x 1 -> N x 2, N x 1)
+    registration(pseudo, visible_y, thermal) -> (flow, registered_thermal, confidence, fallback)
+                                      (3 x N x 1 -> N x 2, N x 1, N, N)
     fusion(visible_y, registered)     -> fused_y                         (N x 1, N x 1 -> N x 1)
 """
 from __future__ import annotations
@@ -25,21 +26,24 @@ log = logging.getLogger("cgrp_ros")
 ONNX_OPSET = 17
 ONNX_IO = {
     "generator": (["visible"], ["pseudo_thermal"]),
-    "registration": (["pseudo_thermal", "visible_y", "thermal"], ["flow", "registered_thermal"]),
+    "registration": (["pseudo_thermal", "visible_y", "thermal"],
+                     ["flow", "registered_thermal", "confidence", "fallback"]),
     "fusion": (["visible_y", "registered_thermal"], ["fused"]),
 }
+PER_PAIR_OUTPUTS = ("confidence", "fallback")  # one number per pair (N), not an image
 
 
 class RegistrationExport(torch.nn.Module):
-    """RegistrationNet with the resampler attached: (pseudo, thermal) -> (flow, registered)."""
+    """RegistrationNet with the resampler attached:
+    (pseudo, visible_y, thermal) -> (flow, registered, confidence, fallback)."""
 
     def __init__(self, net):
         super().__init__()
         self.net = net
 
     def forward(self, pseudo_thermal, visible_y, thermal):
-        flow, _ = self.net(pseudo_thermal, visible_y, thermal)
-        return flow, warp(thermal, flow)
+        out = self.net(pseudo_thermal, visible_y, thermal)
+        return out.flow, warp(thermal, out.flow), out.confidence, out.fallback
 
 
 # torch vs onnxruntime flow agreement that `cgrp export` and the tests require (pixels): every
@@ -122,7 +126,8 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
     for stage in STAGES:
         module = stage_module(stage, load_model(model_paths[stage], stage)).eval()
         inputs, outputs = ONNX_IO[stage]
-        axes = {name: {0: "batch", 2: "height", 3: "width"} for name in inputs + outputs}
+        axes = {name: {0: "batch"} if name in PER_PAIR_OUTPUTS else {0: "batch", 2: "height", 3: "width"}
+                for name in inputs + outputs}
         path = out_dir / f"{stage}.onnx"
         import warnings
         with warnings.catch_warnings():

@@ -23,3 +23,10 @@ def normalized_edges(x: torch.Tensor, window: int = 15) -> torch.Tensor:
     edges = gradient_magnitude(blurred)
     local = F.avg_pool2d(F.pad(edges, [window // 2] * 4, mode="replicate"), window, 1)
     return edges / (local + 0.5 * edges.mean(dim=(2, 3), keepdim=True))
+
+
+def instance_standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance per image and channel: global gain/offset differences vanish."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)
+    return (x - mean) / (std + eps)

@@ -60,6 +60,14 @@ def load_model(path, network: str) -> torch.nn.Module:
     return model.eval()
 
 
+def model_config(path) -> dict:
+    """The constructor arguments stored with the weights ({} if unreadable)."""
+    try:
+        return _read(path).get("config", {})
+    except Exception:
+        return {}
+
+
 def model_meta(path) -> dict:
     try:
         return _read(path).get("meta", {})

@@ -19,8 +19,8 @@ from .backends import make_backend
 from .errors import InputError
 from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize, to_uint8,
                     visible_to_bgr01, working_shape, ycrcb_to_bgr)
-from .models import STAGES, default_model_path
-from .networks import SIZE_MULTIPLE
+from .models import STAGES, default_model_path, model_config
+from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap
 
 log = logging.getLogger("cgrp_ros")
@@ -57,6 +57,8 @@ class FusionResult:
     flow: np.ndarray                        # H x W x 2 float32, pixels, core convention
     pseudo_thermal: np.ndarray | None       # H x W uint8
     timings: dict = field(default_factory=dict)  # ms per stage + 'total'
+    registration_confidence: float = 1.0    # the global registration stage's confidence in [0, 1]
+    registration_fallback: bool = False     # True: too little evidence, the flow is the prior (zero)
 
 
 class Pipeline:
@@ -77,6 +79,9 @@ class Pipeline:
                 raise InputError("homography must be a finite, invertible 3x3 matrix")
             self.homography = hm
         self.model_paths = c.model_paths()
+        # registration confidence below which the global stage falls back to the prior
+        self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
+            "confidence_threshold", RegistrationNet.DEFAULT_THRESHOLD))
         self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir,
                                     c.onnx_providers)
         log.info("cgrp pipeline: %s, working size %dx%d, models %s", self.backend.description, h, w,
@@ -85,6 +90,7 @@ class Pipeline:
     @property
     def description(self) -> str:
         return self.backend.description
+
 
     # -- geometry ----------------------------------------------------------------------------------
     def _visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
@@ -173,7 +179,7 @@ class Pipeline:
         pseudo = run("generator", f.vis_in)
         run.synchronize()
         t2 = time.perf_counter()
-        flow_w, registered_w = run("registration", pseudo, f.y_in, f.th_in)
+        flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, f.th_in)
         run.synchronize()
         t3 = time.perf_counter()
         fused_w = run("fusion", f.y_in, registered_w) if "fused" in outputs else None
@@ -192,7 +198,8 @@ class Pipeline:
         timings = dict(preprocess=t1 - t0, generator=t2 - t1, registration=t3 - t2, fusion=t4 - t3,
                        postprocess=t5 - t4, total=t5 - t0)
         return FusionResult(fused, fused_color, registered, flow, pseudo_full,
-                            {k: v * 1e3 for k, v in timings.items()})
+                            {k: v * 1e3 for k, v in timings.items()},
+                            float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)), bool(fallback.reshape(-1)[0] > 0.5))
 
     def fuse(self, visible: np.ndarray, thermal: np.ndarray):
         """Fusion network only, for a thermal already in the visible camera's frame (no registration).

@@ -19,27 +19,80 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import losses
-from .data import load_split
+from .data import default_dataset_root, load_split
+
+TRAINING_DATASETS = ("roadscene", "m3svd")  # train splits; other_cameras is evaluation only
 from .filters import gradient_magnitude
-from .deform import random_displacement
-from .image import resize, working_shape
+from .deform import Preset, random_displacement
+from .image import pad_to, resize, working_shape
 from .models import default_model_path, load_model, save_model
-from .networks import FusionNet, Generator, PatchDiscriminator, RegistrationNet
-from .warp import invert_flow, valid_mask, warp, warp_numpy
+from .align import affine_flow
+from .networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
+from .warp import invert_flow, pixel_grid, valid_mask, warp, warp_numpy
 
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
     "generator": dict(iterations=700, batch=6, crop=(128, 128), lr=2e-4),
-    "registration": dict(iterations=1000, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
+    "global": dict(iterations=3000, batch=8, crop=(160, 224), lr=1e-3, preset="mix"),
+    "registration": dict(iterations=1000, batch=4, crop=(144, 256), lr=1e-4, preset="mix"),
     "fusion": dict(iterations=800, batch=6, crop=(128, 128), lr=1e-3),
-    "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="severe"),
+    "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="mix"),
 }
+
+# Misalignments seen in training, as (probability, preset): from none to beyond 'severe' and the
+# peer protocol, so the registration learns to leave aligned pairs alone as well as to undo large
+# warps. 'mix-small' weights aligned and slightly misaligned pairs more (dense-level fine-tuning).
+_WIDE = Preset(translation=0.07, rotation_deg=12.0, scale=0.06, elastic=0.02)
+TRAINING_MIXES = {
+    "mix": ((0.10, "none"), (0.15, "mild"), (0.25, "moderate"), (0.30, "severe"), (0.20, _WIDE)),
+    "mix-small": ((0.20, "none"), (0.25, "mild"), (0.25, "moderate"), (0.15, "severe"), (0.15, _WIDE)),
+}
+
+
+def draw_preset(rng: np.random.Generator, preset):
+    """`preset` itself, or for a name of TRAINING_MIXES one drawn from that mix."""
+    if preset not in TRAINING_MIXES:
+        return preset
+    mix = TRAINING_MIXES[preset]
+    weights = np.array([w for w, _ in mix])
+    return mix[int(rng.choice(len(mix), p=weights / weights.sum()))][1]
+
+
+def augment_pair(rng: np.random.Generator, visible: np.ndarray, thermal: np.ndarray, *others: np.ndarray):
+    """Widen the domain beyond the training rigs (float32 [0, 1] images, BGR and mono).
+
+    Resolution and aspect (independent x/y rescale), blur, noise, gamma, grey visible,
+    thermal polarity (white-hot / black-hot) and 16-bit-like gain (contrast stretch or squeeze).
+    `others` (e.g. the visible image's pseudo-thermal) get the same geometry, no photometry.
+    Returns (visible, thermal, *others).
+    """
+    h, w = thermal.shape[:2]
+    sy, sx = np.exp(rng.uniform(-0.25, 0.2, size=2))
+    size = (max(32, int(round(w * sx))), max(32, int(round(h * sy))))
+    visible, thermal, *others = (cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+                                 for a in (visible, thermal) + others)
+    if rng.random() < 0.2:
+        visible = np.repeat(cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2)
+    if rng.random() < 0.15:
+        thermal = 1.0 - thermal
+    if rng.random() < 0.3:
+        low, high = rng.uniform(0.0, 0.25), rng.uniform(0.75, 1.0)
+        thermal = (thermal - low) / (high - low) if rng.random() < 0.5 else low + thermal * (high - low)
+    out = []
+    for image in (visible, thermal):
+        if rng.random() < 0.3:
+            image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.5))
+        image = np.clip(image, 0.0, 1.0) ** np.exp(rng.uniform(-0.4, 0.4))
+        if rng.random() < 0.3:
+            image = image + rng.normal(0.0, rng.uniform(0.005, 0.03), image.shape)
+        out.append(np.clip(image, 0.0, 1.0).astype(np.float32))
+    return (out[0], out[1], *others)
 
 
 @dataclass
 class TrainConfig:
     stage: str
-    data: Path | None = None
+    data: list | None = None               # dataset folders (train splits); None: roadscene + m3svd
     out: Path = Path("models")
     run_dir: Path = Path("runs")
     iterations: int = 0
@@ -53,6 +106,7 @@ class TrainConfig:
     resume: bool = True
     device: str = "auto"
     flow_supervision: bool = True
+    similarity_weight: float = 1.0         # registration: weight of (1 - local NCC) to the pseudo-thermal
     checkpoint_every: int = 100
     extra: dict = field(default_factory=dict)
 
@@ -61,6 +115,11 @@ class TrainConfig:
             if not getattr(self, key):
                 setattr(self, key, value)
         self.out, self.run_dir = Path(self.out), Path(self.run_dir)
+        if self.data is None:
+            self.data = [default_dataset_root().parent / name for name in TRAINING_DATASETS]
+        elif isinstance(self.data, (str, Path)):
+            self.data = [self.data]
+        self.data = [Path(d) for d in self.data]
 
 
 def pick_device(device: str) -> torch.device:
@@ -72,6 +131,12 @@ def pick_device(device: str) -> torch.device:
 def bgr_to_luma(bgr: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W BGR -> N x 1 x H x W luminance (ITU-R BT.601, as OpenCV's YCrCb)."""
     return 0.114 * bgr[:, 0:1] + 0.587 * bgr[:, 1:2] + 0.299 * bgr[:, 2:3]
+
+
+def bgr_to_luma_numpy(bgr: np.ndarray) -> np.ndarray:
+    """H x W x 3 float32 BGR -> H x W luminance (as :func:`bgr_to_luma`)."""
+    return np.ascontiguousarray(bgr[:, :, 0] * 0.114 + bgr[:, :, 1] * 0.587 + bgr[:, :, 2] * 0.299,
+                                dtype=np.float32)
 
 
 def prepare(pairs, working_size):
@@ -111,7 +176,7 @@ class Stage:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.device = pick_device(cfg.device)
-        self.images = prepare(load_split(cfg.data, "train"), cfg.working_size)
+        self.images = prepare([pair for root in cfg.data for pair in load_split(root, "train")], cfg.working_size)
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -235,11 +300,14 @@ class GeneratorStage(Stage):
 
 
 class RegistrationStage(Stage):
-    """thermal warped by random `preset` deformations -> flow onto the frozen generator's pseudo-thermal.
+    """The registration's dense levels: thermal warped by random `preset` deformations -> flow onto
+    the frozen generator's pseudo-thermal, starting from the frozen global stage's affine
+    (``--init``: weights from the `global` stage).
 
     Loss: (1 - local NCC) between registered thermal and pseudo-thermal + flow smoothness, plus
     (unless ``flow_supervision`` is off) multi-level end-point error against the known inverse
-    of the synthetic displacement.
+    of the synthetic displacement. Pairs are augmented as in the global stage (geometry for all
+    three images, photometry for the visible luminance and the thermal).
 
     Curriculum: learning cross-modal matching from scratch is too slow for a CPU budget, so in a
     share of each batch the fixed image is the aligned *real* thermal (a mono-modal pair, quick to
@@ -248,6 +316,7 @@ class RegistrationStage(Stage):
     """
 
     MONO_WARMUP, MONO_FLOOR = 0.25, 0.2
+    FLOW_WEIGHT = 0.5  # synthetic-flow supervision: the truth, where similarity to a blurry pseudo-thermal is not
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -255,18 +324,24 @@ class RegistrationStage(Stage):
         generator.to(self.device)
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
-        self.luma = [cv2.cvtColor(v, cv2.COLOR_BGR2YCrCb)[:, :, 0] for _, v, _ in self.images]
-        self.config = {}
-        net = RegistrationNet()
-        if cfg.extra.get("init"):  # fine-tune from earlier weights; the curriculum starts at its floor
-            net = load_model(cfg.extra["init"], "registration")
-            self.MONO_WARMUP = 0.0
+        net = load_model(cfg.extra.get("init", default_model_path("registration")), "registration")
+        self.config = dict(confidence_threshold=float(net.global_stage.threshold))
         self.modules = {"registration": net.to(self.device)}
-        self.optimizers = {"registration": torch.optim.Adam(self.modules["registration"].parameters(), lr=cfg.lr)}
+        trainable = [p for name, p in net.named_parameters() if not name.startswith("global_stage.")]
+        self.optimizers = {"registration": torch.optim.Adam(trainable, lr=cfg.lr)}
 
     def mono_share(self, iteration: int) -> float:
         progress = iteration / max(1e-9, self.MONO_WARMUP * self.cfg.iterations)
         return max(self.MONO_FLOOR, 1.0 - progress)
+
+    @torch.no_grad()
+    def global_flow(self, visible_y: np.ndarray, moving: np.ndarray) -> np.ndarray:
+        """The frozen global stage's affine on the whole image (before any fallback), H x W x 2."""
+        padded = tuple(-(-n // SIZE_MULTIPLE) * SIZE_MULTIPLE for n in moving.shape)
+        v, m = self.t(pad_to(visible_y, padded)), self.t(pad_to(moving, padded))
+        params, _ = self.modules["registration"].global_stage.estimate(v, m)
+        flow = affine_flow(params, m)[0].cpu().numpy().transpose(1, 2, 0)
+        return np.ascontiguousarray(flow[:moving.shape[0], :moving.shape[1]])
 
     def misaligned_batch(self, iteration: int):
         """Batch of (visible luminance, fixed, aligned thermal, misaligned thermal, gt flow, valid,
@@ -275,23 +350,21 @@ class RegistrationStage(Stage):
         fully mono-modal pair). The global stage sees the whole image, as at inference."""
         cols = [[] for _ in range(7)]
         share = self.mono_share(iteration)
-        net = self.modules["registration"]
         for _ in range(self.cfg.batch):
             i = int(self.rng.integers(len(self.images)))
             _, v, t = self.images[i]
-            v = self.luma[i]
-            mono = self.rng.random() < share
-            p = t if mono else self.pseudo[i]
-            v = t if mono else v
+            v, t, p = augment_pair(self.rng, v, t, self.pseudo[i])
+            v = bgr_to_luma_numpy(v)
+            if self.rng.random() < share:  # mono-modal
+                v = p = t
             if self.rng.random() < 0.5:
                 v, t, p = v[:, ::-1], t[:, ::-1], p[:, ::-1]
-            d, _ = random_displacement(*t.shape, self.cfg.preset, self.rng)
-            moving = warp_numpy(np.ascontiguousarray(t), d)
-            gamma = float(np.exp(self.rng.uniform(-0.3, 0.3)))  # photometric robustness
-            moving = np.clip(moving, 0, 1) ** gamma
+            v, t, p = (np.ascontiguousarray(a) for a in (v, t, p))
+            d, _ = random_displacement(*t.shape, draw_preset(self.rng, self.cfg.preset), self.rng)
+            moving = warp_numpy(t, d)
             flow = invert_flow(d, iterations=20)
             valid = valid_mask(flow).astype(np.float32)
-            initial = net.initial_flow(self.t(np.ascontiguousarray(v)), self.t(moving))[0].cpu().numpy().transpose(1, 2, 0)
+            initial = self.global_flow(v, moving)
             box = random_crop_box(self.rng, t.shape, self.cfg.crop)
             for k, (col, arr) in enumerate(zip(cols, (v, p, t, moving, flow, valid, initial))):
                 col.append(self.t(crop_padded(arr, box, self.cfg.crop, reflect=k < 4)))
@@ -299,11 +372,11 @@ class RegistrationStage(Stage):
 
     def registration_loss(self, visible_y, pseudo, moving, gt_flow, valid, initial=None):
         net = self.modules["registration"]
-        flow, levels = net(pseudo, visible_y, moving, initial)
+        flow, levels, _, _ = net(pseudo, visible_y, moving, initial)
         registered = warp(moving, flow)
         ncc = 1.0 - losses.local_ncc(registered, pseudo, window=9, mask=valid)
         smooth = losses.smoothness(flow)
-        loss = ncc + 0.05 * smooth
+        loss = self.cfg.similarity_weight * ncc + 0.05 * smooth
         logs = dict(ncc=ncc.item(), smooth=smooth.item())
         epe = losses.masked_epe(flow, gt_flow, valid)
         logs["epe"] = epe.item()
@@ -314,7 +387,7 @@ class RegistrationStage(Stage):
                 gt_k = F.avg_pool2d(gt_flow, factor) / factor
                 valid_k = (F.avg_pool2d(valid, factor) > 0.99).float()
                 sup = sup + 0.5 * factor * losses.masked_epe(level_flow, gt_k, valid_k) / (k + 1)
-            loss = loss + 0.1 * sup
+            loss = loss + self.FLOW_WEIGHT * sup
         return loss, registered, logs
 
     def step(self, iteration):
@@ -331,6 +404,118 @@ class RegistrationStage(Stage):
 
     def export(self, meta):
         meta["flow_supervision"] = self.cfg.flow_supervision
+        save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
+
+
+def misaligned_crop(rng, visible_y, thermal, preset, crop):
+    """Misalign the whole (augmented) thermal by a random displacement drawn from `preset`, then
+    crop the pair at one box. -> (visible_y, moving, gt flow H x W x 2, valid H x W float32) crops;
+    valid: the flow lands inside the real (unpadded) part of the moving crop."""
+    d, _ = random_displacement(*thermal.shape, draw_preset(rng, preset), rng)
+    moving = warp_numpy(np.ascontiguousarray(thermal), d)
+    flow = invert_flow(d, iterations=20)
+    box = random_crop_box(rng, thermal.shape, crop)
+    real = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+    flow_c = crop_padded(flow, box, crop, reflect=False)
+    valid = valid_mask(flow_c, real) & (crop_padded(np.ones(thermal.shape, np.float32), box, crop, reflect=False) > 0)
+    return (crop_padded(visible_y, box, crop), crop_padded(moving, box, crop), flow_c, valid.astype(np.float32))
+
+
+class GlobalStage(Stage):
+    """The registration's global stage alone (core/align.py: GlobalMatcher); the dense levels
+    keep their pass-through start and are trained next by the `registration` stage.
+
+    Loss: cross-entropy of every visible cell's match distribution against the true thermal cell
+    (a Gaussian of 0.5 cells around the position the synthetic displacement sends it to), plus
+    0.1 x the end-point error (pixels) of the robust affine fitted to the matches. Every pair is
+    augmented (:func:`augment_pair`) and misaligned by the `mix` of presets. At the end the
+    confidence threshold is chosen on fresh training samples (:meth:`calibrate`).
+    """
+
+    CELL_SIGMA = 0.5
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        net = load_model(cfg.extra["init"], "registration") if cfg.extra.get("init") else RegistrationNet()
+        self.modules = {"registration": net.to(self.device)}
+        self.optimizers = {"global": torch.optim.Adam(net.global_stage.parameters(), lr=cfg.lr)}
+        self.config = dict(confidence_threshold=float(net.global_stage.threshold))
+
+    def sample(self, rng, crop):
+        _, visible, thermal = self.images[int(rng.integers(len(self.images)))]
+        visible, thermal = augment_pair(rng, visible, thermal)
+        visible_y = bgr_to_luma_numpy(visible)
+        if rng.random() < 0.5:
+            visible_y, thermal = visible_y[:, ::-1], thermal[:, ::-1]
+        return misaligned_crop(rng, visible_y, thermal, self.cfg.preset, crop)
+
+    def step(self, iteration):
+        cols = list(zip(*(self.sample(self.rng, self.cfg.crop) for _ in range(self.cfg.batch))))
+        visible_y, moving, flow, valid = (torch.cat([self.t(a) for a in col]) for col in cols)
+        stage = self.modules["registration"].global_stage
+        prob, cells = stage.correlation(visible_y, moving)
+        stride = visible_y.shape[-1] // cells.shape[-1]
+        gt = F.avg_pool2d(flow, stride)                               # N x 2 x h x w, pixels
+        ok = (F.avg_pool2d(valid, stride) > 0.99).float()
+        grid = pixel_grid(cells[:, :1]).flatten(2)                    # N x 2 x Q, cell units
+        target = (pixel_grid(cells[:, :1]) + gt / stride).flatten(2)  # N x 2 x P
+        d2 = (grid[:, :, None, :] - target[:, :, :, None]).pow(2).sum(dim=1)
+        soft = torch.softmax(-d2 / (2 * self.CELL_SIGMA ** 2), dim=2)
+        ce = -(soft * torch.log(prob + 1e-9)).sum(dim=2)
+        mask = ok.flatten(1)
+        ce = (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        position, weight = stage.matches(prob, cells)
+        params, _ = stage.fit(cells, position, weight)
+        epe = losses.masked_epe(affine_flow(params, cells[:, :1]) * stride, gt, ok)
+        loss = ce + 0.1 * epe
+        opt = self.optimizers["global"]
+        for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
+            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(stage.parameters(), 5.0)
+        opt.step()
+        return dict(ce=ce.item(), epe=epe.item(), scale=stage.log_scale.exp().item())
+
+    @torch.no_grad()
+    def calibrate(self, samples: int = 160) -> dict:
+        """Pick the confidence threshold that minimises the mean end-point error on fresh training
+        samples when every pair below it keeps the identity; then raise it, if needed, above 95 %
+        of pairs whose thermal belongs to another image (nothing to match)."""
+        stage = self.modules["registration"].global_stage
+        rng = np.random.default_rng(self.cfg.seed + 1)
+        conf, fitted, identity, mismatched = [], [], [], []
+        for k in range(samples):
+            _, visible, thermal = self.images[int(rng.integers(len(self.images)))]
+            visible, thermal = augment_pair(rng, visible, thermal)
+            crop = tuple(SIZE_MULTIPLE * (n // SIZE_MULTIPLE) for n in thermal.shape)
+            visible_y, moving, flow, valid = misaligned_crop(rng, bgr_to_luma_numpy(visible), thermal,
+                                                             self.cfg.preset, crop)
+            params, confidence = stage.estimate(self.t(visible_y), self.t(moving))
+            predicted = affine_flow(params, self.t(moving))[0].numpy().transpose(1, 2, 0)
+            inside = valid > 0
+            conf.append(float(confidence))
+            fitted.append(float(np.linalg.norm(predicted - flow, axis=2)[inside].mean()))
+            identity.append(float(np.linalg.norm(flow, axis=2)[inside].mean()))
+            _, other, _ = self.images[int(rng.integers(len(self.images)))]
+            other_y = resize(bgr_to_luma_numpy(other), moving.shape)
+            mismatched.append(float(stage.estimate(self.t(other_y), self.t(moving))[1]))
+        conf, fitted, identity = map(np.array, (conf, fitted, identity))
+        candidates = np.concatenate(([0.0], np.sort(conf)))
+        mean_epe = [np.where(conf >= t, fitted, identity).mean() for t in candidates]
+        best = float(candidates[int(np.argmin(mean_epe))])
+        threshold = max(best, float(np.percentile(mismatched, 95)))
+        stage.threshold.fill_(threshold)
+        report = dict(threshold=threshold, best_for_epe=best, mismatched_p95=float(np.percentile(mismatched, 95)),
+                      epe_fitted=float(fitted.mean()), epe_identity=float(identity.mean()),
+                      epe_with_fallback=float(np.where(conf >= threshold, fitted, identity).mean()),
+                      fallback_share=float((conf < threshold).mean()), samples=samples)
+        print(f"[global] calibration: {report}", file=sys.stderr)
+        return report
+
+    def export(self, meta):
+        meta["calibration"] = self.calibrate()
+        self.config["confidence_threshold"] = meta["calibration"]["threshold"]
         save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
 
 
@@ -381,11 +566,11 @@ class JointStage(RegistrationStage):
         return logs
 
     def export(self, meta):
-        save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], {}, meta)
+        save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
         save_model(self.cfg.out / "fusion.pt", "fusion", self.modules["fusion"], dict(channels=16), meta)
 
 
-STAGES = {"generator": GeneratorStage, "registration": RegistrationStage, "fusion": FusionStage,
+STAGES = {"generator": GeneratorStage, "global": GlobalStage, "registration": RegistrationStage, "fusion": FusionStage,
           "joint": JointStage}
 
 
