@@ -406,8 +406,18 @@ class FusionNode(LifecycleNode):
         self.diagnostics_pub.publish(diagnostics.diagnostic_array(self, self.get_clock().now().to_msg()))
 
     # -- shutdown ------------------------------------------------------------------------------------
+    def destroy_node(self):
+        """rclpy's LifecycleNode keeps its state machine (and through it the node handle) alive after
+        destroy_node(): the node then lingers in other processes' graph after a clean exit. Destroy it too."""
+        super().destroy_node()
+        state_machine = getattr(self, "_state_machine", None)
+        if state_machine is not None:
+            state_machine.destroy_when_not_in_use()
+
     def stop(self, timeout: float = 1.5) -> bool:
         """Stop the worker (it finishes the pair in hand); False if it did not stop within `timeout` s."""
+        if self.builder is not None:
+            self.builder.close()
         stopped = self._stop_worker(timeout)
         logging.getLogger("cgrp_ros").removeHandler(self._core_log)
         return stopped

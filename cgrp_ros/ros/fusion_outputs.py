@@ -19,7 +19,7 @@ from .compressed import DecodedImage
 from .image_conversions import encoding_for, image_to_numpy, to_bgr
 from .sync import stamp_seconds
 
-# output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused')
+# output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused'), in publishing order
 CORE_OUTPUT = {"fused": "fused", "fused/compressed": "fused", "registered_thermal": "registered_thermal",
                "deformation": "flow", "deformation_vis": "flow", "pseudo_thermal": "pseudo_thermal"}
 
@@ -78,7 +78,9 @@ def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: f
         "pseudo_thermal": lambda: (result.pseudo_thermal, "mono8") if result.pseudo_thermal is not None else None,
     }
     images = {}
-    for name in wanted:
+    for name in CORE_OUTPUT:  # a fixed order (fused first): the node publishes in this order
+        if name not in wanted:
+            continue
         if name == "registered_thermal" and result.registered_thermal is None:
             continue
         image = candidates[name]()
