@@ -391,7 +391,8 @@ class FusionNode(LifecycleNode):
     # -- monitoring ----------------------------------------------------------------------------------
     def _log_stats(self):
         now = time.monotonic()
-        self.get_logger().info(diagnostics.stats_line(self, now - self._stats_since, self._stats_since))
+        if self.state == "active":  # nothing to report while a lifecycle manager keeps the node inactive
+            self.get_logger().info(diagnostics.stats_line(self, now - self._stats_since, self._stats_since))
         self._stats_since = now
 
     def diagnose(self):
