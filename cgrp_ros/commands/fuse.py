@@ -1,4 +1,8 @@
-"""cgrp fuse: offline fusion of one pair or two folders of same-named pairs.
+"""cgrp fuse: offline fusion of one pair or two folders of same-named pairs, or of a rosbag2.
+
+With --bag the two image topics of a recording (sqlite3 or MCAP; sensor_msgs/Image or
+CompressedImage) are paired and fused like cgrp_fusion does it, into a new MCAP bag
+(cgrp_ros/ros/bag.py: no ROS installation needed).
 
 Besides the images, OUT/registration.csv has a row per fused pair: the registration's confidence,
 whether it fell back to the prior (identity, or --homography) and the mean flow magnitude. A pair
@@ -26,9 +30,18 @@ REGISTRATION_COLUMNS = ("name", "registration_confidence", "registration_fallbac
 
 
 def add_arguments(p):
-    p.add_argument("--visible", type=Path, required=True, help="visible image file or folder")
-    p.add_argument("--thermal", type=Path, required=True, help="thermal image file or folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--visible", type=Path, help="visible image file or folder")
+    p.add_argument("--thermal", type=Path, help="thermal image file or folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (with --bag: the new MCAP bag)")
+    g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
+    g.add_argument("--bag", type=Path, help="rosbag2 to fuse (bag folder, .db3 or .mcap); writes an MCAP bag "
+                   "at --out with both inputs and /cgrp_fusion/{fused,registered_thermal,deformation,pseudo_thermal}")
+    g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
+    g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
+    g.add_argument("--slop", type=float, default=None, help="largest stamp difference of a pair, s "
+                   "(default: cgrp_fusion's, 0.05)")
+    g.add_argument("--queue-size", type=int, default=None, help="messages per stream kept for pairing "
+                   "(default: cgrp_fusion's, 10)")
     add_pipeline_arguments(p)
 
 
@@ -74,7 +87,40 @@ def write_registration_csv(path: Path, rows: list) -> None:
         writer.writerows(rows)
 
 
+def run_bag(args) -> int:
+    """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
+    from ..ros.bag import BagTopics, fuse_bag
+    from ..ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
+
+    if args.visible or args.thermal:
+        raise CgrpError("--bag replaces --visible/--thermal: give one or the other")
+    if not args.visible_topic or not args.thermal_topic:
+        raise CgrpError("--bag needs --visible-topic and --thermal-topic")
+    slop = DEFAULT_SLOP if args.slop is None else args.slop
+    queue_size = DEFAULT_QUEUE_SIZE if args.queue_size is None else args.queue_size
+    if slop < 0 or queue_size < 1:
+        raise CgrpError("--slop must be >= 0 and --queue-size >= 1")
+    with BagTopics(args.bag, args.visible_topic, args.thermal_topic):  # bag and topic problems before the models load
+        pass
+    pipeline = pipeline_from_args(args)
+    summary = fuse_bag(pipeline, args.bag, args.visible_topic, args.thermal_topic, args.out,
+                       slop=slop, queue_size=queue_size,
+                       progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
+                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr))
+    print(f"cgrp fuse: {summary.line()}; written to {args.out}")
+    if not summary.pairs:
+        print(f"cgrp fuse: error: no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' "
+              f"never came within --slop {slop:g} s" if not summary.skipped else
+              "cgrp fuse: error: no pair fused", file=sys.stderr)
+        return 1
+    return 1 if summary.skipped else 0
+
+
 def run(args) -> int:
+    if args.bag is not None:
+        return run_bag(args)
+    if args.visible is None or args.thermal is None:
+        raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
     listing = find_pairs(args.visible, args.thermal)
     failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]
     if not listing.pairs:

@@ -38,10 +38,10 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.errors import CgrpError, InputError
 from . import diagnostics
-from .compressed import decode_message, encode_compressed
+from .compressed import encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
-from .fusion_outputs import fuse_pair
-from .image_conversions import ImageConversionError, image_to_numpy, numpy_to_image
+from .fusion_outputs import fuse_pair, prepare_input
+from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
 from .process import RosLogHandler, spin_until_signal
@@ -313,10 +313,7 @@ class FusionNode(LifecycleNode):
     def _on_image(self, stream: int, msg):
         name = STREAM_NAMES[stream]
         try:
-            if isinstance(msg, CompressedImage):
-                msg = decode_message(msg)  # decoded once, here: a corrupt payload is a bad message
-            else:
-                image_to_numpy(msg)  # validation only: a cheap view, converted again by the worker
+            msg = prepare_input(msg, isinstance(msg, CompressedImage))  # a corrupt payload is a bad message
         except ImageConversionError as exc:
             self.stats.count("bad_messages")
             self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.warp import flow_to_color
-from .compressed import DecodedImage
+from .compressed import DecodedImage, decode_message
 from .image_conversions import encoding_for, image_to_numpy, to_bgr
 from .sync import stamp_seconds
 
@@ -31,6 +31,15 @@ class PairOutputs:
     warnings: list = field(default_factory=list)  # (counter, throttle key, text): fused, but worth a warning
     confidence: float = 1.0                     # registration confidence of the pair
     fallback: bool = False                      # registered with the prior (too little evidence)
+
+
+def prepare_input(msg, compressed: bool):
+    """What the synchronizer gets for one incoming message: a CompressedImage decoded (once, here),
+    a raw Image as it is after checking that it converts. ImageConversionError: a bad message."""
+    if compressed:
+        return decode_message(msg)
+    image_to_numpy(msg)  # validation only: a cheap view, converted again by fuse_pair
+    return msg
 
 
 def as_array(msg) -> np.ndarray:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
+
 OUTPUTS = ("fused", "registered_thermal", "deformation", "deformation_vis", "pseudo_thermal")
 
 
@@ -45,8 +47,8 @@ PARAMETERS = (
     Param("thermal_percentiles", [1.0, 99.0], "[low, high] percentiles of the robust gain control for "
           "16-bit and float thermal", range=(0.0, 100.0)),
     Param("agc_8bit", False, "apply the gain control to 8-bit thermal too"),
-    Param("slop", 0.05, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
-    Param("queue_size", 10, "messages per stream kept for pairing", range=(1, 1000)),
+    Param("slop", DEFAULT_SLOP, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
+    Param("queue_size", DEFAULT_QUEUE_SIZE, "messages per stream kept for pairing", range=(1, 1000)),
     Param("reliability", "best_effort", "deprecated alias: the inputs' default QoS reliability; prefer the standard "
           "qos_overrides.<topic>.subscription.reliability, which wins (read only)", choices=("best_effort", "reliable"),
           read_only=True),

@@ -19,6 +19,8 @@ except ImportError:  # the pip runtime has no message_filters wheel
     message_filters = None
 
 VISIBLE, THERMAL = 0, 1
+DEFAULT_SLOP = 0.05       # s: cgrp_fusion's `slop` default (also cgrp fuse --bag's)
+DEFAULT_QUEUE_SIZE = 10   # cgrp_fusion's `queue_size` default
 
 
 def stamp_seconds(stamp) -> float:

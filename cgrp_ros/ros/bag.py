@@ -1,0 +1,246 @@
+"""rosbag2 recordings without ROS: read two camera topics, fuse them like cgrp_fusion, write MCAP.
+
+    with BagTopics(path, "/camera/image_raw", "/thermal/image_raw/compressed") as bag:
+        for stream, timestamp, raw, msg in bag.messages(): ...   # VISIBLE | THERMAL, log time ns, CDR bytes, message
+
+    summary = fuse_bag(pipeline, "in_bag", "/cam", "/thermal", "out_bag", progress=tqdm)
+
+Reading and writing use the pure-Python `rosbags` package (sqlite3 and MCAP storage, its own CDR
+(de)serialisation and ROS 2 message definitions: no rclpy, no ROS installation). Messages are
+fed in the bag's order to the node's synchronizer (cgrp_ros.ros.sync.PairSynchronizer) and every
+pair goes through the node's pair -> outputs code (fusion_outputs.fuse_pair), so a bag gives the
+pairs and images that cgrp_fusion would publish for it, but none is dropped for want of time. This
+module imports nothing from rclpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import CgrpError, InputError
+from .fusion_outputs import fuse_pair, prepare_input
+from .image_conversions import ImageConversionError, numpy_to_image
+from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, THERMAL, VISIBLE, PairSynchronizer, stamp_ns
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+NODE_NAME = "cgrp_fusion"
+# the outputs a bag gets, each on the node's topic (~/NAME of node cgrp_fusion)
+BAG_OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
+STREAMS = ("visible", "thermal")
+
+
+def output_topic(name: str, node: str = NODE_NAME) -> str:
+    return f"/{node}/{name}"
+
+
+def typestore():
+    """rosbags' ROS 2 message definitions (the newest distribution it knows; Image and
+    CompressedImage are the same since Foxy)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    for name in ("ROS2_KILTED", "ROS2_JAZZY", "ROS2_HUMBLE"):
+        if hasattr(Stores, name):
+            return get_typestore(getattr(Stores, name))
+    return get_typestore(Stores.LATEST)
+
+
+class BagError(CgrpError):
+    """A bag that cannot be read or written, or a topic it does not have."""
+
+
+class BagTopics:
+    """The visible and thermal topics of a rosbag2 (a bag folder, or a .db3 / .mcap file)."""
+
+    def __init__(self, path, visible_topic: str, thermal_topic: str):
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag '{self.path}' does not exist")
+        self.types = typestore()
+        try:
+            self.reader = Reader(self.path)
+            self.reader.open()
+        except Exception as exc:  # rosbags' ReaderError, a bad metadata.yaml, a foreign file
+            raise BagError(f"cannot read bag '{self.path}': {exc}") from None
+        topics = {c.topic: c.msgtype for c in self.reader.connections}
+        self.connections, self.compressed = [], []
+        for name, topic in zip(STREAMS, (visible_topic, thermal_topic)):
+            if topic not in topics:
+                self.reader.close()
+                listing = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "none"
+                raise BagError(f"bag '{self.path}' has no {name} topic '{topic}'; its topics: {listing}")
+            if topics[topic] not in (IMAGE, COMPRESSED):
+                self.reader.close()
+                raise BagError(f"{name} topic '{topic}' is {topics[topic]}, expected {IMAGE} or {COMPRESSED}")
+            self.connections.append([c for c in self.reader.connections if c.topic == topic])
+            self.compressed.append(topics[topic] == COMPRESSED)
+        self.topics = (visible_topic, thermal_topic)
+        self.msgtypes = tuple(COMPRESSED if c else IMAGE for c in self.compressed)
+        self.counts = tuple(sum(c.msgcount for c in conns) for conns in self.connections)
+
+    def messages(self):
+        """(stream, log time ns, CDR bytes, message or None) in the bag's order; None: not deserialisable."""
+        stream_of = {id(c): s for s, conns in enumerate(self.connections) for c in conns}
+        wanted = [c for conns in self.connections for c in conns]
+        for connection, timestamp, raw in self.reader.messages(connections=wanted):
+            stream = stream_of[id(connection)]
+            try:
+                msg = self.types.deserialize_cdr(raw, connection.msgtype)
+            except Exception:  # truncated or garbled CDR: a bad message
+                msg = None
+            yield stream, timestamp, raw, msg
+
+    def close(self):
+        if self.reader.is_open:
+            self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class _Fields:
+    """A plain object numpy_to_image can fill (the rosbags message classes need every field at once)."""
+    header = None
+
+
+class BagWriter:
+    """A rosbag2 in MCAP storage: `copy` input messages as recorded, `write_image` new ones."""
+
+    def __init__(self, path):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"output bag '{self.path}' exists already: remove it or pick another --out")
+        self.types = typestore()
+        self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.connections = {}
+        self.counts = {}
+        Image = self.types.types[IMAGE]
+        Header = self.types.types["std_msgs/msg/Header"]
+        Time = self.types.types["builtin_interfaces/msg/Time"]
+        self._image, self._header, self._time = Image, Header, Time
+
+    def connection(self, topic: str, msgtype: str):
+        if topic not in self.connections:
+            self.connections[topic] = self.writer.add_connection(topic, msgtype, typestore=self.types)
+            self.counts[topic] = 0
+        return self.connections[topic]
+
+    def copy(self, topic: str, msgtype: str, timestamp: int, raw: bytes):
+        self.writer.write(self.connection(topic, msgtype), timestamp, raw)
+        self.counts[topic] += 1
+
+    def image_message(self, image: np.ndarray, encoding: str, header):
+        """A rosbags sensor_msgs/Image of `image` (the node's conversion) with a copy of `header`."""
+        fields = numpy_to_image(image, encoding, _Fields)
+        stamp = self._time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+        return self._image(header=self._header(stamp=stamp, frame_id=str(header.frame_id)),
+                           height=fields.height, width=fields.width, encoding=fields.encoding,
+                           is_bigendian=int(fields.is_bigendian), step=fields.step,
+                           data=np.frombuffer(fields.data, np.uint8))
+
+    def write_image(self, topic: str, timestamp: int, image: np.ndarray, encoding: str, header):
+        raw = self.types.serialize_cdr(self.image_message(image, encoding, header), IMAGE)
+        self.copy(topic, IMAGE, timestamp, raw)
+
+    def close(self):
+        self.writer.close()
+
+
+@dataclass
+class BagSummary:
+    pairs: int = 0                 # pairs fused and written
+    counts: dict = field(default_factory=dict)  # problem -> how many
+    messages: tuple = (0, 0)       # messages read per stream
+    written: dict = field(default_factory=dict)  # topic -> messages written
+    problems: list = field(default_factory=list)  # the first few problem texts
+    resets: int = 0                # synchronizer resets (stamps that jumped backwards)
+
+    def count(self, kind: str, text: str):
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.problems) < 10:
+            self.problems.append(text)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    def line(self) -> str:
+        counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(self.counts.items())) or "none"
+        return (f"{self.pairs} pair(s) fused from {self.messages[0]} visible and {self.messages[1]} thermal "
+                f"message(s); skipped: {counts}")
+
+
+def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
+             slop: float = DEFAULT_SLOP, queue_size: int = DEFAULT_QUEUE_SIZE, progress=None,
+             warn=None) -> BagSummary:
+    """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
+
+    Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
+    at the log time of the message that completed the pair. `progress(total=N)` -> an object with
+    update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair.
+    """
+    summary = BagSummary()
+    warn = warn or (lambda text: None)
+    with BagTopics(bag_path, visible_topic, thermal_topic) as bag:
+        writer = BagWriter(out_path)
+        bar = progress(total=sum(bag.counts)) if progress else None
+        pairs = []
+        sync = PairSynchronizer(queue_size, slop, lambda v, t: pairs.append((v, t)))
+        read = [0, 0]
+        try:
+            for stream, timestamp, raw, msg in bag.messages():
+                read[stream] += 1
+                writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
+                if bar is not None:
+                    bar.update(1)
+                name = STREAMS[stream]
+                try:
+                    if msg is None:
+                        raise ImageConversionError("data", "the message cannot be deserialised")
+                    msg = prepare_input(msg, bag.compressed[stream])
+                except ImageConversionError as exc:
+                    text = f"skipping {name} message at log time {timestamp * 1e-9:.3f}: {exc}"
+                    summary.count("bad_messages", text)
+                    warn(text)
+                    continue
+                sync.add(stream, msg)
+                while pairs:
+                    _fuse_one(pipeline, writer, summary, *pairs.pop(0), timestamp, warn)
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.close()
+        summary.messages = tuple(read)
+        summary.written = dict(writer.counts)
+        summary.resets = sync.resets
+    return summary
+
+
+def _fuse_one(pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn):
+    stamp = stamp_ns(visible_msg) * 1e-9
+    try:
+        out = fuse_pair(pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS))
+    except InputError as exc:
+        text = f"skipping pair at {stamp:.3f}: {exc}"
+        summary.count("bad_pairs", text)
+        warn(text)
+        return
+    except Exception as exc:  # one failed inference must not end the bag
+        text = f"inference failed for the pair at {stamp:.3f}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        summary.count("inference_errors", text)
+        warn(text)
+        return
+    for name, (image, encoding) in out.images.items():
+        writer.write_image(output_topic(name), timestamp, image, encoding, visible_msg.header)
+    summary.pairs += 1

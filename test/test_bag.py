@@ -1,0 +1,187 @@
+"""cgrp fuse --bag: rosbag2 in (sqlite3 or MCAP, raw or compressed), MCAP out, without ROS running.
+
+The bags are written here with `rosbags` from a few bundled sample pairs shrunk to 96x128; the
+command runs as a subprocess like a user would run it.
+"""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+from cgrp_ros.ros.bag import BAG_OUTPUTS, COMPRESSED, IMAGE, output_topic, typestore
+
+VISIBLE, THERMAL = "/camera/image_raw", "/thermal/image_raw"
+PAIRS = 4
+T0 = 1_700_000_000_000_000_000  # ns
+PERIOD = 200_000_000            # 5 Hz
+THERMAL_OFFSET = 10_000_000     # the thermal is stamped 10 ms after the visible: within the node's slop
+
+
+def cgrp(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cgrp_ros.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def small_pairs(sample_pairs):
+    out = []
+    for _, visible, thermal in sample_pairs[:PAIRS]:
+        out.append((cv2.resize(visible, (128, 96), interpolation=cv2.INTER_AREA),
+                    cv2.resize(thermal, (128, 96), interpolation=cv2.INTER_AREA)))
+    return out
+
+
+def _header(types, stamp_ns, frame):
+    Header, Time = types.types["std_msgs/msg/Header"], types.types["builtin_interfaces/msg/Time"]
+    return Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame)
+
+
+def _raw(types, image, encoding, stamp_ns, frame):
+    Image = types.types[IMAGE]
+    image = np.ascontiguousarray(image)
+    return Image(header=_header(types, stamp_ns, frame), height=image.shape[0], width=image.shape[1],
+                 encoding=encoding, is_bigendian=0, step=image.strides[0],
+                 data=image.reshape(-1).view(np.uint8))
+
+
+def _compressed(types, payload: bytes, fmt, stamp_ns, frame):
+    Compressed = types.types[COMPRESSED]
+    return Compressed(header=_header(types, stamp_ns, frame), format=fmt, data=np.frombuffer(payload, np.uint8))
+
+
+def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int | None = None):
+    """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed) pairs and a chatter topic;
+    returns (visible topic, thermal topic, visible stamps)."""
+    types = typestore()
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(path, version=9, storage_plugin=plugin)
+    writer.open()
+    msgtype = COMPRESSED if compressed else IMAGE
+    suffix = "/compressed" if compressed else ""
+    vis = writer.add_connection(VISIBLE + suffix, msgtype, typestore=types)
+    th = writer.add_connection(THERMAL + suffix, msgtype, typestore=types)
+    chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=types)
+    stamps = []
+    for i, (visible, thermal) in enumerate(pairs):
+        stamp = T0 + i * PERIOD
+        stamps.append(stamp)
+        if compressed:
+            payload = cv2.imencode(".jpg", visible)[1].tobytes()
+            if i == corrupt_visible:
+                payload = b"\xff\xd8 not a jpeg" + bytes(100)
+            v = _compressed(types, payload, "bgr8; jpeg compressed bgr8", stamp, "visible_camera")
+            t16 = thermal.astype(np.uint16) * 257  # 16-bit radiometric thermal as PNG
+            t = _compressed(types, cv2.imencode(".png", t16)[1].tobytes(), "mono16; png compressed mono16",
+                            stamp + THERMAL_OFFSET, "thermal_camera")
+        else:
+            v = _raw(types, visible, "bgr8", stamp, "visible_camera")
+            t = _raw(types, thermal, "mono8", stamp + THERMAL_OFFSET, "thermal_camera")
+        writer.write(vis, stamp + 1_000_000, types.serialize_cdr(v, msgtype))
+        writer.write(th, stamp + THERMAL_OFFSET + 1_000_000, types.serialize_cdr(t, msgtype))
+        String = types.types["std_msgs/msg/String"]
+        writer.write(chatter, stamp + 2_000_000, types.serialize_cdr(String(data="hi"), "std_msgs/msg/String"))
+    writer.close()
+    return VISIBLE + suffix, THERMAL + suffix, stamps
+
+
+def read_bag(path):
+    """{topic: [(log time, message)]} and {topic: msgtype} of a bag, read with rosbags."""
+    types = typestore()
+    out, kinds = {}, {}
+    with Reader(path) as reader:
+        for c in reader.connections:
+            kinds[c.topic] = c.msgtype
+        for connection, timestamp, raw in reader.messages():
+            out.setdefault(connection.topic, []).append((timestamp, types.deserialize_cdr(raw, connection.msgtype)))
+    return out, kinds
+
+
+def stamp_of(msg) -> int:
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+@pytest.mark.parametrize("storage,compressed", [("sqlite3", False), ("mcap", False), ("sqlite3", True), ("mcap", True)])
+def test_fuse_bag_writes_the_node_outputs_to_mcap(tmp_path, sample_pairs, storage, compressed):
+    pairs = small_pairs(sample_pairs)
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, storage, compressed)
+    out = tmp_path / "out"
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", out, "--backend", "torch", "--device", "cpu", "--working-size", "96x128")
+    assert r.returncode == 0, r.stderr
+    assert f"{PAIRS} pair(s) fused from {PAIRS} visible and {PAIRS} thermal message(s); skipped: none" in r.stdout
+    assert list(out.glob("*.mcap")), "the output bag is MCAP"
+    messages, kinds = read_bag(out)
+    expected_topics = {visible_topic, thermal_topic} | {output_topic(n) for n in BAG_OUTPUTS}
+    assert set(messages) == expected_topics
+    assert kinds[visible_topic] == kinds[thermal_topic] == (COMPRESSED if compressed else IMAGE)
+    for topic in expected_topics:
+        assert len(messages[topic]) == PAIRS, topic
+    for name in BAG_OUTPUTS:
+        assert kinds[output_topic(name)] == IMAGE
+        assert [stamp_of(m) for _, m in messages[output_topic(name)]] == stamps  # the visible image's header
+        assert all(m.header.frame_id == "visible_camera" for _, m in messages[output_topic(name)])
+        assert all((m.height, m.width) == (96, 128) for _, m in messages[output_topic(name)])
+    # the inputs are copied as recorded, stamps and log times included
+    assert [stamp_of(m) for _, m in messages[thermal_topic]] == [s + THERMAL_OFFSET for s in stamps]
+    assert [t for t, _ in messages[visible_topic]] == [s + 1_000_000 for s in stamps]
+    # outputs are logged when their pair is complete: after the thermal message
+    assert [t for t, _ in messages[output_topic("fused")]] == [s + THERMAL_OFFSET + 1_000_000 for s in stamps]
+    encodings = {name: messages[output_topic(name)][0][1].encoding for name in BAG_OUTPUTS}
+    assert encodings == {"fused": "bgr8", "registered_thermal": "mono16" if compressed else "mono8",
+                         "deformation": "32FC2", "pseudo_thermal": "mono8"}
+    flow = messages[output_topic("deformation")][0][1]
+    assert len(flow.data) == flow.step * flow.height == 96 * 128 * 8
+
+
+def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pairs):
+    pairs = small_pairs(sample_pairs)
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", True, corrupt_visible=1)
+    out = tmp_path / "out"
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", out, "--backend", "torch", "--device", "cpu", "--working-size", "96x128")
+    assert r.returncode == 1, r.stderr  # a skipped message is a problem, like an unreadable file
+    assert "Traceback" not in r.stderr
+    assert "skipping visible message" in r.stderr and "cannot decode the jpeg payload" in r.stderr
+    assert f"{PAIRS - 1} pair(s) fused from {PAIRS} visible and {PAIRS} thermal message(s); skipped: 1 bad messages" in r.stdout
+    messages, _ = read_bag(out)
+    assert len(messages[visible_topic]) == PAIRS  # the inputs stay as recorded
+    assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == [s for i, s in enumerate(stamps) if i != 1]
+
+
+def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs):
+    r = cgrp("fuse", "--bag", tmp_path / "nothing", "--visible-topic", "/a", "--thermal-topic", "/b", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cgrp fuse: error: bag '{tmp_path / 'nothing'}' does not exist" in r.stderr
+    write_bag(tmp_path / "in", small_pairs(sample_pairs)[:1], "sqlite3", False)
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", "/thermal/wrong",
+             "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "has no thermal topic '/thermal/wrong'" in line
+    assert f"{VISIBLE} (sensor_msgs/msg/Image)" in line and "/chatter (std_msgs/msg/String)" in line
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", "/chatter",
+             "--out", tmp_path / "o")
+    assert r.returncode == 2 and "'/chatter' is std_msgs/msg/String, expected sensor_msgs/msg/Image" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bag_module_needs_no_rclpy():
+    code = ("import sys; import cgrp_ros.ros.bag, cgrp_ros.commands.fuse; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'sensor_msgs')]; "
+            "print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bag_defaults_are_the_nodes():
+    from cgrp_ros.ros.parameters import OUTPUTS, PARAMETERS_BY_NAME
+    from cgrp_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
+
+    assert PARAMETERS_BY_NAME["slop"].default == DEFAULT_SLOP
+    assert PARAMETERS_BY_NAME["queue_size"].default == DEFAULT_QUEUE_SIZE
+    assert set(BAG_OUTPUTS) <= set(OUTPUTS)
