@@ -8,7 +8,8 @@ from pathlib import Path
 from ..core.errors import CgrpError
 from .common import size_arg
 
-HELP = "latency (per stage, p50/p95), fps and peak memory of every available backend/device; --ros: node end to end"
+HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device; "
+        "--ros: node end to end")
 
 
 def sizes_arg(text: str):
@@ -24,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--backends", default=None, metavar="LIST",
                    help="comma-separated configurations (default: all): torch-cpu, torch-cuda, torch-cuda-fp16, "
                         "onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt")
+    p.add_argument("--no-startup", action="store_true",
+                   help="skip the start-up times (seconds to build a Pipeline per backend, ONNX cache warm and cold)")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: torch's own choice); also OMP_NUM_THREADS of the --ros node")
@@ -73,7 +76,8 @@ def run(args) -> int:
         name, table = "bench_ros", ros_markdown(document)
     else:
         document = run_benchmarks(configs, args.sizes, args.runs, args.warmup,
-                                  progress=lambda text: print(f"cgrp bench: {text}", flush=True))
+                                  progress=lambda text: print(f"cgrp bench: {text}", flush=True),
+                                  startup=not args.no_startup)
         document["machine"] = machine
         document["targets"] = [dict(target=t, verdict=v) for t, v in bench_targets(document)]
         name, table = "bench", bench_markdown(document)
