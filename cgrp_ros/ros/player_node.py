@@ -1,8 +1,10 @@
-"""cgrp_player: publishes visible/thermal pairs from two folders as two camera streams, looping.
+"""cgrp_player: publishes visible/thermal pairs from two folders, or a bag's two topics, as two camera streams, looping.
 
 Publishes visible/image and thermal/image (sensor_msgs/Image) at `rate` Hz. The visible stamp
 is the current time; the thermal stamp is offset by `stamp_offset` plus uniform noise of
-+-`jitter` seconds, like two free-running cameras. With `deform` the thermal is misaligned on the
++-`jitter` seconds, like two free-running cameras. With `bag` (+ `visible_topic`, `thermal_topic`)
+the pairs come from a rosbag2 (BagSource, read with rosbags: no ROS installation needed) and keep
+the bag's header stamps unless `bag_stamps` is false. With `deform` the thermal is misaligned on the
 fly by cgrp_ros.core.deform (deterministic per image and `seed`), as an uncalibrated rig would be.
 """
 from __future__ import annotations
@@ -43,25 +45,17 @@ def _float_range(low, high):
     return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
 
 
-class FolderSource:
-    """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays.
+class PairSource:
+    """What the player needs of a source of pairs: `len(source)`, `source.arrays(index)` ->
+    (visible, thermal) arrays, and `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now).
 
-    The player asks a source for `len(source)` pairs and `source.arrays(index)`; another source (e.g.
-    the two image topics of a recording) can take this one's place.
+    The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
     """
 
-    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0):
+    def __init__(self, deform: str = "none", seed: int = 0, max_width: int = 0):
         if deform not in PRESETS:
             raise CgrpError(f"deform: unknown preset '{deform}', expected one of {', '.join(PRESETS)}")
-        root = sample_dir()
-        visible_dir, thermal_dir = visible_dir or root / "visible", thermal_dir or root / "thermal"
-        self.pairs = find_pairs(visible_dir, thermal_dir).pairs  # [(name, visible path, thermal path)]
-        if not self.pairs:
-            raise CgrpError(f"no visible/thermal pairs in '{visible_dir}' and '{thermal_dir}'")
         self.deform, self.seed, self.max_width = deform, seed, max_width
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def _shrink(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -70,16 +64,101 @@ class FolderSource:
         size = (self.max_width, max(1, round(height * self.max_width / width)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
-    def arrays(self, index: int):
-        """(visible, thermal) of pair `index`: the thermal single channel, misaligned by `deform`."""
-        name, visible_path, thermal_path = self.pairs[index]
-        visible = self._shrink(read_image(visible_path))
-        thermal = self._shrink(read_image(thermal_path))
+    def _finish(self, visible: np.ndarray, thermal: np.ndarray, name: str):
+        visible, thermal = self._shrink(visible), self._shrink(thermal)
         if thermal.ndim == 3:  # a thermal camera is single channel
             thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
         if self.deform != "none":
             thermal = misalign(thermal, self.deform, rng_for(self.seed, name)).misaligned
         return visible, thermal
+
+    def stamps(self, index: int):
+        return None
+
+
+class FolderSource(PairSource):
+    """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays."""
+
+    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0):
+        super().__init__(deform, seed, max_width)
+        root = sample_dir()
+        visible_dir, thermal_dir = visible_dir or root / "visible", thermal_dir or root / "thermal"
+        self.pairs = find_pairs(visible_dir, thermal_dir).pairs  # [(name, visible path, thermal path)]
+        if not self.pairs:
+            raise CgrpError(f"no visible/thermal pairs in '{visible_dir}' and '{thermal_dir}'")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def arrays(self, index: int):
+        """(visible, thermal) of pair `index`: the thermal single channel, misaligned by `deform`."""
+        name, visible_path, thermal_path = self.pairs[index]
+        return self._finish(read_image(visible_path), read_image(thermal_path), name)
+
+
+class BagSource(PairSource):
+    """The visible and thermal topics of a rosbag2 (sqlite3 or MCAP; Image or CompressedImage).
+
+    Every good visible message of the bag, in the bag's order, makes one pair with the thermal message
+    whose header stamp is closest to it; messages that cannot be read are skipped (and counted in
+    `skipped`). The bag's serialised messages are kept in memory, decoded when a pair is played.
+    """
+
+    def __init__(self, bag, visible_topic: str, thermal_topic: str, deform: str = "none", seed: int = 0,
+                 max_width: int = 0):
+        from .bag import BagTopics
+        from .fusion_outputs import prepare_input
+        from .image_conversions import ImageConversionError
+        from .sync import stamp_ns
+
+        super().__init__(deform, seed, max_width)
+        if not visible_topic or not thermal_topic:
+            raise CgrpError("bag: give visible_topic and thermal_topic too")
+        self.streams = ([], [])  # per stream: [(header stamp ns, CDR bytes)]
+        self.skipped = 0
+        with BagTopics(bag, visible_topic, thermal_topic) as reader:
+            self.types, self.msgtypes, self.compressed = reader.types, reader.msgtypes, reader.compressed
+            for stream, _, raw, msg in reader.messages():
+                try:
+                    if msg is None:
+                        raise ImageConversionError("data", "cannot be deserialised")
+                    prepare_input(msg, self.compressed[stream])
+                except ImageConversionError:
+                    self.skipped += 1
+                    continue
+                self.streams[stream].append((stamp_ns(msg), raw))
+        visible, thermal = self.streams
+        if not visible or not thermal:
+            raise CgrpError(f"bag '{bag}': no readable messages on "
+                            f"{visible_topic if not visible else thermal_topic}")
+        thermal_stamps = np.array([stamp for stamp, _ in thermal], np.int64)
+        order = np.argsort(thermal_stamps, kind="stable")
+        sorted_stamps = thermal_stamps[order]
+        self.pairs = []  # (visible index, thermal index)
+        for index, (stamp, _) in enumerate(visible):
+            at = int(np.searchsorted(sorted_stamps, stamp))
+            near = [i for i in (at - 1, at) if 0 <= i < len(sorted_stamps)]
+            best = min(near, key=lambda i: abs(int(sorted_stamps[i]) - stamp))
+            self.pairs.append((index, int(order[best])))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _array(self, stream: int, index: int) -> np.ndarray:
+        from .fusion_outputs import as_array, prepare_input
+        from .image_conversions import to_bgr
+
+        _, raw = self.streams[stream][index]
+        msg = prepare_input(self.types.deserialize_cdr(raw, self.msgtypes[stream]), self.compressed[stream])
+        return np.array(to_bgr(as_array(msg), msg.encoding))  # a copy: not a view of the CDR buffer
+
+    def arrays(self, index: int):
+        visible_index, thermal_index = self.pairs[index]
+        return self._finish(self._array(0, visible_index), self._array(1, thermal_index), str(visible_index))
+
+    def stamps(self, index: int):
+        visible_index, thermal_index = self.pairs[index]
+        return self.streams[0][visible_index][0], self.streams[1][thermal_index][0]
 
 
 class PlayerNode(Node):
@@ -103,7 +182,15 @@ class PlayerNode(Node):
                             integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
         self.visible_frame = declare("visible_frame_id", "visible_camera", "frame_id of the visible images")
         self.thermal_frame = declare("thermal_frame_id", "thermal_camera", "frame_id of the thermal images")
-        self.source = FolderSource(visible_dir, thermal_dir, deform, self.seed, max_width)
+        bag = declare("bag", "", "rosbag2 to play instead of the folders (bag folder, .db3 or .mcap)")
+        visible_topic = declare("visible_topic", "", "with bag: the visible topic (Image or CompressedImage)")
+        thermal_topic = declare("thermal_topic", "", "with bag: the thermal topic (Image or CompressedImage)")
+        self.bag_stamps = declare("bag_stamps", True, "with bag: publish the bag's header stamps; "
+                                  "false: now, with stamp_offset and jitter")
+        if bag:
+            self.source = BagSource(bag, visible_topic, thermal_topic, deform, self.seed, max_width)
+        else:
+            self.source = FolderSource(visible_dir, thermal_dir, deform, self.seed, max_width)
         self._messages = {}               # index -> (visible msg, thermal msg), built on first use
         self._rng = np.random.default_rng(self.seed)
         self.published = 0
@@ -114,25 +201,36 @@ class PlayerNode(Node):
         self.visible_pub = self.create_publisher(Image, "visible/image", qos)
         self.thermal_pub = self.create_publisher(Image, "thermal/image", qos)
         self.timer = self.create_timer(1.0 / rate, self._publish_next)
-        self.get_logger().info(f"cgrp_player: {len(self.source)} pairs at {rate:g} Hz, deform {deform}, "
+        origin = (f"bag {bag} ({visible_topic}, {thermal_topic}; {getattr(self.source, 'skipped', 0)} unreadable "
+                  f"message(s) skipped; {'bag' if self.bag_stamps else 'current'} stamps)") if bag else "folders"
+        self.get_logger().info(f"cgrp_player: {len(self.source)} pairs from {origin} at {rate:g} Hz, deform {deform}, "
                                f"stamp offset {self.stamp_offset:g} s, jitter {self.jitter:g} s, "
                                f"{'reliable' if reliable else 'best effort'}, count {self.count or 'unlimited'}")
 
+    CACHED_PAIRS = 200  # messages of up to this many pairs are kept once built (a long bag is not)
+
     def _messages_for(self, index: int):
-        if index not in self._messages:
-            visible, thermal = self.source.arrays(index)
-            self._messages[index] = (numpy_to_image(visible, encoding_for(visible), Image),
-                                     numpy_to_image(thermal, encoding_for(thermal), Image))
-        return self._messages[index]
+        if index in self._messages:
+            return self._messages[index]
+        visible, thermal = self.source.arrays(index)
+        messages = (numpy_to_image(visible, encoding_for(visible), Image),
+                    numpy_to_image(thermal, encoding_for(thermal), Image))
+        if len(self.source) <= self.CACHED_PAIRS:
+            self._messages[index] = messages
+        return messages
 
     def _publish_next(self):
         if self.done:
             return
-        visible_msg, thermal_msg = self._messages_for(self.published % len(self.source))
-        now = self.get_clock().now().nanoseconds
-        offset = self.stamp_offset + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter > 0 else 0.0)
-        for msg, stamp, frame in ((visible_msg, now, self.visible_frame),
-                                  (thermal_msg, now + int(round(offset * 1e9)), self.thermal_frame)):
+        index = self.published % len(self.source)
+        visible_msg, thermal_msg = self._messages_for(index)
+        stamps = self.source.stamps(index) if self.bag_stamps else None
+        if stamps is None:
+            now = self.get_clock().now().nanoseconds
+            offset = self.stamp_offset + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter > 0 else 0.0)
+            stamps = (now, now + int(round(offset * 1e9)))
+        for msg, stamp, frame in ((visible_msg, stamps[0], self.visible_frame),
+                                  (thermal_msg, stamps[1], self.thermal_frame)):
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(max(stamp, 0), 1_000_000_000)
             msg.header.frame_id = frame
         self.visible_pub.publish(visible_msg)
