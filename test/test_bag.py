@@ -169,6 +169,10 @@ def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs
              "--out", tmp_path / "o")
     assert r.returncode == 2 and "'/chatter' is std_msgs/msg/String, expected sensor_msgs/msg/Image" in r.stderr
     assert not (tmp_path / "o").exists()
+    (tmp_path / "o").mkdir()
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
+             "--out", tmp_path / "o")
+    assert r.returncode == 2 and "exists already" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bag_module_needs_no_rclpy():

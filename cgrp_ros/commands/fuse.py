@@ -102,6 +102,8 @@ def run_bag(args) -> int:
         raise CgrpError("--slop must be >= 0 and --queue-size >= 1")
     with BagTopics(args.bag, args.visible_topic, args.thermal_topic):  # bag and topic problems before the models load
         pass
+    if args.out.exists():
+        raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     pipeline = pipeline_from_args(args)
     summary = fuse_bag(pipeline, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
