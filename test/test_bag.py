@@ -223,7 +223,7 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
         log = tmp_path / "player.log"
         proc = start_node("cgrp_ros.ros.player_node", log, "-p", f"bag:={tmp_path / 'in'}",
                           "-p", f"visible_topic:={visible_topic}", "-p", f"thermal_topic:={thermal_topic}",
-                          "-p", f"count:={2 * PAIRS}", "-p", "rate:=10.0")
+                          "-p", "count:=40", "-p", "rate:=10.0")  # 4 s: time for discovery on a busy machine
         try:
             spinner.wait_for(lambda: proc.poll() is not None, 60.0, "the player to exit after count pairs", log_path=log)
             spinner.spin(0.3)
@@ -240,3 +240,43 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
         spinner.node.destroy_node()
     finally:
         rclpy.try_shutdown()
+
+
+class FakePipeline:
+    """fuse_pair's view of a Pipeline: outputs of the visible image's size, no inference."""
+
+    def __call__(self, visible, thermal, outputs=None):
+        from types import SimpleNamespace
+
+        h, w = visible.shape[:2]
+        return SimpleNamespace(fused=visible[:, :, 1].copy(), fused_color=visible.copy(), registered_thermal=np.zeros((h, w), np.uint8),
+                               flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=np.zeros((h, w), np.uint8),
+                               registration_confidence=1.0, registration_fallback=False)
+
+
+def test_undeserialisable_and_inconsistent_raw_messages_are_skipped(tmp_path, sample_pairs):
+    from cgrp_ros.ros.bag import fuse_bag
+
+    types = typestore()
+    pairs = small_pairs(sample_pairs)
+    writer = Writer(tmp_path / "in", version=9, storage_plugin=StoragePlugin.SQLITE3)
+    writer.open()
+    vis = writer.add_connection(VISIBLE, IMAGE, typestore=types)
+    th = writer.add_connection(THERMAL, IMAGE, typestore=types)
+    for i, (visible, thermal) in enumerate(pairs):
+        stamp = T0 + i * PERIOD
+        v = _raw(types, visible, "bgr8", stamp, "visible_camera")
+        if i == 2:
+            v.step = 10  # shorter than a row: a bad message
+        raw = types.serialize_cdr(v, IMAGE)
+        writer.write(vis, stamp, raw[:40] if i == 1 else raw)  # i == 1: truncated CDR
+        writer.write(th, stamp + 1, types.serialize_cdr(_raw(types, thermal, "mono8", stamp + THERMAL_OFFSET, "t"), IMAGE))
+    writer.close()
+    warnings = []
+    summary = fuse_bag(FakePipeline(), tmp_path / "in", VISIBLE, THERMAL, tmp_path / "out", warn=warnings.append)
+    assert summary.pairs == PAIRS - 2 and summary.counts == {"bad_messages": 2}
+    assert "cannot be deserialised" in warnings[0] and "needs step >=" in warnings[1]
+    messages, _ = read_bag(tmp_path / "out")
+    assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == [T0, T0 + 3 * PERIOD]
+    assert summary.written[VISIBLE] == PAIRS - 1  # the truncated one is not copied: the new bag stays readable
+    assert summary.written[output_topic("pseudo_thermal")] == PAIRS - 2

@@ -186,6 +186,7 @@ def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_pat
              warn=None) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
+    The inputs are copied as recorded, less messages that cannot be deserialised at all.
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
     at the log time of the message that completed the pair. `progress(total=N)` -> an object with
     update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair.
@@ -201,7 +202,8 @@ def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_pat
         try:
             for stream, timestamp, raw, msg in bag.messages():
                 read[stream] += 1
-                writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
+                if msg is not None:  # one that cannot even be deserialised would break the new bag's readers
+                    writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
                 if bar is not None:
                     bar.update(1)
                 name = STREAMS[stream]
