@@ -165,6 +165,9 @@ def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs
     line = r.stderr.strip().splitlines()[-1]
     assert "has no thermal topic '/thermal/wrong'" in line
     assert f"{VISIBLE} (sensor_msgs/msg/Image)" in line and "/chatter (std_msgs/msg/String)" in line
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL + "/compressed",
+             "--out", tmp_path / "o")
+    assert r.returncode == 2 and f"(did you mean '{THERMAL}'?)" in r.stderr
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", "/chatter",
              "--out", tmp_path / "o")
     assert r.returncode == 2 and "'/chatter' is std_msgs/msg/String, expected sensor_msgs/msg/Image" in r.stderr

@@ -72,7 +72,9 @@ class BagTopics:
             if topic not in topics:
                 self.reader.close()
                 listing = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "none"
-                raise BagError(f"bag '{self.path}' has no {name} topic '{topic}'; its topics: {listing}")
+                near = [t for t in topics if t in (topic + "/compressed", topic.removesuffix("/compressed"))]
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise BagError(f"bag '{self.path}' has no {name} topic '{topic}'{hint}; its topics: {listing}")
             if topics[topic] not in (IMAGE, COMPRESSED):
                 self.reader.close()
                 raise BagError(f"{name} topic '{topic}' is {topics[topic]}, expected {IMAGE} or {COMPRESSED}")
