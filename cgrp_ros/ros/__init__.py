@@ -8,7 +8,8 @@ diagnostics        its counters, the /diagnostics status and the stats log line
 image_conversions  sensor_msgs/Image <-> numpy (no cv_bridge)
 compressed         sensor_msgs/CompressedImage <-> numpy (JPEG, PNG incl. 16-bit)
 sync               approximate-time pairing of the two streams, the latest-pair slot
-player_node        the cgrp_player node; FolderSource: image folders as two camera streams
+player_node        the cgrp_player node; FolderSource / BagSource: image folders or a bag as two camera streams
+bag                rosbag2 without ROS (rosbags): read two topics, fuse them like the node, write MCAP (cgrp fuse --bag)
 process            spinning until a signal, the core's log in the ROS log
 bench              `cgrp bench --ros`: player -> node -> subscriber
 """
