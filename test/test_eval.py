@@ -265,3 +265,17 @@ def test_an_explicit_gpu_provider_without_a_gpu_falls_back_to_cpu(caplog):
     backend = OnnxBackend(PipelineConfig().model_paths(), device="cuda", providers=("CUDAExecutionProvider",))
     assert backend.providers == ["CPUExecutionProvider"] and backend.device == "cpu"
     assert "falling back to CPU" in caplog.text
+
+
+def test_registration_only_eval_gives_the_same_flow_scores(sample_dir, tmp_path):
+    """--no-fusion-metrics leaves the registration columns as they are and the fusion columns empty."""
+    runs = {}
+    for name, extra in (("full", []), ("reg", ["--no-fusion-metrics"])):
+        main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(tmp_path / name), "--device", "cpu",
+              "--working-size", "64x96", "--figures", "0", "--methods", "cgrp,none", *extra])
+        with open(tmp_path / name / "sample" / "moderate" / "metrics.csv") as f:
+            runs[name] = {r["method"]: r for r in csv.DictReader(f)}
+    for method in ("cgrp", "none"):
+        assert runs["reg"][method]["epe"] == runs["full"][method]["epe"]
+        assert runs["reg"][method]["mae"] == runs["full"][method]["mae"]
+        assert runs["reg"][method]["ssim"] in ("", "nan") and runs["full"][method]["ssim"] not in ("", "nan")

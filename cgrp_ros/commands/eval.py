@@ -69,6 +69,10 @@ def add_arguments(p):
     p.add_argument("--preset", action=_PresetAction, dest="presets", default=["moderate"], metavar="NAME[,NAME]",
                    help=f"synthetic misalignment, repeatable or comma-separated: {', '.join(PRESETS)} "
                    "(default: moderate)")
+    p.add_argument("--no-fusion-metrics", action="store_true",
+                   help="registration metrics only: no fusion of the baselines, no fused-image metrics, no "
+                        "figures (the fused-image metrics take seconds per large pair; the cross-domain table "
+                        "needs only the flow)")
     p.add_argument("--methods", default=",".join(METHODS), metavar="M[,M]",
                    help=f"methods to run, comma-separated, of {', '.join(METHODS)}; cgrp and none always run "
                    "(default: all; ECC is slow on large images: --methods cgrp,none)")
@@ -106,6 +110,8 @@ def command_line(args) -> str:
     methods = select_methods(args.methods)
     if methods != METHODS:
         parts.append(f"--methods {','.join(methods)}")
+    if getattr(args, "no_fusion_metrics", False):
+        parts.append("--no-fusion-metrics")
     parts.append(f"--seed {args.seed}")
     if args.limit:
         parts.append(f"--limit {args.limit}")
@@ -119,6 +125,8 @@ def command_line(args) -> str:
         parts.append(f"--models {shlex.quote(str(args.models))}")
     if args.homography:
         parts.append(f"--homography {shlex.quote(str(args.homography))}")
+    if getattr(args, "calibration", None):
+        parts.append(f"--calibration {shlex.quote(str(args.calibration))}")
     if args.write_benchmarks:
         parts.append(f"--write-benchmarks {shlex.quote(str(args.write_benchmarks))}")
     return " ".join(parts)
@@ -135,7 +143,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     pipeline = pipeline_from_args(args)
     info = dict(command=command_line(args), working_size="{}x{}".format(*args.working_size))
-    result = evaluate_datasets(pipeline, datasets, args.presets, args.out, args.seed, args.figures, methods, info)
+    result = evaluate_datasets(pipeline, datasets, args.presets, args.out, args.seed, args.figures, methods, info,
+                               fusion=not args.no_fusion_metrics)
     for evaluation in result.evaluations:
         for target, holds, detail in evaluation.targets:
             print(f"cgrp eval: {evaluation.dataset} {evaluation.preset}: {'holds' if holds else 'MISSED'}: "

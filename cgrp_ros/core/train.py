@@ -99,7 +99,7 @@ class TrainConfig:
     batch: int = 0
     crop: tuple | None = None
     lr: float = 0.0
-    preset: str = "severe"
+    preset: str = "mix"
     working_size: tuple = (256, 320)
     seed: int = 0
     minutes: float | None = None
