@@ -283,3 +283,33 @@ def test_undeserialisable_and_inconsistent_raw_messages_are_skipped(tmp_path, sa
     assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == [T0, T0 + 3 * PERIOD]
     assert summary.written[VISIBLE] == PAIRS - 1  # the truncated one is not copied: the new bag stays readable
     assert summary.written[output_topic("pseudo_thermal")] == PAIRS - 2
+
+
+def test_bag_pairs_like_the_node_slop_and_a_looping_bag(tmp_path, sample_pairs):
+    """Out-of-slop stamps stay unpaired; stamps that jump back (a looped recording) reset the synchronizer."""
+    from cgrp_ros.ros.bag import fuse_bag
+
+    types = typestore()
+    visible, thermal = small_pairs(sample_pairs)[0]
+    writer = Writer(tmp_path / "in", version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    vis = writer.add_connection(VISIBLE, IMAGE, typestore=types)
+    th = writer.add_connection(THERMAL, IMAGE, typestore=types)
+    offsets = [10, 80, 10, 10, 40]  # ms: 80 is beyond the default slop of 50 ms
+    expected, log_time = [], T0
+    for loop in range(2):  # the second loop repeats the stamps: time goes backwards
+        for i, offset in enumerate(offsets):
+            stamp = T0 + i * PERIOD
+            log_time += PERIOD
+            writer.write(vis, log_time, types.serialize_cdr(_raw(types, visible, "bgr8", stamp, "v"), IMAGE))
+            writer.write(th, log_time + 1, types.serialize_cdr(
+                _raw(types, thermal, "mono8", stamp + offset * 1_000_000, "t"), IMAGE))
+            if offset <= 50:
+                expected.append(stamp)
+    writer.close()
+    mcap_file, = (tmp_path / "in").glob("*.mcap")  # a bare .mcap file is read as well as a bag folder
+    summary = fuse_bag(FakePipeline(), mcap_file, VISIBLE, THERMAL, tmp_path / "out")
+    assert summary.pairs == len(expected) == 8 and summary.skipped == 0
+    assert summary.resets >= 1
+    messages, _ = read_bag(tmp_path / "out")
+    assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == expected
