@@ -179,8 +179,9 @@ class BagSummary:
 
     def line(self) -> str:
         counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(self.counts.items())) or "none"
+        resets = f"; {self.resets} synchronizer reset(s) (stamps jumped back)" if self.resets else ""
         return (f"{self.pairs} pair(s) fused from {self.messages[0]} visible and {self.messages[1]} thermal "
-                f"message(s); skipped: {counts}")
+                f"message(s); skipped: {counts}{resets}")
 
 
 def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
