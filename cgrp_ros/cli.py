@@ -11,7 +11,7 @@ import sys
 
 from .core.errors import CgrpError
 
-COMMANDS = ("demo", "fuse", "train", "export", "eval", "bench", "soak")
+COMMANDS = ("demo", "fuse", "calibrate", "train", "export", "eval", "bench", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:

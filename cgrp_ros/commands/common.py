@@ -26,7 +26,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="largest resolution the networks run at (default: 256x320)")
     g.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
-    g.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")
+    prior = g.add_mutually_exclusive_group()
+    prior.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")
+    prior.add_argument("--calibration", type=Path, metavar="RIG.yaml",
+                       help="rig calibration written by cgrp calibrate (its thermal->visible homography)")
     g.add_argument("--thermal-percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
                    help="robust gain control for 16-bit/float thermal (default: 1 99)")
 
@@ -42,4 +45,7 @@ def pipeline_from_args(args):
     if args.homography:
         path = Path(args.homography)
         cfg.homography = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    if getattr(args, "calibration", None):
+        from ..core.calibrate import load_calibration
+        cfg.homography = load_calibration(args.calibration)  # a malformed file: CalibrationError, exit 2
     return Pipeline(cfg)

@@ -1,0 +1,103 @@
+"""cgrp calibrate: the rig's thermal -> visible homography from many pairs (cgrp_ros.core.calibrate).
+
+Writes OUT (rig.yaml: the homography, both image sizes, pairs used/skipped, the median residual,
+the date, the command) and OUT with .png (visible/thermal checkerboard before and after, on the most
+confident pair). With too little evidence nothing is written and the exit code is 2.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from ..core.data import find_pairs, read_image
+from .common import size_arg
+
+HELP = "estimate the rig's thermal->visible homography from folders of same-named pairs, write rig.yaml"
+
+
+def add_arguments(p):
+    from ..core.calibrate import DEFAULT_SCALES
+
+    p.add_argument("--visible", type=Path, required=True, help="folder of visible images (or one file)")
+    p.add_argument("--thermal", type=Path, required=True, help="folder of thermal images with the same names")
+    p.add_argument("--out", type=Path, required=True, help="calibration file to write, e.g. rig.yaml "
+                   "(a picture rig.png is written next to it)")
+    p.add_argument("--list", type=Path, default=None, metavar="FILE", help="only the names listed in FILE")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name)")
+    p.add_argument("--scales", default=",".join(f"{s:.4g}" for s in DEFAULT_SCALES), metavar="S[,S]",
+                   help="thermal placement scales to try (thermal field of view / visible field of view; "
+                   "default: %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="skip pairs whose registration confidence is below this (default: max(model threshold, 0.15))")
+    p.add_argument("--min-pairs", type=int, default=1, help="fail unless at least this many pairs are used (default 1)")
+    p.add_argument("--refinements", type=int, default=1,
+                   help="passes with the fitted homography as the placement (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
+                   help="resolution the matcher runs at (default: 256x320)")
+    p.add_argument("--models", type=Path, help="folder with registration.pt (default: shipped)")
+
+
+def _loader(path, flags):
+    return lambda: read_image(path, flags)
+
+
+def run(args) -> int:
+    from ..core.calibrate import RigCalibrator, checkerboard_picture, save_calibration
+    from ..core.data import read_split
+
+    try:
+        scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
+    except ValueError:
+        print(f"cgrp calibrate: error: --scales: expected numbers separated by commas, got '{args.scales}'",
+              file=sys.stderr)
+        return 2
+    if not scales or min(scales) <= 0:
+        print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
+        return 2
+    names = read_split(args.list) if args.list else None
+    listing = find_pairs(args.visible, args.thermal, names)
+    for path in listing.unpaired:
+        print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
+    pairs = listing.pairs[:args.limit] if args.limit else listing.pairs
+    if not pairs:
+        print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)
+        return 2
+    calibrator = RigCalibrator(str(args.models / "registration.pt") if args.models else None, args.device,
+                               args.working_size, scales, args.min_confidence, args.min_pairs,
+                               refinements=args.refinements)
+    progress = lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pair", leave=False)  # noqa: E731
+    command = command_line(args)
+    calibration = calibrator.calibrate(
+        [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED)) for name, v, t in pairs],
+        progress, command)  # not enough evidence raises CalibrationError: one line, exit 2, no file
+    save_calibration(calibration, args.out)
+    best = calibrator.best_pair or pairs[0][0]
+    _, v, t = next(p for p in pairs if p[0] == best)
+    picture = args.out.with_suffix(".png")
+    cv2.imwrite(str(picture), checkerboard_picture(read_image(v), read_image(t), calibration.homography))
+    print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
+          f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
+          f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out} and {picture}")
+    return 0
+
+
+def command_line(args) -> str:
+    """The invocation, rebuilt from the parsed options (also right when called from Python)."""
+    q = lambda v: shlex.quote(str(v))  # noqa: E731
+    parts = ["cgrp calibrate", f"--visible {q(args.visible)}", f"--thermal {q(args.thermal)}", f"--out {q(args.out)}"]
+    if args.list:
+        parts.append(f"--list {q(args.list)}")
+    if args.limit:
+        parts.append(f"--limit {args.limit}")
+    parts += [f"--scales {args.scales}", f"--refinements {args.refinements}", f"--min-pairs {args.min_pairs}",
+              "--working-size {}x{}".format(*args.working_size), f"--device {args.device}"]
+    if args.min_confidence is not None:
+        parts.append(f"--min-confidence {args.min_confidence}")
+    if args.models:
+        parts.append(f"--models {q(args.models)}")
+    return " ".join(parts)

@@ -1,0 +1,442 @@
+"""Rig calibration: one thermal -> visible homography estimated jointly from many pairs.
+
+The cameras of a rig are bolted together, so (up to depth-dependent parallax) one homography maps
+every thermal pixel to the visible pixel that sees the same direction. It is estimated from the
+registration network's learned global matcher (:class:`~cgrp_ros.core.align.GlobalMatcher`),
+which matches every 8 x 8 cell of the visible luminance against every cell of the thermal:
+
+1. **placement**: the thermal is put on the visible grid by a centred, aspect-keeping resize
+   (the pipeline's prior) scaled by s. The matcher absorbs only about +-6 % of scale, so a few
+   scales are tried (``scales``; a visible camera with a 1.6x wider view needs s = 1/1.6) and
+   the one with the best mean confidence over a subset of pairs wins;
+2. **matches**: per pair, the visible region that the placed thermal covers is resampled to the
+   working size (the thermal then fills the grid at close to its own resolution), the matcher's
+   two-pass affine estimate gives a confidence (pairs below ``min_confidence`` -- night, fog, a
+   lens cap, another scene -- are skipped), and its second-pass cell matches, with their weights,
+   are mapped back to full-resolution thermal pixel -> visible pixel correspondences;
+3. **fit**: the confident matches of all pairs are pooled, a homography is fitted robustly
+   (OpenCV USAC/RANSAC) and refitted by least squares on the inliers;
+4. **refinement**: steps 2-3 are repeated with the fitted homography as the placement, so the
+   matcher sees pairs that are already nearly aligned (what it was trained for).
+
+The result's ``median_residual_px`` is the inliers' median reprojection error in visible pixels.
+Nothing here imports rclpy; ``cgrp calibrate`` is a thin adapter.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_SCALES = (1.0, 1 / 1.25, 1 / 1.6, 1 / 2.0, 1 / 2.5, 1.25, 1.6)
+CELL = 8  # the matcher's cell size in working pixels
+EDGE_MARGIN = 1.5  # cells: matches closer than this to the placed thermal's frame are dropped
+AFFINE_MARGIN = 0.05  # a homography replaces the affine fit only if its median residual is 5 % lower
+
+
+class CalibrationError(InputError):
+    """Not enough evidence for a calibration, or a malformed calibration file."""
+
+
+@dataclass
+class Calibration:
+    homography: np.ndarray            # 3x3, thermal pixel -> visible pixel (full resolution)
+    visible_size: tuple               # (height, width)
+    thermal_size: tuple               # (height, width)
+    pairs_used: int = 0
+    pairs_skipped: int = 0
+    median_residual_px: float = float("nan")  # inlier matches, visible pixels
+    matches: int = 0                  # inlier matches of the final fit
+    scale: float = 1.0                # the placement scale the search chose
+    skipped: list = field(default_factory=list)  # names of skipped pairs
+    date: str = ""
+    command: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(homography=[[float(v) for v in row] for row in np.asarray(self.homography)],
+                    homography_direction="thermal pixel -> visible pixel",
+                    visible_size=dict(height=int(self.visible_size[0]), width=int(self.visible_size[1])),
+                    thermal_size=dict(height=int(self.thermal_size[0]), width=int(self.thermal_size[1])),
+                    pairs_used=int(self.pairs_used), pairs_skipped=int(self.pairs_skipped),
+                    median_residual_px=round(float(self.median_residual_px), 4), inlier_matches=int(self.matches),
+                    placement_scale=round(float(self.scale), 4), skipped=list(self.skipped),
+                    date=self.date, command=self.command)
+
+
+# -- files -----------------------------------------------------------------------------------------
+def save_calibration(calibration: Calibration, path) -> None:
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
+                   + yaml.safe_dump(calibration.to_dict(), sort_keys=False, default_flow_style=None))
+    tmp.replace(path)
+
+
+def load_calibration(path) -> np.ndarray:
+    """The 3x3 homography (thermal px -> visible px) of a rig.yaml; CalibrationError when malformed."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"calibration file {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except Exception as exc:
+        raise CalibrationError(f"calibration file {path}: not readable YAML ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or "homography" not in data:
+        raise CalibrationError(f"calibration file {path}: no 'homography' key (expected a rig.yaml written "
+                               "by cgrp calibrate)")
+    try:
+        h = np.asarray(data["homography"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"calibration file {path}: 'homography' is not a 3x3 matrix of numbers") from None
+    if h.shape != (3, 3) or not np.all(np.isfinite(h)) or abs(np.linalg.det(h)) < 1e-12:
+        raise CalibrationError(f"calibration file {path}: 'homography' must be a finite, invertible 3x3 matrix")
+    return h
+
+
+# -- geometry --------------------------------------------------------------------------------------
+def centred_placement(thermal_size, visible_size, scale: float = 1.0) -> np.ndarray:
+    """3x3 thermal px -> visible px: the thermal centred on the visible grid, aspect kept, fitted
+    inside it (same field of view when the aspects agree), then scaled by `scale` about the centre."""
+    (ht, wt), (hv, wv) = thermal_size, visible_size
+    k = min(wv / wt, hv / ht) * scale
+    ct, cv = ((wt - 1) / 2, (ht - 1) / 2), ((wv - 1) / 2, (hv - 1) / 2)
+    return np.array([[k, 0, cv[0] - k * ct[0]], [0, k, cv[1] - k * ct[1]], [0, 0, 1.0]])
+
+
+def apply_homography(h: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """N x 2 points through a 3x3 homography."""
+    p = np.asarray(points, np.float64)
+    q = np.c_[p, np.ones(len(p))] @ np.asarray(h, np.float64).T
+    return q[:, :2] / q[:, 2:3]
+
+
+def corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size) -> float:
+    """Mean distance, in thermal pixels, between the thermal frame's corners and where they land when
+    mapped to the visible image by `estimate` and back by `truth`."""
+    ht, wt = thermal_size
+    corners = np.array([[0, 0], [wt - 1, 0], [wt - 1, ht - 1], [0, ht - 1]], np.float64)
+    back = apply_homography(np.linalg.inv(truth) @ estimate, corners)
+    return float(np.linalg.norm(back - corners, axis=1).mean())
+
+
+def _snap(size: float) -> int:
+    return max(2 * CELL, int(round(size / CELL)) * CELL)
+
+
+# -- estimation ------------------------------------------------------------------------------------
+class RigCalibrator:
+    """calibrate(pairs) with pairs = [(name, visible, thermal)] (arrays, or callables returning them)."""
+
+    def __init__(self, model_path=None, device: str = "cpu", working_size=(256, 320), scales=DEFAULT_SCALES,
+                 min_confidence: float | None = None, min_pairs: int = 1, min_matches: int = 40,
+                 search_pairs: int = 8, refinements: int = 2, thermal_percentiles=(1.0, 99.0)):
+        import torch
+
+        from .models import default_model_path, load_model
+
+        self.torch = torch
+        self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                   else "cpu")
+        path = model_path or default_model_path("registration")
+        self.matcher = load_model(path, "registration").global_stage.to(self.device).eval()
+        threshold = float(self.matcher.threshold)
+        self.min_confidence = float(min_confidence) if min_confidence is not None else max(threshold, 0.15)
+        self.working_size = tuple(working_size)
+        self.scales = tuple(scales)
+        self.min_pairs, self.min_matches = int(min_pairs), int(min_matches)
+        self.search_pairs, self.refinements = int(search_pairs), int(refinements)
+        self.thermal_percentiles = tuple(thermal_percentiles)
+
+    # one pair, one placement ------------------------------------------------------------------
+    def _prepare(self, visible, thermal):
+        from .image import bgr_to_ycrcb, check_image, normalize_thermal, visible_to_bgr01
+
+        vis = visible_to_bgr01(check_image(visible, "visible"))
+        y = np.ascontiguousarray(bgr_to_ycrcb(vis)[:, :, 0], dtype=np.float32)
+        th = normalize_thermal(check_image(thermal, "thermal"), self.thermal_percentiles).astype(np.float32)
+        return y, th
+
+    def _view(self, vis_y, th, placement):
+        """Resample the visible region inside the thermal placed by `placement` (thermal px -> visible px) and the thermal
+        onto one working grid. -> (visible crop, placed thermal, W: visible px -> working px) or None."""
+        (hv, wv), (ht, wt) = vis_y.shape, th.shape
+        frame = apply_homography(placement, [[-0.5, -0.5], [wt - 0.5, -0.5], [wt - 0.5, ht - 0.5], [-0.5, ht - 0.5]])
+        # the axis-aligned box inside the placed thermal's frame (corners TL, TR, BR, BL), within the
+        # visible frame: black around a rotated thermal would be matched too, and bias the fit
+        x0 = max(0, int(math.ceil(max(frame[0, 0], frame[3, 0]))))
+        x1 = min(wv, int(math.floor(min(frame[1, 0], frame[2, 0]))))
+        y0 = max(0, int(math.ceil(max(frame[0, 1], frame[1, 1]))))
+        y1 = min(hv, int(math.floor(min(frame[2, 1], frame[3, 1]))))
+        if x1 - x0 < 4 * CELL or y1 - y0 < 4 * CELL:
+            return None
+        k = min(self.working_size[0] / (y1 - y0), self.working_size[1] / (x1 - x0))
+        h, w = _snap((y1 - y0) * k), _snap((x1 - x0) * k)
+        sx, sy = w / (x1 - x0), h / (y1 - y0)
+        to_work = np.array([[sx, 0, (0.5 - x0) * sx - 0.5], [0, sy, (0.5 - y0) * sy - 0.5], [0, 0, 1.0]])
+        crop = cv2.resize(vis_y[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_AREA)
+        t2w = to_work @ placement
+        shrink = math.sqrt(abs(np.linalg.det(t2w[:2, :2])))
+        source = th
+        if shrink < 0.6:  # pre-shrink so bilinear warping does not alias
+            f = max(shrink * 1.25, 1.0 / min(th.shape))
+            source = cv2.resize(th, (max(1, round(wt * f)), max(1, round(ht * f))), interpolation=cv2.INTER_AREA)
+            fx, fy = source.shape[1] / wt, source.shape[0] / ht
+            small_to_th = np.array([[1 / fx, 0, 0.5 / fx - 0.5], [0, 1 / fy, 0.5 / fy - 0.5], [0, 0, 1.0]])
+            t2w_src = t2w @ small_to_th
+        else:
+            t2w_src = t2w
+        placed = cv2.warpPerspective(source, t2w_src, (w, h), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return crop, placed, to_work, t2w
+
+    def _match(self, vis_y, th, placement):
+        """-> (confidence, thermal px N x 2, visible px N x 2, weights N) for one pair and placement."""
+        from .align import apply_affine, normalized_grid, pixels_per_unit
+        torch, F = self.torch, self.torch.nn.functional
+
+        view = self._view(vis_y, th, placement)
+        empty = np.zeros((0, 2))
+        if view is None:
+            return 0.0, empty, empty, np.zeros(0)
+        crop, placed, to_work, t2w = view
+        gm = self.matcher
+        with torch.no_grad():
+            v = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
+            t = torch.from_numpy(np.ascontiguousarray(placed))[None, None].to(self.device)
+            params, confidence = gm.estimate(v, t)
+            coords = normalized_grid(t)
+            warped = F.grid_sample(t, apply_affine(params, coords).permute(0, 2, 3, 1), mode="bilinear",
+                                   padding_mode="border", align_corners=False)
+            prob, cells = gm.correlation(v, warped)
+            position, weight = gm.matches(prob, cells)
+            residual_cells = ((position - cells.flatten(2)) * pixels_per_unit(cells).flatten(2)).pow(2).sum(1).sqrt()
+            position = apply_affine(params, position[:, :, :, None])[:, :, :, 0]  # into the placed thermal
+        h, w = crop.shape
+        uv = position[0].cpu().numpy().T.astype(np.float64)            # P x 2 normalised (placed thermal)
+        cv = cells.flatten(2)[0].cpu().numpy().T.astype(np.float64)    # P x 2 normalised (visible crop)
+        to_px = lambda q: np.c_[((q[:, 0] + 1) * w - 1) / 2, ((q[:, 1] + 1) * h - 1) / 2]  # noqa: E731
+        thermal_px = apply_homography(np.linalg.inv(t2w), to_px(uv))
+        visible_px = apply_homography(np.linalg.inv(to_work), to_px(cv))
+        wts = weight[0].cpu().numpy().astype(np.float64)
+        res = residual_cells[0].cpu().numpy()
+        # only cells well inside the placed thermal, on both sides: near the thermal's frame (or in the
+        # black around it) a cell can only match inwards, which biases the fit towards a smaller thermal
+        margin = EDGE_MARGIN * CELL
+        valid = cv2.warpPerspective(np.ones(th.shape, np.float32), t2w, (w, h), flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        valid = cv2.erode(valid, np.ones((2 * int(margin) + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
+                          borderValue=0) > 0.5  # the grid's own border counts as a frame too
+        def inside(q):
+            qx = np.clip(np.round(q[:, 0]).astype(int), 0, w - 1)
+            qy = np.clip(np.round(q[:, 1]).astype(int), 0, h - 1)
+            return valid[qy, qx] & (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
+        # a match consistent with the pair's own affine (within 1.5 cells) and with some mass at its peak
+        keep = inside(to_px(uv)) & inside(to_px(cv)) & (res < 1.5) & (wts > 0.05)
+        return float(confidence[0]), thermal_px[keep], visible_px[keep], wts[keep]
+
+    # all pairs ---------------------------------------------------------------------------------
+    def calibrate(self, pairs, progress=None, command: str = "") -> Calibration:
+        """pairs: [(name, visible, thermal)], images as arrays or zero-argument callables (loaded on
+        demand, so a long folder is not held in memory). `progress(iterable, total, desc)` wraps loops
+        (e.g. tqdm). Raises CalibrationError when the evidence does not suffice."""
+        progress = progress or (lambda it, total, desc: it)
+        pairs = list(pairs)
+        if not pairs:
+            raise CalibrationError("no visible/thermal pairs to calibrate from")
+        cache = {}
+        self.history = []  # the fitted homography of every round
+        self.best_pair = None  # name of the most confident pair of the last round
+
+        def load(i):
+            if i not in cache:
+                name, v, t = pairs[i]
+                v = v() if callable(v) else v
+                t = t() if callable(t) else t
+                cache[i] = self._prepare(v, t)
+                if len(cache) > 64:  # keep memory bounded; recomputing is cheap
+                    cache.pop(next(iter(cache)))
+            return cache[i]
+
+        vis0, th0 = load(0)
+        visible_size, thermal_size = vis0.shape, th0.shape
+        skipped = {}
+        usable = []
+        for i, (name, _, _) in enumerate(pairs):
+            try:
+                v, t = load(i)
+            except InputError as exc:
+                skipped[name] = f"unreadable: {exc}"
+                continue
+            if v.shape != visible_size or t.shape != thermal_size:
+                skipped[name] = (f"size {v.shape[1]}x{v.shape[0]} / {t.shape[1]}x{t.shape[0]} differs from the rig's "
+                                 f"{visible_size[1]}x{visible_size[0]} / {thermal_size[1]}x{thermal_size[0]}")
+                continue
+            usable.append(i)
+        if not usable:
+            raise CalibrationError("no usable pair: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
+
+        # 1. placement scale: best mean confidence over an evenly spread subset
+        subset = [usable[int(j)] for j in np.unique(np.linspace(0, len(usable) - 1, min(self.search_pairs,
+                                                                                       len(usable))).round())]
+        scores = {}
+        jobs = [(s, i) for s in self.scales for i in subset]
+        for s, i in progress(jobs, len(jobs), "calibrate: scale search"):
+            v, t = load(i)
+            conf, *_ = self._match(v, t, centred_placement(thermal_size, visible_size, s))
+            scores.setdefault(s, []).append(conf)
+        best_scale = max(scores, key=lambda s: float(np.mean(scores[s])))
+        if float(np.max(scores[best_scale])) < self.min_confidence:
+            raise CalibrationError(
+                f"not enough evidence: no pair reached registration confidence {self.min_confidence:.2f} at any "
+                f"placement scale (best {float(np.max(scores[best_scale])):.2f}); the pairs carry no structure "
+                "both cameras see (night, fog, a lens cap, featureless images?)")
+
+        # 2-4. matches over all pairs, fit, refine with the fit as the placement
+        placement = centred_placement(thermal_size, visible_size, best_scale)
+        h = None
+        for round_ in range(1 + self.refinements):
+            src, dst, weights, used, low, confidences = [], [], [], [], {}, {}
+            desc = f"calibrate: matches {round_ + 1}/{1 + self.refinements}"
+            for i in progress(usable, len(usable), desc):
+                name = pairs[i][0]
+                v, t = load(i)
+                conf, tp, vp, w = self._match(v, t, placement)
+                if conf < self.min_confidence or len(tp) < 4:
+                    low[name] = f"registration confidence {conf:.2f} below {self.min_confidence:.2f}"
+                    continue
+                used.append(name)
+                confidences[name] = conf
+                src.append(tp), dst.append(vp), weights.append(w)
+            if len(used) < self.min_pairs or sum(len(s) for s in src) < self.min_matches:
+                if h is not None:  # a refinement lost its evidence: keep the previous round's fit
+                    break
+                raise CalibrationError(
+                    f"not enough evidence: {len(used)} of {len(pairs)} pair(s) registered with confidence >= "
+                    f"{self.min_confidence:.2f} ({sum(len(s) for s in src)} matches; need {self.min_pairs} pair(s) "
+                    f"and {self.min_matches} matches); the pairs carry too little structure both cameras see")
+            src, dst, weights = np.concatenate(src), np.concatenate(dst), np.concatenate(weights)
+            fit = fit_homography(src, dst, visible_size, placement, thermal_size, self.working_size)
+            if fit is None:
+                if h is not None:
+                    break
+                raise CalibrationError(f"not enough evidence: no consistent homography in {len(src)} matches "
+                                       f"of {len(used)} pair(s)")
+            h, inliers, residual = fit
+            self.history.append(h)
+            self.last_matches = (src, dst, weights, inliers)
+            used_final, low_final = used, low
+            self.best_pair = max(confidences, key=confidences.get)
+            placement = h
+        skipped.update(low_final)
+        return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used_final), len(pairs) - len(used_final),
+                           float(np.median(residual)), int(inliers.sum()), best_scale, sorted(skipped),
+                           datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
+
+
+def fit_homography(src, dst, visible_size, placement, thermal_size, working_size):
+    """Robust homography src (thermal px) -> dst (visible px): USAC (RANSAC where OpenCV lacks it),
+    then least squares on the inliers. -> (H, inlier mask, inlier residuals in visible px) or None."""
+    if len(src) < 8:
+        return None
+    # one working cell, in visible pixels, at the current placement: the matches' noise scale
+    (ht, wt), k = thermal_size, math.sqrt(abs(np.linalg.det(np.asarray(placement)[:2, :2])))
+    cell_px = CELL * max(wt * k / working_size[1], ht * k / working_size[0])
+    threshold = max(1.0, 0.5 * cell_px)
+    method = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
+    h, mask = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32), method, threshold,
+                                 maxIters=5000, confidence=0.999)
+    if h is None or mask is None or mask.sum() < 8:
+        return None
+    inliers = mask.ravel().astype(bool)
+    s, d = src[inliers].astype(np.float64), dst[inliers].astype(np.float64)
+    refit, _ = cv2.findHomography(s, d, 0)
+    if refit is not None and np.all(np.isfinite(refit)):
+        h = refit
+    h = h / h[2, 2]
+    residual = np.linalg.norm(apply_homography(h, s) - d, axis=1)
+    # model selection: the perspective terms must earn their keep. With a few pairs' matches (their
+    # errors correlated within a pair) a free homography turns that noise into a visible tilt at the
+    # frame's corners; an affine least-squares fit is kept unless the homography explains the
+    # inliers clearly better (median residual more than AFFINE_MARGIN lower).
+    design = np.c_[s, np.ones(len(s))]
+    coef, *_ = np.linalg.lstsq(design, d, rcond=None)
+    affine = np.vstack((coef.T, [0.0, 0.0, 1.0]))
+    affine_residual = np.linalg.norm(apply_homography(affine, s) - d, axis=1)
+    if np.median(residual) > (1.0 - AFFINE_MARGIN) * np.median(affine_residual):
+        h, residual = affine, affine_residual
+    return h, inliers, residual
+
+
+# -- picture ---------------------------------------------------------------------------------------
+def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width: int = 1400,
+                         thermal_percentiles=(1.0, 99.0)) -> np.ndarray:
+    """BGR uint8 picture: visible/thermal checkerboard with the resize prior (left) and with
+    `homography` (right), each at the visible resolution, side by side with a caption."""
+    from .image import bgr_to_ycrcb, check_image, normalize_thermal, to_uint8, visible_to_bgr01
+
+    y = bgr_to_ycrcb(visible_to_bgr01(check_image(visible, "visible")))[:, :, 0]
+    th = normalize_thermal(check_image(thermal, "thermal"), thermal_percentiles)
+    hv, wv = y.shape
+    ht, wt = th.shape
+    prior = np.array([[wv / wt, 0, 0.5 * wv / wt - 0.5], [0, hv / ht, 0.5 * hv / ht - 0.5], [0, 0, 1.0]])
+    yy, xx = np.mgrid[0:hv, 0:wv]
+    board = ((yy * tiles // hv + xx * tiles // wv) % 2).astype(bool)
+    panels = []
+    for title, m in (("before (resize)", prior), ("after (calibration)", np.asarray(homography, np.float64))):
+        warped = cv2.warpPerspective(th.astype(np.float32), m, (wv, hv), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        panel = cv2.cvtColor(to_uint8(np.where(board, warped, y)), cv2.COLOR_GRAY2BGR)
+        panel[board] = (panel[board] * np.array([0.55, 0.75, 1.0])).astype(np.uint8)  # thermal tiles warm-tinted
+        cv2.putText(panel, title, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, max(0.6, wv / 900), (0, 255, 255), 2)
+        panels.append(panel)
+    picture = np.concatenate((panels[0], np.full((hv, 8, 3), 255, np.uint8), panels[1]), axis=1)
+    if picture.shape[1] > max_width:
+        f = max_width / picture.shape[1]
+        picture = cv2.resize(picture, (max_width, round(picture.shape[0] * f)), interpolation=cv2.INTER_AREA)
+    return picture
+
+
+# -- synthetic rigs (tests, measurements) ------------------------------------------------------------
+def similarity_about_centre(size, rotation_deg=0.0, scale=1.0, shift=(0.0, 0.0)) -> np.ndarray:
+    """3x3 pixel map of an image of `size` (H, W): rotate and scale about its centre, then shift (px)."""
+    h, w = size
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    a = math.radians(rotation_deg)
+    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    m = np.eye(3)
+    m[:2, :2] = r
+    m[:2, 2] = c - r @ c + np.asarray(shift, np.float64)
+    return m
+
+
+def synthetic_rig(visible, thermal, misalignment=None, fov: float = 1.0, visible_pixels: float = 1.0, size=None):
+    """Turn an aligned pair into a pair of a synthetic rig with a known thermal -> visible homography.
+
+    Both images are first resized to `size` (H, W; default the thermal's). The rig's thermal sees the
+    central 1/`fov` of that view at `size` pixels, moved by `misalignment` (3x3: rig thermal px ->
+    px of that central view); the rig's visible camera sees the whole view at `visible_pixels` times
+    `size`. Returns (visible, thermal, truth: 3x3 rig thermal px -> rig visible px)."""
+    size = tuple(size or thermal.shape[:2])
+    h, w = size
+    vb = cv2.resize(visible, (w, h), interpolation=cv2.INTER_AREA)
+    tb = cv2.resize(thermal, (w, h), interpolation=cv2.INTER_AREA)
+    g = np.eye(3) if misalignment is None else np.asarray(misalignment, np.float64)
+    crop = similarity_about_centre(size, 0.0, 1.0 / fov)        # central view px -> base px
+    th = cv2.warpPerspective(tb, crop @ g, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    hv, wv = round(h * visible_pixels), round(w * visible_pixels)
+    vis = cv2.resize(vb, (wv, hv), interpolation=cv2.INTER_AREA if visible_pixels < 1 else cv2.INTER_LINEAR)
+    sx, sy = wv / w, hv / h
+    up = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+    return vis, th, up @ crop @ g

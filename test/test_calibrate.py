@@ -1,0 +1,132 @@
+"""`cgrp calibrate` (cgrp_ros.core.calibrate): one thermal -> visible homography from many pairs.
+
+Synthetic rigs are built from the bundled aligned pairs (sample/: six RoadScene val pairs, two M3SVD
+val frames) with one known homography. The issue's target (mean corner error <= 1 px in thermal
+pixels) is for tens of pairs; with the eight pairs here the matcher's per-pair errors (about 1 px
+each, correlated within a pair: cross-modal edge offsets and the data sets' own residual alignment)
+average down much less, so the bounds below are looser, but still far below the misalignment the
+calibration removes (the prior is off by 15-45 px at the corners).
+"""
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from cgrp_ros.cli import main
+
+
+def cgrp(args):
+    return main([str(a) for a in args])
+from cgrp_ros.core.calibrate import (Calibration, CalibrationError, RigCalibrator, centred_placement, corner_error,
+                                     load_calibration, save_calibration, similarity_about_centre, synthetic_rig)
+
+SIZE = (240, 320)  # the synthetic rig's thermal (H, W)
+
+
+@pytest.fixture(scope="module")
+def aligned_pairs(sample_pairs, m3svd_pairs):
+    return list(sample_pairs) + list(m3svd_pairs)
+
+
+def write_rig(folder, pairs):
+    for sub in ("visible", "thermal"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for name, v, t in pairs:
+        cv2.imwrite(str(folder / "visible" / f"{name}.png"), v)
+        cv2.imwrite(str(folder / "thermal" / f"{name}.png"), t)
+
+
+@pytest.fixture(scope="module")
+def shifted_rig(aligned_pairs, tmp_path_factory):
+    """Same field of view, the thermal rotated 3 deg, scaled 1.03 and shifted (12, -8) px; calibrated
+    through the CLI."""
+    g = similarity_about_centre(SIZE, 3.0, 1.03, (12.0, -8.0))
+    rig = [(n, *synthetic_rig(v, t, g, size=SIZE)[:2]) for n, v, t in aligned_pairs]
+    truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, size=SIZE)[2]
+    root = tmp_path_factory.mktemp("rig")
+    write_rig(root, rig)
+    out = root / "calib" / "rig.yaml"
+    code = cgrp(["calibrate", "--visible", root / "visible", "--thermal", root / "thermal", "--out", out,
+                 "--scales", "1", "--refinements", "1", "--device", "cpu"])
+    return code, out, truth
+
+
+def test_calibrate_recovers_a_shifted_rotated_rig(shifted_rig):
+    code, out, truth = shifted_rig
+    assert code == 0
+    estimate = load_calibration(out)
+    prior = centred_placement(SIZE, SIZE)
+    assert corner_error(prior, truth, SIZE) > 15.0
+    assert corner_error(estimate, truth, SIZE) < 3.0
+
+
+def test_calibration_file_and_picture(shifted_rig):
+    code, out, _ = shifted_rig
+    data = yaml.safe_load(out.read_text())
+    assert np.asarray(data["homography"]).shape == (3, 3)
+    assert data["visible_size"] == {"height": SIZE[0], "width": SIZE[1]}
+    assert data["thermal_size"] == {"height": SIZE[0], "width": SIZE[1]}
+    assert data["pairs_used"] + data["pairs_skipped"] == 8 and data["pairs_used"] >= 6
+    assert 0 < data["median_residual_px"] < 5
+    assert data["date"] and data["command"].startswith("cgrp calibrate")
+    picture = cv2.imread(str(out.with_suffix(".png")))
+    assert picture is not None and picture.shape[1] > SIZE[1]
+
+
+def test_calibrate_wider_visible_view(aligned_pairs):
+    """The visible camera sees 1.6x more at 2x the pixels: the matcher alone (about +-6 % of scale)
+    cannot bridge that, the scale search must, and the thermal lands in the visible's centre."""
+    g = similarity_about_centre(SIZE, 2.0, 1.0, (6.0, -4.0))
+    rig = [(n, *synthetic_rig(v, t, g, 1.6, 2.0, SIZE)[:2]) for n, v, t in aligned_pairs]
+    truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, 1.6, 2.0, SIZE)[2]
+    calibration = RigCalibrator(device="cpu", scales=(1.0, 1 / 1.6), refinements=1).calibrate(rig)
+    assert calibration.scale == pytest.approx(1 / 1.6)
+    assert calibration.visible_size == (2 * SIZE[0], 2 * SIZE[1]) and calibration.thermal_size == SIZE
+    # the prior (same field of view) is off by about 100 thermal px; the calibration by a few
+    assert corner_error(centred_placement(SIZE, calibration.visible_size), truth, SIZE) > 50
+    assert corner_error(calibration.homography, truth, SIZE) < 4.0
+    centre = cv2.perspectiveTransform(np.array([[[SIZE[1] / 2, SIZE[0] / 2]]]), calibration.homography)[0, 0]
+    assert abs(centre[0] - SIZE[1]) < 0.1 * SIZE[1] and abs(centre[1] - SIZE[0]) < 0.1 * SIZE[0]
+
+
+def test_featureless_pairs_are_refused(tmp_path, capsys):
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub).mkdir()
+    for i, value in enumerate((0, 90, 200)):
+        cv2.imwrite(str(tmp_path / "visible" / f"p{i}.png"), np.full((120, 160, 3), value, np.uint8))
+        cv2.imwrite(str(tmp_path / "thermal" / f"p{i}.png"), np.full((120, 160), 255 - value, np.uint8))
+    out = tmp_path / "out" / "rig.yaml"
+    code = cgrp(["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", out,
+                 "--scales", "1,0.625", "--device", "cpu"])
+    assert code != 0
+    assert "not enough evidence" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible, thermal = sample_dir / "visible" / f"{name}.jpg", sample_dir / "thermal" / f"{name}.jpg"
+    hv, wv = cv2.imread(str(visible), 0).shape
+    ht, wt = cv2.imread(str(thermal), 0).shape
+    h = centred_placement((ht, wt), (hv, wv)) @ similarity_about_centre((ht, wt), 1.0, 1.0, (3.0, -2.0))
+    save_calibration(Calibration(h, (hv, wv), (ht, wt), pairs_used=5), tmp_path / "rig.yaml")
+    np.testing.assert_allclose(load_calibration(tmp_path / "rig.yaml"), h)
+    code = cgrp(["fuse", "--visible", visible, "--thermal", thermal, "--out", tmp_path / "out",
+                 "--calibration", tmp_path / "rig.yaml", "--device", "cpu", "--working-size", "128x160"])
+    assert code == 0
+    assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()
+
+
+@pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
+                                     "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n"])
+def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, content):
+    (tmp_path / "rig.yaml").write_text(content)
+    with pytest.raises(CalibrationError):
+        load_calibration(tmp_path / "rig.yaml")
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    code = cgrp(["fuse", "--visible", sample_dir / "visible" / f"{name}.jpg", "--thermal",
+                 sample_dir / "thermal" / f"{name}.jpg", "--out", tmp_path / "out",
+                 "--calibration", tmp_path / "rig.yaml", "--device", "cpu"])
+    assert code == 2
+    assert "calibration file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
