@@ -79,7 +79,7 @@ def test_calibrate_wider_visible_view(aligned_pairs):
     g = similarity_about_centre(SIZE, 2.0, 1.0, (6.0, -4.0))
     rig = [(n, *synthetic_rig(v, t, g, 1.6, 2.0, SIZE)[:2]) for n, v, t in aligned_pairs]
     truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, 1.6, 2.0, SIZE)[2]
-    calibration = RigCalibrator(device="cpu", scales=(1.0, 1 / 1.6), refinements=1).calibrate(rig)
+    calibration = RigCalibrator(device="cpu", scales=(1.0, 1 / 1.6), refinements=1, search_pairs=4).calibrate(rig)
     assert calibration.scale == pytest.approx(1 / 1.6)
     assert calibration.visible_size == (2 * SIZE[0], 2 * SIZE[1]) and calibration.thermal_size == SIZE
     # the prior (same field of view) is off by about 100 thermal px; the calibration by a few

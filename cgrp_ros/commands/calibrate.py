@@ -34,8 +34,8 @@ def add_arguments(p):
     p.add_argument("--min-confidence", type=float, default=None,
                    help="skip pairs whose registration confidence is below this (default: max(model threshold, 0.15))")
     p.add_argument("--min-pairs", type=int, default=1, help="fail unless at least this many pairs are used (default 1)")
-    p.add_argument("--refinements", type=int, default=1,
-                   help="passes with the fitted homography as the placement (default 1)")
+    p.add_argument("--refinements", type=int, default=2,
+                   help="passes with the fitted homography as the placement (default 2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="resolution the matcher runs at (default: 256x320)")
