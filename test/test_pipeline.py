@@ -78,7 +78,6 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
     ort_pipe = Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", onnx_dir=str(tmp_path)))
     assert ort_pipe.backend.providers == ["CPUExecutionProvider"]
     for shape in [(180, 250), visible.shape[:2]]:  # two sizes: the ONNX graphs have dynamic H/W
-        import cv2
         v = cv2.resize(visible, shape[::-1])
         t = cv2.resize(thermal, shape[::-1])
         a, b = torch_pipe(v, t), ort_pipe(v, t)
