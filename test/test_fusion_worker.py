@@ -2,6 +2,7 @@
 real worker thread); its `pipeline` attribute is replaced by a wrapper that raises once, the way a
 CUDA out-of-memory or a backend bug would. The pair is logged and counted, the next one is fused.
 A second wrapper sets the registration confidence: low confidence is a diagnostics WARN, never an ERROR."""
+import contextlib
 import dataclasses
 import time
 
@@ -35,10 +36,14 @@ class FailsOnce:
         return getattr(self.pipeline, name)
 
 
-def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused(capfd):
+@contextlib.contextmanager
+def in_process_node(*overrides):
+    """(node, fused messages received, spin_until, executor): an activated cgrp_fusion (64x96, fused output
+    only) and a reliable listener on one executor in this process; spin_until(predicate, timeout,
+    what) spins both until predicate() holds. Everything is torn down afterwards."""
     rclpy.init()
     node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
-                                           Parameter("outputs", value=["fused"])])
+                                           Parameter("outputs", value=["fused"]), *overrides])
     assert node.autostart() is None  # configure + activate, as main() does
     listener = rclpy.create_node("worker_listener")
     fused = []
@@ -46,16 +51,27 @@ def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     executor.add_node(listener)
+
+    def spin_until(predicate, timeout, what):
+        end = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            executor.spin_once(timeout_sec=0.02)
+
     try:
+        yield node, fused, spin_until, executor
+    finally:
+        node.stop()
+        executor.shutdown()
+        node.destroy_node()
+        listener.destroy_node()
+        rclpy.try_shutdown()
+
+
+def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused(capfd):
+    with in_process_node() as (node, fused, spin_until, executor):
         node.pipeline = FailsOnce(node.pipeline)
         visible, thermal = make_images()
-
-        def spin_until(predicate, timeout, what):
-            end = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < end, f"timed out waiting for {what}"
-                executor.spin_once(timeout_sec=0.02)
-
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
         for second in (1, 2):  # two pairs handed to the worker the way the synchronizer does
             header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
@@ -68,12 +84,6 @@ def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused
         executor.spin_once(timeout_sec=0.1)
         err = capfd.readouterr().err
         assert "inference failed for the pair at 1.000: RuntimeError: simulated: CUDA out of memory" in err, err
-    finally:
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        listener.destroy_node()
-        rclpy.try_shutdown()
 
 
 class Confidence:
@@ -95,18 +105,7 @@ class Confidence:
 def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_counted(capfd):
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    rclpy.init()
-    node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
-                                           Parameter("outputs", value=["fused"]),
-                                           Parameter("stream_timeout", value=3600.0)])
-    assert node.autostart() is None
-    listener = rclpy.create_node("confidence_listener")
-    fused = []
-    listener.create_subscription(Image, "cgrp_fusion/fused", fused.append, RELIABLE)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    executor.add_node(listener)
-    try:
+    with in_process_node(Parameter("stream_timeout", value=3600.0)) as (node, fused, spin_until, executor):
         threshold = node.pipeline.confidence_threshold
         node.pipeline = Confidence(node.pipeline, [(0.02, True), (min(1.0, threshold + 0.1), False)])
         values = node.diagnostic_values()
@@ -114,13 +113,6 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
             ("n/a", "n/a", "0")
         assert node.diagnose()[0] == DiagnosticStatus.OK
         visible, thermal = make_images()
-
-        def spin_until(predicate, timeout, what):
-            end = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < end, f"timed out waiting for {what}"
-                executor.spin_once(timeout_sec=0.02)
-
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
 
         def fuse(second):
@@ -141,9 +133,3 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
         assert (values["registration fallback"], values["fallback pairs"]) == ("false", "1")
         executor.spin_once(timeout_sec=0.1)
         assert "pair at 1.000: low registration confidence 0.02" in capfd.readouterr().err
-    finally:
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        listener.destroy_node()
-        rclpy.try_shutdown()
