@@ -8,8 +8,8 @@ from pathlib import Path
 from ..core.errors import CgrpError
 from .common import size_arg
 
-HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device; "
-        "--ros: node end to end")
+HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device, "
+        "beside the peers homography+blend and ecc+blend; --ros: node end to end")
 
 
 def sizes_arg(text: str):
@@ -29,7 +29,8 @@ def add_arguments(p):
                    help="skip the start-up times (seconds to build a Pipeline per backend, ONNX cache warm and cold)")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's own choice); also OMP_NUM_THREADS of the --ros node")
+                   help="torch and OpenCV CPU threads (default 0: their own choice); also OMP_NUM_THREADS of the "
+                        "--ros node")
     g = p.add_argument_group("ROS 2 (--ros)")
     g.add_argument("--ros", action="store_true",
                    help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")
@@ -51,6 +52,7 @@ def _selected(configs, wanted: str | None):
 
 
 def run(args) -> int:
+    import cv2
     import torch
 
     from ..core.bench import bench_markdown, bench_targets, configurations, run_benchmarks
@@ -62,6 +64,7 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # the pipeline's conversions and the peers
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the --ros node
     machine = machine_description()
     machine["torch_threads"] = torch.get_num_threads()

@@ -6,6 +6,13 @@ Each configuration ("torch-cpu", "torch-cuda-fp16", ...) runs the full pipeline 
 pre-processing measures normalisation and padding, not a resize. Frames per second is
 1000 / mean end-to-end time for one pair processed at a time.
 
+Peers (`PEERS`), measured in the same run on the same synthetic pair at each working size, as
+what a rig without CGRP does per frame: ``homography+blend`` (a fixed prior 3 x 3 mapping applied to
+the thermal with cv2.warpPerspective, then a 50/50 blend with the visible luminance) and
+``ecc+blend`` (OpenCV ECC affine on gradient magnitudes, the ``cgrp eval`` baseline, then
+cv2.warpAffine and the same blend). Their times use the pipeline's stage names where they do the
+same job (preprocess: luminance and gradients; registration: estimate + warp; fusion: blend).
+
 Start-up: seconds to build a Pipeline (load the weights; onnxruntime also creates its sessions,
 and with a cold cache first exports the ONNX models), per backend, in this process (torch already
 imported): `startup_times`.
@@ -22,6 +29,7 @@ import resource
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -193,12 +201,101 @@ def startup_times(configs, cold: bool = True) -> list:
     return rows
 
 
+PEERS = ("homography+blend", "ecc+blend")
+PEER_DESCRIPTIONS = {
+    "homography+blend": "fixed prior 3x3 homography (cv2.warpPerspective) + 50/50 blend with the visible luminance",
+    "ecc+blend": "OpenCV ECC affine on gradient magnitudes (cv2.findTransformECC, 3 levels) + cv2.warpAffine "
+                 "+ 50/50 blend with the visible luminance",
+}
+PEER_STAGES = ("preprocess", "registration", "fusion", "total")
+
+
+def prior_homography(size) -> np.ndarray:
+    """3 x 3 float64 thermal pixel -> visible pixel for working size `size` (H, W): a fixed rig
+    calibration's kind of mapping, 1 degree of rotation and 2 % of scale about the centre, then (4, -3) px."""
+    height, width = size
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    similarity = np.vstack((cv2.getRotationMatrix2D(centre, 1.0, 1.02), (0.0, 0.0, 1.0)))
+    similarity[:2, 2] += (4.0, -3.0)
+    return similarity
+
+
+class Laps:
+    """Milliseconds per named stage of one call: `lap(stage)` closes the stage that just ran."""
+
+    def __init__(self):
+        self.ms = {}
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self.last) * 1e3
+        self.last = now
+
+    def timings(self) -> dict:
+        """{stage: ms} plus 'total' (ms since construction)."""
+        return {**self.ms, "total": (self.last - self.start) * 1e3}
+
+
+def homography_blend(visible: np.ndarray, thermal: np.ndarray, homography: np.ndarray):
+    """Peer `homography+blend`: (fused H x W uint8, {stage: ms}).
+
+    visible H x W x 3 BGR uint8; thermal h x w uint8; homography 3 x 3, thermal px -> visible px."""
+    from .evaluate import average_fusion, luminance
+
+    laps = Laps()
+    visible_y = luminance(visible)
+    laps.lap("preprocess")
+    warped = cv2.warpPerspective(thermal, homography, visible_y.shape[::-1], flags=cv2.INTER_LINEAR)
+    laps.lap("registration")
+    fused = average_fusion(visible_y, warped)
+    laps.lap("fusion")
+    return fused, laps.timings()
+
+
+def ecc_blend(visible: np.ndarray, thermal: np.ndarray):
+    """Peer `ecc+blend`: (fused H x W uint8, {stage: ms}); the ECC affine of `cgrp eval`'s `ecc` baseline.
+
+    visible H x W x 3 BGR uint8; thermal H x W uint8 (same grid: the affine maps visible px -> thermal px)."""
+    from .evaluate import average_fusion, ecc_affine, gradient_magnitude, luminance
+
+    laps = Laps()
+    visible_y = luminance(visible)
+    template, moving = gradient_magnitude(visible_y), gradient_magnitude(thermal)
+    laps.lap("preprocess")
+    affine = ecc_affine(template, moving)
+    warped = cv2.warpAffine(thermal, affine, visible_y.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    laps.lap("registration")
+    fused = average_fusion(visible_y, warped)
+    laps.lap("fusion")
+    return fused, laps.timings()
+
+
+def bench_peer(name: str, size, runs: int = 20, warmup: int = 3) -> dict:
+    """Time peer `name` (one of PEERS) on the bench's synthetic pair at `size` (H, W): stats per stage (ms), fps."""
+    visible, thermal = synthetic_pair(*size)
+    if name == "homography+blend":
+        peer = partial(homography_blend, visible, thermal, prior_homography(size))
+    elif name == "ecc+blend":
+        peer = partial(ecc_blend, visible, thermal)
+    else:
+        raise ValueError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
+    for _ in range(warmup):
+        peer()
+    timings = [peer()[1] for _ in range(runs)]
+    stages = {stage: percentiles([t[stage] for t in timings]) for stage in PEER_STAGES}
+    return dict(config=name, size="{}x{}".format(*size), runs=runs, warmup=warmup,
+                description=PEER_DESCRIPTIONS[name], stages_ms=stages, fps=1000.0 / stages["total"]["mean"])
+
+
 STARTUP_TARGET_S = 3.0  # an onnxruntime Pipeline with a warm cache (issue 11)
 
 
-def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=None, startup: bool = True) -> dict:
+def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=None, startup: bool = True,
+                   peers: bool = True) -> dict:
     """Every available config at every size; unavailable ones are listed with their reason.
-    `startup`: also the start-up time of every available config (`startup_times`)."""
+    `startup`: also the start-up time of every available config (`startup_times`);
+    `peers`: also every peer (PEERS) at every size, same runs and warm-up (document key 'peers')."""
     startup_rows = []
     if startup:
         if progress:
@@ -213,7 +310,13 @@ def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=Non
             if progress:
                 progress(f"{config.label} at {size[0]}x{size[1]}")
             results.append(bench_one(config, size, runs, warmup))
-    return dict(results=results, unavailable=unavailable, startup=startup_rows)
+    peer_rows = []
+    for size in sizes if peers else ():
+        for name in PEERS:
+            if progress:
+                progress(f"peer {name} at {size[0]}x{size[1]}")
+            peer_rows.append(bench_peer(name, size, runs, warmup))
+    return dict(results=results, peers=peer_rows, unavailable=unavailable, startup=startup_rows)
 
 
 def bench_targets(document: dict) -> list:
@@ -245,19 +348,93 @@ def startup_markdown(rows) -> str:
                           [[f"`{r['config']}`", r["cache"], f"{r['seconds']:.2f}"] for r in rows])
 
 
-def bench_markdown(document: dict) -> str:
-    """Latency table (p50 / p95 ms per stage and end to end), fps and memory; then what did not run."""
-    header = ["config", "size", "preprocess", "generator", "registration", "fusion", "postprocess",
-              "total p50", "total p95", "fps", "peak mem MiB"]
+STAGE_CONTENTS = {
+    "preprocess": "input checks, float conversion, thermal gain control, resize (here a no-op: the synthetic "
+                  "inputs are at the working size), BGR -> YCrCb, padding to the networks' multiple",
+    "generator": "pseudo-thermal network",
+    "registration": "global affine stage + dense levels, thermal warped at the working size",
+    "fusion": "fusion network",
+    "postprocess": "flow to the visible resolution, registered thermal resampled, fused colour + detail, "
+                   "pseudo-thermal to the visible resolution",
+}
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with one decimal, three below 1 ms (the peers' stages)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
+def _stage_cell(stats) -> str:
+    """'p50 / p95' (ms) of one stage, '—' for a stage the row does not have."""
+    return "—" if stats is None else f"{_ms(stats['p50'])} / {_ms(stats['p95'])}"
+
+
+def _memory_cell(row: dict) -> str:
+    """Peak memory growth in MiB (CUDA allocation or resident set), '—' where not measured (the peers)."""
+    if row.get("peak_cuda_mib") is not None:
+        return f"{row['peak_cuda_mib']:.0f} (CUDA)"
+    return "—" if row.get("peak_rss_mib") is None else f"{row['peak_rss_mib']:.0f} (RSS)"
+
+
+def _multiple(value: float) -> str:
+    """A ratio as '3.2×' or '1,250×'."""
+    return f"{value:,.0f}×" if value >= 100 else f"{value:.1f}×"
+
+
+def peer_multiples(row: dict, peers) -> list:
+    """Cells for `row` (a cgrp result): its total p50 / each peer's total p50 at the same size, PEERS order."""
+    by_name = {p["config"]: p for p in peers if p["size"] == row["size"]}
+    total = row["stages_ms"]["total"]["p50"]
+    return [_multiple(total / by_name[name]["stages_ms"]["total"]["p50"]) if name in by_name else "—"
+            for name in PEERS]
+
+
+def _latency_row(row: dict, label: str, multiples) -> list:
+    stages = row["stages_ms"]
+    return ([label, row["size"]] + [_stage_cell(stages.get(k)) for k in STAGES[:-1]]
+            + [_ms(stages["total"]["p50"]), _ms(stages["total"]["p95"]),
+               f"{row['fps']:.2f}" if row["fps"] < 100 else f"{row['fps']:,.0f}",
+               _memory_cell(row)] + multiples)
+
+
+def latency_markdown(document: dict) -> str:
+    """cgrp configurations, then the peers: p50 / p95 ms per stage, total, fps, memory, cgrp / peer time."""
+    peers = document.get("peers", [])
+    header = (["config", "size"] + list(STAGES[:-1]) + ["total p50", "total p95", "fps", "peak mem MiB"]
+              + [f"× {name}" for name in PEERS])
+    rows = [_latency_row(r, f"`{r['config']}`", peer_multiples(r, peers)) for r in document["results"]]
+    rows += [_latency_row(p, f"`{p['config']}` (peer)", ["—"] * len(PEERS)) for p in peers]
+    notes = ["Stage columns: p50 / p95 in ms. fps = 1000 / mean end-to-end ms, one pair at a time."]
+    if peers:
+        notes += ["", "× peer: the configuration's total p50 / the peer's total p50 at the same size (how many "
+                  "times the peer's time the configuration takes). Peers, on the same synthetic pair:", ""]
+        notes += [f"- `{name}`: {PEER_DESCRIPTIONS[name]}" for name in PEERS]
+        notes += ["", "Their preprocess is the luminance (for ECC also the gradient magnitudes), registration the "
+                  "estimate and the warp, fusion the blend; they output the blended luminance only. ECC's time "
+                  "depends on the content (it iterates until it converges, at most 100 times per level): the "
+                  "synthetic thermal is not correlated with the visible, so its time here is pessimistic."]
+    return "\n".join([markdown_table(header, rows), ""] + notes)
+
+
+def profile_markdown(results) -> str:
+    """Where per-frame time goes: each stage's share (%) of the mean total, per cgrp configuration and size."""
+    header = ["config", "size"] + [f"{k} %" for k in STAGES[:-1]] + ["total ms (mean)"]
     rows = []
-    for r in document["results"]:
-        s = r["stages_ms"]
-        memory = f"{r['peak_cuda_mib']:.0f} (CUDA)" if r.get("peak_cuda_mib") is not None else f"{r['peak_rss_mib']:.0f} (RSS)"
-        rows.append([f"`{r['config']}`", r["size"]]
-                    + [f"{s[k]['p50']:.1f} / {s[k]['p95']:.1f}" for k in STAGES[:-1]]
-                    + [f"{s['total']['p50']:.1f}", f"{s['total']['p95']:.1f}", f"{r['fps']:.2f}", memory])
-    text = [markdown_table(header, rows), "",
-            "Stage columns: p50 / p95 in ms. fps = 1000 / mean end-to-end ms, one pair at a time."]
+    for r in results:
+        stages = r["stages_ms"]
+        total = stages["total"]["mean"]
+        shares = [100 * stages[k]["mean"] / total for k in STAGES[:-1]]
+        rows.append([f"`{r['config']}`", r["size"]] + [f"{v:.0f}" if v >= 1 else f"{v:.1f}" for v in shares]
+                    + [f"{total:.1f}"])
+    contents = "; ".join(f"{k}: {v}" for k, v in STAGE_CONTENTS.items())
+    return "\n".join([markdown_table(header, rows), "", f"Share of the mean end-to-end time per stage. {contents}."])
+
+
+def bench_markdown(document: dict) -> str:
+    """Latency table with the peers, where per-frame time goes, start-up, targets, then what did not run."""
+    text = [latency_markdown(document)]
+    if document["results"]:
+        text += ["", "Per-frame profile (where the time goes):", "", profile_markdown(document["results"])]
     if document.get("startup"):
         text += ["", "Start-up (seconds to build a Pipeline: weights loaded, onnxruntime sessions created; "
                  "cold: ONNX export first):", "", startup_markdown(document["startup"])]

@@ -4,7 +4,11 @@ The player and the node run as their console scripts (``cgrp_fusion``, ``cgrp_pl
 ``python -m`` module when the scripts are not on PATH) with ROS parameters. Latency is the
 time from the visible input stamp (set by the player at publish time) to the arrival of the
 ``/cgrp_fusion/fused`` message here; the output rate counts fused messages over the measured
-window. Only ``fused`` is subscribed, so the node skips the outputs nobody listens to.
+window (and its ratio to the input rate). Only ``fused`` is subscribed, so the node skips the outputs
+nobody listens to.
+
+Start-up as a user sees it: seconds from launching ``cgrp_fusion`` (the player is launched right
+after it) to the first ``/cgrp_fusion/fused`` message received here (``first_output_s``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ from ..core.errors import CgrpError
 from ..core.report import markdown_table
 
 SCRIPTS = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
+# issue 12, "Done when" (defaults, 256x320, 2 CPU cores)
+RATE_RATIO_TARGET = 0.8      # fused output Hz / input Hz
+LATENCY_P50_TARGET_MS = 80.0
+FIRST_OUTPUT_TARGET_S = 5.0  # node launched -> first fused message
 
 
 def _command(script: str, parameters: dict) -> list:
@@ -48,7 +56,8 @@ def _stop(processes) -> None:
 
 def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, deform: str = "moderate",
                   out: Path = Path("out/bench"), startup_timeout: float = 120.0) -> dict:
-    """Play the bundled sample at `rate` Hz through the node; latency and achieved output rate."""
+    """Play the bundled sample at `rate` Hz through the node: latency (ms), output rate (Hz) and its
+    ratio to the input rate, seconds from launching the node to its first fused message."""
     # private and local: shared memory only, a domain of our own unless the caller chose one
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -72,19 +81,23 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     node = rclpy.create_node("cgrp_bench")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
     fused, inputs = [], []   # (arrival monotonic s, latency s); arrival times of visible inputs
+    first_output = []        # arrival monotonic s of the first fused message (kept when `fused` is cleared)
 
     def on_fused(msg):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         fused.append((time.monotonic(), node.get_clock().now().nanoseconds * 1e-9 - stamp))
+        if not first_output:
+            first_output.append(fused[-1][0])
 
     node.create_subscription(Image, "cgrp_fusion/fused", on_fused, qos)
     node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), qos)
     logs = {name: open(out / f"ros_{name}.log", "w") for name in SCRIPTS}
+    launched = time.monotonic()
     processes = [subprocess.Popen(_command("cgrp_fusion", node_params), stdout=logs["cgrp_fusion"],
                                   stderr=subprocess.STDOUT),
                  subprocess.Popen(_command("cgrp_player", player_params), stdout=logs["cgrp_player"],
                                   stderr=subprocess.STDOUT)]
-    failure, start, window_start = None, time.monotonic(), None
+    failure, start, window_start = None, launched, None
     try:
         while True:
             rclpy.spin_once(node, timeout_sec=0.05)
@@ -113,19 +126,43 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     latencies = np.array([lat for _, lat in fused]) * 1e3
     stats = lambda a: dict(p50=float(np.percentile(a, 50)), p95=float(np.percentile(a, 95)),  # noqa: E731
                            mean=float(a.mean())) if a.size else None
+    input_hz, output_hz = len(inputs) / window, len(fused) / window
     return dict(config=config.label, size="{}x{}".format(*size), player_rate_hz=rate, deform=deform,
-                measured_s=window, input_rate_hz=len(inputs) / window, output_rate_hz=len(fused) / window,
-                outputs=len(fused), latency_ms=stats(latencies),
+                measured_s=window, input_rate_hz=input_hz, output_rate_hz=output_hz,
+                output_input_ratio=output_hz / input_hz if input_hz else None,
+                first_output_s=first_output[0] - launched, outputs=len(fused), latency_ms=stats(latencies),
                 subscribed=["/cgrp_fusion/fused"], commands=[" ".join(_command(s, p)) for s, p in
                                                              (("cgrp_fusion", node_params), ("cgrp_player", player_params))])
 
 
+def ros_targets(document: dict) -> list:
+    """Issue 12's node targets: [(target, verdict text)] from one `run_ros_bench` document."""
+    def verdict(value, holds, text: str):
+        return "not measured" if value is None else f"{'holds' if holds(value) else 'MISSED'}: {text.format(value)}"
+
+    latency = document["latency_ms"] or {}
+    return [(f"fused output >= {RATE_RATIO_TARGET:g} x the input rate",
+             verdict(document.get("output_input_ratio"), lambda v: v >= RATE_RATIO_TARGET, "{:.2f} x")),
+            (f"latency p50 <= {LATENCY_P50_TARGET_MS:g} ms",
+             verdict(latency.get("p50"), lambda v: v <= LATENCY_P50_TARGET_MS, "{:.0f} ms")),
+            (f"first fused output <= {FIRST_OUTPUT_TARGET_S:g} s after the node is launched",
+             verdict(document.get("first_output_s"), lambda v: v <= FIRST_OUTPUT_TARGET_S, "{:.1f} s"))]
+
+
 def ros_markdown(document: dict) -> str:
+    """One row: rates, output / input ratio, latency, window, first output; then the targets."""
     latency = document["latency_ms"] or {"p50": float("nan"), "p95": float("nan")}
+    ratio, first = document.get("output_input_ratio"), document.get("first_output_s")
     row = [f"`{document['config']}`", document["size"], f"{document['player_rate_hz']:g}",
            f"{document['input_rate_hz']:.1f}", f"{document['output_rate_hz']:.2f}",
-           f"{latency['p50']:.0f}", f"{latency['p95']:.0f}", f"{document['measured_s']:.0f}"]
-    header = ["config", "working size", "player Hz", "inputs received Hz", "fused output Hz",
-              "latency p50 ms", "latency p95 ms", "window s"]
-    return (markdown_table(header, [row]) + "\n\nLatency: visible input stamp -> fused message received by the "
-            "benchmark's subscriber (player, node and subscriber on this machine, shared-memory transport).")
+           "—" if ratio is None else f"{ratio:.2f}", f"{latency['p50']:.0f}", f"{latency['p95']:.0f}",
+           f"{document['measured_s']:.0f}", "—" if first is None else f"{first:.1f}"]
+    header = ["config", "working size", "player Hz", "inputs received Hz", "fused output Hz", "output / input",
+              "latency p50 ms", "latency p95 ms", "window s", "first output s"]
+    notes = ("Latency: visible input stamp -> fused message received by the benchmark's subscriber (player, node "
+             "and subscriber on this machine, shared-memory transport). output / input: fused output Hz / inputs "
+             "received Hz over the window (1.00: every pair answered). first output: seconds from launching "
+             "cgrp_fusion (the player launched right after it) to the first fused message received, model "
+             "loading and warm-up included.")
+    targets = [f"- {target}: {verdict}" for target, verdict in ros_targets(document)]
+    return "\n".join([markdown_table(header, [row]), "", notes, "", "Targets:", ""] + targets)

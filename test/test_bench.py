@@ -1,0 +1,77 @@
+"""cgrp bench: the peers measured beside cgrp, the per-frame profile, and the --ros table (issue 12)."""
+import json
+
+import numpy as np
+
+from cgrp_ros.cli import main
+from cgrp_ros.core.bench import PEERS, bench_markdown, ecc_blend, homography_blend, synthetic_pair
+from cgrp_ros.core.evaluate import luminance
+from cgrp_ros.ros.bench import ros_markdown
+
+
+def test_bench_measures_the_peers_beside_cgrp(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
+                 "--no-startup", "--out", str(out)]) == 0
+    document = json.loads((out / "bench.json").read_text())
+    assert [(p["config"], p["size"]) for p in document["peers"]] == [(name, "64x96") for name in PEERS]
+    for peer in document["peers"]:
+        assert set(peer["stages_ms"]) == {"preprocess", "registration", "fusion", "total"}
+        assert peer["stages_ms"]["total"]["p50"] > 0 and peer["fps"] > 0
+    text = (out / "bench.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| config | size |"))
+    assert header.endswith("| × homography+blend | × ecc+blend |")
+    cgrp_row = next(line for line in text.splitlines() if line.startswith("| `torch-cpu` | 64x96 |"))
+    assert cgrp_row.split("|")[-3].strip().endswith("×") and cgrp_row.split("|")[-2].strip().endswith("×")
+    assert "| `homography+blend` (peer) | 64x96 |" in text and "| `ecc+blend` (peer) | 64x96 |" in text
+    assert "Per-frame profile" in text and "| generator % |" in text
+
+
+def _document(cgrp_ms: float, peer_ms: dict) -> dict:
+    """A bench.json document with one cgrp row and peers at 256x320, totals in ms (every percentile alike)."""
+    def row(name, stages, total):
+        ms = {stage: dict(p50=total / len(stages), p95=total / len(stages), mean=total / len(stages))
+              for stage in stages}
+        ms["total"] = dict(p50=total, p95=total, mean=total)
+        return dict(config=name, size="256x320", stages_ms=ms, fps=1000.0 / total)
+
+    cgrp = row("torch-cpu", ("preprocess", "generator", "registration", "fusion", "postprocess"), cgrp_ms)
+    cgrp["peak_rss_mib"] = 90.0
+    peers = [row(name, ("preprocess", "registration", "fusion"), ms) for name, ms in peer_ms.items()]
+    return dict(results=[cgrp], peers=peers, unavailable=[], startup=[])
+
+
+def test_markdown_gives_cgrp_time_as_a_multiple_of_each_peer_and_the_stage_shares():
+    text = bench_markdown(_document(300.0, {"homography+blend": 0.5, "ecc+blend": 60.0}))
+    assert "| 300.0 | 300.0 | 3.33 | 90 (RSS) | 600× | 5.0× |" in text
+    assert "| `torch-cpu` | 256x320 | 20 | 20 | 20 | 20 | 20 | 300.0 |" in text  # five equal stages: 20 % each
+    assert "| `homography+blend` (peer) | 256x320 | 0.167 / 0.167 | — |" in text
+
+
+def test_peers_blend_the_visible_luminance_with_the_mapped_thermal():
+    visible, thermal = synthetic_pair(64, 96)
+    fused, ms = homography_blend(visible, thermal, np.eye(3))
+    expected = (luminance(visible).astype(np.int32) + thermal + 1) // 2
+    assert fused.shape == (64, 96) and np.abs(fused.astype(np.int32) - expected).max() <= 1
+    assert ms["total"] >= ms["registration"] > 0
+
+    # a thermal equal to the visible luminance moved by (2, -1) px: ECC finds the shift back, so the
+    # blend is the visible luminance (a blend without registration is ~4 grey levels off on average)
+    frame, _ = synthetic_pair(72, 104)
+    visible, moved = frame[4:68, 4:100], luminance(frame)[5:69, 2:98]
+    fused, ms = ecc_blend(visible, moved)
+    inner = (slice(4, -4), slice(4, -4))
+    assert np.abs(fused[inner].astype(np.int32) - luminance(visible)[inner]).mean() < 0.5
+    assert set(ms) == {"preprocess", "registration", "fusion", "total"}
+
+
+def test_ros_table_shows_the_rate_ratio_and_the_time_to_first_output():
+    document = dict(config="torch-cpu", size="256x320", player_rate_hz=30.0, input_rate_hz=30.0,
+                    output_rate_hz=15.0, output_input_ratio=0.5, first_output_s=4.2, measured_s=20.0,
+                    latency_ms=dict(p50=120.0, p95=150.0, mean=125.0))
+    text = ros_markdown(document)
+    assert "| output / input |" in text and "| first output s |" in text
+    assert "| 30.0 | 15.00 | 0.50 | 120 | 150 | 20 | 4.2 |" in text
+    assert "fused output >= 0.8 x the input rate: MISSED: 0.50 x" in text
+    assert "latency p50 <= 80 ms: MISSED: 120 ms" in text
+    assert "first fused output <= 5 s after the node is launched: holds: 4.2 s" in text
