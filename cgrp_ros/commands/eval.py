@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..core.data import default_dataset_root
 from ..core.deform import PRESETS
+from ..core.errors import CgrpError
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
@@ -87,6 +88,15 @@ def add_arguments(p):
                    help="also put the cross-domain table into FILE (e.g. docs/benchmarks.md) between the lines "
                    "'<!-- cgrp eval cross-domain: begin -->' and '<!-- cgrp eval cross-domain: end -->'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
+    g = p.add_argument_group("fixed rig (--rig)")
+    g.add_argument("--rig", action="store_true",
+                   help="treat each data set as video sequences of one rig: ONE misalignment per sequence and "
+                        "preset, frames played in order; compares per-frame registration with the amortised "
+                        "stream (EPE, shimmer = mean frame-to-frame flow change, time to converge); writes "
+                        "rig.md / rig.json")
+    g.add_argument("--fps", type=float, default=10.0, help="--rig: frame rate the sequences are played at (default 10)")
+    g.add_argument("--registration-rate", type=float, default=1.0, metavar="HZ",
+                   help="--rig: full registrations per second of the amortised mode (default 1)")
     add_pipeline_arguments(p)
 
 
@@ -127,9 +137,38 @@ def command_line(args) -> str:
         parts.append(f"--homography {shlex.quote(str(args.homography))}")
     if getattr(args, "calibration", None):
         parts.append(f"--calibration {shlex.quote(str(args.calibration))}")
+    if getattr(args, "rig", False):
+        parts.append(f"--rig --fps {args.fps:g} --registration-rate {args.registration_rate:g}")
     if args.write_benchmarks:
         parts.append(f"--write-benchmarks {shlex.quote(str(args.write_benchmarks))}")
     return " ".join(parts)
+
+
+def run_rig(args, datasets, pipeline) -> int:
+    """--rig: per-frame vs amortised registration on fixed-rig sequences, one table per data set."""
+    import json
+
+    from ..core import report
+    from ..core.rig_eval import evaluate_rig, rig_markdown
+
+    if args.fps <= 0 or args.registration_rate <= 0:
+        raise CgrpError("--fps and --registration-rate must be > 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections, documents = [], {}
+    for dataset in datasets:
+        document = evaluate_rig(pipeline, dataset.pairs, args.presets, args.seed, args.fps, args.registration_rate)
+        documents[dataset.name] = document
+        sections.append(f"### {dataset.name}: fixed rig, {args.fps:g} fps, amortised registration at "
+                        f"{args.registration_rate:g} Hz\n\n{rig_markdown(document)}")
+    text = ("*Written by `cgrp eval --rig` (command below): run the command again rather than editing this "
+            f"section.*\n\nCommand: `{command_line(args)}`\n\n" + "\n\n".join(sections))
+    (args.out / "rig.json").write_text(json.dumps(documents, indent=1))
+    (args.out / "rig.md").write_text(text + "\n")
+    print(text)
+    if args.write_benchmarks:
+        report.replace_marked_block(args.write_benchmarks, text, report.RIG_BEGIN, report.RIG_END)
+        print(f"cgrp eval: rig table written into {args.write_benchmarks}")
+    return 0
 
 
 def run(args) -> int:
@@ -142,6 +181,8 @@ def run(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     pipeline = pipeline_from_args(args)
+    if args.rig:
+        return run_rig(args, datasets, pipeline)
     info = dict(command=command_line(args), working_size="{}x{}".format(*args.working_size))
     result = evaluate_datasets(pipeline, datasets, args.presets, args.out, args.seed, args.figures, methods, info,
                                fusion=not args.no_fusion_metrics)

@@ -3,6 +3,10 @@
     pipeline = Pipeline(PipelineConfig(backend="torch", device="auto"))
     result = pipeline(visible_bgr, thermal)      # FusionResult at the visible image's resolution
 
+A pair costs generation + registration + fusion. For a stream from one rig the first two can be
+amortised: `pipeline.register(visible, thermal)` runs them alone, and
+`pipeline(visible, thermal, registration=r)` fuses with a given flow (cgrp_ros.core.stream does this).
+
 The CLI, the ROS node, the evaluation and the benchmarks all call this class.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize
                     visible_to_bgr01, working_shape, ycrcb_to_bgr)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
-from .warp import remap
+from .warp import remap, warp_numpy
 
 log = logging.getLogger("cgrp_ros")
 
@@ -46,6 +50,15 @@ class PipelineConfig:
 
     def model_paths(self) -> dict:
         return {stage: str(getattr(self, stage) or default_model_path(stage)) for stage in STAGES}
+
+
+@dataclass
+class Registration:
+    """Where the thermal lands in the visible camera, at the visible image's resolution (H x W)."""
+    flow: np.ndarray                        # H x W x 2 float32, visible pixels, core convention
+    confidence: float = 1.0                 # the global registration stage's confidence in [0, 1]
+    fallback: bool = False                  # True: too little evidence, the flow is the prior (zero)
+    timings: dict = field(default_factory=dict)  # ms: preprocess, generator, registration
 
 
 @dataclass
@@ -166,40 +179,83 @@ class Pipeline:
             raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
         return remap(raw, map_x, map_y)
 
-    def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS) -> FusionResult:
-        """Fuse one pair. visible: H x W (x3 BGR / x4 BGRA), thermal: h x w uint8/uint16/float32.
-
-        `outputs` names the results to compute ('fused', 'registered_thermal', 'flow',
-        'pseudo_thermal'); the flow is always returned. Raises InputError for unusable input.
-        """
+    def _run_registration(self, f):
+        """Generator + registration on a prepared frame: (pseudo 1x1xpHxpW, flow at the visible
+        resolution H x W x 2, registered thermal 1x1xpHxpW, confidence, fallback, timings ms)."""
         t0 = time.perf_counter()
-        f = self._prepare(visible, thermal)
-        t1 = time.perf_counter()
         run = self.backend
         pseudo = run("generator", f.vis_in)
         run.synchronize()
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
         flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, f.th_in)
         run.synchronize()
-        t3 = time.perf_counter()
-        fused_w = run("fusion", f.y_in, registered_w) if "fused" in outputs else None
-        run.synchronize()
-        t4 = time.perf_counter()
-
+        t2 = time.perf_counter()
         # flow at the visible resolution, in visible pixels
         flow = cv2.resize(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
         flow[:, :, 0] *= f.wv / f.w
         flow[:, :, 1] *= f.hv / f.h
         flow = np.ascontiguousarray(flow, dtype=np.float32)
+        registration = Registration(flow, float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)),
+                                    bool(fallback.reshape(-1)[0] > 0.5),
+                                    dict(generator=(t1 - t0) * 1e3, registration=(t2 - t1) * 1e3))
+        return pseudo, registration, registered_w
+
+    def _registered_working(self, f, flow):
+        """The working-resolution thermal (1 x 1 x pH x pW) resampled with a visible-resolution flow."""
+        flow_w = cv2.resize(flow, (f.w, f.h), interpolation=cv2.INTER_LINEAR)
+        flow_w[:, :, 0] *= f.w / f.wv
+        flow_w[:, :, 1] *= f.h / f.hv
+        th_w = f.th_in[0, 0, :f.h, :f.w]
+        return self._nchw(warp_numpy(th_w, flow_w), f.padded)
+
+    def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
+        """Generator + registration only: where this pair's thermal lands in the visible camera."""
+        t0 = time.perf_counter()
+        f = self._prepare(visible, thermal)
+        t1 = time.perf_counter()
+        registration = self._run_registration(f)[1]
+        registration.timings["preprocess"] = (t1 - t0) * 1e3
+        return registration
+
+    def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS,
+                 registration: Registration | None = None) -> FusionResult:
+        """Fuse one pair. visible: H x W (x3 BGR / x4 BGRA), thermal: h x w uint8/uint16/float32.
+
+        `outputs` names the results to compute ('fused', 'registered_thermal', 'flow',
+        'pseudo_thermal'); the flow is always returned. `registration`: a flow (at this visible
+        resolution) to fuse with instead of registering the pair, e.g. a rig's running estimate;
+        the generator then runs only for 'pseudo_thermal'. Raises InputError for unusable input.
+        """
+        t0 = time.perf_counter()
+        f = self._prepare(visible, thermal)
+        t1 = time.perf_counter()
+        pseudo = None
+        if registration is None:
+            pseudo, registration, registered_w = self._run_registration(f)
+        else:
+            if registration.flow.shape != (f.hv, f.wv, 2):
+                raise InputError(f"the registration's flow is {registration.flow.shape[:2]}, "
+                                 f"the visible image {(f.hv, f.wv)}")
+            registered_w = self._registered_working(f, registration.flow)
+            if "pseudo_thermal" in outputs:
+                pseudo = self.backend("generator", f.vis_in)
+            # this pair's registration cost: the resample (and the generator, when asked)
+            registration = Registration(registration.flow, registration.confidence, registration.fallback,
+                                        dict(generator=0.0, registration=(time.perf_counter() - t1) * 1e3))
+        t2 = time.perf_counter()
+        fused_w = self.backend("fusion", f.y_in, registered_w) if "fused" in outputs else None
+        self.backend.synchronize()
+        t3 = time.perf_counter()
+        flow = registration.flow
         registered = self._registered(f, flow) if "registered_thermal" in outputs else None
         fused, fused_color = self._fused_outputs(f, fused_w) if fused_w is not None else (None, None)
         pseudo_full = to_uint8(self._to_visible(f, pseudo)) if "pseudo_thermal" in outputs else None
-        t5 = time.perf_counter()
-        timings = dict(preprocess=t1 - t0, generator=t2 - t1, registration=t3 - t2, fusion=t4 - t3,
-                       postprocess=t5 - t4, total=t5 - t0)
-        return FusionResult(fused, fused_color, registered, flow, pseudo_full,
-                            {k: v * 1e3 for k, v in timings.items()},
-                            float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)), bool(fallback.reshape(-1)[0] > 0.5))
+        t4 = time.perf_counter()
+        timings = dict(preprocess=(t1 - t0) * 1e3, generator=registration.timings["generator"],
+                       registration=registration.timings["registration"], fusion=(t3 - t2) * 1e3,
+                       postprocess=(t4 - t3) * 1e3, total=(t4 - t0) * 1e3)
+        return FusionResult(fused, fused_color, registered, flow, pseudo_full, timings,
+                            registration.confidence, registration.fallback)
 
     def fuse(self, visible: np.ndarray, thermal: np.ndarray):
         """Fusion network only, for a thermal already in the visible camera's frame (no registration).

@@ -243,6 +243,8 @@ def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
 # -- several data sets x presets (cgrp eval with repeated --data / --preset) ------------------------------
 BENCHMARKS_BEGIN = "<!-- cgrp eval cross-domain: begin -->"
 BENCHMARKS_END = "<!-- cgrp eval cross-domain: end -->"
+RIG_BEGIN = "<!-- cgrp eval rig: begin -->"
+RIG_END = "<!-- cgrp eval rig: end -->"
 
 
 def _num(value, digits: int = 2) -> str:

@@ -1,0 +1,163 @@
+"""Fixed-rig evaluation: one misalignment for a whole sequence, per-frame vs amortised registration.
+
+A rig keeps one misalignment, so `cgrp eval --rig` warps every thermal frame of a sequence by the
+same displacement (drawn once per sequence and preset from ``rng_for(seed, sequence + preset)``)
+and plays the frames in order at `fps`. Each mode registers the stream:
+
+    per-frame   StreamPipeline(registration_rate=0): every frame registered alone
+    amortised   StreamPipeline(registration_rate=R): full registration at R Hz (stream time) or on a
+                scene change, the running rig estimate (core.stream.RigFlow) used for every frame
+
+and is scored per frame against the one true flow:
+
+    EPE        mean end-point error (visible px) over the observable pixels, averaged over frames
+    shimmer    mean frame-to-frame change of the flow (px): how much a static rig's output trembles
+    jump       the largest frame-to-frame change (px), e.g. when the amortised estimate updates
+    converged  stream time (s) from the first frame until the rig estimate first reports
+               'converged' (amortised mode only)
+
+Sequences are the names' common prefix before a trailing frame number (``val_0111_1753_0004`` ->
+``val_0111_1753``), frames sorted by that number.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import metrics as M
+from .deform import misalign, rng_for
+from .data import read_image
+from .stream import CONVERGED, StreamPipeline
+from .warp import valid_mask, warp_numpy
+
+MODES = ("per-frame", "amortised")
+
+
+def sequences(pairs) -> dict:
+    """{sequence: [(name, visible_path, thermal_path)] in frame order} from list_pairs' triples."""
+    grouped = defaultdict(list)
+    for name, visible, thermal in pairs:
+        match = re.fullmatch(r"(.*?)[_-]?(\d+)", name)
+        key, frame = (match.group(1), int(match.group(2))) if match else (name, 0)
+        grouped[key].append((frame, name, visible, thermal))
+    return {key: [item[1:] for item in sorted(frames)] for key, frames in sorted(grouped.items())}
+
+
+@dataclass
+class ModeResult:
+    """One mode on one sequence: per-frame EPE (px) and the flow changes between frames (px)."""
+    epe: list = field(default_factory=list)
+    changes: list = field(default_factory=list)
+    registrations: int = 0
+    converged_s: float | None = None
+    ms_per_frame: float = 0.0
+
+    def summary(self) -> dict:
+        mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
+        return dict(epe=mean(self.epe), shimmer=mean(self.changes),
+                    jump=float(max(self.changes)) if self.changes else float("nan"),
+                    registrations=self.registrations, frames=len(self.epe), converged_s=self.converged_s,
+                    ms_per_frame=self.ms_per_frame)
+
+
+def _load_sequence(frames, preset: str, seed: int, key: str):
+    """[(visible, misaligned thermal)] of one sequence, all warped by its one Misalignment (the truth)."""
+    from .evaluate import luminance, thermal_to_uint8
+
+    loaded, truth = [], None
+    for name, visible_path, thermal_path in frames:
+        visible = read_image(visible_path)
+        aligned = thermal_to_uint8(read_image(thermal_path), luminance(visible).shape)
+        if truth is None:
+            truth = misalign(aligned, preset, rng_for(seed, key + preset))
+        loaded.append((visible, warp_numpy(aligned, truth.displacement)))
+    return loaded, truth
+
+
+def run_mode(pipeline, frames, truth, registration_rate: float, fps: float) -> ModeResult:
+    """Play `frames` [(visible, thermal)] at `fps` through a StreamPipeline; score every frame."""
+    import time
+
+    stream = StreamPipeline(pipeline, registration_rate)
+    result = ModeResult()
+    previous = None
+    start = time.perf_counter()
+    for index, (visible, thermal) in enumerate(frames):
+        stamp = index / fps
+        flow = stream(visible, thermal, outputs=frozenset({"fused"}), stamp=stamp).flow
+        region = truth.valid & valid_mask(flow)
+        result.epe.append(float(M.endpoint_error(flow, truth.flow)[region].mean()) if region.any() else float("nan"))
+        if previous is not None:
+            result.changes.append(float(np.mean(np.linalg.norm(flow - previous, axis=-1))))
+        previous = flow
+        if result.converged_s is None and registration_rate > 0 and stream.rig.state == CONVERGED:
+            result.converged_s = stamp
+    result.ms_per_frame = (time.perf_counter() - start) * 1e3 / max(len(frames), 1)
+    result.registrations = stream.registrations
+    return result
+
+
+def evaluate_rig(pipeline, pairs, presets, seed: int = 0, fps: float = 10.0, registration_rate: float = 1.0,
+                 progress: bool = True) -> dict:
+    """{'rows': [{sequence, preset, mode, epe, shimmer, jump, ...}], 'per_frame_epe': {...}} for
+    every sequence of `pairs` x preset x mode, plus one 'all' row per preset and mode (frame-weighted)."""
+    grouped = sequences(pairs)
+    rows, curves = [], {}
+    jobs = [(key, preset) for preset in presets for key in grouped]
+    for index, (key, preset) in enumerate(tqdm(jobs, desc="cgrp eval --rig", unit="sequence", disable=not progress)):
+        frames, truth = _load_sequence(grouped[key], preset, seed, key)
+        if index == 0:  # warm-up, so the first sequence's ms per frame is not the models' first call
+            pipeline(*frames[0])
+        for mode in MODES:
+            rate = 0.0 if mode == "per-frame" else registration_rate
+            result = run_mode(pipeline, frames, truth, rate, fps)
+            rows.append(dict(sequence=key, preset=preset, mode=mode, **result.summary(),
+                             epe_none=float(M.endpoint_error(np.zeros_like(truth.flow), truth.flow)[truth.valid].mean())))
+            curves[f"{key}/{preset}/{mode}"] = result.epe
+    for preset in presets:
+        for mode in MODES:
+            mine = [r for r in rows if r["preset"] == preset and r["mode"] == mode and r["sequence"] != "all"]
+            frames = np.array([r["frames"] for r in mine], np.float64)
+            weighted = lambda column: float(np.sum([r[column] * r["frames"] for r in mine]) / frames.sum())  # noqa: E731
+            converged = [r["converged_s"] for r in mine if r["converged_s"] is not None]
+            rows.append(dict(sequence="all", preset=preset, mode=mode, epe=weighted("epe"),
+                             shimmer=weighted("shimmer"), jump=max(r["jump"] for r in mine),
+                             registrations=sum(r["registrations"] for r in mine), frames=int(frames.sum()),
+                             converged_s=max(converged) if len(converged) == len(mine) and mine and mode != "per-frame"
+                             else None,
+                             ms_per_frame=weighted("ms_per_frame"), epe_none=weighted("epe_none")))
+    return dict(rows=rows, per_frame_epe=curves, fps=fps, registration_rate=registration_rate, seed=seed)
+
+
+def rig_markdown(document: dict) -> str:
+    """The 'all' rows of each preset side by side: per-frame vs amortised, and the ratio."""
+    from .report import markdown_table
+
+    header = ["preset", "mode", "frames", "registrations", "EPE px (unregistered)", "shimmer px", "largest jump px",
+              "converged after s", "ms per frame"]
+    table = []
+    for row in document["rows"]:
+        if row["sequence"] != "all":
+            continue
+        converged = "—" if row["mode"] == "per-frame" else (
+            f"{row['converged_s']:.1f}" if row["converged_s"] is not None else "not in every sequence")
+        table.append([row["preset"], row["mode"], row["frames"], row["registrations"],
+                      f"{row['epe']:.2f} ({row['epe_none']:.2f})", f"{row['shimmer']:.3f}", f"{row['jump']:.2f}",
+                      converged, f"{row['ms_per_frame']:.0f}"])
+    lines = [markdown_table(header, table), ""]
+    for preset in dict.fromkeys(r["preset"] for r in document["rows"]):
+        by_mode = {r["mode"]: r for r in document["rows"] if r["preset"] == preset and r["sequence"] == "all"}
+        per_frame, amortised = by_mode["per-frame"], by_mode["amortised"]
+        if per_frame["epe"] > 0:
+            ratio = amortised["epe"] / per_frame["epe"]
+            epe = f"amortised EPE = {ratio:.2f} × per-frame ({'within' if ratio <= 1.1 else 'NOT within'} 10 %)"
+        else:
+            epe = f"amortised EPE {amortised['epe']:.2f} px, per-frame {per_frame['epe']:.2f} px"
+        higher = "not higher" if amortised["shimmer"] <= per_frame["shimmer"] else "HIGHER"
+        lines.append(f"- `{preset}`: {epe}; shimmer {amortised['shimmer']:.3f} vs {per_frame['shimmer']:.3f} px "
+                     f"({higher})")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""A stream from one rig: registration amortised over frames, and a flow that holds still.
+
+Two cameras bolted together keep one misalignment. Registering every frame from scratch repeats
+the expensive part (generator + registration, ~3/4 of a pair's time on a CPU) and makes the flow
+shimmer from frame to frame. `StreamPipeline` registers at `registration_rate` Hz (or sooner when
+the scene changes), folds each registration into `RigFlow`, a running robust estimate of the rig's
+flow, and fuses every frame with that estimate:
+
+    stream = StreamPipeline(Pipeline(), registration_rate=1.0)
+    for stamp, visible, thermal in frames:             # stamp: seconds (message or frame time)
+        result = stream(visible, thermal, stamp=stamp)  # FusionResult, flow = the rig estimate
+    stream.rig.state                                    # 'waiting' | 'converging' | 'converged' | 'drifting'
+
+`registration_rate=0` registers every frame and uses its own flow: per-frame mode, exactly
+`Pipeline.__call__`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from .image import check_image
+from .pipeline import ALL_OUTPUTS, FusionResult, Pipeline, Registration
+
+WAITING, CONVERGING, CONVERGED, DRIFTING = "waiting", "converging", "converged", "drifting"
+
+
+def flow_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean end-point distance (px) between two H x W x 2 flows."""
+    return float(np.mean(np.linalg.norm(a - b, axis=-1)))
+
+
+@dataclass
+class RigUpdate:
+    """What one registration did to the estimate."""
+    accepted: bool
+    reason: str            # 'first' | 'agrees' | 'drift' | 'fallback' | 'outlier' | 'size'
+    distance: float        # px between the registration and the estimate before it (0 for the first)
+    change: float          # px the estimate moved
+
+
+class RigFlow:
+    """Running robust estimate of a rig's flow (H x W x 2, visible px) from per-frame registrations.
+
+    - A registration that fell back (too little evidence: night, fog, a lens cap) is ignored, so the
+      estimate stays put while the scene carries no information.
+    - The first few agreeing registrations are averaged; later ones are blended in with weight
+      `smoothing` (an exponential average: noise cancels, a slow drift is followed).
+    - One that disagrees by more than `outlier_px` is an outlier and ignored; `drift_updates` in a
+      row that disagree are a real change (a knock): the state turns 'drifting' and they are
+      blended with weight 1/2 until the estimate agrees again.
+    - 'converged': at least `min_updates` accepted and the last `min_updates` moved the
+      estimate by less than `converged_px` each.
+    """
+
+    def __init__(self, smoothing: float = 0.2, outlier_px: float = 3.0, drift_updates: int = 3,
+                 converged_px: float = 0.5, min_updates: int = 3):
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError("smoothing must be in (0, 1]")
+        self.smoothing, self.outlier_px, self.drift_updates = smoothing, outlier_px, drift_updates
+        self.converged_px, self.min_updates = converged_px, min_updates
+        self.reset()
+
+    def reset(self):
+        self.flow = None            # H x W x 2 float32, visible px
+        self.confidence = 0.0       # running mean confidence of the accepted registrations
+        self.accepted = 0
+        self.rejected = 0
+        self._disagreeing = 0       # consecutive outliers
+        self._changes = []          # px moved by the recent accepted updates
+        self.state = WAITING
+
+    def update(self, registration: Registration) -> RigUpdate:
+        if registration.fallback:
+            self.rejected += 1
+            return RigUpdate(False, "fallback", 0.0, 0.0)
+        flow = registration.flow
+        if self.flow is None or self.flow.shape != flow.shape:
+            reason = "first" if self.flow is None else "size"
+            self.reset()
+            self.flow, self.confidence, self.accepted = flow.astype(np.float32), registration.confidence, 1
+            self.state = CONVERGING
+            return RigUpdate(True, reason, 0.0, 0.0)
+        distance = flow_distance(flow, self.flow)
+        weight = max(self.smoothing, 1.0 / (self.accepted + 1))
+        reason = "agrees"
+        if distance > self.outlier_px:
+            self._disagreeing += 1
+            if self._disagreeing < self.drift_updates:
+                self.rejected += 1
+                return RigUpdate(False, "outlier", distance, 0.0)
+            self.state, weight, reason = DRIFTING, 0.5, "drift"
+        else:
+            self._disagreeing = 0
+        self.flow = ((1.0 - weight) * self.flow + weight * flow).astype(np.float32)
+        self.confidence = (1.0 - weight) * self.confidence + weight * registration.confidence
+        self.accepted += 1
+        change = weight * distance
+        self._changes = (self._changes + [change])[-self.min_updates:]
+        if reason == "agrees":
+            settled = self.accepted >= self.min_updates and max(self._changes) < self.converged_px
+            self.state = CONVERGED if settled else (DRIFTING if self.state == DRIFTING else CONVERGING)
+        return RigUpdate(True, reason, distance, change)
+
+    def registration(self) -> Registration:
+        return Registration(self.flow, float(self.confidence), False)
+
+
+def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
+    """12 x 16 float32 mean luminance in [0, 1] of a visible image: cheap enough for every frame."""
+    visible = check_image(visible, "visible")
+    small = cv2.resize(visible if visible.dtype != np.float64 else visible.astype(np.float32), (16, 12),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    if small.ndim == 3:
+        small = small[:, :, :3].mean(axis=2)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(visible.dtype, 1.0)
+    return np.clip(np.nan_to_num(small / scale), 0.0, 1.0)
+
+
+class StreamPipeline:
+    """Pipeline for one rig's stream: full registration at `registration_rate` Hz, fusion every frame.
+
+    registration_rate: Hz of full registrations (generator + registration); 0 = every frame with its
+        own flow (per-frame mode, no smoothing).
+    scene_change: mean absolute change of a 12 x 16 luminance thumbnail (0..1) since the last
+        registration that triggers one early (a new view: the depth-dependent residual changes);
+        0 disables the test.
+    """
+
+    def __init__(self, pipeline: Pipeline, registration_rate: float = 1.0, scene_change: float = 0.15,
+                 rig: RigFlow | None = None, clock=time.monotonic):
+        if registration_rate < 0:
+            raise ValueError("registration_rate must be >= 0")
+        self.pipeline = pipeline
+        self.registration_rate = float(registration_rate)
+        self.scene_change = float(scene_change)
+        self.rig = rig or RigFlow()
+        self.clock = clock
+        self.last_registration = None   # stamp (s) of the last full registration
+        self.last_update = None         # RigUpdate of the last full registration
+        self.registrations = 0
+        self._thumbnail = None
+
+    def due(self, visible: np.ndarray, stamp: float) -> bool:
+        """Whether this frame runs the full registration."""
+        if self.registration_rate <= 0 or self.rig.flow is None or self.last_registration is None:
+            return True
+        if self.rig.flow.shape[:2] != visible.shape[:2]:
+            return True  # a new resolution: the estimate does not apply
+        if stamp < self.last_registration or stamp - self.last_registration >= 1.0 / self.registration_rate:
+            return True  # (time going backwards: a replayed bag)
+        if self.scene_change > 0 and self._thumbnail is not None:
+            return float(np.mean(np.abs(scene_thumbnail(visible) - self._thumbnail))) > self.scene_change
+        return False
+
+    def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS,
+                 stamp: float | None = None) -> FusionResult:
+        """Fuse one frame; `stamp` in seconds (default: the clock). The result's flow is the rig
+        estimate; its confidence/fallback are the last registration's when this frame ran one."""
+        stamp = self.clock() if stamp is None else float(stamp)
+        if self.registration_rate <= 0:
+            self.registrations += 1
+            self.last_registration = stamp
+            return self.pipeline(visible, thermal, outputs)
+        if not self.due(visible, stamp):
+            return self.pipeline(visible, thermal, outputs, registration=self.rig.registration())
+        registration = self.pipeline.register(visible, thermal)
+        self.registrations += 1
+        self.last_registration = stamp
+        self._thumbnail = scene_thumbnail(visible)
+        self.last_update = self.rig.update(registration)
+        if self.rig.flow is None or self.rig.flow.shape != registration.flow.shape:
+            return self.pipeline(visible, thermal, outputs, registration=registration)
+        result = self.pipeline(visible, thermal, outputs, registration=self.rig.registration())
+        spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)
+                 for k in ("preprocess", "generator", "registration")}
+        timings = dict(result.timings, **spent)
+        timings["total"] = result.timings["total"] + sum(registration.timings.values())
+        return replace(result, timings=timings, registration_confidence=registration.confidence,
+                       registration_fallback=registration.fallback)

@@ -1,0 +1,162 @@
+"""A stream from one rig: amortised registration (core.stream) and the fixed-rig evaluation (--rig)."""
+import json
+
+import numpy as np
+import pytest
+
+from cgrp_ros.core.deform import misalign, rng_for
+from cgrp_ros.core.pipeline import Registration
+from cgrp_ros.core.rig_eval import sequences
+from cgrp_ros.core.stream import CONVERGED, DRIFTING, WAITING, RigFlow, StreamPipeline, flow_distance
+
+
+class CountingBackend:
+    """Wraps a backend and counts the calls per stage."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, {}
+
+    def __call__(self, stage, *inputs):
+        self.calls[stage] = self.calls.get(stage, 0) + 1
+        return self.backend(stage, *inputs)
+
+    def synchronize(self):
+        self.backend.synchronize()
+
+
+@pytest.fixture
+def counted(cpu_pipeline):
+    original = cpu_pipeline.backend
+    cpu_pipeline.backend = CountingBackend(original)
+    yield cpu_pipeline
+    cpu_pipeline.backend = original
+
+
+@pytest.fixture(scope="module")
+def rig_pair(sample_pairs):
+    """(visible, thermal misaligned by one fixed `moderate` transform, truth flow)."""
+    _, visible, thermal = sample_pairs[0]
+    truth = misalign(thermal, "moderate", rng_for(0, "rig"))
+    return visible, truth.misaligned, truth.flow
+
+
+def test_amortised_mode_gives_the_per_frame_outputs_on_a_static_input(cpu_pipeline, rig_pair):
+    visible, thermal, _ = rig_pair
+    per_frame = StreamPipeline(cpu_pipeline, registration_rate=0)
+    amortised = StreamPipeline(cpu_pipeline, registration_rate=1.0)
+    for index in range(4):
+        a = per_frame(visible, thermal, stamp=index / 10)
+        b = amortised(visible, thermal, stamp=index / 10)
+        assert flow_distance(a.flow, b.flow) < 0.01
+        assert np.abs(a.fused_color.astype(float) - b.fused_color).mean() < 1.0  # grey levels
+        assert np.abs(a.registered_thermal.astype(float) - b.registered_thermal).mean() < 1.0
+    assert (per_frame.registrations, amortised.registrations) == (4, 1)
+
+
+@pytest.mark.parametrize("rate, expected", [(0, 10), (1.0, 1), (5.0, 5)])
+def test_registration_rate_decides_how_often_the_networks_register(counted, rig_pair, rate, expected):
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(counted, registration_rate=rate, scene_change=0)
+    for index in range(10):  # one second at 10 Hz
+        result = stream(visible, thermal, outputs=frozenset({"fused"}), stamp=index / 10)
+        assert result.fused is not None
+    assert counted.backend.calls["registration"] == expected
+    assert counted.backend.calls["generator"] == expected
+    assert counted.backend.calls["fusion"] == 10  # every frame is still fused
+
+
+def test_a_scene_change_registers_before_the_rate_says_so(counted, sample_pairs, rig_pair):
+    visible, thermal, _ = rig_pair
+    other_visible, other_thermal = sample_pairs[1][1], sample_pairs[1][2]
+    stream = StreamPipeline(counted, registration_rate=0.1)
+    stream(visible, thermal, stamp=0.0)
+    stream(visible, thermal, stamp=0.1)
+    assert stream.registrations == 1
+    stream(other_visible, other_thermal, stamp=0.2)
+    assert stream.registrations == 2
+
+
+def test_amortised_flow_is_as_good_and_steadier_than_per_frame(cpu_pipeline, sample_pairs):
+    """Frames of one rig with changing content (sample pairs, one fixed misalignment)."""
+    import cv2
+
+    frames, truths = [], []
+    for _, visible, thermal in sample_pairs[:4]:
+        visible, thermal = cv2.resize(visible, (320, 240)), cv2.resize(thermal, (320, 240))
+        truth = misalign(thermal, "moderate", rng_for(0, "fixed-rig"))  # same seed and size: same transform
+        frames.append((visible, truth.misaligned))
+        truths.append(truth.flow)
+    results = {}
+    for rate in (0, 1.0):
+        stream = StreamPipeline(cpu_pipeline, registration_rate=rate, scene_change=0)
+        flows = [stream(v, t, outputs=frozenset({"fused"}), stamp=i / 10).flow for i, (v, t) in enumerate(frames)]
+        epe = np.mean([flow_distance(f, truth) for f, truth in zip(flows, truths)])
+        shimmer = np.mean([flow_distance(a, b) for a, b in zip(flows, flows[1:])])
+        results[rate] = epe, shimmer
+    unregistered = np.mean([flow_distance(np.zeros_like(t), t) for t in truths])
+    assert results[1.0][0] < 0.5 * unregistered
+    assert results[1.0][1] <= results[0][1]
+
+
+def _registration(flow, fallback=False):
+    return Registration(np.asarray(flow, np.float32), 0.0 if fallback else 0.8, fallback)
+
+
+def test_rig_flow_ignores_fallbacks_and_outliers_and_converges_to_the_mean():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((8, 10, 2), np.float32) + np.float32([3.0, -2.0])
+    rig = RigFlow(smoothing=0.2)
+    assert not rig.update(_registration(np.zeros_like(truth), fallback=True)).accepted
+    assert rig.state == WAITING and rig.flow is None
+    for _ in range(30):
+        rig.update(_registration(truth + rng.normal(0, 0.5, truth.shape)))
+    assert rig.state == CONVERGED
+    assert flow_distance(rig.flow, truth) < 0.3
+    before = rig.flow.copy()
+    update = rig.update(_registration(truth + 20.0))  # one wild frame
+    assert not update.accepted and update.reason == "outlier"
+    assert rig.update(_registration(np.zeros_like(truth), fallback=True)).reason == "fallback"
+    np.testing.assert_array_equal(rig.flow, before)
+
+
+def test_rig_flow_follows_a_knock():
+    truth = np.zeros((8, 10, 2), np.float32)
+    rig = RigFlow(smoothing=0.2, drift_updates=3)
+    for _ in range(5):
+        rig.update(_registration(truth))
+    knocked = truth + np.float32([6.0, 0.0])
+    reasons = [rig.update(_registration(knocked)).reason for _ in range(12)]
+    assert reasons[:3] == ["outlier", "outlier", "drift"]
+    assert DRIFTING in {rig.state} or rig.state == CONVERGED
+    assert flow_distance(rig.flow, knocked) < 0.5
+
+
+def test_sequences_group_frames_by_name_in_frame_order():
+    pairs = [(name, f"v/{name}", f"t/{name}") for name in
+             ("val_0111_1753_0010", "val_0111_1753_0002", "val_0114_1609_0005", "single")]
+    grouped = sequences(pairs)
+    assert [n for n, _, _ in grouped["val_0111_1753"]] == ["val_0111_1753_0002", "val_0111_1753_0010"]
+    assert set(grouped) == {"val_0111_1753", "val_0114_1609", "single"}
+
+
+def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_path):
+    import shutil
+
+    from cgrp_ros.cli import main
+
+    data = tmp_path / "seq"
+    for side, ext in (("visible", "jpg"), ("thermal", "png")):
+        (data / side).mkdir(parents=True)
+        source = sample_dir / "m3svd" / side / f"val_0111_1753_0010.{ext}"
+        for frame in range(3):  # a static rig looking at a static scene
+            shutil.copy(source, data / side / f"clip_{frame:04d}.{ext}")
+    out = tmp_path / "out"
+    assert main(["eval", "--rig", "--data", str(data), "--preset", "moderate", "--out", str(out),
+                 "--device", "cpu", "--fps", "10", "--registration-rate", "1"]) == 0
+    rows = json.loads((out / "rig.json").read_text())["seq"]["rows"]
+    summary = {r["mode"]: r for r in rows if r["sequence"] == "all"}
+    assert summary["per-frame"]["registrations"] == 3 and summary["amortised"]["registrations"] == 1
+    assert summary["amortised"]["epe"] < summary["amortised"]["epe_none"]
+    assert summary["amortised"]["shimmer"] <= summary["per-frame"]["shimmer"] + 1e-6
+    text = (out / "rig.md").read_text()
+    assert "shimmer" in text and "amortised EPE" in text
