@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
+from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
 from .common import add_pipeline_arguments, pipeline_from_args
 
@@ -42,6 +43,13 @@ def add_arguments(p):
                    "(default: cgrp_fusion's, 0.05)")
     g.add_argument("--queue-size", type=int, default=None, help="messages per stream kept for pairing "
                    "(default: cgrp_fusion's, 10)")
+    g = p.add_argument_group("sequences (folders in name order, or a bag)")
+    g.add_argument("--registration-rate", type=float, default=0.0, metavar="HZ",
+                   help="treat the input as one rig's stream: register at most HZ times per second of stream time "
+                        "(or on a scene change) and fuse every pair with the running rig estimate, as cgrp_fusion "
+                        "does (default 0: every pair registered alone, for unrelated pairs)")
+    g.add_argument("--fps", type=float, default=10.0,
+                   help="frame rate of folder sequences, for --registration-rate (default 10; bags use their stamps)")
     add_pipeline_arguments(p)
 
 
@@ -130,13 +138,17 @@ def run(args) -> int:
             print(f"cgrp fuse: {f}", file=sys.stderr)
         print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
+    if args.registration_rate < 0 or args.fps <= 0:
+        raise CgrpError("--registration-rate must be >= 0 and --fps > 0")
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
+    stream = StreamPipeline(pipeline, args.registration_rate)
     registration, low_confidence = [], 0
-    for name, visible_path, thermal_path in tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2):
+    for index, (name, visible_path, thermal_path) in enumerate(
+            tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2)):
         try:
             visible = read_image(visible_path)
             thermal = read_image(thermal_path)
-            result = pipeline(visible, thermal)
+            result = stream(visible, thermal, stamp=index / args.fps)
             write_result(args.out, name, result)
             registration.append(registration_row(name, result))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)

@@ -47,6 +47,8 @@ class PipelineConfig:
     thermal_percentiles: tuple = (1.0, 99.0)  # robust AGC for 16-bit / float thermal
     agc_8bit: bool = False                 # also apply the AGC to 8-bit thermal
     homography: object = None              # 3x3, thermal pixel -> visible pixel (rig calibration)
+    fusion_scale: float = 1.0              # the fusion network runs at working_size x this (the visible
+                                           # detail above it is added back); < 1 trades thermal detail for speed
 
     def model_paths(self) -> dict:
         return {stage: str(getattr(self, stage) or default_model_path(stage)) for stage in STAGES}
@@ -85,6 +87,8 @@ class Pipeline:
         h, w = c.working_size
         if h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
             raise InputError(f"working_size must be at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE}, got {h}x{w}")
+        if not 0.1 <= float(c.fusion_scale) <= 1.0:
+            raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)
@@ -146,15 +150,29 @@ class Pipeline:
         image = pad_to(image, padded)
         return np.ascontiguousarray(image.reshape(padded + (-1,)).transpose(2, 0, 1)[None])
 
-    def _to_visible(self, f, image_w):
-        """A 1 x 1 x pH x pW working-resolution output -> H x W float32 at the visible resolution."""
-        return cv2.resize(image_w[0, 0, :f.h, :f.w], (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
+    def _to_visible(self, f, image):
+        """A 1 x 1 x pH' x pW' network output on the padded working grid (pH x pW, or scaled by the
+        fusion scale) -> H x W float32 at the visible resolution."""
+        (ph, pw), (height, width) = f.padded, image.shape[2:]
+        valid_h, valid_w = round(height * f.h / ph), round(width * f.w / pw)
+        return cv2.resize(image[0, 0, :valid_h, :valid_w], (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
 
-    def _fused_outputs(self, f, fused_w):
-        """(fused uint8, fused_color uint8 or None): the network's fused luminance at the working
-        resolution plus the visible detail above it, with the visible chroma when it has colour."""
+    def _fusion(self, f, registered_w):
+        """The fusion network at the working resolution x config.fusion_scale:
+        (fused luminance, the visible luminance it saw), both 1 x 1 x pH' x pW'."""
+        visible_y, thermal = f.y_in, registered_w
+        scale = float(self.config.fusion_scale)
+        if scale < 1.0:
+            (ph, pw) = f.padded
+            size = (max(8, round(ph * scale)), max(8, round(pw * scale)))
+            visible_y, thermal = (np.ascontiguousarray(resize(x[0, 0], size)[None, None]) for x in (visible_y, thermal))
+        return self.backend("fusion", visible_y, thermal), visible_y
+
+    def _fused_outputs(self, f, fused_w, visible_y):
+        """(fused uint8, fused_color uint8 or None): the network's fused luminance plus the visible
+        detail above the resolution it ran at, with the visible chroma when it has colour."""
         ycrcb = bgr_to_ycrcb(f.vis01)
-        detail = self._to_visible(f, fused_w) - resize(f.y_w, (f.hv, f.wv), cv2.INTER_LINEAR)
+        detail = self._to_visible(f, fused_w) - self._to_visible(f, visible_y)
         fused_y = np.clip(ycrcb[:, :, 0] + detail, 0.0, 1.0)
         fused_color = None
         if f.visible.ndim == 3:
@@ -243,12 +261,12 @@ class Pipeline:
             registration = Registration(registration.flow, registration.confidence, registration.fallback,
                                         dict(generator=0.0, registration=(time.perf_counter() - t1) * 1e3))
         t2 = time.perf_counter()
-        fused_w = self.backend("fusion", f.y_in, registered_w) if "fused" in outputs else None
+        fused_w, fusion_y = self._fusion(f, registered_w) if "fused" in outputs else (None, None)
         self.backend.synchronize()
         t3 = time.perf_counter()
         flow = registration.flow
         registered = self._registered(f, flow) if "registered_thermal" in outputs else None
-        fused, fused_color = self._fused_outputs(f, fused_w) if fused_w is not None else (None, None)
+        fused, fused_color = self._fused_outputs(f, fused_w, fusion_y) if fused_w is not None else (None, None)
         pseudo_full = to_uint8(self._to_visible(f, pseudo)) if "pseudo_thermal" in outputs else None
         t4 = time.perf_counter()
         timings = dict(preprocess=(t1 - t0) * 1e3, generator=registration.timings["generator"],
@@ -264,7 +282,7 @@ class Pipeline:
         baselines (other registrars, or none) so they share the exact same fusion.
         """
         f = self._prepare(visible, thermal)
-        return self._fused_outputs(f, self.backend("fusion", f.y_in, f.th_in))
+        return self._fused_outputs(f, *self._fusion(f, f.th_in))
 
     def pseudo_thermal(self, visible: np.ndarray) -> np.ndarray:
         """The generator alone: H x W float32 pseudo-thermal in [0, 1] at the visible resolution."""
