@@ -2,16 +2,19 @@
 
 Subscribes  visible/image, thermal/image                 (sensor_msgs/Image; image_transport: raw)
             visible/image/compressed, thermal/image/compressed  (CompressedImage; image_transport: compressed)
+            visible/camera_info, thermal/camera_info     (sensor_msgs/CameraInfo; use_camera_info: true)
 Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/fused/compressed    JPEG of ~/fused (sensor_msgs/CompressedImage)
             ~/registered_thermal  the input thermal's encoding (mono8/8UC1, mono16/16UC1, 32FC1)
             ~/deformation         32FC2, flow in pixels: registered[y, x] = thermal[y + fy, x + fx]
             ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
             ~/pseudo_thermal      mono8
+            ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's, rectified)
             /diagnostics          diagnostic_msgs/DiagnosticArray
 
 Every output carries the visible image's header. The node is a thin adapter: messages are paired
-by stamp (cgrp_ros.ros.sync), converted to numpy views (cgrp_ros.ros.image_conversions) and handed
+by stamp (cgrp_ros.ros.sync), converted to numpy views (cgrp_ros.ros.image_conversions), undistorted
+when both cameras' CameraInfo is known (cgrp_ros.ros.camera_info, cgrp_ros.core.camera) and handed
 to one worker thread that runs cgrp_ros.core.pipeline.Pipeline on the newest pair; parameter changes
 build a new Pipeline beside the running one (cgrp_ros.ros.pipelines) and swap it in when ready. Parameters:
 cgrp_ros.ros.parameters, config/cgrp_fusion.yaml, docs/ros.md; /diagnostics: cgrp_ros.ros.diagnostics.
@@ -34,13 +37,14 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..core.errors import CgrpError, InputError
 from . import diagnostics
+from .camera_info import CameraInfos, with_header
 from .compressed import encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
-from .fusion_outputs import fuse_pair, prepare_input
+from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
@@ -99,6 +103,10 @@ class FusionNode(LifecycleNode):
         self.subscriptions_ = []
         self.publishers_ = {}
         self.compressed_pub = None
+        self.camera_infos = CameraInfos()   # the latest CameraInfo per camera (use_camera_info)
+        self.camera_info_subscriptions = []
+        self.camera_info_pub = None
+        self._rectifying = False            # the last pair was undistorted (logged when it changes)
         self._worker = None
 
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # in every state
@@ -121,6 +129,8 @@ class FusionNode(LifecycleNode):
         self.compressed_pub = self.create_lifecycle_publisher(
             CompressedImage, self.resolve_topic_name("~/fused") + "/compressed", output_qos(),
             qos_overriding_options=options())
+        self.camera_info_pub = self.create_lifecycle_publisher(CameraInfo, "~/camera_info", output_qos(),
+                                                               qos_overriding_options=options())
         self.state = "inactive"
         if not self._autostarting:
             self.get_logger().info("configured")
@@ -141,6 +151,7 @@ class FusionNode(LifecycleNode):
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
         self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
+        self._update_camera_info_inputs()
         self.stats.last_message = [time.monotonic(), time.monotonic()]
         self.stats.last_pair = time.monotonic()
         self._worker = threading.Thread(target=self._work, args=(self.slot,), name="cgrp_fusion_worker", daemon=True)
@@ -193,6 +204,7 @@ class FusionNode(LifecycleNode):
         for subscription in self.subscriptions_:
             self.destroy_subscription(subscription)
         self.subscriptions_ = []
+        self._update_camera_info_inputs()
         if self.builder is not None:
             self.builder.close()
         stopped = self._stop_worker()
@@ -211,10 +223,10 @@ class FusionNode(LifecycleNode):
         return not worker.is_alive()
 
     def _destroy_publishers(self):
-        for publisher in [*self.publishers_.values(), self.compressed_pub]:
+        for publisher in [*self.publishers_.values(), self.compressed_pub, self.camera_info_pub]:
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
-        self.publishers_, self.compressed_pub = {}, None
+        self.publishers_, self.compressed_pub, self.camera_info_pub = {}, None, None
 
     # -- setup ---------------------------------------------------------------------------------------
     def _create_input(self, stream: int):
@@ -226,6 +238,31 @@ class FusionNode(LifecycleNode):
                                             qos_overriding_options=options)
         return self.create_subscription(Image, base, lambda m: self._on_image(stream, m), self._input_qos(),
                                         qos_overriding_options=options)
+
+    def _camera_info_topic(self, stream: int) -> str:
+        """`<camera>/camera_info`: where it is remapped explicitly, else beside the (remapped) image topic,
+        as image_transport's camera subscribers do (`-r visible/image:=/cam/image_raw` -> /cam/camera_info)."""
+        name = f"{STREAM_NAMES[stream]}/camera_info"
+        resolved = self.resolve_topic_name(name)
+        if resolved != self.resolve_topic_name(name, only_expand=True):
+            return resolved
+        return self.resolve_topic_name(f"{STREAM_NAMES[stream]}/image").rsplit("/", 1)[0] + "/camera_info"
+
+    def _update_camera_info_inputs(self):
+        """Subscribe both cameras' CameraInfo while use_camera_info is true and the images are subscribed
+        (active), else unsubscribe and forget them: the next pairs are fused as they are."""
+        enabled = self.values["use_camera_info"] and bool(self.subscriptions_)
+        if enabled and not self.camera_info_subscriptions:
+            self.camera_info_subscriptions = [
+                self.create_subscription(CameraInfo, self._camera_info_topic(stream),
+                                         lambda m, s=stream: self._on_camera_info(s, m), self._input_qos(),
+                                         qos_overriding_options=QoSOverridingOptions.with_default_policies())
+                for stream in (VISIBLE, THERMAL)]
+        elif not enabled:
+            for subscription in self.camera_info_subscriptions:
+                self.destroy_subscription(subscription)
+            self.camera_info_subscriptions = []
+            self.camera_infos.clear()
 
     def _input_qos(self) -> QoSProfile:
         """Keep last 5, best effort unless the `reliability` alias says reliable. Each subscription's
@@ -252,7 +289,9 @@ class FusionNode(LifecycleNode):
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
-            f"inputs {self._input_reliability()} ({self.values['image_transport']}), outputs {', '.join(self.values['outputs'])}")
+            f"inputs {self._input_reliability()} ({self.values['image_transport']}), camera_info "
+            f"{', '.join(s.topic_name for s in self.camera_info_subscriptions) or 'not used'}, "
+            f"outputs {', '.join(self.values['outputs'])}")
 
     def _input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
@@ -281,6 +320,8 @@ class FusionNode(LifecycleNode):
             self.sync = self._make_synchronizer()
         if "stats_period" in changed:
             self._restart_stats_timer()
+        if "use_camera_info" in changed:
+            self._update_camera_info_inputs()
         builder = self.builder
         if builder is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed) or changed & set(LIGHT)):
             builder.request(pipeline_config(self.values))  # inactive: the next activation builds
@@ -321,6 +362,13 @@ class FusionNode(LifecycleNode):
         self.stats.last_message[stream] = time.monotonic()
         self.sync.add(stream, msg)
 
+    def _on_camera_info(self, stream: int, msg):
+        name = STREAM_NAMES[stream]
+        try:
+            self.camera_infos.update(stream, msg)
+        except InputError as exc:  # e.g. an uncalibrated camera's all-zero K: as if none had arrived
+            self._log_throttled((name, "camera_info"), f"ignoring {name}/camera_info: {exc}", warning=True)
+
     def _on_pair(self, visible_msg, thermal_msg):
         self.stats.last_pair = time.monotonic()
         self.slot.put((visible_msg, thermal_msg))
@@ -352,8 +400,11 @@ class FusionNode(LifecycleNode):
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
         stamp = stamp_seconds(visible_msg.header.stamp)
+        plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
+        self._log_rectification(plan, stamp)
         try:
-            out = fuse_pair(pipeline, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"])
+            out = fuse_pair(pipeline, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"],
+                            plan.intrinsics)
         except InputError as exc:
             self.stats.count("bad_pairs")
             # one throttle key per kind of problem: the message without its numbers
@@ -380,10 +431,30 @@ class FusionNode(LifecycleNode):
                                                               self.values["jpeg_quality"]))
             else:
                 self.publishers_[name].publish(numpy_to_image(image, encoding, Image, header))
+        if plan.camera_info is not None:
+            self.camera_info_pub.publish(with_header(plan.camera_info, header))
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(header.stamp)
         with self.stats.lock:
             self.stats.published += 1
             self.stats.latencies.append((time.monotonic(), latency))
+
+    def _log_rectification(self, plan, stamp: float):
+        """A line when undistortion starts or stops; a CameraInfo that does not fit its image: a warning
+        at most every 5 s."""
+        if plan.problem:
+            self._log_throttled("camera_info size", f"pair at {stamp:.3f}: {plan.problem}", warning=True)
+        rectifying = plan.intrinsics is not None
+        if rectifying != self._rectifying:
+            self._rectifying = rectifying
+            if rectifying:
+                visible, thermal = plan.intrinsics
+                self.get_logger().info(
+                    f"camera_info of both cameras known: undistorting each image with its own intrinsics "
+                    f"(visible {visible.model}, thermal {thermal.model}); outputs and ~/camera_info are in "
+                    f"the rectified visible frame")
+            else:
+                self.get_logger().info("images fused as they are (not undistorted) from the pair at "
+                                       f"{stamp:.3f} on")
 
     # -- monitoring ----------------------------------------------------------------------------------
     def _log_stats(self):

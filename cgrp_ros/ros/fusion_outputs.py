@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.camera import undistort
 from ..core.warp import flow_to_color
 from .compressed import DecodedImage, decode_message
 from .image_conversions import encoding_for, image_to_numpy, to_bgr
@@ -68,12 +69,19 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> 
     return warnings
 
 
-def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0) -> PairOutputs:
-    """Fuse one pair; the images of the `wanted` outputs (names of CORE_OUTPUT) with their encodings."""
+def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0,
+              intrinsics=None) -> PairOutputs:
+    """Fuse one pair; the images of the `wanted` outputs (names of CORE_OUTPUT) with their encodings.
+
+    intrinsics: None, or (visible, thermal) `core.camera.Intrinsics`: each image is first undistorted
+    with its own (same size and K), so every output is in the rectified visible camera's frame.
+    """
     stamp = stamp_seconds(visible_msg.header.stamp)
     visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
     thermal = as_array(thermal_msg)
     warnings = content_warnings(visible, thermal, stamp)
+    if intrinsics is not None:
+        visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
     # the core always computes the flow; the rest only when an output needs it
     result = pipeline(visible, thermal, outputs={"flow"} | {CORE_OUTPUT[name] for name in wanted})
     fused = result.fused_color if result.fused_color is not None else result.fused

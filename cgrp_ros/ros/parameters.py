@@ -55,6 +55,9 @@ PARAMETERS = (
     Param("image_transport", "raw", "input transport: raw subscribes <topic> (sensor_msgs/Image), compressed "
           "<topic>/compressed (sensor_msgs/CompressedImage: JPEG, PNG incl. 16-bit) (read only)",
           choices=("raw", "compressed"), read_only=True),
+    Param("use_camera_info", True, "undistort each image with its own camera's sensor_msgs/CameraInfo "
+          "(<camera>/camera_info beside its image topic) once both have arrived, and publish ~/camera_info; "
+          "until then, and with false, images are fused as they are"),
     Param("jpeg_quality", 90, "JPEG quality of ~/fused/compressed", range=(1, 100)),
     Param("deformation_vis_max", 0.0, "flow magnitude (px) shown at full colour in ~/deformation_vis; 0: each "
           "image's own maximum (as cgrp fuse's flow_vis)", range=(0.0, 10000.0)),

@@ -1,0 +1,114 @@
+"""sensor_msgs/CameraInfo <-> the core's Intrinsics, and the latest CameraInfo of each camera.
+
+    infos = CameraInfos()
+    infos.update(VISIBLE, visible_info_msg)            # InputError: unusable (e.g. an all-zero K)
+    plan = infos.plan(visible.shape[:2], thermal.shape[:2])
+    plan.intrinsics    # (visible, thermal) Intrinsics to undistort with, or None: fuse as they are
+    plan.camera_info   # the CameraInfo that describes the outputs, or None
+    plan.problem       # why a pair is fused without undistortion although both are known, or None
+
+Duck-typed on the message fields (no rclpy import): a CameraInfo built elsewhere works too. The image
+that a CameraInfo describes is `roi` (all zero: the full `width` x `height`) divided by `binning`;
+K is adjusted to it (as image_geometry does). R and P are not used: each image is undistorted to its
+own K (cgrp_ros.core.camera), no stereo rectification.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.camera import Intrinsics
+from ..core.errors import InputError
+from .diagnostics import STREAM_NAMES
+from .sync import THERMAL, VISIBLE
+
+FIELDS = ("header", "height", "width", "distortion_model", "d", "k", "r", "p", "binning_x", "binning_y", "roi")
+
+
+def intrinsics_from_camera_info(msg) -> Intrinsics:
+    """The Intrinsics of the images `msg` describes (ROI and binning applied). InputError: unusable."""
+    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    roi = msg.roi
+    full = roi.width == 0 or roi.height == 0
+    x0, y0 = (0, 0) if full else (int(roi.x_offset), int(roi.y_offset))
+    width, height = (msg.width, msg.height) if full else (roi.width, roi.height)
+    k = [float(v) for v in msg.k]
+    if len(k) == 9:  # cropped, then binned: (x - x0) / bx
+        k[0], k[2] = k[0] / bx, (k[2] - x0) / bx
+        k[4], k[5] = k[4] / by, (k[5] - y0) / by
+    return Intrinsics(tuple(k), tuple(float(v) for v in msg.d), msg.distortion_model or "plumb_bob",
+                      (int(height) // by, int(width) // bx))
+
+
+def rectified_camera_info(camera: Intrinsics, message_type):
+    """A `message_type` (sensor_msgs/CameraInfo, empty header) for `undistort`'s output of `camera`:
+    the same K, D = 0 (plumb_bob), R = identity, P = [K | 0], no binning, no ROI, the image's size."""
+    k, rectified = camera.K, camera.rectified()
+    return message_type(height=camera.size[0], width=camera.size[1], distortion_model=rectified.model,
+                        d=list(rectified.D), k=list(k), r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                        p=[*k[0:3], 0.0, *k[3:6], 0.0, *k[6:9], 0.0])
+
+
+def with_header(msg, header):
+    """A copy of a CameraInfo with another header (the stored message is shared with other threads)."""
+    return type(msg)(**{name: (header if name == "header" else getattr(msg, name)) for name in FIELDS})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one pair, given the latest CameraInfo of each camera."""
+    intrinsics: tuple | None = None   # (visible, thermal) Intrinsics: undistort each image before the pipeline
+    camera_info: object = None        # CameraInfo describing the outputs (header still to be set), or None
+    problem: str | None = None        # a CameraInfo does not fit its image: fused without undistortion
+
+
+class CameraInfos:
+    """The latest CameraInfo of each camera (index VISIBLE, THERMAL), with its Intrinsics.
+
+    `update` runs in the subscriptions' thread, `plan` in the worker's: each stream's entry is one
+    reference, replaced whole, so no lock is needed.
+    """
+
+    def __init__(self):
+        self._latest = [None, None]  # per stream: (msg, Intrinsics, rectified CameraInfo)
+
+    def update(self, stream: int, msg) -> Intrinsics:
+        """Keep `msg` as the stream's latest. InputError: unusable; the stream then counts as having none."""
+        try:
+            camera = intrinsics_from_camera_info(msg)
+        except InputError:
+            self._latest[stream] = None
+            raise
+        previous = self._latest[stream]
+        rectified = previous[2] if previous is not None and previous[1] == camera else \
+            rectified_camera_info(camera, type(msg))
+        self._latest[stream] = (msg, camera, rectified)
+        return camera
+
+    def clear(self) -> None:
+        self._latest = [None, None]
+
+    def known(self, stream: int) -> bool:
+        return self._latest[stream] is not None
+
+    def plan(self, visible_shape, thermal_shape) -> Plan:
+        """Undistort when both are known and fit their images; otherwise fuse as they are, and publish
+        the visible camera's own CameraInfo when it fits (it then describes the unrectified outputs)."""
+        visible, thermal = self._latest
+        if visible is None:
+            return Plan()
+        visible_problem = self._mismatch(VISIBLE, visible, visible_shape)
+        thermal_problem = self._mismatch(THERMAL, thermal, thermal_shape)
+        if visible_problem or thermal_problem:
+            text = "; ".join(problem for problem in (visible_problem, thermal_problem) if problem)
+            return Plan(None, None if visible_problem else visible[0], f"{text}: fused without undistortion")
+        if thermal is None:
+            return Plan(None, visible[0])
+        return Plan((visible[1], thermal[1]), visible[2])
+
+    @staticmethod
+    def _mismatch(stream: int, entry, shape) -> str | None:
+        """Why the stream's CameraInfo does not describe an image of `shape`, or None."""
+        if entry is None or tuple(entry[1].size) == tuple(shape[:2]):
+            return None
+        (h, w), name = entry[1].size, STREAM_NAMES[stream]
+        return f"{name}/camera_info is for {w}x{h} images but the {name} image is {shape[1]}x{shape[0]}"
