@@ -25,9 +25,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp16", action="store_true", help="half precision (torch on CUDA)")
     g.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="largest resolution the networks run at (default: 256x320)")
-    g.add_argument("--fusion-scale", type=float, default=1.0, metavar="S",
+    g.add_argument("--fusion-scale", type=float, default=0.5, metavar="S",
                    help="run the fusion network at the working size x S (0.1..1; the visible detail above it is "
-                        "added back): 0.5 is about 4x faster with a little less thermal detail (default: 1)")
+                        "added back); 0.5 is about 4x faster than 1 and scored no worse on Qabf, SSIM and VIF (default: 0.5)")
     g.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
     prior = g.add_mutually_exclusive_group()
     prior.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")

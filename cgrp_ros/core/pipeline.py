@@ -47,7 +47,7 @@ class PipelineConfig:
     thermal_percentiles: tuple = (1.0, 99.0)  # robust AGC for 16-bit / float thermal
     agc_8bit: bool = False                 # also apply the AGC to 8-bit thermal
     homography: object = None              # 3x3, thermal pixel -> visible pixel (rig calibration)
-    fusion_scale: float = 1.0              # the fusion network runs at working_size x this (the visible
+    fusion_scale: float = 0.5              # the fusion network runs at working_size x this (the visible
                                            # detail above it is added back); < 1 trades thermal detail for speed
 
     def model_paths(self) -> dict:

@@ -143,12 +143,19 @@ class StreamPipeline:
         self.last_update = None         # RigUpdate of the last full registration
         self.registrations = 0
         self._thumbnail = None
+        self._last = None               # the last registration (used while the rig has no estimate)
+
+    def current(self) -> Registration | None:
+        """What frames between registrations are fused with: the rig estimate, or while there is
+        none (every registration so far fell back) the last registration, i.e. the prior."""
+        return self.rig.registration() if self.rig.flow is not None else self._last
 
     def due(self, visible: np.ndarray, stamp: float) -> bool:
         """Whether this frame runs the full registration."""
-        if self.registration_rate <= 0 or self.rig.flow is None or self.last_registration is None:
+        current = self.current()
+        if self.registration_rate <= 0 or current is None or self.last_registration is None:
             return True
-        if self.rig.flow.shape[:2] != visible.shape[:2]:
+        if current.flow.shape[:2] != visible.shape[:2]:
             return True  # a new resolution: the estimate does not apply
         if stamp < self.last_registration or stamp - self.last_registration >= 1.0 / self.registration_rate:
             return True  # (time going backwards: a replayed bag)
@@ -166,15 +173,14 @@ class StreamPipeline:
             self.last_registration = stamp
             return self.pipeline(visible, thermal, outputs)
         if not self.due(visible, stamp):
-            return self.pipeline(visible, thermal, outputs, registration=self.rig.registration())
+            return self.pipeline(visible, thermal, outputs, registration=self.current())
         registration = self.pipeline.register(visible, thermal)
         self.registrations += 1
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
+        self._last = registration
         self.last_update = self.rig.update(registration)
-        if self.rig.flow is None or self.rig.flow.shape != registration.flow.shape:
-            return self.pipeline(visible, thermal, outputs, registration=registration)
-        result = self.pipeline(visible, thermal, outputs, registration=self.rig.registration())
+        result = self.pipeline(visible, thermal, outputs, registration=self.current())
         spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)
                  for k in ("preprocess", "generator", "registration")}
         timings = dict(result.timings, **spent)
