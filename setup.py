@@ -17,7 +17,8 @@ setup(
         ("share/" + package_name + "/models", glob("models/*.pt") + glob("models/*.md")),
         # one entry per folder: visible and thermal files share names and must not land in one folder
         *[("share/" + package_name + "/" + folder, glob(folder + "/*.*"))
-          for folder in ("sample", "sample/visible", "sample/thermal", "sample/m3svd/visible", "sample/m3svd/thermal")],
+          for folder in ("sample", "sample/visible", "sample/thermal", "sample/m3svd/visible", "sample/m3svd/thermal",
+                         "sample/sequence/visible", "sample/sequence/thermal")],
     ],
     # the Python runtime; rclpy and the message packages come from ROS 2 (package.xml) or the ros-* wheels
     # in requirements.txt. onnxruntime is optional (backend onnxruntime): onnxruntime or onnxruntime-gpu.

@@ -1,5 +1,6 @@
 """cgrp_fusion's worker when inference itself fails (issue 5): the node runs in this process (real rclpy,
-real worker thread); its `pipeline` attribute is replaced by a wrapper that raises once, the way a
+real worker thread, every pair registered alone: self_calibrate false); the Pipeline its stream runs is
+replaced by a wrapper that raises once, the way a
 CUDA out-of-memory or a backend bug would. The pair is logged and counted, the next one is fused.
 A second wrapper sets the registration confidence: low confidence is a diagnostics WARN, never an ERROR."""
 import contextlib
@@ -43,7 +44,8 @@ def in_process_node(*overrides):
     what) spins both until predicate() holds. Everything is torn down afterwards."""
     rclpy.init()
     node = FusionNode(parameter_overrides=[Parameter("working_size", value=[64, 96]),
-                                           Parameter("outputs", value=["fused"]), *overrides])
+                                           Parameter("outputs", value=["fused"]),
+                                           Parameter("self_calibrate", value=False), *overrides])
     assert node.autostart() is None  # configure + activate, as main() does
     listener = rclpy.create_node("worker_listener")
     fused = []
@@ -70,13 +72,13 @@ def in_process_node(*overrides):
 
 def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused(capfd):
     with in_process_node() as (node, fused, spin_until, executor):
-        node.pipeline = FailsOnce(node.pipeline)
+        node.stream.pipeline = FailsOnce(node.pipeline)
         visible, thermal = make_images()
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
         for second in (1, 2):  # two pairs handed to the worker the way the synchronizer does
             header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
             node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
-            spin_until(lambda: node.pipeline.calls == second and node.slot.received == second, 30.0, f"pair {second}")
+            spin_until(lambda: node.stream.pipeline.calls == second and node.slot.received == second, 30.0, f"pair {second}")
         spin_until(lambda: len(fused) == 1, 30.0, "the second pair's output")
         assert fused[0].header.stamp.sec == 2
         assert node.stats.inference_errors == 1 and node.stats.published == 1
@@ -107,7 +109,7 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
 
     with in_process_node(Parameter("stream_timeout", value=3600.0)) as (node, fused, spin_until, executor):
         threshold = node.pipeline.confidence_threshold
-        node.pipeline = Confidence(node.pipeline, [(0.02, True), (min(1.0, threshold + 0.1), False)])
+        node.stream.pipeline = Confidence(node.pipeline, [(0.02, True), (min(1.0, threshold + 0.1), False)])
         values = node.diagnostic_values()
         assert (values["registration confidence"], values["registration fallback"], values["fallback pairs"]) == \
             ("n/a", "n/a", "0")

@@ -160,3 +160,25 @@ def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_p
     assert summary["amortised"]["shimmer"] <= summary["per-frame"]["shimmer"] + 1e-6
     text = (out / "rig.md").read_text()
     assert "shimmer" in text and "amortised EPE" in text
+
+
+def test_the_rig_estimate_saves_as_a_calibration_that_fuse_accepts(cpu_pipeline, rig_pair, tmp_path):
+    from cgrp_ros.core.calibrate import CalibrationError, load_calibration, save_calibration
+
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=1.0)
+    with pytest.raises(CalibrationError, match="no rig estimate"):
+        stream.calibration()
+    result = stream(visible, thermal, stamp=0.0)
+    calibration = stream.calibration()
+    save_calibration(calibration, tmp_path / "rig.yaml")
+    homography = load_calibration(tmp_path / "rig.yaml")
+    assert calibration.pairs_used == 1 and calibration.median_residual_px < 2.0
+    # the saved homography alone reproduces the rig estimate's mapping (no network)
+    from cgrp_ros.core.calibrate import apply_homography
+    ys, xs = np.mgrid[20:visible.shape[0] - 20:40, 20:visible.shape[1] - 20:40]
+    points = np.stack((xs.ravel(), ys.ravel()), 1).astype(float)
+    prior = cpu_pipeline.visible_to_thermal(visible.shape[:2], thermal.shape[:2])
+    expected = apply_homography(prior, points + result.flow[ys.ravel(), xs.ravel()])
+    mapped = apply_homography(np.linalg.inv(homography), points)
+    assert np.median(np.linalg.norm(mapped - expected, axis=1)) < 2.0

@@ -384,6 +384,30 @@ def fit_homography(src, dst, visible_size, placement, thermal_size, working_size
     return h, inliers, residual
 
 
+def homography_from_flow(flow: np.ndarray, visible_to_thermal: np.ndarray, thermal_size, step: int = 8):
+    """The thermal px -> visible px homography that best explains a registration flow.
+
+    flow: H x W x 2 (visible px) on top of the prior `visible_to_thermal` (3x3, visible px -> thermal
+    px), i.e. visible pixel p sees thermal pixel prior(p + flow(p)). Sampled every `step` px where
+    that lands inside the thermal. -> (H, median residual in visible px); CalibrationError when the
+    flow lands in the thermal too rarely."""
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[step // 2:height:step, step // 2:width:step]
+    visible = np.stack((xs.ravel(), ys.ravel()), axis=1).astype(np.float64)
+    moved = visible + flow[ys.ravel(), xs.ravel()].astype(np.float64)
+    thermal = apply_homography(visible_to_thermal, moved)
+    (ht, wt) = thermal_size
+    inside = (thermal[:, 0] >= 0) & (thermal[:, 0] <= wt - 1) & (thermal[:, 1] >= 0) & (thermal[:, 1] <= ht - 1)
+    if inside.sum() < 16:
+        raise CalibrationError("the rig estimate lands inside the thermal image at too few pixels")
+    h, _ = cv2.findHomography(thermal[inside], visible[inside], 0)
+    if h is None or not np.all(np.isfinite(h)):
+        raise CalibrationError("no homography fits the rig estimate")
+    h = h / h[2, 2]
+    residual = np.linalg.norm(apply_homography(h, thermal[inside]) - visible[inside], axis=1)
+    return h, float(np.median(residual))
+
+
 # -- picture ---------------------------------------------------------------------------------------
 def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width: int = 1400,
                          thermal_percentiles=(1.0, 99.0)) -> np.ndarray:

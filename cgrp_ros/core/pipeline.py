@@ -110,7 +110,7 @@ class Pipeline:
 
 
     # -- geometry ----------------------------------------------------------------------------------
-    def _visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
+    def visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
         """3x3 map from visible pixel coordinates to thermal pixel coordinates (the prior alignment)."""
         if self.homography is not None:
             return np.linalg.inv(self.homography)
@@ -132,7 +132,7 @@ class Pipeline:
         if thermal is not None:
             f.thermal = check_image(thermal, "thermal")
             th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
-            f.v2t = self._visible_to_thermal((f.hv, f.wv), th01.shape[:2])
+            f.v2t = self.visible_to_thermal((f.hv, f.wv), th01.shape[:2])
             if self.homography is None:
                 th_w = resize(th01, (f.h, f.w))
             else:  # working pixel -> visible pixel -> thermal pixel

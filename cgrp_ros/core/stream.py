@@ -144,6 +144,7 @@ class StreamPipeline:
         self.registrations = 0
         self._thumbnail = None
         self._last = None               # the last registration (used while the rig has no estimate)
+        self.shapes = None              # (visible H x W, thermal H x W) of the last frame
 
     def current(self) -> Registration | None:
         """What frames between registrations are fused with: the rig estimate, or while there is
@@ -168,6 +169,7 @@ class StreamPipeline:
         """Fuse one frame; `stamp` in seconds (default: the clock). The result's flow is the rig
         estimate; its confidence/fallback are the last registration's when this frame ran one."""
         stamp = self.clock() if stamp is None else float(stamp)
+        self.shapes = (visible.shape[:2], thermal.shape[:2])
         if self.registration_rate <= 0:
             self.registrations += 1
             self.last_registration = stamp
@@ -187,3 +189,20 @@ class StreamPipeline:
         timings["total"] = result.timings["total"] + sum(registration.timings.values())
         return replace(result, timings=timings, registration_confidence=registration.confidence,
                        registration_fallback=registration.fallback)
+
+    def calibration(self):
+        """The rig estimate as a calibration (core.calibrate.Calibration: thermal px -> visible px,
+        the prior included), for `cgrp fuse --calibration`; CalibrationError while there is none."""
+        from datetime import datetime, timezone
+
+        from .calibrate import Calibration, CalibrationError, homography_from_flow
+
+        if self.rig.flow is None or self.shapes is None:
+            raise CalibrationError(f"no rig estimate yet (state {self.rig.state}: no registration accepted)")
+        visible_shape, thermal_shape = self.shapes
+        homography, residual = homography_from_flow(
+            self.rig.flow, self.pipeline.visible_to_thermal(visible_shape, thermal_shape), thermal_shape)
+        return Calibration(homography, tuple(visible_shape), tuple(thermal_shape), pairs_used=self.rig.accepted,
+                           pairs_skipped=self.rig.rejected, median_residual_px=residual,
+                           date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           command=f"self-calibration ({self.rig.state})")

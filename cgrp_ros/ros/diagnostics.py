@@ -113,7 +113,21 @@ def diagnostic_values(node) -> dict:
         "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
         "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
         "fallback pairs": str(s.fallback_pairs),
+        **rig_values(node),
     }
+
+
+def rig_values(node) -> dict:
+    """The self-calibration's state: the running rig estimate of cgrp_ros.core.stream."""
+    stream = getattr(node, "stream", None)
+    if stream is None:
+        return {"self-calibration": "n/a"}
+    if stream.registration_rate <= 0:
+        return {"self-calibration": "off (every pair registered alone)", "registrations": str(stream.registrations)}
+    rig, update = stream.rig, stream.last_update
+    return {"self-calibration": rig.state, "rig registrations used": str(rig.accepted),
+            "rig registrations rejected": str(rig.rejected), "registrations": str(stream.registrations),
+            "last registration vs estimate px": "n/a" if update is None else f"{update.distance:.2f}"}
 
 
 def diagnostic_array(node, stamp) -> DiagnosticArray:

@@ -10,7 +10,8 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
             ~/pseudo_thermal      mono8
             ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's, rectified)
-            /diagnostics          diagnostic_msgs/DiagnosticArray
+            /diagnostics          diagnostic_msgs/DiagnosticArray (self-calibration state included)
+Services    ~/save_calibration    std_srvs/Trigger: the rig estimate -> calibration_file (a rig.yaml)
 
 Every output carries the visible image's header. The node is a thin adapter: messages are paired
 by stamp (cgrp_ros.ros.sync), converted to numpy views (cgrp_ros.ros.image_conversions), undistorted
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -38,8 +40,10 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import Trigger
 
 from ..core.errors import CgrpError, InputError
+from ..core.stream import StreamPipeline
 from . import diagnostics
 from .camera_info import CameraInfos, with_header
 from .compressed import encode_compressed
@@ -47,7 +51,8 @@ from .diagnostics import STREAM_NAMES, Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
-from .parameters import OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config
+from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config,
+                         stream_settings)
 from .process import RosLogHandler, spin_until_signal
 from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
 
@@ -67,6 +72,13 @@ def output_qos() -> QoSProfile:
     """Reliable, keep last 2: compatible with best-effort and reliable subscribers (qos_overrides.* on top)."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
 
+
+
+def _same_prior(a, b) -> bool:
+    """Whether two Pipelines' homographies (None: the resize prior) are the same mapping."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b))
 
 class FusionNode(LifecycleNode):
     """Node `cgrp_fusion`, a managed (lifecycle) node: see the module docstring.
@@ -93,6 +105,7 @@ class FusionNode(LifecycleNode):
         self.state = "unconfigured"   # lifecycle state, as the transitions below leave it
         self.finalized = False        # shutdown done: main() ends the process
         self.pipeline = None          # built on activate, released on deactivate
+        self.stream = None            # StreamPipeline over `pipeline`: the rig estimate (self_calibrate)
         self.activation_error = None  # why the last activation failed (main() prints it at autostart)
         self.builder = None           # PipelineBuilder while active: rebuilds beside the running Pipeline
         self.stats = Stats()
@@ -110,6 +123,7 @@ class FusionNode(LifecycleNode):
         self._worker = None
 
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # in every state
+        self.create_service(Trigger, "~/save_calibration", self._save_calibration)
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -148,6 +162,9 @@ class FusionNode(LifecycleNode):
             if not self._autostarting:  # at autostart main() prints the one error line
                 self.get_logger().error(f"activation failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        if self.stream is None:  # kept over deactivation: the rig does not change
+            self.stream = StreamPipeline(self.pipeline, **stream_settings(self.values))
+        self._use_pipeline(self.pipeline)
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
         self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
@@ -198,6 +215,36 @@ class FusionNode(LifecycleNode):
             return None
         finally:
             self._autostarting = False
+
+    def _use_pipeline(self, pipeline) -> None:
+        """Fuse with `pipeline` from the next pair on; a different prior (calibration) restarts the rig estimate."""
+        old = self.stream.pipeline
+        if old is not pipeline and not _same_prior(old.homography, pipeline.homography):
+            self.stream.rig.reset()
+            self.get_logger().info("calibration changed: the rig estimate starts again")
+        self.stream.pipeline = pipeline
+
+    def _save_calibration(self, request, response):
+        """~/save_calibration (std_srvs/Trigger): the rig estimate -> calibration_file (a rig.yaml)."""
+        from ..core.calibrate import save_calibration
+
+        path = self.values["calibration_file"]
+        if not path:
+            response.success, response.message = False, "parameter calibration_file is empty: set it to a path first"
+            return response
+        try:
+            if self.stream is None:
+                raise CgrpError("no rig estimate yet (the node is not active)")
+            calibration = self.stream.calibration()
+            save_calibration(calibration, path)
+        except (CgrpError, OSError) as exc:
+            response.success, response.message = False, f"not saved: {exc}"
+            return response
+        response.success = True
+        response.message = (f"saved {path}: rig estimate {self.stream.rig.state}, {calibration.pairs_used} "
+                            f"registration(s) used, median residual {calibration.median_residual_px:.2f} px")
+        self.get_logger().info(response.message)
+        return response
 
     def _deactivate(self) -> bool:
         """Back to inactive: no subscriptions, no worker, no Pipeline; False if the worker did not stop."""
@@ -322,6 +369,9 @@ class FusionNode(LifecycleNode):
             self._restart_stats_timer()
         if "use_camera_info" in changed:
             self._update_camera_info_inputs()
+        if self.stream is not None and changed & {"self_calibrate", "registration_rate", "scene_change"}:
+            for name, value in stream_settings(self.values).items():  # read by the worker per pair
+                setattr(self.stream, name, value)
         builder = self.builder
         if builder is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed) or changed & set(LIGHT)):
             builder.request(pipeline_config(self.values))  # inactive: the next activation builds
@@ -382,6 +432,7 @@ class FusionNode(LifecycleNode):
             if builder is not None:  # between pairs: a new Pipeline or new working size / gain control
                 self.pipeline, swapped = builder.take(self.pipeline)
                 if swapped:
+                    self._use_pipeline(self.pipeline)
                     self._log_startup()
             if pair is not None and not slot.closed:
                 self._process(*pair)
@@ -403,7 +454,7 @@ class FusionNode(LifecycleNode):
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)
         try:
-            out = fuse_pair(pipeline, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"],
+            out = fuse_pair(self.stream, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"],
                             plan.intrinsics)
         except InputError as exc:
             self.stats.count("bad_pairs")

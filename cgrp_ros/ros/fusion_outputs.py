@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.camera import undistort
+from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
 from .compressed import DecodedImage, decode_message
 from .image_conversions import encoding_for, image_to_numpy, to_bgr
@@ -73,6 +74,9 @@ def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: f
               intrinsics=None) -> PairOutputs:
     """Fuse one pair; the images of the `wanted` outputs (names of CORE_OUTPUT) with their encodings.
 
+    pipeline: a core Pipeline (every pair registered alone) or a StreamPipeline (a rig's stream,
+    registered at its rate of the visible stamps' time).
+
     intrinsics: None, or (visible, thermal) `core.camera.Intrinsics`: each image is first undistorted
     with its own (same size and K), so every output is in the rectified visible camera's frame.
     """
@@ -83,7 +87,11 @@ def fuse_pair(pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: f
     if intrinsics is not None:
         visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
     # the core always computes the flow; the rest only when an output needs it
-    result = pipeline(visible, thermal, outputs={"flow"} | {CORE_OUTPUT[name] for name in wanted})
+    outputs = {"flow"} | {CORE_OUTPUT[name] for name in wanted}
+    if isinstance(pipeline, StreamPipeline):  # a rig's stream: registrations paced by the message stamps
+        result = pipeline(visible, thermal, outputs=outputs, stamp=stamp)
+    else:
+        result = pipeline(visible, thermal, outputs=outputs)
     fused = result.fused_color if result.fused_color is not None else result.fused
     candidates = {
         "fused": lambda: (fused, encoding_for(fused)) if fused is not None else None,

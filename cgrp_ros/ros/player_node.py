@@ -52,10 +52,10 @@ class PairSource:
     The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
     """
 
-    def __init__(self, deform: str = "none", seed: int = 0, max_width: int = 0):
+    def __init__(self, deform: str = "none", seed: int = 0, max_width: int = 0, fixed_rig: bool = False):
         if deform not in PRESETS:
             raise CgrpError(f"deform: unknown preset '{deform}', expected one of {', '.join(PRESETS)}")
-        self.deform, self.seed, self.max_width = deform, seed, max_width
+        self.deform, self.seed, self.max_width, self.fixed_rig = deform, seed, max_width, fixed_rig
 
     def _shrink(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -69,7 +69,8 @@ class PairSource:
         if thermal.ndim == 3:  # a thermal camera is single channel
             thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
         if self.deform != "none":
-            thermal = misalign(thermal, self.deform, rng_for(self.seed, name)).misaligned
+            # a rigid rig: one misalignment for every frame (of one size); else one per image
+            thermal = misalign(thermal, self.deform, rng_for(self.seed, "rig" if self.fixed_rig else name)).misaligned
         return visible, thermal
 
     def stamps(self, index: int):
@@ -79,8 +80,9 @@ class PairSource:
 class FolderSource(PairSource):
     """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays."""
 
-    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0):
-        super().__init__(deform, seed, max_width)
+    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0,
+                 fixed_rig: bool = False):
+        super().__init__(deform, seed, max_width, fixed_rig)
         root = sample_dir()
         visible_dir, thermal_dir = visible_dir or root / "visible", thermal_dir or root / "thermal"
         self.pairs = find_pairs(visible_dir, thermal_dir).pairs  # [(name, visible path, thermal path)]
@@ -105,13 +107,13 @@ class BagSource(PairSource):
     """
 
     def __init__(self, bag, visible_topic: str, thermal_topic: str, deform: str = "none", seed: int = 0,
-                 max_width: int = 0):
+                 max_width: int = 0, fixed_rig: bool = False):
         from .bag import BagTopics
         from .fusion_outputs import prepare_input
         from .image_conversions import ImageConversionError
         from .sync import stamp_ns
 
-        super().__init__(deform, seed, max_width)
+        super().__init__(deform, seed, max_width, fixed_rig)
         if not visible_topic or not thermal_topic:
             raise CgrpError("bag: give visible_topic and thermal_topic too")
         self.streams = ([], [])  # per stream: [(header stamp ns, CDR bytes)]
@@ -175,6 +177,8 @@ class PlayerNode(Node):
                               floating_point_range=_float_range(0.0, 10.0))
         deform = declare("deform", "none", f"misalign the thermal with this preset ({', '.join(PRESETS)})")
         self.seed = declare("seed", 0, "seed of the misalignment and the jitter")
+        fixed_rig = declare("fixed_rig", False, "with deform: ONE misalignment for every frame, as a rigid rig "
+                            "(frames of one size); false: one per image")
         reliable = declare("reliable", True, "reliable QoS (needed for large images over shared memory)")
         self.count = declare("count", 0, "pairs to publish before exiting; 0: loop forever",
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
@@ -188,9 +192,9 @@ class PlayerNode(Node):
         self.bag_stamps = declare("bag_stamps", True, "with bag: publish the bag's header stamps; "
                                   "false: now, with stamp_offset and jitter")
         if bag:
-            self.source = BagSource(bag, visible_topic, thermal_topic, deform, self.seed, max_width)
+            self.source = BagSource(bag, visible_topic, thermal_topic, deform, self.seed, max_width, fixed_rig)
         else:
-            self.source = FolderSource(visible_dir, thermal_dir, deform, self.seed, max_width)
+            self.source = FolderSource(visible_dir, thermal_dir, deform, self.seed, max_width, fixed_rig)
         self._messages = {}               # index -> (visible msg, thermal msg), built on first use
         self._rng = np.random.default_rng(self.seed)
         self.published = 0
