@@ -56,13 +56,29 @@ def test_amortised_mode_gives_the_per_frame_outputs_on_a_static_input(cpu_pipeli
 @pytest.mark.parametrize("rate, expected", [(0, 10), (1.0, 1), (5.0, 5)])
 def test_registration_rate_decides_how_often_the_networks_register(counted, rig_pair, rate, expected):
     visible, thermal, _ = rig_pair
-    stream = StreamPipeline(counted, registration_rate=rate, scene_change=0)
+    stream = StreamPipeline(counted, registration_rate=rate, scene_change=0, converging_rate=0)
     for index in range(10):  # one second at 10 Hz
         result = stream(visible, thermal, outputs=frozenset({"fused"}), stamp=index / 10)
         assert result.fused is not None
     assert counted.backend.calls["registration"] == expected
     assert counted.backend.calls["generator"] == expected
     assert counted.backend.calls["fusion"] == 10  # every frame is still fused
+
+
+def test_a_converging_estimate_registers_faster_than_a_converged_one(counted, rig_pair):
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(counted, registration_rate=0.5, scene_change=0, converging_rate=2.0)
+    stamps = [i / 10 for i in range(31)]  # three seconds at 10 Hz
+    registered_at = []
+    for stamp in stamps:
+        before = stream.registrations
+        stream(visible, thermal, outputs=frozenset({"flow"}), stamp=stamp)
+        if stream.registrations > before:
+            registered_at.append(stamp)
+    # converging: every 0.5 s until three registrations agree, then every 2 s
+    assert registered_at[:3] == [0.0, 0.5, 1.0]
+    assert stream.rig.state == CONVERGED
+    assert registered_at[3:] == [3.0]
 
 
 def test_a_scene_change_registers_before_the_rate_says_so(counted, sample_pairs, rig_pair):

@@ -2,11 +2,11 @@
 
 Two cameras bolted together keep one misalignment. Registering every frame from scratch repeats
 the expensive part (generator + registration, ~3/4 of a pair's time on a CPU) and makes the flow
-shimmer from frame to frame. `StreamPipeline` registers at `registration_rate` Hz (or sooner when
-the scene changes), folds each registration into `RigFlow`, a running robust estimate of the rig's
+shimmer from frame to frame. `StreamPipeline` registers at `registration_rate` Hz (`converging_rate`
+while the estimate settles, or at once when the scene changes), folds each registration into `RigFlow`, a running robust estimate of the rig's
 flow, and fuses every frame with that estimate:
 
-    stream = StreamPipeline(Pipeline(), registration_rate=1.0)
+    stream = StreamPipeline(Pipeline(), registration_rate=0.5)
     for stamp, visible, thermal in frames:             # stamp: seconds (message or frame time)
         result = stream(visible, thermal, stamp=stamp)  # FusionResult, flow = the rig estimate
     stream.rig.state                                    # 'waiting' | 'converging' | 'converged' | 'drifting'
@@ -128,15 +128,18 @@ class StreamPipeline:
     scene_change: mean absolute change of a 12 x 16 luminance thumbnail (0..1) since the last
         registration that triggers one early (a new view: the depth-dependent residual changes);
         0 disables the test.
+    converging_rate: Hz of registrations while the estimate is converging or drifting (at least
+        registration_rate): the estimate settles within a few seconds, then costs little.
     """
 
-    def __init__(self, pipeline: Pipeline, registration_rate: float = 1.0, scene_change: float = 0.15,
-                 rig: RigFlow | None = None, clock=time.monotonic):
+    def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,
+                 converging_rate: float = 2.0, rig: RigFlow | None = None, clock=time.monotonic):
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
         self.pipeline = pipeline
         self.registration_rate = float(registration_rate)
         self.scene_change = float(scene_change)
+        self.converging_rate = float(converging_rate)
         self.rig = rig or RigFlow()
         self.clock = clock
         self.last_registration = None   # stamp (s) of the last full registration
@@ -158,7 +161,10 @@ class StreamPipeline:
             return True
         if current.flow.shape[:2] != visible.shape[:2]:
             return True  # a new resolution: the estimate does not apply
-        if stamp < self.last_registration or stamp - self.last_registration >= 1.0 / self.registration_rate:
+        rate = self.registration_rate
+        if self.rig.state in (CONVERGING, DRIFTING):
+            rate = max(rate, self.converging_rate)
+        if stamp < self.last_registration or stamp - self.last_registration >= 1.0 / rate:
             return True  # (time going backwards: a replayed bag)
         if self.scene_change > 0 and self._thumbnail is not None:
             return float(np.mean(np.abs(scene_thumbnail(visible) - self._thumbnail))) > self.scene_change

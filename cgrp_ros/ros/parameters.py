@@ -49,8 +49,9 @@ PARAMETERS = (
     Param("self_calibrate", True, "keep a running, robust estimate of the rig's flow from registrations at "
           "registration_rate and fuse every pair with it (converging / converged / drifting in /diagnostics; "
           "~/save_calibration writes it); false: register every pair alone (slower, the flow shimmers)"),
-    Param("registration_rate", 1.0, "with self_calibrate: full registrations (generator + registration) per "
-          "second of stream time; a scene change registers sooner", range=(0.01, 100.0)),
+    Param("registration_rate", 0.5, "with self_calibrate: full registrations (generator + registration) per "
+          "second of stream time once the estimate has converged (2 per second while it converges or drifts; a "
+          "scene change registers at once)", range=(0.01, 100.0)),
     Param("scene_change", 0.15, "with self_calibrate: change of a 12x16 thumbnail of the visible image (mean, "
           "0..1) since the last registration that registers at once; 0: off", range=(0.0, 1.0)),
     Param("calibration_file", "", "rig.yaml from cgrp calibrate or ~/save_calibration: its homography is the "
