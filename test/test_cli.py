@@ -76,7 +76,7 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
     class LowConfidence:  # stands in for the Pipeline: a pair with too little shared structure
         confidence_threshold = 0.3
 
-        def __call__(self, visible, thermal):
+        def __call__(self, visible, thermal, outputs=None):
             h, w = visible.shape[:2]
             return SimpleNamespace(fused=visible[:, :, 0], fused_color=visible, registered_thermal=thermal,
                                    flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=visible[:, :, 0],

@@ -112,7 +112,9 @@ def run_bag(args) -> int:
         pass
     if args.out.exists():
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
-    pipeline = pipeline_from_args(args)
+    if args.registration_rate < 0:
+        raise CgrpError("--registration-rate must be >= 0")
+    pipeline = StreamPipeline(pipeline_from_args(args), args.registration_rate)  # paced by the visible stamps
     summary = fuse_bag(pipeline, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
                        progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),

@@ -189,6 +189,9 @@ def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_pat
              warn=None) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
+    pipeline: a core Pipeline (every pair registered alone) or a StreamPipeline (one rig: registrations
+    paced by the visible stamps, the rig estimate for every pair).
+
     The inputs are copied as recorded, less messages that cannot be deserialised at all.
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
     at the log time of the message that completed the pair. `progress(total=N)` -> an object with
