@@ -128,3 +128,15 @@ def test_fusion_only_and_generator_only_entry_points(cpu_pipeline, sample_pairs)
     pseudo = cpu_pipeline.pseudo_thermal(visible)
     assert pseudo.shape == thermal.shape and pseudo.dtype == np.float32
     assert 0.0 <= pseudo.min() and pseudo.max() <= 1.0
+
+
+def test_tensorrt_keeps_its_engines_beside_the_onnx_files(tmp_path):
+    from cgrp_ros.core.backends import provider_settings
+
+    settings = provider_settings(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 tmp_path, fp16=True)
+    (trt, trt_options), (cuda, _), cpu = settings
+    assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert trt_options["trt_engine_cache_enable"] and trt_options["trt_fp16_enable"]
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "tensorrt") and (tmp_path / "tensorrt").is_dir()
+    assert provider_settings(["CPUExecutionProvider"], tmp_path) == ["CPUExecutionProvider"]

@@ -22,7 +22,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
     g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--fp16", action="store_true", help="half precision (torch on CUDA)")
+    g.add_argument("--fp16", action="store_true", help="half precision (torch on CUDA; onnxruntime TensorRT)")
     g.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="largest resolution the networks run at (default: 256x320)")
     g.add_argument("--fusion-scale", type=float, default=0.5, metavar="S",

@@ -156,7 +156,7 @@ class OnnxBackend:
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
     def __init__(self, model_paths: dict, device: str = "auto", onnx_dir=None, require_gpu: bool = False,
-                 threads: int = 0, providers=None):
+                 threads: int = 0, providers=None, fp16: bool = False):
         """`providers`: an explicit onnxruntime provider order for GPU devices (e.g. only
         CUDAExecutionProvider to leave TensorRT out); default TensorRT -> CUDA -> CPU. The CPU
         provider is always appended as the last resort."""
@@ -193,7 +193,7 @@ class OnnxBackend:
         for stage in STAGES:
             path = onnx_dir / f"{stage}.onnx"
             try:
-                session = ort.InferenceSession(str(path), options, providers=wanted)
+                session = ort.InferenceSession(str(path), options, providers=provider_settings(wanted, onnx_dir, fp16))
             except Exception as exc:  # a GPU provider that cannot start: CPU still works
                 if wanted == ["CPUExecutionProvider"]:
                     raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
@@ -220,10 +220,29 @@ class OnnxBackend:
         pass
 
 
+def provider_settings(providers, cache_dir, fp16: bool = False) -> list:
+    """onnxruntime's `providers` argument: each provider with its options. TensorRT builds its engines
+    once and keeps them next to the ONNX files (`cache_dir/tensorrt`, keyed by model and input shape),
+    so only the first start on a machine pays the build; fp16 lets TensorRT use half precision."""
+    settings = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            cache = Path(cache_dir) / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            settings.append((name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                                    "trt_fp16_enable": bool(fp16)}))
+        elif name == "CUDAExecutionProvider":
+            settings.append((name, {"cudnn_conv_algo_search": "HEURISTIC"}))
+        else:
+            settings.append(name)
+    return settings
+
+
 def make_backend(name: str, model_paths: dict, device: str = "auto", fp16: bool = False,
                  require_gpu: bool = False, onnx_dir=None, onnx_providers=None):
     if name == "torch":
         return TorchBackend(model_paths, device, fp16, require_gpu)
     if name in ("onnxruntime", "onnx", "ort"):
-        return OnnxBackend(model_paths, device, onnx_dir, require_gpu, providers=onnx_providers)
+        return OnnxBackend(model_paths, device, onnx_dir, require_gpu, providers=onnx_providers, fp16=fp16)
     raise BackendError(f"unknown backend '{name}', expected torch or onnxruntime")

@@ -255,11 +255,13 @@ class Pipeline:
                 raise InputError(f"the registration's flow is {registration.flow.shape[:2]}, "
                                  f"the visible image {(f.hv, f.wv)}")
             registered_w = self._registered_working(f, registration.flow)
-            if "pseudo_thermal" in outputs:
+            t_warp = time.perf_counter()
+            if "pseudo_thermal" in outputs:  # only as an output: registration does not need it
                 pseudo = self.backend("generator", f.vis_in)
-            # this pair's registration cost: the resample (and the generator, when asked)
+            # this pair's registration cost is the resample of the thermal
             registration = Registration(registration.flow, registration.confidence, registration.fallback,
-                                        dict(generator=0.0, registration=(time.perf_counter() - t1) * 1e3))
+                                        dict(generator=(time.perf_counter() - t_warp) * 1e3,
+                                             registration=(t_warp - t1) * 1e3))
         t2 = time.perf_counter()
         fused_w, fusion_y = self._fusion(f, registered_w) if "fused" in outputs else (None, None)
         self.backend.synchronize()
