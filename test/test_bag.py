@@ -196,7 +196,7 @@ def test_bag_defaults_are_the_nodes():
 
 
 def test_bag_source_pairs_each_visible_with_the_nearest_thermal(tmp_path, sample_pairs):
-    from cgrp_ros.ros.player_node import BagSource
+    from cgrp_ros.ros.sources import BagSource
 
     pairs = small_pairs(sample_pairs)
     visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", True, corrupt_visible=2)

@@ -130,3 +130,18 @@ def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, co
     assert code == 2
     assert "calibration file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
+    """The same shifted rig recorded as a rosbag2 (raw Image topics): --bag gives the folder's result."""
+    from test_bag import THERMAL, VISIBLE, write_bag
+
+    g = similarity_about_centre(SIZE, 3.0, 1.03, (12.0, -8.0))
+    rig = [synthetic_rig(v, t, g, size=SIZE) for _, v, t in aligned_pairs]
+    write_bag(tmp_path / "rig_bag", [(v, t) for v, t, _ in rig], "mcap", compressed=False)
+    out = tmp_path / "rig.yaml"
+    assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
+                 "--out", out, "--scales", "1", "--refinements", "1", "--device", "cpu"]) == 0
+    assert corner_error(load_calibration(out), rig[0][2], SIZE) < 3.0
+    assert yaml.safe_load(out.read_text())["command"].startswith("cgrp calibrate --bag")
+    assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error

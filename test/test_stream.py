@@ -121,30 +121,41 @@ def _registration(flow, fallback=False):
 def test_rig_flow_ignores_fallbacks_and_outliers_and_converges_to_the_mean():
     rng = np.random.default_rng(0)
     truth = np.zeros((8, 10, 2), np.float32) + np.float32([3.0, -2.0])
-    rig = RigFlow(smoothing=0.2)
+    rig = RigFlow()
     assert not rig.update(_registration(np.zeros_like(truth), fallback=True)).accepted
     assert rig.state == WAITING and rig.flow is None
-    for _ in range(30):
-        rig.update(_registration(truth + rng.normal(0, 0.5, truth.shape)))
+    for _ in range(30):  # registrations are smooth: noise is an offset of the whole flow
+        rig.update(_registration(truth + rng.normal(0, 0.5, 2).astype(np.float32)))
     assert rig.state == CONVERGED
-    assert flow_distance(rig.flow, truth) < 0.3
+    assert flow_distance(rig.flow, truth) < 0.5
     before = rig.flow.copy()
     update = rig.update(_registration(truth + 20.0))  # one wild frame
     assert not update.accepted and update.reason == "outlier"
+    assert flow_distance(rig.flow, before) < 0.5  # not pulled towards it
     assert rig.update(_registration(np.zeros_like(truth), fallback=True)).reason == "fallback"
-    np.testing.assert_array_equal(rig.flow, before)
+
+
+def test_a_wrong_first_registration_is_outvoted():
+    truth = np.zeros((8, 10, 2), np.float32)
+    rig = RigFlow()
+    rig.update(_registration(truth + 6.0))  # the first one is wrong
+    for _ in range(2):
+        rig.update(_registration(truth))
+    assert flow_distance(rig.flow, truth) < 1e-6  # two agreeing ones outvote it; it is not averaged in
+    reasons = [rig.update(_registration(truth)).reason for _ in range(3)]
+    assert reasons == ["agrees"] * 3 and rig.state == CONVERGED
 
 
 def test_rig_flow_follows_a_knock():
     truth = np.zeros((8, 10, 2), np.float32)
-    rig = RigFlow(smoothing=0.2, drift_updates=3)
+    rig = RigFlow()
     for _ in range(5):
         rig.update(_registration(truth))
     knocked = truth + np.float32([6.0, 0.0])
-    reasons = [rig.update(_registration(knocked)).reason for _ in range(12)]
+    reasons = [rig.update(_registration(knocked)).reason for _ in range(6)]
     assert reasons[:3] == ["outlier", "outlier", "drift"]
-    assert DRIFTING in {rig.state} or rig.state == CONVERGED
-    assert flow_distance(rig.flow, knocked) < 0.5
+    assert rig.state == CONVERGED
+    assert flow_distance(rig.flow, knocked) < 1e-6
 
 
 def test_sequences_group_frames_by_name_in_frame_order():

@@ -22,10 +22,17 @@ HELP = "estimate the rig's thermal->visible homography from folders of same-name
 def add_arguments(p):
     from ..core.calibrate import DEFAULT_SCALES
 
-    p.add_argument("--visible", type=Path, required=True, help="folder of visible images (or one file)")
-    p.add_argument("--thermal", type=Path, required=True, help="folder of thermal images with the same names")
+    p.add_argument("--visible", type=Path, help="folder of visible images (or one file)")
+    p.add_argument("--thermal", type=Path, help="folder of thermal images with the same names")
     p.add_argument("--out", type=Path, required=True, help="calibration file to write, e.g. rig.yaml "
                    "(a picture rig.png is written next to it)")
+    g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
+    g.add_argument("--bag", type=Path, help="rosbag2 (bag folder, .db3 or .mcap): each visible message with the "
+                   "thermal message nearest in stamp")
+    g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
+    g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
+    g.add_argument("--every", type=int, default=1, metavar="N",
+                   help="with --bag: every N-th pair (consecutive video frames add little; default 1)")
     p.add_argument("--list", type=Path, default=None, metavar="FILE", help="only the names listed in FILE")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name)")
     p.add_argument("--scales", default=",".join(f"{s:.4g}" for s in DEFAULT_SCALES), metavar="S[,S]",
@@ -46,6 +53,17 @@ def _loader(path, flags):
     return lambda: read_image(path, flags)
 
 
+def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> list:
+    """[(name, load visible, load thermal)] of a bag's pairs (cgrp_player's BagSource, no rclpy)."""
+    from ..ros.sources import BagSource
+
+    source = BagSource(bag, visible_topic, thermal_topic)  # bag/topic problems: BagError/CgrpError, exit 2
+    if source.skipped:
+        print(f"cgrp calibrate: {source.skipped} unreadable message(s) in the bag skipped", file=sys.stderr)
+    return [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
+            for index in range(0, len(source), every)]
+
+
 def run(args) -> int:
     from ..core.calibrate import RigCalibrator, checkerboard_picture, save_calibration
     from ..core.data import read_split
@@ -59,11 +77,23 @@ def run(args) -> int:
     if not scales or min(scales) <= 0:
         print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
         return 2
-    names = read_split(args.list) if args.list else None
-    listing = find_pairs(args.visible, args.thermal, names)
-    for path in listing.unpaired:
-        print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
-    pairs = listing.pairs[:args.limit] if args.limit else listing.pairs
+    if args.bag is not None:
+        if args.visible or args.thermal or not args.visible_topic or not args.thermal_topic:
+            print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
+                  "--visible/--thermal", file=sys.stderr)
+            return 2
+        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every))
+    else:
+        if args.visible is None or args.thermal is None:
+            print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
+            return 2
+        names = read_split(args.list) if args.list else None
+        listing = find_pairs(args.visible, args.thermal, names)
+        for path in listing.unpaired:
+            print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
+        pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
+                 for name, v, t in listing.pairs]
+    pairs = pairs[:args.limit] if args.limit else pairs
     if not pairs:
         print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
@@ -72,14 +102,13 @@ def run(args) -> int:
                                refinements=args.refinements)
     progress = lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pair", leave=False)  # noqa: E731
     command = command_line(args)
-    calibration = calibrator.calibrate(
-        [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED)) for name, v, t in pairs],
-        progress, command)  # not enough evidence raises CalibrationError: one line, exit 2, no file
+    calibration = calibrator.calibrate(pairs, progress, command)
+    # (not enough evidence raises CalibrationError: one line, exit 2, no file)
     save_calibration(calibration, args.out)
     best = calibrator.best_pair or pairs[0][0]
-    _, v, t = next(p for p in pairs if p[0] == best)
+    _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
     picture = args.out.with_suffix(".png")
-    cv2.imwrite(str(picture), checkerboard_picture(read_image(v), read_image(t), calibration.homography))
+    cv2.imwrite(str(picture), checkerboard_picture(load_visible(), load_thermal(), calibration.homography))
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
           f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out} and {picture}")
@@ -89,7 +118,12 @@ def run(args) -> int:
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed options (also right when called from Python)."""
     q = lambda v: shlex.quote(str(v))  # noqa: E731
-    parts = ["cgrp calibrate", f"--visible {q(args.visible)}", f"--thermal {q(args.thermal)}", f"--out {q(args.out)}"]
+    if getattr(args, "bag", None) is not None:
+        parts = ["cgrp calibrate", f"--bag {q(args.bag)}", f"--visible-topic {q(args.visible_topic)}",
+                 f"--thermal-topic {q(args.thermal_topic)}", f"--every {args.every}", f"--out {q(args.out)}"]
+    else:
+        parts = ["cgrp calibrate", f"--visible {q(args.visible)}", f"--thermal {q(args.thermal)}",
+                 f"--out {q(args.out)}"]
     if args.list:
         parts.append(f"--list {q(args.list)}")
     if args.limit:

@@ -45,65 +45,78 @@ class RigUpdate:
 class RigFlow:
     """Running robust estimate of a rig's flow (H x W x 2, visible px) from per-frame registrations.
 
+    The estimate is the consensus of the last `window` registrations: the one closest to all the
+    others (the medoid) and every registration within `outlier_px` of it are averaged.
+
     - A registration that fell back (too little evidence: night, fog, a lens cap) is ignored, so the
       estimate stays put while the scene carries no information.
-    - The first few agreeing registrations are averaged; later ones are blended in with weight
-      `smoothing` (an exponential average: noise cancels, a slow drift is followed).
-    - One that disagrees by more than `outlier_px` is an outlier and ignored; `drift_updates` in a
-      row that disagree are a real change (a knock): the state turns 'drifting' and they are
-      blended with weight 1/2 until the estimate agrees again.
-    - 'converged': at least `min_updates` accepted and the last `min_updates` moved the
-      estimate by less than `converged_px` each.
+    - One wrong registration, even the first, is outvoted as soon as two others agree, and never
+      enters the average; noise averages out over the window.
+    - A real change (a knock) wins once most of the window has seen it: after about `window` / 2 + 1
+      registrations; 'drifting' while registrations keep disagreeing with the estimate. A slow drift
+      is followed as the window slides.
+    - 'converged': at least `min_updates` registrations agree and the last `min_updates` updates
+      each moved the estimate by less than `converged_px`.
     """
 
-    def __init__(self, smoothing: float = 0.2, outlier_px: float = 3.0, drift_updates: int = 3,
-                 converged_px: float = 0.5, min_updates: int = 3):
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError("smoothing must be in (0, 1]")
-        self.smoothing, self.outlier_px, self.drift_updates = smoothing, outlier_px, drift_updates
+    def __init__(self, window: int = 5, outlier_px: float = 3.0, converged_px: float = 0.5, min_updates: int = 3):
+        if window < 1 or min_updates < 1:
+            raise ValueError("window and min_updates must be >= 1")
+        self.window, self.outlier_px = window, outlier_px
         self.converged_px, self.min_updates = converged_px, min_updates
         self.reset()
 
     def reset(self):
         self.flow = None            # H x W x 2 float32, visible px
-        self.confidence = 0.0       # running mean confidence of the accepted registrations
-        self.accepted = 0
-        self.rejected = 0
-        self._disagreeing = 0       # consecutive outliers
-        self._changes = []          # px moved by the recent accepted updates
+        self.confidence = 0.0       # mean confidence of the registrations in the consensus
+        self.accepted = 0           # registrations that were in the consensus when they arrived
+        self.rejected = 0           # fallbacks, and registrations outvoted when they arrived
+        self._recent = []           # the last `window` non-fallback registrations
+        self._disagreeing = 0       # consecutive registrations far from the estimate before them
+        self._changes = []          # px moved by the recent updates
         self.state = WAITING
+
+    @staticmethod
+    def _distance(a: Registration, b: Registration) -> float:
+        return flow_distance(a.flow[::8, ::8], b.flow[::8, ::8])  # smooth flows: a coarse grid is enough
+
+    def _consensus(self) -> list:
+        """The registrations within outlier_px of the window's medoid."""
+        recent = self._recent
+        distances = np.array([[self._distance(a, b) if i < j else 0.0 for j, b in enumerate(recent)]
+                              for i, a in enumerate(recent)])
+        distances = distances + distances.T
+        medoid = int(np.argmin(distances.sum(axis=1)))
+        return [r for r, d in zip(recent, distances[medoid]) if d <= self.outlier_px]
 
     def update(self, registration: Registration) -> RigUpdate:
         if registration.fallback:
             self.rejected += 1
             return RigUpdate(False, "fallback", 0.0, 0.0)
-        flow = registration.flow
-        if self.flow is None or self.flow.shape != flow.shape:
-            reason = "first" if self.flow is None else "size"
+        if self.flow is not None and self.flow.shape != registration.flow.shape:
             self.reset()
-            self.flow, self.confidence, self.accepted = flow.astype(np.float32), registration.confidence, 1
-            self.state = CONVERGING
-            return RigUpdate(True, reason, 0.0, 0.0)
-        distance = flow_distance(flow, self.flow)
-        weight = max(self.smoothing, 1.0 / (self.accepted + 1))
-        reason = "agrees"
-        if distance > self.outlier_px:
-            self._disagreeing += 1
-            if self._disagreeing < self.drift_updates:
-                self.rejected += 1
-                return RigUpdate(False, "outlier", distance, 0.0)
-            self.state, weight, reason = DRIFTING, 0.5, "drift"
-        else:
-            self._disagreeing = 0
-        self.flow = ((1.0 - weight) * self.flow + weight * flow).astype(np.float32)
-        self.confidence = (1.0 - weight) * self.confidence + weight * registration.confidence
-        self.accepted += 1
-        change = weight * distance
+        first = self.flow is None
+        distance = 0.0 if first else flow_distance(registration.flow[::8, ::8], self.flow[::8, ::8])
+        self._recent = (self._recent + [registration])[-self.window:]
+        consensus = self._consensus()
+        accepted = any(r is registration for r in consensus)
+        self.accepted += accepted
+        self.rejected += not accepted
+        flow = np.mean([r.flow for r in consensus], axis=0).astype(np.float32)
+        change = 0.0 if first else flow_distance(flow[::8, ::8], self.flow[::8, ::8])
+        self.flow, self.confidence = flow, float(np.mean([r.confidence for r in consensus]))
+        self._disagreeing = self._disagreeing + 1 if distance > self.outlier_px else 0
         self._changes = (self._changes + [change])[-self.min_updates:]
-        if reason == "agrees":
-            settled = self.accepted >= self.min_updates and max(self._changes) < self.converged_px
+        if first:
+            self.state, reason = CONVERGING, "first"
+        elif self._disagreeing >= 2 and self.state in (CONVERGED, DRIFTING):  # (still converging: not a change)
+            self.state, reason = DRIFTING, "drift" if accepted else "outlier"
+        else:
+            settled = len(consensus) >= self.min_updates and len(self._changes) >= self.min_updates and \
+                max(self._changes) < self.converged_px
             self.state = CONVERGED if settled else (DRIFTING if self.state == DRIFTING else CONVERGING)
-        return RigUpdate(True, reason, distance, change)
+            reason = "agrees" if accepted else "outlier"
+        return RigUpdate(accepted, reason, distance, change)
 
     def registration(self) -> Registration:
         return Registration(self.flow, float(self.confidence), False)

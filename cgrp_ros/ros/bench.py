@@ -71,7 +71,7 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
         from sensor_msgs.msg import Image
 
         from .parameters import RELIABLE_INPUTS
-        from .player_node import sample_dir
+        from .sources import sample_dir
     except ImportError as exc:
         raise CgrpError(f"ROS 2 Python packages are not available ({exc})") from None
 

@@ -3,7 +3,7 @@
 Publishes visible/image and thermal/image (sensor_msgs/Image) at `rate` Hz. The visible stamp
 is the current time; the thermal stamp is offset by `stamp_offset` plus uniform noise of
 +-`jitter` seconds, like two free-running cameras. With `bag` (+ `visible_topic`, `thermal_topic`)
-the pairs come from a rosbag2 (BagSource, read with rosbags: no ROS installation needed) and keep
+the pairs come from a rosbag2 (cgrp_ros.ros.sources.BagSource, read with rosbags: no ROS installation needed) and keep
 the bag's header stamps unless `bag_stamps` is false. With `deform` the thermal is misaligned on the
 fly by cgrp_ros.core.deform (deterministic per image and `seed`), as an uncalibrated rig would be.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -22,145 +20,15 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from ..core.data import find_pairs, read_image
-from ..core.deform import PRESETS, misalign, rng_for
+from ..core.deform import PRESETS
 from ..core.errors import CgrpError
 from .image_conversions import encoding_for, numpy_to_image
 from .process import spin_until_signal
-
-
-def sample_dir() -> Path:
-    """The bundled sample pairs: the source tree's sample/, else the installed share/cgrp_ros/sample."""
-    repo_sample = Path(__file__).resolve().parents[2] / "sample"
-    if repo_sample.is_dir():
-        return repo_sample
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cgrp_ros")) / "sample"
-    except Exception:
-        return repo_sample
+from .sources import BagSource, FolderSource
 
 
 def _float_range(low, high):
     return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
-
-
-class PairSource:
-    """What the player needs of a source of pairs: `len(source)`, `source.arrays(index)` ->
-    (visible, thermal) arrays, and `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now).
-
-    The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
-    """
-
-    def __init__(self, deform: str = "none", seed: int = 0, max_width: int = 0, fixed_rig: bool = False):
-        if deform not in PRESETS:
-            raise CgrpError(f"deform: unknown preset '{deform}', expected one of {', '.join(PRESETS)}")
-        self.deform, self.seed, self.max_width, self.fixed_rig = deform, seed, max_width, fixed_rig
-
-    def _shrink(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        if not self.max_width or width <= self.max_width:
-            return image
-        size = (self.max_width, max(1, round(height * self.max_width / width)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-    def _finish(self, visible: np.ndarray, thermal: np.ndarray, name: str):
-        visible, thermal = self._shrink(visible), self._shrink(thermal)
-        if thermal.ndim == 3:  # a thermal camera is single channel
-            thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
-        if self.deform != "none":
-            # a rigid rig: one misalignment for every frame (of one size); else one per image
-            thermal = misalign(thermal, self.deform, rng_for(self.seed, "rig" if self.fixed_rig else name)).misaligned
-        return visible, thermal
-
-    def stamps(self, index: int):
-        return None
-
-
-class FolderSource(PairSource):
-    """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays."""
-
-    def __init__(self, visible_dir, thermal_dir, deform: str = "none", seed: int = 0, max_width: int = 0,
-                 fixed_rig: bool = False):
-        super().__init__(deform, seed, max_width, fixed_rig)
-        root = sample_dir()
-        visible_dir, thermal_dir = visible_dir or root / "visible", thermal_dir or root / "thermal"
-        self.pairs = find_pairs(visible_dir, thermal_dir).pairs  # [(name, visible path, thermal path)]
-        if not self.pairs:
-            raise CgrpError(f"no visible/thermal pairs in '{visible_dir}' and '{thermal_dir}'")
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def arrays(self, index: int):
-        """(visible, thermal) of pair `index`: the thermal single channel, misaligned by `deform`."""
-        name, visible_path, thermal_path = self.pairs[index]
-        return self._finish(read_image(visible_path), read_image(thermal_path), name)
-
-
-class BagSource(PairSource):
-    """The visible and thermal topics of a rosbag2 (sqlite3 or MCAP; Image or CompressedImage).
-
-    Every good visible message of the bag, in the bag's order, makes one pair with the thermal message
-    whose header stamp is closest to it; messages that cannot be read are skipped (and counted in
-    `skipped`). The bag's serialised messages are kept in memory, decoded when a pair is played.
-    """
-
-    def __init__(self, bag, visible_topic: str, thermal_topic: str, deform: str = "none", seed: int = 0,
-                 max_width: int = 0, fixed_rig: bool = False):
-        from .bag import BagTopics
-        from .fusion_outputs import prepare_input
-        from .image_conversions import ImageConversionError
-        from .sync import stamp_ns
-
-        super().__init__(deform, seed, max_width, fixed_rig)
-        if not visible_topic or not thermal_topic:
-            raise CgrpError("bag: give visible_topic and thermal_topic too")
-        self.streams = ([], [])  # per stream: [(header stamp ns, CDR bytes)]
-        self.skipped = 0
-        with BagTopics(bag, visible_topic, thermal_topic) as reader:
-            self.types, self.msgtypes, self.compressed = reader.types, reader.msgtypes, reader.compressed
-            for stream, _, raw, msg in reader.messages():
-                try:
-                    if msg is None:
-                        raise ImageConversionError("data", "cannot be deserialised")
-                    prepare_input(msg, self.compressed[stream])
-                except ImageConversionError:
-                    self.skipped += 1
-                    continue
-                self.streams[stream].append((stamp_ns(msg), raw))
-        visible, thermal = self.streams
-        if not visible or not thermal:
-            raise CgrpError(f"bag '{bag}': no readable messages on "
-                            f"{visible_topic if not visible else thermal_topic}")
-        thermal_stamps = np.array([stamp for stamp, _ in thermal], np.int64)
-        order = np.argsort(thermal_stamps, kind="stable")
-        sorted_stamps = thermal_stamps[order]
-        self.pairs = []  # (visible index, thermal index)
-        for index, (stamp, _) in enumerate(visible):
-            at = int(np.searchsorted(sorted_stamps, stamp))
-            near = [i for i in (at - 1, at) if 0 <= i < len(sorted_stamps)]
-            best = min(near, key=lambda i: abs(int(sorted_stamps[i]) - stamp))
-            self.pairs.append((index, int(order[best])))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def _array(self, stream: int, index: int) -> np.ndarray:
-        from .fusion_outputs import as_array, prepare_input
-        from .image_conversions import to_bgr
-
-        _, raw = self.streams[stream][index]
-        msg = prepare_input(self.types.deserialize_cdr(raw, self.msgtypes[stream]), self.compressed[stream])
-        return np.array(to_bgr(as_array(msg), msg.encoding))  # a copy: not a view of the CDR buffer
-
-    def arrays(self, index: int):
-        visible_index, thermal_index = self.pairs[index]
-        return self._finish(self._array(0, visible_index), self._array(1, thermal_index), str(visible_index))
-
-    def stamps(self, index: int):
-        visible_index, thermal_index = self.pairs[index]
-        return self.streams[0][visible_index][0], self.streams[1][thermal_index][0]
 
 
 class PlayerNode(Node):
