@@ -126,7 +126,7 @@ def command_line(args) -> str:
     if args.limit:
         parts.append(f"--limit {args.limit}")
     parts += [f"--out {shlex.quote(str(args.out))}", f"--backend {args.backend}", f"--device {args.device}",
-              "--working-size {}x{}".format(*args.working_size)]
+              "--working-size {}x{}".format(*args.working_size), f"--fusion-scale {args.fusion_scale:g}"]
     if args.threads:
         parts.append(f"--threads {args.threads}")
     if args.fp16:

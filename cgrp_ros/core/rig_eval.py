@@ -149,6 +149,15 @@ def rig_markdown(document: dict) -> str:
                       f"{row['epe']:.2f} ({row['epe_none']:.2f})", f"{row['shimmer']:.3f}", f"{row['jump']:.2f}",
                       converged, f"{row['ms_per_frame']:.0f}"])
     lines = [markdown_table(header, table), ""]
+    per_sequence = sorted({r["sequence"] for r in document["rows"]} - {"all"})
+    if len(per_sequence) > 1:
+        cells = {(r["sequence"], r["preset"], r["mode"]): r for r in document["rows"]}
+        presets = list(dict.fromkeys(r["preset"] for r in document["rows"]))
+        lines += ["Per sequence: EPE px per-frame / amortised (unregistered):", "",
+                  markdown_table(["sequence"] + presets, [
+                      [f"`{seq}`"] + [f"{cells[seq, pr, 'per-frame']['epe']:.2f} / {cells[seq, pr, 'amortised']['epe']:.2f} "
+                                      f"({cells[seq, pr, 'per-frame']['epe_none']:.2f})" for pr in presets]
+                      for seq in per_sequence]), ""]
     for preset in dict.fromkeys(r["preset"] for r in document["rows"]):
         by_mode = {r["mode"]: r for r in document["rows"] if r["preset"] == preset and r["sequence"] == "all"}
         per_frame, amortised = by_mode["per-frame"], by_mode["amortised"]

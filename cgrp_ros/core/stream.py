@@ -72,6 +72,7 @@ class RigFlow:
         self.accepted = 0           # registrations that were in the consensus when they arrived
         self.rejected = 0           # fallbacks, and registrations outvoted when they arrived
         self._recent = []           # the last `window` non-fallback registrations
+        self.support = 0            # registrations in the consensus (1: one registration, unconfirmed)
         self._disagreeing = 0       # consecutive registrations far from the estimate before them
         self._changes = []          # px moved by the recent updates
         self.state = WAITING
@@ -105,6 +106,7 @@ class RigFlow:
         flow = np.mean([r.flow for r in consensus], axis=0).astype(np.float32)
         change = 0.0 if first else flow_distance(flow[::8, ::8], self.flow[::8, ::8])
         self.flow, self.confidence = flow, float(np.mean([r.confidence for r in consensus]))
+        self.support = len(consensus)
         self._disagreeing = self._disagreeing + 1 if distance > self.outlier_px else 0
         self._changes = (self._changes + [change])[-self.min_updates:]
         if first:
@@ -142,17 +144,21 @@ class StreamPipeline:
         registration that triggers one early (a new view: the depth-dependent residual changes);
         0 disables the test.
     converging_rate: Hz of registrations while the estimate is converging or drifting (at least
-        registration_rate): the estimate settles within a few seconds, then costs little.
+        registration_rate): the estimate settles within a few seconds, then costs little. While it
+        rests on a single registration (the first, or after disagreements) it registers at
+        `confirming_rate`, so one wrong registration is outvoted within a few frames.
     """
 
     def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,
-                 converging_rate: float = 2.0, rig: RigFlow | None = None, clock=time.monotonic):
+                 converging_rate: float = 2.0, confirming_rate: float = 10.0, rig: RigFlow | None = None,
+                 clock=time.monotonic):
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
         self.pipeline = pipeline
         self.registration_rate = float(registration_rate)
         self.scene_change = float(scene_change)
         self.converging_rate = float(converging_rate)
+        self.confirming_rate = float(confirming_rate)
         self.rig = rig or RigFlow()
         self.clock = clock
         self.last_registration = None   # stamp (s) of the last full registration
@@ -177,6 +183,8 @@ class StreamPipeline:
         rate = self.registration_rate
         if self.rig.state in (CONVERGING, DRIFTING):
             rate = max(rate, self.converging_rate)
+        if self.rig.flow is not None and self.rig.support < 2:
+            rate = max(rate, self.confirming_rate)  # one registration alone may be wrong: confirm it soon
         if stamp < self.last_registration or stamp - self.last_registration >= 1.0 / rate:
             return True  # (time going backwards: a replayed bag)
         if self.scene_change > 0 and self._thumbnail is not None:
