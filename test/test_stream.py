@@ -210,3 +210,37 @@ def test_the_rig_estimate_saves_as_a_calibration_that_fuse_accepts(cpu_pipeline,
     expected = apply_homography(prior, points + result.flow[ys.ravel(), xs.ravel()])
     mapped = apply_homography(np.linalg.inv(homography), points)
     assert np.median(np.linalg.norm(mapped - expected, axis=1)) < 2.0
+
+
+def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_pair):
+    """A registration that takes as long as it likes (held here by an event): frames keep being fused
+    with the current estimate meanwhile, and the registration is folded in when it is done."""
+    import threading
+
+    class Held:
+        def __init__(self, pipeline):
+            self.pipeline, self.release, self.started = pipeline, threading.Event(), threading.Event()
+            self.registrations = 0
+
+        def register(self, visible, thermal):
+            self.registrations += 1
+            if self.registrations > 1:  # the first runs inline; the later ones wait for the test
+                self.started.set()
+                assert self.release.wait(30.0)
+            return self.pipeline.register(visible, thermal)
+
+        def __call__(self, *args, **kwargs):
+            return self.pipeline(*args, **kwargs)
+
+    visible, thermal, _ = rig_pair
+    held = Held(cpu_pipeline)
+    stream = StreamPipeline(held, registration_rate=10.0, background=True)
+    stream(visible, thermal, stamp=0.0)                 # inline: the first estimate
+    stream(visible, thermal, stamp=0.1)                 # due: starts a held registration
+    assert held.started.wait(30.0)
+    for index in range(2, 6):                           # fused while it is held
+        assert stream(visible, thermal, stamp=index / 10).fused is not None
+    assert stream.rig.accepted == 1
+    held.release.set()
+    stream._worker.join(30.0)
+    assert stream.rig.accepted == 2 and held.registrations == 2

@@ -77,7 +77,11 @@ class FusionResult:
 
 
 class Pipeline:
-    """Generation -> registration -> fusion on one backend. Not thread-safe: one caller at a time."""
+    """Generation -> registration -> fusion on one backend.
+
+    Inference calls may overlap (StreamPipeline registers in a thread of its own while frames are
+    fused): the networks run in inference mode and keep no state between calls. Changing the
+    config while calls run is not safe."""
 
     def __init__(self, config: PipelineConfig | None = None, **overrides):
         self.config = config or PipelineConfig()

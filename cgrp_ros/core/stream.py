@@ -16,6 +16,7 @@ flow, and fuses every frame with that estimate:
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -147,11 +148,15 @@ class StreamPipeline:
         registration_rate): the estimate settles within a few seconds, then costs little. While it
         rests on a single registration (the first, or after disagreements) it registers at
         `confirming_rate`, so one wrong registration is outvoted within a few frames.
+    background: run the registrations that fall due in a thread of their own while every frame goes on
+        being fused with the current estimate (a live node: no frame waits for a registration). The
+        very first registration still runs inline (there is nothing to fuse with before it). False:
+        the frame that falls due waits for it (offline runs: deterministic).
     """
 
     def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,
                  converging_rate: float = 2.0, confirming_rate: float = 10.0, rig: RigFlow | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, background: bool = False):
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
         self.pipeline = pipeline
@@ -167,11 +172,43 @@ class StreamPipeline:
         self._thumbnail = None
         self._last = None               # the last registration (used while the rig has no estimate)
         self.shapes = None              # (visible H x W, thermal H x W) of the last frame
+        self.background = background
+        self._lock = threading.Lock()   # guards the estimate between the caller and the background thread
+        self._worker = None             # the background registration in flight
+        self._finished = None           # (registration or exception) of a background run, not yet reported
 
     def current(self) -> Registration | None:
         """What frames between registrations are fused with: the rig estimate, or while there is
         none (every registration so far fell back) the last registration, i.e. the prior."""
-        return self.rig.registration() if self.rig.flow is not None else self._last
+        with self._lock:
+            return self.rig.registration() if self.rig.flow is not None else self._last
+
+    def _fold(self, registration: Registration) -> None:
+        """A finished registration into the estimate."""
+        with self._lock:
+            self._last = registration
+            self.last_update = self.rig.update(registration)
+
+    def _register_in_background(self, visible, thermal) -> None:
+        def run():
+            try:
+                registration = self.pipeline.register(visible, thermal)
+                self._fold(registration)
+                self._finished = registration
+            except Exception as exc:  # reported by the next frame, which raises it
+                self._finished = exc
+
+        self._worker = threading.Thread(target=run, name="cgrp_registration", daemon=True)
+        self._worker.start()
+
+    def _report(self, result: FusionResult) -> FusionResult:
+        """Attach a background registration that finished since the last frame (once), or raise its error."""
+        finished, self._finished = self._finished, None
+        if isinstance(finished, Exception):
+            raise finished
+        if finished is None:
+            return result
+        return replace(result, registration_confidence=finished.confidence, registration_fallback=finished.fallback)
 
     def due(self, visible: np.ndarray, stamp: float) -> bool:
         """Whether this frame runs the full registration."""
@@ -201,14 +238,17 @@ class StreamPipeline:
             self.registrations += 1
             self.last_registration = stamp
             return self.pipeline(visible, thermal, outputs)
-        if not self.due(visible, stamp):
-            return self.pipeline(visible, thermal, outputs, registration=self.current())
-        registration = self.pipeline.register(visible, thermal)
+        busy = self._worker is not None and self._worker.is_alive()
+        if busy or not self.due(visible, stamp):
+            return self._report(self.pipeline(visible, thermal, outputs, registration=self.current()))
         self.registrations += 1
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
-        self._last = registration
-        self.last_update = self.rig.update(registration)
+        if self.background and self.current() is not None:  # (copies: the caller may reuse its buffers)
+            self._register_in_background(np.array(visible), np.array(thermal))
+            return self._report(self.pipeline(visible, thermal, outputs, registration=self.current()))
+        registration = self.pipeline.register(visible, thermal)
+        self._fold(registration)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())
         spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)
                  for k in ("preprocess", "generator", "registration")}
@@ -224,11 +264,13 @@ class StreamPipeline:
 
         from .calibrate import Calibration, CalibrationError, homography_from_flow
 
-        if self.rig.flow is None or self.shapes is None:
-            raise CalibrationError(f"no rig estimate yet (state {self.rig.state}: no registration accepted)")
+        with self._lock:
+            flow, state = self.rig.flow, self.rig.state
+        if flow is None or self.shapes is None:
+            raise CalibrationError(f"no rig estimate yet (state {state}: no registration accepted)")
         visible_shape, thermal_shape = self.shapes
         homography, residual = homography_from_flow(
-            self.rig.flow, self.pipeline.visible_to_thermal(visible_shape, thermal_shape), thermal_shape)
+            flow, self.pipeline.visible_to_thermal(visible_shape, thermal_shape), thermal_shape)
         return Calibration(homography, tuple(visible_shape), tuple(thermal_shape), pairs_used=self.rig.accepted,
                            pairs_skipped=self.rig.rejected, median_residual_px=residual,
                            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),

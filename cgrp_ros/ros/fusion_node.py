@@ -163,7 +163,8 @@ class FusionNode(LifecycleNode):
                 self.get_logger().error(f"activation failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         if self.stream is None:  # kept over deactivation: the rig does not change
-            self.stream = StreamPipeline(self.pipeline, **stream_settings(self.values))
+            # registrations in a thread of their own: no frame waits for one
+            self.stream = StreamPipeline(self.pipeline, background=True, **stream_settings(self.values))
         self._use_pipeline(self.pipeline)
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
