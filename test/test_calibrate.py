@@ -145,3 +145,19 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     assert corner_error(load_calibration(out), rig[0][2], SIZE) < 3.0
     assert yaml.safe_load(out.read_text())["command"].startswith("cgrp calibrate --bag")
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
+
+
+def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path):
+    """`cgrp eval --rig --calibrate`: the data set becomes one rig with a 1.6x wider visible view at 2x
+    the pixels; the report has the corner error (far below the plain resize's) and the fused EPE."""
+    import json
+
+    write_rig(tmp_path / "data", aligned_pairs)
+    out = tmp_path / "out"
+    assert cgrp(["eval", "--rig", "--calibrate", "--data", tmp_path / "data", "--rig-size", "240x320",
+                 "--view", "1.6,2", "--device", "cpu", "--out", out]) == 0
+    result = json.loads((out / "rig_calibration.json").read_text())["data"]
+    assert result["visible_size"] == [480, 640] and result["pairs"] == 8
+    assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
+    assert result["epe_calibration_only_px"] < 10 and np.isfinite(result["epe_fuse_px"])
+    assert "corner error" in (out / "rig_calibration.md").read_text()

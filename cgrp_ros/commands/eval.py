@@ -13,7 +13,7 @@ from pathlib import Path
 from ..core.data import default_dataset_root
 from ..core.deform import PRESETS
 from ..core.errors import CgrpError
-from .common import add_pipeline_arguments, pipeline_from_args
+from .common import add_pipeline_arguments, pipeline_from_args, size_arg
 
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
 
@@ -95,8 +95,19 @@ def add_arguments(p):
                         "stream (EPE, shimmer = mean frame-to-frame flow change, time to converge); writes "
                         "rig.md / rig.json")
     g.add_argument("--fps", type=float, default=10.0, help="--rig: frame rate the sequences are played at (default 10)")
-    g.add_argument("--registration-rate", type=float, default=1.0, metavar="HZ",
-                   help="--rig: full registrations per second of the amortised mode (default 1)")
+    g.add_argument("--registration-rate", type=float, default=0.5, metavar="HZ",
+                   help="--rig: full registrations per second of the amortised mode once converged (default 0.5, "
+                        "as cgrp_fusion)")
+    g.add_argument("--calibrate", action="store_true",
+                   help="--rig: instead, turn each data set's pairs into ONE synthetic rig whose thermal sees the "
+                        "central 1/FOV of the view moved by a fixed severe-sized transform, the visible camera the "
+                        "whole view at PIXELS x the pixels; run cgrp calibrate's estimator on it and report the "
+                        "corner error and the EPE of fusing with the calibration")
+    g.add_argument("--view", default="1.6,2", metavar="FOV,PIXELS",
+                   help="--calibrate: visible field of view / thermal's, and visible pixels / thermal's per axis "
+                        "(default 1.6,2)")
+    g.add_argument("--rig-size", type=size_arg, default=(320, 480), metavar="HxW",
+                   help="--calibrate: the synthetic rig's thermal size (default 320x480)")
     add_pipeline_arguments(p)
 
 
@@ -137,11 +148,42 @@ def command_line(args) -> str:
         parts.append(f"--homography {shlex.quote(str(args.homography))}")
     if getattr(args, "calibration", None):
         parts.append(f"--calibration {shlex.quote(str(args.calibration))}")
-    if getattr(args, "rig", False):
+    if getattr(args, "rig", False) and getattr(args, "calibrate", False):
+        parts.append("--rig --calibrate --view {} --rig-size {}x{}".format(args.view, *args.rig_size))
+    elif getattr(args, "rig", False):
         parts.append(f"--rig --fps {args.fps:g} --registration-rate {args.registration_rate:g}")
     if args.write_benchmarks:
         parts.append(f"--write-benchmarks {shlex.quote(str(args.write_benchmarks))}")
     return " ".join(parts)
+
+
+def run_rig_calibration(args, datasets) -> int:
+    """--rig --calibrate: cgrp calibrate's estimator on synthetic rigs of another resolution and view."""
+    import json
+
+    from ..core import report
+    from ..core.rig_eval import calibration_markdown, evaluate_calibration
+
+    try:
+        fov, pixels = (float(v) for v in args.view.split(","))
+    except ValueError:
+        raise CgrpError(f"--view: expected FOV,PIXELS (e.g. 1.6,2), got '{args.view}'") from None
+    if fov <= 0 or pixels <= 0:
+        raise CgrpError("--view: both numbers must be > 0")
+    models = str(args.models / "registration.pt") if args.models else None
+    results = {d.name: evaluate_calibration(d.pairs, args.rig_size, fov, pixels, args.device, models,
+                                            args.working_size) for d in datasets}
+    text = ("*Written by `cgrp eval --rig --calibrate` (command below): run the command again rather than editing "
+            f"this section.*\n\nCommand: `{command_line(args)}`\n\n" + calibration_markdown(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rig_calibration.json").write_text(json.dumps(results, indent=1))
+    (args.out / "rig_calibration.md").write_text(text + "\n")
+    print(text)
+    if args.write_benchmarks:
+        report.replace_marked_block(args.write_benchmarks, text, report.RIG_CALIBRATION_BEGIN,
+                                    report.RIG_CALIBRATION_END)
+        print(f"cgrp eval: calibration table written into {args.write_benchmarks}")
+    return 0
 
 
 def run_rig(args, datasets, pipeline) -> int:
@@ -180,6 +222,8 @@ def run(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if args.rig and args.calibrate:
+        return run_rig_calibration(args, datasets)
     pipeline = pipeline_from_args(args)
     if args.rig:
         return run_rig(args, datasets, pipeline)

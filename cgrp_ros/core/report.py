@@ -245,6 +245,8 @@ BENCHMARKS_BEGIN = "<!-- cgrp eval cross-domain: begin -->"
 BENCHMARKS_END = "<!-- cgrp eval cross-domain: end -->"
 RIG_BEGIN = "<!-- cgrp eval rig: begin -->"
 RIG_END = "<!-- cgrp eval rig: end -->"
+RIG_CALIBRATION_BEGIN = "<!-- cgrp eval rig calibration: begin -->"
+RIG_CALIBRATION_END = "<!-- cgrp eval rig calibration: end -->"
 
 
 def _num(value, digits: int = 2) -> str:
