@@ -244,3 +244,14 @@ def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_p
     held.release.set()
     stream._worker.join(30.0)
     assert stream.rig.accepted == 2 and held.registrations == 2
+
+
+def test_a_new_image_size_registers_inline_even_in_the_background(cpu_pipeline, sample_pairs):
+    """Unrelated pairs of different sizes in a row (the bundled sample): no frame is fused with a flow
+    of another size."""
+    stream = StreamPipeline(cpu_pipeline, registration_rate=10.0, background=True)
+    for index, (_, visible, thermal) in enumerate(sample_pairs[:3]):
+        result = stream(visible, thermal, stamp=index / 10)
+        assert result.flow.shape[:2] == visible.shape[:2]
+    if stream._worker is not None:
+        stream._worker.join(30.0)

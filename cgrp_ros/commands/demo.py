@@ -117,8 +117,10 @@ def run(args) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    # the bundled sample is six unrelated pictures, each misaligned its own way: not one rig, so every
+    # pair is registered alone (the node's default self-calibration assumes one rig)
     fusion_params = {**RELIABLE_INPUTS, "stats_period": 5.0, "backend": args.backend, "device": args.device,
-                     "outputs": "[fused,registered_thermal,deformation]"}
+                     "outputs": "[fused,registered_thermal,deformation]", "self_calibrate": "false"}
     if args.models:
         for stage in ("generator", "registration", "fusion"):
             fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())

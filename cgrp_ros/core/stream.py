@@ -244,7 +244,9 @@ class StreamPipeline:
         self.registrations += 1
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
-        if self.background and self.current() is not None:  # (copies: the caller may reuse its buffers)
+        current = self.current()
+        if self.background and current is not None and current.flow.shape[:2] == visible.shape[:2]:
+            # (copies: the caller may reuse its buffers)
             self._register_in_background(np.array(visible), np.array(thermal))
             return self._report(self.pipeline(visible, thermal, outputs, registration=self.current()))
         registration = self.pipeline.register(visible, thermal)
