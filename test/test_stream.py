@@ -133,6 +133,8 @@ def test_rig_flow_ignores_fallbacks_and_outliers_and_converges_to_the_mean():
     assert not update.accepted and update.reason == "outlier"
     assert flow_distance(rig.flow, before) < 0.5  # not pulled towards it
     assert rig.update(_registration(np.zeros_like(truth), fallback=True)).reason == "fallback"
+    rig.update(_registration(np.zeros((4, 5, 2), np.float32), fallback=True))  # another size, no evidence
+    assert rig.flow is None and rig.state == WAITING
 
 
 def test_a_wrong_first_registration_is_outvoted():

@@ -92,11 +92,11 @@ class RigFlow:
         return [r for r, d in zip(recent, distances[medoid]) if d <= self.outlier_px]
 
     def update(self, registration: Registration) -> RigUpdate:
+        if self.flow is not None and self.flow.shape != registration.flow.shape:
+            self.reset()  # another image size: the estimate does not apply any more
         if registration.fallback:
             self.rejected += 1
             return RigUpdate(False, "fallback", 0.0, 0.0)
-        if self.flow is not None and self.flow.shape != registration.flow.shape:
-            self.reset()
         first = self.flow is None
         distance = 0.0 if first else flow_distance(registration.flow[::8, ::8], self.flow[::8, ::8])
         self._recent = (self._recent + [registration])[-self.window:]
@@ -176,6 +176,7 @@ class StreamPipeline:
         self._lock = threading.Lock()   # guards the estimate between the caller and the background thread
         self._worker = None             # the background registration in flight
         self._finished = None           # (registration or exception) of a background run, not yet reported
+        self._generation = 0            # counts inline registrations (see _fold)
 
     def current(self) -> Registration | None:
         """What frames between registrations are fused with: the rig estimate, or while there is
@@ -183,17 +184,22 @@ class StreamPipeline:
         with self._lock:
             return self.rig.registration() if self.rig.flow is not None else self._last
 
-    def _fold(self, registration: Registration) -> None:
-        """A finished registration into the estimate."""
+    def _fold(self, registration: Registration, generation: int | None = None) -> None:
+        """A finished registration into the estimate (not one started before the last inline one:
+        that may be of an image size no longer streamed)."""
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return
             self._last = registration
             self.last_update = self.rig.update(registration)
 
     def _register_in_background(self, visible, thermal) -> None:
+        generation = self._generation
+
         def run():
             try:
                 registration = self.pipeline.register(visible, thermal)
-                self._fold(registration)
+                self._fold(registration, generation)
                 self._finished = registration
             except Exception as exc:  # reported by the next frame, which raises it
                 self._finished = exc
@@ -238,18 +244,20 @@ class StreamPipeline:
             self.registrations += 1
             self.last_registration = stamp
             return self.pipeline(visible, thermal, outputs)
+        current = self.current()
+        fits = current is not None and current.flow.shape[:2] == visible.shape[:2]
         busy = self._worker is not None and self._worker.is_alive()
-        if busy or not self.due(visible, stamp):
-            return self._report(self.pipeline(visible, thermal, outputs, registration=self.current()))
+        if fits and (busy or not self.due(visible, stamp)):
+            return self._report(self.pipeline(visible, thermal, outputs, registration=current))
         self.registrations += 1
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
-        current = self.current()
-        if self.background and current is not None and current.flow.shape[:2] == visible.shape[:2]:
-            # (copies: the caller may reuse its buffers)
+        if self.background and fits:  # (copies: the caller may reuse its buffers)
             self._register_in_background(np.array(visible), np.array(thermal))
-            return self._report(self.pipeline(visible, thermal, outputs, registration=self.current()))
-        registration = self.pipeline.register(visible, thermal)
+            return self._report(self.pipeline(visible, thermal, outputs, registration=current))
+        registration = self.pipeline.register(visible, thermal)  # inline: the first, or a new image size
+        with self._lock:
+            self._generation += 1
         self._fold(registration)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())
         spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)
