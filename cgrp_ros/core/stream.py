@@ -2,9 +2,9 @@
 
 Two cameras bolted together keep one misalignment. Registering every frame from scratch repeats
 the expensive part (generator + registration, ~3/4 of a pair's time on a CPU) and makes the flow
-shimmer from frame to frame. `StreamPipeline` registers at `registration_rate` Hz (`converging_rate`
-while the estimate settles, or at once when the scene changes), folds each registration into `RigFlow`, a running robust estimate of the rig's
-flow, and fuses every frame with that estimate:
+shimmer from frame to frame. `StreamPipeline` registers at `registration_rate` Hz (faster while the
+estimate settles, at once when the scene or the image size changes), folds each registration into
+`RigFlow`, a running robust estimate of the rig's flow, and fuses every frame with that estimate:
 
     stream = StreamPipeline(Pipeline(), registration_rate=0.5)
     for stamp, visible, thermal in frames:             # stamp: seconds (message or frame time)
@@ -38,7 +38,7 @@ def flow_distance(a: np.ndarray, b: np.ndarray) -> float:
 class RigUpdate:
     """What one registration did to the estimate."""
     accepted: bool
-    reason: str            # 'first' | 'agrees' | 'drift' | 'fallback' | 'outlier' | 'size'
+    reason: str            # 'first' | 'agrees' | 'drift' | 'fallback' | 'outlier'
     distance: float        # px between the registration and the estimate before it (0 for the first)
     change: float          # px the estimate moved
 
@@ -150,8 +150,8 @@ class StreamPipeline:
         `confirming_rate`, so one wrong registration is outvoted within a few frames.
     background: run the registrations that fall due in a thread of their own while every frame goes on
         being fused with the current estimate (a live node: no frame waits for a registration). The
-        very first registration still runs inline (there is nothing to fuse with before it). False:
-        the frame that falls due waits for it (offline runs: deterministic).
+        first registration, and the first of a new image size, still run inline (there is nothing to
+        fuse with before them). False: the frame that falls due waits for it (offline: deterministic).
     """
 
     def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,
