@@ -190,6 +190,9 @@ def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_p
     assert summary["amortised"]["shimmer"] <= summary["per-frame"]["shimmer"] + 1e-6
     text = (out / "rig.md").read_text()
     assert "shimmer" in text and "amortised EPE" in text
+    import cv2
+    picture = cv2.imread(str(out / "rig_epe_seq_moderate.png"))
+    assert picture is not None and picture.shape[2] == 3
 
 
 def test_the_rig_estimate_saves_as_a_calibration_that_fuse_accepts(cpu_pipeline, rig_pair, tmp_path):

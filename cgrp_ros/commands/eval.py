@@ -191,7 +191,9 @@ def run_rig(args, datasets, pipeline) -> int:
     import json
 
     from ..core import report
-    from ..core.rig_eval import evaluate_rig, rig_markdown
+    import cv2
+
+    from ..core.rig_eval import epe_over_time_figure, evaluate_rig, rig_markdown
 
     if args.fps <= 0 or args.registration_rate <= 0:
         raise CgrpError("--fps and --registration-rate must be > 0")
@@ -200,12 +202,14 @@ def run_rig(args, datasets, pipeline) -> int:
     for dataset in datasets:
         document = evaluate_rig(pipeline, dataset.pairs, args.presets, args.seed, args.fps, args.registration_rate)
         documents[dataset.name] = document
+        for preset in args.presets:  # pictures: EPE over time, per-frame vs amortised
+            cv2.imwrite(str(args.out / f"rig_epe_{dataset.name}_{preset}.png"), epe_over_time_figure(document, preset))
         sections.append(f"### {dataset.name}: fixed rig, {args.fps:g} fps, amortised registration at "
                         f"{args.registration_rate:g} Hz\n\n{rig_markdown(document)}")
     text = ("*Written by `cgrp eval --rig` (command below): run the command again rather than editing this "
             f"section.*\n\nCommand: `{command_line(args)}`\n\n" + "\n\n".join(sections))
     (args.out / "rig.json").write_text(json.dumps(documents, indent=1))
-    (args.out / "rig.md").write_text(text + "\n")
+    (args.out / "rig.md").write_text(text + "\n\nEPE over time per data set and preset: rig_epe_DATASET_PRESET.png\n")
     print(text)
     if args.write_benchmarks:
         report.replace_marked_block(args.write_benchmarks, text, report.RIG_BEGIN, report.RIG_END)

@@ -154,35 +154,48 @@ def comparison_panel(panel: dict) -> np.ndarray:
     return np.vstack((np.hstack(top), np.hstack(bottom)))
 
 
-def histogram_figure(counts: dict, edges: np.ndarray, title: str, xlabel: str,
-                     size=(720, 420)) -> np.ndarray:
-    """Line plot of normalised histograms, one line per method, with axes and a legend (BGR uint8)."""
+def line_figure(lines, x_range, y_range, title: str, xlabel: str, ylabel: str = "", size=(720, 420),
+                legend=None, y_format="{:.2f}") -> np.ndarray:
+    """Line plot with axes (BGR uint8). `lines`: [(xs, ys, BGR colour, thickness)]; `legend`:
+    [(label, BGR colour)] drawn top right (default none)."""
     width, height = size
     left, right, top, bottom = 60, 20, 40, 50
     image = np.full((height, width, 3), 255, np.uint8)
     plot_w, plot_h = width - left - right, height - top - bottom
-    shares = {m: c / max(c.sum(), 1) for m, c in counts.items()}
-    peak = max([float(s.max()) for s in shares.values()] + [1e-6])
-    centres = (edges[:-1] + edges[1:]) / 2
-    to_x = lambda v: int(left + (v - edges[0]) / (edges[-1] - edges[0]) * plot_w)  # noqa: E731
-    to_y = lambda s: int(top + plot_h - s / peak * plot_h)  # noqa: E731
+    (x0, x1), (y0, y1) = x_range, y_range
+    to_x = lambda v: int(left + (v - x0) / max(x1 - x0, 1e-9) * plot_w)  # noqa: E731
+    to_y = lambda v: int(top + plot_h - (min(max(v, y0), y1) - y0) / max(y1 - y0, 1e-9) * plot_h)  # noqa: E731
     black, font = (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
     cv2.rectangle(image, (left, top), (left + plot_w, top + plot_h), black, 1)
     for i in range(6):
-        value = edges[0] + (edges[-1] - edges[0]) * i / 5
-        cv2.putText(image, f"{value:g}", (to_x(value) - 10, top + plot_h + 18), font, 0.4, black, 1, cv2.LINE_AA)
-        share = peak * i / 5
-        cv2.putText(image, f"{share:.2f}", (8, to_y(share) + 4), font, 0.4, black, 1, cv2.LINE_AA)
+        x, y = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+        cv2.putText(image, f"{x:g}", (to_x(x) - 10, top + plot_h + 18), font, 0.4, black, 1, cv2.LINE_AA)
+        cv2.putText(image, y_format.format(y), (8, to_y(y) + 4), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.putText(image, title, (left, 25), font, 0.55, black, 1, cv2.LINE_AA)
-    cv2.putText(image, xlabel + " (last bin: and above)", (left, height - 12), font, 0.45, black, 1, cv2.LINE_AA)
-    for row, (method, share) in enumerate(shares.items()):
-        color = METHOD_COLORS.get(method, black)
-        points = np.array([[to_x(c), to_y(s)] for c, s in zip(centres, share)], np.int32)
-        cv2.polylines(image, [points], False, color, 2, cv2.LINE_AA)
+    cv2.putText(image, xlabel, (left, height - 12), font, 0.45, black, 1, cv2.LINE_AA)
+    if ylabel:
+        cv2.putText(image, ylabel, (left + 6, top + 14), font, 0.4, black, 1, cv2.LINE_AA)
+    for xs, ys, color, thickness in lines:
+        points = np.array([[to_x(x), to_y(y)] for x, y in zip(xs, ys) if np.isfinite(y)], np.int32)
+        if len(points):
+            cv2.polylines(image, [points], False, color, thickness, cv2.LINE_AA)
+    for row, (label, color) in enumerate(legend or []):
         y = top + 18 + 18 * row
-        cv2.line(image, (left + plot_w - 110, y - 4), (left + plot_w - 85, y - 4), color, 2)
-        cv2.putText(image, method, (left + plot_w - 80, y), font, 0.45, black, 1, cv2.LINE_AA)
+        cv2.line(image, (left + plot_w - 150, y - 4), (left + plot_w - 125, y - 4), color, 2)
+        cv2.putText(image, label, (left + plot_w - 120, y), font, 0.45, black, 1, cv2.LINE_AA)
     return image
+
+
+def histogram_figure(counts: dict, edges: np.ndarray, title: str, xlabel: str,
+                     size=(720, 420)) -> np.ndarray:
+    """Line plot of normalised histograms, one line per method, with axes and a legend (BGR uint8)."""
+    shares = {m: c / max(c.sum(), 1) for m, c in counts.items()}
+    peak = max([float(s.max()) for s in shares.values()] + [1e-6])
+    centres = (edges[:-1] + edges[1:]) / 2
+    colors = {m: METHOD_COLORS.get(m, (0, 0, 0)) for m in shares}
+    return line_figure([(centres, share, colors[m], 2) for m, share in shares.items()], (edges[0], edges[-1]),
+                       (0.0, peak), title, xlabel + " (last bin: and above)", size=size,
+                       legend=[(m, colors[m]) for m in shares])
 
 
 # -- files -----------------------------------------------------------------------------------------------

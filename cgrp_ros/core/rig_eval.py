@@ -172,6 +172,28 @@ def rig_markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def epe_over_time_figure(document: dict, preset: str) -> np.ndarray:
+    """BGR picture: EPE (px) against stream time (s) of every sequence of `preset`, per-frame registration
+    (grey) and amortised (red), the unregistered EPE dashed-level in light grey for scale."""
+    from .report import line_figure
+
+    fps, lines, top, longest = document["fps"], [], 1.0, 1.0
+    colors = {"per-frame": (150, 150, 150), "amortised": (40, 40, 220)}
+    for row in document["rows"]:
+        if row["preset"] != preset or row["sequence"] == "all":
+            continue
+        curve = document["per_frame_epe"][f"{row['sequence']}/{preset}/{row['mode']}"]
+        times = np.arange(len(curve)) / fps
+        lines.append((times, curve, colors[row["mode"]], 2 if row["mode"] == "amortised" else 1))
+        top = max(top, float(np.nanmax(curve)) if len(curve) else 0.0, row["epe_none"])
+        longest = max(longest, float(times[-1]) if len(times) else 0.0)
+        lines.insert(0, ([0.0, times[-1]], [row["epe_none"]] * 2, (215, 215, 215), 1))
+    return line_figure(lines, (0.0, longest), (0.0, top * 1.05), f"flow EPE over time, one fixed {preset} "
+                       f"misalignment per sequence", "stream time (s)", "EPE px",
+                       legend=[("per-frame", colors["per-frame"]), ("amortised", colors["amortised"]),
+                               ("unregistered", (215, 215, 215))], y_format="{:.1f}")
+
+
 # -- calibration on a synthetic rig of another resolution and field of view -----------------------------
 def synthetic_rig_misalignment(size) -> np.ndarray:
     """ONE fixed `severe`-sized similarity (3x3, rig thermal px -> central view px): rotation 5 deg,
