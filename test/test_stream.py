@@ -247,7 +247,7 @@ def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_p
         assert stream(visible, thermal, stamp=index / 10).fused is not None
     assert stream.rig.accepted == 1
     held.release.set()
-    stream._worker.join(30.0)
+    assert stream.wait_idle(30.0)
     assert stream.rig.accepted == 2 and held.registrations == 2
 
 
@@ -258,5 +258,4 @@ def test_a_new_image_size_registers_inline_even_in_the_background(cpu_pipeline, 
     for index, (_, visible, thermal) in enumerate(sample_pairs[:3]):
         result = stream(visible, thermal, stamp=index / 10)
         assert result.flow.shape[:2] == visible.shape[:2]
-    if stream._worker is not None:
-        stream._worker.join(30.0)
+    assert stream.wait_idle(30.0)

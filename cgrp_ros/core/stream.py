@@ -16,6 +16,7 @@ estimate settles, at once when the scene or the image size changes), folds each 
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -174,7 +175,10 @@ class StreamPipeline:
         self.shapes = None              # (visible H x W, thermal H x W) of the last frame
         self.background = background
         self._lock = threading.Lock()   # guards the estimate between the caller and the background thread
-        self._worker = None             # the background registration in flight
+        self._thread = None             # the background registration thread (started on first use)
+        self._jobs = None               # its queue of (visible, thermal, generation)
+        self._idle = threading.Event()  # set while no background registration is in flight
+        self._idle.set()
         self._finished = None           # (registration or exception) of a background run, not yet reported
         self._generation = 0            # counts inline registrations (see _fold)
 
@@ -194,18 +198,30 @@ class StreamPipeline:
             self.last_update = self.rig.update(registration)
 
     def _register_in_background(self, visible, thermal) -> None:
-        generation = self._generation
+        """Hand one registration to the background thread (one thread for the stream's life: threads
+        that come and go would each leave an OpenMP pool behind in torch)."""
+        if self._thread is None:
+            self._jobs = queue.Queue(maxsize=1)
+            self._thread = threading.Thread(target=self._serve, name="cgrp_registration", daemon=True)
+            self._thread.start()
+        self._idle.clear()
+        self._jobs.put((visible, thermal, self._generation))
 
-        def run():
+    def _serve(self) -> None:
+        while True:
+            visible, thermal, generation = self._jobs.get()
             try:
                 registration = self.pipeline.register(visible, thermal)
                 self._fold(registration, generation)
                 self._finished = registration
             except Exception as exc:  # reported by the next frame, which raises it
                 self._finished = exc
+            finally:
+                self._idle.set()
 
-        self._worker = threading.Thread(target=run, name="cgrp_registration", daemon=True)
-        self._worker.start()
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background registration is in flight; False on timeout."""
+        return self._idle.wait(timeout)
 
     def _report(self, result: FusionResult) -> FusionResult:
         """Attach a background registration that finished since the last frame (once), or raise its error."""
@@ -246,7 +262,7 @@ class StreamPipeline:
             return self.pipeline(visible, thermal, outputs)
         current = self.current()
         fits = current is not None and current.flow.shape[:2] == visible.shape[:2]
-        busy = self._worker is not None and self._worker.is_alive()
+        busy = not self._idle.is_set()
         if fits and (busy or not self.due(visible, stamp)):
             return self._report(self.pipeline(visible, thermal, outputs, registration=current))
         self.registrations += 1
