@@ -1,5 +1,6 @@
-"""`cgrp soak` for one minute (issue 5): player + node at 30 Hz; no crash, every output well-formed,
-resident memory growth after warm-up under 50 MB. The longest test of the suite (~90 s)."""
+"""`cgrp soak` for one minute (issue 5): player + node at 30 Hz on the bundled sequence of one rig (the
+node's defaults, self-calibration); no crash, every output well-formed, resident memory growth after
+warm-up under 50 MB. The longest test of the suite (~90 s)."""
 import json
 import subprocess
 import sys

@@ -39,6 +39,10 @@ def add_arguments(p):
                    help="fail when resident memory grows more than this after warm-up (default: 50)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the first output")
     p.add_argument("--max-width", type=int, default=0, help="player downscales wider images (default 0: as stored)")
+    p.add_argument("--source", default="rig", choices=["rig", "pairs"],
+                   help="rig (default): the bundled 10-frame sequence of one rig, misaligned by ONE fixed transform, "
+                        "the node with its defaults (self-calibration); pairs: the six unrelated bundled pairs of "
+                        "different sizes, each misaligned its own way, every pair registered alone")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
@@ -119,6 +123,14 @@ def run(args) -> int:
             fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())
     player_params = {"deform": "moderate", "rate": args.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
                      "max_width": args.max_width}
+    if args.source == "rig":
+        from ..ros.sources import sample_dir
+
+        sequence = sample_dir() / "sequence"
+        player_params.update(fixed_rig="true", visible_dir=str(sequence / "visible"),
+                             thermal_dir=str(sequence / "thermal"))
+    else:  # unrelated pictures: not one rig
+        fusion_params["self_calibrate"] = "false"
 
     rclpy.init()
     node = rclpy.create_node("cgrp_soak")
@@ -235,8 +247,8 @@ def run(args) -> int:
     p50, p99 = percentiles(totals["latency"])
     report = {
         "config": {"minutes": args.minutes, "rate": args.rate, "window_s": args.window, "warmup_s": args.warmup,
-                   "max_growth_mb": args.max_growth_mb, "backend": args.backend, "device": args.device,
-                   "max_width": args.max_width},
+                   "max_growth_mb": args.max_growth_mb, "source": args.source, "backend": args.backend,
+                   "device": args.device, "max_width": args.max_width},
         "machine": machine_description(),
         "totals": {"frames_in": totals["in"], "pairs": counters.get("pairs"), "dropped": counters.get("dropped pairs"),
                    "published": counters.get("published"), "fused_received": totals["out"],
