@@ -90,6 +90,25 @@ class Spinner:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
 
 
+def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
+    """Run cgrp_player (with `count` among `player_args`) until it exits, recording what it publishes.
+    -> (exit code, {'visible': [Image], 'thermal': [Image]}). Needs rclpy initialised."""
+    spinner = Spinner("player_listener")
+    got = {"visible": [], "thermal": []}
+    for stream in got:
+        spinner.node.create_subscription(Image, f"{stream}/image", got[stream].append, RELIABLE)
+    proc = start_node("cgrp_ros.ros.player_node", log_path, *player_args)
+    try:
+        spinner.wait_for(lambda: proc.poll() is not None, timeout, "the player to exit after count pairs",
+                         log_path=log_path)
+        spinner.spin(0.3)
+    finally:
+        if proc.poll() is None:
+            stop_node(proc, signal.SIGKILL)
+        spinner.node.destroy_node()
+    return proc.returncode, got
+
+
 def log_tail(path, lines: int = 15) -> str:
     if path is None:
         return ""

@@ -3,7 +3,6 @@
 The bags are written here with `rosbags` from a few bundled sample pairs shrunk to 96x128; the
 command runs as a subprocess like a user would run it.
 """
-import signal
 import subprocess
 import sys
 
@@ -210,37 +209,22 @@ def test_bag_source_pairs_each_visible_with_the_nearest_thermal(tmp_path, sample
 
 def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
     rclpy = pytest.importorskip("rclpy")
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from ros_helpers import Spinner, start_node, stop_node
+    from ros_helpers import play_until_exit
 
     visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", small_pairs(sample_pairs), "sqlite3", False)
     rclpy.init()
     try:
-        spinner = Spinner("bag_player_listener")
-        got = {"visible": [], "thermal": []}
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        for stream in got:
-            spinner.node.create_subscription(Image, f"{stream}/image", got[stream].append, qos)
         log = tmp_path / "player.log"
-        proc = start_node("cgrp_ros.ros.player_node", log, "-p", f"bag:={tmp_path / 'in'}",
-                          "-p", f"visible_topic:={visible_topic}", "-p", f"thermal_topic:={thermal_topic}",
-                          "-p", "count:=40", "-p", "rate:=10.0")  # 4 s: time for discovery on a busy machine
-        try:
-            spinner.wait_for(lambda: proc.poll() is not None, 60.0, "the player to exit after count pairs", log_path=log)
-            spinner.spin(0.3)
-        finally:
-            if proc.poll() is None:
-                stop_node(proc, signal.SIGKILL)
-        assert proc.returncode == 0, log.read_text()
+        code, got = play_until_exit(log, "-p", f"bag:={tmp_path / 'in'}", "-p", f"visible_topic:={visible_topic}",
+                                    "-p", f"thermal_topic:={thermal_topic}", "-p", "count:=40", "-p", "rate:=10.0",
+                                    timeout=60.0)  # 4 s of playing: time for discovery on a busy machine
+        assert code == 0, log.read_text()
         assert got["visible"] and got["thermal"], "nothing received from the player"
         visible_stamps = {stamp_of(m) for m in got["visible"]}
         thermal_stamps = {stamp_of(m) for m in got["thermal"]}
         assert visible_stamps <= set(stamps) and thermal_stamps <= {s + THERMAL_OFFSET for s in stamps}
         assert got["visible"][-1].encoding == "bgr8" and got["thermal"][-1].encoding == "mono8"
         assert (got["visible"][-1].height, got["visible"][-1].width) == (96, 128)
-        spinner.node.destroy_node()
     finally:
         rclpy.try_shutdown()
 

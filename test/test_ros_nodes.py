@@ -4,10 +4,7 @@ import signal
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-
-from ros_helpers import Spinner, start_node, stop_node  # noqa: E402
+from ros_helpers import play_until_exit, start_node, stop_node  # noqa: E402
 
 
 def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
@@ -28,21 +25,10 @@ def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
 def test_player_publishes_count_pairs_then_exits(tmp_path):
     rclpy.init()
     try:
-        spinner = Spinner("player_listener")
-        got = {"visible": [], "thermal": []}
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        for stream in got:
-            spinner.node.create_subscription(Image, f"{stream}/image", got[stream].append, qos)
         log = tmp_path / "player.log"
-        proc = start_node("cgrp_ros.ros.player_node", log, "-p", "count:=30", "-p", "rate:=10.0", "-p", "max_width:=160",
-                          "-p", "deform:=moderate", "-p", "stamp_offset:=0.02", "-p", "jitter:=0.005")
-        try:
-            spinner.wait_for(lambda: proc.poll() is not None, 30.0, "the player to exit after count pairs", log_path=log)
-            spinner.spin(0.3)
-        finally:
-            if proc.poll() is None:
-                stop_node(proc, signal.SIGKILL)
-        assert proc.returncode == 0
+        code, got = play_until_exit(log, "-p", "count:=30", "-p", "rate:=10.0", "-p", "max_width:=160",
+                                    "-p", "deform:=moderate", "-p", "stamp_offset:=0.02", "-p", "jitter:=0.005")
+        assert code == 0
         assert got["visible"], "nothing received from the player"
         visible, thermal = got["visible"][-1], got["thermal"][-1]
         assert visible.encoding == "bgr8" and visible.width == 160 and thermal.encoding == "mono8"
@@ -50,6 +36,5 @@ def test_player_publishes_count_pairs_then_exits(tmp_path):
                  (thermal.header.stamp.nanosec - visible.header.stamp.nanosec) * 1e-9
         assert 0.015 - 1e-6 <= offset <= 0.025 + 1e-6
         assert len(got["visible"]) <= 30
-        spinner.node.destroy_node()
     finally:
         rclpy.try_shutdown()

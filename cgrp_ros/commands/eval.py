@@ -157,10 +157,27 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
-def run_rig_calibration(args, datasets) -> int:
-    """--rig --calibrate: cgrp calibrate's estimator on synthetic rigs of another resolution and view."""
+def write_rig_report(args, name: str, documents: dict, body: str, markers) -> None:
+    """OUT/NAME.json + OUT/NAME.md (the command line first), printed, and with --write-benchmarks put
+    between `markers` (begin, end) in that file."""
     import json
 
+    from ..core import report
+
+    flags = "--rig --calibrate" if name == "rig_calibration" else "--rig"
+    text = (f"*Written by `cgrp eval {flags}` (command below): run the command again rather than editing this "
+            f"section.*\n\nCommand: `{command_line(args)}`\n\n{body}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(documents, indent=1))
+    (args.out / f"{name}.md").write_text(text + "\n")
+    print(text)
+    if args.write_benchmarks:
+        report.replace_marked_block(args.write_benchmarks, text, *markers)
+        print(f"cgrp eval: {name} table written into {args.write_benchmarks}")
+
+
+def run_rig_calibration(args, datasets) -> int:
+    """--rig --calibrate: cgrp calibrate's estimator on synthetic rigs of another resolution and view."""
     from ..core import report
     from ..core.rig_eval import calibration_markdown, evaluate_calibration
 
@@ -173,26 +190,17 @@ def run_rig_calibration(args, datasets) -> int:
     models = str(args.models / "registration.pt") if args.models else None
     results = {d.name: evaluate_calibration(d.pairs, args.rig_size, fov, pixels, args.device, models,
                                             args.working_size) for d in datasets}
-    text = ("*Written by `cgrp eval --rig --calibrate` (command below): run the command again rather than editing "
-            f"this section.*\n\nCommand: `{command_line(args)}`\n\n" + calibration_markdown(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rig_calibration.json").write_text(json.dumps(results, indent=1))
-    (args.out / "rig_calibration.md").write_text(text + "\n")
-    print(text)
-    if args.write_benchmarks:
-        report.replace_marked_block(args.write_benchmarks, text, report.RIG_CALIBRATION_BEGIN,
-                                    report.RIG_CALIBRATION_END)
-        print(f"cgrp eval: calibration table written into {args.write_benchmarks}")
+    write_rig_report(args, "rig_calibration", results, calibration_markdown(results),
+                     (report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END))
     return 0
 
 
 def run_rig(args, datasets, pipeline) -> int:
-    """--rig: per-frame vs amortised registration on fixed-rig sequences, one table per data set."""
-    import json
-
-    from ..core import report
+    """--rig: per-frame vs amortised registration on fixed-rig sequences, one table per data set, and
+    OUT/rig_epe_DATASET_PRESET.png (EPE over time)."""
     import cv2
 
+    from ..core import report
     from ..core.rig_eval import epe_over_time_figure, evaluate_rig, rig_markdown
 
     if args.fps <= 0 or args.registration_rate <= 0:
@@ -206,14 +214,7 @@ def run_rig(args, datasets, pipeline) -> int:
             cv2.imwrite(str(args.out / f"rig_epe_{dataset.name}_{preset}.png"), epe_over_time_figure(document, preset))
         sections.append(f"### {dataset.name}: fixed rig, {args.fps:g} fps, amortised registration at "
                         f"{args.registration_rate:g} Hz\n\n{rig_markdown(document)}")
-    text = ("*Written by `cgrp eval --rig` (command below): run the command again rather than editing this "
-            f"section.*\n\nCommand: `{command_line(args)}`\n\n" + "\n\n".join(sections))
-    (args.out / "rig.json").write_text(json.dumps(documents, indent=1))
-    (args.out / "rig.md").write_text(text + "\n\nEPE over time per data set and preset: rig_epe_DATASET_PRESET.png\n")
-    print(text)
-    if args.write_benchmarks:
-        report.replace_marked_block(args.write_benchmarks, text, report.RIG_BEGIN, report.RIG_END)
-        print(f"cgrp eval: rig table written into {args.write_benchmarks}")
+    write_rig_report(args, "rig", documents, "\n\n".join(sections), (report.RIG_BEGIN, report.RIG_END))
     return 0
 
 

@@ -231,11 +231,9 @@ PEER_STAGES = ("preprocess", "registration", "fusion", "total")
 def prior_homography(size) -> np.ndarray:
     """3 x 3 float64 thermal pixel -> visible pixel for working size `size` (H, W): a fixed rig
     calibration's kind of mapping, 1 degree of rotation and 2 % of scale about the centre, then (4, -3) px."""
-    height, width = size
-    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
-    similarity = np.vstack((cv2.getRotationMatrix2D(centre, 1.0, 1.02), (0.0, 0.0, 1.0)))
-    similarity[:2, 2] += (4.0, -3.0)
-    return similarity
+    from .calibrate import similarity_about_centre
+
+    return similarity_about_centre(size, 1.0, 1.02, (4.0, -3.0))
 
 
 class Laps:

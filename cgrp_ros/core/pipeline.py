@@ -25,7 +25,7 @@ from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize
                     visible_to_bgr01, working_shape, ycrcb_to_bgr)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
-from .warp import remap, warp_numpy
+from .warp import remap, resize_flow, warp_numpy
 
 log = logging.getLogger("cgrp_ros")
 
@@ -202,8 +202,8 @@ class Pipeline:
         return remap(raw, map_x, map_y)
 
     def _run_registration(self, f):
-        """Generator + registration on a prepared frame: (pseudo 1x1xpHxpW, flow at the visible
-        resolution H x W x 2, registered thermal 1x1xpHxpW, confidence, fallback, timings ms)."""
+        """Generator + registration on a prepared frame: (pseudo-thermal 1 x 1 x pH x pW, Registration
+        at the visible resolution, registered thermal 1 x 1 x pH x pW)."""
         t0 = time.perf_counter()
         run = self.backend
         pseudo = run("generator", f.vis_in)
@@ -212,11 +212,7 @@ class Pipeline:
         flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, f.th_in)
         run.synchronize()
         t2 = time.perf_counter()
-        # flow at the visible resolution, in visible pixels
-        flow = cv2.resize(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
-        flow[:, :, 0] *= f.wv / f.w
-        flow[:, :, 1] *= f.hv / f.h
-        flow = np.ascontiguousarray(flow, dtype=np.float32)
+        flow = resize_flow(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.hv, f.wv))  # visible pixels
         registration = Registration(flow, float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)),
                                     bool(fallback.reshape(-1)[0] > 0.5),
                                     dict(generator=(t1 - t0) * 1e3, registration=(t2 - t1) * 1e3))
@@ -224,11 +220,8 @@ class Pipeline:
 
     def _registered_working(self, f, flow):
         """The working-resolution thermal (1 x 1 x pH x pW) resampled with a visible-resolution flow."""
-        flow_w = cv2.resize(flow, (f.w, f.h), interpolation=cv2.INTER_LINEAR)
-        flow_w[:, :, 0] *= f.w / f.wv
-        flow_w[:, :, 1] *= f.h / f.hv
         th_w = f.th_in[0, 0, :f.h, :f.w]
-        return self._nchw(warp_numpy(th_w, flow_w), f.padded)
+        return self._nchw(warp_numpy(th_w, resize_flow(flow, (f.h, f.w))), f.padded)
 
     def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
         """Generator + registration only: where this pair's thermal lands in the visible camera."""

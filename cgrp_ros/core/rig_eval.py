@@ -22,6 +22,7 @@ Sequences are the names' common prefix before a trailing frame number (``val_011
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from . import metrics as M
 from .deform import misalign, rng_for
+from .evaluate import luminance, thermal_to_uint8
 from .data import read_image
 from .stream import CONVERGED, StreamPipeline
 from .warp import valid_mask, warp_numpy
@@ -66,8 +68,6 @@ class ModeResult:
 
 def _load_sequence(frames, preset: str, seed: int, key: str):
     """[(visible, misaligned thermal)] of one sequence, all warped by its one Misalignment (the truth)."""
-    from .evaluate import luminance, thermal_to_uint8
-
     loaded, truth = [], None
     for name, visible_path, thermal_path in frames:
         visible = read_image(visible_path)
@@ -80,8 +80,6 @@ def _load_sequence(frames, preset: str, seed: int, key: str):
 
 def run_mode(pipeline, frames, truth, registration_rate: float, fps: float) -> ModeResult:
     """Play `frames` [(visible, thermal)] at `fps` through a StreamPipeline; score every frame."""
-    import time
-
     stream = StreamPipeline(pipeline, registration_rate)
     result = ModeResult()
     previous = None

@@ -232,9 +232,8 @@ class StreamPipeline:
             return result
         return replace(result, registration_confidence=finished.confidence, registration_fallback=finished.fallback)
 
-    def due(self, visible: np.ndarray, stamp: float) -> bool:
-        """Whether this frame runs the full registration."""
-        current = self.current()
+    def _due(self, visible: np.ndarray, stamp: float, current: Registration | None) -> bool:
+        """Whether this frame runs the full registration (`current`: what it would be fused with)."""
         if self.registration_rate <= 0 or current is None or self.last_registration is None:
             return True
         if current.flow.shape[:2] != visible.shape[:2]:
@@ -263,7 +262,7 @@ class StreamPipeline:
         current = self.current()
         fits = current is not None and current.flow.shape[:2] == visible.shape[:2]
         busy = not self._idle.is_set()
-        if fits and (busy or not self.due(visible, stamp)):
+        if fits and (busy or not self._due(visible, stamp, current)):
             return self._report(self.pipeline(visible, thermal, outputs, registration=current))
         self.registrations += 1
         self.last_registration = stamp

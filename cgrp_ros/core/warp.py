@@ -44,6 +44,17 @@ def upsample2(flow: torch.Tensor) -> torch.Tensor:
     return 2.0 * F.interpolate(flow, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
+def resize_flow(flow: np.ndarray, shape) -> np.ndarray:
+    """An H x W x 2 numpy flow at another resolution `shape` (h, w): resampled bilinearly and its
+    displacements scaled to the new pixels. -> h x w x 2 float32, contiguous."""
+    height, width = flow.shape[:2]
+    out = cv2.resize(np.ascontiguousarray(flow, dtype=np.float32), (shape[1], shape[0]),
+                     interpolation=cv2.INTER_LINEAR)
+    out[:, :, 0] *= shape[1] / width
+    out[:, :, 1] *= shape[0] / height
+    return np.ascontiguousarray(out)
+
+
 def valid_mask(flow: np.ndarray, source_shape=None) -> np.ndarray:
     """H x W bool: where p + flow(p) lands inside the source image (default: same size as flow)."""
     height, width = flow.shape[:2]
