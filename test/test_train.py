@@ -45,6 +45,13 @@ def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
     assert float(load_model(models / "registration.pt", "registration").global_stage.threshold) == threshold
     global_weights = {k: v.clone() for k, v in load_model(models / "registration.pt", "registration")
                       .global_stage.state_dict().items()}
+    local_before = {k: v.clone() for k, v in load_model(models / "registration.pt", "registration")
+                    .local_stage.state_dict().items()}
+    train(TrainConfig(stage="local", crop=(64, 96), extra={"init": models / "registration.pt"}, **common))
+    refined = load_model(models / "registration.pt", "registration")
+    # the local matcher trains on top of the frozen global stage
+    assert all(torch.equal(v, refined.global_stage.state_dict()[k]) for k, v in global_weights.items())
+    assert any(not torch.equal(v, refined.local_stage.state_dict()[k]) for k, v in local_before.items())
     meta = train(TrainConfig(stage="registration", crop=(64, 96), preset="moderate",
                              extra={"generator": models / "generator.pt", "init": models / "registration.pt"},
                              **common))

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "train one stage: generator -> global -> registration -> fusion [-> joint] (resumable checkpoints in runs/)"
+HELP = ("train one stage: generator -> global -> local -> registration -> fusion [-> joint] "
+        "(resumable checkpoints in runs/)")
 
 
 def add_arguments(t):
-    t.add_argument("stage", choices=["generator", "global", "registration", "fusion", "joint"],
-                   help="global: the registration's global matcher; registration: its dense levels")
+    t.add_argument("stage", choices=["generator", "global", "local", "registration", "fusion", "joint"],
+                   help="global: the registration's global matcher; local: its local matcher (refines the "
+                        "global affine); registration: its dense levels")
     t.add_argument("--data", type=Path, action="append", default=None,
                    help="dataset folder with visible/, thermal/ and train.txt; repeat for several "
                         "(default: ../shared/datasets/roadscene and m3svd)")
@@ -17,9 +19,10 @@ def add_arguments(t):
     t.add_argument("--iterations", type=int, help="total iterations (default: per stage)")
     t.add_argument("--batch", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--preset", default="mix",
-                   help="deformation preset for global/registration/joint, or a mix: mix (default: none to beyond "
-                        "severe), mix-small (more aligned and mild pairs)")
+    t.add_argument("--preset",
+                   help="deformation preset for global/local/registration/joint, or a mix: mix (default: none to "
+                        "beyond severe), mix-small (more aligned and mild pairs), residual (local's default: what "
+                        "the global stage leaves)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--minutes", type=float, help="wall-clock budget: save and stop after this long")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -29,7 +32,7 @@ def add_arguments(t):
                    help="registration: train on image similarity + smoothness only (ablation)")
     t.add_argument("--similarity-weight", type=float, default=1.0,
                    help="registration: weight of the image-similarity term (0: synthetic-flow supervision only)")
-    t.add_argument("--init", type=Path, help="global/registration: start from these registration weights")
+    t.add_argument("--init", type=Path, help="global/local/registration: start from these registration weights")
     t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")
     t.add_argument("--registration", type=Path, help="registration weights to start joint from")
     t.add_argument("--fusion", type=Path, help="fusion weights to start joint from")
@@ -42,7 +45,7 @@ def run(args) -> int:
                                ("fusion", args.fusion), ("threads", args.threads), ("init", args.init)) if v}
     cfg = TrainConfig(stage=args.stage, data=args.data, out=args.out, run_dir=args.run_dir,
                       iterations=args.iterations or 0, batch=args.batch or 0, lr=args.lr or 0.0,
-                      preset=args.preset, seed=args.seed, minutes=args.minutes, resume=not args.restart,
+                      preset=args.preset or "", seed=args.seed, minutes=args.minutes, resume=not args.restart,
                       device=args.device, flow_supervision=not args.no_flow_supervision,
                       similarity_weight=args.similarity_weight, extra=extra)
     meta = train(cfg)

@@ -10,7 +10,11 @@ the match is read off around the best peak, and an affine is fitted to all match
 iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
 evidence is thin. The share of cells whose match is both sharp and consistent with that affine
 is the stage's confidence; below a threshold the stage returns the identity (the prior) and says
-so. The dense levels of the registration network then correct only the local residual.
+so. A second matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4
+resolution, searched only near the global estimate: the global cells are 8 working pixels wide,
+and their matches fix the affine to about half a cell, which on a 'mild' misalignment is as large
+as the misalignment itself. The dense levels of the registration network then correct only the
+local residual.
 
 Parameters are an affine in normalised coordinates (``align_corners=False``: u = (2x + 1) / W - 1),
 so the same six numbers describe the warp at every pyramid level. ``params`` is N x 6:
@@ -70,6 +74,14 @@ def affine_flow(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The affine as a flow in pixels (N x 2 x H x W, core convention) at `like`'s resolution."""
     coords = normalized_grid(like)
     return (apply_affine(params, coords) - coords) * pixels_per_unit(coords)
+
+
+def warp_affine(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """`image` (N x C x H x W) resampled at the points `params` maps its pixel centres to
+    (bilinear, borders replicated): the moving image as seen through the affine."""
+    coords = normalized_grid(image)
+    return F.grid_sample(image, apply_affine(params, coords).permute(0, 2, 3, 1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
 
 
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -133,7 +145,79 @@ def cauchy(residual: torch.Tensor, scale: float) -> torch.Tensor:
     return 1.0 / (1.0 + (residual / scale) ** 2)
 
 
-class GlobalMatcher(nn.Module):
+def local_correlation(fixed: torch.Tensor, moving: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume N x (2r+1)^2 x H x W: sum over channels of fixed(p) * moving(p + (dx, dy)), the
+    displacements in row-major order (dy outer, dx inner; see :func:`window_offsets`).
+
+    With unit-length feature vectors this is the cosine similarity, in [-1, 1] whatever the
+    channel count; outside the moving image it is 0.
+    """
+    _, _, height, width = fixed.shape
+    padded = F.pad(moving, [radius] * 4)
+    costs = []
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            shifted = padded[:, :, dy:dy + height, dx:dx + width]
+            costs.append((fixed * shifted).sum(dim=1, keepdim=True))
+    return torch.cat(costs, dim=1)
+
+
+def window_offsets(radius: int, like: torch.Tensor) -> torch.Tensor:
+    """(2r+1)^2 x 2 displacements (dx, dy) in cells, in :func:`local_correlation`'s order."""
+    steps = torch.arange(-radius, radius + 1, dtype=like.dtype, device=like.device)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack((dx.flatten(), dy.flatten()), dim=1)
+
+
+class AffineFromMatches(nn.Module):
+    """Robust affine fit to cell matches, and model selection against the identity.
+
+    Subclasses set the constants; residuals are in cells of the grid the matches live on.
+    """
+
+    ROBUST_SCALES = (4.0, 2.0, 1.0, 1.0, 1.0)  # IRLS Cauchy scales (cells), coarse to fine
+    INLIER_SCALE = 1.0                   # cells: the inlier score counts matches within about this
+    PRIOR_WEIGHT = 5.0                   # weight of the identity prior, in fully confident cells
+    IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
+
+    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
+        """IRLS affine fit of cell centre -> matched position. -> (params N x 6, residual N x P in cells)."""
+        n = cells.shape[0]
+        source = cells.flatten(2)                                 # N x 2 x P
+        design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
+        per_cell = pixels_per_unit(cells).flatten(2)
+        eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
+        prior = self.PRIOR_WEIGHT
+        robust = torch.ones_like(weight)
+        params = residual = None
+        for scale in self.ROBUST_SCALES:
+            w = weight * robust
+            normal = torch.einsum("nip,njp,np->nij", design, design, w) + prior * eye
+            rhs = torch.einsum("nip,ncp,np->nic", design, position, w) + prior * eye[:, :, :2]
+            # the prior pulls towards the identity affine (rows: u, v, 1 -> columns: u', v')
+            a = torch.stack((solve_spd(normal, rhs[:, :, 0]), solve_spd(normal, rhs[:, :, 1])), dim=2)
+            predicted = torch.einsum("nip,nic->ncp", design, a)
+            residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
+            robust = cauchy(residual, scale)
+            params = torch.stack((a[:, 0, 0] - 1.0, a[:, 1, 0], a[:, 2, 0],
+                                  a[:, 0, 1], a[:, 1, 1] - 1.0, a[:, 2, 1]), dim=1)
+        return params, residual
+
+    def select(self, cells, position, weight):
+        """Fit, then model selection: the fitted affine replaces the identity only if it explains
+        the matches clearly better (by IDENTITY_MARGIN of the inlier score). On an aligned pair the
+        fit's free parameters otherwise turn match noise into a small but real warp (measured:
+        about a 1 px shear on aligned RoadScene / M3SVD pairs). -> (params N x 6, inlier score N in [0, 1])."""
+        params, residual = self.fit(cells, position, weight)
+        per_cell = pixels_per_unit(cells).flatten(2)
+        identity_residual = ((position - cells.flatten(2)) * per_cell).pow(2).sum(dim=1).sqrt()
+        score = (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
+        identity_score = (weight * cauchy(identity_residual, self.INLIER_SCALE)).mean(dim=1)
+        keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
+        return params * (1.0 - keep)[:, None], torch.maximum(score, identity_score)
+
+
+class GlobalMatcher(AffineFromMatches):
     """Affine from the visible luminance to the thermal, with a confidence; the identity when unsure.
 
     forward(visible_y, thermal) (N x 1 x H x W in [0, 1], H and W multiples of 8) ->
@@ -144,10 +228,6 @@ class GlobalMatcher(nn.Module):
     """
 
     PEAK_RADIUS = 1.5                    # cells around the best match that make the sub-cell estimate
-    ROBUST_SCALES = (4.0, 2.0, 1.0, 1.0, 1.0)  # IRLS Cauchy scales (cells), coarse to fine
-    INLIER_SCALE = 1.0                   # cells: the confidence counts matches within about this
-    PRIOR_WEIGHT = 5.0                   # weight of the identity prior, in fully confident cells
-    IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
     PASSES = 2                           # match, warp by the estimate, match again
 
     def __init__(self, dim: int = 64, threshold: float = 0.1):
@@ -179,43 +259,6 @@ class GlobalMatcher(nn.Module):
         position = torch.einsum("npq,ncq->ncp", local, grid) / mass.clamp_min(1e-12)[:, None]
         return position, mass
 
-    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
-        """IRLS affine fit of cell centre -> matched position. -> (params N x 6, residual N x P in cells)."""
-        n = cells.shape[0]
-        source = cells.flatten(2)                                 # N x 2 x P
-        design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
-        per_cell = pixels_per_unit(cells).flatten(2)
-        eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
-        prior = self.PRIOR_WEIGHT
-        robust = torch.ones_like(weight)
-        params = residual = None
-        for scale in self.ROBUST_SCALES:
-            w = weight * robust
-            normal = torch.einsum("nip,njp,np->nij", design, design, w) + prior * eye
-            rhs = torch.einsum("nip,ncp,np->nic", design, position, w) + prior * eye[:, :, :2]
-            # the prior pulls towards the identity affine (rows: u, v, 1 -> columns: u', v')
-            a = torch.stack((solve_spd(normal, rhs[:, :, 0]), solve_spd(normal, rhs[:, :, 1])), dim=2)
-            predicted = torch.einsum("nip,nic->ncp", design, a)
-            residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
-            robust = cauchy(residual, scale)
-            params = torch.stack((a[:, 0, 0] - 1.0, a[:, 1, 0], a[:, 2, 0],
-                                  a[:, 0, 1], a[:, 1, 1] - 1.0, a[:, 2, 1]), dim=1)
-        return params, residual
-
-    def select(self, cells, position, weight):
-        """Fit, then model selection: the fitted affine replaces the identity only if it explains
-        the matches clearly better (by IDENTITY_MARGIN of the inlier score). On an aligned pair the
-        fit's free parameters otherwise turn match noise into a small but real warp (measured:
-        about a 1 px shear on aligned RoadScene / M3SVD pairs); the dense levels correct what is
-        left. -> (params N x 6, inlier score N in [0, 1])."""
-        params, residual = self.fit(cells, position, weight)
-        per_cell = pixels_per_unit(cells).flatten(2)
-        identity_residual = ((position - cells.flatten(2)) * per_cell).pow(2).sum(dim=1).sqrt()
-        score = (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
-        identity_score = (weight * cauchy(identity_residual, self.INLIER_SCALE)).mean(dim=1)
-        keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
-        return params * (1.0 - keep)[:, None], torch.maximum(score, identity_score)
-
     def estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
         """Before the fallback: (params N x 6, confidence N).
 
@@ -228,10 +271,7 @@ class GlobalMatcher(nn.Module):
         prob, cells = self.correlation(visible_y, thermal)
         params, confidence = self.select(cells, *self.matches(prob, cells))
         for _ in range(self.PASSES - 1):
-            coords = normalized_grid(thermal)
-            warped = F.grid_sample(thermal, apply_affine(params, coords).permute(0, 2, 3, 1), mode="bilinear",
-                                   padding_mode="border", align_corners=False)
-            prob, cells = self.correlation(visible_y, warped)
+            prob, cells = self.correlation(visible_y, warp_affine(thermal, params))
             second, confidence = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, second)
         return params, confidence
@@ -241,3 +281,77 @@ class GlobalMatcher(nn.Module):
         params, confidence = self.estimate(visible_y, thermal)
         fallback = (confidence < self.threshold).to(params.dtype)
         return params * (1.0 - fallback)[:, None], confidence, fallback
+
+
+class LocalEncoder(nn.Module):
+    """N x 1 x H x W image in [0, 1] -> N x D x H/4 x W/4 unit-length cell descriptors.
+
+    Two stride-2 stages and dilated convolutions at 1/4 (receptive field about 60 px): enough
+    context to tell neighbouring cells apart within the local matcher's window, fine enough to
+    place a match to a fraction of 4 pixels.
+    """
+
+    STRIDE = 4
+
+    def __init__(self, channels=(16, 32), dim: int = 32):
+        super().__init__()
+        c1, c2 = channels
+        self.body = nn.Sequential(conv(2, c1, stride=2), conv(c1, c1), conv(c1, c2, stride=2), conv(c2, c2),
+                                  conv(c2, c2, dilation=2), conv(c2, c2, dilation=4), nn.Conv2d(c2, dim, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.body(match_input(image))
+        return F.normalize(features - features.mean(dim=(2, 3), keepdim=True), dim=1)
+
+
+class LocalMatcher(AffineFromMatches):
+    """Refines an affine with matches at 1/4 resolution, searched within RADIUS cells of it.
+
+    refine(visible_y, thermal, params) (N x 1 x H x W in [0, 1], H and W multiples of 4; params
+    N x 6 as in :func:`apply_affine`, e.g. the global stage's) -> refined params N x 6. Each pass
+    warps the thermal by the current estimate, matches every visible cell within +-RADIUS cells
+    (+-12 working pixels), fits an affine correction to the matches (kept only if it explains
+    them clearly better than none) and composes it with the estimate.
+    """
+
+    RADIUS = 3                           # cells (4 px) searched around the current estimate
+    PEAK_RADIUS = 1.5                    # cells around the best match that make the sub-cell estimate
+    ROBUST_SCALES = (2.0, 1.0, 0.5, 0.5, 0.5)
+    INLIER_SCALE = 0.5
+    IDENTITY_MARGIN = 0.05               # chosen on training pairs (models/MODEL_CARD.md)
+    PASSES = 2
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.visible_encoder = LocalEncoder(dim=dim)
+        self.thermal_encoder = LocalEncoder(dim=dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """(match probabilities N x K x h x w over the K = (2 RADIUS + 1)^2 displacements of
+        :func:`window_offsets`, cell centres N x 2 x h x w in normalised coordinates)."""
+        fv, ft = self.visible_encoder(visible_y), self.thermal_encoder(thermal)
+        cost = local_correlation(fv, ft, self.RADIUS) * self.log_scale.exp()
+        return torch.softmax(cost, dim=1), normalized_grid(fv[:, :1])
+
+    def matches(self, prob: torch.Tensor, cells: torch.Tensor):
+        """Sub-cell match of every visible cell: the probability-weighted mean displacement within
+        PEAK_RADIUS cells of its best one. -> (positions N x 2 x P normalised, weights N x P =
+        probability mass at the peak)."""
+        offsets = window_offsets(self.RADIUS, prob)                        # K x 2, cells
+        best = torch.argmax(prob, dim=1)                                   # N x h x w
+        peak = offsets[best].permute(0, 3, 1, 2)                           # N x 2 x h x w
+        near = ((offsets[None, :, :, None, None] - peak[:, None]).pow(2).sum(dim=2)
+                <= self.PEAK_RADIUS ** 2).to(prob.dtype)                   # N x K x h x w
+        local = prob * near
+        mass = local.sum(dim=1)                                            # N x h x w
+        shift = torch.einsum("nkhw,kc->nchw", local, offsets) / mass.clamp_min(1e-12)[:, None]
+        position = cells + shift / pixels_per_unit(cells)
+        return position.flatten(2), mass.flatten(1)
+
+    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.PASSES):
+            prob, cells = self.correlation(visible_y, warp_affine(thermal, params))
+            correction, _ = self.select(cells, *self.matches(prob, cells))
+            params = compose_affine(params, correction)
+        return params

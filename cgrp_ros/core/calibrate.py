@@ -12,8 +12,10 @@ which matches every 8 x 8 cell of the visible luminance against every cell of th
 2. **matches**: per pair, the visible region that the placed thermal covers is resampled to the
    working size (the thermal then fills the grid at close to its own resolution), the matcher's
    two-pass affine estimate gives a confidence (pairs below ``min_confidence`` -- night, fog, a
-   lens cap, another scene -- are skipped), and its second-pass cell matches, with their weights,
-   are mapped back to full-resolution thermal pixel -> visible pixel correspondences;
+   lens cap, another scene -- are skipped), the local matcher (:class:`~cgrp_ros.core.align.LocalMatcher`)
+   refines that affine, and its matches of every 4 x 4 cell, with their weights, are mapped back
+   to full-resolution thermal pixel -> visible pixel correspondences (weights without a local
+   matcher: the global matcher's 8 x 8 cells);
 3. **fit**: the confident matches of all pairs are pooled, a homography is fitted robustly
    (OpenCV USAC/RANSAC) and refitted by least squares on the inliers;
 4. **refinement**: steps 2-3 are repeated with the fitted homography as the placement; the pairs
@@ -153,7 +155,8 @@ class RigCalibrator:
         self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
                                    else "cpu")
         path = model_path or default_model_path("registration")
-        self.matcher = load_model(path, "registration").global_stage.to(self.device).eval()
+        network = load_model(path, "registration").to(self.device).eval()
+        self.matcher, self.local_matcher = network.global_stage, network.local_stage
         threshold = float(self.matcher.threshold)
         self.min_confidence = float(min_confidence) if min_confidence is not None else max(threshold, 0.15)
         self.working_size = tuple(working_size)
@@ -207,26 +210,28 @@ class RigCalibrator:
 
     def _match(self, vis_y, th, placement, direct: bool = False):
         """-> (confidence, thermal px N x 2, visible px N x 2, weights N) for one pair and placement."""
-        from .align import apply_affine, normalized_grid, pixels_per_unit
-        torch, F = self.torch, self.torch.nn.functional
+        from .align import apply_affine, pixels_per_unit, warp_affine
+        torch = self.torch
 
         view = self._view(vis_y, th, placement)
         empty = np.zeros((0, 2))
         if view is None:
             return 0.0, empty, empty, np.zeros(0)
         crop, placed, to_work, t2w = view
-        gm = self.matcher
+        # matches of the local matcher (1/4 resolution) where the network has one, else the global
+        # matcher's (1/8); a match must lie within `consistent` cells of the pair's own affine
+        matcher = self.local_matcher or self.matcher
+        consistent = 2.5 if self.local_matcher is not None else 1.5
         with torch.no_grad():
             v = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
             t = torch.from_numpy(np.ascontiguousarray(placed))[None, None].to(self.device)
-            params, confidence = gm.estimate(v, t)
-            coords = normalized_grid(t)
+            params, confidence = self.matcher.estimate(v, t)
             if direct:  # the placement is already close: match the placed thermal itself
                 params = torch.zeros_like(params)
-            warped = F.grid_sample(t, apply_affine(params, coords).permute(0, 2, 3, 1), mode="bilinear",
-                                   padding_mode="border", align_corners=False)
-            prob, cells = gm.correlation(v, warped)
-            position, weight = gm.matches(prob, cells)
+            elif self.local_matcher is not None:
+                params = self.local_matcher.refine(v, t, params)
+            prob, cells = matcher.correlation(v, warp_affine(t, params))
+            position, weight = matcher.matches(prob, cells)
             residual_cells = ((position - cells.flatten(2)) * pixels_per_unit(cells).flatten(2)).pow(2).sum(1).sqrt()
             position = apply_affine(params, position[:, :, :, None])[:, :, :, 0]  # into the placed thermal
         h, w = crop.shape
@@ -248,8 +253,8 @@ class RigCalibrator:
             qx = np.clip(np.round(q[:, 0]).astype(int), 0, w - 1)
             qy = np.clip(np.round(q[:, 1]).astype(int), 0, h - 1)
             return valid[qy, qx] & (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
-        # a match consistent with the pair's own affine (within 1.5 cells) and with some mass at its peak
-        keep = inside(to_px(uv)) & inside(to_px(cv)) & (res < 1.5) & (wts > 0.05)
+        # a match consistent with the pair's own affine (within `consistent` cells) and with some mass at its peak
+        keep = inside(to_px(uv)) & inside(to_px(cv)) & (res < consistent) & (wts > 0.05)
         return float(confidence[0]), thermal_px[keep], visible_px[keep], wts[keep]
 
     # all pairs ---------------------------------------------------------------------------------

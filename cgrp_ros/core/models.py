@@ -40,8 +40,11 @@ def save_model(path, network: str, model: torch.nn.Module, config: dict, meta: d
     torch.save({"network": network, "config": config, "state_dict": state, "meta": meta}, path)
 
 
-def load_model(path, network: str) -> torch.nn.Module:
-    """Rebuild and load `network` from `path`; any problem raises ModelLoadError naming the file."""
+def load_model(path, network: str, new_modules: tuple = ()) -> torch.nn.Module:
+    """Rebuild and load `network` from `path`; any problem raises ModelLoadError naming the file.
+
+    `new_modules`: names of submodules the file may lack (weights saved before they existed, for
+    training them): they keep their initial weights."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(path, "file not found")
@@ -54,7 +57,10 @@ def load_model(path, network: str) -> torch.nn.Module:
         raise ModelLoadError(path, f"holds '{found}', expected '{network}'")
     try:
         model = NETWORKS[network](**blob.get("config", {}))
-        model.load_state_dict(blob["state_dict"])
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+        missing = [k for k in missing if k.split(".")[0] not in new_modules]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except Exception as exc:
         raise ModelLoadError(path, f"weights do not fit the {network} network ({exc})") from None
     return model.eval()

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .align import GlobalMatcher, affine_flow
+from .align import GlobalMatcher, LocalMatcher, affine_flow, local_correlation
 from .filters import gradient_magnitude, instance_standardize
 from .layers import conv
 from .warp import upsample2, warp
@@ -83,22 +83,6 @@ class PatchDiscriminator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # (2) Registration: multi-level coarse-to-fine (MRRN), pseudo-thermal (fixed) vs thermal (moving)
 # ----------------------------------------------------------------------------------------------
-def local_correlation(fixed: torch.Tensor, moving: torch.Tensor, radius: int) -> torch.Tensor:
-    """Cost volume N x (2r+1)^2 x H x W: sum over channels of fixed(p) * moving(p + (dx, dy)).
-
-    With unit-length feature vectors (as the estimator passes them) this is the cosine
-    similarity, in [-1, 1] whatever the channel count.
-    """
-    _, _, height, width = fixed.shape
-    padded = F.pad(moving, [radius] * 4)
-    costs = []
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            shifted = padded[:, :, dy:dy + height, dx:dx + width]
-            costs.append((fixed * shifted).sum(dim=1, keepdim=True))
-    return torch.cat(costs, dim=1)
-
-
 def structure_input(appearance: torch.Tensor, structure_source: torch.Tensor) -> torch.Tensor:
     """N x 2 x H x W: the standardised appearance image and the standardised gradient magnitude
     of `structure_source` (registration ignores global gain/offset differences)."""
@@ -193,9 +177,11 @@ class RegistrationNet(nn.Module):
     DEFAULT_THRESHOLD = 0.1
 
     def __init__(self, channels=(16, 32, 48), radii=(1, 2, 2), hidden=(24, 32, 48), match_dim: int = 64,
-                 confidence_threshold: float = DEFAULT_THRESHOLD):
+                 confidence_threshold: float = DEFAULT_THRESHOLD, local_dim: int = 32):
         super().__init__()
         self.global_stage = GlobalMatcher(match_dim, confidence_threshold)
+        # refines the global affine at 1/4 resolution; 0 = none (weights trained before it existed)
+        self.local_stage = LocalMatcher(local_dim) if local_dim else None
         self.pyramid = FeaturePyramid(channels)
         self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])
 
@@ -203,6 +189,8 @@ class RegistrationNet(nn.Module):
         """(the global stage's flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
         zero where it fell back."""
         params, confidence, fallback = self.global_stage(visible_y, thermal)
+        if self.local_stage is not None:
+            params = self.local_stage.refine(visible_y, thermal, params) * (1.0 - fallback)[:, None]
         return affine_flow(params, thermal), confidence, fallback
 
     def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,

@@ -25,8 +25,8 @@ TRAINING_DATASETS = ("roadscene", "m3svd")  # train splits; other_cameras is eva
 from .filters import gradient_magnitude
 from .deform import Preset, random_displacement
 from .image import pad_to, resize, working_shape
-from .models import default_model_path, load_model, save_model
-from .align import affine_flow
+from .models import default_model_path, load_model, model_config, save_model
+from .align import affine_flow, window_offsets
 from .networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
 from .warp import invert_flow, pixel_grid, valid_mask, warp, warp_numpy
 
@@ -34,6 +34,7 @@ STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
     "generator": dict(iterations=700, batch=6, crop=(128, 128), lr=2e-4),
     "global": dict(iterations=3000, batch=8, crop=(160, 224), lr=1e-3, preset="mix"),
+    "local": dict(iterations=3000, batch=8, crop=(160, 224), lr=1e-3, preset="residual"),
     "registration": dict(iterations=1000, batch=4, crop=(144, 256), lr=1e-4, preset="mix"),
     "fusion": dict(iterations=800, batch=6, crop=(128, 128), lr=1e-3),
     "joint": dict(iterations=300, batch=4, crop=(144, 256), lr=1e-4, preset="mix"),
@@ -42,10 +43,14 @@ STAGE_DEFAULTS = {
 # Misalignments seen in training, as (probability, preset): from none to beyond 'severe' and the
 # peer protocol, so the registration learns to leave aligned pairs alone as well as to undo large
 # warps. 'mix-small' weights aligned and slightly misaligned pairs more (dense-level fine-tuning).
+# 'residual': what is left after the global stage (its affine is good to about half an 8-px cell),
+# plus the elastic part, for the local matcher.
 _WIDE = Preset(translation=0.07, rotation_deg=12.0, scale=0.06, elastic=0.02)
+_RESIDUAL = Preset(translation=0.025, rotation_deg=1.5, scale=0.02, elastic=0.02)
 TRAINING_MIXES = {
     "mix": ((0.10, "none"), (0.15, "mild"), (0.25, "moderate"), (0.30, "severe"), (0.20, _WIDE)),
     "mix-small": ((0.20, "none"), (0.25, "mild"), (0.25, "moderate"), (0.15, "severe"), (0.15, _WIDE)),
+    "residual": ((0.15, "none"), (0.25, "mild"), (0.60, _RESIDUAL)),
 }
 
 
@@ -99,7 +104,7 @@ class TrainConfig:
     batch: int = 0
     crop: tuple | None = None
     lr: float = 0.0
-    preset: str = "mix"
+    preset: str = ""                       # deformations (a preset or a TRAINING_MIXES name); "": the stage's
     working_size: tuple = (256, 320)
     seed: int = 0
     minutes: float | None = None
@@ -519,6 +524,57 @@ class GlobalStage(Stage):
         save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
 
 
+class LocalStage(GlobalStage):
+    """The registration's local matcher alone (core/align.py: LocalMatcher), on top of the frozen
+    global stage of ``--init`` (which it leaves unchanged).
+
+    It sees what the global stage leaves: pairs misaligned by the `residual` mix (none, mild, and
+    up to +-2.5 % translation, 1.5 deg, 2 % scale, 2 % elastic). Loss: cross-entropy of every
+    visible cell's distribution over the window against the true displacement (a Gaussian of 0.5
+    cells), for cells whose truth is inside the window, plus 0.1 x the end-point error (pixels) of
+    the affine fitted to the matches.
+    """
+
+    def __init__(self, cfg):
+        Stage.__init__(self, cfg)
+        init = cfg.extra.get("init", default_model_path("registration"))
+        net = load_model(init, "registration", new_modules=("local_stage",))
+        self.modules = {"registration": net.to(self.device)}
+        self.optimizers = {"local": torch.optim.Adam(net.local_stage.parameters(), lr=cfg.lr)}
+        self.config = dict(model_config(init), local_dim=net.local_stage.visible_encoder.body[-1].out_channels)
+
+    def step(self, iteration):
+        cols = list(zip(*(self.sample(self.rng, self.cfg.crop) for _ in range(self.cfg.batch))))
+        visible_y, moving, flow, valid = (torch.cat([self.t(a) for a in col]) for col in cols)
+        stage = self.modules["registration"].local_stage
+        prob, cells = stage.correlation(visible_y, moving)
+        stride = visible_y.shape[-1] // cells.shape[-1]
+        gt = F.avg_pool2d(flow, stride)                                # N x 2 x h x w, pixels
+        offsets = window_offsets(stage.RADIUS, prob)                   # K x 2, cells
+        d2 = (offsets[None, :, :, None, None] - gt[:, None] / stride).pow(2).sum(dim=2)  # N x K x h x w
+        soft = torch.softmax(-d2 / (2 * self.CELL_SIGMA ** 2), dim=1)
+        ce = -(soft * torch.log(prob + 1e-9)).sum(dim=1)
+        ok = (F.avg_pool2d(valid, stride) > 0.99).float()
+        inside = (gt.abs().amax(dim=1, keepdim=True) / stride <= stage.RADIUS - 0.5).float()
+        mask = (ok * inside)[:, 0]
+        ce = (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        position, weight = stage.matches(prob, cells)
+        params, _ = stage.fit(cells, position, weight)
+        epe = losses.masked_epe(affine_flow(params, cells[:, :1]) * stride, gt, ok)
+        loss = ce + 0.1 * epe
+        opt = self.optimizers["local"]
+        for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
+            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(stage.parameters(), 5.0)
+        opt.step()
+        return dict(ce=ce.item(), epe=epe.item(), scale=stage.log_scale.exp().item())
+
+    def export(self, meta):
+        save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
+
+
 class FusionStage(Stage):
     """Aligned pairs -> fused luminance; unsupervised SSIM + intensity + gradient loss."""
 
@@ -570,8 +626,8 @@ class JointStage(RegistrationStage):
         save_model(self.cfg.out / "fusion.pt", "fusion", self.modules["fusion"], dict(channels=16), meta)
 
 
-STAGES = {"generator": GeneratorStage, "global": GlobalStage, "registration": RegistrationStage, "fusion": FusionStage,
-          "joint": JointStage}
+STAGES = {"generator": GeneratorStage, "global": GlobalStage, "local": LocalStage, "registration": RegistrationStage,
+          "fusion": FusionStage, "joint": JointStage}
 
 
 def train(cfg: TrainConfig) -> dict:
