@@ -161,3 +161,21 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
     assert result["epe_calibration_only_px"] < 10 and np.isfinite(result["epe_fuse_px"])
     assert "corner error" in (out / "rig_calibration.md").read_text()
+
+
+def test_a_calibrated_wider_rig_stays_where_the_calibration_puts_it(aligned_pairs):
+    """With the true calibration of a rig whose visible camera sees 1.6x wider at 2x the pixels, the
+    networks have nothing left to correct: no pair is moved by more than 1.5 visible px on average. (The
+    thermal covers the middle of the working grid; the frame of its footprint, an edge the visible image
+    lacks, once drew the matchers to it.)"""
+    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+
+    g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))
+    truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, 1.6, 2.0, SIZE)[2]
+    pipeline = Pipeline(PipelineConfig(device="cpu", homography=truth))
+    for name, visible, thermal in aligned_pairs:
+        v, t, _ = synthetic_rig(visible, thermal, g, 1.6, 2.0, SIZE)
+        result = pipeline(v, t, outputs=frozenset({"flow"}))
+        seen = cv2.warpPerspective(np.ones(SIZE, np.float32), truth, v.shape[1::-1], flags=cv2.INTER_NEAREST) > 0
+        moved = np.linalg.norm(result.flow, axis=2)[seen].mean()
+        assert moved <= 1.5, f"{name}: moved by {moved:.2f} px"

@@ -58,9 +58,8 @@ def test_the_node_self_calibrates_on_a_fixed_rig_and_saves_the_calibration(tmp_p
         unregistered = float(np.linalg.norm(truth, axis=-1)[valid].mean())
         last_second = [f for t, f in flows if t >= flows[-1][0] - 1.0]
         shimmer = np.mean([np.linalg.norm(a - b, axis=-1).mean() for a, b in zip(last_second, last_second[1:])])
-        # issue 10 asks for <= 1.5 px; the registration gets 2.7 px here (11.2 px unregistered): the
-        # network's precision, not the estimate's (it is the mean of the registrations it accepted)
-        assert epe < 0.3 * unregistered, (epe, unregistered)
+        # issue 10: within 1.5 px of the truth after 5 s (measured 1.06-1.11 px; 11.2 px unregistered)
+        assert epe <= 1.5, (epe, unregistered)
         assert shimmer <= 0.2, shimmer
 
         def rig_state():
