@@ -259,6 +259,11 @@ class Stage:
     def step(self, iteration: int) -> dict:
         raise NotImplementedError
 
+    def cosine_lr(self, optimizer, iteration: int):
+        """Cosine decay of the learning rate from cfg.lr to 5 % of it over the run."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
+
     def export(self, meta: dict):
         raise NotImplementedError
 
@@ -399,8 +404,7 @@ class RegistrationStage(Stage):
         visible_y, pseudo, _, moving, gt_flow, valid, initial = self.misaligned_batch(iteration)
         loss, _, logs = self.registration_loss(visible_y, pseudo, moving, gt_flow, valid, initial)
         opt = self.optimizers["registration"]
-        for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
-            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
+        self.cosine_lr(opt, iteration)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.modules["registration"].parameters(), 5.0)
@@ -454,33 +458,42 @@ class GlobalStage(Stage):
             visible_y, thermal = visible_y[:, ::-1], thermal[:, ::-1]
         return misaligned_crop(rng, visible_y, thermal, self.cfg.preset, crop)
 
+    def matcher(self):
+        """The matcher this stage trains."""
+        return self.modules["registration"].global_stage
+
     def step(self, iteration):
         cols = list(zip(*(self.sample(self.rng, self.cfg.crop) for _ in range(self.cfg.batch))))
         visible_y, moving, flow, valid = (torch.cat([self.t(a) for a in col]) for col in cols)
-        stage = self.modules["registration"].global_stage
+        stage = self.matcher()
         prob, cells = stage.correlation(visible_y, moving)
         stride = visible_y.shape[-1] // cells.shape[-1]
         gt = F.avg_pool2d(flow, stride)                               # N x 2 x h x w, pixels
         ok = (F.avg_pool2d(valid, stride) > 0.99).float()
-        grid = pixel_grid(cells[:, :1]).flatten(2)                    # N x 2 x Q, cell units
-        target = (pixel_grid(cells[:, :1]) + gt / stride).flatten(2)  # N x 2 x P
-        d2 = (grid[:, :, None, :] - target[:, :, :, None]).pow(2).sum(dim=1)
-        soft = torch.softmax(-d2 / (2 * self.CELL_SIGMA ** 2), dim=2)
-        ce = -(soft * torch.log(prob + 1e-9)).sum(dim=2)
-        mask = ok.flatten(1)
-        ce = (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        ce = self.match_cross_entropy(prob, cells, gt / stride, ok)
         position, weight = stage.matches(prob, cells)
         params, _ = stage.fit(cells, position, weight)
         epe = losses.masked_epe(affine_flow(params, cells[:, :1]) * stride, gt, ok)
         loss = ce + 0.1 * epe
-        opt = self.optimizers["global"]
-        for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
-            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
-        opt.zero_grad()
+        optimizer = next(iter(self.optimizers.values()))
+        self.cosine_lr(optimizer, iteration)
+        optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(stage.parameters(), 5.0)
-        opt.step()
+        optimizer.step()
         return dict(ce=ce.item(), epe=epe.item(), scale=stage.log_scale.exp().item())
+
+    def match_cross_entropy(self, prob, cells, target, ok):
+        """Mean over the cells where `ok` of the cross-entropy of each visible cell's distribution over
+        all thermal cells (`prob` N x P x Q) against a CELL_SIGMA Gaussian at its true displacement
+        (`target` N x 2 x h x w, cells)."""
+        grid = pixel_grid(cells[:, :1]).flatten(2)                    # N x 2 x Q, cell units
+        true_cell = (pixel_grid(cells[:, :1]) + target).flatten(2)    # N x 2 x P
+        d2 = (grid[:, :, None, :] - true_cell[:, :, :, None]).pow(2).sum(dim=1)
+        soft = torch.softmax(-d2 / (2 * self.CELL_SIGMA ** 2), dim=2)
+        ce = -(soft * torch.log(prob + 1e-9)).sum(dim=2)
+        mask = ok.flatten(1)
+        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
 
     @torch.no_grad()
     def calibrate(self, samples: int = 160) -> dict:
@@ -543,33 +556,20 @@ class LocalStage(GlobalStage):
         self.optimizers = {"local": torch.optim.Adam(net.local_stage.parameters(), lr=cfg.lr)}
         self.config = dict(model_config(init), local_dim=net.local_stage.visible_encoder.body[-1].out_channels)
 
-    def step(self, iteration):
-        cols = list(zip(*(self.sample(self.rng, self.cfg.crop) for _ in range(self.cfg.batch))))
-        visible_y, moving, flow, valid = (torch.cat([self.t(a) for a in col]) for col in cols)
-        stage = self.modules["registration"].local_stage
-        prob, cells = stage.correlation(visible_y, moving)
-        stride = visible_y.shape[-1] // cells.shape[-1]
-        gt = F.avg_pool2d(flow, stride)                                # N x 2 x h x w, pixels
-        offsets = window_offsets(stage.RADIUS, prob)                   # K x 2, cells
-        d2 = (offsets[None, :, :, None, None] - gt[:, None] / stride).pow(2).sum(dim=2)  # N x K x h x w
+    def matcher(self):
+        return self.modules["registration"].local_stage
+
+    def match_cross_entropy(self, prob, cells, target, ok):
+        """As the global stage's, over the window's displacements (`prob` N x K x h x w), for the cells
+        whose true displacement lies inside the window."""
+        radius = self.matcher().RADIUS
+        offsets = window_offsets(radius, prob)                                       # K x 2, cells
+        d2 = (offsets[None, :, :, None, None] - target[:, None]).pow(2).sum(dim=2)   # N x K x h x w
         soft = torch.softmax(-d2 / (2 * self.CELL_SIGMA ** 2), dim=1)
         ce = -(soft * torch.log(prob + 1e-9)).sum(dim=1)
-        ok = (F.avg_pool2d(valid, stride) > 0.99).float()
-        inside = (gt.abs().amax(dim=1, keepdim=True) / stride <= stage.RADIUS - 0.5).float()
+        inside = (target.abs().amax(dim=1, keepdim=True) <= radius - 0.5).float()
         mask = (ok * inside)[:, 0]
-        ce = (ce * mask).sum() / mask.sum().clamp_min(1.0)
-        position, weight = stage.matches(prob, cells)
-        params, _ = stage.fit(cells, position, weight)
-        epe = losses.masked_epe(affine_flow(params, cells[:, :1]) * stride, gt, ok)
-        loss = ce + 0.1 * epe
-        opt = self.optimizers["local"]
-        for group in opt.param_groups:  # cosine decay to 5 % of the initial rate
-            group["lr"] = self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * iteration / self.cfg.iterations)))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(stage.parameters(), 5.0)
-        opt.step()
-        return dict(ce=ce.item(), epe=epe.item(), scale=stage.log_scale.exp().item())
+        return (ce * mask).sum() / mask.sum().clamp_min(1.0)
 
     def export(self, meta):
         save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
