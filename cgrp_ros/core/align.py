@@ -237,10 +237,12 @@ class GlobalMatcher(AffineFromMatches):
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # cosine similarity -> logits
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 
-    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor, visible_features=None):
         """(match probabilities N x P x Q over thermal cells q for each visible cell p,
-        cell centres N x 2 x h x w in normalised coordinates)."""
-        fv, ft = self.visible_encoder(visible_y), self.thermal_encoder(thermal)
+        cell centres N x 2 x h x w in normalised coordinates). `visible_features`: the visible
+        encoder's output when already computed (a second pass)."""
+        fv = self.visible_encoder(visible_y) if visible_features is None else visible_features
+        ft = self.thermal_encoder(thermal)
         logits = torch.einsum("ndp,ndq->npq", fv.flatten(2), ft.flatten(2)) * self.log_scale.exp()
         return torch.softmax(logits, dim=2), normalized_grid(fv[:, :1])
 
@@ -268,10 +270,11 @@ class GlobalMatcher(AffineFromMatches):
 
         (Smoothing the last pass's residual matches into an elastic field was tried and made
         every preset worse, aligned pairs included: the matches' local errors are correlated.)"""
-        prob, cells = self.correlation(visible_y, thermal)
+        fv = self.visible_encoder(visible_y)
+        prob, cells = self.correlation(visible_y, thermal, fv)
         params, confidence = self.select(cells, *self.matches(prob, cells))
         for _ in range(self.PASSES - 1):
-            prob, cells = self.correlation(visible_y, warp_affine(thermal, params))
+            prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
             second, confidence = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, second)
         return params, confidence
@@ -327,10 +330,12 @@ class LocalMatcher(AffineFromMatches):
         self.thermal_encoder = LocalEncoder(dim=dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
 
-    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+    def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor, visible_features=None):
         """(match probabilities N x K x h x w over the K = (2 RADIUS + 1)^2 displacements of
-        :func:`window_offsets`, cell centres N x 2 x h x w in normalised coordinates)."""
-        fv, ft = self.visible_encoder(visible_y), self.thermal_encoder(thermal)
+        :func:`window_offsets`, cell centres N x 2 x h x w in normalised coordinates).
+        `visible_features`: the visible encoder's output when already computed."""
+        fv = self.visible_encoder(visible_y) if visible_features is None else visible_features
+        ft = self.thermal_encoder(thermal)
         cost = local_correlation(fv, ft, self.RADIUS) * self.log_scale.exp()
         return torch.softmax(cost, dim=1), normalized_grid(fv[:, :1])
 
@@ -350,8 +355,9 @@ class LocalMatcher(AffineFromMatches):
         return position.flatten(2), mass.flatten(1)
 
     def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        fv = self.visible_encoder(visible_y)
         for _ in range(self.PASSES):
-            prob, cells = self.correlation(visible_y, warp_affine(thermal, params))
+            prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
             correction, _ = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, correction)
         return params
