@@ -147,7 +147,7 @@ class Pipeline:
                           for border in (cv2.BORDER_CONSTANT, cv2.BORDER_REPLICATE)]
                 # fused: nothing (0) where the thermal does not see; registered: its border replicated,
                 # since the frame of its footprint is an edge the visible image lacks and the matchers
-                # matched it (measured: calibrated synthetic rigs moved by 3-8 working px)
+                # matched it (measured: pairs of calibrated synthetic rigs moved by up to 8 working px)
                 f.th_in, f.th_reg = (self._nchw(image, f.padded) for image in placed)
         return f
 
