@@ -326,6 +326,7 @@ class LocalMatcher(AffineFromMatches):
 
     def __init__(self, dim: int = 32):
         super().__init__()
+        self.dim = dim
         self.visible_encoder = LocalEncoder(dim=dim)
         self.thermal_encoder = LocalEncoder(dim=dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))

@@ -220,15 +220,15 @@ class RigCalibrator:
         crop, placed, to_work, t2w = view
         # matches of the local matcher (1/4 resolution) where the network has one, else the global
         # matcher's (1/8); a match must lie within `consistent` cells of the pair's own affine
-        matcher = self.local_matcher or self.matcher
-        consistent = 2.5 if self.local_matcher is not None else 1.5
+        local = self.local_matcher is not None
+        matcher, consistent = (self.local_matcher, 2.5) if local else (self.matcher, 1.5)
         with torch.no_grad():
             v = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
             t = torch.from_numpy(np.ascontiguousarray(placed))[None, None].to(self.device)
             params, confidence = self.matcher.estimate(v, t)
             if direct:  # the placement is already close: match the placed thermal itself
                 params = torch.zeros_like(params)
-            elif self.local_matcher is not None:
+            elif local:
                 params = self.local_matcher.refine(v, t, params)
             prob, cells = matcher.correlation(v, warp_affine(t, params))
             position, weight = matcher.matches(prob, cells)

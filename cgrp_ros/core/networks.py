@@ -180,7 +180,7 @@ class RegistrationNet(nn.Module):
                  confidence_threshold: float = DEFAULT_THRESHOLD, local_dim: int = 32):
         super().__init__()
         self.global_stage = GlobalMatcher(match_dim, confidence_threshold)
-        # refines the global affine at 1/4 resolution; 0 = none (weights trained before it existed)
+        # refines the global affine at 1/4 resolution (local_dim 0: no local stage)
         self.local_stage = LocalMatcher(local_dim) if local_dim else None
         self.pyramid = FeaturePyramid(channels)
         self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])

@@ -135,21 +135,23 @@ class Pipeline:
         f.vis_in, f.y_in = self._nchw(vis_w, f.padded), self._nchw(f.y_w, f.padded)
         if thermal is not None:
             f.thermal = check_image(thermal, "thermal")
-            th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
-            f.v2t = self.visible_to_thermal((f.hv, f.wv), th01.shape[:2])
+            f.th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
+            f.v2t = self.visible_to_thermal((f.hv, f.wv), f.th01.shape[:2])
             if self.homography is None:
-                f.th_in = f.th_reg = self._nchw(resize(th01, (f.h, f.w)), f.padded)
-            else:  # working pixel -> visible pixel -> thermal pixel
-                sx, sy = f.wv / f.w, f.hv / f.h
-                work_to_vis = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
-                placed = [cv2.warpPerspective(th01, f.v2t @ work_to_vis, (f.w, f.h),
-                                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
-                          for border in (cv2.BORDER_CONSTANT, cv2.BORDER_REPLICATE)]
-                # fused: nothing (0) where the thermal does not see; registered: its border replicated,
-                # since the frame of its footprint is an edge the visible image lacks and the matchers
-                # matched it (measured: pairs of calibrated synthetic rigs moved by up to 8 working px)
-                f.th_in, f.th_reg = (self._nchw(image, f.padded) for image in placed)
+                f.th_in = self._nchw(resize(f.th01, (f.h, f.w)), f.padded)
+            else:  # fused: nothing (0) where the thermal does not see
+                f.th_in = self._placed_thermal(f, cv2.BORDER_CONSTANT)
         return f
+
+    @staticmethod
+    def _placed_thermal(f, border) -> np.ndarray:
+        """The thermal on the padded working grid through the calibration (working px -> visible px ->
+        thermal px), 1 x 1 x pH x pW; outside its footprint `border` (an OpenCV border mode)."""
+        sx, sy = f.wv / f.w, f.hv / f.h
+        work_to_vis = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        placed = cv2.warpPerspective(f.th01, f.v2t @ work_to_vis, (f.w, f.h),
+                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
+        return Pipeline._nchw(placed, f.padded)
 
     @staticmethod
     def _nchw(image, padded):
@@ -212,11 +214,16 @@ class Pipeline:
         pseudo = run("generator", f.vis_in)
         run.synchronize()
         t1 = time.perf_counter()
-        flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, f.th_reg)
+        # through a calibration the thermal's border is replicated for the registration: the frame of its
+        # footprint is an edge the visible image lacks, and the matchers matched it (measured: pairs of
+        # calibrated synthetic rigs moved by up to 8 working px)
+        calibrated = self.homography is not None
+        thermal = self._placed_thermal(f, cv2.BORDER_REPLICATE) if calibrated else f.th_in
+        flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, thermal)
         run.synchronize()
         t2 = time.perf_counter()
         flow = resize_flow(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.hv, f.wv))  # visible pixels
-        if f.th_reg is not f.th_in:  # fuse the thermal without its replicated border
+        if calibrated:  # fuse the thermal without its replicated border
             flow_working = flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0)
             registered_w = self._nchw(warp_numpy(f.th_in[0, 0, :f.h, :f.w], flow_working), f.padded)
         registration = Registration(flow, float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)),

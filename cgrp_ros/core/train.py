@@ -554,7 +554,7 @@ class LocalStage(GlobalStage):
         net = load_model(init, "registration", new_modules=("local_stage",))
         self.modules = {"registration": net.to(self.device)}
         self.optimizers = {"local": torch.optim.Adam(net.local_stage.parameters(), lr=cfg.lr)}
-        self.config = dict(model_config(init), local_dim=net.local_stage.visible_encoder.body[-1].out_channels)
+        self.config = dict(model_config(init), local_dim=net.local_stage.dim)
 
     def matcher(self):
         return self.modules["registration"].local_stage
