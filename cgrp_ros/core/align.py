@@ -279,10 +279,14 @@ class GlobalMatcher(AffineFromMatches):
             params = compose_affine(params, second)
         return params, confidence
 
+    def fallback(self, confidence: torch.Tensor) -> torch.Tensor:
+        """N in {0, 1}: 1 where the confidence is below the threshold (the prior is kept)."""
+        return (confidence < self.threshold).to(confidence.dtype)
+
     def forward(self, visible_y: torch.Tensor, thermal: torch.Tensor):
         """-> (affine params N x 6, confidence N, fallback N); params are zero where it fell back."""
         params, confidence = self.estimate(visible_y, thermal)
-        fallback = (confidence < self.threshold).to(params.dtype)
+        fallback = self.fallback(confidence)
         return params * (1.0 - fallback)[:, None], confidence, fallback
 
 

@@ -185,13 +185,20 @@ class RegistrationNet(nn.Module):
         self.pyramid = FeaturePyramid(channels)
         self.levels = nn.ModuleList([LevelEstimator(c, r, h) for c, r, h in zip(channels, radii, hidden)])
 
-    def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
-        """(the global stage's flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
-        zero where it fell back."""
-        params, confidence, fallback = self.global_stage(visible_y, thermal)
+    def affine_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """The global stage's affine refined by the local stage, before any fallback:
+        (params N x 6 as in :func:`~cgrp_ros.core.align.apply_affine`, confidence N)."""
+        params, confidence = self.global_stage.estimate(visible_y, thermal)
         if self.local_stage is not None:
-            params = self.local_stage.refine(visible_y, thermal, params) * (1.0 - fallback)[:, None]
-        return affine_flow(params, thermal), confidence, fallback
+            params = self.local_stage.refine(visible_y, thermal, params)
+        return params, confidence
+
+    def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
+        """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
+        zero where it fell back."""
+        params, confidence = self.affine_estimate(visible_y, thermal)
+        fallback = self.global_stage.fallback(confidence)
+        return affine_flow(params * (1.0 - fallback)[:, None], thermal), confidence, fallback
 
     def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
                 initial_flow: torch.Tensor | None = None) -> Registration:

@@ -334,10 +334,12 @@ class RegistrationStage(Stage):
         generator.to(self.device)
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
-        net = load_model(cfg.extra.get("init", default_model_path("registration")), "registration")
-        self.config = dict(confidence_threshold=float(net.global_stage.threshold))
+        init = cfg.extra.get("init", default_model_path("registration"))
+        net = load_model(init, "registration")
+        self.config = dict(model_config(init), confidence_threshold=float(net.global_stage.threshold))
         self.modules = {"registration": net.to(self.device)}
-        trainable = [p for name, p in net.named_parameters() if not name.startswith("global_stage.")]
+        # the affine stages (global, local) are frozen: only the pyramid and the dense levels learn
+        trainable = [p for name, p in net.named_parameters() if not name.startswith(("global_stage.", "local_stage."))]
         self.optimizers = {"registration": torch.optim.Adam(trainable, lr=cfg.lr)}
 
     def mono_share(self, iteration: int) -> float:
@@ -346,10 +348,11 @@ class RegistrationStage(Stage):
 
     @torch.no_grad()
     def global_flow(self, visible_y: np.ndarray, moving: np.ndarray) -> np.ndarray:
-        """The frozen global stage's affine on the whole image (before any fallback), H x W x 2."""
+        """The frozen affine stages' estimate (global, then local) on the whole image, before any
+        fallback, H x W x 2: the dense levels learn to correct what inference leaves them."""
         padded = tuple(-(-n // SIZE_MULTIPLE) * SIZE_MULTIPLE for n in moving.shape)
         v, m = self.t(pad_to(visible_y, padded)), self.t(pad_to(moving, padded))
-        params, _ = self.modules["registration"].global_stage.estimate(v, m)
+        params, _ = self.modules["registration"].affine_estimate(v, m)
         flow = affine_flow(params, m)[0].cpu().numpy().transpose(1, 2, 0)
         return np.ascontiguousarray(flow[:moving.shape[0], :moving.shape[1]])
 
