@@ -152,9 +152,9 @@ def test_local_stage_finishes_a_nearly_right_affine(sample_pairs, m3svd_pairs):
         with torch.no_grad():
             for shift in (6.0, -6.0):
                 start = torch.tensor([[0.0, 0.0, 2 * shift / v.shape[-1], 0.0, 0.0, 0.0]])
-                errors.append(float(affine_flow(local.refine(v, t, start), v).norm(dim=1).mean()))
+                errors.append(float(affine_flow(local.refine(v, t, start)[0], v).norm(dim=1).mean()))
                 assert errors[-1] < 3.0, f"{name}: {errors[-1]:.2f} px from aligned, started {shift:+.0f} px"
-            stay = affine_flow(local.refine(v, t, torch.zeros(1, 6)), v).norm(dim=1).max()
+            stay = affine_flow(local.refine(v, t, torch.zeros(1, 6))[0], v).norm(dim=1).max()
         assert float(stay) < 0.5, f"{name}: an aligned start moved by up to {float(stay):.2f} px"
     assert np.mean(errors) < 1.5, errors
 

@@ -216,6 +216,10 @@ class AffineFromMatches(nn.Module):
         keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
         return params * (1.0 - keep)[:, None], torch.maximum(score, identity_score)
 
+    def fallback(self, confidence: torch.Tensor) -> torch.Tensor:
+        """N in {0, 1}: 1 where the confidence is below the stage's `threshold` buffer (keep the prior)."""
+        return (confidence < self.threshold).to(confidence.dtype)
+
 
 class GlobalMatcher(AffineFromMatches):
     """Affine from the visible luminance to the thermal, with a confidence; the identity when unsure.
@@ -279,10 +283,6 @@ class GlobalMatcher(AffineFromMatches):
             params = compose_affine(params, second)
         return params, confidence
 
-    def fallback(self, confidence: torch.Tensor) -> torch.Tensor:
-        """N in {0, 1}: 1 where the confidence is below the threshold (the prior is kept)."""
-        return (confidence < self.threshold).to(confidence.dtype)
-
     def forward(self, visible_y: torch.Tensor, thermal: torch.Tensor):
         """-> (affine params N x 6, confidence N, fallback N); params are zero where it fell back."""
         params, confidence = self.estimate(visible_y, thermal)
@@ -315,10 +315,14 @@ class LocalMatcher(AffineFromMatches):
     """Refines an affine with matches at 1/4 resolution, searched within RADIUS cells of it.
 
     refine(visible_y, thermal, params) (N x 1 x H x W in [0, 1], H and W multiples of 4; params
-    N x 6 as in :func:`apply_affine`, e.g. the global stage's) -> refined params N x 6. Each pass
-    warps the thermal by the current estimate, matches every visible cell within +-RADIUS cells
-    (+-12 working pixels), fits an affine correction to the matches (kept only if it explains
-    them clearly better than none) and composes it with the estimate.
+    N x 6 as in :func:`apply_affine`, e.g. the global stage's) -> (refined params N x 6,
+    confidence N in [0, 1]). Each pass warps the thermal by the current estimate, matches every
+    visible cell within +-RADIUS cells (+-12 working pixels), fits an affine correction to the
+    matches (kept only if it explains them clearly better than none) and composes it with the
+    estimate. The confidence is the last pass's inlier score: the share of fine matches that are
+    sharp and agree with the final affine. It separates pairs with nothing to match from hard but
+    related ones (night, smoke) better than the global stage's score, which also counts the
+    coarse cells (models/MODEL_CARD.md); `threshold` is chosen on training pairs like the global one.
     """
 
     RADIUS = 3                           # cells (4 px) searched around the current estimate
@@ -328,12 +332,13 @@ class LocalMatcher(AffineFromMatches):
     IDENTITY_MARGIN = 0.05               # chosen on training pairs (models/MODEL_CARD.md)
     PASSES = 2
 
-    def __init__(self, dim: int = 32):
+    def __init__(self, dim: int = 32, threshold: float = 0.1):
         super().__init__()
         self.dim = dim
         self.visible_encoder = LocalEncoder(dim=dim)
         self.thermal_encoder = LocalEncoder(dim=dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
 
     def correlation(self, visible_y: torch.Tensor, thermal: torch.Tensor, visible_features=None):
         """(match probabilities N x K x h x w over the K = (2 RADIUS + 1)^2 displacements of
@@ -359,10 +364,10 @@ class LocalMatcher(AffineFromMatches):
         position = cells + shift / pixels_per_unit(cells)
         return position.flatten(2), mass.flatten(1)
 
-    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor):
         fv = self.visible_encoder(visible_y)
         for _ in range(self.PASSES):
             prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
-            correction, _ = self.select(cells, *self.matches(prob, cells))
+            correction, confidence = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, correction)
-        return params
+        return params, confidence

@@ -3,8 +3,8 @@
 A backend maps float32 NCHW numpy arrays to float32 NCHW numpy arrays:
 
     generator(visible_bgr)            -> pseudo_thermal                  (N x 3 -> N x 1)
-    registration(pseudo, visible_y, thermal) -> (flow, registered_thermal, confidence, fallback)
-                                      (3 x N x 1 -> N x 2, N x 1, N, N)
+    registration(pseudo, visible_y, thermal, search) -> (flow, registered_thermal, confidence, fallback)
+                                      (3 x N x 1, N -> N x 2, N x 1, N, N)
     fusion(visible_y, registered)     -> fused_y                         (N x 1, N x 1 -> N x 1)
 """
 from __future__ import annotations
@@ -26,23 +26,24 @@ log = logging.getLogger("cgrp_ros")
 ONNX_OPSET = 17
 ONNX_IO = {
     "generator": (["visible"], ["pseudo_thermal"]),
-    "registration": (["pseudo_thermal", "visible_y", "thermal"],
+    "registration": (["pseudo_thermal", "visible_y", "thermal", "search"],
                      ["flow", "registered_thermal", "confidence", "fallback"]),
     "fusion": (["visible_y", "registered_thermal"], ["fused"]),
 }
-PER_PAIR_OUTPUTS = ("confidence", "fallback")  # one number per pair (N), not an image
+PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not an image
 
 
 class RegistrationExport(torch.nn.Module):
     """RegistrationNet with the resampler attached:
-    (pseudo, visible_y, thermal) -> (flow, registered, confidence, fallback)."""
+    (pseudo, visible_y, thermal, search) -> (flow, registered, confidence, fallback); search N: 1 to
+    search globally, 0 to refine from the prior (a rig calibration)."""
 
     def __init__(self, net):
         super().__init__()
         self.net = net
 
-    def forward(self, pseudo_thermal, visible_y, thermal):
-        out = self.net(pseudo_thermal, visible_y, thermal)
+    def forward(self, pseudo_thermal, visible_y, thermal, search):
+        out = self.net(pseudo_thermal, visible_y, thermal, search=search)
         return out.flow, warp(thermal, out.flow), out.confidence, out.fallback
 
 
@@ -120,13 +121,14 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sample = {"generator": (torch.rand(1, 3, 64, 96),),
-              "registration": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)),
+              "registration": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96),
+                               torch.ones(1)),
               "fusion": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96))}
     written = {}
     for stage in STAGES:
         module = stage_module(stage, load_model(model_paths[stage], stage)).eval()
         inputs, outputs = ONNX_IO[stage]
-        axes = {name: {0: "batch"} if name in PER_PAIR_OUTPUTS else {0: "batch", 2: "height", 3: "width"}
+        axes = {name: {0: "batch"} if name in PER_PAIR else {0: "batch", 2: "height", 3: "width"}
                 for name in inputs + outputs}
         path = out_dir / f"{stage}.onnx"
         import warnings
@@ -139,7 +141,7 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
 
 
 def _models_digest(model_paths: dict) -> str:
-    h = hashlib.sha1()
+    h = hashlib.sha1(repr((ONNX_OPSET, ONNX_IO)).encode())  # a graph with other inputs is another export
     for stage in STAGES:
         h.update(Path(model_paths[stage]).read_bytes())
     return h.hexdigest()[:16]

@@ -229,7 +229,7 @@ class RigCalibrator:
             if direct:  # the placement is already close: match the placed thermal itself
                 params = torch.zeros_like(params)
             elif local:
-                params = self.local_matcher.refine(v, t, params)
+                params, _ = self.local_matcher.refine(v, t, params)
             prob, cells = matcher.correlation(v, warp_affine(t, params))
             position, weight = matcher.matches(prob, cells)
             residual_cells = ((position - cells.flatten(2)) * pixels_per_unit(cells).flatten(2)).pow(2).sum(1).sqrt()

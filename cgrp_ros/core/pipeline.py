@@ -100,7 +100,7 @@ class Pipeline:
                 raise InputError("homography must be a finite, invertible 3x3 matrix")
             self.homography = hm
         self.model_paths = c.model_paths()
-        # registration confidence below which the global stage falls back to the prior
+        # registration confidence below which the registration falls back to the prior
         self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
             "confidence_threshold", RegistrationNet.DEFAULT_THRESHOLD))
         self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir,
@@ -219,16 +219,18 @@ class Pipeline:
         # calibrated synthetic rigs moved by up to 8 working px)
         calibrated = self.homography is not None
         thermal = self._placed_thermal(f, cv2.BORDER_REPLICATE) if calibrated else f.th_in
-        flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, thermal)
+        # a calibration is a close prior: the local stage starts from it, not from the global search
+        search = np.full(1, 0.0 if calibrated else 1.0, np.float32)
+        flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, thermal, search)
         run.synchronize()
         t2 = time.perf_counter()
+        confidence = float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0))
+        fallback = bool(fallback.reshape(-1)[0] > 0.5)
         flow = resize_flow(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.hv, f.wv))  # visible pixels
         if calibrated:  # fuse the thermal without its replicated border
             flow_working = flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0)
             registered_w = self._nchw(warp_numpy(f.th_in[0, 0, :f.h, :f.w], flow_working), f.padded)
-        registration = Registration(flow, float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0)),
-                                    bool(fallback.reshape(-1)[0] > 0.5),
-                                    dict(generator=(t1 - t0) * 1e3, registration=(t2 - t1) * 1e3))
+        registration = Registration(flow, confidence, fallback, dict(generator=(t1 - t0) * 1e3, registration=(t2 - t1) * 1e3))
         return pseudo, registration, registered_w
 
     def _registered_working(self, f, flow):

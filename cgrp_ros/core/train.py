@@ -465,6 +465,10 @@ class GlobalStage(Stage):
         """The matcher this stage trains."""
         return self.modules["registration"].global_stage
 
+    def estimate(self, visible_y, thermal):
+        """(params N x 6, confidence N) of the registration up to this stage, before any fallback."""
+        return self.matcher().estimate(visible_y, thermal)
+
     def step(self, iteration):
         cols = list(zip(*(self.sample(self.rng, self.cfg.crop) for _ in range(self.cfg.batch))))
         visible_y, moving, flow, valid = (torch.cat([self.t(a) for a in col]) for col in cols)
@@ -501,9 +505,10 @@ class GlobalStage(Stage):
     @torch.no_grad()
     def calibrate(self, samples: int = 160) -> dict:
         """Pick the confidence threshold that minimises the mean end-point error on fresh training
-        samples when every pair below it keeps the identity; then raise it, if needed, above 95 %
-        of pairs whose thermal belongs to another image (nothing to match)."""
-        stage = self.modules["registration"].global_stage
+        samples (the whole `mix` of misalignments, whatever the stage trained on) when every pair
+        below it keeps the identity; then raise it, if needed, above 95 % of pairs whose thermal
+        belongs to another image (nothing to match)."""
+        stage = self.matcher()
         rng = np.random.default_rng(self.cfg.seed + 1)
         conf, fitted, identity, mismatched = [], [], [], []
         for k in range(samples):
@@ -511,8 +516,8 @@ class GlobalStage(Stage):
             visible, thermal = augment_pair(rng, visible, thermal)
             crop = tuple(SIZE_MULTIPLE * (n // SIZE_MULTIPLE) for n in thermal.shape)
             visible_y, moving, flow, valid = misaligned_crop(rng, bgr_to_luma_numpy(visible), thermal,
-                                                             self.cfg.preset, crop)
-            params, confidence = stage.estimate(self.t(visible_y), self.t(moving))
+                                                             "mix", crop)
+            params, confidence = self.estimate(self.t(visible_y), self.t(moving))
             predicted = affine_flow(params, self.t(moving))[0].numpy().transpose(1, 2, 0)
             inside = valid > 0
             conf.append(float(confidence))
@@ -520,7 +525,7 @@ class GlobalStage(Stage):
             identity.append(float(np.linalg.norm(flow, axis=2)[inside].mean()))
             _, other, _ = self.images[int(rng.integers(len(self.images)))]
             other_y = resize(bgr_to_luma_numpy(other), moving.shape)
-            mismatched.append(float(stage.estimate(self.t(other_y), self.t(moving))[1]))
+            mismatched.append(float(self.estimate(self.t(other_y), self.t(moving))[1]))
         conf, fitted, identity = map(np.array, (conf, fitted, identity))
         candidates = np.concatenate(([0.0], np.sort(conf)))
         mean_epe = [np.where(conf >= t, fitted, identity).mean() for t in candidates]
@@ -531,7 +536,7 @@ class GlobalStage(Stage):
                       epe_fitted=float(fitted.mean()), epe_identity=float(identity.mean()),
                       epe_with_fallback=float(np.where(conf >= threshold, fitted, identity).mean()),
                       fallback_share=float((conf < threshold).mean()), samples=samples)
-        print(f"[global] calibration: {report}", file=sys.stderr)
+        print(f"[{self.cfg.stage}] calibration: {report}", file=sys.stderr)
         return report
 
     def export(self, meta):
@@ -562,6 +567,9 @@ class LocalStage(GlobalStage):
     def matcher(self):
         return self.modules["registration"].local_stage
 
+    def estimate(self, visible_y, thermal):
+        return self.modules["registration"].affine_estimate(visible_y, thermal)
+
     def match_cross_entropy(self, prob, cells, target, ok):
         """As the global stage's, over the window's displacements (`prob` N x K x h x w), for the cells
         whose true displacement lies inside the window."""
@@ -573,9 +581,6 @@ class LocalStage(GlobalStage):
         inside = (target.abs().amax(dim=1, keepdim=True) <= radius - 0.5).float()
         mask = (ok * inside)[:, 0]
         return (ce * mask).sum() / mask.sum().clamp_min(1.0)
-
-    def export(self, meta):
-        save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
 
 
 class FusionStage(Stage):
