@@ -148,9 +148,9 @@ class LevelEstimator(nn.Module):
 
 class Registration(NamedTuple):
     """What :class:`RegistrationNet` returns."""
-    flow: torch.Tensor          # N x 2 x H x W, pixels; zero where the global stage fell back
+    flow: torch.Tensor          # N x 2 x H x W, pixels; zero where the registration fell back
     levels: list                # each dense level's flow in its own pixels, coarse -> fine (training)
-    confidence: torch.Tensor    # N, the global stage's confidence in [0, 1]
+    confidence: torch.Tensor    # N in [0, 1]: the local stage's inlier score (the global one without it)
     fallback: torch.Tensor      # N, 1.0 where the confidence was below threshold (flow = the prior)
 
 

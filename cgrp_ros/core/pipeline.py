@@ -58,7 +58,7 @@ class PipelineConfig:
 class Registration:
     """Where the thermal lands in the visible camera, at the visible image's resolution (H x W)."""
     flow: np.ndarray                        # H x W x 2 float32, visible pixels, core convention
-    confidence: float = 1.0                 # the global registration stage's confidence in [0, 1]
+    confidence: float = 1.0                 # in [0, 1]: the share of matches that agree with the affine
     fallback: bool = False                  # True: too little evidence, the flow is the prior (zero)
     timings: dict = field(default_factory=dict)  # ms: preprocess, generator, registration
 
@@ -72,7 +72,7 @@ class FusionResult:
     flow: np.ndarray                        # H x W x 2 float32, pixels, core convention
     pseudo_thermal: np.ndarray | None       # H x W uint8
     timings: dict = field(default_factory=dict)  # ms per stage + 'total'
-    registration_confidence: float = 1.0    # the global registration stage's confidence in [0, 1]
+    registration_confidence: float = 1.0    # the registration's confidence in [0, 1] (the affine fit's inlier score)
     registration_fallback: bool = False     # True: too little evidence, the flow is the prior (zero)
 
 
