@@ -159,6 +159,21 @@ def test_local_stage_finishes_a_nearly_right_affine(sample_pairs, m3svd_pairs):
     assert np.mean(errors) < 1.5, errors
 
 
+def test_the_prior_wins_back_an_aligned_pair_but_not_a_shifted_one(sample_pairs, m3svd_pairs):
+    """The final model selection at the fine level: an aligned pair that an earlier stage moved by 2 px
+    goes back to the identity; the same pair with its thermal really shifted by 4 px keeps the affine."""
+    local = load_model(default_model_path("registration"), "registration").local_stage
+    for name, visible, thermal in sample_pairs[:2] + m3svd_pairs[:1]:
+        visible_y, thermal = working_pair(visible, thermal)
+        v, t = tensor(visible_y), tensor(thermal)
+        shifted = tensor(np.ascontiguousarray(np.roll(thermal, -4, axis=1)))  # thermal(x) = aligned(x + 4)
+        with torch.no_grad():
+            wrong = torch.tensor([[0.0, 0.0, 2 * 2.0 / v.shape[-1], 0.0, 0.0, 0.0]])   # 2 px off
+            right = torch.tensor([[0.0, 0.0, -2 * 4.0 / v.shape[-1], 0.0, 0.0, 0.0]])  # the true 4 px
+            assert float(local.prior_wins(v, t, wrong)) == 1.0, f"{name}: a 2 px move of an aligned pair was kept"
+            assert float(local.prior_wins(v, shifted, right)) == 0.0, f"{name}: a real 4 px shift was undone"
+
+
 def test_falls_back_when_nothing_is_shared(matcher, sample_pairs):
     """A constant thermal (lens cap) or the thermal of another scene: low confidence, the identity."""
     _, visible, thermal = sample_pairs[0]
