@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from cgrp_ros.core.models import load_model, model_meta
+from cgrp_ros.core.models import load_model, model_config, model_meta
 from cgrp_ros.core.networks import FusionNet, Generator
 from cgrp_ros.core.train import TrainConfig, train
 
@@ -49,6 +49,10 @@ def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
                     .local_stage.state_dict().items()}
     train(TrainConfig(stage="local", crop=(64, 96), extra={"init": models / "registration.pt"}, **common))
     refined = load_model(models / "registration.pt", "registration")
+    # its inlier score is the confidence: its threshold is chosen on training samples and is the one the
+    # Pipeline reads from the file's config
+    assert float(refined.local_stage.threshold) == model_config(models / "registration.pt")["confidence_threshold"]
+    local_weights = {k: v.clone() for k, v in refined.local_stage.state_dict().items()}
     # the local matcher trains on top of the frozen global stage
     assert all(torch.equal(v, refined.global_stage.state_dict()[k]) for k, v in global_weights.items())
     assert any(not torch.equal(v, refined.local_stage.state_dict()[k]) for k, v in local_before.items())
@@ -57,5 +61,7 @@ def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
                              **common))
     assert meta["flow_supervision"] is True
     trained = load_model(models / "registration.pt", "registration")
-    # the dense levels train on top of a frozen global stage
+    # the dense levels train on top of frozen global and local stages; the threshold in effect is kept
     assert all(torch.equal(v, trained.global_stage.state_dict()[k]) for k, v in global_weights.items())
+    assert all(torch.equal(v, trained.local_stage.state_dict()[k]) for k, v in local_weights.items())
+    assert model_config(models / "registration.pt")["confidence_threshold"] == float(trained.local_stage.threshold)

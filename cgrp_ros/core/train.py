@@ -336,7 +336,7 @@ class RegistrationStage(Stage):
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
         init = cfg.extra.get("init", default_model_path("registration"))
         net = load_model(init, "registration")
-        self.config = dict(model_config(init), confidence_threshold=float(net.global_stage.threshold))
+        self.config = dict(model_config(init), confidence_threshold=float(net.confidence_stage.threshold))
         self.modules = {"registration": net.to(self.device)}
         # the affine stages (global, local) are frozen: only the pyramid and the dense levels learn
         trainable = [p for name, p in net.named_parameters() if not name.startswith(("global_stage.", "local_stage."))]
