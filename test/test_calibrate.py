@@ -163,28 +163,34 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     assert "corner error" in (out / "rig_calibration.md").read_text()
 
 
-def test_a_calibrated_wider_rig_stays_where_the_calibration_puts_it(aligned_pairs):
-    """With the true calibration of a rig whose visible camera sees 1.6x wider at 2x the pixels, the
-    networks have nothing left to correct: no pair is moved by more than 1.5 visible px on average. (The
+@pytest.mark.parametrize("rotation, scale, shift, view, pixels", [
+    (5.0, 1.06, (19.0, 19.0), 1.6, 2.0),
+    (-3.0, 0.97, (-10.0, 6.0), 1.3, 1.5),
+])
+def test_a_calibrated_wider_rig_stays_where_the_calibration_puts_it(aligned_pairs, rotation, scale, shift, view, pixels):
+    """With the true calibration of a rig whose visible camera sees wider at more pixels, the networks
+    have nothing left to correct: no pair is moved by more than 0.5 visible px on average. (The
     thermal covers the middle of the working grid; the frame of its footprint, an edge the visible image
-    lacks, once drew the matchers to it.)"""
+    lacks, once drew the matchers to it. With the identity's 5 % margin instead of the calibration's,
+    two pairs of the second rig moved by 2.1 and 1.4 px.)"""
     from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
 
-    g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))
-    truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, 1.6, 2.0, SIZE)[2]
+    g = similarity_about_centre(SIZE, rotation, scale, shift)
+    truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, view, pixels, SIZE)[2]
     pipeline = Pipeline(PipelineConfig(device="cpu", homography=truth))
     for name, visible, thermal in aligned_pairs:
-        v, t, _ = synthetic_rig(visible, thermal, g, 1.6, 2.0, SIZE)
+        v, t, _ = synthetic_rig(visible, thermal, g, view, pixels, SIZE)
         result = pipeline(v, t, outputs=frozenset({"flow"}))
         seen = cv2.warpPerspective(np.ones(SIZE, np.float32), truth, v.shape[1::-1], flags=cv2.INTER_NEAREST) > 0
         moved = np.linalg.norm(result.flow, axis=2)[seen].mean()
-        assert moved <= 1.5, f"{name}: moved by {moved:.2f} px"
+        assert moved <= 0.5, f"{name}: moved by {moved:.2f} px"
 
 
 def test_a_calibration_a_few_pixels_off_is_corrected(aligned_pairs):
-    """With a calibration the local stage starts from it (no global search): a calibration 6 visible px
-    off in x and 3 in y (parallax, a knock) is still corrected, like a `mild` misalignment: to 0.6 of
-    the error or less on average, and no pair made worse by more than 0.5 px."""
+    """With a calibration the local stage starts from it (no global search) and keeps it unless the fine
+    matches clearly contradict it: a calibration 6 visible px off in x and 3 in y (a knock) is still
+    corrected, like a `mild` misalignment: to 0.6 of the error or less on average, and no pair made
+    worse by more than 0.5 px."""
     from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
 
     g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))

@@ -335,6 +335,10 @@ class LocalMatcher(AffineFromMatches):
     ROBUST_SCALES = (2.0, 1.0, 0.5, 0.5, 0.5)
     INLIER_SCALE = 0.5
     IDENTITY_MARGIN = 0.05               # chosen on training pairs (models/MODEL_CARD.md)
+    # a rig calibration, estimated from many frames, is a stronger prior than the identity: the final
+    # affine replaces it only if it explains the fine matches by more than this (chosen on the training
+    # splits' calibrated synthetic rigs, models/MODEL_CARD.md step 10)
+    CALIBRATION_MARGIN = 0.15
     PASSES = 2
 
     def __init__(self, dim: int = 32, threshold: float = 0.1):
@@ -369,26 +373,29 @@ class LocalMatcher(AffineFromMatches):
         position = cells + shift / pixels_per_unit(cells)
         return position.flatten(2), mass.flatten(1)
 
-    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor):
+    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor, prior_margin=None):
+        """`prior_margin` (float or N, default IDENTITY_MARGIN): see :meth:`prior_wins`."""
         fv = self.visible_encoder(visible_y)
         for _ in range(self.PASSES):
             prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
             correction, confidence = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, correction)
-        return params * (1.0 - self.prior_wins(visible_y, thermal, params, fv))[:, None], confidence
+        wins = self.prior_wins(visible_y, thermal, params, fv, prior_margin)
+        return params * (1.0 - wins)[:, None], confidence
 
-    def prior_wins(self, visible_y, thermal, params, visible_features=None) -> torch.Tensor:
+    def prior_wins(self, visible_y, thermal, params, visible_features=None, margin=None) -> torch.Tensor:
         """N in {0, 1}: 1 where the untouched thermal's own fine matches are explained as well by the
-        prior (the identity, within IDENTITY_MARGIN) as by the final affine. Model selection at the
-        fine level for the whole estimate: the global stage judged the identity on 8-px cells and
-        moved aligned pairs of unseen rigs by 1-2 working px (measured: aligned pairs moved 0.42 / 0.34 /
-        1.29 working px on RoadScene / M3SVD / other_cameras val with it, 0.28 / 0.14 / 0.71 with this
-        check; `mild` and `moderate` unchanged). Judged only where the affine stays within RADIUS - 1
-        cells, as far as the window can see a match."""
+        prior (the identity, within `margin` (float or N), default IDENTITY_MARGIN) as by the final
+        affine. Model selection at the fine level for the whole estimate: the global stage judged the
+        identity on 8-px cells and moved aligned pairs of unseen rigs by 1-2 working px (measured:
+        aligned pairs moved 0.42 / 0.34 / 1.29 working px on RoadScene / M3SVD / other_cameras val with
+        it, 0.28 / 0.14 / 0.71 with this check; `mild` and `moderate` unchanged). Judged only where the
+        affine stays within RADIUS - 1 cells, as far as the window can see a match."""
         prob, cells = self.correlation(visible_y, thermal, visible_features)
         position, weight = self.matches(prob, cells)
         score = self.inlier_score(cells, position, weight, params)
         prior_score = self.inlier_score(cells, position, weight, torch.zeros_like(params))
         per_cell = pixels_per_unit(cells).flatten(2)
         reach = ((apply_affine(params, cells) - cells).flatten(2) * per_cell).pow(2).sum(dim=1).sqrt().amax(dim=1)
-        return ((prior_score >= (1.0 - self.IDENTITY_MARGIN) * score) & (reach <= self.RADIUS - 1)).to(params.dtype)
+        margin = self.IDENTITY_MARGIN if margin is None else margin
+        return ((prior_score >= (1.0 - margin) * score) & (reach <= self.RADIUS - 1)).to(params.dtype)

@@ -140,8 +140,14 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
     return written
 
 
+# the code the graphs are traced from: a change to it is another export, even with the same weights
+GRAPH_SOURCES = ("networks.py", "align.py", "warp.py", "backends.py")
+
+
 def _models_digest(model_paths: dict) -> str:
     h = hashlib.sha1(repr((ONNX_OPSET, ONNX_IO)).encode())  # a graph with other inputs is another export
+    for source in GRAPH_SOURCES:
+        h.update(Path(__file__).with_name(source).read_bytes())
     for stage in STAGES:
         h.update(Path(model_paths[stage]).read_bytes())
     return h.hexdigest()[:16]

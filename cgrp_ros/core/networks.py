@@ -195,16 +195,24 @@ class RegistrationNet(nn.Module):
         """The global stage's affine refined by the local stage, before any fallback:
         (params N x 6 as in :func:`~cgrp_ros.core.align.apply_affine`, confidence N in [0, 1]).
 
-        `search` (N, default all 1): 0 where the prior is known to be close (a rig calibration), so
-        the local stage starts from it instead of from the global search, whose occasional wrong
-        peak it would otherwise refine (measured on calibrated synthetic rigs: pairs moved 3-5
-        visible px off their true calibration). The graph stays one; the global stage still runs."""
-        params, confidence = self.global_stage.estimate(visible_y, thermal)
-        if self.local_stage is not None:
-            if search is not None:
-                params = params * search.to(params.dtype)[:, None]
-            params, confidence = self.local_stage.refine(visible_y, thermal, params)
-        return params, confidence
+        `search` (N, default all 1): 0 where the prior is a rig calibration. The local stage then
+        starts from it instead of from the global search, whose occasional wrong peak it would
+        otherwise refine (measured on calibrated synthetic rigs: pairs moved 3-5 visible px off their
+        true calibration), and keeps it unless the fine matches clearly contradict it
+        (:attr:`~cgrp_ros.core.align.LocalMatcher.CALIBRATION_MARGIN`). In a traced graph the global
+        stage still runs and its result is discarded; torch skips it when no pair of the batch searches."""
+        if self.local_stage is None:
+            return self.global_stage.estimate(visible_y, thermal)
+        margin = self.local_stage.IDENTITY_MARGIN
+        if search is not None and not torch.jit.is_tracing() and not bool(search.any()):
+            params = visible_y.new_zeros(visible_y.shape[0], 6)
+        else:
+            params, _ = self.global_stage.estimate(visible_y, thermal)
+        if search is not None:
+            searched = search.to(params.dtype)
+            params = params * searched[:, None]
+            margin = searched * margin + (1.0 - searched) * self.local_stage.CALIBRATION_MARGIN
+        return self.local_stage.refine(visible_y, thermal, params, margin)
 
     def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search: torch.Tensor | None = None):
         """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is

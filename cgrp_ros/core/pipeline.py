@@ -219,7 +219,8 @@ class Pipeline:
         # calibrated synthetic rigs moved by up to 8 working px)
         calibrated = self.homography is not None
         thermal = self._placed_thermal(f, cv2.BORDER_REPLICATE) if calibrated else f.th_in
-        # a calibration is a close prior: the local stage starts from it, not from the global search
+        # a calibration is a close prior: the local stage starts from it, not from the global search,
+        # and keeps it unless the fine matches clearly contradict it
         search = np.full(1, 0.0 if calibrated else 1.0, np.float32)
         flow_w, registered_w, confidence, fallback = run("registration", pseudo, f.y_in, thermal, search)
         run.synchronize()
