@@ -328,6 +328,11 @@ class LocalMatcher(AffineFromMatches):
     sharp and agree with the final affine. It separates pairs with nothing to match from hard but
     related ones (night, smoke) better than the global stage's score, which also counts the
     coarse cells (models/MODEL_CARD.md); `threshold` is chosen on training pairs like the global one.
+
+    A last pass runs on both images upsampled FINE_FACTOR x (cells of 4 / FINE_FACTOR working
+    pixels): the same encoders then place each match FINE_FACTOR x more finely, and the model
+    selection against the prior is repeated there. It runs only where the coarser passes moved the
+    estimate; the confidence stays the coarser passes' score (its threshold was chosen on it).
     """
 
     RADIUS = 3                           # cells (4 px) searched around the current estimate
@@ -340,6 +345,9 @@ class LocalMatcher(AffineFromMatches):
     # splits' calibrated synthetic rigs, models/MODEL_CARD.md step 10)
     CALIBRATION_MARGIN = 0.15
     PASSES = 2
+    # the last pass's upsampling: 2-px cells (measured on training pairs against 1 and 3,
+    # models/MODEL_CARD.md step 11)
+    FINE_FACTOR = 2
 
     def __init__(self, dim: int = 32, threshold: float = 0.1):
         super().__init__()
@@ -380,8 +388,27 @@ class LocalMatcher(AffineFromMatches):
             prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
             correction, confidence = self.select(cells, *self.matches(prob, cells))
             params = compose_affine(params, correction)
-        wins = self.prior_wins(visible_y, thermal, params, fv, prior_margin)
-        return params * (1.0 - wins)[:, None], confidence
+        params = params * (1.0 - self.prior_wins(visible_y, thermal, params, fv, prior_margin))[:, None]
+        if self.FINE_FACTOR > 1:
+            params = self.refine_fine(visible_y, thermal, params, prior_margin)
+        return params, confidence
+
+    def upsampled(self, image: torch.Tensor) -> torch.Tensor:
+        """N x C x H x W -> N x C x (FINE_FACTOR H) x (FINE_FACTOR W), bilinear: the fine pass's input."""
+        return F.interpolate(image, scale_factor=float(self.FINE_FACTOR), mode="bilinear", align_corners=False)
+
+    def refine_fine(self, visible_y, thermal, params, prior_margin=None):
+        """The last pass on both images upsampled FINE_FACTOR x, then model selection against the
+        prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it.
+        -> params N x 6."""
+        moved = (params.abs().amax(dim=1) > 0).to(params.dtype)
+        fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
+        fv = self.visible_encoder(fine_y)
+        prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)
+        correction, _ = self.select(cells, *self.matches(prob, cells))
+        params = compose_affine(params, correction) * moved[:, None]
+        wins = self.prior_wins(fine_y, fine_thermal, params, fv, prior_margin)
+        return params * (1.0 - wins)[:, None]
 
     def prior_wins(self, visible_y, thermal, params, visible_features=None, margin=None) -> torch.Tensor:
         """N in {0, 1}: 1 where the untouched thermal's own fine matches are explained as well by the
