@@ -220,12 +220,12 @@ def test_two_cameras_with_different_lenses_register_within_1_5_px_with_camera_in
     """The registered thermal's error (flow end-point error against the true mapping, visible px, mean
     over the image) on every sample pair, with each camera's camera_info and without it.
 
-    Measured: with camera_info 0.00 px on five pairs (the undistorted pair is aligned and the network
-    keeps the identity) and 2.6 px on FLIR_01415, a low-confidence pair (0.4): cropped and scaled
-    without the lens round trip it stays at 0.00 px, so the slight blur of two bilinear resamplings
-    (distort, undistort) is what tips the network there; without camera_info 2.6 .. 4.5 px, 6 .. 11 px at the 95th
-    percentile (the network absorbs little of the lenses: the true mapping moves 3.3 .. 4.8 px on
-    average and 15 .. 23 px at the corners).
+    Measured: with camera_info 0.00 px on every pair (the undistorted pair is aligned and the network
+    keeps the identity; before the local stage's fine pass FLIR_01415, a low-confidence pair, was moved
+    2.6 px); without camera_info 2.1 .. 2.6 px, 5.7 .. 8.2 px at the 95th percentile (2.6 .. 4.5 and
+    6 .. 11 px before the fine pass: the network absorbs part of the lenses' affine share, not their
+    distortion; the true mapping moves 3.3 .. 4.8 px on average and 15 .. 23 px at the corners).
+    Without camera_info the error must stay above the issue's 1.5 px bound, with it below.
     """
     pytest.importorskip("sensor_msgs")
     from sensor_msgs.msg import Image
@@ -261,4 +261,4 @@ def test_two_cameras_with_different_lenses_register_within_1_5_px_with_camera_in
     with_info, without_info = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     assert with_info.mean() < 1.5, report
     assert (with_info < 0.5).sum() >= len(rows) - 1, report
-    assert without_info.mean() > 2.5 and without_info.mean() > 3 * with_info.mean(), report
+    assert without_info.mean() > 1.5 and without_info.mean() > 3 * with_info.mean(), report

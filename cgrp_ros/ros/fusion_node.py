@@ -536,10 +536,17 @@ class FusionNode(LifecycleNode):
             state_machine.destroy_when_not_in_use()
 
     def stop(self, timeout: float = 1.5) -> bool:
-        """Stop the worker (it finishes the pair in hand); False if it did not stop within `timeout` s."""
+        """Stop the worker (it finishes the pair in hand); False if it, or a background registration,
+        did not stop in time (the worker within `timeout` s, a registration within 0.5 s of what is left):
+        the process must then not wait for them, since a thread still inside torch when the interpreter
+        exits aborts it."""
         if self.builder is not None:
             self.builder.close()
+        started = time.monotonic()
         stopped = self._stop_worker(timeout)
+        if self.stream is not None:
+            left = min(0.5, max(0.0, timeout - (time.monotonic() - started)))
+            stopped = self.stream.wait_idle(left) and stopped
         logging.getLogger("cgrp_ros").removeHandler(self._core_log)
         return stopped
 
@@ -573,7 +580,7 @@ def main(args=None) -> int:
     stopped = node.stop()
     node.destroy_node()
     rclpy.try_shutdown()
-    if not stopped:  # the worker is stuck inside inference: do not wait for it
+    if not stopped:  # the worker or a background registration is still inside inference: do not wait for it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
