@@ -402,6 +402,8 @@ class LocalMatcher(AffineFromMatches):
         prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it.
         -> params N x 6."""
         moved = (params.abs().amax(dim=1) > 0).to(params.dtype)
+        if not torch.jit.is_tracing() and not bool(moved.any()):
+            return params  # no pair of the batch to refine (the traced ONNX graph always runs the pass)
         fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
         fv = self.visible_encoder(fine_y)
         prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)
