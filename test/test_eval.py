@@ -218,6 +218,22 @@ def test_confidence_check_splits_every_pair_at_the_threshold():
     assert E.confidence_check([run([("a", 1.0, 0.9)])], 0.5)["holds"] is None  # nothing below: not testable
 
 
+def test_one_data_set_writes_its_own_section_and_leaves_the_cross_domain_table(sample_dir, tmp_path):
+    benchmarks = tmp_path / "benchmarks.md"
+    cross = "<!-- cgrp eval cross-domain: begin -->\ncross-domain table\n<!-- cgrp eval cross-domain: end -->\n"
+    benchmarks.write_text("# Benchmarks\n\n" + cross)
+    assert main(["eval", "--data", str(sample_dir), "--limit", "1", "--preset", "mild", "--methods", "cgrp,none",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--working-size", "64x96", "--figures", "0",
+                 "--threads", "1", "--no-fusion-metrics", "--write-benchmarks", str(benchmarks)]) == 0
+    written = benchmarks.read_text()
+    assert written.startswith("# Benchmarks\n\n" + cross)  # untouched
+    section = written[written.index("<!-- cgrp eval sample: begin -->"):]
+    assert section.rstrip().endswith("<!-- cgrp eval sample: end -->")
+    assert "| `sample` | `mild` |" in section                       # the data set's row
+    assert "#### cgrp eval: `sample`, preset `mild`" in section     # and the preset's own report
+    assert "../../report.md" not in section
+
+
 def test_marked_block_is_replaced_or_appended(tmp_path):
     from cgrp_ros.core.report import BENCHMARKS_BEGIN, BENCHMARKS_END, replace_marked_block
 

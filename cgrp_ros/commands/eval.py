@@ -85,8 +85,10 @@ def add_arguments(p):
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: report.md + summary.* (all runs), DATASET/PRESET/ per run")
     p.add_argument("--write-benchmarks", type=Path, default=None, metavar="FILE",
-                   help="also put the cross-domain table into FILE (e.g. docs/benchmarks.md) between the lines "
-                   "'<!-- cgrp eval cross-domain: begin -->' and '<!-- cgrp eval cross-domain: end -->'")
+                   help="also put the tables into FILE (e.g. docs/benchmarks.md) between the lines "
+                   "'<!-- cgrp eval cross-domain: begin -->' and '<!-- cgrp eval cross-domain: end -->' (several "
+                   "data sets), '<!-- cgrp eval NAME: begin -->' and '... end -->' (one data set NAME: its table and "
+                   "each preset's report, every method), or the --rig sections")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
     g = p.add_argument_group("fixed rig (--rig)")
     g.add_argument("--rig", action="store_true",
@@ -253,8 +255,9 @@ def run(args) -> int:
           f"{mean(c['pairs_below'], c['epe_below'])}; >= {c['threshold']:.3g}: {c['pairs_above']} pair(s), "
           f"{mean(c['pairs_above'], c['epe_above'])}: {verdict}")
     if args.write_benchmarks:
-        report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result))
-        print(f"cgrp eval: table written into {args.write_benchmarks}")
+        begin, _ = markers = report.benchmarks_markers(result)
+        report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result), *markers)
+        print(f"cgrp eval: tables written into {args.write_benchmarks} (section {begin})")
     print(f"cgrp eval: {sum(len(d.pairs) for d in datasets)} pair(s) x {len(args.presets)} preset(s), "
           f"report in {args.out / 'report.md'}")
     return 0

@@ -394,8 +394,25 @@ def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, 
     path.write_text(text)
 
 
+def benchmarks_markers(result) -> tuple:
+    """(begin, end) marker lines of the section --write-benchmarks replaces: the cross-domain section
+    for several data sets, a section of the data set's own for one (e.g. the baselines on RoadScene
+    val), so a single-data-set run never overwrites the cross-domain table."""
+    names = [d["name"] for d in result.info["datasets"]]
+    if len(names) > 1:
+        return BENCHMARKS_BEGIN, BENCHMARKS_END
+    return f"<!-- cgrp eval {names[0]}: begin -->", f"<!-- cgrp eval {names[0]}: end -->"
+
+
 def benchmarks_block(result) -> str:
-    """What --write-benchmarks puts between the markers: the cross-domain report without links to OUT."""
+    """What --write-benchmarks puts between the markers: the cross-domain report without links to OUT;
+    for a single data set also each preset's report (every method's table), two levels down."""
     note = ("*Written by `cgrp eval --write-benchmarks` (command and date below): run the command again "
             "rather than editing this section.*")
-    return note + "\n\n" + cross_domain_markdown(result, level=3, links=False)
+    parts = [note, cross_domain_markdown(result, level=3, links=False)]
+    if len(result.info["datasets"]) == 1:
+        for evaluation in result.evaluations:
+            lines = report_markdown(evaluation).splitlines()
+            text = "\n".join("###" + line if line.startswith("#") else line for line in lines)
+            parts.append(text.replace("cross-domain [report](../../report.md)", "table above"))
+    return "\n\n".join(parts)
