@@ -286,7 +286,8 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
     data = "; ".join(f"`{d['name']}` = `{d['data']}`"
                      + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
                      + f", {d['pairs']} pairs" for d in info["datasets"])
-    lines = [f"{h1} cgrp eval: cross-domain, seed {info['seed']}", "",
+    title = "cross-domain" if len(info["datasets"]) > 1 else f"`{info['datasets'][0]['name']}`"
+    lines = [f"{h1} cgrp eval: {title}, seed {info['seed']}", "",
              f"- command: `{info.get('command', 'n/a')}`",
              f"- date: {info['date']}",
              f"- data: {data}",
