@@ -86,6 +86,10 @@ def warp_numpy(image: np.ndarray, flow: np.ndarray, border_value=0) -> np.ndarra
     return remap(image, map_x, map_y, border_value)
 
 
+STALL_PX = 0.01      # invert_flow: largest step (pixels) that may count as settled
+STALL_RATIO = 0.9    # ... when it shrank by less than this factor
+
+
 def invert_flow(displacement: np.ndarray, iterations: int = 40) -> np.ndarray:
     """Flow f with f(p) = -d(p + f(p)): undoes the warp `displacement` d (H x W x 2, pixels).
 
@@ -109,10 +113,6 @@ def invert_flow(displacement: np.ndarray, iterations: int = 40) -> np.ndarray:
             break
         previous = change
     return f
-
-
-STALL_PX = 0.01      # invert_flow: largest step (pixels) that may count as settled
-STALL_RATIO = 0.9    # ... when it shrank by less than this factor
 
 
 def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
