@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from cgrp_ros.cli import main
-from cgrp_ros.core.bench import PEERS, bench_markdown, ecc_blend, homography_blend, synthetic_pair
+from cgrp_ros.core.bench import PEERS, bench_markdown, bench_targets, ecc_blend, homography_blend, synthetic_pair
 from cgrp_ros.core.evaluate import luminance
 from cgrp_ros.ros.bench import ros_markdown
 
@@ -75,3 +75,19 @@ def test_ros_table_shows_the_rate_ratio_and_the_time_to_first_output():
     assert "fused output >= 0.8 x the input rate: MISSED: 0.50 x" in text
     assert "latency p50 <= 80 ms: MISSED: 120 ms" in text
     assert "first fused output <= 5 s after the node is launched: holds: 4.2 s" in text
+
+
+def test_the_gpu_target_of_issue_12_counts_the_three_networks_only():
+    def document(generator, registration, fusion):
+        stages = {name: {"p50": ms} for name, ms in (("preprocess", 9.0), ("generator", generator),
+                                                     ("registration", registration), ("fusion", fusion),
+                                                     ("postprocess", 9.0), ("total", 99.0))}
+        row = dict(config="torch-cuda-fp16", size="512x640", fps=10.0, stages_ms=stages)
+        return dict(results=[row], unavailable=[], startup=[])
+
+    def verdict(doc):
+        return dict(bench_targets(doc))["networks end to end >= 500 pairs/s at 512x640 fp16 on a CUDA GPU"]
+
+    assert verdict(document(0.5, 1.0, 0.4)).startswith("holds: `torch-cuda-fp16` 1.9 ms")  # 526 pairs/s
+    assert verdict(document(1.0, 1.0, 0.5)).startswith("MISSED")                          # 400 pairs/s
+    assert verdict(dict(results=[], unavailable=[], startup=[])).startswith("not measured")
