@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from cgrp_ros.core.deform import random_displacement, rng_for
 from cgrp_ros.core.warp import flow_to_color, invert_flow, upsample2, valid_mask, warp, warp_numpy
 
 
@@ -43,7 +44,6 @@ def test_invert_flow_undoes_a_smooth_warp():
 def test_invert_flow_of_the_eval_presets_is_exact_where_it_samples_inside(preset):
     # the ground truth of cgrp eval: it stops once the iteration has settled (the same residual as all 40
     # steps: at most ~0.016 px, the 1/32-px sampling grid of cv2.remap times the field's gradient)
-    from cgrp_ros.core.deform import random_displacement, rng_for
     d, _ = random_displacement(480, 640, preset, rng_for(0, preset))
     f = invert_flow(d)
     residual = np.linalg.norm(f + warp_numpy(d, f), axis=2)

@@ -348,16 +348,15 @@ def bench_targets(document: dict) -> list:
         f"at {cpu['fps']:.2f} fps")
     out.append(("full pipeline >= 10 fps at 256x320 on CPU (best CPU backend)", verdict))
     gpu = best({"torch-cuda-fp16"}, "512x640")
-    verdict = "not measured (no CUDA GPU, or 512x640 not benchmarked)" if gpu is None else (
-        f"{'holds' if gpu['fps'] >= 200 else 'MISSED'}: `torch-cuda-fp16` at {gpu['fps']:.1f} fps")
-    out.append(("full pipeline >= 200 fps at 512x640 fp16 on a CUDA GPU", verdict))
     if gpu is None:
-        verdict = "not measured (no CUDA GPU, or 512x640 not benchmarked)"
+        full = networks_only = "not measured (no CUDA GPU, or 512x640 not benchmarked)"
     else:  # issue 12 counts the three networks only, without the host-side pre- and post-processing
         networks = sum(gpu["stages_ms"][stage]["p50"] for stage in ("generator", "registration", "fusion"))
-        verdict = (f"{'holds' if 1000.0 / networks >= 500 else 'MISSED'}: `torch-cuda-fp16` {networks:.1f} ms "
-                   f"for the three networks (p50), {1000.0 / networks:.0f} pairs/s one pair at a time")
-    out.append(("networks end to end >= 500 pairs/s at 512x640 fp16 on a CUDA GPU", verdict))
+        full = f"{'holds' if gpu['fps'] >= 200 else 'MISSED'}: `torch-cuda-fp16` at {gpu['fps']:.1f} fps"
+        networks_only = (f"{'holds' if 1000.0 / networks >= 500 else 'MISSED'}: `torch-cuda-fp16` {networks:.1f} ms "
+                         f"for the three networks (p50), {1000.0 / networks:.0f} pairs/s one pair at a time")
+    out.append(("full pipeline >= 200 fps at 512x640 fp16 on a CUDA GPU", full))
+    out.append(("networks end to end >= 500 pairs/s at 512x640 fp16 on a CUDA GPU", networks_only))
     frames = [r for r in document["results"] if "frame" in r and r["config"].endswith("-cpu") and r["size"] == "256x320"]
     fastest = min(frames, key=lambda r: r["frame"]["stages_ms"]["total"]["p50"], default=None)
     verdict = "not measured (256x320 on CPU not benchmarked)" if fastest is None else (

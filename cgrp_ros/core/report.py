@@ -62,7 +62,10 @@ def _machine_line(machine: dict) -> str:
             f"Python {machine['python']}, torch {machine['torch']}, OpenCV {machine['opencv']}")
 
 
-def report_markdown(evaluation) -> str:
+def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
+    """One data set x preset run's report. `level`: markdown level of the title (sections one below);
+    `links`: refer to the run's figures and the cross-domain report.md beside it (False: the text stands
+    alone, e.g. in docs/benchmarks.md)."""
     from .evaluate import METHOD_DESCRIPTIONS, REGISTRARS
 
     info, summary = evaluation.info, evaluation.summary
@@ -70,38 +73,41 @@ def report_markdown(evaluation) -> str:
     registrars = [m for m in REGISTRARS if m in methods]
     machine, weights = info["machine"], info["weights"]
     title = f"`{evaluation.dataset}`, preset" if evaluation.dataset else "preset"
-    lines = [f"# cgrp eval: {title} `{evaluation.preset}`, seed {evaluation.seed}", "",
+    h1, h2 = "#" * level, "#" * (level + 1)
+    lines = [f"{h1} cgrp eval: {title} `{evaluation.preset}`, seed {evaluation.seed}", "",
              f"- command: `{info.get('command', 'n/a')}`",
              f"- data: `{info.get('data', 'n/a')}`" + (f" (`{info['list']}`)" if info.get("list") else "")
              + f", {info['pairs']} pairs",
              f"- pipeline: {info['pipeline']}, working size {info.get('working_size', 'n/a')}",
              f"- weights: {_weights_line(weights)}",
              f"- machine: {_machine_line(machine)}",
-             "", "## Targets", ""]
+             "", f"{h2} Targets", ""]
     for target, holds, detail in evaluation.targets:
         lines.append(f"- {'**holds**' if holds else '**MISSED**'}: {target} ({detail})")
     if not evaluation.targets:
-        lines.append("- none of this report's targets applies to this preset (issue 9's targets: the "
-                     "cross-domain [report](../../report.md))")
+        where = "cross-domain [report](../../report.md)" if links else "cross-domain table"
+        lines.append(f"- none of this report's targets applies to this preset (issue 9's targets: the {where})")
     confidence = [r["registration_confidence"] for r in evaluation.rows if r["method"] == "cgrp"]
     fallbacks = sum(bool(r["registration_fallback"]) for r in evaluation.rows if r["method"] == "cgrp")
     if confidence:
         lines += ["", f"CGRP registration confidence: mean {np.mean(confidence):.3f}, min {np.min(confidence):.3f}; "
                   f"{fallbacks} of {len(confidence)} pairs fell back to the prior (threshold "
                   f"{info.get('confidence_threshold', float('nan')):.3g})."]
-    lines += ["", "## Registration (registered vs aligned thermal)", "",
+    lines += ["", f"{h2} Registration (registered vs aligned thermal)", "",
               f"Scored region: {info['region']}. Intensities in grey levels (0-255); EPE in pixels "
               "against the exact inverse of the applied displacement. `cgrp_avg` shares `cgrp`'s registration.",
               "", summary_table(summary, registrars, M.REGISTRATION_COLUMNS), "",
-              "## Fusion (fused luminance vs visible luminance and the aligned thermal)", "",
+              f"{h2} Fusion (fused luminance vs visible luminance and the aligned thermal)", "",
               "fmi and vif are sums over the two sources, cc and ssim their means (see docs/metrics.md).", "",
-              summary_table(summary, methods, M.FUSION_COLUMNS), "", "## Methods", ""]
+              summary_table(summary, methods, M.FUSION_COLUMNS), "", f"{h2} Methods", ""]
     lines += [f"- `{m}`: {METHOD_DESCRIPTIONS[m]}" for m in methods]
-    lines += ["", "mean ± standard deviation over images; ↑ higher is better, ↓ lower is better; best in bold.",
-              "Figures: `example_*.png` (visible | misaligned thermal | CGRP registered | CGRP fused | CGRP flow | "
-              "ground-truth flow | checkerboard of visible and registered thermal), `compare_*.png` (per method: "
-              "checkerboard of visible and registered thermal, fused image), `hist_epe.png`, "
-              "`hist_abs_error.png`.", ""]
+    lines += ["", "mean ± standard deviation over images; ↑ higher is better, ↓ lower is better; best in bold."]
+    if links:
+        lines.append("Figures: `example_*.png` (visible | misaligned thermal | CGRP registered | CGRP fused | CGRP "
+                     "flow | ground-truth flow | checkerboard of visible and registered thermal), `compare_*.png` "
+                     "(per method: checkerboard of visible and registered thermal, fused image), `hist_epe.png`, "
+                     "`hist_abs_error.png`.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -286,7 +292,8 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
     data = "; ".join(f"`{d['name']}` = `{d['data']}`"
                      + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
                      + f", {d['pairs']} pairs" for d in info["datasets"])
-    title = "cross-domain" if len(info["datasets"]) > 1 else f"`{info['datasets'][0]['name']}`"
+    single = single_dataset(result)
+    title = f"`{single}`" if single else "cross-domain"
     lines = [f"{h1} cgrp eval: {title}, seed {info['seed']}", "",
              f"- command: `{info.get('command', 'n/a')}`",
              f"- date: {info['date']}",
@@ -395,14 +402,20 @@ def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, 
     path.write_text(text)
 
 
+def single_dataset(result) -> str | None:
+    """The data set's name when `result` (a CrossDomain) covers one, else None."""
+    names = [d["name"] for d in result.info["datasets"]]
+    return names[0] if len(names) == 1 else None
+
+
 def benchmarks_markers(result) -> tuple:
     """(begin, end) marker lines of the section --write-benchmarks replaces: the cross-domain section
     for several data sets, a section of the data set's own for one (e.g. the baselines on RoadScene
     val), so a single-data-set run never overwrites the cross-domain table."""
-    names = [d["name"] for d in result.info["datasets"]]
-    if len(names) > 1:
+    name = single_dataset(result)
+    if name is None:
         return BENCHMARKS_BEGIN, BENCHMARKS_END
-    return f"<!-- cgrp eval {names[0]}: begin -->", f"<!-- cgrp eval {names[0]}: end -->"
+    return f"<!-- cgrp eval {name}: begin -->", f"<!-- cgrp eval {name}: end -->"
 
 
 def benchmarks_block(result) -> str:
@@ -411,9 +424,6 @@ def benchmarks_block(result) -> str:
     note = ("*Written by `cgrp eval --write-benchmarks` (command and date below): run the command again "
             "rather than editing this section.*")
     parts = [note, cross_domain_markdown(result, level=3, links=False)]
-    if len(result.info["datasets"]) == 1:
-        for evaluation in result.evaluations:
-            lines = report_markdown(evaluation).splitlines()
-            text = "\n".join("###" + line if line.startswith("#") else line for line in lines)
-            parts.append(text.replace("cross-domain [report](../../report.md)", "table above"))
+    if single_dataset(result):
+        parts += [report_markdown(evaluation, level=4, links=False) for evaluation in result.evaluations]
     return "\n\n".join(parts)
