@@ -6,6 +6,7 @@ import pytest
 from cgrp_ros.core.backends import flow_agreement
 from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.errors import InputError
+from cgrp_ros.core.image import working_shape
 from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
 from cgrp_ros.core.warp import valid_mask
 
@@ -106,6 +107,19 @@ def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs
         epe_after = np.linalg.norm(result.flow - m.flow, axis=2)[m.valid].mean()
         assert mae_after < 0.8 * mae_before, f"{name}: MAE {mae_before:.2f} -> {mae_after:.2f}"
         assert epe_after < 0.6 * epe_before, f"{name}: EPE {epe_before:.2f} -> {epe_after:.2f} px"
+
+
+def test_a_4_by_3_pair_is_registered_without_mirrored_rows(cpu_pipeline, m3svd_pairs):
+    """A 640x480 camera works at 240x320 with no padding: mirrored rows below the image (never seen in
+    training) used to pull the fit towards a vertical compression (this pair: 0.31 of the unregistered EPE)."""
+    assert working_shape(480, 640) == ((240, 320), (240, 320))
+    name, visible, thermal = next(p for p in m3svd_pairs if p[0] == "val_0114_1609_0005")  # forest
+    m = misalign(thermal, "moderate", rng_for(0, name))
+    result = cpu_pipeline(visible, m.misaligned)
+    region = m.valid & valid_mask(result.flow)
+    epe_before = np.linalg.norm(m.flow, axis=2)[region].mean()
+    epe_after = np.linalg.norm(result.flow - m.flow, axis=2)[region].mean()
+    assert epe_after < 0.2 * epe_before, f"{name}: EPE {epe_before:.2f} -> {epe_after:.2f} px"
 
 
 def test_aligned_pairs_of_two_rigs_stay_aligned(cpu_pipeline, sample_pairs, m3svd_pairs):

@@ -94,15 +94,15 @@ def to_uint8(image01: np.ndarray) -> np.ndarray:
     return (np.clip(image01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def working_shape(height: int, width: int, max_size=(256, 320), multiple: int = 32):
+def working_shape(height: int, width: int, max_size=(256, 320), multiple: int = 8, min_side: int = 16):
     """Aspect-preserving working resolution for an image of `height` x `width`.
 
-    Returns ((h, w), (ph, pw)): the resized size that fits inside `max_size` (H, W), and that
-    size padded up to a multiple of `multiple` (what the networks need).
+    Returns ((h, w), (ph, pw)): the resized size that fits inside `max_size` (H, W), no side below
+    `min_side`, and that size padded up to a multiple of `multiple` (what the networks need).
     """
     scale = min(max_size[0] / height, max_size[1] / width)
-    h = max(multiple // 2, int(round(height * scale)))
-    w = max(multiple // 2, int(round(width * scale)))
+    h = max(min_side, int(round(height * scale)))
+    w = max(min_side, int(round(width * scale)))
     ph = -(-h // multiple) * multiple
     pw = -(-w // multiple) * multiple
     return (h, w), (ph, pw)

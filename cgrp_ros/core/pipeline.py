@@ -30,6 +30,7 @@ from .warp import remap, resize_flow, warp_numpy
 log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
+MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
 
 
 @dataclass
@@ -89,8 +90,8 @@ class Pipeline:
             setattr(self.config, key, value)
         c = self.config
         h, w = c.working_size
-        if h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
-            raise InputError(f"working_size must be at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE}, got {h}x{w}")
+        if h < MIN_WORKING_SIDE or w < MIN_WORKING_SIDE:
+            raise InputError(f"working_size must be at least {MIN_WORKING_SIDE}x{MIN_WORKING_SIDE}, got {h}x{w}")
         if not 0.1 <= float(c.fusion_scale) <= 1.0:
             raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
         self.homography = None
