@@ -530,8 +530,8 @@ class GlobalStage(Stage):
         candidates = np.concatenate(([0.0], np.sort(conf)))
         mean_epe = [np.where(conf >= t, fitted, identity).mean() for t in candidates]
         best = float(candidates[int(np.argmin(mean_epe))])
-        threshold = max(best, float(np.percentile(mismatched, 95)))
-        stage.threshold.fill_(threshold)
+        stage.threshold.fill_(max(best, float(np.percentile(mismatched, 95))))
+        threshold = float(stage.threshold)  # as stored (float32): the report and the config say the same
         report = dict(threshold=threshold, best_for_epe=best, mismatched_p95=float(np.percentile(mismatched, 95)),
                       epe_fitted=float(fitted.mean()), epe_identity=float(identity.mean()),
                       epe_with_fallback=float(np.where(conf >= threshold, fitted, identity).mean()),
