@@ -230,9 +230,9 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
 
 
 class FakePipeline:
-    """fuse_pair's view of a Pipeline: outputs of the visible image's size, no inference."""
+    """fuse_pair's view of a StreamPipeline: outputs of the visible image's size, no inference."""
 
-    def __call__(self, visible, thermal, outputs=None):
+    def __call__(self, visible, thermal, outputs=None, stamp=None):
         from types import SimpleNamespace
 
         h, w = visible.shape[:2]

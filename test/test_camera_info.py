@@ -6,6 +6,7 @@ import pytest
 
 from cgrp_ros.core.camera import Intrinsics, distort, distort_points, undistort, undistort_points, undistortion_maps
 from cgrp_ros.core.errors import InputError
+from cgrp_ros.core.stream import StreamPipeline
 
 SIZE = (240, 320)  # (height, width)
 K = [[260.0, 0.0, 161.0], [0.0, 258.0, 117.5], [0.0, 0.0, 1.0]]
@@ -247,8 +248,9 @@ def test_two_cameras_with_different_lenses_register_within_1_5_px_with_camera_in
         infos.update(THERMAL, _camera_info(thermal_camera))
         plan = infos.plan(raw_visible.shape, raw_thermal.shape)
         assert plan.intrinsics == (visible_camera, thermal_camera)
-        rectified = fuse_pair(cpu_pipeline, *messages, {"deformation", "registered_thermal"}, 0.0, plan.intrinsics)
-        plain = fuse_pair(cpu_pipeline, *messages, {"deformation"})
+        every_pair = StreamPipeline(cpu_pipeline, registration_rate=0)
+        rectified = fuse_pair(every_pair, *messages, {"deformation", "registered_thermal"}, 0.0, plan.intrinsics)
+        plain = fuse_pair(every_pair, *messages, {"deformation"})
         assert rectified.images["registered_thermal"][0].shape == raw_visible.shape[:2]
         # with camera_info the outputs are in the rectified visible frame, where the pair is aligned: truth 0
         error_with = np.linalg.norm(rectified.images["deformation"][0], axis=2)

@@ -16,9 +16,11 @@ def header(sec):
 
 @pytest.fixture(scope="module")
 def small_pipeline():
+    """Every pair registered alone, as cgrp_fusion with self-calibration off."""
     from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+    from cgrp_ros.core.stream import StreamPipeline
 
-    return Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=(64, 96)))
+    return StreamPipeline(Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=(64, 96))), registration_rate=0)
 
 
 @pytest.fixture

@@ -114,8 +114,8 @@ def run_bag(args) -> int:
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     if args.registration_rate < 0:
         raise CgrpError("--registration-rate must be >= 0")
-    pipeline = StreamPipeline(pipeline_from_args(args), args.registration_rate)  # paced by the visible stamps
-    summary = fuse_bag(pipeline, args.bag, args.visible_topic, args.thermal_topic, args.out,
+    stream = StreamPipeline(pipeline_from_args(args), args.registration_rate)  # paced by the visible stamps
+    summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
                        progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
                        warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr))

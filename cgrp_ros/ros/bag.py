@@ -3,7 +3,7 @@
     with BagTopics(path, "/camera/image_raw", "/thermal/image_raw/compressed") as bag:
         for stream, timestamp, raw, msg in bag.messages(): ...   # VISIBLE | THERMAL, log time ns, CDR bytes, message
 
-    summary = fuse_bag(pipeline, "in_bag", "/cam", "/thermal", "out_bag", progress=tqdm)
+    summary = fuse_bag(stream_pipeline, "in_bag", "/cam", "/thermal", "out_bag", progress=tqdm)
 
 Reading and writing use the pure-Python `rosbags` package (sqlite3 and MCAP storage, its own CDR
 (de)serialisation and ROS 2 message definitions: no rclpy, no ROS installation). Messages are
@@ -184,13 +184,13 @@ class BagSummary:
                 f"message(s); skipped: {counts}{resets}")
 
 
-def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
+def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
              slop: float = DEFAULT_SLOP, queue_size: int = DEFAULT_QUEUE_SIZE, progress=None,
              warn=None) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
-    pipeline: a core Pipeline (every pair registered alone) or a StreamPipeline (one rig: registrations
-    paced by the visible stamps, the rig estimate for every pair).
+    stream_pipeline: a core StreamPipeline (one rig: registrations paced by the visible stamps, the rig
+    estimate for every pair; registration_rate 0: every pair registered alone).
 
     The inputs are copied as recorded, less messages that cannot be deserialised at all.
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
@@ -224,7 +224,7 @@ def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_pat
                     continue
                 sync.add(stream, msg)
                 while pairs:
-                    _fuse_one(pipeline, writer, summary, *pairs.pop(0), timestamp, warn)
+                    _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn)
         finally:
             if bar is not None:
                 bar.close()
@@ -235,10 +235,10 @@ def fuse_bag(pipeline, bag_path, visible_topic: str, thermal_topic: str, out_pat
     return summary
 
 
-def _fuse_one(pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn):
+def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn):
     stamp = stamp_ns(visible_msg) * 1e-9
     try:
-        out = fuse_pair(pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS))
+        out = fuse_pair(stream_pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS))
     except InputError as exc:
         text = f"skipping pair at {stamp:.3f}: {exc}"
         summary.count("bad_pairs", text)
