@@ -7,6 +7,7 @@ from cgrp_ros.core.backends import flow_agreement
 from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.errors import InputError
 from cgrp_ros.core.image import working_shape
+from cgrp_ros.core.networks import SIZE_MULTIPLE
 from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
 from cgrp_ros.core.warp import valid_mask
 
@@ -112,7 +113,7 @@ def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs
 def test_a_4_by_3_pair_is_registered_without_mirrored_rows(cpu_pipeline, m3svd_pairs):
     """A 640x480 camera works at 240x320 with no padding: mirrored rows below the image (never seen in
     training) used to pull the fit towards a vertical compression (this pair: 0.31 of the unregistered EPE)."""
-    assert working_shape(480, 640) == ((240, 320), (240, 320))
+    assert working_shape(480, 640, (256, 320), SIZE_MULTIPLE) == ((240, 320), (240, 320))
     name, visible, thermal = next(p for p in m3svd_pairs if p[0] == "val_0114_1609_0005")  # forest
     m = misalign(thermal, "moderate", rng_for(0, name))
     result = cpu_pipeline(visible, m.misaligned)

@@ -94,11 +94,12 @@ def to_uint8(image01: np.ndarray) -> np.ndarray:
     return (np.clip(image01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def working_shape(height: int, width: int, max_size=(256, 320), multiple: int = 8, min_side: int = 16):
+def working_shape(height: int, width: int, max_size, multiple: int, min_side: int = 16):
     """Aspect-preserving working resolution for an image of `height` x `width`.
 
     Returns ((h, w), (ph, pw)): the resized size that fits inside `max_size` (H, W), no side below
-    `min_side`, and that size padded up to a multiple of `multiple` (what the networks need).
+    `min_side`, and that size padded up to a multiple of `multiple` (what the networks need:
+    networks.SIZE_MULTIPLE).
     """
     scale = min(max_size[0] / height, max_size[1] / width)
     h = max(min_side, int(round(height * scale)))

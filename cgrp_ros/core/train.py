@@ -148,7 +148,7 @@ def prepare(pairs, working_size):
     """Resize each (visible, thermal) pair to the working resolution; float32 [0, 1] arrays."""
     out = []
     for name, visible, thermal in pairs:
-        (h, w), _ = working_shape(*visible.shape[:2], max_size=working_size)
+        (h, w), _ = working_shape(*visible.shape[:2], working_size, SIZE_MULTIPLE)
         out.append((name, resize(visible, (h, w)).astype(np.float32) / 255.0,
                     resize(thermal, (h, w)).astype(np.float32) / 255.0))
     return out
@@ -530,9 +530,10 @@ class GlobalStage(Stage):
         candidates = np.concatenate(([0.0], np.sort(conf)))
         mean_epe = [np.where(conf >= t, fitted, identity).mean() for t in candidates]
         best = float(candidates[int(np.argmin(mean_epe))])
-        stage.threshold.fill_(max(best, float(np.percentile(mismatched, 95))))
+        mismatched_p95 = float(np.percentile(mismatched, 95))
+        stage.threshold.fill_(max(best, mismatched_p95))
         threshold = float(stage.threshold)  # as stored (float32): the report and the config say the same
-        report = dict(threshold=threshold, best_for_epe=best, mismatched_p95=float(np.percentile(mismatched, 95)),
+        report = dict(threshold=threshold, best_for_epe=best, mismatched_p95=mismatched_p95,
                       epe_fitted=float(fitted.mean()), epe_identity=float(identity.mean()),
                       epe_with_fallback=float(np.where(conf >= threshold, fitted, identity).mean()),
                       fallback_share=float((conf < threshold).mean()), samples=samples)

@@ -1,6 +1,6 @@
 """One pair of camera messages -> the node's output images, without rclpy.
 
-    outputs = fuse_pair(stream, visible_msg, thermal_msg, wanted={"fused", "deformation_vis"})
+    outputs = fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted={"fused", "deformation_vis"})
     outputs.images["fused"]          # (array, encoding), at the visible image's resolution
 
 The messages are anything with a `header` and either the sensor_msgs/Image fields or a decoded
@@ -69,11 +69,11 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> 
     return warnings
 
 
-def fuse_pair(stream, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0,
+def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0,
               intrinsics=None) -> PairOutputs:
     """Fuse one pair; the images of the `wanted` outputs (names of CORE_OUTPUT) with their encodings.
 
-    stream: a core StreamPipeline, called with the visible stamp: a rig's stream registered at its
+    stream_pipeline: a core StreamPipeline, called with the visible stamp: a rig's stream registered at its
     rate of the stamps' time (registration_rate 0: every pair registered alone).
 
     intrinsics: None, or (visible, thermal) `core.camera.Intrinsics`: each image is first undistorted
@@ -87,7 +87,7 @@ def fuse_pair(stream, visible_msg, thermal_msg, wanted, deformation_vis_max: flo
         visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
     # the core always computes the flow; the rest only when an output needs it
     outputs = {"flow"} | {CORE_OUTPUT[name] for name in wanted}
-    result = stream(visible, thermal, outputs=outputs, stamp=stamp)
+    result = stream_pipeline(visible, thermal, outputs=outputs, stamp=stamp)
     fused = result.fused_color if result.fused_color is not None else result.fused
     candidates = {
         "fused": lambda: (fused, encoding_for(fused)) if fused is not None else None,
