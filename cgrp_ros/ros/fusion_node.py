@@ -53,7 +53,7 @@ from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config,
                          stream_settings)
-from .process import RosLogHandler, spin_until_signal
+from .process import RosLogHandler, release_free_memory, spin_until_signal
 from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
@@ -525,6 +525,7 @@ class FusionNode(LifecycleNode):
 
     def _publish_diagnostics(self):
         self.diagnostics_pub.publish(diagnostics.diagnostic_array(self, self.get_clock().now().to_msg()))
+        release_free_memory()  # once a second, on the same timer
 
     # -- shutdown ------------------------------------------------------------------------------------
     def destroy_node(self):
