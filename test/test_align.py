@@ -42,9 +42,10 @@ def test_affine_flow_follows_the_core_flow_convention():
 
 
 def test_robust_fit_ignores_outlier_matches():
-    """A third of the matches are wrong (random positions): the IRLS fit still finds the affine."""
+    """A third of the matches are wrong (random positions): the IRLS fit still finds the affine
+    (a rig's kind: rotation, per-axis scale, shift; no shear, which the fit's prior damps)."""
     cells = normalized_grid(torch.zeros(1, 1, 30, 40))
-    truth = torch.tensor([[0.04, -0.03, 0.12, 0.02, -0.05, -0.08]])
+    truth = pixel_affine([[1.04, -0.03], [0.03, 0.95]], (0.12, -0.08), 30, 40)
     position = apply_affine(truth, cells).flatten(2).clone()
     gen = torch.Generator().manual_seed(0)
     wrong = torch.rand(position.shape[-1], generator=gen) < 0.33
@@ -54,6 +55,32 @@ def test_robust_fit_ignores_outlier_matches():
     flow_error = (affine_flow(params, cells[:, :1]) - affine_flow(truth, cells[:, :1])).abs().max()
     assert float(flow_error) < 0.1
     assert float(residual[0, ~wrong].max()) < 0.1
+
+
+def pixel_affine(matrix, shift, height, width) -> torch.Tensor:
+    """params (1 x 6, as in apply_affine) of the pixel-space 2 x 2 `matrix` about the image centre
+    followed by `shift` (normalised units) on a height x width grid."""
+    (m00, m01), (m10, m11) = matrix
+    return torch.tensor([[m00 - 1.0, m01 * height / width, shift[0], m10 * width / height, m11 - 1.0, shift[1]]],
+                        dtype=torch.float32)
+
+
+def test_the_fit_keeps_rotation_and_axis_scales_but_damps_shear():
+    """Exact matches of a rig-like affine (4 deg rotation, 3 % / -2 % scale per axis) on a 4:3 grid are
+    fitted as they are; a 6 % shear, which two bolted cameras never produce, is damped, the more so
+    the weaker the evidence (real match weights are mostly well below 1)."""
+    cells = normalized_grid(torch.zeros(1, 1, 30, 40))
+    weight = torch.ones(1, 30 * 40)
+    c, s = np.cos(np.radians(4.0)), np.sin(np.radians(4.0))
+    rig = pixel_affine([[1.03 * c, -0.98 * s], [1.03 * s, 0.98 * c]], (0.05, -0.03), 30, 40)
+    params, _ = GlobalMatcher().fit(cells, apply_affine(rig, cells).flatten(2), weight)
+    assert float((affine_flow(params, cells[:, :1]) - affine_flow(rig, cells[:, :1])).abs().max()) < 0.05  # cells
+    sheared = apply_affine(pixel_affine([[1.0, 0.03], [0.03, 1.0]], (0.0, 0.0), 30, 40), cells).flatten(2)
+    fitted_shear = []
+    for evidence in (1.0, 0.1):
+        params, _ = GlobalMatcher().fit(cells, sheared, evidence * weight)
+        fitted_shear.append(float(params[0, 1] * 40 / 30 + params[0, 3] * 30 / 40))
+    assert 0.0 < fitted_shear[1] < 0.25 * 0.06 and fitted_shear[1] < fitted_shear[0] < 0.75 * 0.06
 
 
 def test_no_evidence_keeps_the_identity():

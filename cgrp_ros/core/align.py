@@ -8,7 +8,7 @@ aligned pairs from two rigs) describes every 8 x 8 cell of the visible and of th
 every visible cell is compared with *every* thermal cell (a global search, no initial guess),
 the match is read off around the best peak, and an affine is fitted to all matches by
 iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
-evidence is thin. The share of cells whose match is both sharp and consistent with that affine
+evidence is thin and towards no shear (which two cameras bolted together do not produce). The share of cells whose match is both sharp and consistent with that affine
 is the stage's confidence; below a threshold the stage returns the identity (the prior) and says
 so. A second matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4
 resolution, searched only near the global estimate: the global cells are 8 working pixels wide,
@@ -87,7 +87,7 @@ def warp_affine(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve N x k x k symmetric positive definite systems (N x k right-hand sides) by Cholesky.
 
-    Written out element by element (k = 3 here) because ONNX has no linear-solve operator.
+    Written out element by element (k = 6 here) because ONNX has no linear-solve operator.
     """
     k = matrix.shape[-1]
     low = [[None] * k for _ in range(k)]
@@ -178,24 +178,38 @@ class AffineFromMatches(nn.Module):
     ROBUST_SCALES = (4.0, 2.0, 1.0, 1.0, 1.0)  # IRLS Cauchy scales (cells), coarse to fine
     INLIER_SCALE = 1.0                   # cells: the inlier score counts matches within about this
     PRIOR_WEIGHT = 5.0                   # weight of the identity prior, in fully confident cells
+    # weight of the no-shear prior on the pixel-space shear B + D of [[1 + a, B], [D, 1 + e]]: rotation,
+    # scale (also per axis) and translation are free, as a rig or a lens makes them, but two cameras
+    # bolted together do not shear, and sheared fits were match noise (a 7.6 % shear moved one aligned
+    # RoadScene pair 5 px). Chosen on training pairs against 0, 30, 300 and 1000 (models/MODEL_CARD.md step 13)
+    SHEAR_WEIGHT = 100.0
     IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
 
     def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
-        """IRLS affine fit of cell centre -> matched position. -> (params N x 6, residual N x P in cells)."""
+        """IRLS affine fit of cell centre -> matched position, pulled towards the identity (PRIOR_WEIGHT)
+        and towards no shear (SHEAR_WEIGHT). -> (params N x 6, residual N x P in cells)."""
         n = cells.shape[0]
         source = cells.flatten(2)                                 # N x 2 x P
         design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
-        per_cell = pixels_per_unit(cells).flatten(2)
+        per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: (W / 2, H / 2)
         eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
         prior = self.PRIOR_WEIGHT
+        # the unknowns are the two columns of the 3 x 2 affine (rows u, v, 1 -> columns u', v') stacked;
+        # in pixels B = b W / H and D = d H / W, so the shear B + D is this linear form of them
+        aspect = per_cell[:, 0, 0] / per_cell[:, 1, 0]
+        zero = torch.zeros_like(aspect)
+        shear = torch.stack((zero, aspect, zero, 1.0 / aspect, zero, zero), dim=1)       # N x 6
+        shear_normal = self.SHEAR_WEIGHT * shear[:, :, None] * shear[:, None, :]        # N x 6 x 6
         robust = torch.ones_like(weight)
         params = residual = None
         for scale in self.ROBUST_SCALES:
             w = weight * robust
             normal = torch.einsum("nip,njp,np->nij", design, design, w) + prior * eye
             rhs = torch.einsum("nip,ncp,np->nic", design, position, w) + prior * eye[:, :, :2]
-            # the prior pulls towards the identity affine (rows: u, v, 1 -> columns: u', v')
-            a = torch.stack((solve_spd(normal, rhs[:, :, 0]), solve_spd(normal, rhs[:, :, 1])), dim=2)
+            block = torch.zeros_like(normal)
+            normal = torch.cat((torch.cat((normal, block), dim=2), torch.cat((block, normal), dim=2)), dim=1)
+            x = solve_spd(normal + shear_normal, torch.cat((rhs[:, :, 0], rhs[:, :, 1]), dim=1))
+            a = torch.stack((x[:, :3], x[:, 3:]), dim=2)                                 # N x 3 x 2
             predicted = torch.einsum("nip,nic->ncp", design, a)
             residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)
