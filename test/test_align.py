@@ -25,6 +25,8 @@ def test_solve_spd_matches_a_linear_solver():
     rhs = torch.randn(5, 6, generator=gen, dtype=torch.float64)
     expected = torch.linalg.solve(matrix, rhs)
     assert torch.allclose(solve_spd(matrix, rhs), expected, atol=1e-9)
+    several = torch.randn(5, 6, 4, generator=gen, dtype=torch.float64)  # four systems, one factorisation
+    assert torch.allclose(solve_spd(matrix, several), torch.linalg.solve(matrix, several), atol=1e-9)
 
 
 def test_affine_flow_follows_the_core_flow_convention():

@@ -85,10 +85,13 @@ def warp_affine(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve N x k x k symmetric positive definite systems (N x k right-hand sides) by Cholesky.
+    """Solve N x k x k symmetric positive definite systems by Cholesky, for right-hand sides N x k
+    or N x k x m (m systems sharing one factorisation).
 
-    Written out element by element (k = 6 here) because ONNX has no linear-solve operator.
+    Written out element by element (k = 3 here) because ONNX has no linear-solve operator.
     """
+    single = rhs.dim() == 2
+    rhs = rhs[:, :, None] if single else rhs
     k = matrix.shape[-1]
     low = [[None] * k for _ in range(k)]
     for i in range(k):
@@ -96,7 +99,8 @@ def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
             s = matrix[:, i, j]
             for m in range(j):
                 s = s - low[i][m] * low[j][m]
-            low[i][j] = torch.sqrt(s.clamp_min(1e-12)) if i == j else s / low[j][j]
+            low[i][j] = (torch.sqrt(s.clamp_min(1e-12)) if i == j else s / low[j][j])
+    low = [[None if v is None else v[:, None] for v in row] for row in low]  # N x 1: broadcast over m
     y = []
     for i in range(k):  # L y = rhs
         s = rhs[:, i]
@@ -109,8 +113,8 @@ def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         for m in range(i + 1, k):
             s = s - low[m][i] * x[m]
         x[i] = s / low[i][i]
-    return torch.stack(x, dim=1)
-
+    x = torch.stack(x, dim=1)
+    return x[:, :, 0] if single else x
 
 
 def match_input(image: torch.Tensor) -> torch.Tensor:
@@ -194,22 +198,26 @@ class AffineFromMatches(nn.Module):
         per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: (W / 2, H / 2)
         eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
         prior = self.PRIOR_WEIGHT
-        # the unknowns are the two columns of the 3 x 2 affine (rows u, v, 1 -> columns u', v') stacked;
-        # in pixels B = b W / H and D = d H / W, so the shear B + D is this linear form of them
+        # In pixels the off-diagonal terms are B = b W / H and D = d H / W, so the shear B + D is
+        # g_u . (u' column) + g_v . (v' column) of the 3 x 2 affine (rows u, v, 1 -> columns u', v').
+        # Its prior is a rank-one term on the two columns' shared normal matrix: solved by one
+        # factorisation for every right-hand side and a Sherman-Morrison correction along the shear.
         aspect = per_cell[:, 0, 0] / per_cell[:, 1, 0]
         zero = torch.zeros_like(aspect)
-        shear = torch.stack((zero, aspect, zero, 1.0 / aspect, zero, zero), dim=1)       # N x 6
-        shear_normal = self.SHEAR_WEIGHT * shear[:, :, None] * shear[:, None, :]        # N x 6 x 6
+        shear = torch.stack((torch.stack((zero, aspect, zero), dim=1),
+                             torch.stack((1.0 / aspect, zero, zero), dim=1)), dim=2)    # N x 3 x 2
         robust = torch.ones_like(weight)
         params = residual = None
         for scale in self.ROBUST_SCALES:
             w = weight * robust
             normal = torch.einsum("nip,njp,np->nij", design, design, w) + prior * eye
+            # the prior pulls towards the identity affine
             rhs = torch.einsum("nip,ncp,np->nic", design, position, w) + prior * eye[:, :, :2]
-            block = torch.zeros_like(normal)
-            normal = torch.cat((torch.cat((normal, block), dim=2), torch.cat((block, normal), dim=2)), dim=1)
-            x = solve_spd(normal + shear_normal, torch.cat((rhs[:, :, 0], rhs[:, :, 1]), dim=1))
-            a = torch.stack((x[:, :3], x[:, 3:]), dim=2)                                 # N x 3 x 2
+            solved = solve_spd(normal, torch.cat((rhs, shear), dim=2))                  # N x 3 x 4
+            free, along = solved[:, :, :2], solved[:, :, 2:]  # the fit without the shear prior; its response
+            free_shear = (shear * free).sum(dim=(1, 2))
+            gain = self.SHEAR_WEIGHT / (1.0 + self.SHEAR_WEIGHT * (shear * along).sum(dim=(1, 2)))
+            a = free - (gain * free_shear)[:, None, None] * along                        # N x 3 x 2
             predicted = torch.einsum("nip,nic->ncp", design, a)
             residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)

@@ -197,17 +197,28 @@ class OnnxBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # The registration graph holds thousands of tiny element-wise ops (the affine fits, written out
+        # for ONNX); onnxruntime's memory-reuse planner searches its free list for each of their outputs,
+        # which took 8-9 s of the session's creation on 2 CPU cores (0.7 s without it), for no measured
+        # gain on CPU (same run time and peak RSS at 256x320 and 512x640; docs/benchmarks.md). GPU
+        # sessions keep the planner: not measured there.
+        fast_start = ort.SessionOptions()
+        fast_start.intra_op_num_threads = options.intra_op_num_threads
+        fast_start.enable_mem_reuse = False
         self.sessions = {}
         for stage in STAGES:
             path = onnx_dir / f"{stage}.onnx"
+            stage_options = fast_start if stage == "registration" and wanted == ["CPUExecutionProvider"] else options
             try:
-                session = ort.InferenceSession(str(path), options, providers=provider_settings(wanted, onnx_dir, fp16))
+                session = ort.InferenceSession(str(path), stage_options,
+                                               providers=provider_settings(wanted, onnx_dir, fp16))
             except Exception as exc:  # a GPU provider that cannot start: CPU still works
                 if wanted == ["CPUExecutionProvider"]:
                     raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
                 log.warning("onnxruntime providers %s failed (%s): falling back to CPU", wanted, exc)
                 wanted = ["CPUExecutionProvider"]
-                session = ort.InferenceSession(str(path), options, providers=wanted)
+                session = ort.InferenceSession(str(path), fast_start if stage == "registration" else options,
+                                               providers=wanted)
             self.sessions[stage] = session
         self.providers = self.sessions["generator"].get_providers()
         if self.providers[0] == "CPUExecutionProvider" and len(wanted) > 1:
