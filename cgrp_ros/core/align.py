@@ -8,10 +8,11 @@ aligned pairs from two rigs) describes every 8 x 8 cell of the visible and of th
 every visible cell is compared with *every* thermal cell (a global search, no initial guess),
 the match is read off around the best peak, and an affine is fitted to all matches by
 iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
-evidence is thin and towards no shear (which two cameras bolted together do not produce). The share of cells whose match is both sharp and consistent with that affine
-is the stage's confidence; below a threshold the stage returns the identity (the prior) and says
-so. A second matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4
-resolution, searched only near the global estimate: the global cells are 8 working pixels wide,
+evidence is thin and towards no shear (which two cameras bolted together do not produce). The
+share of cells whose match is both sharp and consistent with that affine is the stage's
+confidence; below a threshold the stage returns the identity (the prior) and says so. A second
+matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4 resolution, searched
+only near the global estimate: the global cells are 8 working pixels wide,
 and their matches fix the affine to about half a cell, which on a 'mild' misalignment is as large
 as the misalignment itself. The dense levels of the registration network then correct only the
 local residual.
@@ -99,7 +100,7 @@ def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
             s = matrix[:, i, j]
             for m in range(j):
                 s = s - low[i][m] * low[j][m]
-            low[i][j] = (torch.sqrt(s.clamp_min(1e-12)) if i == j else s / low[j][j])
+            low[i][j] = torch.sqrt(s.clamp_min(1e-12)) if i == j else s / low[j][j]
     low = [[None if v is None else v[:, None] for v in row] for row in low]  # N x 1: broadcast over m
     y = []
     for i in range(k):  # L y = rhs

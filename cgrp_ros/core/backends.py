@@ -205,20 +205,22 @@ class OnnxBackend:
         fast_start = ort.SessionOptions()
         fast_start.intra_op_num_threads = options.intra_op_num_threads
         fast_start.enable_mem_reuse = False
+
+        def stage_options(stage, providers):
+            return fast_start if stage == "registration" and providers == ["CPUExecutionProvider"] else options
+
         self.sessions = {}
         for stage in STAGES:
             path = onnx_dir / f"{stage}.onnx"
-            stage_options = fast_start if stage == "registration" and wanted == ["CPUExecutionProvider"] else options
             try:
-                session = ort.InferenceSession(str(path), stage_options,
+                session = ort.InferenceSession(str(path), stage_options(stage, wanted),
                                                providers=provider_settings(wanted, onnx_dir, fp16))
             except Exception as exc:  # a GPU provider that cannot start: CPU still works
                 if wanted == ["CPUExecutionProvider"]:
                     raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
                 log.warning("onnxruntime providers %s failed (%s): falling back to CPU", wanted, exc)
                 wanted = ["CPUExecutionProvider"]
-                session = ort.InferenceSession(str(path), fast_start if stage == "registration" else options,
-                                               providers=wanted)
+                session = ort.InferenceSession(str(path), stage_options(stage, wanted), providers=wanted)
             self.sessions[stage] = session
         self.providers = self.sessions["generator"].get_providers()
         if self.providers[0] == "CPUExecutionProvider" and len(wanted) > 1:
