@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from cgrp_ros.ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
-from ros_helpers import STARTUP_TIMEOUT, Harness, cpu_seconds, rss_mb, stop_node  # noqa: E402
+from ros_helpers import Harness, cpu_seconds, rss_mb, stop_node  # noqa: E402
 
 STREAM_TIMEOUT = 1.0
 
@@ -26,7 +26,7 @@ def harness(tmp_path_factory):
     rclpy.init()
     h = Harness(tmp_path_factory.mktemp("faults") / "cgrp_fusion.log", "-p", f"stream_timeout:={STREAM_TIMEOUT}",
                 outputs=("fused",))
-    h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="the first output")
+    h.wait_first_output("the first output")
     yield h
     if h.proc.poll() is None:
         stop_node(h.proc, signal.SIGKILL)

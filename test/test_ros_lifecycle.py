@@ -26,7 +26,7 @@ def test_cuda_without_gpu_falls_back_stops_on_signals_and_restarts(tmp_path):
     rclpy.init()
     h = Harness(tmp_path / "first.log", "-p", "device:=cuda", outputs=("fused",))
     try:
-        h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="an output on the CPU fallback")
+        h.wait_first_output("an output on the CPU fallback")
         assert "device 'cuda' requested but no CUDA GPU is available: falling back to CPU" in h.log()
         assert "on cpu" in h.log()  # the startup line names the device actually used
 
@@ -36,7 +36,7 @@ def test_cuda_without_gpu_falls_back_stops_on_signals_and_restarts(tmp_path):
         assert_clean_log(h.log())
 
         h.restart(tmp_path / "second.log")  # at once: same node name, same topics
-        h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="an output after the restart")
+        h.wait_first_output("an output after the restart")
         h.wait_for(lambda: h.spinner.node.get_node_names().count("cgrp_fusion") == 1, 10.0,
                    "exactly one cgrp_fusion in the graph")
         code, seconds = stop_node(h.proc, signal.SIGINT, timeout=5.0)

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_helpers import STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+from ros_helpers import Harness, stop_node  # noqa: E402
 
 RATE = 10.0
 SPAN = 20.0      # seconds over which the changes are spread
@@ -66,7 +66,7 @@ def harness(tmp_path):
 
 def test_parameter_changes_while_streaming_never_stop_the_output(harness):
     h = harness
-    h.wait_outputs(h.publish_pair(), timeout=STARTUP_TIMEOUT, what="the first output")
+    h.wait_first_output("the first output")
     h.wait_for(h.set_parameters.service_is_ready, 10.0, "the set_parameters service")
     arrivals, seen = [], set()
 
