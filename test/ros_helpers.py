@@ -222,19 +222,16 @@ class Harness:
         """Publish a pair every `every` s, as a camera would, until one comes back with all outputs;
         returns them. Right after start-up the node may not have matched our subscriptions yet (the
         tester sees its publishers first), and it drops a pair that nobody subscribes to, by design."""
-        stamps, end = [], time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < end:
-            stamps.append(self.publish_pair())
-            until = min(end, time.monotonic() + every)
-            while time.monotonic() < until:
-                for stamp in stamps:
-                    if len(self.outputs_for(stamp)) == len(self.outputs):
-                        return self.outputs_for(stamp)
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"node exited ({self.proc.returncode}) while waiting for {what}\n"
-                                         f"{log_tail(self.log_path)}")
-                self.spinner.rclpy.spin_once(self.spinner.node, timeout_sec=0.02)
-        raise AssertionError(f"timed out after {STARTUP_TIMEOUT:g} s waiting for {what}\n{log_tail(self.log_path)}")
+        stamps, due = [], [0.0]
+
+        def answered():
+            if time.monotonic() >= due[0]:
+                stamps.append(self.publish_pair())
+                due[0] = time.monotonic() + every
+            return any(len(self.outputs_for(stamp)) == len(self.outputs) for stamp in stamps)
+
+        self.wait_for(answered, STARTUP_TIMEOUT, what)
+        return next(self.outputs_for(s) for s in stamps if len(self.outputs_for(s)) == len(self.outputs))
 
     def log(self):
         return open(self.log_path, errors="replace").read()

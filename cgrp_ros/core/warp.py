@@ -97,9 +97,10 @@ def invert_flow(displacement: np.ndarray, iterations: int = 40) -> np.ndarray:
     samples fall inside. Fixed-point iteration; converges for the smooth, small-Jacobian fields
     of :mod:`cgrp_ros.core.deform` to a mean residual below 0.001 px (at most ~0.016 px, where the
     field is steepest). It stops once a step changes f by less than STALL_PX and by more than
-    STALL_RATIO times the step before (no longer converging): cv2.remap places its samples on a 1/32-px grid, so the iteration settles at
-    a few thousandths of a pixel and further steps only jitter (measured: `moderate` and
-    `severe` fields settle after 4-6 of the 40 steps, with the same residual as all 40).
+    STALL_RATIO times the step before (no longer converging): cv2.remap places its samples on a
+    1/32-px grid, so the iteration settles at a few thousandths of a pixel and further steps only
+    jitter (measured: `moderate` and `severe` fields settle after 4-6 of the 40 steps, with the same
+    residual as all 40).
     """
     d = displacement.astype(np.float32)
     f = -d.copy()
