@@ -218,20 +218,22 @@ class Harness:
         self.wait_for(lambda: len(self.outputs_for(stamp_ns)) == len(self.outputs), timeout, what)
         return self.outputs_for(stamp_ns)
 
-    def wait_first_output(self, what="the first output", every=1.0):
-        """Publish a pair every `every` s, as a camera would, until one comes back with all outputs;
-        returns them. Right after start-up the node may not have matched our subscriptions yet (the
-        tester sees its publishers first), and it drops a pair that nobody subscribes to, by design."""
+    def wait_first_output(self, what="the first output", every=1.0, **pair):
+        """Publish the pair (`pair`: publish_pair's arguments) every `every` s with a new stamp, as a
+        camera would, until one comes back with all outputs. -> (its stamp in ns, its outputs).
+        Right after start-up the node may not have matched our subscriptions yet (the tester sees its
+        publishers first), and it drops a pair that nobody subscribes to, by design."""
         stamps, due = [], [0.0]
 
         def answered():
             if time.monotonic() >= due[0]:
-                stamps.append(self.publish_pair())
+                stamps.append(self.publish_pair(**pair))
                 due[0] = time.monotonic() + every
             return any(len(self.outputs_for(stamp)) == len(self.outputs) for stamp in stamps)
 
         self.wait_for(answered, STARTUP_TIMEOUT, what)
-        return next(self.outputs_for(s) for s in stamps if len(self.outputs_for(s)) == len(self.outputs))
+        stamp = next(s for s in stamps if len(self.outputs_for(s)) == len(self.outputs))
+        return stamp, self.outputs_for(stamp)
 
     def log(self):
         return open(self.log_path, errors="replace").read()

@@ -84,8 +84,7 @@ def _publish_until(harness, predicate, what, infos=(), **pair):
 
 
 def test_without_camera_info_images_are_fused_as_they_are_and_no_camera_info_published(harness):
-    stamp = harness.publish_pair()
-    harness.wait_outputs(stamp, timeout=STARTUP_TIMEOUT, what="the first outputs")
+    harness.wait_first_output("the first outputs")
     harness.spinner.spin(0.5)
     assert not harness.camera_infos
 

@@ -36,8 +36,7 @@ def stamp_of(msg) -> int:
 
 
 def test_jpeg_visible_and_16bit_png_thermal_give_every_output(harness):
-    stamp = harness.publish_pair(thermal_offset=0.01)
-    out = harness.wait_outputs(stamp, timeout=STARTUP_TIMEOUT)
+    stamp, out = harness.wait_first_output("every output", thermal_offset=0.01)
     assert out["fused"].encoding == "bgr8" and (out["fused"].height, out["fused"].width) == (120, 160)
     registered = image_to_numpy(out["registered_thermal"])
     assert out["registered_thermal"].encoding == "mono16" and registered.dtype == np.uint16

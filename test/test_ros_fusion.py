@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from cgrp_ros.ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
-from ros_helpers import SLOP, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+from ros_helpers import SLOP, Harness, stop_node  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,7 @@ def harness(tmp_path_factory):
 
 
 def test_all_four_outputs_with_encodings_sizes_and_stamps(harness):
-    stamp = harness.publish_pair(thermal_offset=0.01)
-    out = harness.wait_outputs(stamp, timeout=STARTUP_TIMEOUT)
+    _, out = harness.wait_first_output("all four outputs", thermal_offset=0.01)
     expected = {"fused": "bgr8", "registered_thermal": "mono16", "deformation": "32FC2", "pseudo_thermal": "mono8"}
     for name, msg in out.items():
         assert msg.encoding == expected[name], name
