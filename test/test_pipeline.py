@@ -87,13 +87,16 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         assert agree["ok"], agree  # every pixel within 1e-3 px (FLOW_AGREEMENT_PX)
         assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
-    # with a calibration the graph's `search` input is 0: the local stage starts from the prior
+    assert "registration_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed
+    # with a calibration no pair searches: onnxruntime runs the graph without the global stage, and the
+    # local stage starts from the prior
     shift = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
     torch_pipe, ort_pipe = (Pipeline(PipelineConfig(backend=b, device="cpu", homography=shift, onnx_dir=str(tmp_path)))
                             for b in ("torch", "onnxruntime"))
     a, b = torch_pipe(visible, thermal), ort_pipe(visible, thermal)
     assert flow_agreement(a.flow, b.flow)["ok"]
     assert a.registration_confidence == pytest.approx(b.registration_confidence, abs=1e-4)
+    assert set(ort_pipe.backend.sessions) == {"generator", "registration_calibrated", "fusion"}
 
 
 def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs):

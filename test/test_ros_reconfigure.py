@@ -43,12 +43,12 @@ CHANGES = [
 
 def warm_onnx_cache():
     """Export the ONNX models once, as `cgrp export` / a first onnxruntime start would (the node shares the cache)."""
-    from cgrp_ros.core.backends import STAGES, export_onnx, onnx_cache_dir
+    from cgrp_ros.core.backends import ONNX_GRAPHS, export_onnx, onnx_cache_dir
     from cgrp_ros.core.pipeline import PipelineConfig
 
     paths = PipelineConfig().model_paths()
     folder = onnx_cache_dir(paths)
-    if not all((folder / f"{stage}.onnx").is_file() for stage in STAGES):
+    if not all((folder / f"{graph}.onnx").is_file() for graph in ONNX_GRAPHS):
         export_onnx(paths, folder)
 
 

@@ -24,11 +24,14 @@ from .warp import warp
 log = logging.getLogger("cgrp_ros")
 
 ONNX_OPSET = 17
-ONNX_IO = {
-    "generator": (["visible"], ["pseudo_thermal"]),
-    "registration": (["pseudo_thermal", "visible_y", "thermal", "search"],
-                     ["flow", "registered_thermal", "confidence", "fallback"]),
-    "fusion": (["visible_y", "registered_thermal"], ["fused"]),
+_REGISTERED = ["flow", "registered_thermal", "confidence", "fallback"]
+ONNX_GRAPHS = {  # graph (file name) -> (the stage whose weights it holds, input names, output names)
+    "generator": ("generator", ["visible"], ["pseudo_thermal"]),
+    "registration": ("registration", ["pseudo_thermal", "visible_y", "thermal", "search"], _REGISTERED),
+    # for a batch that does not search (a calibrated rig): the same without the global stage, which the
+    # graph above runs for every pair and discards where search is 0 (11 % of its time, 256x320 on CPU)
+    "registration_calibrated": ("registration", ["pseudo_thermal", "visible_y", "thermal"], _REGISTERED),
+    "fusion": ("fusion", ["visible_y", "registered_thermal"], ["fused"]),
 }
 PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not an image
 
@@ -36,14 +39,16 @@ PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not 
 class RegistrationExport(torch.nn.Module):
     """RegistrationNet with the resampler attached:
     (pseudo, visible_y, thermal, search) -> (flow, registered, confidence, fallback); search N: 1 to
-    search globally, 0 to refine from the prior (a rig calibration)."""
+    search globally, 0 to refine from the prior (a rig calibration). With `search` fixed at
+    construction (a number) the module takes the first three inputs only."""
 
-    def __init__(self, net):
+    def __init__(self, net, search=None):
         super().__init__()
         self.net = net
+        self.search = search
 
-    def forward(self, pseudo_thermal, visible_y, thermal, search):
-        out = self.net(pseudo_thermal, visible_y, thermal, search=search)
+    def forward(self, pseudo_thermal, visible_y, thermal, search=None):
+        out = self.net(pseudo_thermal, visible_y, thermal, search=self.search if search is None else search)
         return out.flow, warp(thermal, out.flow), out.confidence, out.fallback
 
 
@@ -61,8 +66,13 @@ def flow_agreement(a: np.ndarray, b: np.ndarray) -> dict:
     return stats
 
 
-def stage_module(stage: str, model: torch.nn.Module) -> torch.nn.Module:
-    return RegistrationExport(model) if stage == "registration" else model
+def graph_module(graph: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The module that ONNX_GRAPHS[graph] is traced from (and that TorchBackend runs for a stage)."""
+    if graph == "registration":
+        return RegistrationExport(model)
+    if graph == "registration_calibrated":
+        return RegistrationExport(model, search=0.0)
+    return model
 
 
 def nvidia_driver_present() -> bool:
@@ -99,7 +109,7 @@ class TorchBackend:
         if fp16 and not self.fp16:
             log.warning("fp16 needs CUDA: running in float32 on %s", self.device)
         self.dtype = torch.float16 if self.fp16 else torch.float32
-        self.modules = {stage: stage_module(stage, load_model(model_paths[stage], stage)).to(self.device, self.dtype)
+        self.modules = {stage: graph_module(stage, load_model(model_paths[stage], stage)).to(self.device, self.dtype)
                         for stage in STAGES}
         self.description = f"torch {torch.__version__} on {self.device}" + (" fp16" if self.fp16 else " fp32")
 
@@ -116,27 +126,27 @@ class TorchBackend:
             torch.cuda.synchronize()
 
 
-def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET) -> dict:
-    """Write generator.onnx, registration.onnx and fusion.onnx (dynamic batch, H and W) to out_dir."""
+def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None) -> dict:
+    """Write GRAPH.onnx (dynamic batch, H and W) to out_dir for each of `graphs` (default: every
+    ONNX_GRAPHS entry): {graph: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sample = {"generator": (torch.rand(1, 3, 64, 96),),
-              "registration": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96),
-                               torch.ones(1)),
-              "fusion": (torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96))}
+    image = {"visible": (1, 3, 64, 96)}
     written = {}
-    for stage in STAGES:
-        module = stage_module(stage, load_model(model_paths[stage], stage)).eval()
-        inputs, outputs = ONNX_IO[stage]
+    for graph in graphs or ONNX_GRAPHS:
+        stage, inputs, outputs = ONNX_GRAPHS[graph]
+        module = graph_module(graph, load_model(model_paths[stage], stage)).eval()
+        sample = tuple(torch.ones(1) if name in PER_PAIR else torch.rand(image.get(name, (1, 1, 64, 96)))
+                       for name in inputs)
         axes = {name: {0: "batch"} if name in PER_PAIR else {0: "batch", 2: "height", 3: "width"}
                 for name in inputs + outputs}
-        path = out_dir / f"{stage}.onnx"
+        path = out_dir / f"{graph}.onnx"
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(module, sample[stage], str(path), input_names=inputs, output_names=outputs,
+            torch.onnx.export(module, sample, str(path), input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
-        written[stage] = path
+        written[graph] = path
     return written
 
 
@@ -145,7 +155,7 @@ GRAPH_SOURCES = ("networks.py", "align.py", "warp.py", "backends.py")
 
 
 def _models_digest(model_paths: dict) -> str:
-    h = hashlib.sha1(repr((ONNX_OPSET, ONNX_IO)).encode())  # a graph with other inputs is another export
+    h = hashlib.sha1(repr((ONNX_OPSET, ONNX_GRAPHS)).encode())  # a graph with other inputs is another export
     for source in GRAPH_SOURCES:
         h.update(Path(__file__).with_name(source).read_bytes())
     for stage in STAGES:
@@ -164,10 +174,13 @@ class OnnxBackend:
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
     def __init__(self, model_paths: dict, device: str = "auto", onnx_dir=None, require_gpu: bool = False,
-                 threads: int = 0, providers=None, fp16: bool = False):
+                 threads: int = 0, providers=None, fp16: bool = False, calibrated: bool = False):
         """`providers`: an explicit onnxruntime provider order for GPU devices (e.g. only
         CUDAExecutionProvider to leave TensorRT out); default TensorRT -> CUDA -> CPU. The CPU
-        provider is always appended as the last resort."""
+        provider is always appended as the last resort. `calibrated`: the pairs will come through a
+        rig calibration (search 0), so the registration graph without the global stage is the one
+        loaded now; the other is exported and loaded if it is ever needed (each costs ~6 s of export
+        once per weights and ~0.5 s of session on 2 CPU cores)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -176,10 +189,8 @@ class OnnxBackend:
         for stage in STAGES:  # fail early with the .pt file's name if the weights are bad
             if not Path(model_paths[stage]).is_file():
                 raise ModelLoadError(model_paths[stage], "file not found")
-        onnx_dir = Path(onnx_dir) if onnx_dir else onnx_cache_dir(model_paths)
-        if not all((onnx_dir / f"{s}.onnx").is_file() for s in STAGES):
-            log.info("exporting ONNX models to %s", onnx_dir)
-            export_onnx(model_paths, onnx_dir)
+        self.model_paths = model_paths
+        self.onnx_dir = Path(onnx_dir) if onnx_dir else onnx_cache_dir(model_paths)
         if device not in ("auto", "cpu", "cuda"):
             raise BackendError(f"unknown device '{device}', expected auto, cpu or cuda")
         if device != "cpu" and not nvidia_driver_present():
@@ -192,49 +203,59 @@ class OnnxBackend:
         if missing and device != "cpu":
             log.warning("onnxruntime providers %s are not available (have %s)", missing, available)
         wanted = [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
-        if device == "cpu":
-            wanted = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # The registration graph holds thousands of tiny element-wise ops (the affine fits, written out
-        # for ONNX); onnxruntime's memory-reuse planner searches its free list for each of their outputs,
-        # which took 8-9 s of the session's creation on 2 CPU cores (0.7 s without it), for no measured
-        # gain on CPU (same run time and peak RSS at 256x320 and 512x640; docs/benchmarks.md). GPU
-        # sessions keep the planner: not measured there.
-        fast_start = ort.SessionOptions()
-        fast_start.intra_op_num_threads = options.intra_op_num_threads
-        fast_start.enable_mem_reuse = False
-
-        def stage_options(stage, providers):
-            return fast_start if stage == "registration" and providers == ["CPUExecutionProvider"] else options
-
+        self._wanted = ["CPUExecutionProvider"] if device == "cpu" else wanted
+        self._ort, self._threads, self._fp16 = ort, threads, fp16
         self.sessions = {}
-        for stage in STAGES:
-            path = onnx_dir / f"{stage}.onnx"
-            try:
-                session = ort.InferenceSession(str(path), stage_options(stage, wanted),
-                                               providers=provider_settings(wanted, onnx_dir, fp16))
-            except Exception as exc:  # a GPU provider that cannot start: CPU still works
-                if wanted == ["CPUExecutionProvider"]:
-                    raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
-                log.warning("onnxruntime providers %s failed (%s): falling back to CPU", wanted, exc)
-                wanted = ["CPUExecutionProvider"]
-                session = ort.InferenceSession(str(path), stage_options(stage, wanted), providers=wanted)
-            self.sessions[stage] = session
+        for graph in ("generator", "registration_calibrated" if calibrated else "registration", "fusion"):
+            self.session(graph)
         self.providers = self.sessions["generator"].get_providers()
-        if self.providers[0] == "CPUExecutionProvider" and len(wanted) > 1:
+        if self.providers[0] == "CPUExecutionProvider" and len(self._wanted) > 1:
             log.warning("onnxruntime: no GPU provider could start (asked for %s): running on CPU", wanted)
         self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
         if require_gpu and self.device != "cuda":
             raise BackendError("require_gpu is set but onnxruntime found no usable GPU provider")
-        self.onnx_dir = onnx_dir
         self.description = f"onnxruntime {ort.__version__} providers {self.providers}"
 
+    def session(self, graph: str):
+        """The onnxruntime session of ONNX_GRAPHS[graph], exported and created on first use."""
+        if graph in self.sessions:
+            return self.sessions[graph]
+        ort, path = self._ort, self.onnx_dir / f"{graph}.onnx"
+        if not path.is_file():
+            log.info("exporting ONNX model %s to %s", graph, self.onnx_dir)
+            export_onnx(self.model_paths, self.onnx_dir, graphs=[graph])
+        options = ort.SessionOptions()
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        try:
+            session = ort.InferenceSession(str(path), self._options(graph, options),
+                                           providers=provider_settings(self._wanted, self.onnx_dir, self._fp16))
+        except Exception as exc:  # a GPU provider that cannot start: CPU still works
+            if self._wanted == ["CPUExecutionProvider"]:
+                raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
+            log.warning("onnxruntime providers %s failed (%s): falling back to CPU", self._wanted, exc)
+            self._wanted = ["CPUExecutionProvider"]
+            session = ort.InferenceSession(str(path), self._options(graph, options), providers=self._wanted)
+        self.sessions[graph] = session
+        return session
+
+    def _options(self, graph: str, options):
+        # The registration graphs hold thousands of tiny element-wise ops (the affine fits, written out
+        # for ONNX); onnxruntime's memory-reuse planner searches its free list for each of their outputs,
+        # which took 8-9 s of the session's creation on 2 CPU cores (0.7 s without it), for no measured
+        # gain on CPU (same run time and peak RSS at 256x320 and 512x640; docs/benchmarks.md). GPU
+        # sessions keep the planner: not measured there.
+        if self._wanted == ["CPUExecutionProvider"] and ONNX_GRAPHS[graph][0] == "registration":
+            options.enable_mem_reuse = False
+        return options
+
     def __call__(self, stage: str, *inputs: np.ndarray):
-        names, _ = ONNX_IO[stage]
+        graph = stage
+        if stage == "registration" and not np.any(inputs[3]):  # no pair searches: skip the global stage
+            graph, inputs = "registration_calibrated", inputs[:3]
+        _, names, _ = ONNX_GRAPHS[graph]
         feeds = {n: np.ascontiguousarray(x, dtype=np.float32) for n, x in zip(names, inputs)}
-        outs = self.sessions[stage].run(None, feeds)
+        outs = self.session(graph).run(None, feeds)
         return tuple(outs) if len(outs) > 1 else outs[0]
 
     def synchronize(self):
@@ -261,9 +282,11 @@ def provider_settings(providers, cache_dir, fp16: bool = False) -> list:
 
 
 def make_backend(name: str, model_paths: dict, device: str = "auto", fp16: bool = False,
-                 require_gpu: bool = False, onnx_dir=None, onnx_providers=None):
+                 require_gpu: bool = False, onnx_dir=None, onnx_providers=None, calibrated: bool = False):
+    """`calibrated`: see OnnxBackend (torch needs no preparation for it)."""
     if name == "torch":
         return TorchBackend(model_paths, device, fp16, require_gpu)
     if name in ("onnxruntime", "onnx", "ort"):
-        return OnnxBackend(model_paths, device, onnx_dir, require_gpu, providers=onnx_providers, fp16=fp16)
+        return OnnxBackend(model_paths, device, onnx_dir, require_gpu, providers=onnx_providers, fp16=fp16,
+                           calibrated=calibrated)
     raise BackendError(f"unknown backend '{name}', expected torch or onnxruntime")

@@ -158,6 +158,18 @@ class Registration(NamedTuple):
     fallback: torch.Tensor      # N, 1.0 where the confidence was below threshold (flow = the prior)
 
 
+def searches(search) -> bool:
+    """Whether the global stage must run for a batch. `search`: None (every pair searches), a number
+    for the whole batch, or an N tensor of 0 / 1 per pair. A number is a constant of a traced graph,
+    so a graph traced with 0 has no global stage (onnx `registration_calibrated`); a tensor is an
+    input of it, so the traced graph keeps the stage and discards its result where 0."""
+    if search is None:
+        return True
+    if not torch.is_tensor(search):
+        return bool(search)
+    return torch.jit.is_tracing() or bool(search.any())
+
+
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
@@ -195,30 +207,31 @@ class RegistrationNet(nn.Module):
         """The stage whose inlier score is the registration's confidence, with its threshold."""
         return self.local_stage if self.local_stage is not None else self.global_stage
 
-    def affine_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search: torch.Tensor | None = None):
+    def affine_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
         """The global stage's affine refined by the local stage, before any fallback:
         (params N x 6 as in :func:`~cgrp_ros.core.align.apply_affine`, confidence N in [0, 1]).
 
-        `search` (N, default all 1): 0 where the prior is a rig calibration. The local stage then
-        starts from it instead of from the global search, whose occasional wrong peak it would
-        otherwise refine (measured on calibrated synthetic rigs: pairs moved 3-5 visible px off their
-        true calibration), and keeps it unless the fine matches clearly contradict it
-        (:attr:`~cgrp_ros.core.align.LocalMatcher.CALIBRATION_MARGIN`). In a traced graph the global
-        stage still runs and its result is discarded; torch skips it when no pair of the batch searches."""
+        `search`: 0 where the prior is a rig calibration, 1 (the default) to search globally. The
+        local stage then starts from the prior instead of from the global search, whose occasional
+        wrong peak it would otherwise refine (measured on calibrated synthetic rigs: pairs moved 3-5
+        visible px off their true calibration), and keeps it unless the fine matches clearly
+        contradict it (:attr:`~cgrp_ros.core.align.LocalMatcher.CALIBRATION_MARGIN`). Either a number
+        for the whole batch or an N tensor, one per pair; the global stage runs only when some pair
+        searches (:func:`searches`)."""
         if self.local_stage is None:
             return self.global_stage.estimate(visible_y, thermal)
+        if not searches(search):
+            prior = visible_y.new_zeros(visible_y.shape[0], 6)
+            return self.local_stage.refine(visible_y, thermal, prior, self.local_stage.CALIBRATION_MARGIN)
+        params, _ = self.global_stage.estimate(visible_y, thermal)
         margin = self.local_stage.IDENTITY_MARGIN
-        if search is not None and not torch.jit.is_tracing() and not bool(search.any()):
-            params = visible_y.new_zeros(visible_y.shape[0], 6)
-        else:
-            params, _ = self.global_stage.estimate(visible_y, thermal)
-        if search is not None:
+        if torch.is_tensor(search):  # per pair: those that do not search keep their prior
             searched = search.to(params.dtype)
             params = params * searched[:, None]
             margin = searched * margin + (1.0 - searched) * self.local_stage.CALIBRATION_MARGIN
         return self.local_stage.refine(visible_y, thermal, params, margin)
 
-    def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search: torch.Tensor | None = None):
+    def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
         """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
         zero where it fell back. `search`: see :meth:`affine_estimate`."""
         params, confidence = self.affine_estimate(visible_y, thermal, search)
@@ -226,13 +239,13 @@ class RegistrationNet(nn.Module):
         return affine_flow(params * (1.0 - fallback)[:, None], thermal), confidence, fallback
 
     def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
-                initial_flow: torch.Tensor | None = None, search: torch.Tensor | None = None) -> Registration:
+                initial_flow: torch.Tensor | None = None, search=None) -> Registration:
         """pseudo_thermal, visible_y (the visible luminance), thermal: N x 1 x H x W in [0, 1].
 
         `initial_flow` (N x 2 x H x W, pixels) replaces the affine stages (training of the dense
         levels fits the affine on the whole image and passes its crop, as inference sees it);
-        then there is no fallback. `search` (N): 0 to start the local stage from the prior instead
-        of the global search (:meth:`affine_estimate`)."""
+        then there is no fallback. `search` (a number, or N): 0 to start the local stage from the
+        prior instead of the global search (:meth:`affine_estimate`)."""
         if initial_flow is None:
             initial_flow, confidence, fallback = self.global_estimate(visible_y, thermal, search)
             # no evidence of any misalignment (the global stage kept the identity, or fell back):

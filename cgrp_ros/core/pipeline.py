@@ -105,7 +105,7 @@ class Pipeline:
         self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
             "confidence_threshold", RegistrationNet.DEFAULT_THRESHOLD))
         self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir,
-                                    c.onnx_providers)
+                                    c.onnx_providers, calibrated=self.homography is not None)
         log.info("cgrp pipeline: %s, working size %dx%d, models %s", self.backend.description, h, w,
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 
