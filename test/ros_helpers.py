@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from cgrp_ros.commands.soak import cpu_seconds, rss_mb  # noqa: F401  (for the tests)
+from cgrp_ros.ros.soak import cpu_seconds, rss_mb  # noqa: F401  (for the tests)
 
 try:  # the ROS test modules skip themselves when rclpy is missing; this keeps the helpers importable
     import rclpy

@@ -4,8 +4,8 @@ import json
 import numpy as np
 
 from cgrp_ros.cli import main
-from cgrp_ros.core.bench import PEERS, bench_markdown, bench_targets, ecc_blend, homography_blend, synthetic_pair
-from cgrp_ros.core.evaluate import luminance
+from cgrp_ros.evaluation.bench import PEERS, bench_markdown, bench_targets, ecc_blend, homography_blend, synthetic_pair
+from cgrp_ros.evaluation.evaluate import luminance
 from cgrp_ros.ros.bench import ros_markdown
 
 

@@ -2,7 +2,7 @@
 import json
 
 from cgrp_ros.cli import main
-from cgrp_ros.core.bench import Config, bench_markdown, bench_targets, startup_times
+from cgrp_ros.evaluation.bench import Config, bench_markdown, bench_targets, startup_times
 
 
 def test_startup_times_per_backend_and_cache_state():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cgrp_ros.cli import main
-from cgrp_ros.core import evaluate as E
+from cgrp_ros.evaluation import evaluate as E
 from cgrp_ros.core.warp import warp_numpy
 
 
@@ -235,7 +235,7 @@ def test_one_data_set_writes_its_own_section_and_leaves_the_cross_domain_table(s
 
 
 def test_marked_block_is_replaced_or_appended(tmp_path):
-    from cgrp_ros.core.report import BENCHMARKS_BEGIN, BENCHMARKS_END, replace_marked_block
+    from cgrp_ros.evaluation.report import BENCHMARKS_BEGIN, BENCHMARKS_END, replace_marked_block
 
     path = tmp_path / "b.md"
     replace_marked_block(path, "first")  # a missing file is created
@@ -261,7 +261,7 @@ def test_bench_writes_json(tmp_path):
 
 
 def test_bench_names_every_backend_and_says_why_one_cannot_run():
-    from cgrp_ros.core.bench import configurations
+    from cgrp_ros.evaluation.bench import configurations
 
     configs = {c.label: c for c in configurations()}
     assert set(configs) == {"torch-cpu", "torch-cuda", "torch-cuda-fp16",

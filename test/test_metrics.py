@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cgrp_ros.core import metrics as M
+from cgrp_ros.evaluation import metrics as M
 from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.warp import warp_numpy
 

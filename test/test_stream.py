@@ -6,7 +6,7 @@ import pytest
 
 from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.pipeline import Registration
-from cgrp_ros.core.rig_eval import sequences
+from cgrp_ros.evaluation.rig import sequences
 from cgrp_ros.core.stream import CONVERGED, DRIFTING, WAITING, RigFlow, StreamPipeline, flow_distance
 
 

@@ -6,7 +6,7 @@ import torch
 
 from cgrp_ros.core.models import load_model, model_config, model_meta
 from cgrp_ros.core.networks import FusionNet, Generator
-from cgrp_ros.core.train import TrainConfig, train
+from cgrp_ros.training.stages import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

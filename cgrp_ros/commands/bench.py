@@ -55,8 +55,8 @@ def run(args) -> int:
     import cv2
     import torch
 
-    from ..core.bench import bench_markdown, bench_targets, configurations, run_benchmarks
-    from ..core.evaluate import machine_description
+    from ..evaluation.bench import bench_markdown, bench_targets, configurations, run_benchmarks
+    from ..evaluation.evaluate import machine_description
 
     if args.runs < 1 or args.warmup < 0:
         raise CgrpError("--runs must be >= 1 and --warmup >= 0")

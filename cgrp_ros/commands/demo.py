@@ -7,8 +7,6 @@ side-by-side panel to --out, and prints throughput and latency.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,8 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..ros.node_processes import log_tail, private_dds, start_nodes, stop_processes
+
 HELP = "ROS 2 demo: player + fusion node on the bundled sample (thermal misaligned), frames saved to out/demo"
-CONFIG = Path(__file__).resolve().parents[2] / "config" / "cgrp_fusion.yaml"
 OUTPUTS = ("fused", "registered_thermal", "deformation")
 
 
@@ -32,58 +31,6 @@ def add_arguments(p):
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
-
-
-def node_command(module: str, parameters: dict) -> list:
-    """`python -m module --ros-args ...`; the fusion node also gets config/cgrp_fusion.yaml first."""
-    command = [sys.executable, "-m", module, "--ros-args"]
-    if module.endswith("fusion_node") and CONFIG.is_file():
-        command += ["--params-file", str(CONFIG)]
-    for name, value in parameters.items():
-        command += ["-p", f"{name}:={value}"]
-    return command
-
-
-def private_dds() -> None:
-    """Shared memory on this machine only, on a private domain, unless the caller set these variables."""
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-
-
-def start_nodes(out: Path, fusion_params: dict, player_params: dict):
-    """cgrp_fusion and cgrp_player as child processes, logging to out/fusion.log and out/player.log.
-
-    Returns (fusion process, player process, [open log files]); close the logs after `stop_processes`.
-    """
-    logs = [open(out / "fusion.log", "w"), open(out / "player.log", "w")]
-    fusion = subprocess.Popen(node_command("cgrp_ros.ros.fusion_node", fusion_params), stdout=logs[0],
-                              stderr=subprocess.STDOUT)
-    player = subprocess.Popen(node_command("cgrp_ros.ros.player_node", player_params), stdout=logs[1],
-                              stderr=subprocess.STDOUT)
-    return fusion, player, logs
-
-
-def stop_processes(processes) -> None:
-    """SIGINT every child, then kill what is still there after 5 s."""
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 5.0
-    for proc in processes:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def log_tail(path: Path, lines: int = 5) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _label(image: np.ndarray, text: str, height: int) -> np.ndarray:

@@ -58,7 +58,7 @@ class _PresetAction(argparse.Action):
 
 
 def add_arguments(p):
-    from ..core.evaluate import METHODS
+    from ..evaluation.evaluate import METHODS
 
     p.add_argument("--data", type=Path, action=_DataAction, dest="datasets", default=None, metavar="DIR",
                    help="folder with visible/ and thermal/ aligned pairs, or whose subfolders each hold them "
@@ -122,7 +122,7 @@ def dataset_specs(args) -> list:
 
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed options (also right when called from Python)."""
-    from ..core.evaluate import METHODS, select_methods
+    from ..evaluation.evaluate import METHODS, select_methods
 
     parts = ["cgrp eval"]
     for data, list_file in dataset_specs(args):
@@ -164,7 +164,7 @@ def write_rig_report(args, name: str, documents: dict, body: str, markers) -> No
     between `markers` (begin, end) in that file."""
     import json
 
-    from ..core import report
+    from ..evaluation import report
 
     flags = "--rig --calibrate" if name == "rig_calibration" else "--rig"
     text = (f"*Written by `cgrp eval {flags}` (command below): run the command again rather than editing this "
@@ -180,8 +180,8 @@ def write_rig_report(args, name: str, documents: dict, body: str, markers) -> No
 
 def run_rig_calibration(args, datasets) -> int:
     """--rig --calibrate: cgrp calibrate's estimator on synthetic rigs of another resolution and view."""
-    from ..core import report
-    from ..core.rig_eval import calibration_markdown, evaluate_calibration
+    from ..evaluation import report
+    from ..evaluation.rig import calibration_markdown, evaluate_calibration
 
     try:
         fov, pixels = (float(v) for v in args.view.split(","))
@@ -202,8 +202,8 @@ def run_rig(args, datasets, pipeline) -> int:
     OUT/rig_epe_DATASET_PRESET.png (EPE over time)."""
     import cv2
 
-    from ..core import report
-    from ..core.rig_eval import epe_over_time_figure, evaluate_rig, rig_markdown
+    from ..evaluation import report
+    from ..evaluation.rig import epe_over_time_figure, evaluate_rig, rig_markdown
 
     if args.fps <= 0 or args.registration_rate <= 0:
         raise CgrpError("--fps and --registration-rate must be > 0")
@@ -221,8 +221,8 @@ def run_rig(args, datasets, pipeline) -> int:
 
 
 def run(args) -> int:
-    from ..core import report
-    from ..core.evaluate import evaluate_datasets, load_datasets, select_methods
+    from ..evaluation import report
+    from ..evaluation.evaluate import evaluate_datasets, load_datasets, select_methods
 
     methods = select_methods(args.methods)  # bad names, data problems: raise before the models load
     datasets = load_datasets(dataset_specs(args), args.limit)

@@ -1,286 +1,39 @@
-"""cgrp soak: cgrp_player + cgrp_fusion for M minutes at 30 Hz, watched from outside.
-
-Started like `cgrp demo` (two processes, a private shared-memory DDS domain). This process counts
-the visible frames offered, reads the node's counters from /diagnostics, checks every published
-output (encoding, size = the visible image's, data length, finite flow), measures latency (stamp ->
-received) and samples the node's resident memory from /proc. Per window (default 10 s) it prints
-frames in/out, drops and latency p50/p99; at the end the memory growth after warm-up. Writes
-DIR/soak.json and DIR/soak.md (memory growth: the median RSS of the last window minus the median of the
-window before the warm-up ends; the peak is reported too). Exit 1 if the node crashed, published a malformed output, published
-nothing, or its memory grew more than --max-growth-mb after warm-up.
-"""
+"""cgrp soak: cgrp_player + cgrp_fusion for M minutes at 30 Hz, watched from outside (cgrp_ros.ros.soak)."""
 from __future__ import annotations
 
-import json
-import os
-import time
+from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-
-from .demo import log_tail, private_dds, start_nodes, stop_processes
-
 HELP = "soak test: player + fusion node at 30 Hz for M minutes; throughput, drops, latency, memory growth"
-OUTPUTS = {  # output -> encodings it may have
-    "fused": {"bgr8", "mono8"},
-    "registered_thermal": {"mono8", "8UC1", "mono16", "16UC1", "32FC1"},
-    "deformation": {"32FC2"},
-}
-COUNTERS = ("pairs", "dropped pairs", "published", "bad messages", "bad pairs", "inference errors")
 
 
 def add_arguments(p):
-    p.add_argument("--minutes", type=float, default=10.0, help="soak duration after the first output (default: 10)")
-    p.add_argument("--rate", type=float, default=30.0, help="player rate, pairs/s (default: 30)")
-    p.add_argument("--out", type=Path, default=Path("out/soak"), help="report and logs (default: out/soak)")
-    p.add_argument("--window", type=float, default=10.0, help="seconds per reported window (default: 10)")
-    p.add_argument("--warmup", type=float, default=20.0,
-                   help="seconds after the first output before the memory baseline is taken (default: 20)")
-    p.add_argument("--max-growth-mb", type=float, default=50.0,
-                   help="fail when resident memory grows more than this after warm-up (default: 50)")
-    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the first output")
-    p.add_argument("--max-width", type=int, default=0, help="player downscales wider images (default 0: as stored)")
-    p.add_argument("--source", default="rig", choices=["rig", "pairs"],
+    from ..ros.soak import SoakConfig
+
+    d = SoakConfig()
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="soak duration after the first output (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=d.rate, help="player rate, pairs/s (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=d.out, help="report and logs (default: %(default)s)")
+    p.add_argument("--window", type=float, default=d.window, help="seconds per reported window (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="seconds after the first output before the memory baseline is taken (default: %(default)s)")
+    p.add_argument("--max-growth-mb", type=float, default=d.max_growth_mb,
+                   help="fail when resident memory grows more than this after warm-up (default: %(default)s)")
+    p.add_argument("--startup-timeout", type=float, default=d.startup_timeout,
+                   help="seconds to wait for the first output (default: %(default)s)")
+    p.add_argument("--max-width", type=int, default=d.max_width,
+                   help="player downscales wider images (default 0: as stored)")
+    p.add_argument("--source", default=d.source, choices=["rig", "pairs"],
                    help="rig (default): the bundled 10-frame sequence of one rig, misaligned by ONE fixed transform, "
                         "the node with its defaults (self-calibration); pairs: the six unrelated bundled pairs of "
                         "different sizes, each misaligned its own way, every pair registered alone")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--backend", default=d.backend, choices=["torch", "onnxruntime"])
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of `pid` in MB from /proc/<pid>/status; None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` from /proc/<pid>/stat; None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return None
-
-
-def output_problem(name: str, msg, visible_size) -> str | None:
-    """Why output `name` is malformed, or None. visible_size: (height, width) of its input, if known."""
-    from ..ros.image_conversions import image_to_numpy
-
-    if msg.encoding not in OUTPUTS[name]:
-        return f"{name}: encoding '{msg.encoding}'"
-    try:
-        image = image_to_numpy(msg)
-    except Exception as exc:  # the checker reports, never raises
-        return f"{name}: {exc}"
-    if len(msg.data) != msg.step * msg.height:
-        return f"{name}: {len(msg.data)} bytes of data for step {msg.step} x height {msg.height}"
-    if visible_size is not None and image.shape[:2] != tuple(visible_size):
-        return f"{name}: {image.shape[1]}x{image.shape[0]}, the visible image is {visible_size[1]}x{visible_size[0]}"
-    if name == "deformation" and not np.isfinite(image).all():
-        return "deformation: non-finite flow"
-    return None
-
-
-def percentiles(values) -> tuple:
-    """(p50, p99) in ms of latencies in s, or (None, None)."""
-    if not len(values):
-        return None, None
-    p50, p99 = np.percentile(np.asarray(values) * 1e3, [50, 99])
-    return round(float(p50), 1), round(float(p99), 1)
-
-
-def _cell(value):
-    return "n/a" if value is None else str(value)
-
-
 def run(args) -> int:
-    private_dds()
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from ..ros.soak import SoakConfig, run_soak
 
-    from ..core.evaluate import machine_description
-    from ..core.report import markdown_table
-    from ..ros.parameters import RELIABLE_INPUTS
-    from ..ros.sync import stamp_ns
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    duration = args.minutes * 60.0
-    fusion_params = {**RELIABLE_INPUTS, "stats_period": 10.0, "backend": args.backend, "device": args.device,
-                     "outputs": f"[{','.join(OUTPUTS)}]"}
-    if args.models:
-        for stage in ("generator", "registration", "fusion"):
-            fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())
-    player_params = {"deform": "moderate", "rate": args.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
-                     "max_width": args.max_width}
-    if args.source == "rig":
-        from ..ros.sources import sample_dir
-
-        sequence = sample_dir() / "sequence"
-        player_params.update(fixed_rig="true", visible_dir=str(sequence / "visible"),
-                             thermal_dir=str(sequence / "thermal"))
-    else:  # unrelated pictures: not one rig
-        fusion_params["self_calibrate"] = "false"
-
-    rclpy.init()
-    node = rclpy.create_node("cgrp_soak")
-    clock = node.get_clock()
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    visible_sizes = {}          # visible stamp -> (height, width), the last few hundred
-    window = {"in": 0, "out": 0, "latency": []}
-    totals = {"in": 0, "out": 0, "outputs": 0, "latency": []}
-    malformed = []              # first problems found
-    counters = {}               # the node's last /diagnostics values
-
-    def on_visible(msg):
-        visible_sizes[stamp_ns(msg)] = (msg.height, msg.width)
-        if len(visible_sizes) > 300:
-            del visible_sizes[min(visible_sizes)]
-        window["in"] += 1
-
-    def on_output(name, msg):
-        totals["outputs"] += 1
-        problem = output_problem(name, msg, visible_sizes.get(stamp_ns(msg)))
-        if problem and len(malformed) < 20:
-            malformed.append(problem)
-        if name == "fused":
-            window["out"] += 1
-            window["latency"].append(clock.now().nanoseconds * 1e-9 - stamp_ns(msg) * 1e-9)
-
-    def on_diagnostics(array):
-        for status in array.status:
-            if status.name.startswith("cgrp_fusion"):
-                values = {kv.key: kv.value for kv in status.values}
-                counters.update({k: int(values[k]) for k in COUNTERS if k in values})
-
-    node.create_subscription(Image, "visible/image", on_visible, qos)
-    for name in OUTPUTS:
-        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: on_output(n, m), qos)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-
-    print(f"cgrp soak: {args.minutes:g} min at {args.rate:g} Hz, ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
-          f"logs and report in {out}/", flush=True)
-    fusion, player, logs = start_nodes(out, fusion_params, player_params)
-    header = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "latency p50 ms", "p99 ms", "RSS MB"]
-    print("  ".join(f"{h:>14}" for h in header), flush=True)
-    windows, memory = [], []    # memory: (t, RSS MB) each second
-    failures = []
-    started = None              # monotonic time of the first output
-    launched = time.monotonic()
-    last_sample = last_window = 0.0
-    previous = dict.fromkeys(COUNTERS, 0)
-    cpu_start = None
-    try:
-        while True:
-            rclpy.spin_once(node, timeout_sec=0.05)
-            now = time.monotonic()
-            for proc, name in ((fusion, "cgrp_fusion"), (player, "cgrp_player")):
-                if proc.poll() is not None:
-                    failures.append(f"{name} exited ({proc.returncode}):\n{log_tail(out / (name[5:] + '.log'))}")
-            if failures:
-                break
-            if started is None:
-                if window["out"]:
-                    started = last_sample = last_window = now
-                    cpu_start = cpu_seconds(fusion.pid)
-                    previous = {k: counters.get(k, 0) for k in COUNTERS}  # windows count from here
-                    window.update({"in": 0, "out": 0, "latency": []})
-                elif now - launched > args.startup_timeout:
-                    failures.append(f"no output within {args.startup_timeout:g} s:\n{log_tail(out / 'fusion.log')}")
-                    break
-                continue
-            if now - last_sample >= 1.0:
-                last_sample = now
-                rss = rss_mb(fusion.pid)
-                if rss is not None:
-                    memory.append((round(now - started, 1), round(rss, 1)))
-            if now - last_window >= args.window:
-                span = now - last_window
-                last_window = now
-                deltas = {k: counters.get(k, 0) - previous[k] for k in COUNTERS}
-                previous = {k: counters.get(k, 0) for k in COUNTERS}
-                p50, p99 = percentiles(window["latency"])
-                row = {"t": round(now - started, 1), "frames_in": window["in"], "pairs": deltas["pairs"],
-                       "dropped": deltas["dropped pairs"], "out": window["out"],
-                       "fps_out": round(window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
-                       "rss_mb": memory[-1][1] if memory else None}
-                windows.append(row)
-                totals["in"] += window["in"]
-                totals["out"] += window["out"]
-                totals["latency"] += window["latency"]
-                window.update({"in": 0, "out": 0, "latency": []})
-                print("  ".join(f"{_cell(v):>14}" for v in row.values()), flush=True)
-            if now - started >= duration:
-                break
-    except KeyboardInterrupt:
-        failures.append("interrupted")
-    finally:
-        cpu_end = cpu_seconds(fusion.pid)
-        stop_processes([player, fusion])
-        for f in logs:
-            f.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
-
-    # memory: growth is the level (median RSS) of the last window minus the level of the last window
-    # before the warm-up ends. Levels, not single samples: the node's periodic background registrations
-    # allocate for a moment (spikes of up to ~40 MB), which is not growth; a leak raises the level.
-    # The largest sample after the warm-up is reported too (peak_after_warmup_mb).
-    after = [rss for t, rss in memory if t >= args.warmup]
-    before = [rss for t, rss in memory if args.warmup - args.window <= t < args.warmup] or after[:1]
-    last = [rss for t, rss in memory if t >= memory[-1][0] - args.window] if memory else []
-    baseline = float(np.median(before)) if after else None
-    growth = round(float(np.median(last)) - baseline, 1) if after else None
-    if growth is not None and growth > args.max_growth_mb:
-        failures.append(f"resident memory grew {growth} MB after warm-up (limit {args.max_growth_mb:g} MB)")
-    if started is not None and baseline is None and not failures:
-        failures.append(f"the run ended before the warm-up ({args.warmup:g} s): no memory baseline")
-    if malformed:
-        failures.append(f"malformed outputs: {'; '.join(malformed[:5])}")
-    if started is not None and totals["out"] == 0 and not failures:
-        failures.append("no output after the first one")
-    p50, p99 = percentiles(totals["latency"])
-    report = {
-        "config": {"minutes": args.minutes, "rate": args.rate, "window_s": args.window, "warmup_s": args.warmup,
-                   "max_growth_mb": args.max_growth_mb, "source": args.source, "backend": args.backend,
-                   "device": args.device, "max_width": args.max_width},
-        "machine": machine_description(),
-        "totals": {"frames_in": totals["in"], "pairs": counters.get("pairs"), "dropped": counters.get("dropped pairs"),
-                   "published": counters.get("published"), "fused_received": totals["out"],
-                   "outputs_checked": totals["outputs"], "malformed": len(malformed),
-                   "bad_messages": counters.get("bad messages"), "bad_pairs": counters.get("bad pairs"),
-                   "inference_errors": counters.get("inference errors"),
-                   "latency_p50_ms": p50, "latency_p99_ms": p99,
-                   "node_cpu_s": round(cpu_end - cpu_start, 1) if cpu_start is not None and cpu_end else None},
-        "memory": {"baseline_mb": baseline, "peak_after_warmup_mb": max(after) if after else None,
-                   "final_mb": memory[-1][1] if memory else None, "growth_mb": growth, "samples": memory},
-        "windows": windows,
-        "failures": failures,
-        "ok": not failures,
-    }
-    (out / "soak.json").write_text(json.dumps(report, indent=2))
-    t = report["totals"]
-    summary = (f"frames in {t['frames_in']}, pairs {t['pairs']}, dropped {t['dropped']}, published {t['published']}, "
-               f"outputs checked {t['outputs_checked']} (malformed {t['malformed']}), latency p50 {_cell(p50)} ms "
-               f"p99 {_cell(p99)} ms, RSS {_cell(baseline)} MB after warm-up, growth {_cell(growth)} MB, "
-               f"node CPU {_cell(t['node_cpu_s'])} s")
-    table = markdown_table(header, [[_cell(v) for v in row.values()] for row in windows])
-    (out / "soak.md").write_text(f"{table}\n\n{summary}\n")
-    print(f"cgrp soak: {summary}")
-    if failures:
-        for failure in failures:
-            print(f"cgrp soak: FAIL: {failure}", flush=True)
-        return 1
-    print(f"cgrp soak: OK ({out}/soak.json, {out}/soak.md)")
-    return 0
+    return run_soak(SoakConfig(**{f.name: getattr(args, f.name) for f in fields(SoakConfig)}))

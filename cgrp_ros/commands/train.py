@@ -39,7 +39,7 @@ def add_arguments(t):
 
 
 def run(args) -> int:
-    from ..core.train import TrainConfig, train
+    from ..training.stages import TrainConfig, train
 
     extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
                                ("fusion", args.fusion), ("threads", args.threads), ("init", args.init)) if v}

@@ -1,7 +1,7 @@
 """`cgrp bench --ros`: cgrp_player -> cgrp_fusion -> this subscriber, over ROS 2 on this machine.
 
-The player and the node run as their console scripts (``cgrp_fusion``, ``cgrp_player``; the
-``python -m`` module when the scripts are not on PATH) with ROS parameters. Latency is the
+The player and the node run as child processes (``python -m`` their modules, the node with
+``config/cgrp_fusion.yaml`` as a launch file passes it, then the bench's ROS parameters). Latency is the
 time from the visible input stamp (set by the player at publish time) to the arrival of the
 ``/cgrp_fusion/fused`` message here; the output rate counts fused messages over the measured
 window (and its ratio to the input rate). Only ``fused`` is subscribed, so the node skips the outputs
@@ -14,57 +14,26 @@ after it) to the first ``/cgrp_fusion/fused`` message received here (``first_out
 """
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import CgrpError
-from ..core.report import markdown_table
+from ..evaluation.report import markdown_table
+from .node_processes import node_command, private_dds, start_nodes, stop_processes
 
-SCRIPTS = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
 # issue 12, "Done when" (defaults, 256x320, 2 CPU cores)
 RATE_RATIO_TARGET = 0.8      # fused output Hz / input Hz
 LATENCY_P50_TARGET_MS = 80.0
 FIRST_OUTPUT_TARGET_S = 5.0  # node launched -> first fused message
 
 
-def _command(script: str, parameters: dict) -> list:
-    """The console script (or its module) with ``--ros-args -p name:=value ...``."""
-    found = shutil.which(script) or shutil.which(script, path=str(Path(sys.executable).parent))
-    command = [found] if found else [sys.executable, "-m", SCRIPTS[script]]
-    command.append("--ros-args")
-    for name, value in parameters.items():
-        command += ["-p", f"{name}:={value}"]
-    return command
-
-
-def _stop(processes) -> None:
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in processes:
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, deform: str = "moderate",
                   out: Path = Path("out/bench"), startup_timeout: float = 120.0) -> dict:
     """Play the bundled sample at `rate` Hz through the node: latency (ms), output rate (Hz) and its
     ratio to the input rate, seconds from launching the node to its first fused message."""
-    # private and local: shared memory only, a domain of our own unless the caller chose one
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    private_dds()
     try:
         import rclpy
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -97,32 +66,29 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
 
     node.create_subscription(Image, "cgrp_fusion/fused", on_fused, qos)
     node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), qos)
-    logs = {name: open(out / f"ros_{name}.log", "w") for name in SCRIPTS}
     launched = time.monotonic()
-    processes = [subprocess.Popen(_command("cgrp_fusion", node_params), stdout=logs["cgrp_fusion"],
-                                  stderr=subprocess.STDOUT),
-                 subprocess.Popen(_command("cgrp_player", player_params), stdout=logs["cgrp_player"],
-                                  stderr=subprocess.STDOUT)]
+    fusion, player, logs = start_nodes(out, node_params, player_params, log_prefix="ros_")
+    processes = {"cgrp_fusion": fusion, "cgrp_player": player}
     failure, start, window_start = None, launched, None
     try:
         while True:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
-            for proc, name in zip(processes, SCRIPTS):
+            for name, proc in processes.items():
                 if proc.poll() is not None:
-                    failure = f"{name} exited with {proc.returncode}; see {out / f'ros_{name}.log'}"
+                    failure = f"{name} exited with {proc.returncode}; see {out / f'ros_{name[5:]}.log'}"
             if window_start is None and len(fused) >= 3:  # the first outputs include model warm-up
                 window_start = now
                 fused.clear()
                 inputs.clear()
             if window_start is None and now - start > startup_timeout:
-                failure = f"no output from cgrp_fusion within {startup_timeout:g} s; see {out / 'ros_cgrp_fusion.log'}"
+                failure = f"no output from cgrp_fusion within {startup_timeout:g} s; see {out / 'ros_fusion.log'}"
             if failure or (window_start is not None and now - window_start >= duration):
                 window_end = now
                 break
     finally:
-        _stop(processes)
-        for f in logs.values():
+        stop_processes([player, fusion])
+        for f in logs:
             f.close()
         node.destroy_node()
         rclpy.try_shutdown()
@@ -137,7 +103,7 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
                 measured_s=window, input_rate_hz=input_hz, output_rate_hz=output_hz,
                 output_input_ratio=output_hz / input_hz if input_hz else None,
                 first_output_s=first_output[0] - launched, outputs=len(fused), latency_ms=stats(latencies),
-                subscribed=["/cgrp_fusion/fused"], commands=[" ".join(_command(s, p)) for s, p in
+                subscribed=["/cgrp_fusion/fused"], commands=[" ".join(node_command(s, p)) for s, p in
                                                              (("cgrp_fusion", node_params), ("cgrp_player", player_params))])
 
 

@@ -40,11 +40,11 @@ import numpy as np
 from tqdm import tqdm
 
 from . import metrics as M
-from .data import find_pairs, read_image, read_split
-from .deform import misalign, rng_for
-from .errors import InputError
-from .image import normalize_thermal, to_uint8
-from .warp import valid_mask, warp_numpy
+from ..core.data import find_pairs, read_image, read_split
+from ..core.deform import misalign, rng_for
+from ..core.errors import InputError
+from ..core.image import normalize_thermal, to_uint8
+from ..core.warp import valid_mask, warp_numpy
 
 log = logging.getLogger("cgrp_ros")
 
@@ -335,7 +335,7 @@ def machine_description() -> dict:
 
 def weights_description(pipeline) -> dict:
     """The model files used and whether they are the shipped ones (no $CGRP_MODELS / --models override)."""
-    from .models import REPO_MODELS
+    from ..core.models import REPO_MODELS
     paths = {stage: str(p) for stage, p in pipeline.model_paths.items()}
     shipped = all(Path(p).parent.resolve() == REPO_MODELS.resolve() for p in paths.values())
     return dict(paths=paths, shipped=shipped)

@@ -60,7 +60,7 @@ class Config:
 def configurations() -> list[Config]:
     """Every combination the issue names, each marked available or not on this machine."""
     import torch
-    from .backends import nvidia_driver_present
+    from ..core.backends import nvidia_driver_present
 
     cuda = torch.cuda.is_available()
     no_cuda = "not available on this machine (torch sees no CUDA GPU)"
@@ -148,7 +148,7 @@ def percentiles(values) -> dict:
 
 def bench_one(config: Config, size, runs: int = 20, warmup: int = 3) -> dict:
     """Time the pipeline of `config` at working size `size` (H, W): stats per stage (ms), fps, memory."""
-    from .pipeline import Pipeline, PipelineConfig
+    from ..core.pipeline import Pipeline, PipelineConfig
 
     visible, thermal = synthetic_pair(*size)
     with MemoryProbe(cuda=config.backend == "torch" and config.device == "cuda") as memory:
@@ -180,7 +180,7 @@ def with_frame_rows(results) -> list:
 
 
 def _build_seconds(config: Config, onnx_dir=None) -> float:
-    from .pipeline import Pipeline, PipelineConfig
+    from ..core.pipeline import Pipeline, PipelineConfig
 
     gc.collect()
     start = time.perf_counter()
@@ -231,7 +231,7 @@ PEER_STAGES = ("preprocess", "registration", "fusion", "total")
 def prior_homography(size) -> np.ndarray:
     """3 x 3 float64 thermal pixel -> visible pixel for working size `size` (H, W): a fixed rig
     calibration's kind of mapping, 1 degree of rotation and 2 % of scale about the centre, then (4, -3) px."""
-    from .calibrate import similarity_about_centre
+    from ..core.calibrate import similarity_about_centre
 
     return similarity_about_centre(size, 1.0, 1.02, (4.0, -3.0))
 

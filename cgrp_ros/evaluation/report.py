@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from . import metrics as M
-from .warp import flow_to_color
+from ..core.warp import flow_to_color
 
 TILE_HEIGHT = 200                       # px, height of every tile in an example panel
 LABEL_HEIGHT = 22

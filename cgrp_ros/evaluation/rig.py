@@ -30,11 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from . import metrics as M
-from .deform import misalign, rng_for
+from ..core.deform import misalign, rng_for
 from .evaluate import luminance, thermal_to_uint8
-from .data import read_image
-from .stream import CONVERGED, StreamPipeline
-from .warp import valid_mask, warp_numpy
+from ..core.data import read_image
+from ..core.stream import CONVERGED, StreamPipeline
+from ..core.warp import valid_mask, warp_numpy
 
 MODES = ("per-frame", "amortised")
 
@@ -197,7 +197,7 @@ def synthetic_rig_misalignment(size) -> np.ndarray:
     """ONE fixed `severe`-sized similarity (3x3, rig thermal px -> central view px): rotation 5 deg,
     scale 1.06, a shift of 6 % of the width in x and y about the centre (the preset's bounds without
     its elastic part, which no homography models)."""
-    from .calibrate import similarity_about_centre
+    from ..core.calibrate import similarity_about_centre
 
     return similarity_about_centre(size, 5.0, 1.06, (0.06 * size[1], 0.06 * size[1]))
 
@@ -212,8 +212,8 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     calibration ('fuse') and of the homography alone ('calibration_only')."""
     import cv2
 
-    from .calibrate import RigCalibrator, apply_homography, centred_placement, corner_error, synthetic_rig
-    from .pipeline import Pipeline, PipelineConfig
+    from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error, synthetic_rig
+    from ..core.pipeline import Pipeline, PipelineConfig
 
     misalignment = synthetic_rig_misalignment(size)
     rig, truth = [], None

@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import losses
-from .data import default_dataset_root, load_split
+from ..core.data import default_dataset_root, load_split
 
 TRAINING_DATASETS = ("roadscene", "m3svd")  # train splits; other_cameras is evaluation only
-from .filters import gradient_magnitude
-from .deform import Preset, random_displacement
-from .image import pad_to, resize, working_shape
-from .models import default_model_path, load_model, model_config, save_model
-from .align import affine_flow, window_offsets
-from .networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
-from .warp import invert_flow, pixel_grid, valid_mask, warp, warp_numpy
+from ..core.filters import gradient_magnitude
+from ..core.deform import Preset, random_displacement
+from ..core.image import pad_to, resize, working_shape
+from ..core.models import default_model_path, load_model, model_config, save_model
+from ..core.align import affine_flow, window_offsets
+from ..core.networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
+from ..core.warp import invert_flow, pixel_grid, valid_mask, warp, warp_numpy
 
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)

@@ -1,0 +1,2 @@
+"""Evaluation (ROS-free): accuracy on data sets (`cgrp eval`), rig sequences and calibration, speed
+(`cgrp bench`), their metrics and reports."""

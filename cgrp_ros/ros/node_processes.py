@@ -1,0 +1,64 @@
+"""The cgrp nodes as child processes of a tool (`cgrp demo`, `cgrp soak`, `cgrp bench --ros`): their
+command lines, a private shared-memory DDS domain, starting and stopping them, the tail of a log."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODULES = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
+# the fusion node's documented defaults, as a launch file passes them (a source checkout has it)
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "cgrp_fusion.yaml"
+
+
+def private_dds() -> None:
+    """Shared memory on this machine only, on a domain of our own, unless the caller set these variables."""
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+def node_command(node: str, parameters: dict) -> list:
+    """`python -m <node's module> --ros-args [--params-file config/cgrp_fusion.yaml] -p name:=value ...`."""
+    command = [sys.executable, "-m", MODULES[node], "--ros-args"]
+    if node == "cgrp_fusion" and CONFIG.is_file():
+        command += ["--params-file", str(CONFIG)]
+    for name, value in parameters.items():
+        command += ["-p", f"{name}:={value}"]
+    return command
+
+
+def start_nodes(out: Path, fusion_params: dict, player_params: dict, log_prefix: str = ""):
+    """cgrp_fusion and cgrp_player as child processes, logging to out/<log_prefix>fusion.log and
+    out/<log_prefix>player.log. Returns (fusion process, player process, [open log files]); close the
+    logs after `stop_processes`."""
+    logs = [open(out / f"{log_prefix}fusion.log", "w"), open(out / f"{log_prefix}player.log", "w")]
+    fusion = subprocess.Popen(node_command("cgrp_fusion", fusion_params), stdout=logs[0], stderr=subprocess.STDOUT)
+    player = subprocess.Popen(node_command("cgrp_player", player_params), stdout=logs[1], stderr=subprocess.STDOUT)
+    return fusion, player, logs
+
+
+def stop_processes(processes) -> None:
+    """SIGINT every child, then kill what is still there after 5 s."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 5.0
+    for proc in processes:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last `lines` lines of a log file ('' when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
