@@ -5,7 +5,7 @@ import pytest
 
 from cgrp_ros.core.backends import flow_agreement
 from cgrp_ros.core.deform import misalign, rng_for
-from cgrp_ros.core.errors import InputError
+from cgrp_ros.core.errors import InputError, ModelLoadError
 from cgrp_ros.core.image import working_shape
 from cgrp_ros.core.networks import SIZE_MULTIPLE
 from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
@@ -97,6 +97,21 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
     assert flow_agreement(a.flow, b.flow)["ok"]
     assert a.registration_confidence == pytest.approx(b.registration_confidence, abs=1e-4)
     assert set(ort_pipe.backend.sessions) == {"generator", "registration_calibrated", "fusion"}
+
+
+def test_a_missing_onnx_graph_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+    """An onnx_dir from an older `cgrp export` lacks registration_calibrated.onnx; a calibrated
+    Pipeline exports it there, and says what to do when the folder cannot be written."""
+    from cgrp_ros.core import backends
+
+    backends.export_onnx(PipelineConfig().model_paths(), tmp_path, graphs=["generator", "fusion"])
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(backends, "export_onnx", read_only)
+    with pytest.raises(ModelLoadError, match=r"registration_calibrated\.onnx.*cgrp export --out"):
+        Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", homography=np.eye(3), onnx_dir=str(tmp_path)))
 
 
 def test_registration_improves_alignment_on_val_pairs(cpu_pipeline, sample_pairs):

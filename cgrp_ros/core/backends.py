@@ -223,7 +223,11 @@ class OnnxBackend:
         ort, path = self._ort, self.onnx_dir / f"{graph}.onnx"
         if not path.is_file():
             log.info("exporting ONNX model %s to %s", graph, self.onnx_dir)
-            export_onnx(self.model_paths, self.onnx_dir, graphs=[graph])
+            try:
+                export_onnx(self.model_paths, self.onnx_dir, graphs=[graph])
+            except OSError as exc:  # e.g. a read-only folder of an older `cgrp export`
+                raise ModelLoadError(path, f"missing and cannot be written ({exc}); write every graph with "
+                                           f"`cgrp export --out {self.onnx_dir}`") from None
         options = ort.SessionOptions()
         if self._threads:
             options.intra_op_num_threads = self._threads
