@@ -228,22 +228,23 @@ class OnnxBackend:
             except OSError as exc:  # e.g. a read-only folder of an older `cgrp export`
                 raise ModelLoadError(path, f"missing and cannot be written ({exc}); write every graph with "
                                            f"`cgrp export --out {self.onnx_dir}`") from None
-        options = ort.SessionOptions()
-        if self._threads:
-            options.intra_op_num_threads = self._threads
         try:
-            session = ort.InferenceSession(str(path), self._options(graph, options),
+            session = ort.InferenceSession(str(path), self._options(graph),
                                            providers=provider_settings(self._wanted, self.onnx_dir, self._fp16))
         except Exception as exc:  # a GPU provider that cannot start: CPU still works
             if self._wanted == ["CPUExecutionProvider"]:
                 raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
             log.warning("onnxruntime providers %s failed (%s): falling back to CPU", self._wanted, exc)
             self._wanted = ["CPUExecutionProvider"]
-            session = ort.InferenceSession(str(path), self._options(graph, options), providers=self._wanted)
+            session = ort.InferenceSession(str(path), self._options(graph), providers=self._wanted)
         self.sessions[graph] = session
         return session
 
-    def _options(self, graph: str, options):
+    def _options(self, graph: str):
+        """Session options for `graph` on the providers now wanted."""
+        options = self._ort.SessionOptions()
+        if self._threads:
+            options.intra_op_num_threads = self._threads
         # The registration graphs hold thousands of tiny element-wise ops (the affine fits, written out
         # for ONNX); onnxruntime's memory-reuse planner searches its free list for each of their outputs,
         # which took 8-9 s of the session's creation on 2 CPU cores (0.7 s without it), for no measured
