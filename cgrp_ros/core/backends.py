@@ -250,8 +250,14 @@ class OnnxBackend:
         # which took 8-9 s of the session's creation on 2 CPU cores (0.7 s without it), for no measured
         # gain on CPU (same run time and peak RSS at 256x320 and 512x640; docs/benchmarks.md). GPU
         # sessions keep the planner: not measured there.
-        if self._wanted == ["CPUExecutionProvider"] and ONNX_GRAPHS[graph][0] == "registration":
-            options.enable_mem_reuse = False
+        if self._wanted == ["CPUExecutionProvider"]:
+            if ONNX_GRAPHS[graph][0] == "registration":
+                options.enable_mem_reuse = False
+            # A pool's threads spin for a while after each run by default. A Pipeline runs several
+            # sessions in turn (and torch beside them), so on a few cores each stage competed with the
+            # previous one's spinning threads: the generator took 94 ms instead of 38 at 256x320 on 2
+            # cores, a registered pair 349-527 ms instead of 276-281 (docs/benchmarks.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def __call__(self, stage: str, *inputs: np.ndarray):
