@@ -256,7 +256,7 @@ class OnnxBackend:
             # A pool's threads spin for a while after each run by default. A Pipeline runs several
             # sessions in turn (and torch beside them), so on a few cores each stage competed with the
             # previous one's spinning threads: the generator took 94 ms instead of 38 at 256x320 on 2
-            # cores, a registered pair 349-527 ms instead of 276-281 (docs/benchmarks.md).
+            # cores, a registered pair 335-527 ms instead of 262-281, called back to back (docs/benchmarks.md).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
