@@ -7,6 +7,9 @@ each, correlated within a pair: cross-modal edge offsets and the data sets' own 
 average down much less, so the bounds below are looser, but still far below the misalignment the
 calibration removes (the prior is off by 15-45 px at the corners).
 """
+import contextlib
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -43,16 +46,21 @@ def shifted_rig(aligned_pairs, tmp_path_factory):
     g = similarity_about_centre(SIZE, 3.0, 1.03, (12.0, -8.0))
     rig = [(n, *synthetic_rig(v, t, g, size=SIZE)[:2]) for n, v, t in aligned_pairs]
     truth = synthetic_rig(aligned_pairs[0][1], aligned_pairs[0][2], g, size=SIZE)[2]
+    # a stray frame of another camera, first by name: the rig is what most pairs are
+    name, v, t = aligned_pairs[0]
+    stray = ("000_stray", cv2.resize(v, (240, 180)), cv2.resize(t, (240, 180)))
     root = tmp_path_factory.mktemp("rig")
-    write_rig(root, rig)
+    write_rig(root, [stray] + rig)
     out = root / "calib" / "rig.yaml"
-    code = cgrp(["calibrate", "--visible", root / "visible", "--thermal", root / "thermal", "--out", out,
-                 "--scales", "1", "--refinements", "1", "--device", "cpu"])
-    return code, out, truth
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cgrp(["calibrate", "--visible", root / "visible", "--thermal", root / "thermal", "--out", out,
+                     "--scales", "1", "--refinements", "1", "--device", "cpu"])
+    return code, out, truth, stdout.getvalue() + stderr.getvalue()
 
 
 def test_calibrate_recovers_a_shifted_rotated_rig(shifted_rig):
-    code, out, truth = shifted_rig
+    code, out, truth, _ = shifted_rig
     assert code == 0
     estimate = load_calibration(out)
     prior = centred_placement(SIZE, SIZE)
@@ -61,16 +69,28 @@ def test_calibrate_recovers_a_shifted_rotated_rig(shifted_rig):
 
 
 def test_calibration_file_and_picture(shifted_rig):
-    code, out, _ = shifted_rig
+    code, out, _, _ = shifted_rig
     data = yaml.safe_load(out.read_text())
     assert np.asarray(data["homography"]).shape == (3, 3)
     assert data["visible_size"] == {"height": SIZE[0], "width": SIZE[1]}
     assert data["thermal_size"] == {"height": SIZE[0], "width": SIZE[1]}
-    assert data["pairs_used"] + data["pairs_skipped"] == 8 and data["pairs_used"] >= 6
+    assert data["pairs_used"] + data["pairs_skipped"] == 9 and data["pairs_used"] >= 6
+    assert len(data["skipped"]) == data["pairs_skipped"] and all(data["skipped"].values())
     assert 0 < data["median_residual_px"] < 5
     assert data["date"] and data["command"].startswith("cgrp calibrate")
     picture = cv2.imread(str(out.with_suffix(".png")))
     assert picture is not None and picture.shape[1] > SIZE[1]
+
+
+def test_a_pair_of_another_size_is_skipped_and_said_why(shifted_rig):
+    """The first pair by name is 240x180: the rig's size is the one most pairs share, and the user
+    reads which pair was left out and why, on the terminal and in rig.yaml."""
+    _, out, _, printed = shifted_rig
+    why = "size 240x180 / 240x180 differs from the rig's 320x240 / 320x240"
+    assert why in yaml.safe_load(out.read_text())["skipped"]["000_stray"]
+    assert f"skipped 000_stray: {why}" in printed
+    # eight pairs are fewer than a calibration should rest on: said, not refused
+    assert "from only 8 pair(s)" in printed
 
 
 def test_calibrate_wider_visible_view(aligned_pairs):

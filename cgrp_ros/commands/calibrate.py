@@ -1,7 +1,7 @@
 """cgrp calibrate: the rig's thermal -> visible homography from many pairs (cgrp_ros.core.calibrate).
 
-Writes OUT (rig.yaml: the homography, both image sizes, pairs used/skipped, the median residual,
-the date, the command) and OUT with .png (visible/thermal checkerboard before and after, on the most
+Writes OUT (rig.yaml: the homography, both image sizes, pairs used, each skipped pair with its
+reason, the median residual, the date, the command) and OUT with .png (visible/thermal checkerboard before and after, on the most
 confident pair). With too little evidence nothing is written and the exit code is 2.
 """
 from __future__ import annotations
@@ -17,6 +17,10 @@ from ..core.data import find_pairs, read_image
 from .common import size_arg
 
 HELP = "estimate the rig's thermal->visible homography from folders of same-named pairs, write rig.yaml"
+SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
+# below this many pairs used, say that the calibration rests on few pairs: a pair's match errors (about a
+# visible pixel, more on a featureless pair) are shared by all its matches, so only many pairs average them out
+FEW_PAIRS = 20
 
 
 def add_arguments(p):
@@ -112,6 +116,15 @@ def run(args) -> int:
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
           f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out} and {picture}")
+    if calibration.pairs_used < FEW_PAIRS:
+        print(f"cgrp calibrate: warning: calibrated from only {calibration.pairs_used} pair(s); a pair's match errors "
+              f"are shared by all its matches, so a few dozen pairs of different scenes give a steadier "
+              f"calibration", file=sys.stderr)
+    skipped = list(calibration.skipped.items())
+    for name, why in skipped[:SHOWN_SKIPPED]:
+        print(f"  skipped {name}: {why}")
+    if len(skipped) > SHOWN_SKIPPED:
+        print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
     return 0
 
 

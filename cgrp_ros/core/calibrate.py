@@ -60,7 +60,7 @@ class Calibration:
     median_residual_px: float = float("nan")  # inlier matches, visible pixels
     matches: int = 0                  # inlier matches of the final fit
     scale: float = 1.0                # the placement scale the search chose
-    skipped: list = field(default_factory=list)  # names of skipped pairs
+    skipped: dict = field(default_factory=dict)  # name -> why the pair was not used
     date: str = ""
     command: str = ""
 
@@ -71,7 +71,8 @@ class Calibration:
                     thermal_size=dict(height=int(self.thermal_size[0]), width=int(self.thermal_size[1])),
                     pairs_used=int(self.pairs_used), pairs_skipped=int(self.pairs_skipped),
                     median_residual_px=round(float(self.median_residual_px), 4), inlier_matches=int(self.matches),
-                    placement_scale=round(float(self.scale), 4), skipped=list(self.skipped),
+                    placement_scale=round(float(self.scale), 4),
+                    skipped={str(k): str(v) for k, v in sorted(dict(self.skipped).items())},
                     date=self.date, command=self.command)
 
 
@@ -82,8 +83,13 @@ def save_calibration(calibration: Calibration, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    data = calibration.to_dict()
+    # matrix rows inline, one skipped pair (name: reason) per line
+    head = {k: v for k, v in data.items() if k not in ("skipped", "date", "command")}
+    tail = {k: data[k] for k in ("skipped", "date", "command")}
     tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
-                   + yaml.safe_dump(calibration.to_dict(), sort_keys=False, default_flow_style=None))
+                   + yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=120)
+                   + yaml.safe_dump(tail, sort_keys=False, default_flow_style=False, width=120))
     tmp.replace(path)
 
 
@@ -280,23 +286,30 @@ class RigCalibrator:
                     cache.pop(next(iter(cache)))
             return cache[i]
 
-        vis0, th0 = load(0)
-        visible_size, thermal_size = vis0.shape, th0.shape
-        skipped = {}
-        usable = []
+        skipped, sizes = {}, {}
         for i, (name, _, _) in enumerate(pairs):
             try:
                 v, t = load(i)
             except InputError as exc:
                 skipped[name] = f"unreadable: {exc}"
                 continue
-            if v.shape != visible_size or t.shape != thermal_size:
-                skipped[name] = (f"size {v.shape[1]}x{v.shape[0]} / {t.shape[1]}x{t.shape[0]} differs from the rig's "
-                                 f"{visible_size[1]}x{visible_size[0]} / {thermal_size[1]}x{thermal_size[0]}")
+            sizes[i] = (v.shape, t.shape)
+        if not sizes:
+            raise CalibrationError("no usable pair: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
+        # the rig's sizes are those most pairs have (the first pair's on a tie): one stray frame of
+        # another camera at the start of a folder must not make every other pair "the wrong size"
+        counts = {}
+        for shapes in sizes.values():
+            counts[shapes] = counts.get(shapes, 0) + 1
+        visible_size, thermal_size = max(counts, key=counts.get)
+        usable = []
+        for i, (v_shape, t_shape) in sizes.items():
+            if (v_shape, t_shape) != (visible_size, thermal_size):
+                skipped[pairs[i][0]] = (f"size {v_shape[1]}x{v_shape[0]} / {t_shape[1]}x{t_shape[0]} differs from the "
+                                        f"rig's {visible_size[1]}x{visible_size[0]} / "
+                                        f"{thermal_size[1]}x{thermal_size[0]} (visible / thermal)")
                 continue
             usable.append(i)
-        if not usable:
-            raise CalibrationError("no usable pair: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
 
         # 1. placement scale: best mean confidence over an evenly spread subset
         subset = [usable[int(j)] for j in np.unique(np.linspace(0, len(usable) - 1, min(self.search_pairs,
@@ -351,7 +364,7 @@ class RigCalibrator:
             placement = h
         skipped.update(low_final)
         return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used_final), len(pairs) - len(used_final),
-                           float(np.median(residual)), int(inliers.sum()), best_scale, sorted(skipped),
+                           float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
                            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
 
 
