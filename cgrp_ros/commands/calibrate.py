@@ -1,8 +1,9 @@
 """cgrp calibrate: the rig's thermal -> visible homography from many pairs (cgrp_ros.core.calibrate).
 
 Writes OUT (rig.yaml: the homography, both image sizes, pairs used, each skipped pair with its
-reason, the median residual, the date, the command) and OUT with .png (visible/thermal checkerboard before and after, on the most
-confident pair). With too little evidence nothing is written and the exit code is 2.
+reason, the median residual, the date, the command) and OUT with .png (visible/thermal checkerboard
+before and after, on the most confident pair). With too little evidence nothing is written and the
+exit code is 2; with fewer than FEW_PAIRS pairs used it warns.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,10 +299,7 @@ class RigCalibrator:
             raise CalibrationError("no usable pair: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
         # the rig's sizes are those most pairs have (the first pair's on a tie): one stray frame of
         # another camera at the start of a folder must not make every other pair "the wrong size"
-        counts = {}
-        for shapes in sizes.values():
-            counts[shapes] = counts.get(shapes, 0) + 1
-        visible_size, thermal_size = max(counts, key=counts.get)
+        (visible_size, thermal_size), _ = Counter(sizes.values()).most_common(1)[0]
         usable = []
         for i, (v_shape, t_shape) in sizes.items():
             if (v_shape, t_shape) != (visible_size, thermal_size):
