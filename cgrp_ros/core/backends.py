@@ -151,7 +151,7 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None
 
 
 # the code the graphs are traced from: a change to it is another export, even with the same weights
-GRAPH_SOURCES = ("networks.py", "align.py", "warp.py", "backends.py")
+GRAPH_SOURCES = ("networks.py", "align.py", "filters.py", "layers.py", "warp.py", "backends.py")
 
 
 def _models_digest(model_paths: dict) -> str:
