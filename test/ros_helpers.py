@@ -6,9 +6,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from cgrp_ros.ros import node_processes
 from cgrp_ros.ros.soak import cpu_seconds, rss_mb  # noqa: F401  (for the tests)
 
 try:  # the ROS test modules skip themselves when rclpy is missing; this keeps the helpers importable
@@ -110,12 +112,9 @@ def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
 
 
 def log_tail(path, lines: int = 15) -> str:
-    if path is None:
-        return ""
-    try:
-        return "node log tail:\n" + "\n".join(open(path, errors="replace").read().splitlines()[-lines:])
-    except OSError:
-        return ""
+    """The node log's last lines for a failure message ('' without a log)."""
+    tail = node_processes.log_tail(Path(path), lines) if path is not None else ""
+    return "node log tail:\n" + tail if tail else ""
 
 
 def make_images(height=120, width=160, seed=0):
