@@ -8,8 +8,8 @@ aligned pairs from two rigs) describes every 8 x 8 cell of the visible and of th
 every visible cell is compared with *every* thermal cell (a global search, no initial guess),
 the match is read off around the best peak, and an affine is fitted to all matches by
 iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
-evidence is thin and towards no shear (which two cameras bolted together do not produce). The
-share of cells whose match is both sharp and consistent with that affine is the stage's
+evidence is thin, towards no shear and towards equal scales in x and y (two square-pixel cameras
+bolted together produce neither a shear nor a per-axis stretch). The share of cells whose match is both sharp and consistent with that affine is the stage's
 confidence; below a threshold the stage returns the identity (the prior) and says so. A second
 matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4 resolution, searched
 only near the global estimate: the global cells are 8 working pixels wide,
@@ -184,29 +184,40 @@ class AffineFromMatches(nn.Module):
     INLIER_SCALE = 1.0                   # cells: the inlier score counts matches within about this
     PRIOR_WEIGHT = 5.0                   # weight of the identity prior, in fully confident cells
     # weight of the no-shear prior on the pixel-space shear B + D of [[1 + a, B], [D, 1 + e]]: rotation,
-    # scale (also per axis) and translation are free, as a rig or a lens makes them, but two cameras
-    # bolted together do not shear, and sheared fits were match noise (a 7.6 % shear moved one aligned
+    # isotropic scale and translation are free, as a rig or a zoom makes them, but two cameras bolted
+    # together do not shear, and sheared fits were match noise (a 7.6 % shear moved one aligned
     # RoadScene pair 5 px). Chosen on training pairs against 0, 30, 300 and 1000 (models/MODEL_CARD.md step 13)
     SHEAR_WEIGHT = 100.0
+    # weight of the equal-axis-scales prior on a - e: square-pixel cameras scale alike in x and y (the
+    # per-axis difference of an aspect change is the prior's or the calibration's job), and free axis
+    # scales turned match noise into a per-axis stretch. Chosen on training pairs against 0, 30, 100,
+    # 300, 3000 and 10000 (models/MODEL_CARD.md step 14)
+    AXIS_SCALE_WEIGHT = 1000.0
     IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
 
     def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
-        """IRLS affine fit of cell centre -> matched position, pulled towards the identity (PRIOR_WEIGHT)
-        and towards no shear (SHEAR_WEIGHT). -> (params N x 6, residual N x P in cells)."""
+        """IRLS affine fit of cell centre -> matched position, pulled towards the identity (PRIOR_WEIGHT),
+        towards no shear (SHEAR_WEIGHT) and towards equal axis scales (AXIS_SCALE_WEIGHT).
+        -> (params N x 6, residual N x P in cells)."""
         n = cells.shape[0]
         source = cells.flatten(2)                                 # N x 2 x P
         design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
         per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: (W / 2, H / 2)
         eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
         prior = self.PRIOR_WEIGHT
-        # In pixels the off-diagonal terms are B = b W / H and D = d H / W, so the shear B + D is
-        # g_u . (u' column) + g_v . (v' column) of the 3 x 2 affine (rows u, v, 1 -> columns u', v').
-        # Its prior is a rank-one term on the two columns' shared normal matrix: solved by one
-        # factorisation for every right-hand side and a Sherman-Morrison correction along the shear.
+        # Both priors are linear in the 3 x 2 affine (rows u, v, 1 -> columns u', v'): the shear B + D
+        # is g_s . a with g_s = [[0, W/H], [H/W, 0], [0, 0]] (in pixels B = b W / H, D = d H / W), the
+        # axis-scale difference a - e is g_a . a with g_a = [[1, 0], [0, -1], [0, 0]]. They couple the
+        # two columns by a rank-two term on the columns' shared normal matrix: one factorisation for
+        # every right-hand side, then a Woodbury correction along g_s and g_a (2 x 2, written out).
         aspect = per_cell[:, 0, 0] / per_cell[:, 1, 0]
-        zero = torch.zeros_like(aspect)
+        zero, one = torch.zeros_like(aspect), torch.ones_like(aspect)
         shear = torch.stack((torch.stack((zero, aspect, zero), dim=1),
                              torch.stack((1.0 / aspect, zero, zero), dim=1)), dim=2)    # N x 3 x 2
+        axes = torch.stack((torch.stack((one, zero, zero), dim=1),
+                            torch.stack((zero, -one, zero), dim=1)), dim=2)             # N x 3 x 2
+        ws, wa = self.SHEAR_WEIGHT, self.AXIS_SCALE_WEIGHT
+        dot = lambda x, y: (x * y).sum(dim=(1, 2))  # noqa: E731
         robust = torch.ones_like(weight)
         params = residual = None
         for scale in self.ROBUST_SCALES:
@@ -215,11 +226,16 @@ class AffineFromMatches(nn.Module):
             # these 3 x 3 sums (67 ms of a 256x320 registration); the prior pulls towards the identity
             normal = weighted @ design.transpose(1, 2) + prior * eye
             rhs = weighted @ position.transpose(1, 2) + prior * eye[:, :, :2]
-            solved = solve_spd(normal, torch.cat((rhs, shear), dim=2))                  # N x 3 x 4
-            free, along = solved[:, :, :2], solved[:, :, 2:]  # the fit without the shear prior; its response
-            free_shear = (shear * free).sum(dim=(1, 2))
-            gain = self.SHEAR_WEIGHT / (1.0 + self.SHEAR_WEIGHT * (shear * along).sum(dim=(1, 2)))
-            a = free - (gain * free_shear)[:, None, None] * along                        # N x 3 x 2
+            solved = solve_spd(normal, torch.cat((rhs, shear, axes), dim=2))           # N x 3 x 6
+            # the fit without the two priors, and its response along each of them
+            free, along_s, along_a = solved[:, :, :2], solved[:, :, 2:4], solved[:, :, 4:]
+            # (B + U C U^T)^-1 r = B^-1 r - B^-1 U (I + C G)^-1 C U^T B^-1 r, G = U^T B^-1 U, C = diag(ws, wa)
+            g_ss, g_sa, g_as, g_aa = dot(shear, along_s), dot(shear, along_a), dot(axes, along_s), dot(axes, along_a)
+            t_s, t_a = ws * dot(shear, free), wa * dot(axes, free)
+            det = (1.0 + ws * g_ss) * (1.0 + wa * g_aa) - ws * wa * g_sa * g_as
+            m_s = ((1.0 + wa * g_aa) * t_s - ws * g_sa * t_a) / det
+            m_a = ((1.0 + ws * g_ss) * t_a - wa * g_as * t_s) / det
+            a = free - m_s[:, None, None] * along_s - m_a[:, None, None] * along_a      # N x 3 x 2
             predicted = torch.einsum("nip,nic->ncp", design, a)
             residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)
