@@ -208,31 +208,27 @@ def test_the_prior_wins_back_an_aligned_pair_but_not_a_shifted_one(sample_pairs,
             assert float(local.prior_wins(v, shifted, right)) == 0.0, f"{name}: a real 4 px shift was undone"
 
 
-def test_the_fine_pass_places_a_sub_pixel_shift_more_precisely(sample_pairs, m3svd_pairs):
-    """Real pairs of two rigs, the thermal shifted by a fraction of a pixel and the local stage started
-    3 px off: its last pass on 2x upsampled images (2-px cells) leaves less error than the 4-px cells
-    alone -- on average, by more than 0.1 px on some pairs, and on no pair more (what remains on some
-    pairs is the data set's own alignment, which both find; on most of these pairs the 4-px cells are
-    already as close)."""
-    local = load_model(default_model_path("registration"), "registration").local_stage
+@pytest.mark.parametrize("preset", ["mild", "moderate"])
+def test_the_fine_pass_leaves_less_error_than_the_4px_cells(sample_pairs, m3svd_pairs, preset):
+    """Real pairs of two rigs misaligned by a preset, the local stage started from the global estimate:
+    its last pass on 2x upsampled images (2-px cells) leaves less affine error than the 4-px cells
+    alone -- on average by more than 10 %, and on no pair more."""
+    network = load_model(default_model_path("registration"), "registration")
+    local = network.local_stage
     assert local.FINE_FACTOR == 2
     errors = {1: [], 2: []}
-    for name, visible, thermal in sample_pairs[:3] + m3svd_pairs:
+    for name, visible, thermal in sample_pairs + m3svd_pairs:
         visible_y, thermal = working_pair(visible, thermal)
-        for dx, dy in ((2.6, -1.4), (-1.7, 2.3)):  # thermal(x, y) = aligned(x + dx, y + dy)
-            shift = np.float32([[1, 0, dx], [0, 1, dy]])
-            moved = cv2.warpAffine(thermal, shift, thermal.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REPLICATE)
-            v, t = tensor(visible_y), tensor(moved)
-            start = torch.tensor([[0.0, 0.0, 2 * (3 - dx) / v.shape[-1], 0.0, 0.0, 2 * (-2 - dy) / v.shape[-2]]])
+        truth = misalign(thermal, preset, rng_for(0, name))
+        v, t = tensor(visible_y), tensor(truth.misaligned)
+        with torch.no_grad():
+            start, _ = network.global_stage.estimate(v, t)
             for factor in errors:
                 local.FINE_FACTOR = factor
-                with torch.no_grad():
-                    flow = affine_flow(local.refine(v, t, start)[0], v)[0]
-                errors[factor].append(float(((flow[0] + dx) ** 2 + (flow[1] + dy) ** 2).sqrt().mean()))
-            assert errors[2][-1] <= errors[1][-1] + 0.05, f"{name}: {errors[2][-1]:.2f} px with the fine pass, {errors[1][-1]:.2f} without"
-    assert np.mean(errors[2]) < np.mean(errors[1]), errors
-    assert sum(e1 - e2 > 0.1 for e1, e2 in zip(errors[1], errors[2])) >= 2, errors
+                flow = affine_flow(local.refine(v, t, start)[0], v)[0].numpy().transpose(1, 2, 0)
+                errors[factor].append(float(np.linalg.norm(flow - truth.flow, axis=2)[truth.valid].mean()))
+        assert errors[2][-1] <= errors[1][-1] + 0.05, f"{name}: {errors[2][-1]:.2f} px with the fine pass, {errors[1][-1]:.2f} without"
+    assert np.mean(errors[2]) < 0.9 * np.mean(errors[1]), errors
 
 
 def test_falls_back_when_nothing_is_shared(matcher, sample_pairs):
