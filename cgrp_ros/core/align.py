@@ -5,17 +5,17 @@ The previous stage (Gauss-Newton on the correlation of contrast-normalised edges
 its hand-made criterion itself peaked at wrong warps on cameras it was not tuned on, and nothing
 noticed. Here a pair of small encoders (one per modality, trained on synthetic misalignments of
 aligned pairs from two rigs) describes every 8 x 8 cell of the visible and of the thermal image;
-every visible cell is compared with *every* thermal cell (a global search, no initial guess),
-the match is read off around the best peak, and an affine is fitted to all matches by
-iteratively reweighted least squares (Cauchy weights), pulled towards the identity where
-evidence is thin, towards no shear and towards equal scales in x and y (two square-pixel cameras
-bolted together produce neither a shear nor a per-axis stretch). The share of cells whose match is both sharp and consistent with that affine is the stage's
-confidence; below a threshold the stage returns the identity (the prior) and says so. A second
-matcher (:class:`LocalMatcher`) then refines that affine with matches at 1/4 resolution, searched
-only near the global estimate: the global cells are 8 working pixels wide,
-and their matches fix the affine to about half a cell, which on a 'mild' misalignment is as large
-as the misalignment itself. The dense levels of the registration network then correct only the
-local residual.
+every visible cell is compared with *every* thermal cell (a global search, no initial guess), the
+match is read off around the best peak, and an affine is fitted to all matches by iteratively
+reweighted least squares (Cauchy weights), pulled towards the identity where evidence is thin,
+towards no shear and towards equal scales in x and y (two square-pixel cameras bolted together
+produce neither a shear nor a per-axis stretch). The share of cells whose match is both sharp and
+consistent with that affine is the stage's confidence; below a threshold the stage returns the
+identity (the prior) and says so. A second matcher (:class:`LocalMatcher`) then refines that affine
+with matches at 1/4 resolution, searched only near the global estimate: the global cells are 8
+working pixels wide, and their matches fix the affine to about half a cell, which on a 'mild'
+misalignment is as large as the misalignment itself. The dense levels of the registration network
+then correct only the local residual.
 
 Parameters are an affine in normalised coordinates (``align_corners=False``: u = (2x + 1) / W - 1),
 so the same six numbers describe the warp at every pyramid level. ``params`` is N x 6:
