@@ -230,12 +230,13 @@ class AffineFromMatches(nn.Module):
             solved = solve_spd(normal, torch.cat((rhs, shear, axes), dim=2))           # N x 3 x 6
             # the fit without the two priors, and its response along each of them
             free, along_s, along_a = solved[:, :, :2], solved[:, :, 2:4], solved[:, :, 4:]
-            # (B + U C U^T)^-1 r = B^-1 r - B^-1 U (I + C G)^-1 C U^T B^-1 r, G = U^T B^-1 U, C = diag(ws, wa)
-            g_ss, g_sa, g_as, g_aa = dot(shear, along_s), dot(shear, along_a), dot(axes, along_s), dot(axes, along_a)
+            # (B + U C U^T)^-1 r = B^-1 r - B^-1 U (I + C G)^-1 C U^T B^-1 r, G = U^T B^-1 U (symmetric,
+            # so g_as = g_sa), C = diag(ws, wa)
+            g_ss, g_sa, g_aa = dot(shear, along_s), dot(shear, along_a), dot(axes, along_a)
             t_s, t_a = ws * dot(shear, free), wa * dot(axes, free)
-            det = (1.0 + ws * g_ss) * (1.0 + wa * g_aa) - ws * wa * g_sa * g_as
+            det = (1.0 + ws * g_ss) * (1.0 + wa * g_aa) - ws * wa * g_sa * g_sa
             m_s = ((1.0 + wa * g_aa) * t_s - ws * g_sa * t_a) / det
-            m_a = ((1.0 + ws * g_ss) * t_a - wa * g_as * t_s) / det
+            m_a = ((1.0 + ws * g_ss) * t_a - wa * g_sa * t_s) / det
             a = free - m_s[:, None, None] * along_s - m_a[:, None, None] * along_a      # N x 3 x 2
             predicted = torch.einsum("nip,nic->ncp", design, a)
             residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
