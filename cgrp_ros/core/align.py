@@ -423,16 +423,35 @@ class LocalMatcher(AffineFromMatches):
         position = cells + shift / pixels_per_unit(cells)
         return position.flatten(2), mass.flatten(1)
 
-    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor, prior_margin=None):
-        """`prior_margin` (float or N, default IDENTITY_MARGIN): see :meth:`prior_wins`."""
+    def refine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor, prior_margin=None,
+               prior_start: bool = False):
+        """`prior_margin` (float or N, default IDENTITY_MARGIN): see :meth:`prior_wins`.
+
+        `prior_start`: also run the 4x4-cell passes from the prior (the identity) and keep, per pair,
+        the start whose passes end with the higher inlier score. A wrong peak of the global search can
+        sit farther off than the input itself (measured on a `mild` pair with little structure: 17.7 px
+        against 6.4 unregistered), and the window then refines the wrong basin (models/MODEL_CARD.md,
+        step 15)."""
         fv = self.visible_encoder(visible_y)
-        for _ in range(self.PASSES):
-            prob, cells = self.correlation(visible_y, warp_affine(thermal, params), fv)
-            correction, confidence = self.select(cells, *self.matches(prob, cells))
-            params = compose_affine(params, correction)
+        start_moved = (params.abs().amax(dim=1) > 0).any()
+        params, confidence = self.coarse_passes(visible_y, thermal, params, fv)
+        if prior_start and (torch.jit.is_tracing() or bool(start_moved)):  # else it would repeat the passes
+            from_prior, prior_confidence = self.coarse_passes(visible_y, thermal, torch.zeros_like(params), fv)
+            better = (prior_confidence > confidence).to(params.dtype)[:, None]
+            params = better * from_prior + (1.0 - better) * params
+            confidence = torch.maximum(confidence, prior_confidence)
         params = params * (1.0 - self.prior_wins(visible_y, thermal, params, fv, prior_margin))[:, None]
         if self.FINE_FACTOR > 1:
             params = self.refine_fine(visible_y, thermal, params, prior_margin)
+        return params, confidence
+
+    def coarse_passes(self, visible_y, thermal, params, visible_features):
+        """PASSES passes at 4x4 cells from `params`, each correction composed with the estimate.
+        -> (params N x 6, confidence N: the last pass's inlier score)."""
+        for _ in range(self.PASSES):
+            prob, cells = self.correlation(visible_y, warp_affine(thermal, params), visible_features)
+            correction, confidence = self.select(cells, *self.matches(prob, cells))
+            params = compose_affine(params, correction)
         return params, confidence
 
     def upsampled(self, image: torch.Tensor) -> torch.Tensor:

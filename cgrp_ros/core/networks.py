@@ -217,7 +217,8 @@ class RegistrationNet(nn.Module):
         visible px off their true calibration), and keeps it unless the fine matches clearly
         contradict it (:attr:`~cgrp_ros.core.align.LocalMatcher.CALIBRATION_MARGIN`). Either a number
         for the whole batch or an N tensor, one per pair; the global stage runs only when some pair
-        searches (:func:`searches`)."""
+        searches (:func:`searches`). A searching pair's local stage also starts from the prior and
+        keeps the better-scoring start (``prior_start``), in case the global peak was wrong."""
         if self.local_stage is None:
             return self.global_stage.estimate(visible_y, thermal)
         if not searches(search):
@@ -229,7 +230,7 @@ class RegistrationNet(nn.Module):
             searched = search.to(params.dtype)
             params = params * searched[:, None]
             margin = searched * margin + (1.0 - searched) * self.local_stage.CALIBRATION_MARGIN
-        return self.local_stage.refine(visible_y, thermal, params, margin)
+        return self.local_stage.refine(visible_y, thermal, params, margin, prior_start=True)
 
     def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
         """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
