@@ -71,6 +71,17 @@ def pixels_per_unit(coords: torch.Tensor) -> torch.Tensor:
     return 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])
 
 
+def moved(params: torch.Tensor) -> torch.Tensor:
+    """N in {0, 1} (params' dtype): 1 where the affine `params` (N x 6) is not the identity."""
+    return (params.abs().amax(dim=1) > 0).to(params.dtype)
+
+
+def any_pair(mask: torch.Tensor) -> bool:
+    """Whether optional work must run for a batch: some pair needs it (`mask`, N), or the graph is
+    being traced for ONNX, which must hold the work for every input."""
+    return torch.jit.is_tracing() or bool(mask.any())
+
+
 def affine_flow(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The affine as a flow in pixels (N x 2 x H x W, core convention) at `like`'s resolution."""
     coords = normalized_grid(like)
@@ -433,9 +444,9 @@ class LocalMatcher(AffineFromMatches):
         against 6.4 unregistered), and the window then refines the wrong basin (models/MODEL_CARD.md,
         step 15)."""
         fv = self.visible_encoder(visible_y)
-        start_moved = (params.abs().amax(dim=1) > 0).any()
+        start_moved = moved(params)
         params, confidence = self.coarse_passes(visible_y, thermal, params, fv)
-        if prior_start and (torch.jit.is_tracing() or bool(start_moved)):  # else it would repeat the passes
+        if prior_start and any_pair(start_moved):  # from an identity start it would repeat the passes
             from_prior, prior_confidence = self.coarse_passes(visible_y, thermal, torch.zeros_like(params), fv)
             better = (prior_confidence > confidence).to(params.dtype)[:, None]
             params = better * from_prior + (1.0 - better) * params
@@ -462,14 +473,14 @@ class LocalMatcher(AffineFromMatches):
         """The last pass on both images upsampled FINE_FACTOR x, then model selection against the
         prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it.
         -> params N x 6."""
-        moved = (params.abs().amax(dim=1) > 0).to(params.dtype)
-        if not torch.jit.is_tracing() and not bool(moved.any()):
-            return params  # no pair of the batch to refine (the traced ONNX graph always runs the pass)
+        refined = moved(params)
+        if not any_pair(refined):
+            return params  # no pair of the batch to refine
         fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
         fv = self.visible_encoder(fine_y)
         prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)
         correction, _ = self.select(cells, *self.matches(prob, cells))
-        params = compose_affine(params, correction) * moved[:, None]
+        params = compose_affine(params, correction) * refined[:, None]
         wins = self.prior_wins(fine_y, fine_thermal, params, fv, prior_margin)
         return params * (1.0 - wins)[:, None]
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .align import GlobalMatcher, LocalMatcher, affine_flow, local_correlation
+from .align import GlobalMatcher, LocalMatcher, affine_flow, any_pair, local_correlation
 from .filters import gradient_magnitude, instance_standardize
 from .layers import conv
 from .warp import upsample2, warp
@@ -167,7 +167,7 @@ def searches(search) -> bool:
         return True
     if not torch.is_tensor(search):
         return bool(search)
-    return torch.jit.is_tracing() or bool(search.any())
+    return any_pair(search)
 
 
 class RegistrationNet(nn.Module):
