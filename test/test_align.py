@@ -229,6 +229,30 @@ def test_a_wrong_global_peak_does_not_drag_a_slightly_shifted_pair_away(sample_p
                 assert float(both) < 1.0, f"{name}: {float(both):.2f} px off with the prior start too"
 
 
+@pytest.mark.parametrize("global_score, prior_kept", [(0.300, True), (0.303, True), (0.330, False)])
+def test_the_global_start_replaces_the_prior_start_only_when_clearly_better(monkeypatch, global_score, prior_kept):
+    """The two starts of the local stage end with nearly equal inlier scores (a pair with little
+    structure): the start from the input's own alignment is kept, as any move away from the prior
+    must be clearly better; the global one wins only by more than IDENTITY_MARGIN. The confidence
+    is the higher score either way."""
+    local = LocalMatcher()
+    monkeypatch.setattr(local, "FINE_FACTOR", 1)
+    monkeypatch.setattr(local, "prior_wins", lambda *args, **kwargs: torch.zeros(1))
+    from_prior, from_global = torch.tensor([[0.0, 0.0, 0.02, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.2, 0.0, 0.0, 0.0]])
+
+    def coarse_passes(visible_y, thermal, params, visible_features):
+        if bool((params == 0).all()):
+            return from_prior, torch.tensor([0.290])
+        return from_global, torch.tensor([global_score])
+
+    monkeypatch.setattr(local, "coarse_passes", coarse_passes)
+    image = torch.rand(1, 1, 32, 48, generator=torch.Generator().manual_seed(0))
+    start = torch.tensor([[0.0, 0.0, 0.25, 0.0, 0.0, 0.0]])
+    params, confidence = local.refine(image, image, start, prior_start=True)
+    assert torch.equal(params, from_prior if prior_kept else from_global)
+    assert float(confidence) == pytest.approx(global_score)
+
+
 @pytest.mark.parametrize("preset", ["mild", "moderate"])
 def test_the_fine_pass_leaves_less_error_than_the_4px_cells(sample_pairs, m3svd_pairs, preset):
     """Real pairs of two rigs misaligned by a preset, the local stage started from the global estimate:

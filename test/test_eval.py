@@ -191,6 +191,9 @@ def test_issue_9_targets_per_row_and_by_how_much_they_are_missed():
     assert not none_in["mean EPE on aligned input"]["holds"]
     assert none_in["mean EPE on aligned input"]["missed_by"] == pytest.approx(0.3)
     assert none_in["no pair moved by more than 5 px on average"]["missed_by"] == pytest.approx(1.0)
+    listed = targets("other_cameras", "none", epe_none=0.0, max_pair_epe=6.0, over_limit_pairs=2,
+                     over_limit_list="a 6.00; b 5.10")["no pair moved by more than 5 px on average"]
+    assert "2 pair(s)" in listed["detail"] and "a 6.00; b 5.10" in listed["detail"]
     assert targets("other_cameras", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["holds"]
     assert targets("m3svd", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["bound"] == 1.0
     mild = targets("m3svd", "mild", ratio=0.7, worse_pairs=2, worst_excess=1.5)
@@ -204,6 +207,21 @@ def test_issue_9_targets_per_row_and_by_how_much_they_are_missed():
     road = targets("roadscene", "moderate", epe_cgrp=4.5, ratio=0.15)
     assert road["EPE not worse than before issue 9"]["missed_by"] == pytest.approx(0.5)
     assert road["EPE ratio cgrp / unregistered"]["holds"]
+
+
+def test_a_table_row_names_the_pairs_behind_a_miss():
+    """Aligned input: the row counts and names every pair moved by more than 5 px, largest first, and
+    every pair made worse by more than 0.5 px, so the report states how a target is missed."""
+    moved = dict(a=6.2, b=0.1, c=5.4, d=0.9)
+    rows = []
+    for name, epe in moved.items():
+        rows += [dict(image=name, method="cgrp", epe=epe, mae=1.0, registration_confidence=0.5, registration_fallback=False),
+                 dict(image=name, method="none", epe=0.0, mae=0.0, registration_confidence=0.5, registration_fallback=False)]
+    row = E.table_row(E.Evaluation("none", 0, rows, {}, [], {}, [], ("cgrp", "none"), "other_cameras"))
+    assert (row["over_limit_pairs"], row["over_limit_list"]) == (2, "a 6.20; c 5.40")
+    assert row["worse_pairs"] == 3 and row["worse_list"] == "a 6.20; c 5.40; d 0.90"
+    target = {t["target"]: t for t in E.row_targets(row)}["no pair moved by more than 5 px on average"]
+    assert not target["holds"] and "2 pair(s), px moved: a 6.20; c 5.40" in target["detail"]
 
 
 def test_confidence_check_splits_every_pair_at_the_threshold():

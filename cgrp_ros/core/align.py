@@ -439,17 +439,19 @@ class LocalMatcher(AffineFromMatches):
         """`prior_margin` (float or N, default IDENTITY_MARGIN): see :meth:`prior_wins`.
 
         `prior_start`: also run the 4x4-cell passes from the prior (the identity) and keep, per pair,
-        the start whose passes end with the higher inlier score. A wrong peak of the global search can
-        sit farther off than the input itself (measured on a `mild` pair with little structure: 17.7 px
-        against 6.4 unregistered), and the window then refines the wrong basin (models/MODEL_CARD.md,
-        step 15)."""
+        the start from the prior unless the start from the global estimate ends with an inlier score
+        higher by more than IDENTITY_MARGIN: leaving the prior's basin must be clearly better, as any
+        move away from the prior must. A wrong peak of the global search can sit farther off than the
+        input itself (measured on a `mild` pair with little structure: 17.7 px against 6.4
+        unregistered), and the window then refines the wrong basin (models/MODEL_CARD.md, steps 15
+        and 16). The confidence is the higher of the two scores."""
         fv = self.visible_encoder(visible_y)
         start_moved = moved(params)
         params, confidence = self.coarse_passes(visible_y, thermal, params, fv)
         if prior_start and any_pair(start_moved):  # from an identity start it would repeat the passes
             from_prior, prior_confidence = self.coarse_passes(visible_y, thermal, torch.zeros_like(params), fv)
-            better = (prior_confidence > confidence).to(params.dtype)[:, None]
-            params = better * from_prior + (1.0 - better) * params
+            prior_kept = (prior_confidence >= (1.0 - self.IDENTITY_MARGIN) * confidence).to(params.dtype)[:, None]
+            params = prior_kept * from_prior + (1.0 - prior_kept) * params
             confidence = torch.maximum(confidence, prior_confidence)
         params = params * (1.0 - self.prior_wins(visible_y, thermal, params, fv, prior_margin))[:, None]
         if self.FINE_FACTOR > 1:

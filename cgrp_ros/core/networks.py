@@ -218,7 +218,8 @@ class RegistrationNet(nn.Module):
         contradict it (:attr:`~cgrp_ros.core.align.LocalMatcher.CALIBRATION_MARGIN`). Either a number
         for the whole batch or an N tensor, one per pair; the global stage runs only when some pair
         searches (:func:`searches`). A searching pair's local stage also starts from the prior and
-        keeps the better-scoring start (``prior_start``), in case the global peak was wrong."""
+        keeps that start unless the global one scores clearly higher (``prior_start``), in case the
+        global peak was wrong."""
         if self.local_stage is None:
             return self.global_stage.estimate(visible_y, thermal)
         if not searches(search):
