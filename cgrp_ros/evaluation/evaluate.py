@@ -451,6 +451,12 @@ def _mean(values) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
+def _listed(names, values, mask) -> str:
+    """'name value; ...' of the pairs where `mask` holds, largest value first: the pairs behind a miss."""
+    chosen = sorted(np.flatnonzero(mask), key=lambda i: -values[i])
+    return "; ".join(f"{names[i]} {values[i]:.2f}" for i in chosen)
+
+
 def table_row(evaluation) -> dict:
     """The cross-domain row of one data set x preset (EPE in px, per pair = mean over its scored region)."""
     pairs = _per_pair(evaluation)
@@ -464,8 +470,6 @@ def table_row(evaluation) -> dict:
     finite = np.where(np.isfinite(epe_cgrp), epe_cgrp, -np.inf)
     worst = int(np.argmax(finite)) if names else 0
     mean_cgrp, mean_none = _mean(epe_cgrp), _mean(epe_none)
-    listed = lambda mask, values: "; ".join(  # noqa: E731  the pairs behind a miss, largest first
-        f"{names[i]} {values[i]:.2f}" for i in sorted(np.flatnonzero(mask), key=lambda i: -values[i]))
     over = np.isfinite(epe_cgrp) & (epe_cgrp > MOVED_LIMIT_PX)
     row = dict(dataset=evaluation.dataset, preset=evaluation.preset, pairs=len(pairs),
                epe_none=mean_none, epe_cgrp=mean_cgrp,
@@ -476,7 +480,8 @@ def table_row(evaluation) -> dict:
                max_pair=names[worst] if names else "",
                worse_pairs=int(worse.sum()),
                worst_excess=float(excess[worse].max()) if worse.any() else 0.0,
-               worse_list=listed(worse, excess), over_limit_pairs=int(over.sum()), over_limit_list=listed(over, epe_cgrp),
+               worse_list=_listed(names, excess, worse), over_limit_pairs=int(over.sum()),
+               over_limit_list=_listed(names, epe_cgrp, over),
                confidence_mean=_mean(confidence), fallbacks=int(sum(fallback)))
     for method in ("ecc", "dis"):
         if method in evaluation.methods:
