@@ -180,14 +180,15 @@ def test_eval_several_data_sets_and_presets_in_one_report(sample_dir, multi_rig,
 
 def _row(dataset, preset, **values):
     row = dict(dataset=dataset, preset=preset, pairs=10, epe_none=10.0, epe_cgrp=1.0, ratio=0.1, max_pair_epe=2.0,
-               max_pair="x", worse_pairs=0, worst_excess=0.0)
+               max_pair="x", worse_pairs=0, worst_excess=0.0, worse_list="", over_limit_pairs=0, over_limit_list="")
     row.update(values)
     return row
 
 
 def test_issue_9_targets_per_row_and_by_how_much_they_are_missed():
     targets = lambda *a, **k: {t["target"]: t for t in E.row_targets(_row(*a, **k))}  # noqa: E731
-    none_in = targets("roadscene", "none", epe_none=0.0, epe_cgrp=1.3, ratio=float("nan"), max_pair_epe=6.0)
+    none_in = targets("roadscene", "none", epe_none=0.0, epe_cgrp=1.3, ratio=float("nan"), max_pair_epe=6.0,
+                      over_limit_pairs=1, over_limit_list="x 6.00")
     assert not none_in["mean EPE on aligned input"]["holds"]
     assert none_in["mean EPE on aligned input"]["missed_by"] == pytest.approx(0.3)
     assert none_in["no pair moved by more than 5 px on average"]["missed_by"] == pytest.approx(1.0)
@@ -196,7 +197,7 @@ def test_issue_9_targets_per_row_and_by_how_much_they_are_missed():
     assert "2 pair(s)" in listed["detail"] and "a 6.00; b 5.10" in listed["detail"]
     assert targets("other_cameras", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["holds"]
     assert targets("m3svd", "none", epe_none=0.0, epe_cgrp=2.4)["mean EPE on aligned input"]["bound"] == 1.0
-    mild = targets("m3svd", "mild", ratio=0.7, worse_pairs=2, worst_excess=1.5)
+    mild = targets("m3svd", "mild", ratio=0.7, worse_pairs=2, worst_excess=1.5, worse_list="p 1.50; q 0.70")
     assert mild["EPE ratio cgrp / unregistered"]["missed_by"] == pytest.approx(0.1)
     worse = mild["no pair worse than unregistered by more than 0.5 px"]
     assert not worse["holds"] and worse["missed_by"] == 2 and "1.5 px" in worse["detail"]

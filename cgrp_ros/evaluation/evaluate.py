@@ -514,8 +514,7 @@ def row_targets(row: dict) -> list:
         target = _at_most(f"no pair moved by more than {MOVED_LIMIT_PX:g} px on average", row["max_pair_epe"],
                           MOVED_LIMIT_PX, " px")
         if not target["holds"]:
-            over = row.get("over_limit_list") or row["max_pair"]
-            target["detail"] += f" ({row.get('over_limit_pairs', 1)} pair(s), px moved: {over})"
+            target["detail"] += f" ({row['over_limit_pairs']} pair(s), px moved: {row['over_limit_list']})"
         targets.append(target)
     if preset == "mild":
         targets.append(_at_most("EPE ratio cgrp / unregistered", row["ratio"], 0.6))
@@ -524,8 +523,7 @@ def row_targets(row: dict) -> list:
                             holds=holds, value=row["worse_pairs"], bound=0,
                             missed_by=None if holds else row["worse_pairs"],
                             detail="0 pairs" if holds else f"missed by {row['worse_pairs']} pair(s), the "
-                            f"worst {row['worst_excess']:.3g} px worse"
-                            + (f" (px worse: {row['worse_list']})" if row.get("worse_list") else "")))
+                            f"worst {row['worst_excess']:.3g} px worse (px worse: {row['worse_list']})"))
     if preset in ("moderate", "peer") and (in_domain or out_domain):
         targets.append(_at_most("EPE ratio cgrp / unregistered", row["ratio"], 0.2 if in_domain else 0.3))
     if preset == "severe" and in_domain:
