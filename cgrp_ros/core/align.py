@@ -197,9 +197,9 @@ class AffineFromMatches(nn.Module):
     # weight of the no-shear prior on the pixel-space shear B + D of [[1 + a, B], [D, 1 + e]]: rotation,
     # isotropic scale and translation are free, as a rig or a zoom makes them, but two cameras bolted
     # together do not shear, and sheared fits were match noise (a 7.6 % shear moved one aligned
-    # RoadScene pair 5 px). Chosen on training pairs against 0, 30, 100 and 1000 (models/MODEL_CARD.md
-    # steps 13, 14); with the two local starts (steps 15, 16) 300 beat 100 on every second training
-    # pair and on every val row but one (step 17)
+    # RoadScene pair 5 px). Chosen on training pairs: 100 in steps 13-14 (against 0, 30, 300, 1000);
+    # with the local stage's two starts (steps 15-16) 300 beat 30, 100, 1000 and 3000
+    # (models/MODEL_CARD.md step 17)
     SHEAR_WEIGHT = 300.0
     # weight of the equal-axis-scales prior on a - e: square-pixel cameras scale alike in x and y (the
     # per-axis difference of an aspect change is the prior's or the calibration's job), and free axis
