@@ -225,6 +225,59 @@ def test_a_table_row_names_the_pairs_behind_a_miss():
     assert not target["holds"] and "2 pair(s), px moved: a 6.20; c 5.40" in target["detail"]
 
 
+def test_a_miss_says_whether_the_registration_or_the_published_alignment_lines_the_edges_up_better():
+    edges = dict(a=(0.30, 0.20), b=(0.30, 0.31), c=(0.10, 0.25), d=(0.20, 0.20))  # (published, cgrp)
+    moved = dict(a=6.2, b=0.1, c=5.4, d=0.9)
+    rows = []
+    for name, epe in moved.items():
+        common = dict(image=name, mae=1.0, registration_confidence=0.5, registration_fallback=False,
+                      edge_agreement_published=edges[name][0])
+        rows += [dict(common, method="cgrp", epe=epe, edge_agreement=edges[name][1]),
+                 dict(common, method="none", epe=0.0, edge_agreement=edges[name][0])]
+    row = E.table_row(E.Evaluation("none", 0, rows, {}, [], {}, [], ("cgrp", "none"), "other_cameras"))
+    assert (row["over_limit_edges_better"], row["worse_edges_better"]) == (1, 1)  # c only (d: a tie is not better)
+    assert row["edge_agreement_published"] == pytest.approx(0.225)
+    target = {t["target"]: t for t in E.row_targets(row)}["no pair moved by more than 5 px on average"]
+    assert "edge check: the registration's edges agree better with the visible image than the published "\
+           "alignment's on 1 of 2" in target["detail"]
+
+
+class _ShiftedPipeline:
+    """The shipped pipeline with its flow moved 6 px to the right: a registration that gets every pair wrong."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def __call__(self, visible, thermal, *args, **kwargs):
+        from dataclasses import replace
+
+        result = self.pipeline(visible, thermal, *args, **kwargs)
+        flow = result.flow + np.array([6.0, 0.0], np.float32)
+        return replace(result, flow=flow, registered_thermal=warp_numpy(thermal, flow))
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+
+def test_pairs_behind_a_miss_are_drawn_and_judged_by_their_edges(cpu_pipeline, sample_dir, tmp_path):
+    """Aligned input moved 6 px: every pair misses "moved by at most 5 px", gets a picture, and the
+    edge check sides with the published alignment (the registration is the one that is off)."""
+    pairs = E.list_pairs(sample_dir)[:2]
+    evaluation = E.evaluate(_ShiftedPipeline(cpu_pipeline), pairs, tmp_path, preset="none", methods=("cgrp", "none"),
+                            progress=False, fusion=False, dataset="sample")
+    pictures = sorted(p.name for p in tmp_path.glob("alignment_*.png"))
+    assert pictures == sorted(f"alignment_{name}.png" for name, _, _ in pairs)
+    import cv2
+    picture = cv2.imread(str(tmp_path / pictures[0]))
+    assert picture.shape[0] > 2 * 300 and picture.std() > 5  # two rows of tiles, not blank
+    row = E.table_row(evaluation)
+    assert row["over_limit_pairs"] == 2 and row["over_limit_edges_better"] == 0
+    for name in {r["image"] for r in evaluation.rows}:
+        scores = {r["method"]: r for r in evaluation.rows if r["image"] == name}
+        assert scores["cgrp"]["edge_agreement"] < scores["cgrp"]["edge_agreement_published"] == pytest.approx(
+            scores["none"]["edge_agreement"])
+
+
 def test_confidence_check_splits_every_pair_at_the_threshold():
     def run(pairs):
         rows = [dict(image=n, method="cgrp", epe=e, registration_confidence=c, registration_fallback=c < 0.5)

@@ -117,6 +117,43 @@ def flow_errors(flow, reference_flow, mask=None) -> dict:
     return dict(epe=float(epe.mean()), epe_lt1=float(np.mean(epe < 1.0)), epe_lt3=float(np.mean(epe < 3.0)))
 
 
+EDGE_WIDTH = 400        # px: edge agreement is computed at this width, so a pixel means the same on every camera
+EDGE_SIGMA = 1.0        # px at EDGE_WIDTH: smoothing before the Sobel gradients
+EDGE_LOCAL_SIGMA = 8.0  # px at EDGE_WIDTH: the neighbourhood an edge's strength is normalised by
+EDGE_MARGIN = 12        # px at EDGE_WIDTH cut from the scored region's border (the filters' support)
+
+
+def normalised_edges(image: np.ndarray) -> np.ndarray:
+    """H x W float32 gradient magnitude of a float32 grey image, divided by its local mean: a faint edge in a dull region counts as much as
+    a strong one, so two modalities of different contrast are compared on where their edges are."""
+    smooth = cv2.GaussianBlur(image, (0, 0), EDGE_SIGMA)
+    magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    local = cv2.GaussianBlur(magnitude, (0, 0), EDGE_LOCAL_SIGMA)
+    return magnitude / (local + 0.1 * float(magnitude.mean()) + 1e-6)
+
+
+def edge_agreement(a, b, mask=None) -> float:
+    """How well the edges of two images of different modalities coincide, no ground truth needed:
+    the correlation ([-1, 1], higher = better aligned) of their normalised gradient magnitudes, both
+    resized to EDGE_WIDTH px wide, over `mask` shrunk by EDGE_MARGIN px. NaN on too small an overlap.
+
+    A judge between given alignments of one pair (e.g. a data set's published alignment against a
+    registration), not an objective to optimise: searched over warps, a hand-made cross-modal score
+    like this one can peak at wrong ones (issue 9)."""
+    a, b = _grey(a), _grey(b)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    height = max(1, round(a.shape[0] * EDGE_WIDTH / a.shape[1]))
+    resize = lambda image: cv2.resize(image.astype(np.float32), (EDGE_WIDTH, height),  # noqa: E731
+                                      interpolation=cv2.INTER_AREA)
+    inside = np.ones((height, EDGE_WIDTH), bool) if mask is None else \
+        cv2.resize(np.asarray(mask, np.uint8), (EDGE_WIDTH, height), interpolation=cv2.INTER_NEAREST) > 0
+    inside = cv2.erode(np.pad(inside, 1).astype(np.uint8), np.ones((2 * EDGE_MARGIN + 1,) * 2, np.uint8))[1:-1, 1:-1]
+    if inside.sum() < 100:
+        return float("nan")
+    return correlation(normalised_edges(resize(a)), normalised_edges(resize(b)), inside > 0)
+
+
 def registration_metrics(registered, aligned, mask=None, flow=None, reference_flow=None) -> dict:
     """mae, rmse, ncc, mi of registered vs aligned thermal (0..255), + epe/epe_lt1/epe_lt3 given flows."""
     out = dict(mae=mae(registered, aligned, mask), rmse=rmse(registered, aligned, mask),
@@ -279,6 +316,7 @@ REGISTRATION_COLUMNS = {
     "epe_lt1": ("share of pixels with EPE < 1 px", True),
     "epe_lt3": ("share of pixels with EPE < 3 px", True),
     "coverage": ("share of the valid region the method samples inside", True),
+    "edge_agreement": ("edges of registered thermal vs visible image coincide (no ground truth), -1..1", True),
 }
 FUSION_COLUMNS = {
     "en": ("entropy of F, bits", True),

@@ -62,6 +62,12 @@ def _machine_line(machine: dict) -> str:
             f"Python {machine['python']}, torch {machine['torch']}, OpenCV {machine['opencv']}")
 
 
+def _published_edges(rows) -> str:
+    values = [r.get("edge_agreement_published", float("nan")) for r in rows if r["method"] == "cgrp"]
+    values = [v for v in values if math.isfinite(v)]
+    return f"{np.mean(values):.3f} on average" if values else "not scored"
+
+
 def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
     """One data set x preset run's report. `level`: markdown level of the title (sections one below);
     `links`: refer to the run's figures and the cross-domain report.md beside it (False: the text stands
@@ -95,7 +101,9 @@ def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
                   f"{info.get('confidence_threshold', float('nan')):.3g})."]
     lines += ["", f"{h2} Registration (registered vs aligned thermal)", "",
               f"Scored region: {info['region']}. Intensities in grey levels (0-255); EPE in pixels "
-              "against the exact inverse of the applied displacement. `cgrp_avg` shares `cgrp`'s registration.",
+              "against the exact inverse of the applied displacement; `edge_agreement` against the visible image "
+              "instead (no ground truth; the published alignment's: "
+              f"{_published_edges(evaluation.rows)}). `cgrp_avg` shares `cgrp`'s registration.",
               "", summary_table(summary, registrars, M.REGISTRATION_COLUMNS), "",
               f"{h2} Fusion (fused luminance vs visible luminance and the aligned thermal)", "",
               "fmi and vif are sums over the two sources, cc and ssim their means (see docs/metrics.md).", "",
@@ -106,7 +114,8 @@ def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
         lines.append("Figures: `example_*.png` (visible | misaligned thermal | CGRP registered | CGRP fused | CGRP "
                      "flow | ground-truth flow | checkerboard of visible and registered thermal), `compare_*.png` "
                      "(per method: checkerboard of visible and registered thermal, fused image), `hist_epe.png`, "
-                     "`hist_abs_error.png`.")
+                     "`hist_abs_error.png`; `alignment_*.png` (edges of the published alignment, the input and "
+                     "cgrp's registration) for every pair behind a per-pair miss.")
     lines.append("")
     return "\n".join(lines)
 
@@ -116,14 +125,18 @@ def _bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[:, :, :3]
 
 
-def _tile(image: np.ndarray, label: str) -> np.ndarray:
-    """Scale to TILE_HEIGHT and put a label strip above."""
-    image = _bgr(image)
-    width = max(1, round(image.shape[1] * TILE_HEIGHT / image.shape[0]))
-    body = cv2.resize(image, (width, TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+def _label(text: str, width: int) -> np.ndarray:
     strip = np.full((LABEL_HEIGHT, width, 3), 32, np.uint8)
-    cv2.putText(strip, label, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack((strip, body))
+    cv2.putText(strip, text, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
+
+
+def _tile(image: np.ndarray, label: str, height: int = TILE_HEIGHT, width: int | None = None) -> np.ndarray:
+    """Scale to `height` (and `width`; default: the aspect kept) and put a label strip above."""
+    image = _bgr(image)
+    width = width or max(1, round(image.shape[1] * height / image.shape[0]))
+    interpolation = cv2.INTER_AREA if height < image.shape[0] else cv2.INTER_LINEAR
+    return np.vstack((_label(label, width), cv2.resize(image, (width, height), interpolation=interpolation)))
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, square: int = CHECKER_TILE) -> np.ndarray:
@@ -133,6 +146,56 @@ def checkerboard(a: np.ndarray, b: np.ndarray, square: int = CHECKER_TILE) -> np
     if a.ndim == 3:
         pick_a = pick_a[:, :, None]
     return np.where(pick_a, a, b)
+
+
+def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+    """BGR picture of where two same-size grey images have edges: the visible image's green, the
+    thermal's magenta, both white. Each gradient magnitude is scaled by its own 98th percentile, so the
+    strongest edges of either modality show whatever its contrast (fine texture stays dim)."""
+    sigma = max(1.0, visible_y.shape[1] / 800)  # about one pixel of a 800-px-wide view
+
+    def strength(image):
+        smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
+        magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+        return np.clip(magnitude * (255.0 / (np.percentile(magnitude, 98) + 1e-6)), 0, 255).astype(np.uint8)
+    visible, thermal = strength(visible_y), strength(thermal)
+    return np.dstack((thermal, visible, thermal))
+
+
+ALIGNMENT_TILE_HEIGHT = 300   # px, alignment_panel's tiles
+ALIGNMENT_ZOOM = 3            # the lower row shows 1 / ALIGNMENT_ZOOM of the image's width and height
+
+
+def alignment_panel(alignment: dict, scores: dict, title: str) -> np.ndarray:
+    """Edges of the visible image over the thermal's for a person to judge one pair behind a missed
+    target: the published alignment (the evaluation's truth), the unregistered input (if it differs)
+    and cgrp's registration; the whole view above, a zoomed window with structure in both below.
+    `alignment`: PairResult.alignment; `scores`: {method: row} of the pair."""
+    visible = alignment["visible_y"]
+    height, width = visible.shape
+    views = [(alignment["published"], f"published alignment, edges {scores['cgrp']['edge_agreement_published']:.3f}")]
+    if scores["none"]["epe"] > 0:
+        views.append((alignment["unregistered"], f"unregistered, EPE {scores['none']['epe']:.2f} px, "
+                                                 f"edges {scores['none']['edge_agreement']:.3f}"))
+    views.append((alignment["registered"], f"cgrp, EPE {scores['cgrp']['epe']:.2f} px, "
+                                           f"edges {scores['cgrp']['edge_agreement']:.3f}"))
+    overlays = [edge_overlay(visible, thermal) for thermal, _ in views]
+    # the zoomed window: where both modalities have the most strong edges (in any of the views)
+    crop_w, crop_h = max(1, width // ALIGNMENT_ZOOM), max(1, height // ALIGNMENT_ZOOM)
+    both = np.max([o[:, :, 1].astype(np.float32) * o[:, :, 0] for o in overlays], axis=0)
+    density = cv2.boxFilter(both, -1, (crop_w, crop_h), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    cy, cx = np.unravel_index(int(np.argmax(density)), density.shape)
+    x0, y0 = int(np.clip(cx - crop_w // 2, 0, width - crop_w)), int(np.clip(cy - crop_h // 2, 0, height - crop_h))
+    top, bottom = [], []
+    for overlay, (_, label) in zip(overlays, views):
+        framed = overlay.copy()
+        cv2.rectangle(framed, (x0, y0), (x0 + crop_w - 1, y0 + crop_h - 1), (0, 200, 255), max(1, width // 400))
+        top.append(_tile(framed, label, ALIGNMENT_TILE_HEIGHT))
+        bottom.append(_tile(overlay[y0:y0 + crop_h, x0:x0 + crop_w], f"zoom {ALIGNMENT_ZOOM}x (orange box)",
+                            ALIGNMENT_TILE_HEIGHT, top[-1].shape[1]))
+    rows = np.vstack((np.hstack(top), np.hstack(bottom)))
+    legend = f"{title}   green: visible edges, magenta: thermal edges, white: both"
+    return np.vstack((_label(legend, rows.shape[1]), rows))
 
 
 def example_panel(panel: dict) -> np.ndarray:
@@ -243,6 +306,8 @@ def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
     document = dict(dataset=evaluation.dataset, preset=evaluation.preset, seed=evaluation.seed, info=evaluation.info,
                     columns={**{k: d for k, (d, _) in M.REGISTRATION_COLUMNS.items()},
                              **{k: d for k, (d, _) in M.FUSION_COLUMNS.items()},
+                             "edge_agreement_published": "edge_agreement of the published (aligned) thermal "
+                                                         "with the visible image, the methods' yardstick",
                              "registration_confidence": "confidence of cgrp's registration of the pair, 0..1",
                              "registration_fallback": "cgrp's registration fell back to the prior (identity "
                                                       "or --homography) for the pair"},
@@ -309,15 +374,19 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
              "pair). ratio = mean EPE cgrp / mean EPE none. max pair: the largest per-pair mean EPE of cgrp. "
              f"worse: pairs where cgrp's EPE exceeds no registration's by more than {WORSE_MARGIN_PX:g} px. "
              "MAE: registered vs aligned thermal, grey levels. confidence: mean registration confidence; "
-             f"fallbacks: pairs registered with the prior (confidence below {info['confidence_threshold']:.3g}).",
+             f"fallbacks: pairs registered with the prior (confidence below {info['confidence_threshold']:.3g}). "
+             "edges: how well the thermal's edges coincide with the visible image's (`edge_agreement`, "
+             "docs/metrics.md; no ground truth involved), for the published alignment and for cgrp's registered "
+             "thermal: an independent check of the published alignment the EPE takes as the truth.",
              "", f"{h2} Results", ""]
     header = ["dataset", "preset", "pairs", "EPE none", "EPE cgrp", "ratio"] + [f"EPE {m}" for m in extra] + \
-        ["MAE none / cgrp", "max pair EPE", "worse", "confidence", "fallbacks", "targets"]
+        ["MAE none / cgrp", "max pair EPE", "worse", "edges published / cgrp", "confidence", "fallbacks", "targets"]
     table = []
     for r in rows:
         table.append([f"`{r['dataset']}`", f"`{r['preset']}`", r["pairs"], _num(r["epe_none"]), _num(r["epe_cgrp"]),
                       _num(r["ratio"])] + [_num(r.get(f"epe_{m}")) for m in extra] +
                      [f"{_num(r['mae_none'])} / {_num(r['mae_cgrp'])}", _num(r["max_pair_epe"]), r["worse_pairs"],
+                      f"{_num(r.get('edge_agreement_published'), 3)} / {_num(r.get('edge_agreement_cgrp'), 3)}",
                       _num(r["confidence_mean"], 3), r["fallbacks"], _targets_cell(r["targets"])])
     lines += [markdown_table(header, table), "", f"{h2} Targets (issue 9, \"Done when\")", ""]
     checked = [(r, t) for r in rows for t in r["targets"]]
@@ -329,7 +398,14 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
         lines.append("- no target applies to these data sets and presets")
     lines += ["", f"{held} of {len(checked)} targets hold. Targets with a data-set-specific bound apply to "
               "`roadscene` and `m3svd` (in-domain val splits) and `other_cameras` (out-of-domain); the others to "
-              "any data set.", "", f"{h2} Confidence", "",
+              "any data set."]
+    pictures = [(e, Path(f).name) for e in result.evaluations for f in e.files if Path(f).name.startswith("alignment_")]
+    if pictures:
+        lines += ["", "Every pair behind a per-pair miss has a picture of its edges (published alignment, "
+                  "unregistered input, cgrp's registration) for a person to judge: "
+                  + ", ".join(f"[`{e.dataset}/{e.preset}/{name}`]({e.dataset}/{e.preset}/{name})" if links
+                              else f"`{e.dataset}/{e.preset}/{name}`" for e, name in pictures) + "."]
+    lines += ["", f"{h2} Confidence", "",
               f"Over all pairs of all rows above, the CGRP registration's confidence against the fallback threshold "
               f"{conf['threshold']:.3g}:", "",
               markdown_table(["confidence", "pairs", "mean EPE cgrp (px)"],
