@@ -180,7 +180,23 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     assert result["visible_size"] == [480, 640] and result["pairs"] == 8
     assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
     assert result["epe_calibration_only_px"] < 10 and np.isfinite(result["epe_fuse_px"])
+    assert result["edges_scored"] == 8 and 0 <= result["edges_calibration_better"] <= 8
+    assert 0 < result["edge_agreement_truth"] <= 1 and 0 < result["edge_agreement_calibration"] <= 1
     assert "corner error" in (out / "rig_calibration.md").read_text()
+
+
+def test_the_edge_check_prefers_a_rigs_true_mapping_to_one_a_few_pixels_off(aligned_pairs):
+    """The no-ground-truth check of `cgrp eval --rig --calibrate`: on real pairs turned into a rig with
+    a wider visible view, the true homography lines the edges up better than one 3 thermal px off."""
+    from cgrp_ros.evaluation.rig import footprint_edge_agreement
+
+    g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))
+    for name, visible, thermal in aligned_pairs[:3]:
+        v, t, truth = synthetic_rig(visible, thermal, g, 1.6, 2.0, SIZE)
+        for dx, dy in ((3, 0), (0, -3)):
+            off = truth @ np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]])
+            right, wrong = footprint_edge_agreement(v, t, (truth, off))
+            assert right > wrong, (name, dx, dy)
 
 
 @pytest.mark.parametrize("rotation, scale, shift, view, pixels", [
