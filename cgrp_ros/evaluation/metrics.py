@@ -124,8 +124,9 @@ EDGE_MARGIN = 12        # px at EDGE_WIDTH cut from the scored region's border (
 
 
 def normalised_edges(image: np.ndarray) -> np.ndarray:
-    """H x W float32 gradient magnitude of a float32 grey image, divided by its local mean: a faint edge in a dull region counts as much as
-    a strong one, so two modalities of different contrast are compared on where their edges are."""
+    """H x W float32 gradient magnitude of a float32 grey image divided by its local mean: a faint edge
+    in a dull region counts as much as a strong one, so two modalities of different contrast are
+    compared on where their edges are, not on how strong."""
     smooth = cv2.GaussianBlur(image, (0, 0), EDGE_SIGMA)
     magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
     local = cv2.GaussianBlur(magnitude, (0, 0), EDGE_LOCAL_SIGMA)
