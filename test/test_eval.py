@@ -180,7 +180,8 @@ def test_eval_several_data_sets_and_presets_in_one_report(sample_dir, multi_rig,
 
 def _row(dataset, preset, **values):
     row = dict(dataset=dataset, preset=preset, pairs=10, epe_none=10.0, epe_cgrp=1.0, ratio=0.1, max_pair_epe=2.0,
-               max_pair="x", worse_pairs=0, worst_excess=0.0, worse_list="", over_limit_pairs=0, over_limit_list="")
+               max_pair="x", worse_pairs=0, worst_excess=0.0, worse_list="", over_limit_pairs=0, over_limit_list="",
+               worse_edges_better=0, over_limit_edges_better=0)
     row.update(values)
     return row
 
@@ -216,8 +217,9 @@ def test_a_table_row_names_the_pairs_behind_a_miss():
     moved = dict(a=6.2, b=0.1, c=5.4, d=0.9)
     rows = []
     for name, epe in moved.items():
-        rows += [dict(image=name, method="cgrp", epe=epe, mae=1.0, registration_confidence=0.5, registration_fallback=False),
-                 dict(image=name, method="none", epe=0.0, mae=0.0, registration_confidence=0.5, registration_fallback=False)]
+        common = dict(image=name, mae=1.0, registration_confidence=0.5, registration_fallback=False,
+                      edge_agreement_published=0.3, edge_agreement=0.3)
+        rows += [dict(common, method="cgrp", epe=epe), dict(common, method="none", epe=0.0)]
     row = E.table_row(E.Evaluation("none", 0, rows, {}, [], {}, [], ("cgrp", "none"), "other_cameras"))
     assert (row["over_limit_pairs"], row["over_limit_list"]) == (2, "a 6.20; c 5.40")
     assert row["worse_pairs"] == 3 and row["worse_list"] == "a 6.20; c 5.40; d 0.90"

@@ -273,7 +273,8 @@ def ecc_blend(visible: np.ndarray, thermal: np.ndarray):
     """Peer `ecc+blend`: (fused H x W uint8, {stage: ms}); the ECC affine of `cgrp eval`'s `ecc` baseline.
 
     visible H x W x 3 BGR uint8; thermal H x W uint8 (same grid: the affine maps visible px -> thermal px)."""
-    from .evaluate import average_fusion, ecc_affine, gradient_magnitude, luminance
+    from .evaluate import average_fusion, ecc_affine, luminance
+    from .metrics import gradient_magnitude
 
     laps = Laps()
     visible_y = luminance(visible)

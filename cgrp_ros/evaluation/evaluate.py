@@ -68,12 +68,24 @@ WORSE_MARGIN_PX = 0.5          # a pair counts as made worse when cgrp's EPE exc
 MOVED_LIMIT_PX = 5.0           # issue 9: no aligned pair moved by more than this on average
 
 
+def made_worse(epe_cgrp, epe_none):
+    """Per pair (floats or arrays): cgrp's EPE exceeds no registration's by more than WORSE_MARGIN_PX."""
+    excess = np.asarray(epe_cgrp, np.float64) - epe_none
+    return np.isfinite(excess) & (excess > WORSE_MARGIN_PX)
+
+
+def moved_too_far(epe_cgrp):
+    """Per pair (floats or arrays): cgrp's EPE above MOVED_LIMIT_PX (on aligned input: moved that far)."""
+    epe_cgrp = np.asarray(epe_cgrp, np.float64)
+    return np.isfinite(epe_cgrp) & (epe_cgrp > MOVED_LIMIT_PX)
+
+
 def misses_pair_target(preset: str, epe_cgrp: float, epe_none: float) -> bool:
     """Whether one pair breaks a per-pair target of issue 9: on aligned input (`none`) moved by more than
     MOVED_LIMIT_PX, at `mild` worse than unregistered by more than WORSE_MARGIN_PX."""
     if preset == "none":
-        return bool(epe_cgrp > MOVED_LIMIT_PX)
-    return preset == "mild" and bool(epe_cgrp - epe_none > WORSE_MARGIN_PX)
+        return bool(moved_too_far(epe_cgrp))
+    return preset == "mild" and bool(made_worse(epe_cgrp, epe_none))
 
 
 # -- classical registrars -----------------------------------------------------------------------------
@@ -82,12 +94,6 @@ def luminance(bgr_or_grey: np.ndarray) -> np.ndarray:
     if bgr_or_grey.ndim == 2:
         return bgr_or_grey
     return cv2.cvtColor(bgr_or_grey[:, :, :3], cv2.COLOR_BGR2YCrCb)[:, :, 0]
-
-
-def gradient_magnitude(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """H x W float32 Sobel gradient magnitude of a lightly smoothed grey image."""
-    smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
-    return cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
 
 
 def affine_to_flow(matrix: np.ndarray, shape) -> np.ndarray:
@@ -133,7 +139,7 @@ def ecc_affine(template: np.ndarray, moving: np.ndarray, levels: int = 3, iterat
 
 def ecc_flow(visible_y: np.ndarray, thermal: np.ndarray) -> np.ndarray:
     """Baseline (b): ECC affine registration of gradient magnitudes, as a dense flow."""
-    matrix = ecc_affine(gradient_magnitude(visible_y), gradient_magnitude(thermal))
+    matrix = ecc_affine(M.gradient_magnitude(visible_y), M.gradient_magnitude(thermal))
     return affine_to_flow(matrix, visible_y.shape)
 
 
@@ -222,6 +228,7 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
         region &= mask
     n_valid = max(int(truth.valid.sum()), 1)
     pair_info["edge_agreement_published"] = M.edge_agreement(visible_y, aligned, region)
+    edges = {registrar: M.edge_agreement(visible_y, image, region) for registrar, image in registered.items()}
 
     rows, epe, abs_error = [], {}, {}
     for method in methods:
@@ -229,7 +236,7 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
         row = dict(image=name, method=method)
         row.update(M.registration_metrics(registered[registrar], aligned, region, flows[registrar], truth.flow))
         row["coverage"] = float(np.sum(inside[registrar] & truth.valid) / n_valid)
-        row["edge_agreement"] = M.edge_agreement(visible_y, registered[registrar], region)
+        row["edge_agreement"] = edges[registrar]
         if fusion:
             row.update(M.fusion_metrics(fused[method], visible_y, aligned))
         else:
@@ -484,17 +491,16 @@ def table_row(evaluation) -> dict:
     confidence = np.array([p["cgrp"]["registration_confidence"] for p in pairs.values()], np.float64)
     fallback = [bool(p["cgrp"]["registration_fallback"]) for p in pairs.values()]
     excess = epe_cgrp - epe_none
-    worse = np.isfinite(excess) & (excess > WORSE_MARGIN_PX)
+    worse = made_worse(epe_cgrp, epe_none)
     names = list(pairs)
     finite = np.where(np.isfinite(epe_cgrp), epe_cgrp, -np.inf)
     worst = int(np.argmax(finite)) if names else 0
     mean_cgrp, mean_none = _mean(epe_cgrp), _mean(epe_none)
-    over = np.isfinite(epe_cgrp) & (epe_cgrp > MOVED_LIMIT_PX)
+    over = moved_too_far(epe_cgrp)
     # the independent edge check: does cgrp's registration line the edges up better than the published
     # alignment, the evaluation's truth? (NaN-safe: an unscored pair counts as not better)
-    edges_cgrp = np.array([p["cgrp"].get("edge_agreement", np.nan) for p in pairs.values()], np.float64)
-    edges_published = np.array([p["cgrp"].get("edge_agreement_published", np.nan) for p in pairs.values()],
-                               np.float64)
+    edges_cgrp = np.array([p["cgrp"]["edge_agreement"] for p in pairs.values()], np.float64)
+    edges_published = np.array([p["cgrp"]["edge_agreement_published"] for p in pairs.values()], np.float64)
     edges_better = np.nan_to_num(edges_cgrp, nan=-np.inf) > np.nan_to_num(edges_published, nan=np.inf)
     row = dict(dataset=evaluation.dataset, preset=evaluation.preset, pairs=len(pairs),
                epe_none=mean_none, epe_cgrp=mean_cgrp,
@@ -525,10 +531,8 @@ def _at_most(name, value, bound, unit="") -> dict:
                 + (f": missed by {missed:.3g}{unit}" if missed is not None else ""))
 
 
-def _edge_check(better, pairs) -> str:
-    """'; edge check: ...' for a miss's detail (empty without the count: rows from before the check)."""
-    if better is None:
-        return ""
+def _edge_check(better: int, pairs: int) -> str:
+    """'; edge check: ...' for a miss's detail."""
     return (f"; edge check: the registration's edges agree better with the visible image than the published "
             f"alignment's on {better} of {pairs}")
 
@@ -551,7 +555,7 @@ def row_targets(row: dict) -> list:
                           MOVED_LIMIT_PX, " px")
         if not target["holds"]:
             target["detail"] += f" ({row['over_limit_pairs']} pair(s), px moved: {row['over_limit_list']}" \
-                + _edge_check(row.get("over_limit_edges_better"), row["over_limit_pairs"]) + ")"
+                + _edge_check(row["over_limit_edges_better"], row["over_limit_pairs"]) + ")"
         targets.append(target)
     if preset == "mild":
         targets.append(_at_most("EPE ratio cgrp / unregistered", row["ratio"], 0.6))
@@ -561,7 +565,7 @@ def row_targets(row: dict) -> list:
                             missed_by=None if holds else row["worse_pairs"],
                             detail="0 pairs" if holds else f"missed by {row['worse_pairs']} pair(s), the "
                             f"worst {row['worst_excess']:.3g} px worse (px worse: {row['worse_list']}"
-                            + _edge_check(row.get("worse_edges_better"), row["worse_pairs"]) + ")"))
+                            + _edge_check(row["worse_edges_better"], row["worse_pairs"]) + ")"))
     if preset in ("moderate", "peer") and (in_domain or out_domain):
         targets.append(_at_most("EPE ratio cgrp / unregistered", row["ratio"], 0.2 if in_domain else 0.3))
     if preset == "severe" and in_domain:

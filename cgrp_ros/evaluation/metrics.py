@@ -123,12 +123,17 @@ EDGE_LOCAL_SIGMA = 8.0  # px at EDGE_WIDTH: the neighbourhood an edge's strength
 EDGE_MARGIN = 12        # px at EDGE_WIDTH cut from the scored region's border (the filters' support)
 
 
+def gradient_magnitude(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """H x W float32 Sobel gradient magnitude of a grey image smoothed by a Gaussian of `sigma` px."""
+    smooth = cv2.GaussianBlur(np.asarray(image, np.float32), (0, 0), sigma)
+    return cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+
+
 def normalised_edges(image: np.ndarray) -> np.ndarray:
-    """H x W float32 gradient magnitude of a float32 grey image divided by its local mean: a faint edge
-    in a dull region counts as much as a strong one, so two modalities of different contrast are
-    compared on where their edges are, not on how strong."""
-    smooth = cv2.GaussianBlur(image, (0, 0), EDGE_SIGMA)
-    magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    """H x W float32 gradient magnitude of a grey image divided by its local mean: a faint edge in a
+    dull region counts as much as a strong one, so two modalities of different contrast are compared
+    on where their edges are, not on how strong."""
+    magnitude = gradient_magnitude(image, EDGE_SIGMA)
     local = cv2.GaussianBlur(magnitude, (0, 0), EDGE_LOCAL_SIGMA)
     return magnitude / (local + 0.1 * float(magnitude.mean()) + 1e-6)
 

@@ -155,8 +155,7 @@ def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray) -> np.ndarray:
     sigma = max(1.0, visible_y.shape[1] / 800)  # about one pixel of a 800-px-wide view
 
     def strength(image):
-        smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
-        magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+        magnitude = M.gradient_magnitude(image, sigma)
         return np.clip(magnitude * (255.0 / (np.percentile(magnitude, 98) + 1e-6)), 0, 255).astype(np.uint8)
     visible, thermal = strength(visible_y), strength(thermal)
     return np.dstack((thermal, visible, thermal))

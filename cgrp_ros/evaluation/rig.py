@@ -208,9 +208,6 @@ def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homograph
     they compare fairly): which mapping lines the two cameras' edges up best, no ground truth needed."""
     import cv2
 
-    from . import metrics as M
-    from .evaluate import luminance
-
     visible_y = luminance(visible)
     size = visible_y.shape[::-1]
     seen = np.ones(visible_y.shape, bool)
@@ -270,14 +267,14 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     visible_shape = rig[0][1].shape[:2]
     edges = np.array(edges, np.float64)
     edges = edges[np.isfinite(edges).all(axis=1)]
-    return dict(edge_agreement_truth=float(edges[:, 0].mean()) if len(edges) else float("nan"),
-                edge_agreement_calibration=float(edges[:, 1].mean()) if len(edges) else float("nan"),
-                edges_calibration_better=int(np.sum(edges[:, 1] > edges[:, 0])), edges_scored=len(edges),
-                pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
+    return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),
                 corner_error_prior_px=corner_error(centred_placement(size, visible_shape), truth, size),
-                epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=float(np.mean(alone)))
+                epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=float(np.mean(alone)),
+                edge_agreement_truth=float(edges[:, 0].mean()) if len(edges) else float("nan"),
+                edge_agreement_calibration=float(edges[:, 1].mean()) if len(edges) else float("nan"),
+                edges_calibration_better=int(np.sum(edges[:, 1] > edges[:, 0])), edges_scored=len(edges))
 
 
 def calibration_markdown(results: dict) -> str:
@@ -294,8 +291,7 @@ def calibration_markdown(results: dict) -> str:
                      f"{r['epe_fuse_px']:.2f}", f"{r['epe_calibration_only_px']:.2f}",
                      "holds" if r["epe_fuse_px"] <= 1.5 else "MISSED",
                      f"{r['edge_agreement_truth']:.4f} / {r['edge_agreement_calibration']:.4f} "
-                     f"({r['edges_calibration_better']} / {r['edges_scored']})"
-                     if "edge_agreement_truth" in r else "—"])
+                     f"({r['edges_calibration_better']} / {r['edges_scored']})"])
     header = ["data set", "pairs used", "thermal → visible", "corner error thermal px (plain resize)",
               "≤ 1 px", "fuse --calibration EPE px", "calibration alone EPE px", "≤ 1.5 px",
               "edges truth / calibration (calibration better on)"]
