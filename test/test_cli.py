@@ -60,21 +60,50 @@ def test_fuse_writes_the_registration_confidence_of_every_fused_pair(fuse_run):
     with open(out / "registration.csv") as f:
         reader = csv.DictReader(f)
         rows = {r["name"]: r for r in reader}
-    assert reader.fieldnames == ["name", "registration_confidence", "registration_fallback", "mean_flow_px"]
+    assert reader.fieldnames == ["name", "registration_confidence", "registration_fallback", "mean_flow_px",
+                                 "edge_agreement_input", "edge_agreement_registered"]
     assert sorted(rows) == sorted(names)  # not the broken pair
     for n in names:
         assert 0.0 <= float(rows[n]["registration_confidence"]) <= 1.0
         assert rows[n]["registration_fallback"] in ("0", "1")
         flow = np.load(out / "flow" / f"{n}.npy")
         assert float(rows[n]["mean_flow_px"]) == pytest.approx(np.hypot(flow[..., 0], flow[..., 1]).mean(), abs=1e-3)
+        # aligned sample pairs: their edges meet before registration, and still meet after it
+        assert float(rows[n]["edge_agreement_input"]) > 0.2
+        assert float(rows[n]["edge_agreement_registered"]) > float(rows[n]["edge_agreement_input"]) - 0.02
+
+
+def test_fuse_tells_which_pairs_the_registration_lined_up(sample_dir, tmp_path):
+    """No ground truth on a user's own recordings: registration.csv's edge columns and the summary line
+    say that the registration lined up a misaligned pair and left an aligned one as it was."""
+    vis, th = tmp_path / "visible", tmp_path / "thermal"
+    vis.mkdir(), th.mkdir()
+    n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    thermal = cv2.imread(str(sample_dir / "thermal" / f"{n}.jpg"), 0)
+    shifted = cv2.warpAffine(thermal, np.float32([[1, 0, 9], [0, 1, -6]]), thermal.shape[::-1],
+                             borderMode=cv2.BORDER_REFLECT)  # the thermal camera 9 px right, 6 px up
+    for name, image in (("aligned", thermal), ("shifted", shifted)):
+        shutil.copy(sample_dir / "visible" / f"{n}.jpg", vis / f"{name}.jpg")
+        cv2.imwrite(str(th / f"{name}.png"), image)
+    proc = cgrp("fuse", "--visible", vis, "--thermal", th, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "out" / "registration.csv") as f:
+        rows = {r["name"]: {k: float(v) for k, v in r.items() if k.startswith("edge")} for r in csv.DictReader(f)}
+    assert rows["shifted"]["edge_agreement_input"] < rows["aligned"]["edge_agreement_input"] - 0.2
+    assert rows["shifted"]["edge_agreement_registered"] > rows["shifted"]["edge_agreement_input"] + 0.2
+    assert abs(rows["aligned"]["edge_agreement_registered"] - rows["aligned"]["edge_agreement_input"]) <= 0.01
+    assert "better on 1, worse on 0 of 2 pair(s)" in proc.stdout
 
 
 def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_path, monkeypatch, capsys):
     from cgrp_ros.cli import main
     from cgrp_ros.commands import fuse
+    from cgrp_ros.core.pipeline import Pipeline
 
     class LowConfidence:  # stands in for the Pipeline: a pair with too little shared structure
         confidence_threshold = 0.3
+        homography = None
+        visible_to_thermal, thermal_in_visible = Pipeline.visible_to_thermal, Pipeline.thermal_in_visible
 
         def __call__(self, visible, thermal, outputs=None):
             h, w = visible.shape[:2]
@@ -91,7 +120,9 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
     assert "1 with low registration confidence" in captured.out
     with open(tmp_path / "registration.csv") as f:
         row, = csv.DictReader(f)
+    edges = row.pop("edge_agreement_input"), row.pop("edge_agreement_registered")
     assert row == dict(name=n, registration_confidence="0.1200", registration_fallback="1", mean_flow_px="0.000")
+    assert edges[0] == edges[1] and float(edges[0]) > 0.2  # the prior alone: the pair as it came
     assert (tmp_path / "fused" / f"{n}.png").is_file()
 
 

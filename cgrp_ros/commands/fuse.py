@@ -5,7 +5,9 @@ CompressedImage) are paired and fused like cgrp_fusion does it, into a new MCAP 
 (cgrp_ros/ros/bag.py: no ROS installation needed).
 
 Besides the images, OUT/registration.csv has a row per fused pair: the registration's confidence,
-whether it fell back to the prior (identity, or --homography) and the mean flow magnitude. A pair
+whether it fell back to the prior (identity, or --homography / --calibration), the mean flow
+magnitude, and how well the thermal's edges meet the visible image's before and after registration
+(metrics.edge_agreement: no ground truth needed, so it works on a user's own recordings). A pair
 registered with low confidence gets a warning line; it is still written and is no failure.
 """
 from __future__ import annotations
@@ -21,13 +23,16 @@ from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
+from ..core.image import bgr_to_ycrcb, visible_to_bgr01
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
+from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_agreement
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
 log = logging.getLogger("cgrp_ros")
-REGISTRATION_COLUMNS = ("name", "registration_confidence", "registration_fallback", "mean_flow_px")
+REGISTRATION_COLUMNS = ("name", "registration_confidence", "registration_fallback", "mean_flow_px",
+                        "edge_agreement_input", "edge_agreement_registered")
 
 
 def add_arguments(p):
@@ -69,12 +74,39 @@ def write_result(out: Path, name: str, result) -> None:
     cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
 
 
-def registration_row(name: str, result) -> dict:
-    """One row of OUT/registration.csv (see REGISTRATION_COLUMNS)."""
+def input_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
+    """(input, registered): metrics.edge_agreement of the visible luminance with the thermal through the
+    prior alone (identity or the calibration: the alignment the pair came with) and through the prior
+    and `flow` (H x W x 2 visible px), over the pixels both of them see."""
+    visible_y = bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
+    flows = (np.zeros_like(flow), flow)
+    coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
+    seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
+    return tuple(edge_agreement(visible_y, np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)),
+                                seen) for f in flows)
+
+
+def registration_row(name: str, result, edges) -> dict:
+    """One row of OUT/registration.csv (see REGISTRATION_COLUMNS); edges: (input, registered)."""
     flow = result.flow
     return dict(name=name, registration_confidence=f"{float(result.registration_confidence):.4f}",
                 registration_fallback=int(bool(result.registration_fallback)),
-                mean_flow_px=f"{float(np.hypot(flow[..., 0], flow[..., 1]).mean()):.3f}")
+                mean_flow_px=f"{float(np.hypot(flow[..., 0], flow[..., 1]).mean()):.3f}",
+                edge_agreement_input=f"{edges[0]:.4f}", edge_agreement_registered=f"{edges[1]:.4f}")
+
+
+def edge_summary(rows: list) -> str:
+    """One line on the edge columns of registration.csv: means, and on how many pairs the registration
+    moved the score by more than metrics.EDGE_MARGIN_OF_DIFFERENCE either way."""
+    scores = np.array([(float(r["edge_agreement_input"]), float(r["edge_agreement_registered"])) for r in rows])
+    scores = scores[np.all(np.isfinite(scores), axis=1)]
+    if not len(scores):
+        return "edge agreement: no pair had enough overlap to score"
+    change = scores[:, 1] - scores[:, 0]
+    return (f"edge agreement with the visible image (registration.csv), input -> registered: mean "
+            f"{scores[:, 0].mean():.3f} -> {scores[:, 1].mean():.3f}; better on {int(np.sum(change > EDGE_MARGIN_OF_DIFFERENCE))}, "
+            f"worse on {int(np.sum(change < -EDGE_MARGIN_OF_DIFFERENCE))} of {len(scores)} pair(s) "
+            f"(by more than {EDGE_MARGIN_OF_DIFFERENCE})")
 
 
 def low_confidence_warning(name: str, result, threshold: float) -> str | None:
@@ -152,7 +184,8 @@ def run(args) -> int:
             thermal = read_image(thermal_path)
             result = stream(visible, thermal, stamp=index / args.fps)
             write_result(args.out, name, result)
-            registration.append(registration_row(name, result))
+            edges = input_and_registered_edges(pipeline, visible, thermal, result.flow)
+            registration.append(registration_row(name, result, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
             if warning:
                 low_confidence += 1
@@ -162,6 +195,7 @@ def run(args) -> int:
                             else f"{name}: {exc}")
     if registration:
         write_registration_csv(args.out / "registration.csv", registration)
+        print(f"cgrp fuse: {edge_summary(registration)}")
     for f in failures:
         print(f"cgrp fuse: {f}", file=sys.stderr)
     done = len(listing.pairs) - sum(1 for f in failures if not f.endswith("other folder"))

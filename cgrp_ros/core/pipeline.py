@@ -25,7 +25,7 @@ from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize
                     visible_to_bgr01, working_shape, ycrcb_to_bgr)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
-from .warp import remap, resize_flow, warp_numpy
+from .warp import remap, resize_flow, sample_maps, warp_numpy
 
 log = logging.getLogger("cgrp_ros")
 
@@ -190,18 +190,22 @@ class Pipeline:
             fused_color = to_uint8(ycrcb_to_bgr(ycrcb))
         return to_uint8(fused_y), fused_color
 
-    def _registered(self, f, flow):
-        """One bilinear resample of the raw thermal: visible p -> p + flow(p) -> prior map -> thermal pixel."""
-        map_x = np.arange(f.wv, dtype=np.float32)[None, :] + flow[:, :, 0]
-        map_y = np.arange(f.hv, dtype=np.float32)[:, None] + flow[:, :, 1]
+    def thermal_in_visible(self, thermal: np.ndarray, flow: np.ndarray):
+        """The raw thermal (h x w, or a colour-mapped h x w x 3: its luminance) resampled into the visible
+        camera with one bilinear sample per pixel: visible p -> p + flow(p) -> the prior map -> thermal
+        pixel. flow: H x W x 2 visible pixels (zeros: the prior alone). Returns H x W in the thermal's
+        dtype, 0 where the sample falls outside the thermal."""
+        hv, wv = flow.shape[:2]
+        v2t = self.visible_to_thermal((hv, wv), thermal.shape[:2])
+        map_x, map_y = sample_maps(flow)
         if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product
-            map_x = map_x * np.float32(f.v2t[0, 0]) + np.float32(f.v2t[0, 2])
-            map_y = map_y * np.float32(f.v2t[1, 1]) + np.float32(f.v2t[1, 2])
+            map_x = map_x * np.float32(v2t[0, 0]) + np.float32(v2t[0, 2])
+            map_y = map_y * np.float32(v2t[1, 1]) + np.float32(v2t[1, 2])
         else:
-            pts = f.v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
-            map_x = (pts[0] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
-            map_y = (pts[1] / pts[2]).reshape(f.hv, f.wv).astype(np.float32)
-        raw = f.thermal
+            pts = v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
+            map_x = (pts[0] / pts[2]).reshape(hv, wv).astype(np.float32)
+            map_y = (pts[1] / pts[2]).reshape(hv, wv).astype(np.float32)
+        raw = thermal
         if raw.ndim == 3:  # a colour-mapped thermal: its luminance (cvtColor has no float64)
             raw = raw[:, :, :3].astype(np.float32) if raw.dtype == np.float64 else raw[:, :, :3]
             raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
@@ -281,7 +285,7 @@ class Pipeline:
         self.backend.synchronize()
         t3 = time.perf_counter()
         flow = registration.flow
-        registered = self._registered(f, flow) if "registered_thermal" in outputs else None
+        registered = self.thermal_in_visible(f.thermal, flow) if "registered_thermal" in outputs else None
         fused, fused_color = self._fused_outputs(f, fused_w, fusion_y) if fused_w is not None else (None, None)
         pseudo_full = to_uint8(self._to_visible(f, pseudo)) if "pseudo_thermal" in outputs else None
         t4 = time.perf_counter()
