@@ -82,8 +82,8 @@ def input_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarra
     flows = (np.zeros_like(flow), flow)
     coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
     seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
-    return tuple(edge_agreement(visible_y, np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)),
-                                seen) for f in flows)
+    registered = (np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)) for f in flows)
+    return tuple(edge_agreement(visible_y, image, seen) for image in registered)
 
 
 def registration_row(name: str, result, edges) -> dict:
@@ -102,11 +102,10 @@ def edge_summary(rows: list) -> str:
     scores = scores[np.all(np.isfinite(scores), axis=1)]
     if not len(scores):
         return "edge agreement: no pair had enough overlap to score"
-    change = scores[:, 1] - scores[:, 0]
+    change, margin = scores[:, 1] - scores[:, 0], EDGE_MARGIN_OF_DIFFERENCE
     return (f"edge agreement with the visible image (registration.csv), input -> registered: mean "
-            f"{scores[:, 0].mean():.3f} -> {scores[:, 1].mean():.3f}; better on {int(np.sum(change > EDGE_MARGIN_OF_DIFFERENCE))}, "
-            f"worse on {int(np.sum(change < -EDGE_MARGIN_OF_DIFFERENCE))} of {len(scores)} pair(s) "
-            f"(by more than {EDGE_MARGIN_OF_DIFFERENCE})")
+            f"{scores[:, 0].mean():.3f} -> {scores[:, 1].mean():.3f}; better on {int(np.sum(change > margin))}, "
+            f"worse on {int(np.sum(change < -margin))} of {len(scores)} pair(s) (by more than {margin})")
 
 
 def low_confidence_warning(name: str, result, threshold: float) -> str | None:
