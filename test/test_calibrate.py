@@ -82,6 +82,37 @@ def test_calibration_file_and_picture(shifted_rig):
     assert picture is not None and picture.shape[1] > SIZE[1]
 
 
+def test_calibrate_checks_its_result_on_the_edges(shifted_rig):
+    """A check the user can trust without ground truth: on the pairs it used, the thermal's edges meet
+    the visible image's clearly better with the calibration than with the plain resize (off by 15+ px)."""
+    _, out, _, printed = shifted_rig
+    check = yaml.safe_load(out.read_text())["edge_check"]
+    assert check["pairs_scored"] == yaml.safe_load(out.read_text())["pairs_used"]
+    assert check["calibration"] > check["resize"] + 0.1
+    assert check["calibration_better_on"] == check["pairs_scored"] and check["calibration_worse_on"] == 0
+    assert f"the calibration better on {check['pairs_scored']}, worse on 0" in printed
+    assert "worse with the calibration" not in printed
+
+
+def test_the_edge_check_flags_a_calibration_that_misaligns_an_aligned_rig(aligned_pairs):
+    """Cameras already aligned, a calibration 6 px off: the check says so (and cgrp calibrate warns);
+    the plain resize itself as the calibration is not flagged."""
+    from cgrp_ros.commands.calibrate import edges_got_worse
+    from cgrp_ros.core.calibrate import resize_homography
+    from cgrp_ros.evaluation.rig import calibration_edge_check
+
+    sizes = {(v.shape[:2], t.shape[:2]) for _, v, t in aligned_pairs}
+    for visible_size, thermal_size in sizes:
+        pairs = [p for p in aligned_pairs if (p[1].shape[:2], p[2].shape[:2]) == (visible_size, thermal_size)]
+        resize = resize_homography(thermal_size, visible_size)
+        off = np.array([[1, 0, 6.0], [0, 1, -4.0], [0, 0, 1]]) @ resize
+        wrong = calibration_edge_check(pairs, Calibration(off, visible_size, thermal_size))
+        assert wrong["pairs_scored"] == len(pairs) and wrong["calibration_worse_on"] == len(pairs)
+        assert edges_got_worse(wrong)
+        right = calibration_edge_check(pairs, Calibration(resize, visible_size, thermal_size))
+        assert right["calibration"] == right["resize"] and not edges_got_worse(right)
+
+
 def test_a_pair_of_another_size_is_skipped_and_said_why(shifted_rig):
     """The first pair by name is 240x180: the rig's size is the one most pairs share, and the user
     reads which pair was left out and why, on the terminal and in rig.yaml."""

@@ -1,8 +1,10 @@
 """cgrp calibrate: the rig's thermal -> visible homography from many pairs (cgrp_ros.core.calibrate).
 
 Writes OUT (rig.yaml: the homography, both image sizes, pairs used, each skipped pair with its
-reason, the median residual, the date, the command) and OUT with .png (visible/thermal checkerboard
-before and after, on the most confident pair). With too little evidence nothing is written and the
+reason, the median residual, the edge check, the date, the command) and OUT with .png
+(visible/thermal checkerboard before and after, on the most confident pair). The edge check scores
+how well the thermal's edges meet the visible image's on every pair used, with the plain resize and
+with the calibration (no ground truth needed); a calibration that scores worse warns. With too little evidence nothing is written and the
 exit code is 2; with fewer than FEW_PAIRS pairs used it warns.
 """
 from __future__ import annotations
@@ -72,6 +74,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> li
 def run(args) -> int:
     from ..core.calibrate import RigCalibrator, checkerboard_picture, save_calibration
     from ..core.data import read_split
+    from ..evaluation.rig import calibration_edge_check
 
     try:
         scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
@@ -109,6 +112,7 @@ def run(args) -> int:
     command = command_line(args)
     calibration = calibrator.calibrate(pairs, progress, command)
     # (not enough evidence raises CalibrationError: one line, exit 2, no file)
+    calibration.edge_check = calibration_edge_check(pairs, calibration, progress)
     save_calibration(calibration, args.out)
     best = calibrator.best_pair or pairs[0][0]
     _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
@@ -117,6 +121,11 @@ def run(args) -> int:
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
           f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out} and {picture}")
+    print(f"cgrp calibrate: {edge_check_line(calibration.edge_check)}")
+    if edges_got_worse(calibration.edge_check):
+        print("cgrp calibrate: warning: the thermal's edges meet the visible image's worse with the calibration than "
+              "with the plain resize: check rig.png before using it (a rig whose cameras are already aligned "
+              "needs no calibration)", file=sys.stderr)
     if calibration.pairs_used < FEW_PAIRS:
         print(f"cgrp calibrate: warning: calibrated from only {calibration.pairs_used} pair(s); a pair's match errors "
               f"are shared by all its matches, so a few dozen pairs of different scenes give a steadier "
@@ -127,6 +136,22 @@ def run(args) -> int:
     if len(skipped) > SHOWN_SKIPPED:
         print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
     return 0
+
+
+def edge_check_line(check: dict) -> str:
+    """One line on evaluation.rig.calibration_edge_check's result."""
+    return (f"edge check (no ground truth needed): the thermal's edges meet the visible image's "
+            f"{check['resize']:.3f} with the plain resize, {check['calibration']:.3f} with the calibration "
+            f"(edge agreement, -1..1); the calibration better on {check['calibration_better_on']}, worse on "
+            f"{check['calibration_worse_on']} of {check['pairs_scored']} pair(s)")
+
+
+def edges_got_worse(check: dict) -> bool:
+    """The calibration lines the edges up worse than the plain resize, on average and on most pairs."""
+    from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE
+
+    return (check["calibration"] < check["resize"] - EDGE_MARGIN_OF_DIFFERENCE
+            and check["calibration_worse_on"] > check["pairs_scored"] / 2)
 
 
 def command_line(args) -> str:

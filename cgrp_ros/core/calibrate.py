@@ -64,6 +64,9 @@ class Calibration:
     skipped: dict = field(default_factory=dict)  # name -> why the pair was not used
     date: str = ""
     command: str = ""
+    # the check of the result that needs no ground truth, when one ran (cgrp calibrate: see
+    # evaluation.rig.calibration_edge_check): edge agreement with the plain resize and with the calibration
+    edge_check: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(homography=[[float(v) for v in row] for row in np.asarray(self.homography)],
@@ -73,6 +76,7 @@ class Calibration:
                     pairs_used=int(self.pairs_used), pairs_skipped=int(self.pairs_skipped),
                     median_residual_px=round(float(self.median_residual_px), 4), inlier_matches=int(self.matches),
                     placement_scale=round(float(self.scale), 4),
+                    **({"edge_check": dict(self.edge_check)} if self.edge_check else {}),
                     skipped={str(k): str(v) for k, v in sorted(dict(self.skipped).items())},
                     date=self.date, command=self.command)
 
@@ -125,6 +129,13 @@ def centred_placement(thermal_size, visible_size, scale: float = 1.0) -> np.ndar
     k = min(wv / wt, hv / ht) * scale
     ct, cv = ((wt - 1) / 2, (ht - 1) / 2), ((wv - 1) / 2, (hv - 1) / 2)
     return np.array([[k, 0, cv[0] - k * ct[0]], [0, k, cv[1] - k * ct[1]], [0, 0, 1.0]])
+
+
+def resize_homography(thermal_size, visible_size) -> np.ndarray:
+    """3x3 thermal px -> visible px of the plain resize (the prior without a calibration: the thermal
+    stretched onto the visible frame, pixel centres at integers)."""
+    (ht, wt), (hv, wv) = thermal_size, visible_size
+    return np.array([[wv / wt, 0, 0.5 * wv / wt - 0.5], [0, hv / ht, 0.5 * hv / ht - 0.5], [0, 0, 1.0]])
 
 
 def apply_homography(h: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -435,7 +446,7 @@ def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width
     th = normalize_thermal(check_image(thermal, "thermal"), thermal_percentiles)
     hv, wv = y.shape
     ht, wt = th.shape
-    prior = np.array([[wv / wt, 0, 0.5 * wv / wt - 0.5], [0, hv / ht, 0.5 * hv / ht - 0.5], [0, 0, 1.0]])
+    prior = resize_homography((ht, wt), (hv, wv))
     yy, xx = np.mgrid[0:hv, 0:wv]
     board = ((yy * tiles // hv + xx * tiles // wv) % 2).astype(bool)
     panels = []

@@ -223,6 +223,32 @@ def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homograph
     return [M.edge_agreement(visible_y[box], image[box], seen[box]) for image in warped]
 
 
+def calibration_edge_check(pairs, calibration, progress=None) -> dict:
+    """`cgrp calibrate`'s check of its own result, no ground truth needed: on every pair the
+    calibration used (pairs: [(name, visible, thermal)], arrays or zero-argument loaders),
+    footprint_edge_agreement of the plain resize and of the calibration's homography. Returns the two
+    means (`resize`, `calibration`), on how many pairs the calibration scored better / worse by more
+    than metrics.EDGE_MARGIN_OF_DIFFERENCE, and how many pairs were scored."""
+    from ..core.calibrate import resize_homography
+    from ..core.image import normalize_thermal
+
+    progress = progress or (lambda it, total, desc: it)
+    used = [p for p in pairs if p[0] not in calibration.skipped]
+    prior = resize_homography(calibration.thermal_size, calibration.visible_size)
+    scores = []
+    for name, visible, thermal in progress(used, len(used), "calibrate: edge check"):
+        visible = visible() if callable(visible) else visible
+        thermal = normalize_thermal(thermal() if callable(thermal) else thermal)
+        scores.append(footprint_edge_agreement(visible, thermal, (prior, calibration.homography)))
+    scores = np.array(scores, np.float64).reshape(-1, 2)
+    scores = scores[np.isfinite(scores).all(axis=1)]
+    change = scores[:, 1] - scores[:, 0]
+    mean = lambda values: round(float(values.mean()), 4) if len(values) else float("nan")  # noqa: E731
+    return dict(resize=mean(scores[:, 0]), calibration=mean(scores[:, 1]),
+                calibration_better_on=int(np.sum(change > M.EDGE_MARGIN_OF_DIFFERENCE)),
+                calibration_worse_on=int(np.sum(change < -M.EDGE_MARGIN_OF_DIFFERENCE)), pairs_scored=len(scores))
+
+
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
                          models=None, working_size=(256, 320), progress: bool = True) -> dict:
     """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
