@@ -4,8 +4,9 @@ Writes OUT (rig.yaml: the homography, both image sizes, pairs used, each skipped
 reason, the median residual, the edge check, the date, the command) and OUT with .png
 (visible/thermal checkerboard before and after, on the most confident pair). The edge check scores
 how well the thermal's edges meet the visible image's on every pair used, with the plain resize and
-with the calibration (no ground truth needed); a calibration that scores worse warns. With too little evidence nothing is written and the
-exit code is 2; with fewer than FEW_PAIRS pairs used it warns.
+with the calibration (no ground truth needed); a calibration that scores clearly worse warns. With
+too little evidence nothing is written and the exit code is 2; with fewer than FEW_PAIRS pairs used
+it warns.
 """
 from __future__ import annotations
 
