@@ -3,6 +3,7 @@
 The bags are written here with `rosbags` from a few bundled sample pairs shrunk to 96x128; the
 command runs as a subprocess like a user would run it.
 """
+import csv
 import subprocess
 import sys
 
@@ -136,6 +137,13 @@ def test_fuse_bag_writes_the_node_outputs_to_mcap(tmp_path, sample_pairs, storag
                          "deformation": "32FC2", "pseudo_thermal": "mono8"}
     flow = messages[output_topic("deformation")][0][1]
     assert len(flow.data) == flow.step * flow.height == 96 * 128 * 8
+    # registration.csv in the bag's folder, as for folders: one row per pair, named by the visible stamp
+    with open(out / "registration.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["name"] for row in rows] == [f"{s * 1e-9:.6f}" for s in stamps]
+    assert all(0 <= float(row["registration_confidence"]) <= 1 and -1 <= float(row["edge_agreement_input"]) <= 1
+               for row in rows)
+    assert "edge agreement with the visible image" in r.stdout
 
 
 def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pairs):

@@ -2,7 +2,8 @@
 
 With --bag the two image topics of a recording (sqlite3 or MCAP; sensor_msgs/Image or
 CompressedImage) are paired and fused like cgrp_fusion does it, into a new MCAP bag
-(cgrp_ros/ros/bag.py: no ROS installation needed).
+(cgrp_ros/ros/bag.py: no ROS installation needed); its registration.csv names each pair by the
+visible image's stamp (s).
 
 Besides the images, OUT/registration.csv has a row per fused pair: the registration's confidence,
 whether it fell back to the prior (identity, or --homography / --calibration), the mean flow
@@ -86,11 +87,9 @@ def input_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarra
     return tuple(edge_agreement(visible_y, image, seen) for image in registered)
 
 
-def registration_row(name: str, result, edges) -> dict:
+def registration_row(name: str, confidence: float, fallback: bool, flow: np.ndarray, edges) -> dict:
     """One row of OUT/registration.csv (see REGISTRATION_COLUMNS); edges: (input, registered)."""
-    flow = result.flow
-    return dict(name=name, registration_confidence=f"{float(result.registration_confidence):.4f}",
-                registration_fallback=int(bool(result.registration_fallback)),
+    return dict(name=name, registration_confidence=f"{float(confidence):.4f}", registration_fallback=int(bool(fallback)),
                 mean_flow_px=f"{float(np.hypot(flow[..., 0], flow[..., 1]).mean()):.3f}",
                 edge_agreement_input=f"{edges[0]:.4f}", edge_agreement_registered=f"{edges[1]:.4f}")
 
@@ -129,6 +128,7 @@ def write_registration_csv(path: Path, rows: list) -> None:
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
     from ..ros.bag import BagTopics, fuse_bag
+    from ..ros.fusion_outputs import message_arrays
     from ..ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 
     if args.visible or args.thermal:
@@ -145,11 +145,23 @@ def run_bag(args) -> int:
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     if args.registration_rate < 0:
         raise CgrpError("--registration-rate must be >= 0")
-    stream = StreamPipeline(pipeline_from_args(args), args.registration_rate)  # paced by the visible stamps
+    pipeline = pipeline_from_args(args)
+    stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
+    registration = []
+
+    def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
+        visible, thermal = message_arrays(visible_msg, thermal_msg)
+        flow = outputs.images["deformation"][0]
+        registration.append(registration_row(f"{outputs.stamp:.6f}", outputs.confidence, outputs.fallback, flow,
+                                             input_and_registered_edges(pipeline, visible, thermal, flow)))
+
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
                        progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
-                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr))
+                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record)
+    if registration:
+        write_registration_csv(args.out / "registration.csv", registration)
+        print(f"cgrp fuse: {edge_summary(registration)}")
     print(f"cgrp fuse: {summary.line()}; written to {args.out}")
     if not summary.pairs:
         print(f"cgrp fuse: error: no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' "
@@ -184,7 +196,8 @@ def run(args) -> int:
             result = stream(visible, thermal, stamp=index / args.fps)
             write_result(args.out, name, result)
             edges = input_and_registered_edges(pipeline, visible, thermal, result.flow)
-            registration.append(registration_row(name, result, edges))
+            registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
+                                                 result.flow, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
             if warning:
                 low_confidence += 1

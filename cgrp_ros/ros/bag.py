@@ -186,7 +186,7 @@ class BagSummary:
 
 def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
              slop: float = DEFAULT_SLOP, queue_size: int = DEFAULT_QUEUE_SIZE, progress=None,
-             warn=None) -> BagSummary:
+             warn=None, on_pair=None) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
     stream_pipeline: a core StreamPipeline (one rig: registrations paced by the visible stamps, the rig
@@ -195,7 +195,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     The inputs are copied as recorded, less messages that cannot be deserialised at all.
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
     at the log time of the message that completed the pair. `progress(total=N)` -> an object with
-    update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair.
+    update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair;
+    `on_pair(visible_msg, thermal_msg, outputs)` is called for every fused pair (fusion_outputs.PairOutputs).
     """
     summary = BagSummary()
     warn = warn or (lambda text: None)
@@ -224,7 +225,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     continue
                 sync.add(stream, msg)
                 while pairs:
-                    _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn)
+                    _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair)
         finally:
             if bar is not None:
                 bar.close()
@@ -235,7 +236,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     return summary
 
 
-def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn):
+def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn,
+              on_pair=None):
     stamp = stamp_ns(visible_msg) * 1e-9
     try:
         out = fuse_pair(stream_pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS))
@@ -252,3 +254,5 @@ def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_m
     for name, (image, encoding) in out.images.items():
         writer.write_image(output_topic(name), timestamp, image, encoding, visible_msg.header)
     summary.pairs += 1
+    if on_pair is not None:
+        on_pair(visible_msg, thermal_msg, out)

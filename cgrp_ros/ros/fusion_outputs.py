@@ -48,6 +48,11 @@ def as_array(msg) -> np.ndarray:
     return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
 
 
+def message_arrays(visible_msg, thermal_msg):
+    """(visible BGR or mono array, thermal array as sent) of one pair of messages: what the pipeline fuses."""
+    return to_bgr(as_array(visible_msg), visible_msg.encoding), as_array(thermal_msg)
+
+
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
     """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
 
@@ -80,8 +85,7 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
     with its own (same size and K), so every output is in the rectified visible camera's frame.
     """
     stamp = stamp_seconds(visible_msg.header.stamp)
-    visible = to_bgr(as_array(visible_msg), visible_msg.encoding)
-    thermal = as_array(thermal_msg)
+    visible, thermal = message_arrays(visible_msg, thermal_msg)
     warnings = content_warnings(visible, thermal, stamp)
     if intrinsics is not None:
         visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
