@@ -89,8 +89,9 @@ def input_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarra
 
 def registration_row(name: str, confidence: float, fallback: bool, flow: np.ndarray, edges) -> dict:
     """One row of OUT/registration.csv (see REGISTRATION_COLUMNS); edges: (input, registered)."""
+    mean_flow = float(np.hypot(flow[..., 0], flow[..., 1]).mean())
     return dict(name=name, registration_confidence=f"{float(confidence):.4f}",
-                registration_fallback=int(bool(fallback)), mean_flow_px=f"{float(np.hypot(flow[..., 0], flow[..., 1]).mean()):.3f}",
+                registration_fallback=int(bool(fallback)), mean_flow_px=f"{mean_flow:.3f}",
                 edge_agreement_input=f"{edges[0]:.4f}", edge_agreement_registered=f"{edges[1]:.4f}")
 
 
