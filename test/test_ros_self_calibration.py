@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -71,6 +71,14 @@ def test_the_node_self_calibrates_on_a_fixed_rig_and_saves_the_calibration(tmp_p
             return None
 
         spinner.wait_for(lambda: rig_state() == "converged", 5.0, "diagnostics saying converged", processes[0], node_log)
+        # the no-ground-truth check in the same status: the estimate lines the edges up better than the
+        # misaligned input, and nothing warns
+        latest = [status for array in statuses for status in array.status
+                  if any(kv.key == "self-calibration" for kv in status.values)][-1]
+        edges = {kv.key: kv.value for kv in latest.values}["edge agreement received / rig estimate"]
+        received, estimate = (float(v) for v in edges.split(" (")[0].split(" / "))
+        assert estimate > received + 0.05, edges
+        assert latest.level == DiagnosticStatus.OK and "edges up worse" not in latest.message, latest.message
 
         client = spinner.node.create_client(Trigger, "cgrp_fusion/save_calibration")
         assert client.wait_for_service(timeout_sec=10.0)

@@ -251,6 +251,45 @@ def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_p
     assert stream.rig.accepted == 2 and held.registrations == 2
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_on_registration_sees_each_registration_already_in_the_estimate(counted, rig_pair, background):
+    """The hook of cgrp_fusion's edge check: once per full registration, after the estimate took it in."""
+    visible, thermal, _ = rig_pair
+    seen = []
+    stream = StreamPipeline(counted, registration_rate=10.0, background=background,
+                            on_registration=lambda v, t: seen.append((stream.rig.accepted, v.shape, t.shape)))
+    for index in range(4):
+        stream(visible, thermal, stamp=index / 10)
+        assert stream.wait_idle(30.0)
+    assert stream.registrations == len(seen) >= 2
+    assert [accepted for accepted, _, _ in seen] == list(range(1, len(seen) + 1))
+    assert all((v, t) == (visible.shape, thermal.shape) for _, v, t in seen)
+
+
+def test_the_nodes_edge_check_tells_a_good_estimate_from_a_wrong_one(cpu_pipeline, sample_pairs):
+    """cgrp_fusion's /diagnostics check, without ROS: on a misaligned rig the estimate scores far above
+    the input and nothing warns; an estimate that moves an aligned rig by 6 px warns."""
+    from types import SimpleNamespace
+
+    from cgrp_ros.ros.alignment_check import AlignmentCheck
+
+    _, visible, thermal = sample_pairs[0]
+    truth = misalign(thermal, "moderate", rng_for(0, "rig"))
+    shift = np.zeros(visible.shape[:2] + (2,), np.float32)
+    shift[..., 0], shift[..., 1] = 6.0, -4.0
+    cases = {"misaligned, true estimate": (truth.misaligned, truth.flow), "aligned, wrong estimate": (thermal, shift)}
+    checks = {}
+    for name, (received, flow) in cases.items():
+        stream = SimpleNamespace(pipeline=cpu_pipeline, current=lambda f=flow: Registration(f, 1.0, False, {}))
+        checks[name] = check = AlignmentCheck()
+        for _ in range(3):
+            check.check(stream, visible, received)
+    good, bad = checks["misaligned, true estimate"], checks["aligned, wrong estimate"]
+    assert good.means()[1] > good.means()[0] + 0.1 and good.worse() is None
+    assert bad.means()[1] < bad.means()[0] - 0.05 and "edges up worse" in bad.worse()
+    assert "(last 3 registrations)" in good.values()["edge agreement received / rig estimate"]
+
+
 def test_a_new_image_size_registers_inline_even_in_the_background(cpu_pipeline, sample_pairs):
     """Unrelated pairs of different sizes in a row (the bundled sample): no frame is fused with a flow
     of another size."""

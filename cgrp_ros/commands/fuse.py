@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
-from ..core.image import bgr_to_ycrcb, visible_to_bgr01
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
-from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_agreement
+from ..evaluation.alignment import prior_and_registered_edges
+from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
@@ -73,18 +73,6 @@ def write_result(out: Path, name: str, result) -> None:
     cv2.imwrite(str(out / "pseudo" / f"{name}.png"), result.pseudo_thermal)
     np.save(out / "flow" / f"{name}.npy", result.flow)
     cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
-
-
-def input_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
-    """(input, registered): metrics.edge_agreement of the visible luminance with the thermal through the
-    prior alone (identity or the calibration: the alignment the pair came with) and through the prior
-    and `flow` (H x W x 2 visible px), over the pixels both of them see."""
-    visible_y = bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
-    flows = (np.zeros_like(flow), flow)
-    coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
-    seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
-    registered = (np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)) for f in flows)
-    return tuple(edge_agreement(visible_y, image, seen) for image in registered)
 
 
 def registration_row(name: str, confidence: float, fallback: bool, flow: np.ndarray, edges) -> dict:
@@ -154,7 +142,7 @@ def run_bag(args) -> int:
         visible, thermal = message_arrays(visible_msg, thermal_msg)
         flow = outputs.images["deformation"][0]
         registration.append(registration_row(f"{outputs.stamp:.6f}", outputs.confidence, outputs.fallback, flow,
-                                             input_and_registered_edges(pipeline, visible, thermal, flow)))
+                                             prior_and_registered_edges(pipeline, visible, thermal, flow)))
 
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
@@ -196,7 +184,7 @@ def run(args) -> int:
             thermal = read_image(thermal_path)
             result = stream(visible, thermal, stamp=index / args.fps)
             write_result(args.out, name, result)
-            edges = input_and_registered_edges(pipeline, visible, thermal, result.flow)
+            edges = prior_and_registered_edges(pipeline, visible, thermal, result.flow)
             registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
                                                  result.flow, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)

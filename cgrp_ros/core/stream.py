@@ -153,11 +153,15 @@ class StreamPipeline:
         being fused with the current estimate (a live node: no frame waits for a registration). The
         first registration, and the first of a new image size, still run inline (there is nothing to
         fuse with before them). False: the frame that falls due waits for it (offline: deterministic).
+    on_registration: called as on_registration(visible, thermal) after each full registration has
+        entered the estimate (not in per-frame mode), in the thread that ran it (e.g. a quality check of `current()` on that
+        frame, off the frame path in the background). An exception it raises is reported like one of
+        the registration's.
     """
 
     def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,
                  converging_rate: float = 2.0, confirming_rate: float = 10.0, rig: RigFlow | None = None,
-                 clock=time.monotonic, background: bool = False):
+                 clock=time.monotonic, background: bool = False, on_registration=None):
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
         self.pipeline = pipeline
@@ -174,6 +178,7 @@ class StreamPipeline:
         self._last = None               # the last registration (used while the rig has no estimate)
         self.shapes = None              # (visible H x W, thermal H x W) of the last frame
         self.background = background
+        self.on_registration = on_registration
         self._lock = threading.Lock()   # guards the estimate between the caller and the background thread
         self._thread = None             # the background registration thread (started on first use)
         self._jobs = None               # its queue of (visible, thermal, generation)
@@ -213,6 +218,8 @@ class StreamPipeline:
             try:
                 registration = self.pipeline.register(visible, thermal)
                 self._fold(registration, generation)
+                if self.on_registration is not None:
+                    self.on_registration(visible, thermal)
                 self._finished = registration
             except Exception as exc:  # reported by the next frame, which raises it
                 self._finished = exc
@@ -274,6 +281,8 @@ class StreamPipeline:
         with self._lock:
             self._generation += 1
         self._fold(registration)
+        if self.on_registration is not None:
+            self.on_registration(visible, thermal)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())
         spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)
                  for k in ("preprocess", "generator", "registration")}

@@ -5,6 +5,7 @@ parameters         its parameter table, checks and the PipelineConfig it builds
 pipelines          rebuilds beside the running Pipeline, swapped in between two pairs
 fusion_outputs     one pair of messages -> the output images (no rclpy: also for a bag reader)
 diagnostics        its counters, the /diagnostics status and the stats log line
+alignment_check    its no-ground-truth check of the rig estimate against the input, for /diagnostics
 image_conversions  sensor_msgs/Image <-> numpy (no cv_bridge)
 compressed         sensor_msgs/CompressedImage <-> numpy (JPEG, PNG incl. 16-bit)
 sync               approximate-time pairing of the two streams, the latest-pair slot

@@ -2,8 +2,8 @@
 
 `Stats` is shared by the executor and the worker thread. The functions read a node-like object
 with `values` (parameters), `stats`, `slot` (LatestPairSlot), `sync` (PairSynchronizer),
-`pipeline` (None while the node is not active), `pipeline_error`, `drop_history` and `state`
-(its lifecycle state).
+`pipeline` (None while the node is not active), `pipeline_error`, `drop_history`, `state`
+(its lifecycle state) and, where it has them, `stream` (the rig estimate) and `alignment_check`.
 """
 from __future__ import annotations
 
@@ -89,6 +89,10 @@ def diagnose(node):
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused
         return DiagnosticStatus.WARN, f"last pair: {doubtful}"
+    check = getattr(node, "alignment_check", None)
+    worse = check.worse() if check is not None and getattr(node, "stream", None) is not None else None
+    if worse:
+        return DiagnosticStatus.WARN, worse
     return DiagnosticStatus.OK, "fusing"
 
 
@@ -125,9 +129,11 @@ def rig_values(node) -> dict:
     if stream.registration_rate <= 0:
         return {"self-calibration": "off (every pair registered alone)", "registrations": str(stream.registrations)}
     rig, update = stream.rig, stream.last_update
+    check = getattr(node, "alignment_check", None)
     return {"self-calibration": rig.state, "rig registrations used": str(rig.accepted),
             "rig registrations rejected": str(rig.rejected), "registrations": str(stream.registrations),
-            "last registration vs estimate px": "n/a" if update is None else f"{update.distance:.2f}"}
+            "last registration vs estimate px": "n/a" if update is None else f"{update.distance:.2f}",
+            **(check.values() if check is not None else {})}
 
 
 def diagnostic_array(node, stamp) -> DiagnosticArray:

@@ -10,7 +10,8 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
             ~/pseudo_thermal      mono8
             ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's, rectified)
-            /diagnostics          diagnostic_msgs/DiagnosticArray (self-calibration state included)
+            /diagnostics          diagnostic_msgs/DiagnosticArray (self-calibration state and its edge check
+                                  included: cgrp_ros.ros.alignment_check)
 Services    ~/save_calibration    std_srvs/Trigger: the rig estimate -> calibration_file (a rig.yaml)
 
 Every output carries the visible image's header. The node is a thin adapter: messages are paired
@@ -45,6 +46,7 @@ from std_srvs.srv import Trigger
 from ..core.errors import CgrpError, InputError
 from ..core.stream import StreamPipeline
 from . import diagnostics
+from .alignment_check import AlignmentCheck
 from .camera_info import CameraInfos, with_header
 from .compressed import encode_compressed
 from .diagnostics import STREAM_NAMES, Stats
@@ -106,6 +108,7 @@ class FusionNode(LifecycleNode):
         self.finalized = False        # shutdown done: main() ends the process
         self.pipeline = None          # built on activate, released on deactivate
         self.stream = None            # StreamPipeline over `pipeline`: the rig estimate (self_calibrate)
+        self.alignment_check = AlignmentCheck()  # the estimate against the input, after each registration
         self.activation_error = None  # why the last activation failed (main() prints it at autostart)
         self.builder = None           # PipelineBuilder while active: rebuilds beside the running Pipeline
         self.stats = Stats()
@@ -164,7 +167,8 @@ class FusionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if self.stream is None:  # kept over deactivation: the rig does not change
             # registrations in a thread of their own: no frame waits for one
-            self.stream = StreamPipeline(self.pipeline, background=True, **stream_settings(self.values))
+            self.stream = StreamPipeline(self.pipeline, background=True, **stream_settings(self.values),
+                                         on_registration=lambda v, t: self.alignment_check.check(self.stream, v, t))
         self._use_pipeline(self.pipeline)
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
@@ -222,6 +226,7 @@ class FusionNode(LifecycleNode):
         old = self.stream.pipeline
         if old is not pipeline and not _same_prior(old.homography, pipeline.homography):
             self.stream.rig.reset()
+            self.alignment_check.reset()
             self.get_logger().info("calibration changed: the rig estimate starts again")
         self.stream.pipeline = pipeline
 

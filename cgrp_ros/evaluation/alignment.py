@@ -1,0 +1,27 @@
+"""Did the registration line the two cameras up? A check that needs no ground truth, for a user's own
+recordings (`cgrp fuse`'s registration.csv) and a running node (its /diagnostics).
+
+    received, registered = prior_and_registered_edges(pipeline, visible, thermal, flow)
+
+Both are metrics.edge_agreement scores of the visible luminance against the thermal brought into the
+visible camera by `pipeline` (Pipeline.thermal_in_visible): through the prior alone (a resize, or the
+calibration: the alignment the pair came with) and through the prior and `flow`. Compare them per pair
+with metrics.EDGE_MARGIN_OF_DIFFERENCE.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.image import bgr_to_ycrcb, visible_to_bgr01
+from .metrics import edge_agreement
+
+
+def prior_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
+    """(received, registered) edge agreement of one pair, over the pixels both mappings see.
+    visible: H x W (x3 BGR / x4 BGRA); thermal: h x w as received; flow: H x W x 2 visible px."""
+    visible_y = bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
+    flows = (np.zeros_like(flow), flow)
+    coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
+    seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
+    mapped = (np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)) for f in flows)
+    return tuple(edge_agreement(visible_y, image, seen) for image in mapped)
