@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.image import bgr_to_ycrcb, visible_to_bgr01
+from ..core.image import bgr_to_ycrcb, check_image, visible_to_bgr01
+from .evaluate import luminance
 from .metrics import edge_agreement
 
 
 def prior_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
     """(received, registered) edge agreement of one pair, over the pixels both mappings see.
     visible: H x W (x3 BGR / x4 BGRA); thermal: h x w as received; flow: H x W x 2 visible px."""
-    visible_y = bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
+    visible = check_image(visible, "visible")  # (H x W x 1 -> H x W)
+    integer = visible.dtype in (np.uint8, np.uint16)  # OpenCV's conversion: ~20x faster than the float path
+    visible_y = luminance(visible) if integer else bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
     flows = (np.zeros_like(flow), flow)
     coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
     seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
