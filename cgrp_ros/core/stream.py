@@ -154,9 +154,9 @@ class StreamPipeline:
         first registration, and the first of a new image size, still run inline (there is nothing to
         fuse with before them). False: the frame that falls due waits for it (offline: deterministic).
     on_registration: called as on_registration(visible, thermal) after each full registration has
-        entered the estimate (not in per-frame mode), in the thread that ran it (e.g. a quality check of `current()` on that
-        frame, off the frame path in the background). An exception it raises is reported like one of
-        the registration's.
+        entered the estimate (not in per-frame mode), in the thread that ran it: e.g. a quality check
+        of `current()` on that frame, off the frame path in the background. An exception it raises is
+        reported like one of the registration's.
     """
 
     def __init__(self, pipeline: Pipeline, registration_rate: float = 0.5, scene_change: float = 0.15,

@@ -4,7 +4,7 @@ After each full registration (StreamPipeline's on_registration, in the registrat
 frame's thermal is scored against its visible image twice (evaluation.alignment): as received
 (through the prior: a resize, or calibration_file) and through the rig estimate. The means over the
 last WINDOW registrations say whether the estimate lines the cameras' edges up better than what
-arrives; clearly worse is a warning (a rig that needs no registration, or a wrong estimate).
+arrives; clearly worse is a warning (e.g. a rig already aligned that the estimate moves).
 """
 from __future__ import annotations
 
@@ -69,4 +69,5 @@ class AlignmentCheck:
         if means is None or means[2] < MIN_SCORED or means[1] >= means[0] - WORSE_BY:
             return None
         return (f"the rig estimate lines the cameras' edges up worse than the input (edge agreement "
-                f"{means[1]:.3f} against {means[0]:.3f}): an already aligned rig needs no self_calibrate")
+                f"{means[1]:.3f} against {means[0]:.3f}): check ~/registered_thermal, the estimate may be "
+                f"wrong for this rig")

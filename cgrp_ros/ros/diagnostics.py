@@ -89,8 +89,9 @@ def diagnose(node):
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused
         return DiagnosticStatus.WARN, f"last pair: {doubtful}"
-    check = getattr(node, "alignment_check", None)
-    worse = check.worse() if check is not None and getattr(node, "stream", None) is not None else None
+    check, stream = getattr(node, "alignment_check", None), getattr(node, "stream", None)
+    amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
+    worse = check.worse() if check is not None and amortised else None
     if worse:
         return DiagnosticStatus.WARN, worse
     return DiagnosticStatus.OK, "fusing"
