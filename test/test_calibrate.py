@@ -98,7 +98,7 @@ def test_the_edge_check_flags_a_calibration_that_misaligns_an_aligned_rig(aligne
     """Cameras already aligned, a calibration 6 px off: the check says so (and cgrp calibrate warns);
     the plain resize itself as the calibration is not flagged."""
     from cgrp_ros.commands.calibrate import edges_got_worse
-    from cgrp_ros.core.calibrate import resize_homography
+    from cgrp_ros.core.image import resize_homography
     from cgrp_ros.evaluation.rig import calibration_edge_check
 
     sizes = {(v.shape[:2], t.shape[:2]) for _, v, t in aligned_pairs}

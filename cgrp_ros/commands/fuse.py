@@ -27,7 +27,7 @@ from ..core.errors import CgrpError
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import prior_and_registered_edges
-from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE
+from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
@@ -86,14 +86,13 @@ def registration_row(name: str, confidence: float, fallback: bool, flow: np.ndar
 def edge_summary(rows: list) -> str:
     """One line on the edge columns of registration.csv: means, and on how many pairs the registration
     moved the score by more than metrics.EDGE_MARGIN_OF_DIFFERENCE either way."""
-    scores = np.array([(float(r["edge_agreement_input"]), float(r["edge_agreement_registered"])) for r in rows])
-    scores = scores[np.all(np.isfinite(scores), axis=1)]
-    if not len(scores):
+    c = edge_comparison([float(r["edge_agreement_input"]) for r in rows],
+                        [float(r["edge_agreement_registered"]) for r in rows])
+    if not c["scored"]:
         return "edge agreement: no pair had enough overlap to score"
-    change, margin = scores[:, 1] - scores[:, 0], EDGE_MARGIN_OF_DIFFERENCE
     return (f"edge agreement with the visible image (registration.csv), input -> registered: mean "
-            f"{scores[:, 0].mean():.3f} -> {scores[:, 1].mean():.3f}; better on {int(np.sum(change > margin))}, "
-            f"worse on {int(np.sum(change < -margin))} of {len(scores)} pair(s) (by more than {margin})")
+            f"{c['before']:.3f} -> {c['after']:.3f}; better on {c['better']}, worse on {c['worse']} of "
+            f"{c['scored']} pair(s) (by more than {EDGE_MARGIN_OF_DIFFERENCE})")
 
 
 def low_confidence_warning(name: str, result, threshold: float) -> str | None:

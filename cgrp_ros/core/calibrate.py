@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .image import resize_homography
 
 DEFAULT_SCALES = (1.0, 1 / 1.25, 1 / 1.6, 1 / 2.0, 1 / 2.5, 1.25, 1.6)
 CELL = 8  # the matcher's cell size in working pixels
@@ -129,13 +130,6 @@ def centred_placement(thermal_size, visible_size, scale: float = 1.0) -> np.ndar
     k = min(wv / wt, hv / ht) * scale
     ct, cv = ((wt - 1) / 2, (ht - 1) / 2), ((wv - 1) / 2, (hv - 1) / 2)
     return np.array([[k, 0, cv[0] - k * ct[0]], [0, k, cv[1] - k * ct[1]], [0, 0, 1.0]])
-
-
-def resize_homography(thermal_size, visible_size) -> np.ndarray:
-    """3x3 thermal px -> visible px of the plain resize (the prior without a calibration: the thermal
-    stretched onto the visible frame, pixel centres at integers)."""
-    (ht, wt), (hv, wv) = thermal_size, visible_size
-    return np.array([[wv / wt, 0, 0.5 * wv / wt - 0.5], [0, hv / ht, 0.5 * hv / ht - 0.5], [0, 0, 1.0]])
 
 
 def apply_homography(h: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -494,6 +488,4 @@ def synthetic_rig(visible, thermal, misalignment=None, fov: float = 1.0, visible
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     hv, wv = round(h * visible_pixels), round(w * visible_pixels)
     vis = cv2.resize(vb, (wv, hv), interpolation=cv2.INTER_AREA if visible_pixels < 1 else cv2.INTER_LINEAR)
-    sx, sy = wv / w, hv / h
-    up = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
-    return vis, th, up @ crop @ g
+    return vis, th, resize_homography((h, w), (hv, wv)) @ crop @ g

@@ -126,3 +126,11 @@ def resize(image: np.ndarray, shape, interpolation=None) -> np.ndarray:
         shrinking = shape[0] < image.shape[0] and shape[1] < image.shape[1]
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(image, (shape[1], shape[0]), interpolation=interpolation)
+
+
+def resize_homography(from_size, to_size) -> np.ndarray:
+    """3x3 pixel map of a resize from an image of `from_size` (H, W) to one of `to_size` (H, W), both
+    seeing the same view, pixel centres at integers (OpenCV's convention): x' = sx x + (sx - 1) / 2."""
+    (h0, w0), (h1, w1) = from_size, to_size
+    sx, sy = w1 / w0, h1 / h0
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])

@@ -21,8 +21,8 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize, to_uint8,
-                    visible_to_bgr01, working_shape, ycrcb_to_bgr)
+from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize, resize_homography,
+                    to_uint8, visible_to_bgr01, working_shape, ycrcb_to_bgr)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -119,9 +119,7 @@ class Pipeline:
         """3x3 map from visible pixel coordinates to thermal pixel coordinates (the prior alignment)."""
         if self.homography is not None:
             return np.linalg.inv(self.homography)
-        (hv, wv), (ht, wt) = visible_shape, thermal_shape
-        sx, sy = wt / wv, ht / hv  # same field of view, pixel centres at integers
-        return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        return resize_homography(visible_shape, thermal_shape)  # same field of view
 
     def _prepare(self, visible, thermal=None):
         """Validate, normalise and resize the inputs to the padded working resolution."""
@@ -148,8 +146,7 @@ class Pipeline:
     def _placed_thermal(f, border) -> np.ndarray:
         """The thermal on the padded working grid through the calibration (working px -> visible px ->
         thermal px), 1 x 1 x pH x pW; outside its footprint `border` (an OpenCV border mode)."""
-        sx, sy = f.wv / f.w, f.hv / f.h
-        work_to_vis = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        work_to_vis = resize_homography((f.h, f.w), (f.hv, f.wv))
         placed = cv2.warpPerspective(f.th01, f.v2t @ work_to_vis, (f.w, f.h),
                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
         return Pipeline._nchw(placed, f.padded)

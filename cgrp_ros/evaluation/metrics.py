@@ -163,6 +163,18 @@ def edge_agreement(a, b, mask=None) -> float:
     return correlation(normalised_edges(resize(a)), normalised_edges(resize(b)), inside > 0)
 
 
+def edge_comparison(before, after) -> dict:
+    """Two edge_agreement scores per pair (sequences of one length, e.g. as received and as registered):
+    their means over the pairs scored both ways (NaN when none), on how many of them `after` is better
+    and worse by more than EDGE_MARGIN_OF_DIFFERENCE, and how many were scored."""
+    scores = np.array([before, after], np.float64).reshape(2, -1)
+    scores = scores[:, np.isfinite(scores).all(axis=0)]
+    change = scores[1] - scores[0]
+    mean = lambda values: float(values.mean()) if values.size else float("nan")  # noqa: E731
+    return dict(before=mean(scores[0]), after=mean(scores[1]), better=int(np.sum(change > EDGE_MARGIN_OF_DIFFERENCE)),
+                worse=int(np.sum(change < -EDGE_MARGIN_OF_DIFFERENCE)), scored=int(scores.shape[1]))
+
+
 def registration_metrics(registered, aligned, mask=None, flow=None, reference_flow=None) -> dict:
     """mae, rmse, ncc, mi of registered vs aligned thermal (0..255), + epe/epe_lt1/epe_lt3 given flows."""
     out = dict(mae=mae(registered, aligned, mask), rmse=rmse(registered, aligned, mask),

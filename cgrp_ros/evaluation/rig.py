@@ -229,8 +229,7 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
     footprint_edge_agreement of the plain resize and of the calibration's homography. Returns the two
     means (`resize`, `calibration`), on how many pairs the calibration scored better / worse by more
     than metrics.EDGE_MARGIN_OF_DIFFERENCE, and how many pairs were scored."""
-    from ..core.calibrate import resize_homography
-    from ..core.image import normalize_thermal
+    from ..core.image import normalize_thermal, resize_homography
 
     progress = progress or (lambda it, total, desc: it)
     used = [p for p in pairs if p[0] not in calibration.skipped]
@@ -240,13 +239,10 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
         visible = visible() if callable(visible) else visible
         thermal = normalize_thermal(thermal() if callable(thermal) else thermal)
         scores.append(footprint_edge_agreement(visible, thermal, (prior, calibration.homography)))
-    scores = np.array(scores, np.float64).reshape(-1, 2)
-    scores = scores[np.isfinite(scores).all(axis=1)]
-    change = scores[:, 1] - scores[:, 0]
-    mean = lambda values: round(float(values.mean()), 4) if len(values) else float("nan")  # noqa: E731
-    return dict(resize=mean(scores[:, 0]), calibration=mean(scores[:, 1]),
-                calibration_better_on=int(np.sum(change > M.EDGE_MARGIN_OF_DIFFERENCE)),
-                calibration_worse_on=int(np.sum(change < -M.EDGE_MARGIN_OF_DIFFERENCE)), pairs_scored=len(scores))
+    compared = M.edge_comparison(*np.array(scores, np.float64).reshape(-1, 2).T)
+    return dict(resize=round(compared["before"], 4), calibration=round(compared["after"], 4),
+                calibration_better_on=compared["better"], calibration_worse_on=compared["worse"],
+                pairs_scored=compared["scored"])
 
 
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from ..evaluation.alignment import prior_and_registered_edges
-from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE
+from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 
 WINDOW = 5        # registrations the means are taken over (the rig estimate's own window)
 MIN_SCORED = 3    # registrations scored before a verdict
@@ -49,10 +49,11 @@ class AlignmentCheck:
     def means(self):
         """(received, with the estimate, registrations scored), or None before the first."""
         with self._lock:
-            scores = np.array(self._scores, np.float64)
-        if not len(scores):
+            scores = list(self._scores)
+        if not scores:
             return None
-        return float(scores[:, 0].mean()), float(scores[:, 1].mean()), len(scores)
+        c = edge_comparison(*zip(*scores))
+        return c["before"], c["after"], c["scored"]
 
     def values(self) -> dict:
         """Its /diagnostics key/value."""
