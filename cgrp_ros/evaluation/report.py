@@ -63,7 +63,7 @@ def _machine_line(machine: dict) -> str:
 
 
 def _published_edges(rows) -> str:
-    values = [r.get("edge_agreement_published", float("nan")) for r in rows if r["method"] == "cgrp"]
+    values = [r["edge_agreement_published"] for r in rows if r["method"] == "cgrp"]
     values = [v for v in values if math.isfinite(v)]
     return f"{np.mean(values):.3f} on average" if values else "not scored"
 
@@ -385,7 +385,7 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
         table.append([f"`{r['dataset']}`", f"`{r['preset']}`", r["pairs"], _num(r["epe_none"]), _num(r["epe_cgrp"]),
                       _num(r["ratio"])] + [_num(r.get(f"epe_{m}")) for m in extra] +
                      [f"{_num(r['mae_none'])} / {_num(r['mae_cgrp'])}", _num(r["max_pair_epe"]), r["worse_pairs"],
-                      f"{_num(r.get('edge_agreement_published'), 3)} / {_num(r.get('edge_agreement_cgrp'), 3)}",
+                      f"{_num(r['edge_agreement_published'], 3)} / {_num(r['edge_agreement_cgrp'], 3)}",
                       _num(r["confidence_mean"], 3), r["fallbacks"], _targets_cell(r["targets"])])
     lines += [markdown_table(header, table), "", f"{h2} Targets (issue 9, \"Done when\")", ""]
     checked = [(r, t) for r in rows for t in r["targets"]]
