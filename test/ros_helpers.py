@@ -91,6 +91,25 @@ class Spinner:
             return
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
 
+    def call(self, client, request, timeout: float, what: str, proc=None, log_path=None, resend_after: float = 3.0):
+        """Call a service and spin until it answers; -> the response. Only for requests that may be sent
+        twice: the request is sent again every `resend_after` s without an answer, because a server that
+        has not yet discovered a new client's reply reader drops its first answer (rmw_fastrtps waits only
+        briefly, then logs "failed to send response (timeout)"), even after service_is_ready()."""
+        self.wait_for(client.service_is_ready, timeout, f"the service for {what}", proc, log_path)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            future = client.call_async(request)
+            resend = time.monotonic() + resend_after
+            while not future.done() and time.monotonic() < min(resend, end):
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"node exited ({proc.returncode}) while waiting for {what}\n{log_tail(log_path)}")
+                self.rclpy.spin_once(self.node, timeout_sec=0.02)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
+
 
 def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
     """Run cgrp_player (with `count` among `player_args`) until it exits, recording what it publishes.
@@ -186,6 +205,10 @@ class Harness:
 
     def wait_for(self, predicate, timeout, what):
         self.spinner.wait_for(predicate, timeout, what, self.proc, self.log_path)
+
+    def call(self, client, request, what, timeout=10.0):
+        """Spinner.call on the node under test (a request that may be sent twice)."""
+        return self.spinner.call(client, request, timeout, what, self.proc, self.log_path)
 
     def stamp(self, offset=0.0):
         return rclpy.time.Time(nanoseconds=self.spinner.node.get_clock().now().nanoseconds

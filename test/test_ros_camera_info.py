@@ -130,11 +130,8 @@ def test_a_camera_info_of_another_size_warns_and_the_pair_is_fused_without_undis
 
 
 def test_use_camera_info_false_unsubscribes_at_run_time(harness):
-    harness.wait_for(harness.set_parameters.service_is_ready, 10.0, "the set_parameters service")
     request = SetParameters.Request(parameters=[Parameter("use_camera_info", value=False).to_parameter_msg()])
-    future = harness.set_parameters.call_async(request)
-    harness.wait_for(future.done, 10.0, "the answer to setting use_camera_info")
-    assert future.result().results[0].successful
+    assert harness.call(harness.set_parameters, request, "the answer to setting use_camera_info").results[0].successful
     harness.wait_for(lambda: not any(p.get_subscription_count() for p in harness.info_pubs), 10.0,
                      "the camera_info subscriptions to go")
     harness.camera_infos.clear()

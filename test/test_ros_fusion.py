@@ -96,13 +96,9 @@ def test_broken_messages_are_logged_and_skipped(harness):
 
 
 def test_invalid_parameters_are_rejected_with_a_reason(harness):
-    harness.wait_for(lambda: harness.set_parameters.service_is_ready(), 10.0, "the set_parameters service")
-
     def set_parameter(name, value):
         request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        future = harness.set_parameters.call_async(request)
-        harness.wait_for(future.done, 10.0, f"the answer to setting {name}")
-        return future.result().results[0]
+        return harness.call(harness.set_parameters, request, f"the answer to setting {name}").results[0]
 
     result = set_parameter("backend", "tensorflow")
     assert not result.successful and "tensorflow" in result.reason

@@ -50,12 +50,10 @@ def test_qos_overrides_at_startup_set_the_subscription_reliability(tmp_path):
 
         # the publishers declare their override parameters too (read only, set at start-up)
         client = node.create_client(GetParameters, "cgrp_fusion/get_parameters")
-        spinner.wait_for(client.service_is_ready, 10.0, "the get_parameters service", proc, log)
-        future = client.call_async(GetParameters.Request(names=[
+        values = spinner.call(client, GetParameters.Request(names=[
             "qos_overrides./cgrp_fusion/fused.publisher.reliability",
-            "qos_overrides./visible/image.subscription.depth"]))
-        spinner.wait_for(future.done, 10.0, "the parameter values", proc, log)
-        assert [v.string_value or v.integer_value for v in future.result().values] == ["reliable", 5]
+            "qos_overrides./visible/image.subscription.depth"]), 10.0, "the parameter values", proc, log).values
+        assert [v.string_value or v.integer_value for v in values] == ["reliable", 5]
     finally:
         stop_node(proc, signal.SIGINT, timeout=5.0)
         spinner.node.destroy_node()

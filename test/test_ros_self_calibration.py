@@ -81,10 +81,7 @@ def test_the_node_self_calibrates_on_a_fixed_rig_and_saves_the_calibration(tmp_p
         assert latest.level == DiagnosticStatus.OK and "edges up worse" not in latest.message, latest.message
 
         client = spinner.node.create_client(Trigger, "cgrp_fusion/save_calibration")
-        assert client.wait_for_service(timeout_sec=10.0)
-        future = client.call_async(Trigger.Request())
-        spinner.wait_for(future.done, 10.0, "the save_calibration answer", processes[0], node_log)
-        response = future.result()
+        response = spinner.call(client, Trigger.Request(), 10.0, "the save_calibration answer", processes[0], node_log)
         assert response.success, response.message
         assert calibration.is_file() and "converged" in response.message
     finally:
