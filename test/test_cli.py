@@ -53,6 +53,8 @@ def test_fuse_writes_every_output_for_every_good_pair(fuse_run, pair_folders):
         flow = np.load(out / "flow" / f"{n}.npy")
         assert flow.shape == visible.shape[:2] + (2,) and flow.dtype == np.float32
         assert cv2.imread(str(out / "flow_vis" / f"{n}.png")).shape == visible.shape
+        assert cv2.imread(str(out / "alignment" / f"{n}.jpg")) is not None  # the edges, for a person to judge
+    assert sorted(p.stem for p in (out / "alignment").iterdir()) == sorted(names)
 
 
 def test_fuse_writes_the_registration_confidence_of_every_fused_pair(fuse_run):
@@ -93,6 +95,21 @@ def test_fuse_tells_which_pairs_the_registration_lined_up(sample_dir, tmp_path):
     assert rows["shifted"]["edge_agreement_registered"] > rows["shifted"]["edge_agreement_input"] + 0.2
     assert abs(rows["aligned"]["edge_agreement_registered"] - rows["aligned"]["edge_agreement_input"]) <= 0.01
     assert "better on 1, worse on 0 of 2 pair(s)" in proc.stdout
+
+    # and a person sees it: OUT/alignment/NAME.jpg, the edges as received (left) and as registered (right),
+    # white where both cameras' edges coincide
+    from cgrp_ros.evaluation.report import ALIGNMENT_TILE_HEIGHT, LABEL_HEIGHT
+
+    def coinciding_edges(name):  # white pixels in the whole-view tiles: (input, registered)
+        picture = cv2.imread(str(tmp_path / "out" / "alignment" / f"{name}.jpg"))
+        views = picture[2 * LABEL_HEIGHT:2 * LABEL_HEIGHT + ALIGNMENT_TILE_HEIGHT]
+        white = views.min(axis=2) > 128
+        half = white.shape[1] // 2
+        return int(white[:, :half].sum()), int(white[:, half:].sum())
+    received, registered = coinciding_edges("shifted")
+    assert registered > 1.5 * received, (received, registered)
+    received, registered = coinciding_edges("aligned")
+    assert abs(registered - received) < 0.1 * received, (received, registered)
 
 
 def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_path, monkeypatch, capsys):

@@ -8,8 +8,9 @@ visible image's stamp (s).
 Besides the images, OUT/registration.csv has a row per fused pair: the registration's confidence,
 whether it fell back to the prior (identity, or --homography / --calibration), the mean flow
 magnitude, and how well the thermal's edges meet the visible image's before and after registration
-(metrics.edge_agreement: no ground truth needed, so it works on a user's own recordings). A pair
-registered with low confidence gets a warning line; it is still written and is no failure.
+(metrics.edge_agreement: no ground truth needed, so it works on a user's own recordings);
+OUT/alignment/NAME.jpg shows those edges, for a person to judge (folders only). A pair registered
+with low confidence gets a warning line; it is still written and is no failure.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
-from ..evaluation.alignment import prior_and_registered_edges
+from ..evaluation.alignment import ReceivedAndRegistered, prior_and_registered_edges, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
+from ..evaluation.report import alignment_panel
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
@@ -73,6 +75,17 @@ def write_result(out: Path, name: str, result) -> None:
     cv2.imwrite(str(out / "pseudo" / f"{name}.png"), result.pseudo_thermal)
     np.save(out / "flow" / f"{name}.npy", result.flow)
     cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
+
+
+def write_alignment(out: Path, name: str, pair: ReceivedAndRegistered, edges, result) -> None:
+    """DIR/alignment/NAME.jpg: the edges of both cameras as the pair came in and as registered (JPEG: a
+    picture to look at, a fifth of the PNG's size)."""
+    (out / "alignment").mkdir(parents=True, exist_ok=True)
+    how = "fell back to the prior" if result.registration_fallback else "registered"
+    views = [(pair.received, f"input, no registration, edges {edges[0]:.3f}"),
+             (pair.registered, f"{how}, confidence {float(result.registration_confidence):.2f}, edges {edges[1]:.3f}")]
+    cv2.imwrite(str(out / "alignment" / f"{name}.jpg"), alignment_panel(pair.visible_y, views, name, pair.seen),
+                [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def registration_row(name: str, confidence: float, fallback: bool, flow: np.ndarray, edges) -> dict:
@@ -183,7 +196,9 @@ def run(args) -> int:
             thermal = read_image(thermal_path)
             result = stream(visible, thermal, stamp=index / args.fps)
             write_result(args.out, name, result)
-            edges = prior_and_registered_edges(pipeline, visible, thermal, result.flow)
+            pair = received_and_registered(pipeline, visible, thermal, result.flow)
+            edges = pair.edges()
+            write_alignment(args.out, name, pair, edges, result)
             registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
                                                  result.flow, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)

@@ -1,14 +1,16 @@
 """Did the registration line the two cameras up? A check that needs no ground truth, for a user's own
-recordings (`cgrp fuse`'s registration.csv) and a running node (its /diagnostics).
+recordings (`cgrp fuse`'s registration.csv and alignment pictures) and a running node (its /diagnostics).
 
     received, registered = prior_and_registered_edges(pipeline, visible, thermal, flow)
 
 Both are metrics.edge_agreement scores of the visible luminance against the thermal brought into the
 visible camera by `pipeline` (Pipeline.thermal_in_visible): through the prior alone (a resize, or the
 calibration: the alignment the pair came with) and through the prior and `flow`. Compare them per pair
-with metrics.EDGE_MARGIN_OF_DIFFERENCE.
+with metrics.EDGE_MARGIN_OF_DIFFERENCE. received_and_registered() keeps the images, for a picture.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,14 +19,32 @@ from .evaluate import luminance
 from .metrics import edge_agreement
 
 
-def prior_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
-    """(received, registered) edge agreement of one pair, over the pixels both mappings see.
-    visible: H x W (x3 BGR / x4 BGRA); thermal: h x w as received; flow: H x W x 2 visible px."""
+@dataclass
+class ReceivedAndRegistered:
+    """One pair in the visible camera's pixels (all H x W)."""
+    visible_y: np.ndarray    # visible luminance
+    received: np.ndarray     # float32 thermal through the prior alone: the alignment the pair came with
+    registered: np.ndarray   # float32 thermal through the prior and the flow
+    seen: np.ndarray         # bool: where both of them see the thermal (0 elsewhere)
+
+    def edges(self) -> tuple:
+        """(received, registered) edge agreement with the visible image, over `seen`."""
+        return tuple(edge_agreement(self.visible_y, image, self.seen) for image in (self.received, self.registered))
+
+
+def received_and_registered(pipeline, visible: np.ndarray, thermal: np.ndarray,
+                            flow: np.ndarray) -> ReceivedAndRegistered:
+    """visible: H x W (x3 BGR / x4 BGRA); thermal: h x w as received; flow: H x W x 2 visible px."""
     visible = check_image(visible, "visible")  # (H x W x 1 -> H x W)
     integer = visible.dtype in (np.uint8, np.uint16)  # OpenCV's conversion: ~20x faster than the float path
     visible_y = luminance(visible) if integer else bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
     flows = (np.zeros_like(flow), flow)
     coverage = np.ones(thermal.shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
     seen = np.logical_and.reduce([pipeline.thermal_in_visible(coverage, f) > 0.999 for f in flows])
-    mapped = (np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)) for f in flows)
-    return tuple(edge_agreement(visible_y, image, seen) for image in mapped)
+    received, registered = (np.nan_to_num(pipeline.thermal_in_visible(thermal, f).astype(np.float32)) for f in flows)
+    return ReceivedAndRegistered(visible_y, received, registered, seen)
+
+
+def prior_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):
+    """(received, registered) edge agreement of one pair, over the pixels both mappings see."""
+    return received_and_registered(pipeline, visible, thermal, flow).edges()

@@ -180,7 +180,7 @@ class PairResult:
     epe: dict                        # method -> per-pixel EPE on the scored region (1-D)
     abs_error: dict                  # method -> per-pixel |registered - aligned| on the scored region
     panel: dict = field(default_factory=dict)  # images for the example figure
-    alignment: dict = field(default_factory=dict)  # images for alignment_panel (visible_y, published, ...)
+    alignment: dict = field(default_factory=dict)  # images for evaluation_alignment_panel (visible_y, published, ...)
 
 
 def thermal_to_uint8(thermal: np.ndarray, shape) -> np.ndarray:
@@ -407,7 +407,8 @@ def evaluate(pipeline, pairs, out, preset: str = "moderate", seed: int = 0, figu
         scores = {row["method"]: row for row in pair.rows}
         if misses_pair_target(preset, scores["cgrp"]["epe"], scores["none"]["epe"]):
             path = out / f"alignment_{stem}.png"  # for a person to judge the pair behind a miss
-            cv2.imwrite(str(path), report.alignment_panel(pair.alignment, scores, f"{dataset} {name} {preset}"))
+            panel = report.evaluation_alignment_panel(pair.alignment, scores, f"{dataset} {name} {preset}")
+            cv2.imwrite(str(path), panel)
             files.append(path)
         if pair.panel:
             path = out / f"example_{stem}.png"

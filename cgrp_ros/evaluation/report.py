@@ -148,16 +148,24 @@ def checkerboard(a: np.ndarray, b: np.ndarray, square: int = CHECKER_TILE) -> np
     return np.where(pick_a, a, b)
 
 
-def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
     """BGR picture of where two same-size grey images have edges: the visible image's green, the
     thermal's magenta, both white. Each gradient magnitude is scaled by its own 98th percentile, so the
-    strongest edges of either modality show whatever its contrast (fine texture stays dim)."""
+    strongest edges of either modality show whatever its contrast (fine texture stays dim). `seen`:
+    H x W bool, where the thermal camera sees; its edges elsewhere (the border of its footprint, not
+    the scene's) are left out."""
     sigma = max(1.0, visible_y.shape[1] / 800)  # about one pixel of a 800-px-wide view
 
-    def strength(image):
+    def strength(image, where=None):
         magnitude = M.gradient_magnitude(image, sigma)
+        if where is not None:
+            magnitude = magnitude * where
         return np.clip(magnitude * (255.0 / (np.percentile(magnitude, 98) + 1e-6)), 0, 255).astype(np.uint8)
-    visible, thermal = strength(visible_y), strength(thermal)
+    inside = None
+    if seen is not None:  # a few pixels in from the footprint's border, past the blur of its edge
+        margin = 2 * int(np.ceil(2 * sigma)) + 1
+        inside = cv2.erode(seen.astype(np.uint8), np.ones((margin, margin), np.uint8)).astype(np.float32)
+    visible, thermal = strength(visible_y), strength(thermal, inside)
     return np.dstack((thermal, visible, thermal))
 
 
@@ -165,21 +173,13 @@ ALIGNMENT_TILE_HEIGHT = 300   # px, alignment_panel's tiles
 ALIGNMENT_ZOOM = 3            # the lower row shows 1 / ALIGNMENT_ZOOM of the image's width and height
 
 
-def alignment_panel(alignment: dict, scores: dict, title: str) -> np.ndarray:
-    """Edges of the visible image over the thermal's for a person to judge one pair behind a missed
-    target: the published alignment (the evaluation's truth), the unregistered input (if it differs)
-    and cgrp's registration; the whole view above, a zoomed window with structure in both below.
-    `alignment`: PairResult.alignment; `scores`: {method: row} of the pair."""
-    visible = alignment["visible_y"]
-    height, width = visible.shape
-    views = [(alignment["published"], f"published alignment, edges {scores['cgrp']['edge_agreement_published']:.3f}")]
-    if scores["none"]["epe"] > 0:
-        views.append((alignment["unregistered"], f"unregistered, EPE {scores['none']['epe']:.2f} px, "
-                                                 f"edges {scores['none']['edge_agreement']:.3f}"))
-    views.append((alignment["registered"], f"cgrp, EPE {scores['cgrp']['epe']:.2f} px, "
-                                           f"edges {scores['cgrp']['edge_agreement']:.3f}"))
-    overlays = [edge_overlay(visible, thermal) for thermal, _ in views]
-    # the zoomed window: where both modalities have the most strong edges (in any of the views)
+def alignment_panel(visible_y: np.ndarray, views, title: str, seen: np.ndarray | None = None) -> np.ndarray:
+    """Edges of the visible image over the thermal's, for a person to judge how well each view lines
+    the two cameras up: the whole view above, below a window 1/ALIGNMENT_ZOOM of the size where both
+    modalities have the most strong edges. `views`: [(thermal in the visible camera, H x W grey;
+    label)], side by side; `seen`: as for edge_overlay."""
+    height, width = visible_y.shape
+    overlays = [edge_overlay(visible_y, thermal, seen) for thermal, _ in views]
     crop_w, crop_h = max(1, width // ALIGNMENT_ZOOM), max(1, height // ALIGNMENT_ZOOM)
     both = np.max([o[:, :, 1].astype(np.float32) * o[:, :, 0] for o in overlays], axis=0)
     density = cv2.boxFilter(both, -1, (crop_w, crop_h), normalize=True, borderType=cv2.BORDER_CONSTANT)
@@ -195,6 +195,19 @@ def alignment_panel(alignment: dict, scores: dict, title: str) -> np.ndarray:
     rows = np.vstack((np.hstack(top), np.hstack(bottom)))
     legend = f"{title}   green: visible edges, magenta: thermal edges, white: both"
     return np.vstack((_label(legend, rows.shape[1]), rows))
+
+
+def evaluation_alignment_panel(alignment: dict, scores: dict, title: str) -> np.ndarray:
+    """alignment_panel of one evaluated pair behind a missed target: the published alignment (the
+    evaluation's truth), the unregistered input (if it differs) and cgrp's registration.
+    `alignment`: PairResult.alignment; `scores`: {method: row} of the pair."""
+    views = [(alignment["published"], f"published alignment, edges {scores['cgrp']['edge_agreement_published']:.3f}")]
+    if scores["none"]["epe"] > 0:
+        views.append((alignment["unregistered"], f"unregistered, EPE {scores['none']['epe']:.2f} px, "
+                                                 f"edges {scores['none']['edge_agreement']:.3f}"))
+    views.append((alignment["registered"], f"cgrp, EPE {scores['cgrp']['epe']:.2f} px, "
+                                           f"edges {scores['cgrp']['edge_agreement']:.3f}"))
+    return alignment_panel(alignment["visible_y"], views, title)
 
 
 def example_panel(panel: dict) -> np.ndarray:
