@@ -41,7 +41,8 @@ def test_every_output_from_a_raw_visible_and_a_decoded_16bit_thermal(small_pipel
     assert out.stamp == 3.5 and out.warnings == [] and 0.0 <= out.confidence <= 1.0
     encodings = {name: encoding for name, (_, encoding) in out.images.items()}
     assert encodings == {"fused": "bgr8", "fused/compressed": "bgr8", "registered_thermal": "16UC1",
-                         "deformation": "32FC2", "deformation_vis": "bgr8", "pseudo_thermal": "mono8"}
+                         "deformation": "32FC2", "deformation_vis": "bgr8", "alignment_vis": "bgr8",
+                         "pseudo_thermal": "mono8"}
     assert all(image.shape[:2] == (120, 160) for image, _ in out.images.values())
 
 
@@ -52,3 +53,56 @@ def test_only_the_wanted_outputs_and_content_warnings(small_pipeline, pair):
                     {"deformation_vis"})
     assert set(out.images) == {"deformation_vis"}
     assert [w[0] for w in out.warnings] == ["constant_images"]
+
+
+def white(picture):
+    """Pixels where both cameras' edges are strong in an edge picture (green + magenta = white)."""
+    return int((picture.min(axis=2) > 128).sum())
+
+
+def test_alignment_vis_shows_the_edges_of_both_cameras_lined_up(cpu_pipeline, sample_pairs):
+    """~/alignment_vis: a thermal 9 px right and 6 px up of the visible comes out with its edges on the
+    visible's (white), where the thermal as received had them beside (green and magenta apart)."""
+    import cv2
+
+    from cgrp_ros.core.stream import StreamPipeline
+    from cgrp_ros.evaluation.alignment import visible_luminance
+    from cgrp_ros.evaluation.report import edge_overlay
+
+    _, visible, thermal = sample_pairs[0]
+    shifted = cv2.warpAffine(thermal, np.float32([[1, 0, 9], [0, 1, -6]]), thermal.shape[::-1],
+                             borderMode=cv2.BORDER_REFLECT)
+    out = fuse_pair(StreamPipeline(cpu_pipeline, registration_rate=0), DecodedImage(header(1), visible, "bgr8"),
+                    DecodedImage(header(1), shifted, "mono8"), {"alignment_vis"})
+    picture, encoding = out.images["alignment_vis"]
+    assert encoding == "bgr8" and picture.shape == visible.shape and picture.dtype == np.uint8
+    as_received = edge_overlay(visible_luminance(visible), shifted)
+    assert white(picture) > 1.5 * white(as_received), (white(picture), white(as_received))
+
+
+def test_alignment_vis_draws_no_thermal_edge_where_the_thermal_does_not_see(sample_pairs):
+    """With a calibration whose thermal sees the middle of the visible view, the frame of its footprint
+    is not drawn as a thermal edge: no magenta outside the footprint."""
+    import cv2
+
+    from cgrp_ros.core.calibrate import synthetic_rig
+    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+    from cgrp_ros.core.stream import StreamPipeline
+
+    _, visible, thermal = sample_pairs[0]
+    rig_visible, rig_thermal, truth = synthetic_rig(visible, thermal, fov=1.6)  # thermal: the central 1/1.6
+    pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu", homography=truth))
+    stream = StreamPipeline(pipeline, registration_rate=0)
+    out = fuse_pair(stream, DecodedImage(header(1), rig_visible, "bgr8"), DecodedImage(header(1), rig_thermal, "mono8"),
+                    {"alignment_vis"})
+    picture = out.images["alignment_vis"][0]
+    height, width = rig_thermal.shape
+    corners = cv2.perspectiveTransform(np.float32([[[0, 0], [width, 0], [width, height], [0, height]]]), truth)[0]
+    footprint = np.zeros(picture.shape[:2], np.uint8)
+    cv2.fillConvexPoly(footprint, np.round(corners).astype(np.int32), 1)
+    kernel = np.ones((5, 5), np.uint8)
+    border = cv2.dilate(footprint, kernel).astype(bool) & ~cv2.erode(footprint, kernel).astype(bool)  # +-2 px
+    magenta = picture[:, :, 2]
+    assert magenta[~footprint.astype(bool)].max() == 0  # nothing of the thermal outside its view
+    assert magenta[border].max() == 0                    # nor the frame of its footprint
+    assert (magenta[footprint.astype(bool)] > 128).mean() > 0.01  # its own edges inside it

@@ -48,23 +48,33 @@ def test_mono_visible_and_8bit_thermal_keep_their_families(harness):
     assert out["fused"].encoding == "mono8" and out["registered_thermal"].encoding == "8UC1"
 
 
-def test_deformation_vis_is_the_colour_coded_flow_while_subscribed(harness):
+def test_the_pictures_for_rviz_while_subscribed(harness):
+    """~/deformation_vis is the colour-coded flow; ~/alignment_vis both cameras' edges (bgr8, same header)."""
     from cgrp_ros.core.warp import flow_to_color
     from ros_helpers import RELIABLE
 
-    vis = []
-    subscription = harness.spinner.node.create_subscription(Image, "cgrp_fusion/deformation_vis", vis.append, RELIABLE)
+    pictures = {"deformation_vis": [], "alignment_vis": []}
+    node = harness.spinner.node
+    subscriptions = [node.create_subscription(Image, f"cgrp_fusion/{name}", got.append, RELIABLE)
+                     for name, got in pictures.items()]
     try:
-        harness.wait_for(lambda: harness.spinner.node.count_subscribers("cgrp_fusion/deformation_vis") >= 1, 10.0,
-                         "the deformation_vis subscription")
+        harness.wait_for(lambda: all(node.count_subscribers(f"cgrp_fusion/{name}") >= 1 for name in pictures), 10.0,
+                         "the picture subscriptions")
         stamp = harness.publish_pair()
         out = harness.wait_outputs(stamp)
-        harness.wait_for(lambda: any(m.header.stamp == out["fused"].header.stamp for m in vis), 10.0, "deformation_vis")
-        msg = next(m for m in vis if m.header.stamp == out["fused"].header.stamp)
-        assert msg.encoding == "bgr8" and (msg.height, msg.width) == (120, 160) and msg.header.frame_id == "test_visible"
-        assert np.array_equal(image_to_numpy(msg), flow_to_color(image_to_numpy(out["deformation"])))
+        stamp_msg = out["fused"].header.stamp
+        harness.wait_for(lambda: all(any(m.header.stamp == stamp_msg for m in got) for got in pictures.values()), 10.0,
+                         "deformation_vis and alignment_vis")
+        msgs = {name: next(m for m in got if m.header.stamp == stamp_msg) for name, got in pictures.items()}
+        for msg in msgs.values():
+            assert msg.encoding == "bgr8" and (msg.height, msg.width) == (120, 160)
+            assert msg.header.frame_id == "test_visible"
+        flow = image_to_numpy(out["deformation"])
+        assert np.array_equal(image_to_numpy(msgs["deformation_vis"]), flow_to_color(flow))
+        assert image_to_numpy(msgs["alignment_vis"]).max() > 0  # edges drawn
     finally:
-        harness.spinner.node.destroy_subscription(subscription)
+        for subscription in subscriptions:
+            node.destroy_subscription(subscription)
 
 
 def test_pairs_inside_the_slop_are_fused_outside_are_not(harness):

@@ -8,6 +8,8 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/registered_thermal  the input thermal's encoding (mono8/8UC1, mono16/16UC1, 32FC1)
             ~/deformation         32FC2, flow in pixels: registered[y, x] = thermal[y + fy, x + fx]
             ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
+            ~/alignment_vis       bgr8, both cameras' edges after registration (visible green, thermal magenta,
+                                  white where they coincide) for rviz
             ~/pseudo_thermal      mono8
             ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's, rectified)
             /diagnostics          diagnostic_msgs/DiagnosticArray (self-calibration state and its edge check

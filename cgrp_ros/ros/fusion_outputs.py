@@ -16,13 +16,15 @@ import numpy as np
 
 from ..core.camera import undistort
 from ..core.warp import flow_to_color
+from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
 from .image_conversions import encoding_for, image_to_numpy, to_bgr
 from .sync import stamp_seconds
 
 # output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused'), in publishing order
 CORE_OUTPUT = {"fused": "fused", "fused/compressed": "fused", "registered_thermal": "registered_thermal",
-               "deformation": "flow", "deformation_vis": "flow", "pseudo_thermal": "pseudo_thermal"}
+               "deformation": "flow", "deformation_vis": "flow", "alignment_vis": "registered_thermal",
+               "pseudo_thermal": "pseudo_thermal"}
 
 
 @dataclass
@@ -100,13 +102,15 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
                                        encoding_for(result.registered_thermal, thermal_msg.encoding)),
         "deformation": lambda: (result.flow, "32FC2"),
         "deformation_vis": lambda: (flow_to_color(result.flow, deformation_vis_max or None), "bgr8"),
+        "alignment_vis": lambda: (registered_edges_picture(stream_pipeline.pipeline, visible, result.registered_thermal,
+                                                           thermal.shape, result.flow), "bgr8"),
         "pseudo_thermal": lambda: (result.pseudo_thermal, "mono8") if result.pseudo_thermal is not None else None,
     }
     images = {}
     for name in CORE_OUTPUT:  # a fixed order (fused first): the node publishes in this order
         if name not in wanted:
             continue
-        if name == "registered_thermal" and result.registered_thermal is None:
+        if name in ("registered_thermal", "alignment_vis") and result.registered_thermal is None:
             continue
         image = candidates[name]()
         if image is not None:

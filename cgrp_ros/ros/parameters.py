@@ -14,7 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 
-OUTPUTS = ("fused", "registered_thermal", "deformation", "deformation_vis", "pseudo_thermal")
+OUTPUTS = ("fused", "registered_thermal", "deformation", "deformation_vis", "alignment_vis", "pseudo_thermal")
 
 
 @dataclass(frozen=True)
