@@ -73,6 +73,7 @@ def test_rviz_config_shows_both_inputs_and_all_outputs_rviz_can_render():
     rviz = yaml.safe_load((REPO / "config" / "cgrp.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]
               if d["Class"] == "rviz_default_plugins/Image"}
-    assert topics == {"/visible/image", "/thermal/image"} | {f"/cgrp_fusion/{n}" for n in
-                                                             ("fused", "registered_thermal", "deformation_vis",
-                                                              "pseudo_thermal")}  # not the 32FC2 deformation
+    from cgrp_ros.ros.parameters import OUTPUTS
+
+    renderable = set(OUTPUTS) - {"deformation"}  # not the 32FC2 flow: deformation_vis shows it
+    assert topics == {"/visible/image", "/thermal/image"} | {f"/cgrp_fusion/{n}" for n in renderable}
