@@ -82,6 +82,21 @@ def test_calibration_file_and_picture(shifted_rig):
     assert picture is not None and picture.shape[1] > SIZE[1]
 
 
+def test_the_edges_picture_shows_the_calibration_lining_the_cameras_up(shifted_rig):
+    """rig_edges.jpg: the edges of both cameras through the plain resize (left) and the calibration
+    (right); on this rig, off by 15+ px without the calibration, white (coinciding edges) on the right."""
+    from cgrp_ros.evaluation.report import ALIGNMENT_TILE_HEIGHT, LABEL_HEIGHT
+
+    _, out, _, printed = shifted_rig
+    picture = cv2.imread(str(out.with_name("rig_edges.jpg")))
+    assert picture is not None and "rig_edges.jpg" in printed
+    views = picture[2 * LABEL_HEIGHT:2 * LABEL_HEIGHT + ALIGNMENT_TILE_HEIGHT]
+    white = views.min(axis=2) > 128
+    half = white.shape[1] // 2
+    resize, calibration = int(white[:, :half].sum()), int(white[:, half:].sum())
+    assert calibration > 2 * resize, (resize, calibration)
+
+
 def test_calibrate_checks_its_result_on_the_edges(shifted_rig):
     """A check the user can trust without ground truth: on the pairs it used, the thermal's edges meet
     the visible image's clearly better with the calibration than with the plain resize (off by 15+ px)."""

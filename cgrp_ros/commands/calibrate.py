@@ -33,7 +33,8 @@ def add_arguments(p):
     p.add_argument("--visible", type=Path, help="folder of visible images (or one file)")
     p.add_argument("--thermal", type=Path, help="folder of thermal images with the same names")
     p.add_argument("--out", type=Path, required=True, help="calibration file to write, e.g. rig.yaml "
-                   "(a picture rig.png is written next to it)")
+                   "(pictures next to it: rig.png, a checkerboard, and rig_edges.jpg, both cameras' edges; "
+                   "each before and after the calibration)")
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 (bag folder, .db3 or .mcap): each visible message with the "
                    "thermal message nearest in stamp")
@@ -75,7 +76,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> li
 def run(args) -> int:
     from ..core.calibrate import RigCalibrator, checkerboard_picture, save_calibration
     from ..core.data import read_split
-    from ..evaluation.rig import calibration_edge_check
+    from ..evaluation.rig import calibration_edge_check, calibration_edges_picture
 
     try:
         scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
@@ -117,15 +118,21 @@ def run(args) -> int:
     save_calibration(calibration, args.out)
     best = calibrator.best_pair or pairs[0][0]
     _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
+    visible, thermal = load_visible(), load_thermal()
     picture = args.out.with_suffix(".png")
-    cv2.imwrite(str(picture), checkerboard_picture(load_visible(), load_thermal(), calibration.homography))
+    cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography))
+    edges = calibration_edges_picture(visible, thermal, calibration, f"{best}: the thermal's edges")
+    edges_path = args.out.with_name(args.out.stem + "_edges.jpg")
+    if edges is not None:
+        cv2.imwrite(str(edges_path), edges, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    written = f"{picture} and {edges_path}" if edges is not None else str(picture)
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
-          f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out} and {picture}")
+          f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
     print(f"cgrp calibrate: {edge_check_line(calibration.edge_check)}")
     if edges_got_worse(calibration.edge_check):
         print("cgrp calibrate: warning: the thermal's edges meet the visible image's worse with the calibration than "
-              "with the plain resize: check rig.png before using it (a rig whose cameras are already aligned "
+              f"with the plain resize: check {written} before using it (a rig whose cameras are already aligned "
               "needs no calibration)", file=sys.stderr)
     if calibration.pairs_used < FEW_PAIRS:
         print(f"cgrp calibrate: warning: calibrated from only {calibration.pairs_used} pair(s); a pair's match errors "

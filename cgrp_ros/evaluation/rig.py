@@ -202,10 +202,10 @@ def synthetic_rig_misalignment(size) -> np.ndarray:
     return similarity_about_centre(size, 5.0, 1.06, (0.06 * size[1], 0.06 * size[1]))
 
 
-def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homographies) -> list:
-    """metrics.edge_agreement of the visible luminance with the thermal mapped by each 3x3 homography
-    (thermal px -> visible px), on the box around where all of them see (one interpolation each, so
-    they compare fairly): which mapping lines the two cameras' edges up best, no ground truth needed."""
+def thermal_through(visible: np.ndarray, thermal: np.ndarray, homographies):
+    """The thermal in the visible camera through each 3x3 homography (thermal px -> visible px), one
+    interpolation each, cut to the box around where all of them see: (visible luminance, [thermal],
+    seen: bool), all of the box's size; None where they share no pixel."""
     import cv2
 
     visible_y = luminance(visible)
@@ -217,10 +217,38 @@ def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homograph
         seen &= cv2.warpPerspective(np.full(thermal.shape[:2], 255, np.uint8), homography, size,
                                     flags=cv2.INTER_NEAREST) > 0
     if not seen.any():
-        return [float("nan")] * len(warped)
+        return None
     ys, xs = np.nonzero(seen)
     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    return [M.edge_agreement(visible_y[box], image[box], seen[box]) for image in warped]
+    return visible_y[box], [image[box] for image in warped], seen[box]
+
+
+def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homographies) -> list:
+    """metrics.edge_agreement of the visible luminance with the thermal mapped by each 3x3 homography,
+    on thermal_through's box (so the mappings compare fairly): which mapping lines the two cameras'
+    edges up best, no ground truth needed."""
+    mapped = thermal_through(visible, thermal, homographies)
+    if mapped is None:
+        return [float("nan")] * len(homographies)
+    visible_y, warped, seen = mapped
+    return [M.edge_agreement(visible_y, image, seen) for image in warped]
+
+
+def calibration_edges_picture(visible: np.ndarray, thermal: np.ndarray, calibration, title: str):
+    """report.alignment_panel of one pair through the plain resize and through the calibration, on the
+    box where both see (BGR uint8; None where they share no pixel): `cgrp calibrate`'s rig_edges.jpg."""
+    from ..core.image import normalize_thermal, resize_homography
+    from .report import alignment_panel
+
+    prior = resize_homography(calibration.thermal_size, calibration.visible_size)
+    thermal = normalize_thermal(thermal)
+    mapped = thermal_through(visible, thermal, (prior, calibration.homography))
+    if mapped is None:
+        return None
+    visible_y, warped, seen = mapped
+    scores = [M.edge_agreement(visible_y, image, seen) for image in warped]
+    views = [(warped[0], f"plain resize, edges {scores[0]:.3f}"), (warped[1], f"calibration, edges {scores[1]:.3f}")]
+    return alignment_panel(visible_y, views, title, seen)
 
 
 def calibration_edge_check(pairs, calibration, progress=None) -> dict:
