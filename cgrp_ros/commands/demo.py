@@ -1,7 +1,7 @@
 """cgrp demo: cgrp_player + cgrp_fusion as two processes (no launch needed), results saved as PNG.
 
 The player publishes the bundled sample with the thermal misaligned (`--deform`, default moderate);
-this process subscribes to the node's outputs, saves fused / registered / flow frames and a
+this process subscribes to the node's outputs, saves fused / registered / flow / edges frames and a
 side-by-side panel to --out, and prints throughput and latency.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from ..ros.node_processes import log_tail, private_dds, start_nodes, stop_processes
 
 HELP = "ROS 2 demo: player + fusion node on the bundled sample (thermal misaligned), frames saved to out/demo"
-OUTPUTS = ("fused", "registered_thermal", "deformation")
+OUTPUTS = ("fused", "registered_thermal", "deformation", "alignment_vis")
 
 
 def add_arguments(p):
@@ -67,7 +67,7 @@ def run(args) -> int:
     # the bundled sample is six unrelated pictures, each misaligned its own way: not one rig, so every
     # pair is registered alone (the node's default self-calibration assumes one rig)
     fusion_params = {**RELIABLE_INPUTS, "stats_period": 5.0, "backend": args.backend, "device": args.device,
-                     "outputs": "[fused,registered_thermal,deformation]", "self_calibrate": "false"}
+                     "outputs": f"[{','.join(OUTPUTS)}]", "self_calibrate": "false"}
     if args.models:
         for stage in ("generator", "registration", "fusion"):
             fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())
@@ -135,6 +135,7 @@ def run(args) -> int:
         cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
         cv2.imwrite(str(out / f"registered_{index:03d}.png"), to_8bit(image_to_numpy(frame["registered_thermal"])))
         cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
+        cv2.imwrite(str(out / f"edges_{index:03d}.png"), image_to_numpy(frame["alignment_vis"]))
 
     # the panel: the last frame whose input pair this process also received
     def nearest(stream, stamp):
@@ -152,7 +153,8 @@ def run(args) -> int:
                      _label(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({args.deform} misalignment)", height),
                      _label(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
                      _label(fused, "fused", height),
-                     _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height)]
+                     _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
+                     _label(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
             cv2.imwrite(str(out / "panel.png"), np.hstack(tiles))
             break
     node.destroy_node()
@@ -161,7 +163,8 @@ def run(args) -> int:
     times = [arrival[s][0] for s in complete]
     latencies = np.array([arrival[s][1] for s in complete]) * 1e3
     fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
-    print(f"cgrp demo: {len(complete)} frames in {out}/ (fused_*.png, registered_*.png, flow_*.png, panel.png)")
+    print(f"cgrp demo: {len(complete)} frames in {out}/ (fused_*.png, registered_*.png, flow_*.png, edges_*.png, "
+          "panel.png)")
     print(f"cgrp demo: throughput {fps:.2f} fps, latency (stamp -> received) p50 {np.percentile(latencies, 50):.0f} ms, "
           f"p95 {np.percentile(latencies, 95):.0f} ms; player at {args.rate:g} pairs/s, newer pairs win")
     print("cgrp demo: every pair was registered alone (the sample's pictures come from different scenes, not "
