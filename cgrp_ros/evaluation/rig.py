@@ -228,25 +228,32 @@ def footprint_edge_agreement(visible: np.ndarray, thermal: np.ndarray, homograph
     on thermal_through's box (so the mappings compare fairly): which mapping lines the two cameras'
     edges up best, no ground truth needed."""
     mapped = thermal_through(visible, thermal, homographies)
-    if mapped is None:
-        return [float("nan")] * len(homographies)
-    visible_y, warped, seen = mapped
+    return [float("nan")] * len(homographies) if mapped is None else _edge_scores(*mapped)
+
+
+def _edge_scores(visible_y, warped, seen) -> list:
     return [M.edge_agreement(visible_y, image, seen) for image in warped]
+
+
+def resize_and_calibration(calibration) -> tuple:
+    """The two thermal -> visible homographies `cgrp calibrate`'s edge check compares: the plain resize
+    (what an uncalibrated run assumes) and the calibration's."""
+    from ..core.image import resize_homography
+
+    return resize_homography(calibration.thermal_size, calibration.visible_size), calibration.homography
 
 
 def calibration_edges_picture(visible: np.ndarray, thermal: np.ndarray, calibration, title: str):
     """report.alignment_panel of one pair through the plain resize and through the calibration, on the
     box where both see (BGR uint8; None where they share no pixel): `cgrp calibrate`'s rig_edges.jpg."""
-    from ..core.image import normalize_thermal, resize_homography
+    from ..core.image import normalize_thermal
     from .report import alignment_panel
 
-    prior = resize_homography(calibration.thermal_size, calibration.visible_size)
-    thermal = normalize_thermal(thermal)
-    mapped = thermal_through(visible, thermal, (prior, calibration.homography))
+    mapped = thermal_through(visible, normalize_thermal(thermal), resize_and_calibration(calibration))
     if mapped is None:
         return None
+    scores = _edge_scores(*mapped)
     visible_y, warped, seen = mapped
-    scores = [M.edge_agreement(visible_y, image, seen) for image in warped]
     views = [(warped[0], f"plain resize, edges {scores[0]:.3f}"), (warped[1], f"calibration, edges {scores[1]:.3f}")]
     return alignment_panel(visible_y, views, title, seen)
 
@@ -257,16 +264,16 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
     footprint_edge_agreement of the plain resize and of the calibration's homography. Returns the two
     means (`resize`, `calibration`), on how many pairs the calibration scored better / worse by more
     than metrics.EDGE_MARGIN_OF_DIFFERENCE, and how many pairs were scored."""
-    from ..core.image import normalize_thermal, resize_homography
+    from ..core.image import normalize_thermal
 
     progress = progress or (lambda it, total, desc: it)
     used = [p for p in pairs if p[0] not in calibration.skipped]
-    prior = resize_homography(calibration.thermal_size, calibration.visible_size)
+    mappings = resize_and_calibration(calibration)
     scores = []
     for name, visible, thermal in progress(used, len(used), "calibrate: edge check"):
         visible = visible() if callable(visible) else visible
         thermal = normalize_thermal(thermal() if callable(thermal) else thermal)
-        scores.append(footprint_edge_agreement(visible, thermal, (prior, calibration.homography)))
+        scores.append(footprint_edge_agreement(visible, thermal, mappings))
     compared = M.edge_comparison(*np.array(scores, np.float64).reshape(-1, 2).T)
     return dict(resize=round(compared["before"], 4), calibration=round(compared["after"], 4),
                 calibration_better_on=compared["better"], calibration_worse_on=compared["worse"],

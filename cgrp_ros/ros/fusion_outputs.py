@@ -95,22 +95,21 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
     outputs = {"flow"} | {CORE_OUTPUT[name] for name in wanted}
     result = stream_pipeline(visible, thermal, outputs=outputs, stamp=stamp)
     fused = result.fused_color if result.fused_color is not None else result.fused
-    candidates = {
+    registered = result.registered_thermal
+    candidates = {  # None: the core did not compute what the output needs
         "fused": lambda: (fused, encoding_for(fused)) if fused is not None else None,
         "fused/compressed": lambda: (fused, encoding_for(fused)) if fused is not None else None,
-        "registered_thermal": lambda: (result.registered_thermal,
-                                       encoding_for(result.registered_thermal, thermal_msg.encoding)),
+        "registered_thermal": lambda: (registered, encoding_for(registered, thermal_msg.encoding))
+        if registered is not None else None,
         "deformation": lambda: (result.flow, "32FC2"),
         "deformation_vis": lambda: (flow_to_color(result.flow, deformation_vis_max or None), "bgr8"),
-        "alignment_vis": lambda: (registered_edges_picture(stream_pipeline.pipeline, visible, result.registered_thermal,
-                                                           thermal.shape, result.flow), "bgr8"),
+        "alignment_vis": lambda: (registered_edges_picture(stream_pipeline.pipeline, visible, registered, thermal.shape,
+                                                           result.flow), "bgr8") if registered is not None else None,
         "pseudo_thermal": lambda: (result.pseudo_thermal, "mono8") if result.pseudo_thermal is not None else None,
     }
     images = {}
     for name in CORE_OUTPUT:  # a fixed order (fused first): the node publishes in this order
         if name not in wanted:
-            continue
-        if name in ("registered_thermal", "alignment_vis") and result.registered_thermal is None:
             continue
         image = candidates[name]()
         if image is not None:
