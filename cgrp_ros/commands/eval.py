@@ -110,6 +110,11 @@ def add_arguments(p):
                         "(default 1.6,2)")
     g.add_argument("--rig-size", type=size_arg, default=(320, 480), metavar="HxW",
                    help="--calibrate: the synthetic rig's thermal size (default 320x480)")
+    g.add_argument("--edge-fit", action="store_true",
+                   help="--calibrate: also fit the rig's mapping without the networks (a shift and a scale of the "
+                        "thermal about its centre, on top of the true mapping, that line up both cameras' edges "
+                        "best over all pairs) and report its corner error against the truth and the calibration: "
+                        "where the data set's own alignment lies (a few minutes per data set)")
     add_pipeline_arguments(p)
 
 
@@ -152,6 +157,8 @@ def command_line(args) -> str:
         parts.append(f"--calibration {shlex.quote(str(args.calibration))}")
     if getattr(args, "rig", False) and getattr(args, "calibrate", False):
         parts.append("--rig --calibrate --view {} --rig-size {}x{}".format(args.view, *args.rig_size))
+        if getattr(args, "edge_fit", False):
+            parts.append("--edge-fit")
     elif getattr(args, "rig", False):
         parts.append(f"--rig --fps {args.fps:g} --registration-rate {args.registration_rate:g}")
     if args.write_benchmarks:
@@ -191,7 +198,8 @@ def run_rig_calibration(args, datasets) -> int:
         raise CgrpError("--view: both numbers must be > 0")
     models = str(args.models / "registration.pt") if args.models else None
     results = {d.name: evaluate_calibration(d.pairs, args.rig_size, fov, pixels, args.device, models,
-                                            args.working_size) for d in datasets}
+                                            args.working_size, with_edge_fit=getattr(args, "edge_fit", False))
+               for d in datasets}
     write_rig_report(args, "rig_calibration", results, calibration_markdown(results),
                      (report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END))
     return 0
@@ -225,6 +233,8 @@ def run(args) -> int:
     from ..evaluation.evaluate import evaluate_datasets, load_datasets, select_methods
 
     methods = select_methods(args.methods)  # bad names, data problems: raise before the models load
+    if getattr(args, "edge_fit", False) and not (args.rig and args.calibrate):
+        raise CgrpError("--edge-fit belongs to --rig --calibrate")
     datasets = load_datasets(dataset_specs(args), args.limit)
     if args.threads:
         import torch

@@ -280,14 +280,47 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
                 pairs_scored=compared["scored"])
 
 
+# (shift step in thermal px, scale step, steps to each side): a coarse grid, then a fine one around its best
+EDGE_FIT_GRIDS = ((0.5, 0.004, (3, 2)), (0.125, 0.001, (2, 2)))
+
+
+def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray:
+    """The thermal -> visible homography near `start` (3x3) that lines the two cameras' edges up best
+    over all pairs of one rig together, without the networks: `start` after a shift (dx, dy) and one
+    scale of the thermal about its centre, searched on EDGE_FIT_GRIDS (±1.5 px, ±0.8 %) by the sum of
+    footprint_edge_agreement over the pairs (rig: [(name, visible, thermal)]; pairs without a score at
+    every candidate are left out).
+
+    A second opinion on where a data set's own alignment lies, for `cgrp eval --rig --calibrate
+    --edge-fit`: a local search around a known mapping, not an estimator to ship (searched widely, a
+    hand-made cross-modal score can peak at wrong warps, issue 9). About 370 warps per pair."""
+    from ..core.calibrate import similarity_about_centre
+
+    progress = progress or (lambda it, total, desc: it)
+    best = (0.0, 0.0, 1.0)
+    for level, (shift_step, scale_step, (shift_steps, scale_steps)) in enumerate(EDGE_FIT_GRIDS):
+        shifts = np.arange(-shift_steps, shift_steps + 1) * shift_step
+        scales = np.arange(-scale_steps, scale_steps + 1) * scale_step
+        grid = [(best[0] + dx, best[1] + dy, best[2] + ds) for dx in shifts for dy in shifts for ds in scales]
+        candidates = [start @ similarity_about_centre(thermal_size, 0.0, scale, (dx, dy)) for dx, dy, scale in grid]
+        total = np.zeros(len(grid))
+        for _, visible, thermal in progress(rig, len(rig), f"edge fit {level + 1}/{len(EDGE_FIT_GRIDS)}"):
+            scores = np.array(footprint_edge_agreement(visible, thermal, candidates), np.float64)
+            if np.isfinite(scores).all():
+                total += scores
+        best = grid[int(np.argmax(total))]
+    return start @ similarity_about_centre(thermal_size, 0.0, best[2], best[:2])
+
+
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
-                         models=None, working_size=(256, 320), progress: bool = True) -> dict:
+                         models=None, working_size=(256, 320), progress: bool = True, with_edge_fit: bool = False) -> dict:
     """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
     the thermal (`size`) sees the central 1/`fov` of the view moved by synthetic_rig_misalignment, the
     visible camera the whole view at `visible_pixels` x the pixels. `cgrp calibrate`'s estimator runs
     on all of them; scored: the mean corner error (thermal px) of its homography against the truth,
     and the flow end-point error (visible px, where the thermal sees) of the Pipeline with that
-    calibration ('fuse') and of the homography alone ('calibration_only')."""
+    calibration ('fuse') and of the homography alone ('calibration_only'). with_edge_fit: also
+    edge_fit around the truth, and its corner error against the truth and against the calibration."""
     import cv2
 
     from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error, synthetic_rig
@@ -322,16 +355,20 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
                                           axis=1)[seen].mean()))
         alone.append(float(np.linalg.norm(apply_homography(back, points) - points, axis=1)[seen].mean()))
     visible_shape = rig[0][1].shape[:2]
-    edges = np.array(edges, np.float64)
-    edges = edges[np.isfinite(edges).all(axis=1)]
+    compared = M.edge_comparison(*np.array(edges, np.float64).reshape(-1, 2).T)
+    fitted = {}
+    if with_edge_fit:
+        by_edges = edge_fit(rig, truth, size, bar)
+        fitted = dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size),
+                      edge_fit_vs_calibration_px=corner_error(estimate, by_edges, size))
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),
                 corner_error_prior_px=corner_error(centred_placement(size, visible_shape), truth, size),
                 epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=float(np.mean(alone)),
-                edge_agreement_truth=float(edges[:, 0].mean()) if len(edges) else float("nan"),
-                edge_agreement_calibration=float(edges[:, 1].mean()) if len(edges) else float("nan"),
-                edges_calibration_better=int(np.sum(edges[:, 1] > edges[:, 0])), edges_scored=len(edges))
+                edge_agreement_truth=compared["before"], edge_agreement_calibration=compared["after"],
+                edges_calibration_better=compared["better"], edges_calibration_worse=compared["worse"],
+                edges_scored=compared["scored"], **fitted)
 
 
 def calibration_markdown(results: dict) -> str:
@@ -348,8 +385,12 @@ def calibration_markdown(results: dict) -> str:
                      f"{r['epe_fuse_px']:.2f}", f"{r['epe_calibration_only_px']:.2f}",
                      "holds" if r["epe_fuse_px"] <= 1.5 else "MISSED",
                      f"{r['edge_agreement_truth']:.4f} / {r['edge_agreement_calibration']:.4f} "
-                     f"({r['edges_calibration_better']} / {r['edges_scored']})"])
+                     f"({r['edges_calibration_better']} / {r['edges_calibration_worse']} of {r['edges_scored']})"]
+                    + ([f"{r['edge_fit_vs_truth_px']:.2f} / {r['edge_fit_vs_calibration_px']:.2f}"]
+                       if "edge_fit_vs_truth_px" in r else []))
     header = ["data set", "pairs used", "thermal → visible", "corner error thermal px (plain resize)",
               "≤ 1 px", "fuse --calibration EPE px", "calibration alone EPE px", "≤ 1.5 px",
-              "edges truth / calibration (calibration better on)"]
+              f"edges truth / calibration (calibration better / worse by > {M.EDGE_MARGIN_OF_DIFFERENCE:g})"]
+    if any("edge_fit_vs_truth_px" in r for r in results.values()):
+        header.append("edge fit's corner error px: vs truth / vs calibration")
     return markdown_table(header, rows)
