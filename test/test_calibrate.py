@@ -214,14 +214,15 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
 
 
 def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path):
-    """`cgrp eval --rig --calibrate`: the data set becomes one rig with a 1.6x wider visible view at 2x
-    the pixels; the report has the corner error (far below the plain resize's) and the fused EPE."""
+    """`cgrp eval --rig --calibrate --edge-fit`: the data set becomes one rig with a 1.6x wider visible
+    view at 2x the pixels; the report has the corner error (far below the plain resize's), the fused
+    EPE and the network-free edge fit's distance to the truth and to the calibration."""
     import json
 
     write_rig(tmp_path / "data", aligned_pairs)
     out = tmp_path / "out"
     assert cgrp(["eval", "--rig", "--calibrate", "--data", tmp_path / "data", "--rig-size", "240x320",
-                 "--view", "1.6,2", "--device", "cpu", "--out", out]) == 0
+                 "--view", "1.6,2", "--edge-fit", "--device", "cpu", "--out", out]) == 0
     assert cgrp(["eval", "--edge-fit", "--data", tmp_path / "data", "--out", out]) == 2  # not without --calibrate
     result = json.loads((out / "rig_calibration.json").read_text())["data"]
     assert result["visible_size"] == [480, 640] and result["pairs"] == 8
@@ -230,7 +231,9 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     assert result["edges_scored"] == 8
     assert result["edges_calibration_better"] + result["edges_calibration_worse"] <= 8
     assert 0 < result["edge_agreement_truth"] <= 1 and 0 < result["edge_agreement_calibration"] <= 1
-    assert "corner error" in (out / "rig_calibration.md").read_text()
+    assert np.isfinite(result["edge_fit_vs_truth_px"]) and np.isfinite(result["edge_fit_vs_calibration_px"])
+    report = (out / "rig_calibration.md").read_text()
+    assert "corner error" in report and "--edge-fit" in report and "edge fit's corner error" in report
 
 
 def test_the_edge_check_prefers_a_rigs_true_mapping_to_one_a_few_pixels_off(aligned_pairs):
