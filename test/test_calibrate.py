@@ -265,6 +265,8 @@ def test_the_edge_fit_finds_the_same_mapping_from_the_truth_and_from_a_start_two
     from_truth, from_start = (edge_fit([r[:3] for r in rig], h, SIZE) for h in (truth, start))
     assert corner_error(start, from_truth, SIZE) > 2.0  # measured 2.77; the two fits 0.36 apart
     assert corner_error(from_start, from_truth, SIZE) < 0.5
+    away = truth @ np.array([[1, 0, 5000.0], [0, 1, 0], [0, 0, 1]])  # the thermal lands beside the view
+    assert edge_fit([r[:3] for r in rig[:1]], away, SIZE) is None  # nothing to score: no answer, not a guess
 
 
 @pytest.mark.parametrize("rotation, scale, shift, view, pixels", [

@@ -284,12 +284,12 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
 EDGE_FIT_GRIDS = ((0.5, 0.004, (3, 2)), (0.125, 0.001, (2, 2)))
 
 
-def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray:
+def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray | None:
     """The thermal -> visible homography near `start` (3x3) that lines the two cameras' edges up best
     over all pairs of one rig together, without the networks: `start` after a shift (dx, dy) and one
     scale of the thermal about its centre, searched on EDGE_FIT_GRIDS (±1.5 px, ±0.8 %) by the sum of
     footprint_edge_agreement over the pairs (rig: [(name, visible, thermal)]; pairs without a score at
-    every candidate are left out).
+    every candidate are left out; None when no pair is left).
 
     A second opinion on where a data set's own alignment lies, for `cgrp eval --rig --calibrate
     --edge-fit`: a local search around a known mapping, not an estimator to ship (searched widely, a
@@ -303,11 +303,13 @@ def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray:
         scales = np.arange(-scale_steps, scale_steps + 1) * scale_step
         grid = [(best[0] + dx, best[1] + dy, best[2] + ds) for dx in shifts for dy in shifts for ds in scales]
         candidates = [start @ similarity_about_centre(thermal_size, 0.0, scale, (dx, dy)) for dx, dy, scale in grid]
-        total = np.zeros(len(grid))
+        total, scored = np.zeros(len(grid)), 0
         for _, visible, thermal in progress(rig, len(rig), f"edge fit {level + 1}/{len(EDGE_FIT_GRIDS)}"):
             scores = np.array(footprint_edge_agreement(visible, thermal, candidates), np.float64)
             if np.isfinite(scores).all():
-                total += scores
+                total, scored = total + scores, scored + 1
+        if not scored:
+            return None
         best = grid[int(np.argmax(total))]
     return start @ similarity_about_centre(thermal_size, 0.0, best[2], best[:2])
 
@@ -359,7 +361,8 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     fitted = {}
     if with_edge_fit:
         by_edges = edge_fit(rig, truth, size, bar)
-        fitted = dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size),
+        fitted = dict(edge_fit_vs_truth_px=float("nan"), edge_fit_vs_calibration_px=float("nan")) if by_edges is None \
+            else dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size),
                       edge_fit_vs_calibration_px=corner_error(estimate, by_edges, size))
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
