@@ -315,7 +315,8 @@ def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray 
 
 
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
-                         models=None, working_size=(256, 320), progress: bool = True, with_edge_fit: bool = False) -> dict:
+                         models=None, working_size=(256, 320), progress: bool = True,
+                         with_edge_fit: bool = False) -> dict:
     """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
     the thermal (`size`) sees the central 1/`fov` of the view moved by synthetic_rig_misalignment, the
     visible camera the whole view at `visible_pixels` x the pixels. `cgrp calibrate`'s estimator runs
