@@ -23,3 +23,29 @@ def test_one_minute_soak_keeps_serving_with_bounded_memory(tmp_path):
     assert memory["growth_mb"] is not None and memory["growth_mb"] < 50.0, memory
     assert len(report["windows"]) >= 5 and all(w["out"] > 0 for w in report["windows"]), report["windows"]
     assert (out / "soak.md").is_file() and "cgrp soak: OK" in proc.stdout
+
+
+# RSS samples (s, MB) of the node in one CI run of the soak above: a background registration every 2 s
+# spikes 40-85 MB above a flat floor of ~384 MB; the medians of the first and last windows after the
+# warm-up differ by 52.6 MB, the floors by 2.9 MB.
+CI_RUN_SAMPLES = [
+    (1, 415), (2, 376.5), (3, 381.8), (4, 409.1), (5, 382.6), (6.1, 398), (7.1, 385),
+    (8.1, 430.9), (9.1, 384.4), (10.1, 400.2), (11.1, 384.4), (12.1, 400.5), (13.1, 384.4), (14.1, 437.5),
+    (15.2, 383.5), (16.2, 450.4), (17.2, 386.1), (18.2, 402.1), (19.2, 383.7), (20.2, 443.8), (21.2, 386.3),
+    (22.2, 408.9), (23.2, 386.4), (24.2, 445.5), (25.2, 386.1), (26.3, 424.6), (27.3, 387.7), (28.3, 455.6),
+    (29.3, 387.1), (30.3, 450.6), (31.3, 394.7), (32.3, 450.9), (33.3, 386.4), (34.3, 449.4), (35.3, 408.6),
+    (36.3, 448.5), (37.3, 386.2), (38.3, 449), (39.4, 393.8), (40.4, 449.2), (41.4, 386.4), (42.4, 470.3),
+    (43.4, 386.2), (44.4, 447.6), (45.4, 387), (46.4, 470.8), (47.4, 392.8), (48.4, 454.4), (49.4, 386.4),
+    (50.5, 456.2), (51.5, 386.4), (52.5, 470.1), (53.5, 437.7), (54.5, 448), (55.5, 394.4), (56.5, 445.1),
+    (57.5, 410), (58.5, 446.4), (59.5, 453.9),
+]
+
+
+def test_memory_growth_reads_registration_spikes_as_no_growth_and_a_leak_as_growth():
+    from cgrp_ros.ros.soak import memory_growth
+
+    baseline, growth = memory_growth(CI_RUN_SAMPLES, warmup=20.0, window=10.0)
+    assert baseline == 383.5 and abs(growth) < 5, growth
+    leaking = [(t, rss + 1.0 * t) for t, rss in CI_RUN_SAMPLES]  # the same run leaking 1 MB/s
+    assert memory_growth(leaking, warmup=20.0, window=10.0)[1] > 30
+    assert memory_growth(CI_RUN_SAMPLES[:15], warmup=20.0, window=10.0) == (None, None)  # ended in the warm-up
