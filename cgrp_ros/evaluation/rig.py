@@ -362,9 +362,9 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     fitted = {}
     if with_edge_fit:
         by_edges = edge_fit(rig, truth, size, bar)
-        fitted = dict(edge_fit_vs_truth_px=float("nan"), edge_fit_vs_calibration_px=float("nan")) if by_edges is None \
-            else dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size),
-                      edge_fit_vs_calibration_px=corner_error(estimate, by_edges, size))
+        found = by_edges is not None
+        fitted = dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size) if found else float("nan"),
+                      edge_fit_vs_calibration_px=corner_error(estimate, by_edges, size) if found else float("nan"))
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),

@@ -6,8 +6,9 @@ output (encoding, size = the visible image's, data length, finite flow), measure
 received) and samples the node's resident memory from /proc. Per window (default 10 s) it prints
 frames in/out, drops and latency p50/p99; at the end the memory growth after warm-up. Writes
 DIR/soak.json and DIR/soak.md (memory growth: the lowest RSS of the last window minus the lowest of
-the window before the warm-up ends, see memory_growth; the peak is reported too). Exit 1 if the node crashed, published a
-malformed output, published nothing, or its memory grew more than --max-growth-mb after warm-up.
+the window before the warm-up ends, see memory_growth; the peak is reported too). Exit 1 if the node
+crashed, published a malformed output, published nothing, or its memory grew more than
+--max-growth-mb after warm-up.
 """
 from __future__ import annotations
 
