@@ -90,6 +90,28 @@ def test_the_fit_keeps_rotation_and_scale_but_damps_shear_and_axis_stretch():
     assert 0.0 < fitted_stretch[1] < 0.25 * 0.03 and fitted_stretch[1] < fitted_stretch[0] < 0.75 * 0.03
 
 
+def test_passes_from_the_prior_fit_a_shift_and_damp_rotation_and_scale():
+    """The local stage's fit with `similarity` 1 (a pass that starts from the prior): matches of a
+    1 deg rotation and 1 % scale about the centre plus a 2-cell shift, with weak evidence (weights
+    0.1, like real matches), give the shift but at most a third of the rotation and of the scale;
+    the same matches in the same batch with `similarity` 0 (a pass from the global estimate) give
+    the rotation and the scale."""
+    cells = normalized_grid(torch.zeros(2, 1, 30, 40))
+    weight = torch.full((2, 30 * 40), 0.1)
+    c, s = 1.01 * np.cos(np.radians(1.0)), 1.01 * np.sin(np.radians(1.0))
+    truth = pixel_affine([[c, -s], [s, c]], (0.1, 0.0), 30, 40).expand(2, 6)  # 0.1 unit = 2 cells in x
+    params, _ = LocalMatcher().fit(cells, apply_affine(truth, cells).flatten(2), weight, torch.tensor([1.0, 0.0]))
+
+    def rotation_and_scale(p):  # pixel space: (D - B) / 2 in radians, (a + e) / 2 relative
+        return float(p[3] * 30 / 40 - p[1] * 40 / 30) / 2, float(p[0] + p[4]) / 2
+
+    rotation, scale = rotation_and_scale(params[0])
+    assert abs(rotation) < np.radians(1.0) / 3 and abs(scale) < 0.01 / 3
+    assert abs(float(params[0, 2]) - 0.1) < 0.01  # the shift, within a fifth of a cell
+    rotation, scale = rotation_and_scale(params[1])
+    assert rotation == pytest.approx(np.radians(1.0), rel=0.2) and scale == pytest.approx(0.01, rel=0.2)
+
+
 def test_no_evidence_keeps_the_identity():
     """Matches with zero weight carry no evidence: the prior (identity) wins and the stage falls back."""
     torch.manual_seed(0)  # an untrained matcher: fixed weights, so the test does not depend on the draw
@@ -240,7 +262,7 @@ def test_the_global_start_replaces_the_prior_start_only_when_clearly_better(monk
     monkeypatch.setattr(local, "prior_wins", lambda *args, **kwargs: torch.zeros(1))
     from_prior, from_global = torch.tensor([[0.0, 0.0, 0.02, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.2, 0.0, 0.0, 0.0]])
 
-    def coarse_passes(visible_y, thermal, params, visible_features):
+    def coarse_passes(visible_y, thermal, params, visible_features, similarity=None):
         if bool((params == 0).all()):
             return from_prior, torch.tensor([0.290])
         return from_global, torch.tensor([global_score])

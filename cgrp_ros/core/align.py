@@ -206,30 +206,48 @@ class AffineFromMatches(nn.Module):
     # scales turned match noise into a per-axis stretch. Chosen on training pairs against 0, 30, 100,
     # 300, 3000 and 10000 (models/MODEL_CARD.md step 14)
     AXIS_SCALE_WEIGHT = 1000.0
+    # weights of the priors on the rotation (D - B) and the isotropic scale (a + e) of a fit, applied
+    # only to pairs the caller marks (`similarity`): the local stage's passes that start from the prior.
+    # 0 here: the global search must find rotations and scales.
+    ROTATION_WEIGHT = 0.0
+    SCALE_WEIGHT = 0.0
     IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
 
-    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor):
+    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, similarity=None):
         """IRLS affine fit of cell centre -> matched position, pulled towards the identity (PRIOR_WEIGHT),
-        towards no shear (SHEAR_WEIGHT) and towards equal axis scales (AXIS_SCALE_WEIGHT).
-        -> (params N x 6, residual N x P in cells)."""
+        towards no shear (SHEAR_WEIGHT), towards equal axis scales (AXIS_SCALE_WEIGHT) and, where
+        `similarity` (N in {0, 1}) is 1, towards no rotation (ROTATION_WEIGHT) and no scale change
+        (SCALE_WEIGHT). -> (params N x 6, residual N x P in cells)."""
         n = cells.shape[0]
         source = cells.flatten(2)                                 # N x 2 x P
         design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
         per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: (W / 2, H / 2)
         eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
         prior = self.PRIOR_WEIGHT
-        # Both priors are linear in the 3 x 2 affine (rows u, v, 1 -> columns u', v'): the shear B + D
-        # is g_s . a with g_s = [[0, W/H], [H/W, 0], [0, 0]] (in pixels B = b W / H, D = d H / W), the
-        # axis-scale difference a - e is g_a . a with g_a = [[1, 0], [0, -1], [0, 0]]. They couple the
-        # two columns by a rank-two term on the columns' shared normal matrix: one factorisation for
-        # every right-hand side, then a Woodbury correction along g_s and g_a (2 x 2, written out).
+        # Every prior is linear in the 3 x 2 affine A (rows u, v, 1 -> columns u', v', identity
+        # included): it pulls g . A (summed over both columns) towards a target, with
+        #   shear B + D:          g = [[0, W/H], [H/W, 0], [0, 0]]  (in pixels B = b W / H, D = d H / W)
+        #   axis scales a - e:    g = [[1, 0], [0, -1], [0, 0]]
+        #   rotation D - B:       g = [[0, -W/H], [H/W, 0], [0, 0]]
+        #   scale 2 + a + e:      g = [[1, 0], [0, 1], [0, 0]], target 2.
+        # They couple the two columns by a low-rank term on the columns' shared normal matrix: one
+        # factorisation for every right-hand side, then a Woodbury correction along the g's (k x k).
         aspect = per_cell[:, 0, 0] / per_cell[:, 1, 0]
         zero, one = torch.zeros_like(aspect), torch.ones_like(aspect)
-        shear = torch.stack((torch.stack((zero, aspect, zero), dim=1),
-                             torch.stack((1.0 / aspect, zero, zero), dim=1)), dim=2)    # N x 3 x 2
-        axes = torch.stack((torch.stack((one, zero, zero), dim=1),
-                            torch.stack((zero, -one, zero), dim=1)), dim=2)             # N x 3 x 2
-        ws, wa = self.SHEAR_WEIGHT, self.AXIS_SCALE_WEIGHT
+
+        def direction(u_column, v_column):  # N x 3 x 2
+            return torch.stack((torch.stack(u_column, dim=1), torch.stack(v_column, dim=1)), dim=2)
+
+        priors = [(direction((zero, aspect, zero), (1.0 / aspect, zero, zero)), self.SHEAR_WEIGHT * one, 0.0),
+                  (direction((one, zero, zero), (zero, -one, zero)), self.AXIS_SCALE_WEIGHT * one, 0.0)]
+        if similarity is not None and (self.ROTATION_WEIGHT > 0 or self.SCALE_WEIGHT > 0):
+            priors += [(direction((zero, -aspect, zero), (1.0 / aspect, zero, zero)), self.ROTATION_WEIGHT * similarity, 0.0),
+                       (direction((one, zero, zero), (zero, one, zero)), self.SCALE_WEIGHT * similarity, 2.0)]
+        g = [p[0] for p in priors]
+        # 1 / weight; a pair without a prior gets a negligible one (1e-6), which keeps one graph for the batch
+        inverse_weight = [1.0 / p[1].clamp_min(1e-6) for p in priors]
+        target = [p[2] for p in priors]
+        k = len(priors)
         dot = lambda x, y: (x * y).sum(dim=(1, 2))  # noqa: E731
         robust = torch.ones_like(weight)
         params = residual = None
@@ -239,17 +257,14 @@ class AffineFromMatches(nn.Module):
             # these 3 x 3 sums (67 ms of a 256x320 registration); the prior pulls towards the identity
             normal = weighted @ design.transpose(1, 2) + prior * eye
             rhs = weighted @ position.transpose(1, 2) + prior * eye[:, :, :2]
-            solved = solve_spd(normal, torch.cat((rhs, shear, axes), dim=2))           # N x 3 x 6
-            # the fit without the two priors, and its response along each of them
-            free, along_s, along_a = solved[:, :, :2], solved[:, :, 2:4], solved[:, :, 4:]
-            # (B + U C U^T)^-1 r = B^-1 r - B^-1 U (I + C G)^-1 C U^T B^-1 r, G = U^T B^-1 U (symmetric,
-            # so g_as = g_sa), C = diag(ws, wa)
-            g_ss, g_sa, g_aa = dot(shear, along_s), dot(shear, along_a), dot(axes, along_a)
-            t_s, t_a = ws * dot(shear, free), wa * dot(axes, free)
-            det = (1.0 + ws * g_ss) * (1.0 + wa * g_aa) - ws * wa * g_sa * g_sa
-            m_s = ((1.0 + wa * g_aa) * t_s - ws * g_sa * t_a) / det
-            m_a = ((1.0 + ws * g_ss) * t_a - wa * g_sa * t_s) / det
-            a = free - m_s[:, None, None] * along_s - m_a[:, None, None] * along_a      # N x 3 x 2
+            solved = solve_spd(normal, torch.cat([rhs] + g, dim=2))                    # N x 3 x 2 (1 + k)
+            # the fit without the priors, and its response along each of them
+            free, along = solved[:, :, :2], [solved[:, :, 2 + 2 * i:4 + 2 * i] for i in range(k)]
+            # A = free - sum_i m_i along_i with (C^-1 + G) m = g^T free - target, G_ij = g_i . along_j
+            gram = torch.stack([torch.stack([dot(g[i], along[j]) + (inverse_weight[i] if i == j else 0.0)
+                                             for j in range(k)], dim=1) for i in range(k)], dim=1)  # N x k x k
+            m = solve_spd(gram, torch.stack([dot(g[i], free) - target[i] for i in range(k)], dim=1))  # N x k
+            a = free - sum(m[:, i, None, None] * along[i] for i in range(k))           # N x 3 x 2
             predicted = torch.einsum("nip,nic->ncp", design, a)
             residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)
@@ -264,12 +279,13 @@ class AffineFromMatches(nn.Module):
         residual = ((apply_affine(params, cells).flatten(2) - position) * per_cell).pow(2).sum(dim=1).sqrt()
         return (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
 
-    def select(self, cells, position, weight):
-        """Fit, then model selection: the fitted affine replaces the identity only if it explains
-        the matches clearly better (by IDENTITY_MARGIN of the inlier score). On an aligned pair the
-        fit's free parameters otherwise turn match noise into a small but real warp (measured:
-        about a 1 px shear on aligned RoadScene / M3SVD pairs). -> (params N x 6, inlier score N in [0, 1])."""
-        params, _ = self.fit(cells, position, weight)
+    def select(self, cells, position, weight, similarity=None):
+        """Fit (`similarity`: see :meth:`fit`), then model selection: the fitted affine replaces the
+        identity only if it explains the matches clearly better (by IDENTITY_MARGIN of the inlier
+        score). On an aligned pair the fit's free parameters otherwise turn match noise into a small
+        but real warp (measured: about a 1 px shear on aligned RoadScene / M3SVD pairs).
+        -> (params N x 6, inlier score N in [0, 1])."""
+        params, _ = self.fit(cells, position, weight, similarity)
         score = self.inlier_score(cells, position, weight, params)
         identity_score = self.inlier_score(cells, position, weight, torch.zeros_like(params))
         keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
@@ -402,6 +418,14 @@ class LocalMatcher(AffineFromMatches):
     # the last pass's upsampling: 2-px cells (measured on training pairs against 1 and 3,
     # models/MODEL_CARD.md step 11)
     FINE_FACTOR = 2
+    # passes that start from the prior (the input's own alignment, or a calibration) fit their
+    # correction with a prior against rotation and scale: a pair near its prior is off by a shift,
+    # and on aligned pairs of unseen rigs the free fit turned match noise into a 0.5-1 deg rotation
+    # and a 0.3-1 % scale, 4-7 px at the corners of a 1024x768 image. Passes from the global estimate
+    # stay free: they correct its rotation and scale. Chosen on training pairs against 0, 300 and 1000
+    # (models/MODEL_CARD.md step 18)
+    ROTATION_WEIGHT = 100.0
+    SCALE_WEIGHT = 100.0
 
     def __init__(self, dim: int = 32, threshold: float = 0.1):
         super().__init__()
@@ -445,26 +469,32 @@ class LocalMatcher(AffineFromMatches):
         move away from the prior must. A wrong peak of the global search can sit farther off than the
         input itself (measured on a `mild` pair with little structure: 17.7 px against 6.4
         unregistered), and the window then refines the wrong basin (models/MODEL_CARD.md, steps 15
-        and 16). The confidence is the higher of the two scores."""
+        and 16). The confidence is the higher of the two scores. Passes from the prior fit with the
+        rotation and scale priors (ROTATION_WEIGHT, SCALE_WEIGHT), and so does the fine pass of an
+        estimate that comes from them."""
         fv = self.visible_encoder(visible_y)
         start_moved = moved(params)
-        params, confidence = self.coarse_passes(visible_y, thermal, params, fv)
+        from_prior = 1.0 - start_moved  # per pair: the estimate starts from the prior
+        params, confidence = self.coarse_passes(visible_y, thermal, params, fv, from_prior)
         if prior_start and any_pair(start_moved):  # from an identity start it would repeat the passes
-            from_prior, prior_confidence = self.coarse_passes(visible_y, thermal, torch.zeros_like(params), fv)
-            prior_kept = (prior_confidence >= (1.0 - self.IDENTITY_MARGIN) * confidence).to(params.dtype)[:, None]
-            params = prior_kept * from_prior + (1.0 - prior_kept) * params
+            prior_params, prior_confidence = self.coarse_passes(visible_y, thermal, torch.zeros_like(params), fv,
+                                                                torch.ones_like(from_prior))
+            prior_kept = (prior_confidence >= (1.0 - self.IDENTITY_MARGIN) * confidence).to(params.dtype)
+            params = prior_kept[:, None] * prior_params + (1.0 - prior_kept[:, None]) * params
+            from_prior = torch.maximum(from_prior, prior_kept)
             confidence = torch.maximum(confidence, prior_confidence)
         params = params * (1.0 - self.prior_wins(visible_y, thermal, params, fv, prior_margin))[:, None]
         if self.FINE_FACTOR > 1:
-            params = self.refine_fine(visible_y, thermal, params, prior_margin)
+            params = self.refine_fine(visible_y, thermal, params, prior_margin, from_prior)
         return params, confidence
 
-    def coarse_passes(self, visible_y, thermal, params, visible_features):
-        """PASSES passes at 4x4 cells from `params`, each correction composed with the estimate.
+    def coarse_passes(self, visible_y, thermal, params, visible_features, similarity=None):
+        """PASSES passes at 4x4 cells from `params`, each correction composed with the estimate;
+        `similarity` (N): see :meth:`AffineFromMatches.fit`.
         -> (params N x 6, confidence N: the last pass's inlier score)."""
         for _ in range(self.PASSES):
             prob, cells = self.correlation(visible_y, warp_affine(thermal, params), visible_features)
-            correction, confidence = self.select(cells, *self.matches(prob, cells))
+            correction, confidence = self.select(cells, *self.matches(prob, cells), similarity)
             params = compose_affine(params, correction)
         return params, confidence
 
@@ -472,17 +502,17 @@ class LocalMatcher(AffineFromMatches):
         """N x C x H x W -> N x C x (FINE_FACTOR H) x (FINE_FACTOR W), bilinear: the fine pass's input."""
         return F.interpolate(image, scale_factor=float(self.FINE_FACTOR), mode="bilinear", align_corners=False)
 
-    def refine_fine(self, visible_y, thermal, params, prior_margin=None):
+    def refine_fine(self, visible_y, thermal, params, prior_margin=None, similarity=None):
         """The last pass on both images upsampled FINE_FACTOR x, then model selection against the
-        prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it.
-        -> params N x 6."""
+        prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it;
+        `similarity` (N): see :meth:`AffineFromMatches.fit`. -> params N x 6."""
         refined = moved(params)
         if not any_pair(refined):
             return params  # no pair of the batch to refine
         fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
         fv = self.visible_encoder(fine_y)
         prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)
-        correction, _ = self.select(cells, *self.matches(prob, cells))
+        correction, _ = self.select(cells, *self.matches(prob, cells), similarity)
         params = compose_affine(params, correction) * refined[:, None]
         wins = self.prior_wins(fine_y, fine_thermal, params, fv, prior_margin)
         return params * (1.0 - wins)[:, None]
