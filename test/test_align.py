@@ -91,10 +91,10 @@ def test_the_fit_keeps_rotation_and_scale_but_damps_shear_and_axis_stretch():
 
 
 def test_passes_from_the_prior_fit_a_shift_and_damp_rotation_and_scale():
-    """The local stage's fit with `similarity` 1 (a pass that starts from the prior): matches of a
+    """The local stage's fit with `near_prior` 1 (a pass that starts from the prior): matches of a
     1 deg rotation and 1 % scale about the centre plus a 2-cell shift, with weak evidence (weights
     0.1, like real matches), give the shift but at most a third of the rotation and of the scale;
-    the same matches in the same batch with `similarity` 0 (a pass from the global estimate) give
+    the same matches in the same batch with `near_prior` 0 (a pass from the global estimate) give
     the rotation and the scale."""
     cells = normalized_grid(torch.zeros(2, 1, 30, 40))
     weight = torch.full((2, 30 * 40), 0.1)
@@ -262,7 +262,7 @@ def test_the_global_start_replaces_the_prior_start_only_when_clearly_better(monk
     monkeypatch.setattr(local, "prior_wins", lambda *args, **kwargs: torch.zeros(1))
     from_prior, from_global = torch.tensor([[0.0, 0.0, 0.02, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.2, 0.0, 0.0, 0.0]])
 
-    def coarse_passes(visible_y, thermal, params, visible_features, similarity=None):
+    def coarse_passes(visible_y, thermal, params, visible_features, near_prior=None):
         if bool((params == 0).all()):
             return from_prior, torch.tensor([0.290])
         return from_global, torch.tensor([global_score])

@@ -207,16 +207,16 @@ class AffineFromMatches(nn.Module):
     # 300, 3000 and 10000 (models/MODEL_CARD.md step 14)
     AXIS_SCALE_WEIGHT = 1000.0
     # weights of the priors on the rotation (D - B) and the isotropic scale (a + e) of a fit, applied
-    # only to pairs the caller marks (`similarity`): the local stage's passes that start from the prior.
+    # only to pairs the caller marks (`near_prior`): the local stage's passes that start from the prior.
     # 0 here: the global search must find rotations and scales.
     ROTATION_WEIGHT = 0.0
     SCALE_WEIGHT = 0.0
     IDENTITY_MARGIN = 0.05               # keep the identity unless the affine explains > 5 % more
 
-    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, similarity=None):
+    def fit(self, cells: torch.Tensor, position: torch.Tensor, weight: torch.Tensor, near_prior=None):
         """IRLS affine fit of cell centre -> matched position, pulled towards the identity (PRIOR_WEIGHT),
         towards no shear (SHEAR_WEIGHT), towards equal axis scales (AXIS_SCALE_WEIGHT) and, where
-        `similarity` (N in {0, 1}) is 1, towards no rotation (ROTATION_WEIGHT) and no scale change
+        `near_prior` (N in {0, 1}) is 1, towards no rotation (ROTATION_WEIGHT) and no scale change
         (SCALE_WEIGHT). -> (params N x 6, residual N x P in cells)."""
         n = cells.shape[0]
         source = cells.flatten(2)                                 # N x 2 x P
@@ -240,9 +240,11 @@ class AffineFromMatches(nn.Module):
 
         priors = [(direction((zero, aspect, zero), (1.0 / aspect, zero, zero)), self.SHEAR_WEIGHT * one, 0.0),
                   (direction((one, zero, zero), (zero, -one, zero)), self.AXIS_SCALE_WEIGHT * one, 0.0)]
-        if similarity is not None and (self.ROTATION_WEIGHT > 0 or self.SCALE_WEIGHT > 0):
-            priors += [(direction((zero, -aspect, zero), (1.0 / aspect, zero, zero)), self.ROTATION_WEIGHT * similarity, 0.0),
-                       (direction((one, zero, zero), (zero, one, zero)), self.SCALE_WEIGHT * similarity, 2.0)]
+        if near_prior is not None and (self.ROTATION_WEIGHT > 0 or self.SCALE_WEIGHT > 0):
+            rotation_dir = direction((zero, -aspect, zero), (1.0 / aspect, zero, zero))
+            scale_dir = direction((one, zero, zero), (zero, one, zero))
+            priors += [(rotation_dir, self.ROTATION_WEIGHT * near_prior, 0.0),
+                       (scale_dir, self.SCALE_WEIGHT * near_prior, 2.0)]
         g = [p[0] for p in priors]
         # 1 / weight; a pair without a prior gets a negligible one (1e-6), which keeps one graph for the batch
         inverse_weight = [1.0 / p[1].clamp_min(1e-6) for p in priors]
@@ -279,13 +281,13 @@ class AffineFromMatches(nn.Module):
         residual = ((apply_affine(params, cells).flatten(2) - position) * per_cell).pow(2).sum(dim=1).sqrt()
         return (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
 
-    def select(self, cells, position, weight, similarity=None):
-        """Fit (`similarity`: see :meth:`fit`), then model selection: the fitted affine replaces the
+    def select(self, cells, position, weight, near_prior=None):
+        """Fit (`near_prior`: see :meth:`fit`), then model selection: the fitted affine replaces the
         identity only if it explains the matches clearly better (by IDENTITY_MARGIN of the inlier
         score). On an aligned pair the fit's free parameters otherwise turn match noise into a small
         but real warp (measured: about a 1 px shear on aligned RoadScene / M3SVD pairs).
         -> (params N x 6, inlier score N in [0, 1])."""
-        params, _ = self.fit(cells, position, weight, similarity)
+        params, _ = self.fit(cells, position, weight, near_prior)
         score = self.inlier_score(cells, position, weight, params)
         identity_score = self.inlier_score(cells, position, weight, torch.zeros_like(params))
         keep = (identity_score >= (1.0 - self.IDENTITY_MARGIN) * score).to(params.dtype)
@@ -488,13 +490,13 @@ class LocalMatcher(AffineFromMatches):
             params = self.refine_fine(visible_y, thermal, params, prior_margin, from_prior)
         return params, confidence
 
-    def coarse_passes(self, visible_y, thermal, params, visible_features, similarity=None):
+    def coarse_passes(self, visible_y, thermal, params, visible_features, near_prior=None):
         """PASSES passes at 4x4 cells from `params`, each correction composed with the estimate;
-        `similarity` (N): see :meth:`AffineFromMatches.fit`.
+        `near_prior` (N): see :meth:`AffineFromMatches.fit`.
         -> (params N x 6, confidence N: the last pass's inlier score)."""
         for _ in range(self.PASSES):
             prob, cells = self.correlation(visible_y, warp_affine(thermal, params), visible_features)
-            correction, confidence = self.select(cells, *self.matches(prob, cells), similarity)
+            correction, confidence = self.select(cells, *self.matches(prob, cells), near_prior)
             params = compose_affine(params, correction)
         return params, confidence
 
@@ -502,17 +504,17 @@ class LocalMatcher(AffineFromMatches):
         """N x C x H x W -> N x C x (FINE_FACTOR H) x (FINE_FACTOR W), bilinear: the fine pass's input."""
         return F.interpolate(image, scale_factor=float(self.FINE_FACTOR), mode="bilinear", align_corners=False)
 
-    def refine_fine(self, visible_y, thermal, params, prior_margin=None, similarity=None):
+    def refine_fine(self, visible_y, thermal, params, prior_margin=None, near_prior=None):
         """The last pass on both images upsampled FINE_FACTOR x, then model selection against the
         prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it;
-        `similarity` (N): see :meth:`AffineFromMatches.fit`. -> params N x 6."""
+        `near_prior` (N): see :meth:`AffineFromMatches.fit`. -> params N x 6."""
         refined = moved(params)
         if not any_pair(refined):
             return params  # no pair of the batch to refine
         fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
         fv = self.visible_encoder(fine_y)
         prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)
-        correction, _ = self.select(cells, *self.matches(prob, cells), similarity)
+        correction, _ = self.select(cells, *self.matches(prob, cells), near_prior)
         params = compose_affine(params, correction) * refined[:, None]
         wins = self.prior_wins(fine_y, fine_thermal, params, fv, prior_margin)
         return params * (1.0 - wins)[:, None]
