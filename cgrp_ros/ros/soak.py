@@ -249,7 +249,7 @@ def run_soak(config: SoakConfig) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
 
-    after = [rss for t, rss in memory if t >= config.warmup]
+    peak = max((rss for t, rss in memory if t >= config.warmup), default=None)
     baseline, growth = memory_growth(memory, config.warmup, config.window)
     if growth is not None and growth > config.max_growth_mb:
         failures.append(f"resident memory grew {growth} MB after warm-up (limit {config.max_growth_mb:g} MB)")
@@ -272,7 +272,7 @@ def run_soak(config: SoakConfig) -> int:
                    "inference_errors": counters.get("inference errors"),
                    "latency_p50_ms": p50, "latency_p99_ms": p99,
                    "node_cpu_s": round(cpu_end - cpu_start, 1) if cpu_start is not None and cpu_end else None},
-        "memory": {"baseline_mb": baseline, "peak_after_warmup_mb": max(after) if after else None,
+        "memory": {"baseline_mb": baseline, "peak_after_warmup_mb": peak,
                    "final_mb": memory[-1][1] if memory else None, "growth_mb": growth, "samples": memory},
         "windows": windows,
         "failures": failures,
