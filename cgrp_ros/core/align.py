@@ -97,35 +97,29 @@ def warp_affine(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 
 def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve N x k x k symmetric positive definite systems by Cholesky, for right-hand sides N x k
-    or N x k x m (m systems sharing one factorisation).
+    """Solve N x k x k symmetric positive definite systems for right-hand sides N x k or N x k x m
+    (m systems at once).
 
-    Written out element by element (k = 3 here) because ONNX has no linear-solve operator.
+    Gauss-Jordan elimination on whole rows, k steps of a few tensor operations each, because ONNX has
+    no linear-solve operator and the affine fits solve a 6 x 6 system in every IRLS step: written out
+    element by element (a Cholesky factorisation), the solves made up a third of the registration
+    graph and doubled onnxruntime's session start-up. No pivoting: the pivots of a positive definite
+    matrix are positive (clamped against round-off).
     """
     single = rhs.dim() == 2
     rhs = rhs[:, :, None] if single else rhs
     k = matrix.shape[-1]
-    low = [[None] * k for _ in range(k)]
+    eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+    # unit diagonal first (Jacobi scaling): the fits' systems mix entries of 1e0 and 1e3
+    scale = (matrix * eye).sum(dim=2).clamp_min(1e-12).rsqrt()[:, :, None]     # N x k x 1
+    system = torch.cat((matrix * scale * scale.transpose(1, 2), rhs * scale), dim=2)  # N x k x (k + m)
     for i in range(k):
-        for j in range(i + 1):
-            s = matrix[:, i, j]
-            for m in range(j):
-                s = s - low[i][m] * low[j][m]
-            low[i][j] = torch.sqrt(s.clamp_min(1e-12)) if i == j else s / low[j][j]
-    low = [[None if v is None else v[:, None] for v in row] for row in low]  # N x 1: broadcast over m
-    y = []
-    for i in range(k):  # L y = rhs
-        s = rhs[:, i]
-        for m in range(i):
-            s = s - low[i][m] * y[m]
-        y.append(s / low[i][i])
-    x = [None] * k
-    for i in reversed(range(k)):  # L^T x = y
-        s = y[i]
-        for m in range(i + 1, k):
-            s = s - low[m][i] * x[m]
-        x[i] = s / low[i][i]
-    x = torch.stack(x, dim=1)
+        row = system[:, i]                                                      # N x (k + m)
+        row = (row / row[:, i, None].clamp_min(1e-12))[:, None]                 # N x 1 x (k + m)
+        # subtract row i from every row, in proportion to its entry in column i; then row i is the
+        # scaled pivot row
+        system = system - (system[:, :, i] - eye[i])[:, :, None] * row
+    x = system[:, :, k:] * scale
     return x[:, :, 0] if single else x
 
 
@@ -222,57 +216,49 @@ class AffineFromMatches(nn.Module):
         source = cells.flatten(2)                                 # N x 2 x P
         design = torch.cat((source, torch.ones_like(source[:, :1])), dim=1)  # N x 3 x P
         per_cell = pixels_per_unit(cells).flatten(2)              # N x 2 x 1: (W / 2, H / 2)
-        eye = torch.eye(3, dtype=cells.dtype, device=cells.device).expand(n, 3, 3)
-        prior = self.PRIOR_WEIGHT
-        # Every prior is linear in the 3 x 2 affine A (rows u, v, 1 -> columns u', v', identity
-        # included): it pulls g . A (summed over both columns) towards a target, with
+        # The fit solves for the 3 x 2 change X = A - identity of the affine A (rows u, v, 1 -> columns
+        # u', v'): every prior pulls X towards 0, so the identity comes out exactly where there is no
+        # evidence. Each prior but the identity's pulls one linear combination g . X (summed over both
+        # columns) towards 0, with
         #   shear B + D:          g = [[0, W/H], [H/W, 0], [0, 0]]  (in pixels B = b W / H, D = d H / W)
         #   axis scales a - e:    g = [[1, 0], [0, -1], [0, 0]]
         #   rotation D - B:       g = [[0, -W/H], [H/W, 0], [0, 0]]
-        #   scale 2 + a + e:      g = [[1, 0], [0, 1], [0, 0]], target 2.
-        # They couple the two columns by a low-rank term on the columns' shared normal matrix: one
-        # factorisation for every right-hand side, then a Woodbury correction along the g's (k x k).
+        #   scale a + e:          g = [[1, 0], [0, 1], [0, 0]].
+        # They couple the two columns, so the fit solves for both at once: one 6 x 6 system on X's
+        # columns stacked (u' then v'), the data's 3 x 3 normal matrix twice on the diagonal plus the
+        # priors' sum of w g g^T.
         aspect = per_cell[:, 0, 0] / per_cell[:, 1, 0]
         zero, one = torch.zeros_like(aspect), torch.ones_like(aspect)
 
-        def direction(u_column, v_column):  # N x 3 x 2
-            return torch.stack((torch.stack(u_column, dim=1), torch.stack(v_column, dim=1)), dim=2)
+        def direction(u_column, v_column):  # N x 6: the columns of a 3 x 2 g, stacked
+            return torch.cat((torch.stack(u_column, dim=1), torch.stack(v_column, dim=1)), dim=1)
 
-        priors = [(direction((zero, aspect, zero), (1.0 / aspect, zero, zero)), self.SHEAR_WEIGHT * one, 0.0),
-                  (direction((one, zero, zero), (zero, -one, zero)), self.AXIS_SCALE_WEIGHT * one, 0.0)]
+        priors = [(direction((zero, aspect, zero), (1.0 / aspect, zero, zero)), self.SHEAR_WEIGHT * one),
+                  (direction((one, zero, zero), (zero, -one, zero)), self.AXIS_SCALE_WEIGHT * one)]
         if near_prior is not None and (self.ROTATION_WEIGHT > 0 or self.SCALE_WEIGHT > 0):
-            rotation_dir = direction((zero, -aspect, zero), (1.0 / aspect, zero, zero))
-            scale_dir = direction((one, zero, zero), (zero, one, zero))
-            priors += [(rotation_dir, self.ROTATION_WEIGHT * near_prior, 0.0),
-                       (scale_dir, self.SCALE_WEIGHT * near_prior, 2.0)]
-        g = [p[0] for p in priors]
-        # 1 / weight; a pair without a prior gets a negligible one (1e-6), which keeps one graph for the batch
-        inverse_weight = [1.0 / p[1].clamp_min(1e-6) for p in priors]
-        target = [p[2] for p in priors]
-        k = len(priors)
-        dot = lambda x, y: (x * y).sum(dim=(1, 2))  # noqa: E731
+            priors += [(direction((zero, -aspect, zero), (1.0 / aspect, zero, zero)),
+                        self.ROTATION_WEIGHT * near_prior),
+                       (direction((one, zero, zero), (zero, one, zero)), self.SCALE_WEIGHT * near_prior)]
+        g = torch.stack([p[0] for p in priors], dim=2)                                 # N x 6 x k
+        w = torch.stack([p[1] for p in priors], dim=1)[:, None, :]                     # N x 1 x k
+        identity = self.PRIOR_WEIGHT * torch.eye(6, dtype=cells.dtype, device=cells.device)
+        prior_matrix = (g * w) @ g.transpose(1, 2) + identity                         # N x 6 x 6
+        zeros = cells.new_zeros(n, 3, 3)
+        shift = position - source                                  # N x 2 x P: the matches' displacement
         robust = torch.ones_like(weight)
-        params = residual = None
+        change = residual = None
         for scale in self.ROBUST_SCALES:
             weighted = design * (weight * robust)[:, None, :]                          # N x 3 x P
             # matrix products, not three-operand einsums: onnxruntime's Einsum took 1.3 ms for each of
-            # these 3 x 3 sums (67 ms of a 256x320 registration); the prior pulls towards the identity
-            normal = weighted @ design.transpose(1, 2) + prior * eye
-            rhs = weighted @ position.transpose(1, 2) + prior * eye[:, :, :2]
-            solved = solve_spd(normal, torch.cat([rhs] + g, dim=2))                    # N x 3 x 2 (1 + k)
-            # the fit without the priors, and its response along each of them
-            free, along = solved[:, :, :2], [solved[:, :, 2 + 2 * i:4 + 2 * i] for i in range(k)]
-            # A = free - sum_i m_i along_i with (C^-1 + G) m = g^T free - target, G_ij = g_i . along_j
-            gram = torch.stack([torch.stack([dot(g[i], along[j]) + (inverse_weight[i] if i == j else 0.0)
-                                             for j in range(k)], dim=1) for i in range(k)], dim=1)  # N x k x k
-            m = solve_spd(gram, torch.stack([dot(g[i], free) - target[i] for i in range(k)], dim=1))  # N x k
-            a = free - sum(m[:, i, None, None] * along[i] for i in range(k))           # N x 3 x 2
-            predicted = torch.einsum("nip,nic->ncp", design, a)
-            residual = ((predicted - position) * per_cell).pow(2).sum(dim=1).sqrt()
+            # these 3 x 3 sums (67 ms of a 256x320 registration)
+            normal = weighted @ design.transpose(1, 2)                                 # N x 3 x 3
+            rhs = weighted @ shift.transpose(1, 2)                                     # N x 3 x 2
+            system = torch.cat((torch.cat((normal, zeros), dim=2), torch.cat((zeros, normal), dim=2)), dim=1)
+            change = solve_spd(system + prior_matrix, rhs.transpose(1, 2).reshape(n, 6))  # N x 6
+            predicted = torch.einsum("nip,nic->ncp", design, change.reshape(n, 2, 3).transpose(1, 2))
+            residual = ((predicted - shift) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)
-            params = torch.stack((a[:, 0, 0] - 1.0, a[:, 1, 0], a[:, 2, 0],
-                                  a[:, 0, 1], a[:, 1, 1] - 1.0, a[:, 2, 1]), dim=1)
-        return params, residual
+        return change, residual  # X's columns stacked are the params (a, b, c, d, e, f)
 
     def inlier_score(self, cells, position, weight, params):
         """N in [0, 1]: the matches' weight, Cauchy-discounted by their distance (cells) from where
