@@ -255,7 +255,7 @@ class AffineFromMatches(nn.Module):
             rhs = weighted @ shift.transpose(1, 2)                                     # N x 3 x 2
             system = torch.cat((torch.cat((normal, zeros), dim=2), torch.cat((zeros, normal), dim=2)), dim=1)
             change = solve_spd(system + prior_matrix, rhs.transpose(1, 2).reshape(n, 6))  # N x 6
-            predicted = torch.einsum("nip,nic->ncp", design, change.reshape(n, 2, 3).transpose(1, 2))
+            predicted = change.reshape(n, 2, 3) @ design                               # N x 2 x P
             residual = ((predicted - shift) * per_cell).pow(2).sum(dim=1).sqrt()
             robust = cauchy(residual, scale)
         return change, residual  # X's columns stacked are the params (a, b, c, d, e, f)
@@ -310,7 +310,7 @@ class GlobalMatcher(AffineFromMatches):
         encoder's output when already computed (a second pass)."""
         fv = self.visible_encoder(visible_y) if visible_features is None else visible_features
         ft = self.thermal_encoder(thermal)
-        logits = torch.einsum("ndp,ndq->npq", fv.flatten(2), ft.flatten(2)) * self.log_scale.exp()
+        logits = (fv.flatten(2).transpose(1, 2) @ ft.flatten(2)) * self.log_scale.exp()  # N x P x Q
         return torch.softmax(logits, dim=2), normalized_grid(fv[:, :1])
 
     def matches(self, prob: torch.Tensor, cells: torch.Tensor):
@@ -325,7 +325,7 @@ class GlobalMatcher(AffineFromMatches):
         near = (offset.pow(2).sum(dim=1) <= self.PEAK_RADIUS ** 2).to(prob.dtype)
         local = prob * near
         mass = local.sum(dim=2)
-        position = torch.einsum("npq,ncq->ncp", local, grid) / mass.clamp_min(1e-12)[:, None]
+        position = (grid @ local.transpose(1, 2)) / mass.clamp_min(1e-12)[:, None]  # N x 2 x P
         return position, mass
 
     def estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor):
