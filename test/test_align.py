@@ -251,13 +251,16 @@ def test_a_wrong_global_peak_does_not_drag_a_slightly_shifted_pair_away(sample_p
                 assert float(both) < 1.0, f"{name}: {float(both):.2f} px off with the prior start too"
 
 
-@pytest.mark.parametrize("global_score, prior_kept", [(0.300, True), (0.303, True), (0.330, False)])
-def test_the_global_start_replaces_the_prior_start_only_when_clearly_better(monkeypatch, global_score, prior_kept):
+@pytest.mark.parametrize("global_over_prior, prior_kept",
+                         [(1.01, True), (0.999 / (1.0 - LocalMatcher.PRIOR_START_MARGIN), True), (1.1, False)])
+def test_the_global_start_replaces_the_prior_start_only_when_clearly_better(monkeypatch, global_over_prior,
+                                                                           prior_kept):
     """The two starts of the local stage end with nearly equal inlier scores (a pair with little
     structure): the start from the input's own alignment is kept, as any move away from the prior
-    must be clearly better; the global one wins only by more than IDENTITY_MARGIN. The confidence
+    must be clearly better; the global one wins only by more than PRIOR_START_MARGIN. The confidence
     is the higher score either way."""
     local = LocalMatcher()
+    global_score = 0.290 * global_over_prior
     monkeypatch.setattr(local, "FINE_FACTOR", 1)
     monkeypatch.setattr(local, "prior_wins", lambda *args, **kwargs: torch.zeros(1))
     from_prior, from_global = torch.tensor([[0.0, 0.0, 0.02, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.2, 0.0, 0.0, 0.0]])
