@@ -71,6 +71,12 @@ def pixels_per_unit(coords: torch.Tensor) -> torch.Tensor:
     return 1.0 / (coords[:, :, 1:2, 1:2] - coords[:, :, 0:1, 0:1])
 
 
+def cell_distance(position: torch.Tensor, target: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """N x P distances in cells between N x 2 x P normalised positions (or displacements) on the grid
+    `cells` (N x 2 x h x w, a :func:`normalized_grid`)."""
+    return ((position - target) * pixels_per_unit(cells).flatten(2)).pow(2).sum(dim=1).sqrt()
+
+
 def moved(params: torch.Tensor) -> torch.Tensor:
     """N in {0, 1} (params' dtype): 1 where the affine `params` (N x 6) is not the identity."""
     return (params.abs().amax(dim=1) > 0).to(params.dtype)
@@ -256,15 +262,14 @@ class AffineFromMatches(nn.Module):
             system = torch.cat((torch.cat((normal, zeros), dim=2), torch.cat((zeros, normal), dim=2)), dim=1)
             change = solve_spd(system + prior_matrix, rhs.transpose(1, 2).reshape(n, 6))  # N x 6
             predicted = change.reshape(n, 2, 3) @ design                               # N x 2 x P
-            residual = ((predicted - shift) * per_cell).pow(2).sum(dim=1).sqrt()
+            residual = cell_distance(predicted, shift, cells)
             robust = cauchy(residual, scale)
         return change, residual  # X's columns stacked are the params (a, b, c, d, e, f)
 
     def inlier_score(self, cells, position, weight, params):
         """N in [0, 1]: the matches' weight, Cauchy-discounted by their distance (cells) from where
         `params` sends their cell: the share of sharp matches that agree with the affine."""
-        per_cell = pixels_per_unit(cells).flatten(2)
-        residual = ((apply_affine(params, cells).flatten(2) - position) * per_cell).pow(2).sum(dim=1).sqrt()
+        residual = cell_distance(apply_affine(params, cells).flatten(2), position, cells)
         return (weight * cauchy(residual, self.INLIER_SCALE)).mean(dim=1)
 
     def select(self, cells, position, weight, near_prior=None):
@@ -522,7 +527,6 @@ class LocalMatcher(AffineFromMatches):
         position, weight = self.matches(prob, cells)
         score = self.inlier_score(cells, position, weight, params)
         prior_score = self.inlier_score(cells, position, weight, torch.zeros_like(params))
-        per_cell = pixels_per_unit(cells).flatten(2)
-        reach = ((apply_affine(params, cells) - cells).flatten(2) * per_cell).pow(2).sum(dim=1).sqrt().amax(dim=1)
+        reach = cell_distance(apply_affine(params, cells).flatten(2), cells.flatten(2), cells).amax(dim=1)
         margin = self.IDENTITY_MARGIN if margin is None else margin
         return ((prior_score >= (1.0 - margin) * score) & (reach <= self.RADIUS - 1)).to(params.dtype)
