@@ -75,7 +75,10 @@ def test_unusable_input_raises_input_error(cpu_pipeline, visible, thermal, match
 
 
 def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
-    _, visible, thermal = sample_pairs[3]
+    name, visible, aligned = sample_pairs[3]
+    # misaligned, so that the search, both local starts, the fine pass and the dense levels all move
+    # the flow (on an aligned pair both backends keep the identity: zeros against zeros)
+    thermal = misalign(aligned, "moderate", rng_for(0, name)).misaligned
     torch_pipe = Pipeline(PipelineConfig(backend="torch", device="cpu"))
     ort_pipe = Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", onnx_dir=str(tmp_path)))
     assert ort_pipe.backend.providers == ["CPUExecutionProvider"]
@@ -83,8 +86,9 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         v = cv2.resize(visible, shape[::-1])
         t = cv2.resize(thermal, shape[::-1])
         a, b = torch_pipe(v, t), ort_pipe(v, t)
+        assert np.linalg.norm(a.flow, axis=-1).mean() > 3.0  # the registration moved it
         agree = flow_agreement(a.flow, b.flow)
-        assert agree["ok"], agree  # every pixel within 1e-3 px (FLOW_AGREEMENT_PX)
+        assert agree["ok"], agree  # within float rounding (FLOW_AGREEMENT_PX)
         assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
     assert "registration_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed

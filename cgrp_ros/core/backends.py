@@ -52,9 +52,14 @@ class RegistrationExport(torch.nn.Module):
         return out.flow, warp(thermal, out.flow), out.confidence, out.fallback
 
 
-# torch vs onnxruntime flow agreement that `cgrp export` and the tests require (pixels): every
-# pixel within 1e-3 px. Measured on RoadScene val pairs at full size: max 4.3e-5 px.
-FLOW_AGREEMENT_PX = {"mean": 1e-3, "max": 1e-3}
+# torch vs onnxruntime flow agreement that `cgrp export` and the tests require (pixels), on a pair
+# the registration moves. Float rounding alone moves a flow by up to ~0.07 px: a match whose two best
+# cells score alike can take either, and the affine fits carry that on. Measured 2026-12-06 on the
+# sample pairs misaligned by `mild`, `moderate`, `severe` and `peer` (72 runs, flows 2-35 px): max
+# 0.067 px, 4 runs above 1e-3 px; torch alone with 1 and 2 threads differs by the same 0.067 px on
+# the worst of them. A tenth of a pixel at most and a twentieth on average is what float rounding can
+# explain; a graph that computes something else is off by far more.
+FLOW_AGREEMENT_PX = {"mean": 0.05, "max": 0.1}
 
 
 def flow_agreement(a: np.ndarray, b: np.ndarray) -> dict:
