@@ -80,6 +80,34 @@ def test_alignment_vis_shows_the_edges_of_both_cameras_lined_up(cpu_pipeline, sa
     assert white(picture) > 1.5 * white(as_received), (white(picture), white(as_received))
 
 
+def test_deformation_vis_colours_the_flow_of_a_moved_thermal(cpu_pipeline, sample_pairs):
+    """~/deformation_vis of a thermal 9 px right and 6 px up of the visible: its hue is the flow's
+    direction and its saturation the flow's magnitude on the `deformation_vis_max` scale (white would be
+    no motion). The ROS test checks the topic carries this picture; here is what it shows. Measured
+    2026-12-06: median flow (9.06, -6.39) px, hue 162 (expected 163), saturation 142 (expected 138)."""
+    import cv2
+
+    from cgrp_ros.core.stream import StreamPipeline
+    from cgrp_ros.core.warp import flow_to_color
+
+    _, visible, thermal = sample_pairs[0]
+    shifted = cv2.warpAffine(thermal, np.float32([[1, 0, 9], [0, 1, -6]]), thermal.shape[::-1],
+                             borderMode=cv2.BORDER_REFLECT)
+    stream = StreamPipeline(cpu_pipeline, registration_rate=0)
+    messages = DecodedImage(header(1), visible, "bgr8"), DecodedImage(header(1), shifted, "mono8")
+    out = fuse_pair(stream, *messages, {"deformation", "deformation_vis"}, deformation_vis_max=20.0)
+    flow = out.images["deformation"][0]
+    assert np.allclose(np.median(flow.reshape(-1, 2), axis=0), (9, -6), atol=1.5)  # the registration moved it
+    picture = out.images["deformation_vis"][0]
+    assert np.array_equal(picture, flow_to_color(flow, 20.0))
+    hsv = cv2.cvtColor(picture, cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(float)
+    direction = np.degrees(np.arctan2(-6, 9)) % 360 / 2  # OpenCV hue: degrees / 2
+    assert abs(np.median(hsv[:, 0]) - direction) < 5
+    assert abs(np.median(hsv[:, 1]) - np.hypot(9, 6) / 20 * 255) < 25  # 10.8 px of 20: about half saturated
+    own_scale = fuse_pair(stream, *messages, {"deformation_vis"}).images["deformation_vis"][0]  # 0: the image's maximum
+    assert cv2.cvtColor(own_scale, cv2.COLOR_BGR2HSV)[:, :, 1].max() == 255
+
+
 def test_alignment_vis_draws_no_thermal_edge_where_the_thermal_does_not_see(sample_pairs):
     """With a calibration whose thermal sees the middle of the visible view, the frame of its footprint
     is not drawn as a thermal edge: no magenta outside the footprint."""
