@@ -49,7 +49,9 @@ def test_mono_visible_and_8bit_thermal_keep_their_families(harness):
 
 
 def test_the_pictures_for_rviz_while_subscribed(harness):
-    """~/deformation_vis is the colour-coded flow; ~/alignment_vis both cameras' edges (bgr8, same header)."""
+    """~/deformation_vis is the colour-coded flow; ~/alignment_vis both cameras' edges (bgr8, same header).
+    The harness's pair is aligned, so the flow here is zero (white); test_fusion_outputs.py checks the
+    colours of a moved thermal."""
     from cgrp_ros.core.warp import flow_to_color
     from ros_helpers import RELIABLE
 
