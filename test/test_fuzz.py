@@ -112,6 +112,10 @@ def test_pipeline_returns_valid_outputs_or_an_input_error(small_pipeline, visibl
         result = small_pipeline(visible, thermal)
     except InputError:
         return
+    assert_valid_outputs(result, visible)
+
+
+def assert_valid_outputs(result, visible):
     height, width = visible.shape[:2]
     assert result.fused.shape == (height, width) and result.fused.dtype == np.uint8
     assert result.flow.shape == (height, width, 2) and result.flow.dtype == np.float32
@@ -122,3 +126,40 @@ def test_pipeline_returns_valid_outputs_or_an_input_error(small_pipeline, visibl
     assert (result.fused_color is not None) == colour
     if colour:
         assert result.fused_color.shape == (height, width, 3) and result.fused_color.dtype == np.uint8
+
+
+@st.composite
+def valid_arrays(draw, channels):
+    """An image the Pipeline takes by its shape and dtype: H x W or H x W x C (C from `channels`), sides
+    2..40, uint8, uint16, float32 or float64; values random, constant, or with NaN / inf (sometimes
+    everywhere)."""
+    shape = [draw(st.integers(2, 40)), draw(st.integers(2, 40))]
+    c = draw(st.sampled_from(channels))
+    if c:
+        shape.append(c)
+    dtype = np.dtype(draw(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64])))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    kind = draw(st.sampled_from(["random", "random", "constant", "special"]))
+    if dtype.kind == "f":
+        values = rng.normal(300, 50, shape)
+        if kind == "special":
+            mask = rng.random(shape) < draw(st.sampled_from([0.1, 1.0]))
+            values[mask] = rng.choice([np.nan, np.inf, -np.inf], size=int(mask.sum()))
+    else:
+        values = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True)
+    if kind == "constant":
+        values = np.full(shape, values.flat[0])
+    return np.asarray(values).astype(dtype)
+
+
+@settings(BOUNDED, max_examples=40)
+@given(visible=valid_arrays((0, 3, 4)), thermal=valid_arrays((0, 1)))
+def test_pipeline_fuses_every_image_of_a_valid_shape_and_dtype(small_pipeline, visible, thermal):
+    """Unlike the test above, whose inputs are mostly refused, these all reach the networks: the only
+    refusal left is a thermal with no finite pixel."""
+    try:
+        result = small_pipeline(visible, thermal)
+    except InputError as error:
+        assert "no finite pixel" in str(error) and not np.isfinite(thermal).any(), error
+        return
+    assert_valid_outputs(result, visible)
