@@ -229,7 +229,9 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
     assert result["epe_calibration_only_px"] < 10 and np.isfinite(result["epe_fuse_px"])
     assert result["edges_scored"] == 8
-    assert result["edges_calibration_better"] + result["edges_calibration_worse"] <= 8
+    # the calibration lines the edges up as well as the truth does; a mapping 1 px off scores 0.029 lower
+    # (measured 2026-12-06: truth 0.2943, calibration 0.2940, better / worse on 3 / 3 of 8 pairs)
+    assert abs(result["edge_agreement_calibration"] - result["edge_agreement_truth"]) < 0.02
     assert 0 < result["edge_agreement_truth"] <= 1 and 0 < result["edge_agreement_calibration"] <= 1
     assert np.isfinite(result["edge_fit_vs_truth_px"]) and np.isfinite(result["edge_fit_vs_calibration_px"])
     report = (out / "rig_calibration.md").read_text()

@@ -26,6 +26,11 @@ def test_jpeg_colour_and_mono():
     colour = cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (0, 0), 2)
     image, encoding = decode_compressed(message(colour, ".jpg", "rgb8; jpeg compressed bgr8"))
     assert encoding == "bgr8" and image.shape == (60, 80, 3)  # decoded in BGR order whatever the camera sent
+    blue = np.zeros((60, 80, 3), np.uint8)
+    blue[..., 0] = 255
+    image, _ = decode_compressed(message(blue, ".jpg", "rgb8; jpeg compressed bgr8"))
+    # blue stays in channel 0, not swapped for the rgb8 named (measured 2026-12-06: every pixel (254, 0, 0))
+    assert image[..., 0].min() > 240 and image[..., 1:].max() < 15
     assert decode_compressed(message(colour[:, :, 0].copy(), ".jpg", "mono8; jpeg compressed mono8"))[1] == "mono8"
 
 

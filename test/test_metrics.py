@@ -107,6 +107,10 @@ def test_exact_field_registers_the_misalignment(texture):
     registered = warp_numpy(truth.misaligned, truth.flow)
     scores = M.registration_metrics(registered, texture, truth.valid, truth.flow, truth.flow)
     assert scores["epe"] == 0.0 and scores["epe_lt1"] == 1.0
+    # a flow 1 px off everywhere scores 1 px (epe_lt1 is left out: float32 rounding puts 1 px on either side)
+    wrong = truth.flow + np.float32([1.0, 0.0])
+    off = M.registration_metrics(registered, texture, truth.valid, wrong, truth.flow)
+    assert off["epe"] == pytest.approx(1.0, abs=1e-4) and off["epe_lt3"] == 1.0
     assert scores["mae"] < 0.1 * M.mae(truth.misaligned, texture, truth.valid)  # only resampling error left
     assert scores["ncc"] > 0.99
 

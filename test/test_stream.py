@@ -169,6 +169,9 @@ def test_sequences_group_frames_by_name_in_frame_order():
 
 
 def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_path):
+    """Three consecutive frames of the bundled street sequence, one fixed misalignment: registering
+    every frame alone makes the flow tremble with the changing content; the amortised rig estimate
+    trembles less, and registers less often."""
     import shutil
 
     from cgrp_ros.cli import main
@@ -176,9 +179,8 @@ def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_p
     data = tmp_path / "seq"
     for side, ext in (("visible", "jpg"), ("thermal", "png")):
         (data / side).mkdir(parents=True)
-        source = sample_dir / "m3svd" / side / f"val_0111_1753_0010.{ext}"
-        for frame in range(3):  # a static rig looking at a static scene
-            shutil.copy(source, data / side / f"clip_{frame:04d}.{ext}")
+        for frame in range(3):  # a fixed rig, the scene changing from frame to frame
+            shutil.copy(sample_dir / "sequence" / side / f"val_0111_1753_{frame:04d}.{ext}", data / side)
     out = tmp_path / "out"
     assert main(["eval", "--rig", "--data", str(data), "--preset", "moderate", "--out", str(out),
                  "--device", "cpu", "--fps", "10", "--registration-rate", "1"]) == 0
@@ -187,7 +189,9 @@ def test_eval_rig_reports_per_frame_and_amortised_side_by_side(sample_dir, tmp_p
     # amortised: the first registration, its confirmation, then the estimate reused
     assert summary["per-frame"]["registrations"] == 3 and summary["amortised"]["registrations"] == 2
     assert summary["amortised"]["epe"] < summary["amortised"]["epe_none"]
-    assert summary["amortised"]["shimmer"] <= summary["per-frame"]["shimmer"] + 1e-6
+    # measured 2026-12-06: shimmer per-frame 0.155 px, amortised 0.043 px (on copies of one frame both were 0.0)
+    assert summary["per-frame"]["shimmer"] > 0.05
+    assert summary["amortised"]["shimmer"] < 0.6 * summary["per-frame"]["shimmer"]
     text = (out / "rig.md").read_text()
     assert "shimmer" in text and "amortised EPE" in text
     import cv2

@@ -7,7 +7,14 @@ import pytest
 from cgrp_ros.ros import sync
 from cgrp_ros.ros.sync import THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer
 
-IMPLEMENTATIONS = [pytest.param(None, id="active"), pytest.param(False, id="builtin")]
+# "active" is meant to run message_filters' synchroniser; without it, it would run the built-in one
+# a second time, so it skips and the report shows the gap
+IMPLEMENTATIONS = [
+    pytest.param(None, id="active", marks=pytest.mark.skipif(
+        sync.message_filters is None, reason="message_filters is not importable: only the built-in synchroniser "
+                                             "is tested")),
+    pytest.param(False, id="builtin"),
+]
 
 
 def msg(t: float, tag=""):
