@@ -8,6 +8,7 @@ average down much less, so the bounds below are looser, but still far below the 
 calibration removes (the prior is off by 15-45 px at the corners).
 """
 import contextlib
+import csv
 import io
 
 import cv2
@@ -180,7 +181,27 @@ def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):
     code = cgrp(["fuse", "--visible", visible, "--thermal", thermal, "--out", tmp_path / "out",
                  "--calibration", tmp_path / "rig.yaml", "--device", "cpu", "--working-size", "128x160"])
     assert code == 0
-    assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()
+    out = tmp_path / "out"
+    assert (out / "fused" / f"{name}.png").is_file()
+    # the calibration is the prior: the registered thermal is the thermal seen through it and the written
+    # flow, not through the flow alone (measured 2026-12-06: mean difference 0.0 grey levels through the
+    # calibration, 11.5 without it, inside a 20-px margin; the flow 0 here: the networks keep the calibration)
+    registered = cv2.imread(str(out / "registered" / f"{name}.png"), 0).astype(np.float32)
+    flow = np.load(out / "flow" / f"{name}.npy")
+    ys, xs = np.mgrid[0:hv, 0:wv].astype(np.float32)
+    points = np.stack((xs + flow[..., 0], ys + flow[..., 1]), axis=-1).reshape(-1, 1, 2)
+
+    def differs_from_thermal_through(homography):  # mean |registered - thermal at p + flow(p) through it|
+        maps = cv2.perspectiveTransform(points, np.linalg.inv(homography)).reshape(hv, wv, 2)
+        seen = cv2.remap(cv2.imread(str(thermal), 0), maps[..., 0], maps[..., 1], cv2.INTER_LINEAR)
+        return float(np.abs(registered - seen)[20:-20, 20:-20].mean())
+    assert differs_from_thermal_through(h) < 1.0
+    assert differs_from_thermal_through(np.eye(3)) > 5.0  # same size: the plain resize is the identity
+    # and registration.csv's 'as received' edges are those through the calibration: this aligned pair, 0.39
+    # through the plain resize, scores lower through a calibration 3.6 px and 1 deg off (measured: 0.20)
+    with open(out / "registration.csv") as f:
+        row, = csv.DictReader(f)
+    assert float(row["edge_agreement_input"]) < 0.3
 
 
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
@@ -227,7 +248,10 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     result = json.loads((out / "rig_calibration.json").read_text())["data"]
     assert result["visible_size"] == [480, 640] and result["pairs"] == 8
     assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
-    assert result["epe_calibration_only_px"] < 10 and np.isfinite(result["epe_fuse_px"])
+    # the networks on top of the calibration make it no worse, and the fused EPE meets the report's 1.5-px
+    # target (measured 2026-12-06: 0.789 px fused and calibration alone: the networks keep the calibration)
+    assert result["epe_calibration_only_px"] < 10
+    assert result["epe_fuse_px"] <= result["epe_calibration_only_px"] + 0.5 and result["epe_fuse_px"] <= 1.5
     assert result["edges_scored"] == 8
     # the calibration lines the edges up as well as the truth does; a mapping 1 px off scores 0.029 lower
     # (measured 2026-12-06: truth 0.2943, calibration 0.2940, better / worse on 3 / 3 of 8 pairs)
