@@ -58,6 +58,7 @@ def run(args) -> int:
         b = Pipeline(cfg, backend="onnxruntime", device="cpu", onnx_dir=str(args.out))(visible, thermal)
         agree = flow_agreement(a.flow, b.flow)
         ok &= agree["ok"]
-        print(f"torch vs onnxruntime flow difference{label} (pair misaligned by `moderate`): max {agree['max']:.1e} px, p99 {agree['p99']:.1e} px, "
-              f"mean {agree['mean']:.1e} px ({'within' if agree['ok'] else 'OUTSIDE'} tolerance)")
+        print(f"torch vs onnxruntime flow difference{label} (pair misaligned by `moderate`): max {agree['max']:.1e} px, "
+              f"p99 {agree['p99']:.1e} px, mean {agree['mean']:.1e} px "
+              f"({'within' if agree['ok'] else 'OUTSIDE'} tolerance)")
     return 0 if ok else 1
