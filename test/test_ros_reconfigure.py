@@ -111,10 +111,11 @@ def test_parameter_changes_while_streaming_never_stop_the_output(harness):
     log = h.log()
     assert "pipeline rebuild failed" not in log, log[-3000:]
     # 8 Pipelines at most: the first + one per backend/device change (7); the working sizes and the
-    # gain control (7 valid changes) build none. At least the first, an onnxruntime one and the torch one
-    # of the last change: the switches took effect (measured 2026-12-06: 8 built)
+    # gain control (7 valid changes) build none. At least 3, an onnxruntime one among them: the switches
+    # took effect (measured 2026-12-06: 7 and 8 built). Which one is built last depends on timing (a build
+    # overtaken by the next change is dropped), so the backend running at the end comes from /diagnostics.
     built = re.findall(r"cgrp pipeline: (\w+)", log)
-    assert 3 <= len(built) <= 8 and "onnxruntime" in built and built[-1] == "torch", (built, log[-3000:])
+    assert 3 <= len(built) <= 8 and "onnxruntime" in built, (built, log[-3000:])
     h.wait_for(lambda: (h.diagnostic_value("backend") or "").startswith("torch"), 5.0,
                "/diagnostics naming the torch backend of the last change")
     assert "Traceback" not in log
