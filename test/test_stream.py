@@ -81,15 +81,23 @@ def test_a_converging_estimate_registers_faster_than_a_converged_one(counted, ri
     assert registered_at[3:] == [3.0]
 
 
-def test_a_scene_change_registers_before_the_rate_says_so(counted, sample_pairs, rig_pair):
+@pytest.mark.parametrize("scene_change, registrations", [(0.15, 2), (0.0, 1)], ids=["on", "off"])
+def test_a_scene_change_registers_before_the_rate_says_so(counted, sample_pairs, rig_pair, scene_change,
+                                                          registrations):
+    """Another scene at the same image size (a new size registers anyway) registers at once, only because
+    of the scene change: with the check off, the rate decides and it waits. The two scenes' thumbnails
+    differ by 0.286 (measured 2026-12-06), against the 0.15 threshold."""
+    import cv2
+
     visible, thermal, _ = rig_pair
-    other_visible, other_thermal = sample_pairs[1][1], sample_pairs[1][2]
-    stream = StreamPipeline(counted, registration_rate=0.1, confirming_rate=0)
+    size = visible.shape[1::-1]
+    other_visible, other_thermal = cv2.resize(sample_pairs[5][1], size), cv2.resize(sample_pairs[5][2], size)
+    stream = StreamPipeline(counted, registration_rate=0.1, confirming_rate=0, scene_change=scene_change)
     stream(visible, thermal, stamp=0.0)
     stream(visible, thermal, stamp=0.1)
     assert stream.registrations == 1
     stream(other_visible, other_thermal, stamp=0.2)
-    assert stream.registrations == 2
+    assert stream.registrations == registrations
 
 
 def test_amortised_flow_is_as_good_and_steadier_than_per_frame(cpu_pipeline, sample_pairs):
@@ -110,8 +118,10 @@ def test_amortised_flow_is_as_good_and_steadier_than_per_frame(cpu_pipeline, sam
         shimmer = np.mean([flow_distance(a, b) for a, b in zip(flows, flows[1:])])
         results[rate] = epe, shimmer
     unregistered = np.mean([flow_distance(np.zeros_like(t), t) for t in truths])
-    assert results[1.0][0] < 0.5 * unregistered
-    assert results[1.0][1] <= results[0][1]
+    # measured 2026-12-06: EPE amortised 1.72 px, per-frame 1.715, unregistered 4.07; shimmer amortised
+    # 0.22 px (the estimate is reused after its second registration), per-frame 1.29
+    assert results[1.0][0] < 0.5 * unregistered and results[1.0][0] <= results[0][0] + 0.2  # as good
+    assert results[1.0][1] < 0.5 * results[0][1]  # steadier
 
 
 def _registration(flow, fallback=False):
