@@ -23,17 +23,18 @@ def _check_pair():
 
     from ..core.data import REPO_ROOT, find_pairs, read_image
     from ..core.deform import misalign, rng_for
+    from ..evaluation.evaluate import thermal_to_uint8
 
     try:
         name, v, t = find_pairs(REPO_ROOT / "sample" / "visible", REPO_ROOT / "sample" / "thermal").pairs[0]
-        visible, thermal = read_image(v), read_image(t, cv2.IMREAD_GRAYSCALE)
+        visible, thermal = read_image(v), read_image(t)
     except Exception:
         name = "synthetic"
         noise = np.random.default_rng(0).random((200, 300)).astype(np.float32)
         thermal = (cv2.GaussianBlur(noise, (0, 0), 4) * 255 * 4).clip(0, 255).astype(np.uint8)
         visible = cv2.cvtColor(thermal, cv2.COLOR_GRAY2BGR)
-    thermal = cv2.resize(thermal, visible.shape[1::-1], interpolation=cv2.INTER_AREA)
-    return visible, misalign(thermal, "moderate", rng_for(0, name)).misaligned
+    aligned = thermal_to_uint8(thermal, visible.shape[:2])  # as `cgrp eval` prepares a pair to misalign
+    return visible, misalign(aligned, "moderate", rng_for(0, name)).misaligned
 
 
 def run(args) -> int:
