@@ -60,42 +60,47 @@ def white(picture):
     return int((picture.min(axis=2) > 128).sum())
 
 
-def test_alignment_vis_shows_the_edges_of_both_cameras_lined_up(cpu_pipeline, sample_pairs):
-    """~/alignment_vis: a thermal 9 px right and 6 px up of the visible comes out with its edges on the
-    visible's (white), where the thermal as received had them beside (green and magenta apart)."""
+@pytest.fixture(scope="module")
+def moved_thermal(cpu_pipeline, sample_pairs):
+    """A sample pair whose thermal is 9 px right and 6 px up of the visible, fused once (every pair
+    registered alone) into the outputs the tests below look at:
+    (visible, moved thermal, the messages, the stream, the PairOutputs with deformation_vis_max 20 px)."""
     import cv2
 
     from cgrp_ros.core.stream import StreamPipeline
-    from cgrp_ros.evaluation.alignment import visible_luminance
-    from cgrp_ros.evaluation.report import edge_overlay
 
     _, visible, thermal = sample_pairs[0]
     shifted = cv2.warpAffine(thermal, np.float32([[1, 0, 9], [0, 1, -6]]), thermal.shape[::-1],
                              borderMode=cv2.BORDER_REFLECT)
-    out = fuse_pair(StreamPipeline(cpu_pipeline, registration_rate=0), DecodedImage(header(1), visible, "bgr8"),
-                    DecodedImage(header(1), shifted, "mono8"), {"alignment_vis"})
+    messages = DecodedImage(header(1), visible, "bgr8"), DecodedImage(header(1), shifted, "mono8")
+    stream = StreamPipeline(cpu_pipeline, registration_rate=0)
+    out = fuse_pair(stream, *messages, {"alignment_vis", "deformation", "deformation_vis"}, deformation_vis_max=20.0)
+    return visible, shifted, messages, stream, out
+
+
+def test_alignment_vis_shows_the_edges_of_both_cameras_lined_up(moved_thermal):
+    """~/alignment_vis: a thermal 9 px right and 6 px up of the visible comes out with its edges on the
+    visible's (white), where the thermal as received had them beside (green and magenta apart)."""
+    from cgrp_ros.evaluation.alignment import visible_luminance
+    from cgrp_ros.evaluation.report import edge_overlay
+
+    visible, shifted, _, _, out = moved_thermal
     picture, encoding = out.images["alignment_vis"]
     assert encoding == "bgr8" and picture.shape == visible.shape and picture.dtype == np.uint8
     as_received = edge_overlay(visible_luminance(visible), shifted)
     assert white(picture) > 1.5 * white(as_received), (white(picture), white(as_received))
 
 
-def test_deformation_vis_colours_the_flow_of_a_moved_thermal(cpu_pipeline, sample_pairs):
+def test_deformation_vis_colours_the_flow_of_a_moved_thermal(moved_thermal):
     """~/deformation_vis of a thermal 9 px right and 6 px up of the visible: its hue is the flow's
     direction and its saturation the flow's magnitude on the `deformation_vis_max` scale (white would be
     no motion). The ROS test checks the topic carries this picture; here is what it shows. Measured
     2026-12-06: median flow (9.06, -6.39) px, hue 162 (expected 163), saturation 142 (expected 138)."""
     import cv2
 
-    from cgrp_ros.core.stream import StreamPipeline
     from cgrp_ros.core.warp import flow_to_color
 
-    _, visible, thermal = sample_pairs[0]
-    shifted = cv2.warpAffine(thermal, np.float32([[1, 0, 9], [0, 1, -6]]), thermal.shape[::-1],
-                             borderMode=cv2.BORDER_REFLECT)
-    stream = StreamPipeline(cpu_pipeline, registration_rate=0)
-    messages = DecodedImage(header(1), visible, "bgr8"), DecodedImage(header(1), shifted, "mono8")
-    out = fuse_pair(stream, *messages, {"deformation", "deformation_vis"}, deformation_vis_max=20.0)
+    _, _, messages, stream, out = moved_thermal
     flow = out.images["deformation"][0]
     assert np.allclose(np.median(flow.reshape(-1, 2), axis=0), (9, -6), atol=1.5)  # the registration moved it
     picture = out.images["deformation_vis"][0]
