@@ -3,12 +3,13 @@
 Started like `cgrp demo` (two processes, a private shared-memory DDS domain). This process counts
 the visible frames offered, reads the node's counters from /diagnostics, checks every published
 output (encoding, size = the visible image's, data length, finite flow), measures latency (stamp ->
-received) and probes the node's resident memory from /proc ten times a second. Per window (default 10 s) it prints
-frames in/out, drops and latency p50/p99; at the end the memory growth after warm-up. Writes
-DIR/soak.json and DIR/soak.md (memory growth: the lowest RSS of the last window minus the lowest of
-the window before the warm-up ends, see memory_growth; the peak is reported too). Exit 1 if the node
-crashed, published a malformed output, published nothing, or its memory grew more than
---max-growth-mb after warm-up.
+received) and probes the node's resident memory from /proc ten times a second. Per window (default
+10 s) it prints frames in/out, drops, latency p50/p99, RSS, the node's full registrations and its
+self-calibration state; at the end the memory growth after warm-up. Writes DIR/soak.json and
+DIR/soak.md (memory growth: the lowest RSS of the last window minus the lowest of the window before
+the warm-up ends, see memory_growth; the peak is reported too). Exit 1 if the node crashed,
+published a malformed output, published nothing, or its memory grew more than --max-growth-mb
+after warm-up.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ OUTPUTS = {  # output -> encodings it may have
     "registered_thermal": {"mono8", "8UC1", "mono16", "16UC1", "32FC1"},
     "deformation": {"32FC2"},
 }
-COUNTERS = ("pairs", "dropped pairs", "published", "bad messages", "bad pairs", "inference errors")
+COUNTERS = ("pairs", "dropped pairs", "published", "bad messages", "bad pairs", "inference errors", "registrations")
 
 
 @dataclass
@@ -166,6 +167,7 @@ def run_soak(config: SoakConfig) -> int:
     totals = {"in": 0, "out": 0, "outputs": 0, "latency": []}
     malformed = []              # first problems found
     counters = {}               # the node's last /diagnostics values
+    rig_state = {"state": "n/a"}  # the node's last self-calibration state (diagnostics)
 
     def on_visible(msg):
         visible_sizes[stamp_ns(msg)] = (msg.height, msg.width)
@@ -187,6 +189,7 @@ def run_soak(config: SoakConfig) -> int:
             if status.name.startswith("cgrp_fusion"):
                 values = {kv.key: kv.value for kv in status.values}
                 counters.update({k: int(values[k]) for k in COUNTERS if k in values})
+                rig_state["state"] = values.get("self-calibration", rig_state["state"])
 
     node.create_subscription(Image, "visible/image", on_visible, qos)
     for name in OUTPUTS:
@@ -196,7 +199,8 @@ def run_soak(config: SoakConfig) -> int:
     print(f"cgrp soak: {config.minutes:g} min at {config.rate:g} Hz, ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
           f"logs and report in {out}/", flush=True)
     fusion, player, logs = start_nodes(out, fusion_params, player_params)
-    header = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "latency p50 ms", "p99 ms", "RSS MB"]
+    header = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "latency p50 ms", "p99 ms", "RSS MB",
+              "registrations", "self-calibration"]
     print("  ".join(f"{h:>14}" for h in header), flush=True)
     windows, memory = [], []    # memory: (t, lowest RSS MB of that second)
     failures = []
@@ -244,7 +248,8 @@ def run_soak(config: SoakConfig) -> int:
                 row = {"t": round(now - started, 1), "frames_in": window["in"], "pairs": deltas["pairs"],
                        "dropped": deltas["dropped pairs"], "out": window["out"],
                        "fps_out": round(window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
-                       "rss_mb": memory[-1][1] if memory else None}
+                       "rss_mb": memory[-1][1] if memory else None, "registrations": deltas["registrations"],
+                       "self_calibration": rig_state["state"]}
                 windows.append(row)
                 totals["in"] += window["in"]
                 totals["out"] += window["out"]
