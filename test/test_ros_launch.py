@@ -44,10 +44,42 @@ def launch_arguments(path):
 def test_fusion_launch_file_exposes_transport_clock_log_level_and_lifecycle():
     declared, used = launch_arguments(REPO / "launch" / "cgrp_fusion.launch.py")
     assert {"visible": "visible/image", "thermal": "thermal/image", "image_transport": "raw", "use_sim_time": "false",
-            "log_level": "info", "autostart": "true", "namespace": ""}.items() <= declared.items()
+            "log_level": "info", "autostart": "true", "namespace": "", "calibration_file": ""}.items() <= declared.items()
     assert set(declared) == used  # every argument reaches the node
     declared, used = launch_arguments(REPO / "launch" / "demo.launch.py")
     assert {"log_level", "autostart"} <= set(declared) and set(declared) == used
+
+
+def test_calibration_file_argument_overrides_the_parameter_file_only_when_given(monkeypatch):
+    """cgrp_fusion.launch.py's node under stand-ins for launch and launch_ros (no wheels here): the
+    parameter file comes first, and calibration_file:= joins the overrides only when it is not empty."""
+    import importlib.util
+    import sys
+    import types
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    stand_ins = {"launch": dict(LaunchDescription=list), "launch.actions": dict(DeclareLaunchArgument=dict, OpaqueFunction=dict),
+                 "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration),
+                 "launch_ros.actions": dict(Node=lambda **kwargs: kwargs),
+                 "ament_index_python.packages": dict(get_package_share_directory=lambda package: "/share")}
+    for name, attributes in stand_ins.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
+    monkeypatch.setitem(sys.modules, "launch_ros", types.SimpleNamespace())
+    path = REPO / "launch" / "cgrp_fusion.launch.py"
+    spec = importlib.util.spec_from_file_location("cgrp_fusion_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for given, expected in (("", None), ("/robot/rig.yaml", "/robot/rig.yaml")):
+        node, = module.fusion_node({"calibration_file": given})
+        params_file, overrides = node["parameters"]
+        assert params_file.name == "params_file" and overrides.get("calibration_file") == expected
+        assert {"autostart", "use_sim_time", "image_transport"} <= set(overrides)
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
