@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import pytest
 
 pytest.importorskip("rclpy")
@@ -27,6 +28,10 @@ def test_one_minute_soak_keeps_serving_with_bounded_memory(tmp_path):
     assert all(w["registrations"] > 0 for w in report["windows"]), report["windows"]
     assert "converged" in {w["self_calibration"] for w in report["windows"]}, report["windows"]
     assert (out / "soak.md").is_file() and "cgrp soak: OK" in proc.stdout
+    figure = cv2.imread(str(out / "soak.png"))
+    assert figure is not None and figure.shape == (660, 900, 3) and "soak.png" in (out / "soak.md").read_text()
+    floors, highs = report["memory"]["samples"], report["memory"]["highs"]
+    assert len(floors) == len(highs) >= 50 and all(f[1] <= h[1] for f, h in zip(floors, highs))
 
 
 # RSS samples (s, MB) of the node in one CI run of the soak above: a background registration every 2 s

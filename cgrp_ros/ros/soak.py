@@ -9,7 +9,7 @@ self-calibration state; at the end the memory growth after warm-up. Writes DIR/s
 DIR/soak.md (memory growth: the lowest RSS of the last window minus the lowest of the window before
 the warm-up ends, see memory_growth; the peak is reported too). Exit 1 if the node crashed,
 published a malformed output, published nothing, or its memory grew more than --max-growth-mb
-after warm-up.
+after warm-up. DIR/soak.png draws the memory and the fused frame rate over the run.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .node_processes import log_tail, private_dds, start_nodes, stop_processes
@@ -83,6 +84,30 @@ def memory_growth(samples, warmup: float, window: float) -> tuple:
     last = [rss for t, rss in samples if t >= samples[-1][0] - window]
     baseline = float(min(before))
     return baseline, round(float(min(last)) - baseline, 1)
+
+
+def soak_figure(memory, highs, windows, warmup: float, baseline) -> np.ndarray:
+    """soak.png (BGR uint8): the node's RSS over the run (each second's lowest and highest probe, the
+    baseline from the warm-up on) above the fused frames per second of each window."""
+    from ..evaluation.report import line_figure
+
+    end = 10.0 * np.ceil(max([t for t, _ in memory] + [w["t"] for w in windows] + [1.0]) / 10.0)  # round ticks
+    rss = [v for _, v in memory + highs]
+    low, high = (min(rss), max(rss)) if rss else (0.0, 1.0)
+    margin = max(10.0, 0.1 * (high - low))
+    blue, grey, red, green = (200, 80, 0), (170, 170, 170), (40, 40, 220), (60, 150, 40)
+    lines = [([t for t, _ in highs], [v for _, v in highs], grey, 1),
+             ([t for t, _ in memory], [v for _, v in memory], blue, 2)]
+    if baseline is not None:
+        lines.append(([warmup, end], [baseline, baseline], red, 1))
+    top = line_figure(lines, (0.0, end), (low - margin, high + margin), "cgrp_fusion resident memory",
+                      "time since the first output (s)", "MB", size=(900, 360), y_format="{:.0f}",
+                      legend=[("lowest of the second", blue), ("highest", grey), ("baseline", red)])
+    fps = [w["fps_out"] for w in windows]
+    bottom = line_figure([([w["t"] for w in windows], fps, green, 2)], (0.0, end), (0.0, max(fps + [1.0]) * 1.15),
+                         "fused frames per second (per window)", "time since the first output (s)", "fps",
+                         size=(900, 300), y_format="{:.1f}")
+    return np.vstack((top, bottom))
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -207,7 +232,7 @@ def run_soak(config: SoakConfig) -> int:
     started = None              # monotonic time of the first output
     launched = time.monotonic()
     last_sample = last_window = last_probe = 0.0
-    second, peak = [], None     # RSS probes of the current second; largest probe after the warm-up
+    second, highs = [], []      # RSS probes of the current second; (t, highest RSS MB of each second)
     previous = dict.fromkeys(COUNTERS, 0)
     cpu_start = None
     try:
@@ -234,10 +259,10 @@ def run_soak(config: SoakConfig) -> int:
                 rss = rss_mb(fusion.pid)
                 if rss is not None:
                     second.append(rss)
-                    peak = max(peak or rss, rss) if now - started >= config.warmup else peak
             if now - last_sample >= 1.0 and second:
                 last_sample = now
                 memory.append((round(now - started, 1), round(min(second), 1)))
+                highs.append((memory[-1][0], round(max(second), 1)))
                 second.clear()
             if now - last_window >= config.window:
                 span = now - last_window
@@ -268,7 +293,7 @@ def run_soak(config: SoakConfig) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
 
-    peak = round(peak, 1) if peak is not None else None
+    peak = max((rss for t, rss in highs if t >= config.warmup), default=None)
     baseline, growth = memory_growth(memory, config.warmup, config.window)
     if growth is not None and growth > config.max_growth_mb:
         failures.append(f"resident memory grew {growth} MB after warm-up (limit {config.max_growth_mb:g} MB)")
@@ -292,7 +317,8 @@ def run_soak(config: SoakConfig) -> int:
                    "latency_p50_ms": p50, "latency_p99_ms": p99,
                    "node_cpu_s": round(cpu_end - cpu_start, 1) if cpu_start is not None and cpu_end else None},
         "memory": {"baseline_mb": baseline, "peak_after_warmup_mb": peak,
-                   "final_mb": memory[-1][1] if memory else None, "growth_mb": growth, "samples": memory},
+                   "final_mb": memory[-1][1] if memory else None, "growth_mb": growth, "samples": memory,
+                   "highs": highs},
         "windows": windows,
         "failures": failures,
         "ok": not failures,
@@ -304,11 +330,12 @@ def run_soak(config: SoakConfig) -> int:
                f"p99 {_cell(p99)} ms, RSS {_cell(baseline)} MB after warm-up, growth {_cell(growth)} MB, "
                f"node CPU {_cell(t['node_cpu_s'])} s")
     table = markdown_table(header, [[_cell(v) for v in row.values()] for row in windows])
-    (out / "soak.md").write_text(f"{table}\n\n{summary}\n")
+    (out / "soak.md").write_text(f"{table}\n\n{summary}\n\n![memory and throughput](soak.png)\n")
+    cv2.imwrite(str(out / "soak.png"), soak_figure(memory, highs, windows, config.warmup, baseline))
     print(f"cgrp soak: {summary}")
     if failures:
         for failure in failures:
             print(f"cgrp soak: FAIL: {failure}", flush=True)
         return 1
-    print(f"cgrp soak: OK ({out}/soak.json, {out}/soak.md)")
+    print(f"cgrp soak: OK ({out}/soak.json, {out}/soak.md, {out}/soak.png)")
     return 0
