@@ -13,9 +13,9 @@ which matches every 8 x 8 cell of the visible luminance against every cell of th
    working size (the thermal then fills the grid at close to its own resolution), the matcher's
    two-pass affine estimate gives a confidence (pairs below ``min_confidence`` -- night, fog, a
    lens cap, another scene -- are skipped), the local matcher (:class:`~cgrp_ros.core.align.LocalMatcher`)
-   refines that affine, and its matches of every 4 x 4 cell, with their weights, are mapped back
-   to full-resolution thermal pixel -> visible pixel correspondences (weights without a local
-   matcher: the global matcher's 8 x 8 cells);
+   refines that affine, and its matches of every 4 x 4 cell (without a local matcher: the global
+   matcher's 8 x 8 cells) that have some mass at their peak are mapped back to full-resolution
+   thermal pixel -> visible pixel correspondences;
 3. **fit**: the confident matches of all pairs are pooled, a homography is fitted robustly
    (OpenCV USAC/RANSAC) and refitted by least squares on the inliers;
 4. **refinement**: steps 2-3 are repeated with the fitted homography as the placement; the pairs
@@ -221,14 +221,14 @@ class RigCalibrator:
         return crop, placed, to_work, t2w
 
     def _match(self, vis_y, th, placement, direct: bool = False):
-        """-> (confidence, thermal px N x 2, visible px N x 2, weights N) for one pair and placement."""
+        """-> (confidence, thermal px N x 2, visible px N x 2) for one pair and placement."""
         from .align import apply_affine, pixels_per_unit, warp_affine
         torch = self.torch
 
         view = self._view(vis_y, th, placement)
         empty = np.zeros((0, 2))
         if view is None:
-            return 0.0, empty, empty, np.zeros(0)
+            return 0.0, empty, empty
         crop, placed, to_work, t2w = view
         # matches of the local matcher (1/4 resolution) where the network has one, else the global
         # matcher's (1/8); a match must lie within `consistent` cells of the pair's own affine
@@ -267,7 +267,7 @@ class RigCalibrator:
             return valid[qy, qx] & (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
         # a match consistent with the pair's own affine (within `consistent` cells) and with some mass at its peak
         keep = inside(to_px(uv)) & inside(to_px(cv)) & (res < consistent) & (wts > 0.05)
-        return float(confidence[0]), thermal_px[keep], visible_px[keep], wts[keep]
+        return float(confidence[0]), thermal_px[keep], visible_px[keep]
 
     # all pairs ---------------------------------------------------------------------------------
     def calibrate(self, pairs, progress=None, command: str = "") -> Calibration:
@@ -334,18 +334,18 @@ class RigCalibrator:
         placement = centred_placement(thermal_size, visible_size, best_scale)
         h = None
         for round_ in range(1 + self.refinements):
-            src, dst, weights, used, low, confidences = [], [], [], [], {}, {}
+            src, dst, used, low, confidences = [], [], [], {}, {}
             desc = f"calibrate: matches {round_ + 1}/{1 + self.refinements}"
             for i in progress(usable, len(usable), desc):
                 name = pairs[i][0]
                 v, t = load(i)
-                conf, tp, vp, w = self._match(v, t, placement, direct=round_ > 0 and self.direct_refinement)
+                conf, tp, vp = self._match(v, t, placement, direct=round_ > 0 and self.direct_refinement)
                 if conf < self.min_confidence or len(tp) < 4:
                     low[name] = f"registration confidence {conf:.2f} below {self.min_confidence:.2f}"
                     continue
                 used.append(name)
                 confidences[name] = conf
-                src.append(tp), dst.append(vp), weights.append(w)
+                src.append(tp), dst.append(vp)
             if len(used) < self.min_pairs or sum(len(s) for s in src) < self.min_matches:
                 if h is not None:  # a refinement lost its evidence: keep the previous round's fit
                     break
@@ -353,7 +353,7 @@ class RigCalibrator:
                     f"not enough evidence: {len(used)} of {len(pairs)} pair(s) registered with confidence >= "
                     f"{self.min_confidence:.2f} ({sum(len(s) for s in src)} matches; need {self.min_pairs} pair(s) "
                     f"and {self.min_matches} matches); the pairs carry too little structure both cameras see")
-            src, dst, weights = np.concatenate(src), np.concatenate(dst), np.concatenate(weights)
+            src, dst = np.concatenate(src), np.concatenate(dst)
             fit = fit_homography(src, dst, visible_size, placement, thermal_size, self.working_size)
             if fit is None:
                 if h is not None:
