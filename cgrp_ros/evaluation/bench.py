@@ -42,7 +42,6 @@ log = logging.getLogger("cgrp_ros")
 FRAME_BUDGET_MS = 1000.0 / 30  # issue 12: the per-frame path at 30 Hz
 FRAME_OUTPUTS = frozenset({"fused", "registered_thermal", "flow"})
 STAGES = ("preprocess", "generator", "registration", "fusion", "postprocess", "total")
-DEFAULT_SIZES = ((256, 320), (512, 640), (720, 1280))
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class Stage:
             array = array[:, :, None]
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0).to(self.device)
 
-    def crops(self, keys=("visible", "thermal")):
+    def crops(self):
         """A batch of aligned random crops (with random horizontal flips)."""
         vis, th = [], []
         for _ in range(self.cfg.batch):
