@@ -101,6 +101,18 @@ def test_parameter_file_matches_the_declared_parameters():
     assert all(check_parameter(name, value) is None for name, value in params.items())
 
 
+def test_every_parameter_is_documented_with_its_default():
+    """docs/ros.md's parameter table: one row per declared parameter, its default as the node declares it."""
+    import json
+
+    from cgrp_ros.ros.parameters import PARAMETERS
+
+    doc = (REPO / "docs" / "ros.md").read_text()
+    section = doc[doc.index("### Parameters"):doc.index("### Self-calibration")]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", section, re.M)
+    assert rows == [(p.name, json.dumps(p.default)) for p in PARAMETERS]
+
+
 def test_rviz_config_shows_both_inputs_and_all_outputs_rviz_can_render():
     rviz = yaml.safe_load((REPO / "config" / "cgrp.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]
