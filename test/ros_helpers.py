@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +129,13 @@ def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
             stop_node(proc, signal.SIGKILL)
         spinner.node.destroy_node()
     return proc.returncode, got
+
+
+def documented_diagnostic_keys() -> set:
+    """The /diagnostics keys named in the first column of docs/ros.md's "| Key | Value |" table."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
+    table = doc[doc.index("| Key | Value |"):].split("\n\n")[0]
+    return {key for row in table.splitlines()[2:] for key in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
 
 
 def log_tail(path, lines: int = 15) -> str:

@@ -17,7 +17,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from cgrp_ros.ros.fusion_node import FusionNode  # noqa: E402
 from cgrp_ros.ros.image_conversions import numpy_to_image  # noqa: E402
-from ros_helpers import RELIABLE, make_images  # noqa: E402
+from ros_helpers import RELIABLE, documented_diagnostic_keys, make_images  # noqa: E402
 
 
 class FailsOnce:
@@ -113,6 +113,7 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
         values = node.diagnostic_values()
         assert (values["registration confidence"], values["registration fallback"], values["fallback pairs"]) == \
             ("n/a", "n/a", "0")
+        assert set(values) <= documented_diagnostic_keys(), set(values) - documented_diagnostic_keys()  # docs/ros.md
         assert node.diagnose()[0] == DiagnosticStatus.OK
         visible, thermal = make_images()
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")

@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from cgrp_ros.core.deform import misalign, rng_for  # noqa: E402
 from cgrp_ros.ros.image_conversions import image_to_numpy  # noqa: E402
-from ros_helpers import RELIABLE, RELIABLE_INPUTS, Spinner, start_node, stop_node  # noqa: E402
+from ros_helpers import RELIABLE, RELIABLE_INPUTS, Spinner, documented_diagnostic_keys, start_node, stop_node  # noqa: E402
 
 SEQUENCE = Path(__file__).resolve().parents[1] / "sample" / "sequence"
 
@@ -75,7 +75,9 @@ def test_the_node_self_calibrates_on_a_fixed_rig_and_saves_the_calibration(tmp_p
         # misaligned input, and nothing warns
         latest = [status for array in statuses for status in array.status
                   if any(kv.key == "self-calibration" for kv in status.values)][-1]
-        edges = {kv.key: kv.value for kv in latest.values}["edge agreement received / rig estimate"]
+        values = {kv.key: kv.value for kv in latest.values}
+        assert set(values) <= documented_diagnostic_keys(), set(values) - documented_diagnostic_keys()  # docs/ros.md
+        edges = values["edge agreement received / rig estimate"]
         received, estimate = (float(v) for v in edges.split(" (")[0].split(" / "))
         assert estimate > received + 0.05, edges
         assert latest.level == DiagnosticStatus.OK and "edges up worse" not in latest.message, latest.message
