@@ -38,3 +38,23 @@ def test_player_publishes_count_pairs_then_exits(tmp_path):
         assert len(got["visible"]) <= 30
     finally:
         rclpy.try_shutdown()
+
+
+def test_every_player_parameter_is_documented():
+    """docs/ros.md's cgrp_player table names every parameter the player declares."""
+    import re
+    from pathlib import Path
+
+    from cgrp_ros.ros.player_node import PlayerNode
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
+    section = doc[doc.index("## cgrp_player"):doc.index("## Bags")]
+    documented = {name for row in re.findall(r"^\| (.+?) \| ", section, re.M) for name in re.findall(r"`(\w+)`", row)}
+    rclpy.init()
+    try:
+        node = PlayerNode()
+        declared = set(node.list_parameters([], 0).names) - {"use_sim_time", "start_type_description_service"}  # rclpy's
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()
+    assert declared and declared <= documented, declared - documented
