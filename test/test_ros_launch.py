@@ -113,6 +113,16 @@ def test_every_parameter_is_documented_with_its_default():
     assert rows == [(p.name, json.dumps(p.default)) for p in PARAMETERS]
 
 
+def test_every_output_topic_is_documented():
+    """docs/ros.md's topic table has a row for every output the `outputs` parameter can name."""
+    from cgrp_ros.ros.parameters import OUTPUTS
+
+    doc = (REPO / "docs" / "ros.md").read_text()
+    section = doc[doc.index("### Topics"):doc.index("### Parameters")]
+    rows = set(re.findall(r"^\| `~/(\w+)` \|", section, re.M))
+    assert set(OUTPUTS) <= rows, set(OUTPUTS) - rows
+
+
 def test_rviz_config_shows_both_inputs_and_all_outputs_rviz_can_render():
     rviz = yaml.safe_load((REPO / "config" / "cgrp.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]
