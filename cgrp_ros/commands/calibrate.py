@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..core.data import find_pairs, read_image
 from .common import size_arg
 
-HELP = "estimate the rig's thermal->visible homography from folders of same-named pairs, write rig.yaml"
+HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
 # below this many pairs used, say that the calibration rests on few pairs: a pair's match errors (about a
 # visible pixel, more on a featureless pair) are shared by all its matches, so only many pairs average them out

@@ -32,7 +32,7 @@ from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel
 from .common import add_pipeline_arguments, pipeline_from_args
 
-HELP = "fuse a visible/thermal pair, or two folders of same-named pairs (extensions may differ)"
+HELP = "fuse a visible/thermal pair, two folders of same-named pairs (extensions may differ), or a bag"
 log = logging.getLogger("cgrp_ros")
 REGISTRATION_COLUMNS = ("name", "registration_confidence", "registration_fallback", "mean_flow_px",
                         "edge_agreement_input", "edge_agreement_registered")

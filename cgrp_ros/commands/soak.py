@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-HELP = "soak test: player + fusion node at 30 Hz for M minutes; throughput, drops, latency, memory growth"
+HELP = ("soak test: player + fusion node at 30 Hz for M minutes; throughput, drops, latency, self-calibration, "
+        "memory growth, and a picture of them")
 
 
 def add_arguments(p):
