@@ -64,7 +64,8 @@ def test_calibration_file_argument_overrides_the_parameter_file_only_when_given(
         def perform(self, context):
             return context[self.name]
 
-    stand_ins = {"launch": dict(LaunchDescription=list), "launch.actions": dict(DeclareLaunchArgument=dict, OpaqueFunction=dict),
+    stand_ins = {"launch": dict(LaunchDescription=list),
+                 "launch.actions": dict(DeclareLaunchArgument=dict, OpaqueFunction=dict),
                  "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration),
                  "launch_ros.actions": dict(Node=lambda **kwargs: kwargs),
                  "ament_index_python.packages": dict(get_package_share_directory=lambda package: "/share")}
