@@ -131,10 +131,16 @@ def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
     return proc.returncode, got
 
 
+def ros_doc(start: str, end: str | None = None) -> str:
+    """docs/ros.md from the first `start` up to the next `end` (or its end)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
+    section = doc[doc.index(start):]
+    return section[:section.index(end)] if end else section
+
+
 def documented_diagnostic_keys() -> set:
     """The /diagnostics keys named in the first column of docs/ros.md's "| Key | Value |" table."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
-    table = doc[doc.index("| Key | Value |"):].split("\n\n")[0]
+    table = ros_doc("| Key | Value |", "\n\n")
     return {key for row in table.splitlines()[2:] for key in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ros_helpers import ros_doc
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
@@ -108,9 +109,7 @@ def test_every_parameter_is_documented_with_its_default():
 
     from cgrp_ros.ros.parameters import PARAMETERS
 
-    doc = (REPO / "docs" / "ros.md").read_text()
-    section = doc[doc.index("### Parameters"):doc.index("### Self-calibration")]
-    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", section, re.M)
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", ros_doc("### Parameters", "### Self-calibration"), re.M)
     assert rows == [(p.name, json.dumps(p.default)) for p in PARAMETERS]
 
 
@@ -118,9 +117,7 @@ def test_every_output_topic_is_documented():
     """docs/ros.md's topic table has a row for every output the `outputs` parameter can name."""
     from cgrp_ros.ros.parameters import OUTPUTS
 
-    doc = (REPO / "docs" / "ros.md").read_text()
-    section = doc[doc.index("### Topics"):doc.index("### Parameters")]
-    rows = set(re.findall(r"^\| `~/(\w+)` \|", section, re.M))
+    rows = set(re.findall(r"^\| `~/(\w+)` \|", ros_doc("### Topics", "### Parameters"), re.M))
     assert set(OUTPUTS) <= rows, set(OUTPUTS) - rows
 
 

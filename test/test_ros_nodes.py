@@ -4,7 +4,7 @@ import signal
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from ros_helpers import play_until_exit, start_node, stop_node  # noqa: E402
+from ros_helpers import play_until_exit, ros_doc, start_node, stop_node  # noqa: E402
 
 
 def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
@@ -43,12 +43,10 @@ def test_player_publishes_count_pairs_then_exits(tmp_path):
 def test_every_player_parameter_is_documented():
     """docs/ros.md's cgrp_player table names every parameter the player declares."""
     import re
-    from pathlib import Path
 
     from cgrp_ros.ros.player_node import PlayerNode
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
-    section = doc[doc.index("## cgrp_player"):doc.index("## Bags")]
+    section = ros_doc("## cgrp_player", "## Bags")
     documented = {name for row in re.findall(r"^\| (.+?) \| ", section, re.M) for name in re.findall(r"`(\w+)`", row)}
     rclpy.init()
     try:

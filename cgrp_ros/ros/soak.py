@@ -192,7 +192,7 @@ def run_soak(config: SoakConfig) -> int:
     totals = {"in": 0, "out": 0, "outputs": 0, "latency": []}
     malformed = []              # first problems found
     counters = {}               # the node's last /diagnostics values
-    rig_state = {"state": "n/a"}  # the node's last self-calibration state (diagnostics)
+    rig_state = "n/a"           # the node's last self-calibration state (diagnostics)
 
     def on_visible(msg):
         visible_sizes[stamp_ns(msg)] = (msg.height, msg.width)
@@ -210,11 +210,12 @@ def run_soak(config: SoakConfig) -> int:
             window["latency"].append(clock.now().nanoseconds * 1e-9 - stamp_ns(msg) * 1e-9)
 
     def on_diagnostics(array):
+        nonlocal rig_state
         for status in array.status:
             if status.name.startswith("cgrp_fusion"):
                 values = {kv.key: kv.value for kv in status.values}
                 counters.update({k: int(values[k]) for k in COUNTERS if k in values})
-                rig_state["state"] = values.get("self-calibration", rig_state["state"])
+                rig_state = values.get("self-calibration", rig_state)
 
     node.create_subscription(Image, "visible/image", on_visible, qos)
     for name in OUTPUTS:
@@ -274,7 +275,7 @@ def run_soak(config: SoakConfig) -> int:
                        "dropped": deltas["dropped pairs"], "out": window["out"],
                        "fps_out": round(window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
                        "rss_mb": memory[-1][1] if memory else None, "registrations": deltas["registrations"],
-                       "self_calibration": rig_state["state"]}
+                       "self_calibration": rig_state}
                 windows.append(row)
                 totals["in"] += window["in"]
                 totals["out"] += window["out"]
