@@ -235,16 +235,17 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
 
 
 def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path):
-    """`cgrp eval --rig --calibrate --edge-fit`: the data set becomes one rig with a 1.6x wider visible
-    view at 2x the pixels; the report has the corner error (far below the plain resize's), the fused
-    EPE and the network-free edge fit's distance to the truth and to the calibration."""
+    """`cgrp eval --rig --calibrate --edge-fit --mi-fit`: the data set becomes one rig with a 1.6x wider
+    visible view at 2x the pixels; the report has the corner error (far below the plain resize's), the
+    fused EPE and the two network-free fits' distances to the truth and to the calibration."""
     import json
 
     write_rig(tmp_path / "data", aligned_pairs)
     out = tmp_path / "out"
     assert cgrp(["eval", "--rig", "--calibrate", "--data", tmp_path / "data", "--rig-size", "240x320",
-                 "--view", "1.6,2", "--edge-fit", "--device", "cpu", "--out", out]) == 0
+                 "--view", "1.6,2", "--edge-fit", "--mi-fit", "--device", "cpu", "--out", out]) == 0
     assert cgrp(["eval", "--edge-fit", "--data", tmp_path / "data", "--out", out]) == 2  # not without --calibrate
+    assert cgrp(["eval", "--mi-fit", "--data", tmp_path / "data", "--out", out]) == 2
     result = json.loads((out / "rig_calibration.json").read_text())["data"]
     assert result["visible_size"] == [480, 640] and result["pairs"] == 8
     assert result["corner_error_prior_px"] > 50 and result["corner_error_px"] < 5.0
@@ -257,42 +258,50 @@ def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path)
     # (measured 2026-12-06: truth 0.2943, calibration 0.2940, better / worse on 3 / 3 of 8 pairs)
     assert abs(result["edge_agreement_calibration"] - result["edge_agreement_truth"]) < 0.02
     assert 0 < result["edge_agreement_truth"] <= 1 and 0 < result["edge_agreement_calibration"] <= 1
-    assert np.isfinite(result["edge_fit_vs_truth_px"]) and np.isfinite(result["edge_fit_vs_calibration_px"])
+    for judge in ("edge", "mi"):
+        assert np.isfinite(result[f"{judge}_fit_vs_truth_px"]) and np.isfinite(result[f"{judge}_fit_vs_calibration_px"])
     report = (out / "rig_calibration.md").read_text()
-    assert "corner error" in report and "--edge-fit" in report and "edge fit's corner error" in report
+    assert "corner error" in report and "--edge-fit --mi-fit" in report
+    assert "edge fit's corner error" in report and "MI fit's corner error" in report
 
 
-def test_the_edge_check_prefers_a_rigs_true_mapping_to_one_a_few_pixels_off(aligned_pairs):
-    """The no-ground-truth check of `cgrp eval --rig --calibrate`: on real pairs turned into a rig with
-    a wider visible view, the true homography lines the edges up better than one 3 thermal px off."""
-    from cgrp_ros.evaluation.rig import footprint_edge_agreement
+@pytest.mark.parametrize("judge", ["edge", "mi"])
+def test_the_no_ground_truth_judges_prefer_a_rigs_true_mapping_to_one_a_few_pixels_off(aligned_pairs, judge):
+    """The no-ground-truth checks of `cgrp eval --rig --calibrate` (the edge agreement, and the grey
+    levels' mutual information): on real pairs turned into a rig with a wider visible view, the true
+    homography scores higher than one 3 thermal px off."""
+    from cgrp_ros.evaluation.rig import FIT_JUDGES
 
+    score = FIT_JUDGES[judge][0]
     g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))
     for name, visible, thermal in aligned_pairs[:3]:
         v, t, truth = synthetic_rig(visible, thermal, g, 1.6, 2.0, SIZE)
         for dx, dy in ((3, 0), (0, -3)):
             off = truth @ np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]])
-            right, wrong = footprint_edge_agreement(v, t, (truth, off))
+            right, wrong = score(v, t, (truth, off))
             assert right > wrong, (name, dx, dy)
 
 
-def test_the_edge_fit_finds_the_same_mapping_from_the_truth_and_from_a_start_two_pixels_off(aligned_pairs):
-    """`cgrp eval --rig --calibrate --edge-fit`'s network-free second opinion lands where the pairs'
-    edges line up best, not where it starts: from a wider-view rig's true mapping and from that mapping
-    spoilt by a 1.25 / -1 px shift and a 0.6 % scale (1.8 px at the corners) it comes to mappings
-    within 0.5 px of each other. (Where that is relative to the truth depends on the data set's own
-    alignment: on these four RoadScene pairs 1.2 px away, a 0.3 % scale and a 0.9-px shift.)"""
-    from cgrp_ros.evaluation.rig import edge_fit
+@pytest.mark.parametrize("judge", ["edge", "mi"])
+def test_the_alignment_fit_finds_the_same_mapping_from_the_truth_and_from_a_start_two_pixels_off(aligned_pairs,
+                                                                                                 judge):
+    """`cgrp eval --rig --calibrate --edge-fit / --mi-fit`'s network-free second opinions land where
+    their judge scores the pairs best, not where they start: from a wider-view rig's true mapping and
+    from that mapping spoilt by a 1.25 / -1 px shift and a 0.6 % scale (1.8 px at the corners) each
+    comes to mappings within 0.5 px of each other. (Where that is relative to the truth depends on the
+    data set's own alignment: on these four RoadScene pairs the edge fit is 1.2 px away, a 0.3 % scale
+    and a 0.9-px shift, the MI fit 1.1 px.)"""
+    from cgrp_ros.evaluation.rig import alignment_fit
 
     g = similarity_about_centre(SIZE, 5.0, 1.06, (19.0, 19.0))
     rig = [(name, *synthetic_rig(v, t, g, 1.6, 1.0, SIZE)) for name, v, t in aligned_pairs[:4]]
     truth = rig[0][3]
     start = truth @ similarity_about_centre(SIZE, 0.0, 1.006, (1.25, -1.0))
-    from_truth, from_start = (edge_fit([r[:3] for r in rig], h, SIZE) for h in (truth, start))
-    assert corner_error(start, from_truth, SIZE) > 2.0  # measured 2.77; the two fits 0.36 apart
+    from_truth, from_start = (alignment_fit([r[:3] for r in rig], h, SIZE, judge) for h in (truth, start))
+    assert corner_error(start, from_truth, SIZE) > 2.0  # measured 2.77 / 2.74; fits 0.36 / 0.27 apart
     assert corner_error(from_start, from_truth, SIZE) < 0.5
     away = truth @ np.array([[1, 0, 5000.0], [0, 1, 0], [0, 0, 1]])  # the thermal lands beside the view
-    assert edge_fit([r[:3] for r in rig[:1]], away, SIZE) is None  # nothing to score: no answer, not a guess
+    assert alignment_fit([r[:3] for r in rig[:1]], away, SIZE, judge) is None  # nothing to score: no guess
 
 
 @pytest.mark.parametrize("rotation, scale, shift, view, pixels", [

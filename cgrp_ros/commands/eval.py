@@ -115,7 +115,18 @@ def add_arguments(p):
                         "thermal about its centre, on top of the true mapping, that line up both cameras' edges "
                         "best over all pairs) and report its corner error against the truth and the calibration: "
                         "where the data set's own alignment lies (a few minutes per data set)")
+    g.add_argument("--mi-fit", action="store_true",
+                   help="--calibrate: the same search as --edge-fit, judged by the mutual information of the two "
+                        "cameras' grey levels instead of their edges: a second opinion that shares nothing with the "
+                        "edge check or the networks")
     add_pipeline_arguments(p)
+
+
+def requested_fits(args) -> list:
+    """The judges of evaluation.rig.FIT_JUDGES asked for with --edge-fit / --mi-fit, in that order."""
+    from ..evaluation.rig import FIT_JUDGES
+
+    return [judge for judge in FIT_JUDGES if getattr(args, f"{judge}_fit", False)]
 
 
 def dataset_specs(args) -> list:
@@ -157,8 +168,7 @@ def command_line(args) -> str:
         parts.append(f"--calibration {shlex.quote(str(args.calibration))}")
     if getattr(args, "rig", False) and getattr(args, "calibrate", False):
         parts.append("--rig --calibrate --view {} --rig-size {}x{}".format(args.view, *args.rig_size))
-        if getattr(args, "edge_fit", False):
-            parts.append("--edge-fit")
+        parts += [f"--{judge}-fit" for judge in requested_fits(args)]
     elif getattr(args, "rig", False):
         parts.append(f"--rig --fps {args.fps:g} --registration-rate {args.registration_rate:g}")
     if args.write_benchmarks:
@@ -198,7 +208,7 @@ def run_rig_calibration(args, datasets) -> int:
         raise CgrpError("--view: both numbers must be > 0")
     models = str(args.models / "registration.pt") if args.models else None
     results = {d.name: evaluate_calibration(d.pairs, args.rig_size, fov, pixels, args.device, models,
-                                            args.working_size, with_edge_fit=getattr(args, "edge_fit", False))
+                                            args.working_size, fits=requested_fits(args))
                for d in datasets}
     write_rig_report(args, "rig_calibration", results, calibration_markdown(results),
                      (report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END))
@@ -233,8 +243,9 @@ def run(args) -> int:
     from ..evaluation.evaluate import evaluate_datasets, load_datasets, select_methods
 
     methods = select_methods(args.methods)  # bad names, data problems: raise before the models load
-    if getattr(args, "edge_fit", False) and not (args.rig and args.calibrate):
-        raise CgrpError("--edge-fit belongs to --rig --calibrate")
+    for judge in requested_fits(args):
+        if not (args.rig and args.calibrate):
+            raise CgrpError(f"--{judge}-fit belongs to --rig --calibrate")
     datasets = load_datasets(dataset_specs(args), args.limit)
     if args.threads:
         import torch

@@ -280,32 +280,60 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
                 pairs_scored=compared["scored"])
 
 
+MUTUAL_INFORMATION_BINS = 64  # grey levels per axis of the joint histogram (256 would leave it sparse)
+
+
+def footprint_mutual_information(visible: np.ndarray, thermal: np.ndarray, homographies,
+                                 bins: int = MUTUAL_INFORMATION_BINS) -> list:
+    """metrics.mutual_information (bits) of the visible luminance with the thermal mapped by each 3x3
+    homography, on thermal_through's box less its outer 2 px (where the warp blends in the black beyond
+    the thermal's frame): a judge of the mapping that reads grey levels, not edges, so it shares no
+    bias with the edge check or the networks' matchers."""
+    import cv2
+
+    from ..core.image import normalize_thermal
+
+    mapped = thermal_through(visible, normalize_thermal(thermal) * 255.0, homographies)
+    if mapped is None:
+        return [float("nan")] * len(homographies)
+    visible_y, warped, seen = mapped
+    seen = cv2.erode(seen.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if not seen.any():
+        return [float("nan")] * len(homographies)
+    return [M.mutual_information(visible_y, image, seen, bins) for image in warped]
+
+
+# The judges alignment_fit can search with: name -> (score function, name in reports)
+FIT_JUDGES = {"edge": (footprint_edge_agreement, "edge fit"), "mi": (footprint_mutual_information, "MI fit")}
+
 # (shift step in thermal px, scale step, steps to each side): a coarse grid, then a fine one around its best
-EDGE_FIT_GRIDS = ((0.5, 0.004, (3, 2)), (0.125, 0.001, (2, 2)))
+FIT_GRIDS = ((0.5, 0.004, (3, 2)), (0.125, 0.001, (2, 2)))
 
 
-def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray | None:
-    """The thermal -> visible homography near `start` (3x3) that lines the two cameras' edges up best
+def alignment_fit(rig, start: np.ndarray, thermal_size, judge: str = "edge", progress=None) -> np.ndarray | None:
+    """The thermal -> visible homography near `start` (3x3) that a no-ground-truth judge scores best
     over all pairs of one rig together, without the networks: `start` after a shift (dx, dy) and one
-    scale of the thermal about its centre, searched on EDGE_FIT_GRIDS (±1.5 px, ±0.8 %) by the sum of
-    footprint_edge_agreement over the pairs (rig: [(name, visible, thermal)]; pairs without a score at
-    every candidate are left out; None when no pair is left).
+    scale of the thermal about its centre, searched on FIT_GRIDS (±1.5 px, ±0.8 %) by the sum over the
+    pairs of FIT_JUDGES[judge] (edge: footprint_edge_agreement; mi: footprint_mutual_information).
+    rig: [(name, visible, thermal)]; pairs without a score at every candidate are left out; None when
+    no pair is left.
 
     A second opinion on where a data set's own alignment lies, for `cgrp eval --rig --calibrate
-    --edge-fit`: a local search around a known mapping, not an estimator to ship (searched widely, a
-    hand-made cross-modal score can peak at wrong warps, issue 9). About 370 warps per pair."""
+    --edge-fit / --mi-fit`: a local search around a known mapping, not an estimator to ship (searched
+    widely, a hand-made cross-modal score can peak at wrong warps, issue 9). About 370 warps per pair."""
     from ..core.calibrate import similarity_about_centre
 
+    score, label = FIT_JUDGES[judge]
     progress = progress or (lambda it, total, desc: it)
     best = (0.0, 0.0, 1.0)
-    for level, (shift_step, scale_step, (shift_steps, scale_steps)) in enumerate(EDGE_FIT_GRIDS):
+    for level, (shift_step, scale_step, (shift_steps, scale_steps)) in enumerate(FIT_GRIDS):
         shifts = np.arange(-shift_steps, shift_steps + 1) * shift_step
         scales = np.arange(-scale_steps, scale_steps + 1) * scale_step
         grid = [(best[0] + dx, best[1] + dy, best[2] + ds) for dx in shifts for dy in shifts for ds in scales]
         candidates = [start @ similarity_about_centre(thermal_size, 0.0, scale, (dx, dy)) for dx, dy, scale in grid]
         total, scored = np.zeros(len(grid)), 0
-        for _, visible, thermal in progress(rig, len(rig), f"edge fit {level + 1}/{len(EDGE_FIT_GRIDS)}"):
-            scores = np.array(footprint_edge_agreement(visible, thermal, candidates), np.float64)
+        for _, visible, thermal in progress(rig, len(rig), f"{label} {level + 1}/{len(FIT_GRIDS)}"):
+            scores = np.array(score(visible, thermal, candidates), np.float64)
             if np.isfinite(scores).all():
                 total, scored = total + scores, scored + 1
         if not scored:
@@ -316,14 +344,15 @@ def edge_fit(rig, start: np.ndarray, thermal_size, progress=None) -> np.ndarray 
 
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
                          models=None, working_size=(256, 320), progress: bool = True,
-                         with_edge_fit: bool = False) -> dict:
+                         fits=()) -> dict:
     """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
     the thermal (`size`) sees the central 1/`fov` of the view moved by synthetic_rig_misalignment, the
     visible camera the whole view at `visible_pixels` x the pixels. `cgrp calibrate`'s estimator runs
     on all of them; scored: the mean corner error (thermal px) of its homography against the truth,
     and the flow end-point error (visible px, where the thermal sees) of the Pipeline with that
-    calibration ('fuse') and of the homography alone ('calibration_only'). with_edge_fit: also
-    edge_fit around the truth, and its corner error against the truth and against the calibration."""
+    calibration ('fuse') and of the homography alone ('calibration_only'). fits: names of FIT_JUDGES;
+    for each, alignment_fit around the truth and its corner error against the truth and against the
+    calibration (`JUDGE_fit_vs_truth_px`, `JUDGE_fit_vs_calibration_px`)."""
     import cv2
 
     from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error, synthetic_rig
@@ -360,11 +389,11 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     visible_shape = rig[0][1].shape[:2]
     compared = M.edge_comparison(*np.array(edges, np.float64).reshape(-1, 2).T)
     fitted = {}
-    if with_edge_fit:
-        by_edges = edge_fit(rig, truth, size, bar)
-        found = by_edges is not None
-        fitted = dict(edge_fit_vs_truth_px=corner_error(by_edges, truth, size) if found else float("nan"),
-                      edge_fit_vs_calibration_px=corner_error(estimate, by_edges, size) if found else float("nan"))
+    for judge in fits:
+        fit = alignment_fit(rig, truth, size, judge, bar)
+        found = fit is not None
+        fitted[f"{judge}_fit_vs_truth_px"] = corner_error(fit, truth, size) if found else float("nan")
+        fitted[f"{judge}_fit_vs_calibration_px"] = corner_error(estimate, fit, size) if found else float("nan")
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),
@@ -379,6 +408,7 @@ def calibration_markdown(results: dict) -> str:
     """{data set: evaluate_calibration result} -> a table with issue 10's targets checked."""
     from .report import markdown_table
 
+    fits = [judge for judge in FIT_JUDGES if any(f"{judge}_fit_vs_truth_px" in r for r in results.values())]
     rows = []
     for name, r in results.items():
         rows.append([name, f"{r['pairs_used']} / {r['pairs']}",
@@ -390,11 +420,10 @@ def calibration_markdown(results: dict) -> str:
                      "holds" if r["epe_fuse_px"] <= 1.5 else "MISSED",
                      f"{r['edge_agreement_truth']:.4f} / {r['edge_agreement_calibration']:.4f} "
                      f"({r['edges_calibration_better']} / {r['edges_calibration_worse']} of {r['edges_scored']})"]
-                    + ([f"{r['edge_fit_vs_truth_px']:.2f} / {r['edge_fit_vs_calibration_px']:.2f}"]
-                       if "edge_fit_vs_truth_px" in r else []))
+                    + [f"{r.get(f'{judge}_fit_vs_truth_px', float('nan')):.2f} / "
+                       f"{r.get(f'{judge}_fit_vs_calibration_px', float('nan')):.2f}" for judge in fits])
     header = ["data set", "pairs used", "thermal → visible", "corner error thermal px (plain resize)",
               "≤ 1 px", "fuse --calibration EPE px", "calibration alone EPE px", "≤ 1.5 px",
               f"edges truth / calibration (calibration better / worse by > {M.EDGE_MARGIN_OF_DIFFERENCE:g})"]
-    if any("edge_fit_vs_truth_px" in r for r in results.values()):
-        header.append("edge fit's corner error px: vs truth / vs calibration")
+    header += [f"{FIT_JUDGES[judge][1]}'s corner error px: vs truth / vs calibration" for judge in fits]
     return markdown_table(header, rows)
