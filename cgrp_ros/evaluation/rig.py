@@ -342,9 +342,29 @@ def alignment_fit(rig, start: np.ndarray, thermal_size, judge: str = "edge", pro
     return start @ similarity_about_centre(thermal_size, 0.0, best[2], best[:2])
 
 
+def synthetic_rig_frames(pairs, size, fov: float, visible_pixels: float, one_modality: bool = False) -> tuple:
+    """pairs [(name, visible path, thermal path)] -> ([(name, visible BGR, thermal)], truth 3x3): every
+    pair a frame of one core.calibrate.synthetic_rig moved by synthetic_rig_misalignment. one_modality:
+    the thermal image on both sides (as BGR for the visible camera), so the data set's own alignment
+    plays no part and the truth is exact: what is left is the estimator's own error."""
+    import cv2
+
+    from ..core.calibrate import synthetic_rig
+
+    misalignment = synthetic_rig_misalignment(size)
+    rig, truth = [], None
+    for name, visible_path, thermal_path in pairs:
+        thermal = read_image(thermal_path, cv2.IMREAD_GRAYSCALE)
+        visible = cv2.cvtColor(thermal, cv2.COLOR_GRAY2BGR) if one_modality else \
+            read_image(visible_path, cv2.IMREAD_COLOR)
+        v, t, truth = synthetic_rig(visible, thermal, misalignment, fov, visible_pixels, size)
+        rig.append((name, v, t))
+    return rig, truth
+
+
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
                          models=None, working_size=(256, 320), progress: bool = True,
-                         fits=()) -> dict:
+                         fits=(), one_modality: bool = False) -> dict:
     """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
     the thermal (`size`) sees the central 1/`fov` of the view moved by synthetic_rig_misalignment, the
     visible camera the whole view at `visible_pixels` x the pixels. `cgrp calibrate`'s estimator runs
@@ -352,19 +372,13 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     and the flow end-point error (visible px, where the thermal sees) of the Pipeline with that
     calibration ('fuse') and of the homography alone ('calibration_only'). fits: names of FIT_JUDGES;
     for each, alignment_fit around the truth and its corner error against the truth and against the
-    calibration (`JUDGE_fit_vs_truth_px`, `JUDGE_fit_vs_calibration_px`)."""
-    import cv2
-
-    from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error, synthetic_rig
+    calibration (`JUDGE_fit_vs_truth_px`, `JUDGE_fit_vs_calibration_px`). one_modality: also the
+    estimator's corner error on the same rig with the thermal on both sides (synthetic_rig_frames;
+    `one_modality_corner_error_px`, `one_modality_pairs_used`)."""
+    from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error
     from ..core.pipeline import Pipeline, PipelineConfig
 
-    misalignment = synthetic_rig_misalignment(size)
-    rig, truth = [], None
-    for name, visible_path, thermal_path in pairs:
-        visible = read_image(visible_path, cv2.IMREAD_COLOR)
-        thermal = read_image(thermal_path, cv2.IMREAD_GRAYSCALE)
-        v, t, truth = synthetic_rig(visible, thermal, misalignment, fov, visible_pixels, size)
-        rig.append((name, v, t))
+    rig, truth = synthetic_rig_frames(pairs, size, fov, visible_pixels)
     bar = (lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pair", leave=False)) if progress else None
     calibrator = RigCalibrator(models, device, working_size)
     calibration = calibrator.calibrate(rig, bar, "cgrp eval --rig --calibrate")
@@ -394,6 +408,11 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
         found = fit is not None
         fitted[f"{judge}_fit_vs_truth_px"] = corner_error(fit, truth, size) if found else float("nan")
         fitted[f"{judge}_fit_vs_calibration_px"] = corner_error(estimate, fit, size) if found else float("nan")
+    if one_modality:
+        control = calibrator.calibrate(synthetic_rig_frames(pairs, size, fov, visible_pixels, True)[0], bar,
+                                       "cgrp eval --rig --calibrate --one-modality")
+        fitted.update(one_modality_corner_error_px=corner_error(control.homography, truth, size),
+                      one_modality_pairs_used=control.pairs_used)
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),
@@ -409,6 +428,7 @@ def calibration_markdown(results: dict) -> str:
     from .report import markdown_table
 
     fits = [judge for judge in FIT_JUDGES if any(f"{judge}_fit_vs_truth_px" in r for r in results.values())]
+    control = any("one_modality_corner_error_px" in r for r in results.values())
     rows = []
     for name, r in results.items():
         rows.append([name, f"{r['pairs_used']} / {r['pairs']}",
@@ -421,9 +441,13 @@ def calibration_markdown(results: dict) -> str:
                      f"{r['edge_agreement_truth']:.4f} / {r['edge_agreement_calibration']:.4f} "
                      f"({r['edges_calibration_better']} / {r['edges_calibration_worse']} of {r['edges_scored']})"]
                     + [f"{r.get(f'{judge}_fit_vs_truth_px', float('nan')):.2f} / "
-                       f"{r.get(f'{judge}_fit_vs_calibration_px', float('nan')):.2f}" for judge in fits])
+                       f"{r.get(f'{judge}_fit_vs_calibration_px', float('nan')):.2f}" for judge in fits]
+                    + ([f"{r['one_modality_corner_error_px']:.2f} ({r['one_modality_pairs_used']} / {r['pairs']})"]
+                       if control else []))
     header = ["data set", "pairs used", "thermal → visible", "corner error thermal px (plain resize)",
               "≤ 1 px", "fuse --calibration EPE px", "calibration alone EPE px", "≤ 1.5 px",
               f"edges truth / calibration (calibration better / worse by > {M.EDGE_MARGIN_OF_DIFFERENCE:g})"]
     header += [f"{FIT_JUDGES[judge][1]}'s corner error px: vs truth / vs calibration" for judge in fits]
+    if control:
+        header.append("thermal on both sides (exact truth): corner error px (pairs used)")
     return markdown_table(header, rows)
