@@ -402,16 +402,16 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
         alone.append(float(np.linalg.norm(apply_homography(back, points) - points, axis=1)[seen].mean()))
     visible_shape = rig[0][1].shape[:2]
     compared = M.edge_comparison(*np.array(edges, np.float64).reshape(-1, 2).T)
-    fitted = {}
+    checks = {}
     for judge in fits:
         fit = alignment_fit(rig, truth, size, judge, bar)
         found = fit is not None
-        fitted[f"{judge}_fit_vs_truth_px"] = corner_error(fit, truth, size) if found else float("nan")
-        fitted[f"{judge}_fit_vs_calibration_px"] = corner_error(estimate, fit, size) if found else float("nan")
+        checks[f"{judge}_fit_vs_truth_px"] = corner_error(fit, truth, size) if found else float("nan")
+        checks[f"{judge}_fit_vs_calibration_px"] = corner_error(estimate, fit, size) if found else float("nan")
     if one_modality:
         control = calibrator.calibrate(synthetic_rig_frames(pairs, size, fov, visible_pixels, True)[0], bar,
                                        "cgrp eval --rig --calibrate --one-modality")
-        fitted.update(one_modality_corner_error_px=corner_error(control.homography, truth, size),
+        checks.update(one_modality_corner_error_px=corner_error(control.homography, truth, size),
                       one_modality_pairs_used=control.pairs_used)
     return dict(pairs=len(rig), pairs_used=calibration.pairs_used, thermal_size=list(size), fov=fov,
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
@@ -420,7 +420,7 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
                 epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=float(np.mean(alone)),
                 edge_agreement_truth=compared["before"], edge_agreement_calibration=compared["after"],
                 edges_calibration_better=compared["better"], edges_calibration_worse=compared["worse"],
-                edges_scored=compared["scored"], **fitted)
+                edges_scored=compared["scored"], **checks)
 
 
 def calibration_markdown(results: dict) -> str:
