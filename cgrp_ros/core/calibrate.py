@@ -278,9 +278,23 @@ class RigCalibrator:
         pairs = list(pairs)
         if not pairs:
             raise CalibrationError("no visible/thermal pairs to calibrate from")
-        cache = {}
         self.history = []  # the fitted homography of every round
         self.best_pair = None  # name of the most confident pair of the last round
+        load = self._loader(pairs)
+        skipped = {}
+        usable, visible_size, thermal_size = self._rig_pairs(pairs, load, skipped)
+        best_scale = self._placement_scale(usable, load, visible_size, thermal_size, progress)
+        placement = centred_placement(thermal_size, visible_size, best_scale)
+        h, inliers, residual, used = self._fit(pairs, usable, load, placement, visible_size, thermal_size, skipped,
+                                               progress)
+        return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used), len(pairs) - len(used),
+                           float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
+                           datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
+
+    def _loader(self, pairs):
+        """load(i) -> (visible luminance, normalised thermal) of pairs[i], the last 64 kept in memory
+        (recomputing is cheap). Raises InputError for an unreadable pair."""
+        cache = {}
 
         def load(i):
             if i not in cache:
@@ -288,11 +302,17 @@ class RigCalibrator:
                 v = v() if callable(v) else v
                 t = t() if callable(t) else t
                 cache[i] = self._prepare(v, t)
-                if len(cache) > 64:  # keep memory bounded; recomputing is cheap
+                if len(cache) > 64:
                     cache.pop(next(iter(cache)))
             return cache[i]
+        return load
 
-        skipped, sizes = {}, {}
+    def _rig_pairs(self, pairs, load, skipped):
+        """-> (indices of the pairs of the rig's sizes, visible size, thermal size); the others go into
+        `skipped` (name -> why). The rig's sizes are those most pairs have (the first pair's on a tie):
+        one stray frame of another camera at the start of a folder must not make every other pair "the
+        wrong size"."""
+        sizes = {}
         for i, (name, _, _) in enumerate(pairs):
             try:
                 v, t = load(i)
@@ -302,8 +322,6 @@ class RigCalibrator:
             sizes[i] = (v.shape, t.shape)
         if not sizes:
             raise CalibrationError("no usable pair: " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]))
-        # the rig's sizes are those most pairs have (the first pair's on a tie): one stray frame of
-        # another camera at the start of a folder must not make every other pair "the wrong size"
         (visible_size, thermal_size), _ = Counter(sizes.values()).most_common(1)[0]
         usable = []
         for i, (v_shape, t_shape) in sizes.items():
@@ -313,8 +331,11 @@ class RigCalibrator:
                                         f"{thermal_size[1]}x{thermal_size[0]} (visible / thermal)")
                 continue
             usable.append(i)
+        return usable, visible_size, thermal_size
 
-        # 1. placement scale: best mean confidence over an evenly spread subset
+    def _placement_scale(self, usable, load, visible_size, thermal_size, progress) -> float:
+        """Step 1: the placement scale with the best mean confidence over an evenly spread subset of
+        `search_pairs` pairs. Raises CalibrationError when no pair is confident at any scale."""
         subset = [usable[int(j)] for j in np.unique(np.linspace(0, len(usable) - 1, min(self.search_pairs,
                                                                                        len(usable))).round())]
         scores = {}
@@ -329,9 +350,13 @@ class RigCalibrator:
                 f"not enough evidence: no pair reached registration confidence {self.min_confidence:.2f} at any "
                 f"placement scale (best {float(np.max(scores[best_scale])):.2f}); the pairs carry no structure "
                 "both cameras see (night, fog, a lens cap, featureless images?)")
+        return best_scale
 
-        # 2-4. matches over all pairs, fit, refine with the fit as the placement
-        placement = centred_placement(thermal_size, visible_size, best_scale)
+    def _fit(self, pairs, usable, load, placement, visible_size, thermal_size, skipped, progress):
+        """Steps 2-4: the matches of every usable pair at `placement`, one robust fit of all of them,
+        then `refinements` more rounds with the fit as the placement. A round that loses its evidence
+        keeps the previous round's fit. Pairs too unsure in the last round go into `skipped`.
+        -> (homography, inlier mask, inlier residuals in visible px, names of the pairs used)."""
         h = None
         for round_ in range(1 + self.refinements):
             src, dst, used, low, confidences = [], [], [], {}, {}
@@ -366,9 +391,7 @@ class RigCalibrator:
             self.best_pair = max(confidences, key=confidences.get)
             placement = h
         skipped.update(low_final)
-        return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used_final), len(pairs) - len(used_final),
-                           float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
-                           datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
+        return h, inliers, residual, used_final
 
 
 def fit_homography(src, dst, visible_size, placement, thermal_size, working_size):
