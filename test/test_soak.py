@@ -58,3 +58,36 @@ def test_memory_growth_reads_registration_spikes_as_no_growth_and_a_leak_as_grow
     leaking = [(t, rss + 1.0 * t) for t, rss in CI_RUN_SAMPLES]  # the same run leaking 1 MB/s
     assert memory_growth(leaking, warmup=20.0, window=10.0)[1] > 30
     assert memory_growth(CI_RUN_SAMPLES[:15], warmup=20.0, window=10.0) == (None, None)  # ended in the warm-up
+
+
+def test_the_soak_fails_on_a_malformed_output_and_says_which(tmp_path):
+    """The soak's judge without a node: a deformation with a NaN, and a fused image of the wrong size,
+    are reported by name, the report says why the run failed, and the exit code is 1."""
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    from cgrp_ros.ros.image_conversions import numpy_to_image
+    from cgrp_ros.ros.soak import Observations, SoakConfig, write_report
+
+    def message(array, encoding, stamp_s):
+        msg = numpy_to_image(array, encoding, Image)
+        msg.header.stamp.sec = stamp_s
+        return msg
+
+    seen = Observations()
+    visible = Image(height=48, width=64, encoding="bgr8", step=192, data=bytes(48 * 192))
+    visible.header.stamp.sec = 1
+    seen.on_visible(visible)
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[3, 4, 0] = np.nan
+    seen.on_output("deformation", message(flow, "32FC2", 1), now_s=1.02)
+    seen.on_output("fused", message(np.zeros((24, 32, 3), np.uint8), "bgr8", 1), now_s=1.03)
+    seen.memory = [(t, 300.0) for t in range(0, 40)]
+    row = seen.close_window(t=10.0, span=10.0, deltas={"pairs": 1, "dropped pairs": 0, "registrations": 1})
+    assert row["frames_in"] == 1 and row["out"] == 1 and row["latency_p50_ms"] == 30.0
+
+    code = write_report(SoakConfig(out=tmp_path, minutes=0.5), seen, served=True)
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert code == 1 and not report["ok"] and report["totals"]["malformed"] == 2
+    failure = " ".join(report["failures"])
+    assert "deformation: non-finite flow" in failure and "fused: 32x24, the visible image is 64x48" in failure

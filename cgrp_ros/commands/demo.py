@@ -57,9 +57,7 @@ def run(args) -> int:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from ..core.warp import flow_to_color
-    from ..ros.image_conversions import image_to_numpy, to_bgr
-    from ..ros.parameters import RELIABLE_INPUTS
+    from ..ros.parameters import RELIABLE_INPUTS, model_parameters
     from ..ros.sync import stamp_ns
 
     out = args.out
@@ -67,10 +65,7 @@ def run(args) -> int:
     # the bundled sample is six unrelated pictures, each misaligned its own way: not one rig, so every
     # pair is registered alone (the node's default self-calibration assumes one rig)
     fusion_params = {**RELIABLE_INPUTS, "stats_period": 5.0, "backend": args.backend, "device": args.device,
-                     "outputs": f"[{','.join(OUTPUTS)}]", "self_calibrate": "false"}
-    if args.models:
-        for stage in ("generator", "registration", "fusion"):
-            fusion_params[f"{stage}_model"] = str((args.models / f"{stage}.pt").resolve())
+                     "outputs": f"[{','.join(OUTPUTS)}]", "self_calibrate": "false", **model_parameters(args.models)}
     player_params = {"deform": args.deform, "rate": args.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0}
     print(f"cgrp demo: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, {args.frames} frames, thermal misaligned "
           f"'{args.deform}', logs in {out}/", flush=True)
@@ -130,33 +125,8 @@ def run(args) -> int:
         print(f"cgrp demo: error: {failure}", file=sys.stderr)
         return 1
 
-    for index, stamp in enumerate(complete):
-        frame = outputs[stamp]
-        cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
-        cv2.imwrite(str(out / f"registered_{index:03d}.png"), to_8bit(image_to_numpy(frame["registered_thermal"])))
-        cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
-        cv2.imwrite(str(out / f"edges_{index:03d}.png"), image_to_numpy(frame["alignment_vis"]))
-
-    # the panel: the last frame whose input pair this process also received
-    def nearest(stream, stamp):
-        queue = inputs[stream]
-        return queue[min(queue, key=lambda s: abs(s - stamp))] if queue else None
-
-    for stamp in reversed(complete):
-        visible_msg = inputs["visible"].get(stamp)
-        thermal_msg = nearest("thermal", stamp)
-        if visible_msg is not None and thermal_msg is not None:
-            frame = outputs[stamp]
-            fused = image_to_numpy(frame["fused"])
-            height = fused.shape[0]
-            tiles = [_label(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
-                     _label(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({args.deform} misalignment)", height),
-                     _label(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
-                     _label(fused, "fused", height),
-                     _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
-                     _label(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
-            cv2.imwrite(str(out / "panel.png"), np.hstack(tiles))
-            break
+    save_frames(out, [outputs[stamp] for stamp in complete])
+    save_panel(out / "panel.png", complete, outputs, inputs, args.deform)
     node.destroy_node()
     rclpy.try_shutdown()
 
@@ -171,3 +141,46 @@ def run(args) -> int:
           "one rig); on one rig's stream the node's default self-calibration fuses every frame with its running "
           "rig estimate and keeps up with 30 Hz on 2 CPU cores (`cgrp bench --ros`, docs/benchmarks.md)")
     return 0
+
+
+def save_frames(out: Path, frames) -> None:
+    """fused_NNN.png, registered_NNN.png, flow_NNN.png and edges_NNN.png of each frame ({output name: Image})."""
+    from ..core.warp import flow_to_color
+    from ..ros.image_conversions import image_to_numpy
+
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
+        cv2.imwrite(str(out / f"registered_{index:03d}.png"), to_8bit(image_to_numpy(frame["registered_thermal"])))
+        cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
+        cv2.imwrite(str(out / f"edges_{index:03d}.png"), image_to_numpy(frame["alignment_vis"]))
+
+
+def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
+    """The side-by-side panel (visible | thermal as received | registered | fused | flow | edges) of the
+    last complete frame whose input pair this process also received (the thermal: the one nearest in
+    stamp). complete: visible stamps in arrival order; outputs: stamp -> {output: Image}; inputs:
+    {'visible'|'thermal': stamp -> Image}. -> whether a panel was written."""
+    from ..core.warp import flow_to_color
+    from ..ros.image_conversions import image_to_numpy, to_bgr
+
+    def nearest(stream, stamp):
+        queue = inputs[stream]
+        return queue[min(queue, key=lambda s: abs(s - stamp))] if queue else None
+
+    for stamp in reversed(complete):
+        visible_msg = inputs["visible"].get(stamp)
+        thermal_msg = nearest("thermal", stamp)
+        if visible_msg is None or thermal_msg is None:
+            continue
+        frame = outputs[stamp]
+        fused = image_to_numpy(frame["fused"])
+        height = fused.shape[0]
+        tiles = [_label(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
+                 _label(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
+                 _label(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
+                 _label(fused, "fused", height),
+                 _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
+                 _label(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
+        cv2.imwrite(str(path), np.hstack(tiles))
+        return True
+    return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -86,6 +87,15 @@ PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 # after remapping): large images over shared memory need them.
 RELIABLE_INPUTS = {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
                    for stream in ("visible", "thermal")}
+
+
+def model_parameters(models) -> dict:
+    """cgrp_fusion's *_model parameters for a folder holding generator.pt, registration.pt and
+    fusion.pt (absolute paths: the node runs in its own process); {} for None (the shipped weights)."""
+    if not models:
+        return {}
+    return {f"{stage}_model": str((Path(models) / f"{stage}.pt").resolve())
+            for stage in ("generator", "registration", "fusion")}
 
 
 def describe(param: Param) -> ParameterDescriptor:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .node_processes import log_tail, private_dds, start_nodes, stop_processes
+from .sync import stamp_ns
 
 OUTPUTS = {  # output -> encodings it may have
     "fused": {"bgr8", "mono8"},
@@ -151,6 +152,88 @@ def _cell(value):
     return "n/a" if value is None else str(value)
 
 
+def soak_parameters(config: SoakConfig) -> tuple:
+    """(cgrp_fusion's parameters, cgrp_player's) for a soak: reliable inputs, all OUTPUTS, counters
+    every 10 s; the player plays one rig's sequence misaligned by one fixed `moderate` transform
+    (source 'rig') or unrelated pictures, each registered alone (source 'pairs')."""
+    from .parameters import RELIABLE_INPUTS, model_parameters
+
+    fusion = {**RELIABLE_INPUTS, "stats_period": 10.0, "backend": config.backend, "device": config.device,
+              "outputs": f"[{','.join(OUTPUTS)}]", **model_parameters(config.models)}
+    player = {"deform": "moderate", "rate": config.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
+              "max_width": config.max_width}
+    if config.source == "rig":
+        from .sources import sample_dir
+
+        sequence = sample_dir() / "sequence"
+        player.update(fixed_rig="true", visible_dir=str(sequence / "visible"), thermal_dir=str(sequence / "thermal"))
+    else:  # unrelated pictures: not one rig
+        fusion["self_calibrate"] = "false"
+    return fusion, player
+
+
+WINDOW_HEADER = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "latency p50 ms", "p99 ms", "RSS MB",
+                 "registrations", "self-calibration"]
+
+
+@dataclass
+class Observations:
+    """What the soak sees of the node from outside: filled by the rclpy callbacks (on_*) and the main
+    loop (memory probes, close_window)."""
+    visible_sizes: dict = field(default_factory=dict)   # visible stamp -> (height, width), the last few hundred
+    window: dict = field(default_factory=lambda: {"in": 0, "out": 0, "latency": []})
+    totals: dict = field(default_factory=lambda: {"in": 0, "out": 0, "outputs": 0, "latency": []})
+    malformed: list = field(default_factory=list)       # first problems found
+    counters: dict = field(default_factory=dict)        # the node's last /diagnostics values
+    rig_state: str = "n/a"                              # the node's last self-calibration state
+    windows: list = field(default_factory=list)         # one row per window
+    memory: list = field(default_factory=list)          # (t, lowest RSS MB of that second)
+    highs: list = field(default_factory=list)           # (t, highest RSS MB of that second)
+    failures: list = field(default_factory=list)
+    cpu_start: float | None = None
+    cpu_end: float | None = None
+
+    def on_visible(self, msg):
+        self.visible_sizes[stamp_ns(msg)] = (msg.height, msg.width)
+        if len(self.visible_sizes) > 300:
+            del self.visible_sizes[min(self.visible_sizes)]
+        self.window["in"] += 1
+
+    def on_output(self, name, msg, now_s: float):
+        self.totals["outputs"] += 1
+        problem = output_problem(name, msg, self.visible_sizes.get(stamp_ns(msg)))
+        if problem and len(self.malformed) < 20:
+            self.malformed.append(problem)
+        if name == "fused":
+            self.window["out"] += 1
+            self.window["latency"].append(now_s - stamp_ns(msg) * 1e-9)
+
+    def on_diagnostics(self, array):
+        for status in array.status:
+            if status.name.startswith("cgrp_fusion"):
+                values = {kv.key: kv.value for kv in status.values}
+                self.counters.update({k: int(values[k]) for k in COUNTERS if k in values})
+                self.rig_state = values.get("self-calibration", self.rig_state)
+
+    def reset_window(self):
+        self.window.update({"in": 0, "out": 0, "latency": []})
+
+    def close_window(self, t: float, span: float, deltas: dict) -> dict:
+        """The row of the window that ends now (t s after the first output, span s long)."""
+        p50, p99 = percentiles(self.window["latency"])
+        row = {"t": round(t, 1), "frames_in": self.window["in"], "pairs": deltas["pairs"],
+               "dropped": deltas["dropped pairs"], "out": self.window["out"],
+               "fps_out": round(self.window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
+               "rss_mb": self.memory[-1][1] if self.memory else None, "registrations": deltas["registrations"],
+               "self_calibration": self.rig_state}
+        self.windows.append(row)
+        self.totals["in"] += self.window["in"]
+        self.totals["out"] += self.window["out"]
+        self.totals["latency"] += self.window["latency"]
+        self.reset_window()
+        return row
+
+
 def run_soak(config: SoakConfig) -> int:
     """The soak test as described above; prints a line per window and returns the exit code."""
     private_dds()
@@ -159,100 +242,47 @@ def run_soak(config: SoakConfig) -> int:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from ..evaluation.evaluate import machine_description
-    from ..evaluation.report import markdown_table
-    from .parameters import RELIABLE_INPUTS
-    from .sync import stamp_ns
-
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    duration = config.minutes * 60.0
-    fusion_params = {**RELIABLE_INPUTS, "stats_period": 10.0, "backend": config.backend, "device": config.device,
-                     "outputs": f"[{','.join(OUTPUTS)}]"}
-    if config.models:
-        for stage in ("generator", "registration", "fusion"):
-            fusion_params[f"{stage}_model"] = str((config.models / f"{stage}.pt").resolve())
-    player_params = {"deform": "moderate", "rate": config.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
-                     "max_width": config.max_width}
-    if config.source == "rig":
-        from .sources import sample_dir
-
-        sequence = sample_dir() / "sequence"
-        player_params.update(fixed_rig="true", visible_dir=str(sequence / "visible"),
-                             thermal_dir=str(sequence / "thermal"))
-    else:  # unrelated pictures: not one rig
-        fusion_params["self_calibrate"] = "false"
-
+    fusion_params, player_params = soak_parameters(config)
     rclpy.init()
     node = rclpy.create_node("cgrp_soak")
     clock = node.get_clock()
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    visible_sizes = {}          # visible stamp -> (height, width), the last few hundred
-    window = {"in": 0, "out": 0, "latency": []}
-    totals = {"in": 0, "out": 0, "outputs": 0, "latency": []}
-    malformed = []              # first problems found
-    counters = {}               # the node's last /diagnostics values
-    rig_state = "n/a"           # the node's last self-calibration state (diagnostics)
-
-    def on_visible(msg):
-        visible_sizes[stamp_ns(msg)] = (msg.height, msg.width)
-        if len(visible_sizes) > 300:
-            del visible_sizes[min(visible_sizes)]
-        window["in"] += 1
-
-    def on_output(name, msg):
-        totals["outputs"] += 1
-        problem = output_problem(name, msg, visible_sizes.get(stamp_ns(msg)))
-        if problem and len(malformed) < 20:
-            malformed.append(problem)
-        if name == "fused":
-            window["out"] += 1
-            window["latency"].append(clock.now().nanoseconds * 1e-9 - stamp_ns(msg) * 1e-9)
-
-    def on_diagnostics(array):
-        nonlocal rig_state
-        for status in array.status:
-            if status.name.startswith("cgrp_fusion"):
-                values = {kv.key: kv.value for kv in status.values}
-                counters.update({k: int(values[k]) for k in COUNTERS if k in values})
-                rig_state = values.get("self-calibration", rig_state)
-
-    node.create_subscription(Image, "visible/image", on_visible, qos)
+    seen = Observations()
+    node.create_subscription(Image, "visible/image", seen.on_visible, qos)
     for name in OUTPUTS:
-        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: on_output(n, m), qos)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        node.create_subscription(Image, f"cgrp_fusion/{name}",
+                                 lambda m, n=name: seen.on_output(n, m, clock.now().nanoseconds * 1e-9), qos)
+    node.create_subscription(DiagnosticArray, "/diagnostics", seen.on_diagnostics, 10)
 
     print(f"cgrp soak: {config.minutes:g} min at {config.rate:g} Hz, ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
           f"logs and report in {out}/", flush=True)
     fusion, player, logs = start_nodes(out, fusion_params, player_params)
-    header = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "latency p50 ms", "p99 ms", "RSS MB",
-              "registrations", "self-calibration"]
-    print("  ".join(f"{h:>14}" for h in header), flush=True)
-    windows, memory = [], []    # memory: (t, lowest RSS MB of that second)
-    failures = []
+    print("  ".join(f"{h:>14}" for h in WINDOW_HEADER), flush=True)
     started = None              # monotonic time of the first output
     launched = time.monotonic()
     last_sample = last_window = last_probe = 0.0
-    second, highs = [], []      # RSS probes of the current second; (t, highest RSS MB of each second)
+    second = []                 # RSS probes of the current second
     previous = dict.fromkeys(COUNTERS, 0)
-    cpu_start = None
     try:
         while True:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
             for proc, name in ((fusion, "cgrp_fusion"), (player, "cgrp_player")):
                 if proc.poll() is not None:
-                    failures.append(f"{name} exited ({proc.returncode}):\n{log_tail(out / (name[5:] + '.log'))}")
-            if failures:
+                    seen.failures.append(f"{name} exited ({proc.returncode}):\n{log_tail(out / (name[5:] + '.log'))}")
+            if seen.failures:
                 break
             if started is None:
-                if window["out"]:
+                if seen.window["out"]:
                     started = last_sample = last_window = now
-                    cpu_start = cpu_seconds(fusion.pid)
-                    previous = {k: counters.get(k, 0) for k in COUNTERS}  # windows count from here
-                    window.update({"in": 0, "out": 0, "latency": []})
+                    seen.cpu_start = cpu_seconds(fusion.pid)
+                    previous = {k: seen.counters.get(k, 0) for k in COUNTERS}  # windows count from here
+                    seen.reset_window()
                 elif now - launched > config.startup_timeout:
-                    failures.append(f"no output within {config.startup_timeout:g} s:\n{log_tail(out / 'fusion.log')}")
+                    seen.failures.append(f"no output within {config.startup_timeout:g} s:\n"
+                                         f"{log_tail(out / 'fusion.log')}")
                     break
                 continue
             if now - last_probe >= RSS_PROBE_S:
@@ -262,49 +292,49 @@ def run_soak(config: SoakConfig) -> int:
                     second.append(rss)
             if now - last_sample >= 1.0 and second:
                 last_sample = now
-                memory.append((round(now - started, 1), round(min(second), 1)))
-                highs.append((memory[-1][0], round(max(second), 1)))
+                seen.memory.append((round(now - started, 1), round(min(second), 1)))
+                seen.highs.append((seen.memory[-1][0], round(max(second), 1)))
                 second.clear()
             if now - last_window >= config.window:
-                span = now - last_window
+                deltas = {k: seen.counters.get(k, 0) - previous[k] for k in COUNTERS}
+                previous = {k: seen.counters.get(k, 0) for k in COUNTERS}
+                row = seen.close_window(now - started, now - last_window, deltas)
                 last_window = now
-                deltas = {k: counters.get(k, 0) - previous[k] for k in COUNTERS}
-                previous = {k: counters.get(k, 0) for k in COUNTERS}
-                p50, p99 = percentiles(window["latency"])
-                row = {"t": round(now - started, 1), "frames_in": window["in"], "pairs": deltas["pairs"],
-                       "dropped": deltas["dropped pairs"], "out": window["out"],
-                       "fps_out": round(window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
-                       "rss_mb": memory[-1][1] if memory else None, "registrations": deltas["registrations"],
-                       "self_calibration": rig_state}
-                windows.append(row)
-                totals["in"] += window["in"]
-                totals["out"] += window["out"]
-                totals["latency"] += window["latency"]
-                window.update({"in": 0, "out": 0, "latency": []})
                 print("  ".join(f"{_cell(v):>14}" for v in row.values()), flush=True)
-            if now - started >= duration:
+            if now - started >= config.minutes * 60.0:
                 break
     except KeyboardInterrupt:
-        failures.append("interrupted")
+        seen.failures.append("interrupted")
     finally:
-        cpu_end = cpu_seconds(fusion.pid)
+        seen.cpu_end = cpu_seconds(fusion.pid)
         stop_processes([player, fusion])
         for f in logs:
             f.close()
         node.destroy_node()
         rclpy.try_shutdown()
+    return write_report(config, seen, started is not None)
 
-    peak = max((rss for t, rss in highs if t >= config.warmup), default=None)
+
+def write_report(config: SoakConfig, seen: Observations, served: bool) -> int:
+    """Judge the run (memory growth, malformed outputs, output after the first), write soak.json,
+    soak.md and soak.png into config.out, print the summary; -> exit code. served: the node
+    published its first output."""
+    from ..evaluation.evaluate import machine_description
+    from ..evaluation.report import markdown_table
+
+    out, failures, memory, totals, counters = config.out, seen.failures, seen.memory, seen.totals, seen.counters
+    peak = max((rss for t, rss in seen.highs if t >= config.warmup), default=None)
     baseline, growth = memory_growth(memory, config.warmup, config.window)
     if growth is not None and growth > config.max_growth_mb:
         failures.append(f"resident memory grew {growth} MB after warm-up (limit {config.max_growth_mb:g} MB)")
-    if started is not None and baseline is None and not failures:
+    if served and baseline is None and not failures:
         failures.append(f"the run ended before the warm-up ({config.warmup:g} s): no memory baseline")
-    if malformed:
-        failures.append(f"malformed outputs: {'; '.join(malformed[:5])}")
-    if started is not None and totals["out"] == 0 and not failures:
+    if seen.malformed:
+        failures.append(f"malformed outputs: {'; '.join(seen.malformed[:5])}")
+    if served and totals["out"] == 0 and not failures:
         failures.append("no output after the first one")
     p50, p99 = percentiles(totals["latency"])
+    cpu = (round(seen.cpu_end - seen.cpu_start, 1) if seen.cpu_start is not None and seen.cpu_end else None)
     report = {
         "config": {"minutes": config.minutes, "rate": config.rate, "window_s": config.window, "warmup_s": config.warmup,
                    "max_growth_mb": config.max_growth_mb, "source": config.source, "backend": config.backend,
@@ -312,15 +342,14 @@ def run_soak(config: SoakConfig) -> int:
         "machine": machine_description(),
         "totals": {"frames_in": totals["in"], "pairs": counters.get("pairs"), "dropped": counters.get("dropped pairs"),
                    "published": counters.get("published"), "fused_received": totals["out"],
-                   "outputs_checked": totals["outputs"], "malformed": len(malformed),
+                   "outputs_checked": totals["outputs"], "malformed": len(seen.malformed),
                    "bad_messages": counters.get("bad messages"), "bad_pairs": counters.get("bad pairs"),
                    "inference_errors": counters.get("inference errors"),
-                   "latency_p50_ms": p50, "latency_p99_ms": p99,
-                   "node_cpu_s": round(cpu_end - cpu_start, 1) if cpu_start is not None and cpu_end else None},
+                   "latency_p50_ms": p50, "latency_p99_ms": p99, "node_cpu_s": cpu},
         "memory": {"baseline_mb": baseline, "peak_after_warmup_mb": peak,
                    "final_mb": memory[-1][1] if memory else None, "growth_mb": growth, "samples": memory,
-                   "highs": highs},
-        "windows": windows,
+                   "highs": seen.highs},
+        "windows": seen.windows,
         "failures": failures,
         "ok": not failures,
     }
@@ -330,9 +359,9 @@ def run_soak(config: SoakConfig) -> int:
                f"outputs checked {t['outputs_checked']} (malformed {t['malformed']}), latency p50 {_cell(p50)} ms "
                f"p99 {_cell(p99)} ms, RSS {_cell(baseline)} MB after warm-up, growth {_cell(growth)} MB, "
                f"node CPU {_cell(t['node_cpu_s'])} s")
-    table = markdown_table(header, [[_cell(v) for v in row.values()] for row in windows])
+    table = markdown_table(WINDOW_HEADER, [[_cell(v) for v in row.values()] for row in seen.windows])
     (out / "soak.md").write_text(f"{table}\n\n{summary}\n\n![memory and throughput](soak.png)\n")
-    cv2.imwrite(str(out / "soak.png"), soak_figure(memory, highs, windows, config.warmup, baseline))
+    cv2.imwrite(str(out / "soak.png"), soak_figure(memory, seen.highs, seen.windows, config.warmup, baseline))
     print(f"cgrp soak: {summary}")
     if failures:
         for failure in failures:
