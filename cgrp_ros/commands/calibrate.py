@@ -74,9 +74,8 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> li
 
 
 def run(args) -> int:
-    from ..core.calibrate import RigCalibrator, checkerboard_picture, save_calibration
-    from ..core.data import read_split
-    from ..evaluation.rig import calibration_edge_check, calibration_edges_picture
+    from ..core.calibrate import RigCalibrator, save_calibration
+    from ..evaluation.rig import calibration_edge_check
 
     try:
         scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
@@ -87,45 +86,18 @@ def run(args) -> int:
     if not scales or min(scales) <= 0:
         print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
         return 2
-    if args.bag is not None:
-        if args.visible or args.thermal or not args.visible_topic or not args.thermal_topic:
-            print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
-                  "--visible/--thermal", file=sys.stderr)
-            return 2
-        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every))
-    else:
-        if args.visible is None or args.thermal is None:
-            print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
-            return 2
-        names = read_split(args.list) if args.list else None
-        listing = find_pairs(args.visible, args.thermal, names)
-        for path in listing.unpaired:
-            print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
-        pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
-                 for name, v, t in listing.pairs]
-    pairs = pairs[:args.limit] if args.limit else pairs
-    if not pairs:
-        print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)
+    pairs = input_pairs(args)
+    if pairs is None:
         return 2
     calibrator = RigCalibrator(str(args.models / "registration.pt") if args.models else None, args.device,
                                args.working_size, scales, args.min_confidence, args.min_pairs,
                                refinements=args.refinements)
     progress = lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pair", leave=False)  # noqa: E731
-    command = command_line(args)
-    calibration = calibrator.calibrate(pairs, progress, command)
+    calibration = calibrator.calibrate(pairs, progress, command_line(args))
     # (not enough evidence raises CalibrationError: one line, exit 2, no file)
     calibration.edge_check = calibration_edge_check(pairs, calibration, progress)
     save_calibration(calibration, args.out)
-    best = calibrator.best_pair or pairs[0][0]
-    _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
-    visible, thermal = load_visible(), load_thermal()
-    picture = args.out.with_suffix(".png")
-    cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography))
-    edges = calibration_edges_picture(visible, thermal, calibration, f"{best}: the thermal's edges")
-    edges_path = args.out.with_name(args.out.stem + "_edges.jpg")
-    if edges is not None:
-        cv2.imwrite(str(edges_path), edges, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    written = f"{picture} and {edges_path}" if edges is not None else str(picture)
+    written = write_pictures(args.out, pairs, calibration, calibrator.best_pair or pairs[0][0])
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
           f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
@@ -144,6 +116,52 @@ def run(args) -> int:
     if len(skipped) > SHOWN_SKIPPED:
         print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
     return 0
+
+
+def input_pairs(args) -> list | None:
+    """[(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied);
+    None after printing why there are none to use."""
+    from ..core.data import read_split
+
+    if args.bag is not None:
+        if args.visible or args.thermal or not args.visible_topic or not args.thermal_topic:
+            print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
+                  "--visible/--thermal", file=sys.stderr)
+            return None
+        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every))
+    else:
+        if args.visible is None or args.thermal is None:
+            print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
+            return None
+        names = read_split(args.list) if args.list else None
+        listing = find_pairs(args.visible, args.thermal, names)
+        for path in listing.unpaired:
+            print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
+        pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
+                 for name, v, t in listing.pairs]
+    pairs = pairs[:args.limit] if args.limit else pairs
+    if not pairs:
+        print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)
+        return None
+    return pairs
+
+
+def write_pictures(out: Path, pairs, calibration, best: str) -> str:
+    """rig.png (checkerboard) and rig_edges.jpg (both cameras' edges) next to `out`, drawn on pair
+    `best`; -> the paths written, for the summary line."""
+    from ..core.calibrate import checkerboard_picture
+    from ..evaluation.rig import calibration_edges_picture
+
+    _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
+    visible, thermal = load_visible(), load_thermal()
+    picture = out.with_suffix(".png")
+    cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography))
+    edges = calibration_edges_picture(visible, thermal, calibration, f"{best}: the thermal's edges")
+    if edges is None:
+        return str(picture)
+    edges_path = out.with_name(out.stem + "_edges.jpg")
+    cv2.imwrite(str(edges_path), edges, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return f"{picture} and {edges_path}"
 
 
 def edge_check_line(check: dict) -> str:
