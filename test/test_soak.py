@@ -91,3 +91,20 @@ def test_the_soak_fails_on_a_malformed_output_and_says_which(tmp_path):
     assert code == 1 and not report["ok"] and report["totals"]["malformed"] == 2
     failure = " ".join(report["failures"])
     assert "deformation: non-finite flow" in failure and "fused: 32x24, the visible image is 64x48" in failure
+
+
+def test_a_node_that_dies_is_named_with_its_exit_code_and_log(tmp_path):
+    """demo, soak and `bench --ros` stop on the first node that exits and say which, how and why."""
+    from cgrp_ros.ros.node_processes import node_exit
+
+    class Process:
+        def __init__(self, code):
+            self.returncode = code
+
+        def poll(self):
+            return self.returncode
+
+    (tmp_path / "ros_player.log").write_text("starting\nplaying 10 pairs\nvisible_dir: no images found\n")
+    assert node_exit(Process(None), Process(None), tmp_path, "ros_") is None
+    message = node_exit(Process(None), Process(2), tmp_path, "ros_")
+    assert message.startswith("cgrp_player exited (2):") and message.endswith("visible_dir: no images found")

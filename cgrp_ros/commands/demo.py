@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..ros.node_processes import log_tail, private_dds, start_nodes, stop_processes
+from ..ros.node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
 
 HELP = "ROS 2 demo: player + fusion node on the bundled sample (thermal misaligned), frames saved to out/demo"
 OUTPUTS = ("fused", "registered_thermal", "deformation", "alignment_vis")
@@ -102,10 +102,10 @@ def run(args) -> int:
         while len(complete) < args.frames:
             rclpy.spin_once(node, timeout_sec=0.1)
             complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
-            for proc, name in ((fusion, "fusion"), (player, "player")):
-                if proc.poll() is not None:
-                    failure = f"the {name} node exited ({proc.returncode}):\n{log_tail(out / f'{name}.log')}"
+            failure = node_exit(fusion, player, out)
             waited = time.monotonic() - started
+            if failure:
+                break
             if not complete and waited > args.timeout:
                 failure = (f"no output from the fusion node within {args.timeout:g} s; its log:\n"
                            f"{log_tail(out / 'fusion.log')}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.errors import CgrpError
 from ..evaluation.report import markdown_table
-from .node_processes import node_command, private_dds, start_nodes, stop_processes
+from .node_processes import node_command, node_exit, private_dds, start_nodes, stop_processes
 
 # issue 12, "Done when" (defaults, 256x320, 2 CPU cores)
 RATE_RATIO_TARGET = 0.8      # fused output Hz / input Hz
@@ -68,15 +68,12 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), qos)
     launched = time.monotonic()
     fusion, player, logs = start_nodes(out, node_params, player_params, log_prefix="ros_")
-    processes = {"cgrp_fusion": fusion, "cgrp_player": player}
     failure, start, window_start = None, launched, None
     try:
         while True:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
-            for name, proc in processes.items():
-                if proc.poll() is not None:
-                    failure = f"{name} exited with {proc.returncode}; see {out / f'ros_{name[5:]}.log'}"
+            failure = node_exit(fusion, player, out, log_prefix="ros_")
             if window_start is None and len(fused) >= 3:  # the first outputs include model warm-up
                 window_start = now
                 fused.clear()

@@ -56,6 +56,15 @@ def stop_processes(processes) -> None:
             proc.wait()
 
 
+def node_exit(fusion, player, out: Path, log_prefix: str = "") -> str | None:
+    """Why a run of the two nodes from start_nodes must stop: 'cgrp_NAME exited (code):' and the last
+    lines of its log, for the first one that has ended; None while both run."""
+    for proc, name in ((fusion, "fusion"), (player, "player")):
+        if proc.poll() is not None:
+            return f"cgrp_{name} exited ({proc.returncode}):\n{log_tail(out / f'{log_prefix}{name}.log')}"
+    return None
+
+
 def log_tail(path: Path, lines: int = 5) -> str:
     """The last `lines` lines of a log file ('' when it cannot be read)."""
     try:

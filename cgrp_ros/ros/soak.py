@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .node_processes import log_tail, private_dds, start_nodes, stop_processes
+from .node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
 from .sync import stamp_ns
 
 OUTPUTS = {  # output -> encodings it may have
@@ -269,10 +269,9 @@ def run_soak(config: SoakConfig) -> int:
         while True:
             rclpy.spin_once(node, timeout_sec=0.05)
             now = time.monotonic()
-            for proc, name in ((fusion, "cgrp_fusion"), (player, "cgrp_player")):
-                if proc.poll() is not None:
-                    seen.failures.append(f"{name} exited ({proc.returncode}):\n{log_tail(out / (name[5:] + '.log'))}")
-            if seen.failures:
+            exited = node_exit(fusion, player, out)
+            if exited:
+                seen.failures.append(exited)
                 break
             if started is None:
                 if seen.window["out"]:
