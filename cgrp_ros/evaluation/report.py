@@ -361,36 +361,53 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
 
     `level` is the markdown level of the title (sections one below); `links` adds links to the per-run reports.
     """
+    h2 = "#" * (level + 1)
+    lines = _cross_domain_header(result, level)
+    lines += ["", f"{h2} Results", "", _cross_domain_table(result.info, result.rows), ""]
+    lines += [f"{h2} Targets (issue 9, \"Done when\")", ""] + _targets_section(result, links)
+    lines += ["", f"{h2} Confidence", ""] + _confidence_section(result.confidence)
+    if links:
+        lines += [f"{h2} Per-run reports", "",
+                  "Figures, histograms, fusion metrics and per-pair rows of each data set x preset:", ""]
+        lines += [f"- [`{e.dataset}` `{e.preset}`]({e.dataset}/{e.preset}/report.md)" for e in result.evaluations]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cross_domain_header(result, level: int) -> list:
+    """Title, how the run was made (command, date, data, pipeline, weights, machine) and the columns' legend."""
     from .evaluate import WORSE_MARGIN_PX
 
-    info, rows, conf = result.info, result.rows, result.confidence
-    h1, h2 = "#" * level, "#" * (level + 1)
-    extra = [m for m in ("ecc", "dis") if m in info["methods"]]
+    info = result.info
     data = "; ".join(f"`{d['name']}` = `{d['data']}`"
                      + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
                      + f", {d['pairs']} pairs" for d in info["datasets"])
     single = single_dataset(result)
     title = f"`{single}`" if single else "cross-domain"
-    lines = [f"{h1} cgrp eval: {title}, seed {info['seed']}", "",
-             f"- command: `{info.get('command', 'n/a')}`",
-             f"- date: {info['date']}",
-             f"- data: {data}",
-             f"- pipeline: {info['pipeline']}, working size {info.get('working_size', 'n/a')}",
-             f"- weights: {_weights_line(info['weights'])}",
-             f"- machine: {_machine_line(info['machine'])}",
-             f"- methods: {', '.join(f'`{m}`' for m in info['methods'])}",
-             "",
-             "EPE: flow end-point error in pixels of the visible image against the exact inverse of the applied "
-             "misalignment, averaged over each pair's scored region, then over pairs. `none` = no registration "
-             "(for the `none` preset its EPE is 0 and the cgrp EPE is how far the registration moves an aligned "
-             "pair). ratio = mean EPE cgrp / mean EPE none. max pair: the largest per-pair mean EPE of cgrp. "
-             f"worse: pairs where cgrp's EPE exceeds no registration's by more than {WORSE_MARGIN_PX:g} px. "
-             "MAE: registered vs aligned thermal, grey levels. confidence: mean registration confidence; "
-             f"fallbacks: pairs registered with the prior (confidence below {info['confidence_threshold']:.3g}). "
-             "edges: how well the thermal's edges coincide with the visible image's (`edge_agreement`, "
-             "docs/metrics.md; no ground truth involved), for the published alignment and for cgrp's registered "
-             "thermal: an independent check of the published alignment the EPE takes as the truth.",
-             "", f"{h2} Results", ""]
+    return [f"{'#' * level} cgrp eval: {title}, seed {info['seed']}", "",
+            f"- command: `{info.get('command', 'n/a')}`",
+            f"- date: {info['date']}",
+            f"- data: {data}",
+            f"- pipeline: {info['pipeline']}, working size {info.get('working_size', 'n/a')}",
+            f"- weights: {_weights_line(info['weights'])}",
+            f"- machine: {_machine_line(info['machine'])}",
+            f"- methods: {', '.join(f'`{m}`' for m in info['methods'])}",
+            "",
+            "EPE: flow end-point error in pixels of the visible image against the exact inverse of the applied "
+            "misalignment, averaged over each pair's scored region, then over pairs. `none` = no registration "
+            "(for the `none` preset its EPE is 0 and the cgrp EPE is how far the registration moves an aligned "
+            "pair). ratio = mean EPE cgrp / mean EPE none. max pair: the largest per-pair mean EPE of cgrp. "
+            f"worse: pairs where cgrp's EPE exceeds no registration's by more than {WORSE_MARGIN_PX:g} px. "
+            "MAE: registered vs aligned thermal, grey levels. confidence: mean registration confidence; "
+            f"fallbacks: pairs registered with the prior (confidence below {info['confidence_threshold']:.3g}). "
+            "edges: how well the thermal's edges coincide with the visible image's (`edge_agreement`, "
+            "docs/metrics.md; no ground truth involved), for the published alignment and for cgrp's registered "
+            "thermal: an independent check of the published alignment the EPE takes as the truth."]
+
+
+def _cross_domain_table(info, rows) -> str:
+    """The results table: a row per data set x preset (the ECC / DIS columns where those methods ran)."""
+    extra = [m for m in ("ecc", "dis") if m in info["methods"]]
     header = ["dataset", "preset", "pairs", "EPE none", "EPE cgrp", "ratio"] + [f"EPE {m}" for m in extra] + \
         ["MAE none / cgrp", "max pair EPE", "worse", "edges published / cgrp", "confidence", "fallbacks", "targets"]
     table = []
@@ -400,11 +417,14 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
                      [f"{_num(r['mae_none'])} / {_num(r['mae_cgrp'])}", _num(r["max_pair_epe"]), r["worse_pairs"],
                       f"{_num(r['edge_agreement_published'], 3)} / {_num(r['edge_agreement_cgrp'], 3)}",
                       _num(r["confidence_mean"], 3), r["fallbacks"], _targets_cell(r["targets"])])
-    lines += [markdown_table(header, table), "", f"{h2} Targets (issue 9, \"Done when\")", ""]
-    checked = [(r, t) for r in rows for t in r["targets"]]
-    for r, t in checked:
-        lines.append(f"- {'**holds**' if t['holds'] else '**MISSED**'}: `{r['dataset']}` `{r['preset']}`: "
-                     f"{t['target']} ({t['detail']})")
+    return markdown_table(header, table)
+
+
+def _targets_section(result, links: bool) -> list:
+    """Issue 9's targets, one line each with its verdict, how many hold, and the pictures of per-pair misses."""
+    checked = [(r, t) for r in result.rows for t in r["targets"]]
+    lines = [f"- {'**holds**' if t['holds'] else '**MISSED**'}: `{r['dataset']}` `{r['preset']}`: "
+             f"{t['target']} ({t['detail']})" for r, t in checked]
     held = sum(t["holds"] for _, t in checked)
     if not checked:
         lines.append("- no target applies to these data sets and presets")
@@ -417,21 +437,18 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
                   "unregistered input, cgrp's registration) for a person to judge: "
                   + ", ".join(f"[`{e.dataset}/{e.preset}/{name}`]({e.dataset}/{e.preset}/{name})" if links
                               else f"`{e.dataset}/{e.preset}/{name}`" for e, name in pictures) + "."]
-    lines += ["", f"{h2} Confidence", "",
-              f"Over all pairs of all rows above, the CGRP registration's confidence against the fallback threshold "
-              f"{conf['threshold']:.3g}:", "",
-              markdown_table(["confidence", "pairs", "mean EPE cgrp (px)"],
-                             [[f"below {conf['threshold']:.3g}", conf["pairs_below"], _num(conf["epe_below"])],
-                              [f"{conf['threshold']:.3g} or above", conf["pairs_above"], _num(conf["epe_above"])]]),
-              ""]
+    return lines
+
+
+def _confidence_section(conf) -> list:
+    """Mean EPE below and above the fallback threshold, and the verdict on issue 9's confidence target."""
     verdict = {True: "**holds**", False: "**MISSED**", None: "not testable (one of the groups is empty)"}[conf["holds"]]
-    lines += [f"- {verdict}: {conf['target']}", ""]
-    if links:
-        lines += [f"{h2} Per-run reports", "",
-                  "Figures, histograms, fusion metrics and per-pair rows of each data set x preset:", ""]
-        lines += [f"- [`{e.dataset}` `{e.preset}`]({e.dataset}/{e.preset}/report.md)" for e in result.evaluations]
-        lines.append("")
-    return "\n".join(lines)
+    return [f"Over all pairs of all rows above, the CGRP registration's confidence against the fallback threshold "
+            f"{conf['threshold']:.3g}:", "",
+            markdown_table(["confidence", "pairs", "mean EPE cgrp (px)"],
+                           [[f"below {conf['threshold']:.3g}", conf["pairs_below"], _num(conf["epe_below"])],
+                            [f"{conf['threshold']:.3g} or above", conf["pairs_above"], _num(conf["epe_above"])]]),
+            "", f"- {verdict}: {conf['target']}", ""]
 
 
 def write_cross_domain(result, out: Path) -> list:
