@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import metrics as M
-from ..core.deform import misalign, rng_for
-from .evaluate import luminance, thermal_to_uint8
+from ..core.calibrate import (RigCalibrator, apply_homography, centred_placement, corner_error,
+                              similarity_about_centre, synthetic_rig)
 from ..core.data import read_image
+from ..core.deform import misalign, rng_for
 from ..core.stream import CONVERGED, StreamPipeline
 from ..core.warp import valid_mask, warp_numpy
+from . import metrics as M
+from .evaluate import luminance, thermal_to_uint8
 
 MODES = ("per-frame", "amortised")
 
@@ -197,8 +199,6 @@ def synthetic_rig_misalignment(size) -> np.ndarray:
     """ONE fixed `severe`-sized similarity (3x3, rig thermal px -> central view px): rotation 5 deg,
     scale 1.06, a shift of 6 % of the width in x and y about the centre (the preset's bounds without
     its elastic part, which no homography models)."""
-    from ..core.calibrate import similarity_about_centre
-
     return similarity_about_centre(size, 5.0, 1.06, (0.06 * size[1], 0.06 * size[1]))
 
 
@@ -321,8 +321,6 @@ def alignment_fit(rig, start: np.ndarray, thermal_size, judge: str = "edge", pro
     A second opinion on where a data set's own alignment lies, for `cgrp eval --rig --calibrate
     --edge-fit / --mi-fit`: a local search around a known mapping, not an estimator to ship (searched
     widely, a hand-made cross-modal score can peak at wrong warps, issue 9). About 370 warps per pair."""
-    from ..core.calibrate import similarity_about_centre
-
     score, label = FIT_JUDGES[judge]
     progress = progress or (lambda it, total, desc: it)
     best = (0.0, 0.0, 1.0)
@@ -349,8 +347,6 @@ def synthetic_rig_frames(pairs, size, fov: float, visible_pixels: float, one_mod
     plays no part and the truth is exact: what is left is the estimator's own error."""
     import cv2
 
-    from ..core.calibrate import synthetic_rig
-
     misalignment = synthetic_rig_misalignment(size)
     rig, truth = [], None
     for name, visible_path, thermal_path in pairs:
@@ -375,7 +371,6 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     calibration (`JUDGE_fit_vs_truth_px`, `JUDGE_fit_vs_calibration_px`). one_modality: also the
     estimator's corner error on the same rig with the thermal on both sides (synthetic_rig_frames;
     `one_modality_corner_error_px`, `one_modality_pairs_used`)."""
-    from ..core.calibrate import RigCalibrator, apply_homography, centred_placement, corner_error
     from ..core.pipeline import Pipeline, PipelineConfig
 
     rig, truth = synthetic_rig_frames(pairs, size, fov, visible_pixels)
@@ -389,17 +384,8 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     for name, visible, thermal in tqdm(rig, desc="fuse --calibration", unit="pair", disable=not progress):
         edges.append(footprint_edge_agreement(visible, thermal, (truth, estimate)))
         flow = pipeline(visible, thermal, outputs=frozenset({"flow"})).flow
-        hv, wv = flow.shape[:2]
-        ys, xs = np.mgrid[0:hv, 0:wv]
-        points = np.c_[xs.ravel(), ys.ravel()].astype(np.float64)
-        seen_from = apply_homography(np.linalg.inv(truth), points)  # where the thermal really sees p
-        ht, wt = thermal.shape
-        seen = (seen_from[:, 0] >= 0) & (seen_from[:, 0] <= wt - 1) & (seen_from[:, 1] >= 0) & \
-            (seen_from[:, 1] <= ht - 1)
-        back = truth @ np.linalg.inv(estimate)
-        fused.append(float(np.linalg.norm(apply_homography(back, points + flow.reshape(-1, 2)) - points,
-                                          axis=1)[seen].mean()))
-        alone.append(float(np.linalg.norm(apply_homography(back, points) - points, axis=1)[seen].mean()))
+        fused.append(calibrated_flow_error(flow, estimate, truth, thermal.shape))
+        alone.append(calibrated_flow_error(np.zeros_like(flow), estimate, truth, thermal.shape))
     visible_shape = rig[0][1].shape[:2]
     compared = M.edge_comparison(*np.array(edges, np.float64).reshape(-1, 2).T)
     checks = {}
@@ -421,6 +407,22 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
                 edge_agreement_truth=compared["before"], edge_agreement_calibration=compared["after"],
                 edges_calibration_better=compared["better"], edges_calibration_worse=compared["worse"],
                 edges_scored=compared["scored"], **checks)
+
+
+def calibrated_flow_error(flow: np.ndarray, estimate: np.ndarray, truth: np.ndarray, thermal_size) -> float:
+    """Mean end-point error (visible px) of a flow on top of a calibration, where the thermal really sees.
+
+    flow: H x W x 2 (visible px) as the Pipeline returns it with `estimate` (3x3 thermal px -> visible
+    px) as its prior; truth: the rig's true 3x3 mapping. Zero flow scores the calibration alone."""
+    hv, wv = flow.shape[:2]
+    ys, xs = np.mgrid[0:hv, 0:wv]
+    points = np.c_[xs.ravel(), ys.ravel()].astype(np.float64)
+    seen_from = apply_homography(np.linalg.inv(truth), points)  # where the thermal really sees p
+    ht, wt = thermal_size
+    seen = (seen_from[:, 0] >= 0) & (seen_from[:, 0] <= wt - 1) & (seen_from[:, 1] >= 0) & (seen_from[:, 1] <= ht - 1)
+    back = truth @ np.linalg.inv(estimate)
+    return float(np.linalg.norm(apply_homography(back, points + flow.reshape(-1, 2).astype(np.float64)) - points,
+                                axis=1)[seen].mean())
 
 
 def calibration_markdown(results: dict) -> str:
