@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -206,8 +207,6 @@ def thermal_through(visible: np.ndarray, thermal: np.ndarray, homographies):
     """The thermal in the visible camera through each 3x3 homography (thermal px -> visible px), one
     interpolation each, cut to the box around where all of them see: (visible luminance, [thermal],
     seen: bool), all of the box's size; None where they share no pixel."""
-    import cv2
-
     visible_y = luminance(visible)
     size = visible_y.shape[::-1]
     seen = np.ones(visible_y.shape, bool)
@@ -289,8 +288,6 @@ def footprint_mutual_information(visible: np.ndarray, thermal: np.ndarray, homog
     homography, on thermal_through's box less its outer 2 px (where the warp blends in the black beyond
     the thermal's frame): a judge of the mapping that reads grey levels, not edges, so it shares no
     bias with the edge check or the networks' matchers."""
-    import cv2
-
     from ..core.image import normalize_thermal
 
     mapped = thermal_through(visible, normalize_thermal(thermal) * 255.0, homographies)
@@ -345,8 +342,6 @@ def synthetic_rig_frames(pairs, size, fov: float, visible_pixels: float, one_mod
     pair a frame of one core.calibrate.synthetic_rig moved by synthetic_rig_misalignment. one_modality:
     the thermal image on both sides (as BGR for the visible camera), so the data set's own alignment
     plays no part and the truth is exact: what is left is the estimator's own error."""
-    import cv2
-
     misalignment = synthetic_rig_misalignment(size)
     rig, truth = [], None
     for name, visible_path, thermal_path in pairs:
@@ -380,13 +375,14 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
     estimate = calibration.homography
     pipeline = Pipeline(PipelineConfig(device=device, working_size=tuple(working_size), homography=estimate,
                                        registration=models))
-    fused, alone, edges = [], [], []
+    fused, edges = [], []
     for name, visible, thermal in tqdm(rig, desc="fuse --calibration", unit="pair", disable=not progress):
         edges.append(footprint_edge_agreement(visible, thermal, (truth, estimate)))
         flow = pipeline(visible, thermal, outputs=frozenset({"flow"})).flow
-        fused.append(calibrated_flow_error(flow, estimate, truth, thermal.shape))
-        alone.append(calibrated_flow_error(np.zeros_like(flow), estimate, truth, thermal.shape))
+        fused.append(calibrated_flow_error(flow, estimate, truth, size))
     visible_shape = rig[0][1].shape[:2]
+    # the homography alone: the same for every frame of the rig (one size, one mapping)
+    alone = calibrated_flow_error(np.zeros((*visible_shape, 2), np.float32), estimate, truth, size)
     compared = M.edge_comparison(*np.array(edges, np.float64).reshape(-1, 2).T)
     checks = {}
     for judge in fits:
@@ -403,7 +399,7 @@ def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixel
                 visible_pixels=visible_pixels, visible_size=list(visible_shape),
                 corner_error_px=corner_error(estimate, truth, size),
                 corner_error_prior_px=corner_error(centred_placement(size, visible_shape), truth, size),
-                epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=float(np.mean(alone)),
+                epe_fuse_px=float(np.mean(fused)), epe_calibration_only_px=alone,
                 edge_agreement_truth=compared["before"], edge_agreement_calibration=compared["after"],
                 edges_calibration_better=compared["better"], edges_calibration_worse=compared["worse"],
                 edges_scored=compared["scored"], **checks)
