@@ -74,14 +74,14 @@ def test_the_soak_fails_on_a_malformed_output_and_says_which(tmp_path):
         msg.header.stamp.sec = stamp_s
         return msg
 
-    seen = Observations()
+    seen = Observations(now=lambda: 1.03)
     visible = Image(height=48, width=64, encoding="bgr8", step=192, data=bytes(48 * 192))
     visible.header.stamp.sec = 1
     seen.on_visible(visible)
     flow = np.zeros((48, 64, 2), np.float32)
     flow[3, 4, 0] = np.nan
-    seen.on_output("deformation", message(flow, "32FC2", 1), now_s=1.02)
-    seen.on_output("fused", message(np.zeros((24, 32, 3), np.uint8), "bgr8", 1), now_s=1.03)
+    seen.on_output("deformation", message(flow, "32FC2", 1))
+    seen.on_output("fused", message(np.zeros((24, 32, 3), np.uint8), "bgr8", 1))
     seen.memory = [(t, 300.0) for t in range(0, 40)]
     row = seen.close_window(t=10.0, span=10.0, deltas={"pairs": 1, "dropped pairs": 0, "registrations": 1})
     assert row["frames_in"] == 1 and row["out"] == 1 and row["latency_p50_ms"] == 30.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +180,8 @@ WINDOW_HEADER = ["t (s)", "frames in", "pairs", "dropped", "out", "fps out", "la
 @dataclass
 class Observations:
     """What the soak sees of the node from outside: filled by the rclpy callbacks (on_*) and the main
-    loop (memory probes, close_window)."""
+    loop (memory probes, close_window). `now`: the clock the stamps are on, in s (the latency's end)."""
+    now: Callable[[], float] = time.time
     visible_sizes: dict = field(default_factory=dict)   # visible stamp -> (height, width), the last few hundred
     window: dict = field(default_factory=lambda: {"in": 0, "out": 0, "latency": []})
     totals: dict = field(default_factory=lambda: {"in": 0, "out": 0, "outputs": 0, "latency": []})
@@ -199,14 +201,14 @@ class Observations:
             del self.visible_sizes[min(self.visible_sizes)]
         self.window["in"] += 1
 
-    def on_output(self, name, msg, now_s: float):
+    def on_output(self, name, msg):
         self.totals["outputs"] += 1
         problem = output_problem(name, msg, self.visible_sizes.get(stamp_ns(msg)))
         if problem and len(self.malformed) < 20:
             self.malformed.append(problem)
         if name == "fused":
             self.window["out"] += 1
-            self.window["latency"].append(now_s - stamp_ns(msg) * 1e-9)
+            self.window["latency"].append(self.now() - stamp_ns(msg) * 1e-9)
 
     def on_diagnostics(self, array):
         for status in array.status:
@@ -249,11 +251,10 @@ def run_soak(config: SoakConfig) -> int:
     node = rclpy.create_node("cgrp_soak")
     clock = node.get_clock()
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    seen = Observations()
+    seen = Observations(now=lambda: clock.now().nanoseconds * 1e-9)
     node.create_subscription(Image, "visible/image", seen.on_visible, qos)
     for name in OUTPUTS:
-        node.create_subscription(Image, f"cgrp_fusion/{name}",
-                                 lambda m, n=name: seen.on_output(n, m, clock.now().nanoseconds * 1e-9), qos)
+        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: seen.on_output(n, m), qos)
     node.create_subscription(DiagnosticArray, "/diagnostics", seen.on_diagnostics, 10)
 
     print(f"cgrp soak: {config.minutes:g} min at {config.rate:g} Hz, ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
