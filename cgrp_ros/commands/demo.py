@@ -102,15 +102,7 @@ def run(args) -> int:
         while len(complete) < args.frames:
             rclpy.spin_once(node, timeout_sec=0.1)
             complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
-            failure = node_exit(fusion, player, out)
-            waited = time.monotonic() - started
-            if failure:
-                break
-            if not complete and waited > args.timeout:
-                failure = (f"no output from the fusion node within {args.timeout:g} s; its log:\n"
-                           f"{log_tail(out / 'fusion.log')}")
-            elif waited > args.timeout + 20 * args.frames:
-                failure = f"only {len(complete)} of {args.frames} frames within {waited:.0f} s"
+            failure = node_exit(fusion, player, out) or too_slow(len(complete), time.monotonic() - started, args)
             if failure:
                 break
     except KeyboardInterrupt:
@@ -141,6 +133,15 @@ def run(args) -> int:
           "one rig); on one rig's stream the node's default self-calibration fuses every frame with its running "
           "rig estimate and keeps up with 30 Hz on 2 CPU cores (`cgrp bench --ros`, docs/benchmarks.md)")
     return 0
+
+
+def too_slow(frames: int, waited: float, args) -> str | None:
+    """Why the demo must give up after `waited` s with `frames` complete frames; None while it may wait."""
+    if not frames and waited > args.timeout:
+        return f"no output from the fusion node within {args.timeout:g} s; its log:\n{log_tail(args.out / 'fusion.log')}"
+    if waited > args.timeout + 20 * args.frames:
+        return f"only {frames} of {args.frames} frames within {waited:.0f} s"
+    return None
 
 
 def save_frames(out: Path, frames) -> None:
