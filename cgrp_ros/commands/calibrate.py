@@ -48,7 +48,9 @@ def add_arguments(p):
                    help="thermal placement scales to try (thermal field of view / visible field of view; "
                    "default: %(default)s)")
     p.add_argument("--min-confidence", type=float, default=None,
-                   help="skip pairs whose registration confidence is below this (default: max(model threshold, 0.15))")
+                   help="skip pairs whose match confidence (the registration network's global search, 0..1; "
+                   "not the per-pair registration confidence of cgrp fuse) is below this (default: the "
+                   "larger of 0.15 and the global search's own threshold, 0.28 with the shipped weights)")
     p.add_argument("--min-pairs", type=int, default=1, help="fail unless at least this many pairs are used (default 1)")
     p.add_argument("--refinements", type=int, default=2,
                    help="passes with the fitted homography as the placement (default 2)")

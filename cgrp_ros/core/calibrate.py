@@ -11,8 +11,9 @@ which matches every 8 x 8 cell of the visible luminance against every cell of th
    the one with the best mean confidence over a subset of pairs wins;
 2. **matches**: per pair, the visible region that the placed thermal covers is resampled to the
    working size (the thermal then fills the grid at close to its own resolution), the matcher's
-   two-pass affine estimate gives a confidence (pairs below ``min_confidence`` -- night, fog, a
-   lens cap, another scene -- are skipped), the local matcher (:class:`~cgrp_ros.core.align.LocalMatcher`)
+   two-pass affine estimate gives a confidence, the global search's (its own threshold, not the
+   per-pair registration's; pairs below ``min_confidence`` -- night, fog, a lens cap, another
+   scene -- are skipped), the local matcher (:class:`~cgrp_ros.core.align.LocalMatcher`)
    refines that affine, and its matches of every 4 x 4 cell (without a local matcher: the global
    matcher's 8 x 8 cells) that have some mass at their peak are mapped back to full-resolution
    thermal pixel -> visible pixel correspondences;
@@ -347,7 +348,7 @@ class RigCalibrator:
         best_scale = max(scores, key=lambda s: float(np.mean(scores[s])))
         if float(np.max(scores[best_scale])) < self.min_confidence:
             raise CalibrationError(
-                f"not enough evidence: no pair reached registration confidence {self.min_confidence:.2f} at any "
+                f"not enough evidence: no pair reached match confidence {self.min_confidence:.2f} at any "
                 f"placement scale (best {float(np.max(scores[best_scale])):.2f}); the pairs carry no structure "
                 "both cameras see (night, fog, a lens cap, featureless images?)")
         return best_scale
@@ -366,7 +367,7 @@ class RigCalibrator:
                 v, t = load(i)
                 conf, tp, vp = self._match(v, t, placement, direct=round_ > 0 and self.direct_refinement)
                 if conf < self.min_confidence or len(tp) < 4:
-                    low[name] = f"registration confidence {conf:.2f} below {self.min_confidence:.2f}"
+                    low[name] = f"match confidence {conf:.2f} below {self.min_confidence:.2f}"
                     continue
                 used.append(name)
                 confidences[name] = conf
@@ -375,7 +376,7 @@ class RigCalibrator:
                 if h is not None:  # a refinement lost its evidence: keep the previous round's fit
                     break
                 raise CalibrationError(
-                    f"not enough evidence: {len(used)} of {len(pairs)} pair(s) registered with confidence >= "
+                    f"not enough evidence: {len(used)} of {len(pairs)} pair(s) matched with confidence >= "
                     f"{self.min_confidence:.2f} ({sum(len(s) for s in src)} matches; need {self.min_pairs} pair(s) "
                     f"and {self.min_matches} matches); the pairs carry too little structure both cameras see")
             src, dst = np.concatenate(src), np.concatenate(dst)
