@@ -38,13 +38,12 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pipeline_from_args(args):
+    from ..core.models import model_files
     from ..core.pipeline import Pipeline, PipelineConfig
 
     cfg = PipelineConfig(backend=args.backend, device=args.device, fp16=args.fp16, working_size=args.working_size,
-                         thermal_percentiles=tuple(args.thermal_percentiles), fusion_scale=args.fusion_scale)
-    if args.models:
-        cfg.generator, cfg.registration, cfg.fusion = (str(args.models / f"{s}.pt")
-                                                       for s in ("generator", "registration", "fusion"))
+                         thermal_percentiles=tuple(args.thermal_percentiles), fusion_scale=args.fusion_scale,
+                         **(model_files(args.models) if args.models else {}))
     if args.homography:
         path = Path(args.homography)
         cfg.homography = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)

@@ -39,12 +39,10 @@ def _check_pair():
 
 def run(args) -> int:
     from ..core.backends import export_onnx, flow_agreement
+    from ..core.models import model_files
     from ..core.pipeline import Pipeline, PipelineConfig
 
-    cfg = PipelineConfig()
-    if args.models:
-        cfg.generator, cfg.registration, cfg.fusion = (str(args.models / f"{s}.pt")
-                                                       for s in ("generator", "registration", "fusion"))
+    cfg = PipelineConfig(**(model_files(args.models) if args.models else {}))
     written = export_onnx(cfg.model_paths(), args.out)
     for stage, path in written.items():
         print(f"{stage}: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -31,6 +31,11 @@ def default_model_path(stage: str) -> Path:
     return models_dir() / f"{stage}.pt"
 
 
+def model_files(folder) -> dict:
+    """{stage: path of folder/STAGE.pt} for every network (PipelineConfig's field names)."""
+    return {stage: str(Path(folder) / f"{stage}.pt") for stage in STAGES}
+
+
 def save_model(path, network: str, model: torch.nn.Module, config: dict, meta: dict) -> None:
     """Weights + the constructor arguments that rebuild the network + provenance."""
     path = Path(path)

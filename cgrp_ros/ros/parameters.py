@@ -94,8 +94,9 @@ def model_parameters(models) -> dict:
     fusion.pt (absolute paths: the node runs in its own process); {} for None (the shipped weights)."""
     if not models:
         return {}
-    return {f"{stage}_model": str((Path(models) / f"{stage}.pt").resolve())
-            for stage in ("generator", "registration", "fusion")}
+    from ..core.models import model_files  # (torch: only when a folder is given)
+
+    return {f"{stage}_model": str(Path(path).resolve()) for stage, path in model_files(models).items()}
 
 
 def describe(param: Param) -> ParameterDescriptor:
