@@ -1,11 +1,12 @@
 """cgrp bench: the peers measured beside cgrp, the per-frame profile, and the --ros table (issue 12)."""
 import json
 
+import cv2
 import numpy as np
 
 from cgrp_ros.cli import main
-from cgrp_ros.evaluation.bench import PEERS, bench_markdown, bench_targets, ecc_blend, homography_blend, synthetic_pair
-from cgrp_ros.evaluation.evaluate import luminance
+from cgrp_ros.evaluation.bench import PEERS, bench_input, bench_markdown, bench_targets, ecc_blend, homography_blend
+from cgrp_ros.evaluation.evaluate import luminance, misaligned_sample
 from cgrp_ros.ros.bench import ros_markdown
 
 
@@ -25,6 +26,17 @@ def test_bench_measures_the_peers_beside_cgrp(tmp_path):
     assert cgrp_row.split("|")[-3].strip().endswith("×") and cgrp_row.split("|")[-2].strip().endswith("×")
     assert "| `homography+blend` (peer) | 64x96 |" in text and "| `ecc+blend` (peer) | 64x96 |" in text
     assert "Per-frame profile" in text and "| generator % |" in text
+    assert document["input"].startswith("bundled pair FLIR_00233") and "misaligned `moderate`" in document["input"]
+    assert "\nInput: bundled pair FLIR_00233" in text
+
+
+def test_the_bench_times_a_real_pair_misaligned_as_asked():
+    visible, thermal, description = bench_input((64, 96), "severe")
+    assert visible.shape == (64, 96, 3) and thermal.shape == (64, 96) and thermal.dtype == np.uint8
+    _, aligned, _ = bench_input((64, 96), "none")
+    # a real scene (not flat), and the `severe` preset moved the thermal
+    assert aligned.std() > 20 and np.abs(thermal.astype(int) - aligned).mean() > 10
+    assert "FLIR_00233" in description and "`severe`" in description
 
 
 def _document(cgrp_ms: float, peer_ms: dict) -> dict:
@@ -49,7 +61,7 @@ def test_markdown_gives_cgrp_time_as_a_multiple_of_each_peer_and_the_stage_share
 
 
 def test_peers_blend_the_visible_luminance_with_the_mapped_thermal():
-    visible, thermal = synthetic_pair(64, 96)
+    visible, thermal, _ = bench_input((64, 96))
     fused, ms = homography_blend(visible, thermal, np.eye(3))
     expected = (luminance(visible).astype(np.int32) + thermal + 1) // 2
     assert fused.shape == (64, 96) and np.abs(fused.astype(np.int32) - expected).max() <= 1
@@ -57,7 +69,8 @@ def test_peers_blend_the_visible_luminance_with_the_mapped_thermal():
 
     # a thermal equal to the visible luminance moved by (2, -1) px: ECC finds the shift back, so the
     # blend is the visible luminance (a blend without registration is ~4 grey levels off on average)
-    frame, _ = synthetic_pair(72, 104)
+    _, frame, _ = misaligned_sample("none")
+    frame = cv2.resize(frame, (104, 72), interpolation=cv2.INTER_AREA)
     visible, moved = frame[4:68, 4:100], luminance(frame)[5:69, 2:98]
     fused, ms = ecc_blend(visible, moved)
     inner = (slice(4, -4), slice(4, -4))

@@ -71,7 +71,7 @@ def test_colcon_build_installs_nodes_that_run_from_install(tmp_path):
         (workspace / "install" / "cgrp_ros" / "share" / "ament_index" / "resource_index" / "packages" / "cgrp_ros").is_file()
 
     env = sourced_environment(workspace)
-    where = subprocess.run([sys.executable, "-c", "import cgrp_ros.core.models as m, cgrp_ros.ros.sources as p; "
+    where = subprocess.run([sys.executable, "-c", "import cgrp_ros.core.models as m, cgrp_ros.core.data as p; "
                             "print(m.__file__); print(m.models_dir()); print(p.sample_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert where.returncode == 0, where.stderr

@@ -31,13 +31,14 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=0,
                    help="torch and OpenCV CPU threads (default 0: their own choice); also OMP_NUM_THREADS of the "
                         "--ros node")
+    p.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
+                   help="misalignment of the thermal: of the timed pair (the first bundled pair, resized to each "
+                        "working size) or, with --ros, of the played sequence, one for all frames (default: moderate)")
     g = p.add_argument_group("ROS 2 (--ros)")
     g.add_argument("--ros", action="store_true",
                    help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")
     g.add_argument("--rate", type=float, default=30.0, help="player rate, pairs/s (default: 30)")
     g.add_argument("--duration", type=float, default=20.0, help="measured seconds after the first output (default: 20)")
-    g.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
-                   help="misalignment of the played thermal (default: moderate)")
 
 
 def _selected(configs, wanted: str | None):
@@ -80,7 +81,7 @@ def run(args) -> int:
     else:
         document = run_benchmarks(configs, args.sizes, args.runs, args.warmup,
                                   progress=lambda text: print(f"cgrp bench: {text}", flush=True),
-                                  startup=not args.no_startup)
+                                  startup=not args.no_startup, deform=args.deform)
         document["machine"] = machine
         document["targets"] = [dict(target=t, verdict=v) for t, v in bench_targets(document)]
         name, table = "bench", bench_markdown(document)

@@ -19,6 +19,19 @@ def default_dataset_root() -> Path:
     return Path(os.environ.get("CGRP_DATA", REPO_ROOT.parent / "shared" / "datasets" / "roadscene"))
 
 
+def sample_dir() -> Path:
+    """The bundled sample pairs (sample/README.md): the source tree's sample/, else the installed
+    share/cgrp_ros/sample (colcon)."""
+    repo_sample = REPO_ROOT / "sample"
+    if repo_sample.is_dir():
+        return repo_sample
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("cgrp_ros")) / "sample"
+    except Exception:
+        return repo_sample
+
+
 def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
     """Read an image (or .npy array) as stored: uint8/uint16, mono or BGR. Raises InputError naming the file."""
     path = Path(path)

@@ -2,11 +2,13 @@
 
 Each configuration ("torch-cpu", "torch-cuda-fp16", ...) runs the full pipeline (all outputs)
 `warmup` times untimed, then `runs` times; the per-stage times are the Pipeline's own timings
-(ms, synchronised on CUDA). Inputs are synthetic frames already at the working size, so the
-pre-processing measures normalisation and padding, not a resize. Frames per second is
-1000 / mean end-to-end time for one pair processed at a time.
+(ms, synchronised on CUDA). The input is a real pair, the demo's (`bench_input`: the first bundled
+RoadScene pair, its thermal misaligned by `deform`, `moderate` by default), resized to the working size,
+so the registration takes every stage a rig's pair takes (a pair with nothing to match falls back
+early and skips some) and the pre-processing measures normalisation and padding, not a resize.
+Frames per second is 1000 / mean end-to-end time for one pair processed at a time.
 
-Peers (`PEERS`), measured in the same run on the same synthetic pair at each working size, as
+Peers (`PEERS`), measured in the same run on the same pair at each working size, as
 what a rig without CGRP does per frame: ``homography+blend`` (a fixed prior 3 x 3 mapping applied to
 the thermal with cv2.warpPerspective, then a 50/50 blend with the visible luminance) and
 ``ecc+blend`` (OpenCV ECC affine on gradient magnitudes, the ``cgrp eval`` baseline, then
@@ -84,12 +86,17 @@ def configurations() -> list[Config]:
     return configs
 
 
-def synthetic_pair(height: int, width: int, seed: int = 0):
-    """(visible H x W x 3 uint8, thermal H x W uint8) of smooth random structure."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 4), dtype=np.uint8)
-    frame = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(frame[:, :, :3]), np.ascontiguousarray(frame[:, :, 3])
+def bench_input(size, deform: str = "moderate", seed: int = 0):
+    """(visible H x W x 3 BGR uint8, thermal H x W uint8, description): the pair the bench times at
+    working size `size` (H, W), from `misaligned_sample` (the first bundled pair, misaligned by `deform`)."""
+    from .evaluate import misaligned_sample
+
+    name, visible, thermal = misaligned_sample(deform, seed)
+    height, width = size
+    description = (f"bundled pair {name} ({visible.shape[1]}x{visible.shape[0]}), thermal misaligned `{deform}` "
+                   f"(seed {seed}), both resized to the working size")
+    return (cv2.resize(visible, (width, height), interpolation=cv2.INTER_AREA),
+            cv2.resize(thermal, (width, height), interpolation=cv2.INTER_AREA), description)
 
 
 def _proc_status_kib(field: str):
@@ -145,11 +152,12 @@ def percentiles(values) -> dict:
                 mean=float(values.mean()))
 
 
-def bench_one(config: Config, size, runs: int = 20, warmup: int = 3) -> dict:
-    """Time the pipeline of `config` at working size `size` (H, W): stats per stage (ms), fps, memory."""
+def bench_one(config: Config, size, pair, runs: int = 20, warmup: int = 3) -> dict:
+    """Time the pipeline of `config` at working size `size` (H, W) on `pair` ((visible, thermal) at that
+    size): stats per stage (ms), fps, memory."""
     from ..core.pipeline import Pipeline, PipelineConfig
 
-    visible, thermal = synthetic_pair(*size)
+    visible, thermal = pair
     with MemoryProbe(cuda=config.backend == "torch" and config.device == "cuda") as memory:
         pipeline = Pipeline(PipelineConfig(backend=config.backend, device=config.device, fp16=config.fp16,
                                            working_size=tuple(size), onnx_providers=config.onnx_providers))
@@ -287,9 +295,10 @@ def ecc_blend(visible: np.ndarray, thermal: np.ndarray):
     return fused, laps.timings()
 
 
-def bench_peer(name: str, size, runs: int = 20, warmup: int = 3) -> dict:
-    """Time peer `name` (one of PEERS) on the bench's synthetic pair at `size` (H, W): stats per stage (ms), fps."""
-    visible, thermal = synthetic_pair(*size)
+def bench_peer(name: str, size, pair, runs: int = 20, warmup: int = 3) -> dict:
+    """Time peer `name` (one of PEERS) on `pair` ((visible, thermal) at size `size`, H x W): stats per
+    stage (ms), fps."""
+    visible, thermal = pair
     if name == "homography+blend":
         peer = partial(homography_blend, visible, thermal, prior_homography(size))
     elif name == "ecc+blend":
@@ -308,10 +317,12 @@ STARTUP_TARGET_S = 3.0  # an onnxruntime Pipeline with a warm cache (issue 11)
 
 
 def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=None, startup: bool = True,
-                   peers: bool = True) -> dict:
+                   peers: bool = True, deform: str = "moderate") -> dict:
     """Every available config at every size; unavailable ones are listed with their reason.
     `startup`: also the start-up time of every available config (`startup_times`);
-    `peers`: also every peer (PEERS) at every size, same runs and warm-up (document key 'peers')."""
+    `peers`: also every peer (PEERS) at every size, same runs and warm-up (document key 'peers');
+    `deform`: the misalignment of the timed pair's thermal (`bench_input`; document key 'input')."""
+    pairs = {size: bench_input(size, deform) for size in sizes}
     startup_rows = []
     if startup:
         if progress:
@@ -325,14 +336,15 @@ def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=Non
         for size in sizes:
             if progress:
                 progress(f"{config.label} at {size[0]}x{size[1]}")
-            results.append(bench_one(config, size, runs, warmup))
+            results.append(bench_one(config, size, pairs[size][:2], runs, warmup))
     peer_rows = []
     for size in sizes if peers else ():
         for name in PEERS:
             if progress:
                 progress(f"peer {name} at {size[0]}x{size[1]}")
-            peer_rows.append(bench_peer(name, size, runs, warmup))
-    return dict(results=results, peers=peer_rows, unavailable=unavailable, startup=startup_rows)
+            peer_rows.append(bench_peer(name, size, pairs[size][:2], runs, warmup))
+    return dict(results=results, peers=peer_rows, unavailable=unavailable, startup=startup_rows,
+                input=pairs[sizes[0]][2] if sizes else "")
 
 
 def bench_targets(document: dict) -> list:
@@ -378,10 +390,10 @@ def startup_markdown(rows) -> str:
 
 
 STAGE_CONTENTS = {
-    "preprocess": "input checks, float conversion, thermal gain control, resize (here a no-op: the synthetic "
+    "preprocess": "input checks, float conversion, thermal gain control, resize (here a no-op: the "
                   "inputs are at the working size), BGR -> YCrCb, padding to the networks' multiple",
     "generator": "pseudo-thermal network",
-    "registration": "global affine stage + dense levels, thermal warped at the working size",
+    "registration": "global and local affine stages + dense levels, thermal warped at the working size",
     "fusion": "fusion network",
     "postprocess": "flow to the visible resolution, registered thermal resampled, fused colour + detail, "
                    "pseudo-thermal to the visible resolution",
@@ -440,12 +452,11 @@ def latency_markdown(document: dict) -> str:
              "pseudo-thermal would add the generator)."]
     if peers:
         notes += ["", "× peer: the configuration's total p50 / the peer's total p50 at the same size (how many "
-                  "times the peer's time the configuration takes). Peers, on the same synthetic pair:", ""]
+                  "times the peer's time the configuration takes). Peers, on the same pair:", ""]
         notes += [f"- `{name}`: {PEER_DESCRIPTIONS[name]}" for name in PEERS]
         notes += ["", "Their preprocess is the luminance (for ECC also the gradient magnitudes), registration the "
                   "estimate and the warp, fusion the blend; they output the blended luminance only. ECC's time "
-                  "depends on the content (it iterates until it converges, at most 100 times per level): the "
-                  "synthetic thermal is not correlated with the visible, so its time here is pessimistic."]
+                  "depends on the content (it iterates until it converges, at most 100 times per level)."]
     return "\n".join([markdown_table(header, rows), ""] + notes)
 
 
@@ -465,7 +476,7 @@ def profile_markdown(results) -> str:
 
 def bench_markdown(document: dict) -> str:
     """Latency table with the peers, where per-frame time goes, start-up, targets, then what did not run."""
-    text = [latency_markdown(document)]
+    text = ([f"Input: {document['input']}.", ""] if document.get("input") else []) + [latency_markdown(document)]
     if document["results"]:
         text += ["", "Per-frame profile (where the time goes):", "", profile_markdown(document["results"])]
     if document.get("startup"):

@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import metrics as M
-from ..core.data import find_pairs, read_image, read_split
+from ..core.data import find_pairs, read_image, read_split, sample_dir
 from ..core.deform import misalign, rng_for
 from ..core.errors import InputError
 from ..core.image import normalize_thermal, to_uint8
@@ -189,6 +189,24 @@ def thermal_to_uint8(thermal: np.ndarray, shape) -> np.ndarray:
     if grey.shape != tuple(shape):  # the pairs are aligned: same field of view
         grey = cv2.resize(grey, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
     return grey
+
+
+def misaligned_sample(preset: str = "moderate", seed: int = 0):
+    """(name, visible H x W x 3 BGR uint8, thermal H x W uint8 misaligned by `preset`) of the first bundled
+    RoadScene pair (sample/, the demo's), misaligned as `cgrp eval` misaligns it (seeded by seed and
+    name); a smooth synthetic scene, its own grey image on both sides, where the sample folder is
+    missing. A pair that shares structure takes every stage of the registration (one that shares
+    nothing falls back early): `cgrp export` checks its backends on it and `cgrp bench` times it."""
+    try:
+        name, visible_path, thermal_path = find_pairs(sample_dir() / "visible", sample_dir() / "thermal").pairs[0]
+        visible, thermal = read_image(visible_path), read_image(thermal_path)
+    except Exception:
+        name = "synthetic"
+        noise = np.random.default_rng(0).random((200, 300)).astype(np.float32)
+        thermal = (cv2.GaussianBlur(noise, (0, 0), 4) * 255 * 4).clip(0, 255).astype(np.uint8)
+        visible = cv2.cvtColor(thermal, cv2.COLOR_GRAY2BGR)
+    aligned = thermal_to_uint8(thermal, visible.shape[:2])
+    return name, visible, misalign(aligned, preset, rng_for(seed, name)).misaligned
 
 
 def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray, preset: str, seed: int,

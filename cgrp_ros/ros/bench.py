@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.data import sample_dir
 from ..core.errors import CgrpError
 from ..evaluation.report import markdown_table
 from .node_processes import node_command, node_exit, private_dds, start_nodes, stop_processes
@@ -40,7 +41,6 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
         from sensor_msgs.msg import Image
 
         from .parameters import RELIABLE_INPUTS
-        from .sources import sample_dir
     except ImportError as exc:
         raise CgrpError(f"ROS 2 Python packages are not available ({exc})") from None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.data import sample_dir
 from .node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
 from .sync import stamp_ns
 
@@ -164,8 +165,6 @@ def soak_parameters(config: SoakConfig) -> tuple:
     player = {"deform": "moderate", "rate": config.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
               "max_width": config.max_width}
     if config.source == "rig":
-        from .sources import sample_dir
-
         sequence = sample_dir() / "sequence"
         player.update(fixed_rig="true", visible_dir=str(sequence / "visible"), thermal_dir=str(sequence / "thermal"))
     else:  # unrelated pictures: not one rig

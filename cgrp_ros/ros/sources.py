@@ -6,26 +6,12 @@ the same BagSource.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from ..core.data import find_pairs, read_image
+from ..core.data import find_pairs, read_image, sample_dir
 from ..core.deform import PRESETS, misalign, rng_for
 from ..core.errors import CgrpError
-
-
-def sample_dir() -> Path:
-    """The bundled sample pairs: the source tree's sample/, else the installed share/cgrp_ros/sample."""
-    repo_sample = Path(__file__).resolve().parents[2] / "sample"
-    if repo_sample.is_dir():
-        return repo_sample
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cgrp_ros")) / "sample"
-    except Exception:
-        return repo_sample
 
 
 class PairSource:
