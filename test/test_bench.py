@@ -104,3 +104,14 @@ def test_the_gpu_target_of_issue_12_counts_the_three_networks_only():
     assert verdict(document(0.5, 1.0, 0.4)).startswith("holds: `torch-cuda-fp16` 1.9 ms")  # 526 pairs/s
     assert verdict(document(1.0, 1.0, 0.5)).startswith("MISSED")                          # 400 pairs/s
     assert verdict(dict(results=[], unavailable=[], startup=[])).startswith("not measured")
+
+
+def test_without_the_sample_folder_the_bench_times_a_synthetic_scene(monkeypatch, tmp_path):
+    import cgrp_ros.evaluation.evaluate as E
+
+    monkeypatch.setattr(E, "sample_dir", lambda: tmp_path / "missing")
+    name, visible, thermal = E.misaligned_sample("moderate")
+    assert name == "synthetic" and visible.shape[:2] == thermal.shape and thermal.dtype == np.uint8
+    _, _, aligned = E.misaligned_sample("none")
+    assert aligned.std() > 5 and np.abs(thermal.astype(int) - aligned).mean() > 1
+    assert "bundled pair synthetic" in bench_input((32, 48))[2]

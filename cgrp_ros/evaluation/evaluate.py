@@ -202,8 +202,8 @@ def misaligned_sample(preset: str = "moderate", seed: int = 0):
         visible, thermal = read_image(visible_path), read_image(thermal_path)
     except Exception:
         name = "synthetic"
-        noise = np.random.default_rng(0).random((200, 300)).astype(np.float32)
-        thermal = (cv2.GaussianBlur(noise, (0, 0), 4) * 255 * 4).clip(0, 255).astype(np.uint8)
+        blobs = cv2.GaussianBlur(np.random.default_rng(0).random((200, 300)).astype(np.float32), (0, 0), 4)
+        thermal = cv2.normalize(blobs, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
         visible = cv2.cvtColor(thermal, cv2.COLOR_GRAY2BGR)
     aligned = thermal_to_uint8(thermal, visible.shape[:2])
     return name, visible, misalign(aligned, preset, rng_for(seed, name)).misaligned
