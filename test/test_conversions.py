@@ -1,12 +1,13 @@
 """Image <-> numpy conversions: every supported encoding, row padding, byte order, broken messages."""
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
 from cgrp_ros.core.errors import InputError
-from cgrp_ros.ros.image_conversions import (ENCODINGS, ImageConversionError, encoding_for, image_to_numpy,
-                                        numpy_to_image, to_bgr)
+from cgrp_ros.ros.image_conversions import (BAYER_TO_BGR, ENCODINGS, YUV422_TO_BGR, ImageConversionError,
+                                            encoding_for, image_to_numpy, numpy_to_image, to_bgr)
 
 
 class FakeImage(SimpleNamespace):
@@ -28,9 +29,10 @@ def random_image(encoding, height=5, width=7, seed=0):
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
 def test_round_trip_every_encoding(encoding):
-    image = random_image(encoding)
+    width = 8 if encoding in YUV422_TO_BGR else 7  # YUV 4:2:2 pairs its pixels
+    image = random_image(encoding, width=width)
     msg = numpy_to_image(image, encoding, FakeImage)
-    assert (msg.height, msg.width, msg.encoding) == (5, 7, encoding)
+    assert (msg.height, msg.width, msg.encoding) == (5, width, encoding)
     assert msg.step == image.strides[0] and len(msg.data) == msg.step * msg.height
     back = image_to_numpy(msg)
     assert back.dtype == image.dtype and back.shape == image.shape
@@ -77,7 +79,8 @@ def test_channel_order():
 
 
 @pytest.mark.parametrize("fields, kind, words", [
-    (dict(encoding="yuv422", height=2, width=2, step=4, data=bytes(8)), "encoding", "yuv422"),
+    (dict(encoding="nv12", height=2, width=2, step=2, data=bytes(6)), "encoding", "nv12"),
+    (dict(encoding="yuv422", height=2, width=3, step=6, data=bytes(12)), "size", "odd width (3)"),
     (dict(encoding="mono8", height=0, width=4, step=4, data=b""), "size", "zero size"),
     (dict(encoding="bgr8", height=2, width=4, step=0, data=bytes(24)), "step", "step"),
     (dict(encoding="bgr8", height=2, width=4, step=11, data=bytes(24)), "step", "step >= 12"),
@@ -99,6 +102,50 @@ def test_encoding_for_prefers_the_given_encoding():
         encoding_for(np.zeros((2, 2), np.int64))
     with pytest.raises(ImageConversionError):
         numpy_to_image(np.zeros((2, 2), np.uint16), "mono8", FakeImage)
+    # an output (the registered thermal of a raw camera) is never labelled as a raw camera image
+    assert encoding_for(np.zeros((2, 2), np.uint8), "bayer_rggb8") == "mono8"
+
+
+def mosaic(bgr: np.ndarray, pattern: str) -> np.ndarray:
+    """The Bayer mosaic a sensor with colour filter `pattern` ('rggb': R at (0, 0)) records of `bgr`."""
+    channel = {"b": 0, "g": 1, "r": 2}
+    out = np.empty(bgr.shape[:2], bgr.dtype)
+    for index, colour in enumerate(pattern):
+        y, x = divmod(index, 2)
+        out[y::2, x::2] = bgr[y::2, x::2, channel[colour]]
+    return out
+
+
+@pytest.mark.parametrize("encoding", sorted(BAYER_TO_BGR))
+def test_bayer_images_are_demosaiced_to_bgr(encoding, sample_dir):
+    """A raw camera driver's Bayer mosaic comes out as the colours the scene had, for every filter layout."""
+    pattern, bits = encoding[len("bayer_"):-2 if encoding.endswith("16") else -1], 16 if encoding.endswith("16") else 8
+    scale = 257 if bits == 16 else 1
+    flat = np.empty((8, 10, 3), np.uint16 if bits == 16 else np.uint8)
+    flat[:] = np.array([30, 100, 200]) * scale                           # B, G, R
+    msg = numpy_to_image(mosaic(flat, pattern), encoding, FakeImage)
+    bgr = to_bgr(image_to_numpy(msg), encoding)
+    assert bgr.dtype == flat.dtype and bgr.shape == flat.shape
+    np.testing.assert_array_equal(bgr[2:-2, 2:-2], flat[2:-2, 2:-2])   # a flat colour exactly, away from the border
+
+    scene = cv2.resize(cv2.imread(str(sorted((sample_dir / "visible").glob("*.jpg"))[0])), (160, 120),
+                       interpolation=cv2.INTER_AREA).astype(flat.dtype) * scale
+    back = to_bgr(image_to_numpy(numpy_to_image(mosaic(scene, pattern), encoding, FakeImage)), encoding)
+    error = np.abs(back.astype(np.float64) - scene)[2:-2, 2:-2].mean(axis=(0, 1)) / scale
+    assert (error < 6).all(), error                                     # grey levels per channel (3.3 on R and B; the wrong layout: 16)
+
+
+@pytest.mark.parametrize("encoding", sorted(YUV422_TO_BGR))
+def test_yuv422_images_are_converted_to_bgr(encoding, sample_dir):
+    scene = cv2.resize(cv2.imread(str(sorted((sample_dir / "visible").glob("*.jpg"))[0])), (160, 120),
+                       interpolation=cv2.INTER_AREA)
+    uyvy = encoding in ("yuv422", "uyvy")
+    yuv = cv2.cvtColor(scene, cv2.COLOR_BGR2YUV_UYVY if uyvy else cv2.COLOR_BGR2YUV_YUY2)
+    msg = numpy_to_image(yuv, encoding, FakeImage)
+    assert msg.step == 2 * 160
+    bgr = to_bgr(image_to_numpy(msg), encoding)
+    assert bgr.shape == scene.shape and bgr.dtype == np.uint8
+    assert np.abs(bgr.astype(int) - scene).mean() < 4  # the chroma is shared by two pixels
 
 
 def test_real_message_class():

@@ -66,8 +66,8 @@ UNREADABLE = {
                                       r"skipping visible image: .*needs step >= 480 bytes, got 100"),
     "data shorter than step x height": ("thermal", lambda: raw_image("mono16", 160, 120, 320, 1000),
                                         r"skipping thermal image: .*needs 38400 bytes of data, got 1000"),
-    "unsupported encoding": ("thermal", lambda: raw_image("yuv422", 160, 120, 320, 38400),
-                             r"skipping thermal image: unsupported encoding 'yuv422'"),
+    "unsupported encoding": ("thermal", lambda: raw_image("nv12", 160, 120, 160, 28800),
+                             r"skipping thermal image: unsupported encoding 'nv12'"),
 }
 
 

@@ -48,6 +48,24 @@ def test_mono_visible_and_8bit_thermal_keep_their_families(harness):
     assert out["fused"].encoding == "mono8" and out["registered_thermal"].encoding == "8UC1"
 
 
+def test_raw_bayer_and_yuv_cameras_are_fused_without_image_proc(harness):
+    """A machine-vision camera's Bayer mosaic and a USB camera's YUV 4:2:2 come out as colour outputs of
+    the same scene as the BGR image (no debayer node in front of cgrp_fusion)."""
+    import cv2
+
+    reference = image_to_numpy(harness.wait_outputs(harness.publish_pair())["fused"])
+    bayer = np.empty(harness.visible.shape[:2], np.uint8)
+    for index, channel in enumerate((2, 1, 1, 0)):  # R G / G B: bayer_rggb8
+        y, x = divmod(index, 2)
+        bayer[y::2, x::2] = harness.visible[y::2, x::2, channel]
+    yuyv = cv2.cvtColor(harness.visible, cv2.COLOR_BGR2YUV_YUY2)
+    for image, encoding in ((bayer, "bayer_rggb8"), (yuyv, "yuv422_yuy2")):
+        out = harness.wait_outputs(harness.publish_pair(visible=image, visible_encoding=encoding))
+        fused = image_to_numpy(out["fused"])
+        assert out["fused"].encoding == "bgr8" and fused.shape == (120, 160, 3), encoding
+        assert np.abs(fused.astype(int) - reference).mean() < 8, encoding  # colours the same as from bgr8
+
+
 def test_the_pictures_for_rviz_while_subscribed(harness):
     """~/deformation_vis is the colour-coded flow; ~/alignment_vis both cameras' edges (bgr8, same header).
     The harness's pair is aligned, so the flow here is zero (white); test_fusion_outputs.py checks the
@@ -91,7 +109,7 @@ def test_pairs_inside_the_slop_are_fused_outside_are_not(harness):
 def test_broken_messages_are_logged_and_skipped(harness):
     good = numpy_to_image(harness.visible, "bgr8", Image)
     unsupported = numpy_to_image(harness.visible, "bgr8", Image)
-    unsupported.encoding = "yuv422"
+    unsupported.encoding = "nv12"
     wrong_step = numpy_to_image(harness.visible, "bgr8", Image)
     wrong_step.step = 100                             # < 160 * 3
     truncated = numpy_to_image(harness.thermal, "mono16", Image)
@@ -104,7 +122,7 @@ def test_broken_messages_are_logged_and_skipped(harness):
     harness.wait_outputs(stamp, what="outputs after the broken messages")
     harness.spinner.spin(0.5)
     assert all(harness.outputs_for(s) == {} for s in broken_stamps), "a pair with a broken message was fused"
-    for pattern in ("unsupported encoding 'yuv422'", r"needs step >= 480 bytes, got 100", r"needs 38400 bytes of data"):
+    for pattern in ("unsupported encoding 'nv12'", r"needs step >= 480 bytes, got 100", r"needs 38400 bytes of data"):
         harness.wait_for(lambda: re.search(pattern, harness.log()), 5.0, f"a log line matching {pattern!r}")
     harness.wait_for(lambda: int(harness.diagnostic_value("bad messages") or 0) >= 3, 5.0,
                      "bad messages >= 3 in /diagnostics")

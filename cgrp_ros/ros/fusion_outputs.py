@@ -51,8 +51,9 @@ def as_array(msg) -> np.ndarray:
 
 
 def message_arrays(visible_msg, thermal_msg):
-    """(visible BGR or mono array, thermal array as sent) of one pair of messages: what the pipeline fuses."""
-    return to_bgr(as_array(visible_msg), visible_msg.encoding), as_array(thermal_msg)
+    """(visible, thermal) arrays of one pair of messages, each as `to_bgr` gives it (BGR, or mono as
+    sent): what the pipeline fuses."""
+    return to_bgr(as_array(visible_msg), visible_msg.encoding), to_bgr(as_array(thermal_msg), thermal_msg.encoding)
 
 
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:

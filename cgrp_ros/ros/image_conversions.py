@@ -3,8 +3,10 @@
     array = image_to_numpy(msg)                  # a view of msg.data where possible
     msg = numpy_to_image(array, "bgr8", Image, header)
 
-Arrays keep the message's channel order (an rgb8 image comes back as H x W x 3 RGB); use
-``to_bgr`` for the BGR order the core expects. Single-channel images are H x W, others H x W x C.
+Arrays keep the message's layout (an rgb8 image comes back as H x W x 3 RGB, a Bayer mosaic as
+H x W, YUV 4:2:2 as H x W x 2); use ``to_bgr`` for what the core expects (BGR, or mono as it is):
+it also demosaics Bayer images and converts YUV 4:2:2, as cv_bridge would, so raw camera drivers
+need no image_proc in front of the node. Single-channel images are H x W, others H x W x C.
 Anything that cannot be read raises ImageConversionError (an InputError) naming the problem.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import array as _array
 import sys
 
+import cv2
 import numpy as np
 
 from ..core.errors import InputError
@@ -29,6 +32,16 @@ ENCODINGS = {
     "32FC1": (np.float32, 1),
     "32FC2": (np.float32, 2),
 }
+# raw camera encodings (sensor_msgs/image_encodings.hpp) -> the OpenCV conversion to BGR. Bayer: the
+# colour filter's first row and column named as ROS names them (bayer_rggb8: R at (0, 0)); YUV 4:2:2:
+# two bytes a pixel, "yuv422" is UYVY, "yuv422_yuy2" is YUYV
+BAYER_TO_BGR = {f"bayer_{pattern}{bits}": getattr(cv2, f"COLOR_Bayer{pattern.upper()}2BGR")
+                for pattern in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)}
+YUV422_TO_BGR = {"yuv422": cv2.COLOR_YUV2BGR_UYVY, "uyvy": cv2.COLOR_YUV2BGR_UYVY,
+                 "yuv422_yuy2": cv2.COLOR_YUV2BGR_YUY2, "yuyv": cv2.COLOR_YUV2BGR_YUY2}
+ENCODINGS.update({name: (np.uint16 if name.endswith("16") else np.uint8, 1) for name in BAYER_TO_BGR})
+ENCODINGS.update({name: (np.uint8, 2) for name in YUV422_TO_BGR})
+RAW_CAMERA = frozenset(BAYER_TO_BGR) | frozenset(YUV422_TO_BGR)
 HOST_IS_BIGENDIAN = sys.byteorder == "big"
 
 
@@ -54,6 +67,9 @@ def image_to_numpy(msg) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError("size", f"{encoding} image has zero size ({width}x{height})")
+    if encoding in YUV422_TO_BGR and width % 2:
+        raise ImageConversionError("size", f"{encoding} image has an odd width ({width}): two pixels share "
+                                           "their colour in YUV 4:2:2")
     dtype = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     pixel_bytes = dtype.itemsize * channels
     if step < width * pixel_bytes:
@@ -74,7 +90,13 @@ def image_to_numpy(msg) -> np.ndarray:
 
 
 def to_bgr(image: np.ndarray, encoding: str) -> np.ndarray:
-    """The core's channel order (BGR / BGRA) for an array read from an image of ``encoding``."""
+    """What the core takes (BGR / BGRA, or a single channel as it is) for an array read from an image of
+    ``encoding``: RGB reordered (a view), Bayer demosaiced and YUV 4:2:2 converted to BGR (new arrays,
+    8- or 16-bit as the mosaic)."""
+    if encoding in BAYER_TO_BGR:
+        return cv2.cvtColor(np.ascontiguousarray(image), BAYER_TO_BGR[encoding])
+    if encoding in YUV422_TO_BGR:
+        return cv2.cvtColor(np.ascontiguousarray(image), YUV422_TO_BGR[encoding])
     if encoding == "rgb8":
         return image[:, :, ::-1]  # a view
     if encoding == "rgba8":
@@ -83,9 +105,10 @@ def to_bgr(image: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def encoding_for(image: np.ndarray, preferred: str | None = None) -> str:
-    """The encoding that describes ``image``: ``preferred`` when it fits, else mono8/mono16/32FC1/bgr8/32FC2."""
+    """The encoding that describes ``image``: ``preferred`` when it fits (never a Bayer or YUV encoding: an
+    output is not a raw camera image), else mono8/mono16/32FC1/bgr8/32FC2."""
     channels = 1 if image.ndim == 2 else image.shape[2]
-    if preferred in ENCODINGS and ENCODINGS[preferred] == (image.dtype.type, channels):
+    if preferred in ENCODINGS and preferred not in RAW_CAMERA and ENCODINGS[preferred] == (image.dtype.type, channels):
         return preferred
     for encoding in ("mono8", "mono16", "32FC1", "bgr8", "bgra8", "32FC2"):
         if ENCODINGS[encoding] == (image.dtype.type, channels):
