@@ -76,6 +76,10 @@ def test_channel_order():
     np.testing.assert_array_equal(to_bgr(rgba, "rgba8")[:, :, :3], rgba[:, :, 2::-1])
     bgr = random_image("bgr8")
     assert to_bgr(bgr, "bgr8") is bgr
+    rgb16 = random_image("rgb16")
+    np.testing.assert_array_equal(to_bgr(rgb16, "rgb16"), rgb16[:, :, ::-1])
+    rgba16 = random_image("rgba16")
+    np.testing.assert_array_equal(to_bgr(rgba16, "rgba16")[:, :, :3], rgba16[:, :, 2::-1])
 
 
 @pytest.mark.parametrize("fields, kind, words", [

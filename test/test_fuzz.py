@@ -20,7 +20,7 @@ except ImportError:
 BOUNDED = settings(derandomize=True, database=None, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                           HealthCheck.function_scoped_fixture])
-ENCODING_NAMES = sorted(ENCODINGS) + ["nv12", "bgr16", "MONO8", ""]
+ENCODING_NAMES = sorted(ENCODINGS) + ["nv12", "bgr32", "MONO8", ""]
 
 
 @st.composite

@@ -29,6 +29,10 @@ ENCODINGS = {
     "rgb8": (np.uint8, 3),
     "bgra8": (np.uint8, 4),
     "rgba8": (np.uint8, 4),
+    "bgr16": (np.uint16, 3),
+    "rgb16": (np.uint16, 3),
+    "bgra16": (np.uint16, 4),
+    "rgba16": (np.uint16, 4),
     "32FC1": (np.float32, 1),
     "32FC2": (np.float32, 2),
 }
@@ -97,9 +101,9 @@ def to_bgr(image: np.ndarray, encoding: str) -> np.ndarray:
         return cv2.cvtColor(np.ascontiguousarray(image), BAYER_TO_BGR[encoding])
     if encoding in YUV422_TO_BGR:
         return cv2.cvtColor(np.ascontiguousarray(image), YUV422_TO_BGR[encoding])
-    if encoding == "rgb8":
+    if encoding in ("rgb8", "rgb16"):
         return image[:, :, ::-1]  # a view
-    if encoding == "rgba8":
+    if encoding in ("rgba8", "rgba16"):
         return image[:, :, [2, 1, 0, 3]]
     return image
 
