@@ -146,6 +146,16 @@ def test_fuse_bag_writes_the_node_outputs_to_mcap(tmp_path, sample_pairs, storag
     assert "edge agreement with the visible image" in r.stdout
 
 
+def test_fuse_bag_video_runs_at_the_bags_rate(tmp_path, sample_pairs):
+    visible_topic, thermal_topic, _ = write_bag(tmp_path / "in", small_pairs(sample_pairs), "mcap", False)
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "out", "--device", "cpu", "--working-size", "96x128", "--video", tmp_path / "fused.avi")
+    assert r.returncode == 0, r.stderr
+    video = cv2.VideoCapture(str(tmp_path / "fused.avi"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == PAIRS and video.get(cv2.CAP_PROP_FPS) == 1e9 / PERIOD
+    assert f"video of {PAIRS} pair(s) at 5 fps" in r.stdout
+
+
 def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pairs):
     pairs = small_pairs(sample_pairs)
     visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", True, corrupt_visible=1)

@@ -38,7 +38,8 @@ def pair_folders(tmp_path_factory, sample_dir):
 def fuse_run(pair_folders, tmp_path_factory):
     vis, th, names = pair_folders
     out = tmp_path_factory.mktemp("fused")
-    return cgrp("fuse", "--visible", vis, "--thermal", th, "--out", out), out, names
+    return cgrp("fuse", "--visible", vis, "--thermal", th, "--out", out, "--video", out / "fused.mp4", "--fps", "5"), \
+        out, names
 
 
 def test_fuse_writes_every_output_for_every_good_pair(fuse_run, pair_folders):
@@ -55,6 +56,29 @@ def test_fuse_writes_every_output_for_every_good_pair(fuse_run, pair_folders):
         assert cv2.imread(str(out / "flow_vis" / f"{n}.png")).shape == visible.shape
         assert cv2.imread(str(out / "alignment" / f"{n}.jpg")) is not None  # the edges, for a person to judge
     assert sorted(p.stem for p in (out / "alignment").iterdir()) == sorted(names)
+
+
+def test_fuse_video_has_a_frame_per_fused_pair(fuse_run):
+    """--video: a frame per good pair (not the broken one) at --fps, five labelled tiles side by side."""
+    proc, out, names = fuse_run
+    video = cv2.VideoCapture(str(out / "fused.mp4"))
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == len(names) and video.get(cv2.CAP_PROP_FPS) == 5
+    height, width = frames[0].shape[:2]
+    assert height == 360 + 22 and width > 4 * height  # VIDEO_TILE_HEIGHT and its label, five tiles wide
+    assert f"video of {len(names)} pair(s) at 5 fps" in proc.stdout
+
+
+def test_fuse_video_name_is_checked_before_anything_runs(pair_folders, tmp_path):
+    vis, th, _ = pair_folders
+    proc = cgrp("fuse", "--visible", vis, "--thermal", th, "--out", tmp_path / "out", "--video", tmp_path / "v.gif")
+    assert proc.returncode == 2 and "must end in .mp4 or .avi" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_fuse_writes_the_registration_confidence_of_every_fused_pair(fuse_run):

@@ -9,8 +9,9 @@ Besides the images, OUT/registration.csv has a row per fused pair: the registrat
 whether it fell back to the prior (identity, or --homography / --calibration), the mean flow
 magnitude, and how well the thermal's edges meet the visible image's before and after registration
 (metrics.edge_agreement: no ground truth needed, so it works on a user's own recordings);
-OUT/alignment/NAME.jpg shows those edges, for a person to judge (folders only). A pair registered
-with low confidence gets a warning line; it is still written and is no failure.
+OUT/alignment/NAME.jpg shows those edges, for a person to judge (folders only); --video puts every
+pair's pictures side by side into one video (folders and bags). A pair registered with low confidence
+gets a warning line; it is still written and is no failure.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
-from ..evaluation.alignment import ReceivedAndRegistered, prior_and_registered_edges, received_and_registered
+from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel
+from ..evaluation.video import FusionVideo, video_frame
 from .common import add_pipeline_arguments, pipeline_from_args
 
 HELP = "fuse a visible/thermal pair, two folders of same-named pairs (extensions may differ), or a bag"
@@ -57,7 +59,11 @@ def add_arguments(p):
                         "(or on a scene change) and fuse every pair with the running rig estimate, as cgrp_fusion "
                         "does (default 0: every pair registered alone, for unrelated pairs)")
     g.add_argument("--fps", type=float, default=10.0,
-                   help="frame rate of folder sequences, for --registration-rate (default 10; bags use their stamps)")
+                   help="frame rate of folder sequences, for --registration-rate and --video (default 10; bags use "
+                        "their stamps)")
+    g.add_argument("--video", type=Path, metavar="FILE",
+                   help="also write a video (.mp4 or .avi), a frame per pair: visible | thermal as received | "
+                        "registered thermal | fused | edges after registration")
     add_pipeline_arguments(p)
 
 
@@ -146,6 +152,7 @@ def run_bag(args) -> int:
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     if args.registration_rate < 0:
         raise CgrpError("--registration-rate must be >= 0")
+    video = FusionVideo(args.video) if args.video else None  # at the bag's own rate
     pipeline = pipeline_from_args(args)
     stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
     registration = []
@@ -153,8 +160,11 @@ def run_bag(args) -> int:
     def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
         visible, thermal = message_arrays(visible_msg, thermal_msg)
         flow = outputs.images["deformation"][0]
-        registration.append(registration_row(f"{outputs.stamp:.6f}", outputs.confidence, outputs.fallback, flow,
-                                             prior_and_registered_edges(pipeline, visible, thermal, flow)))
+        pair = received_and_registered(pipeline, visible, thermal, flow)
+        name = f"{outputs.stamp:.6f}"
+        registration.append(registration_row(name, outputs.confidence, outputs.fallback, flow, pair.edges()))
+        if video and "fused" in outputs.images:
+            video.add(video_frame(name, pair, visible, outputs.images["fused"][0]), outputs.stamp)
 
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
@@ -163,6 +173,8 @@ def run_bag(args) -> int:
     if registration:
         write_registration_csv(args.out / "registration.csv", registration)
         print(f"cgrp fuse: {edge_summary(registration)}")
+    if video:
+        print(f"cgrp fuse: {video.summary()}")
     print(f"cgrp fuse: {summary.line()}; written to {args.out}")
     if not summary.pairs:
         print(f"cgrp fuse: error: no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' "
@@ -186,6 +198,7 @@ def run(args) -> int:
         return 2
     if args.registration_rate < 0 or args.fps <= 0:
         raise CgrpError("--registration-rate must be >= 0 and --fps > 0")
+    video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
     stream = StreamPipeline(pipeline, args.registration_rate)
     registration, low_confidence = [], 0
@@ -199,6 +212,9 @@ def run(args) -> int:
             pair = received_and_registered(pipeline, visible, thermal, result.flow)
             edges = pair.edges()
             write_alignment(args.out, name, pair, edges, result)
+            if video:
+                fused = result.fused_color if result.fused_color is not None else result.fused
+                video.add(video_frame(name, pair, visible, fused), index / args.fps)
             registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
                                                  result.flow, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
@@ -211,6 +227,8 @@ def run(args) -> int:
     if registration:
         write_registration_csv(args.out / "registration.csv", registration)
         print(f"cgrp fuse: {edge_summary(registration)}")
+    if video:
+        print(f"cgrp fuse: {video.summary()}")
     for f in failures:
         print(f"cgrp fuse: {f}", file=sys.stderr)
     done = len(listing.pairs) - sum(1 for f in failures if not f.endswith("other folder"))

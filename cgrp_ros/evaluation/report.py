@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from . import metrics as M
+from ..core.image import to_uint8, visible_to_bgr01
 from ..core.warp import flow_to_color
 
 TILE_HEIGHT = 200                       # px, height of every tile in an example panel
@@ -167,6 +168,29 @@ def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray, seen: np.ndarray | 
         inside = cv2.erode(seen.astype(np.uint8), np.ones((margin, margin), np.uint8)).astype(np.float32)
     visible, thermal = strength(visible_y), strength(thermal, inside)
     return np.dstack((thermal, visible, thermal))
+
+
+VIDEO_TILE_HEIGHT = 360   # px, fusion_frame's tiles
+
+
+def thermal_view(images, seen: np.ndarray) -> list:
+    """Same-size float thermal images (raw values, any range) -> uint8 pictures stretched alike: the 1st and
+    99th percentiles of all of them where the thermal is seen (`seen`, H x W bool) map to 0 and 255."""
+    values = np.concatenate([image[seen] for image in images]) if seen.any() else np.zeros(1, np.float32)
+    low, high = np.percentile(values, (1, 99))
+    return [np.clip((image - low) * (255.0 / max(high - low, 1e-6)), 0, 255).astype(np.uint8) for image in images]
+
+
+def fusion_frame(visible: np.ndarray, visible_y: np.ndarray, received: np.ndarray, registered: np.ndarray,
+                 seen: np.ndarray, fused: np.ndarray, title: str) -> np.ndarray:
+    """One frame of `cgrp fuse --video` (BGR uint8): visible | thermal as it came (through the prior alone) |
+    registered thermal | fused | edges after registration (visible green, thermal magenta), each
+    VIDEO_TILE_HEIGHT px high. All inputs in the visible camera's pixels (H x W): `received` and
+    `registered` float thermal (alignment.ReceivedAndRegistered), `seen` where the thermal sees."""
+    received_view, registered_view = thermal_view((received, registered), seen)
+    tiles = [(to_uint8(visible_to_bgr01(visible)), title), (received_view, "thermal as received"), (registered_view, "registered thermal"),
+             (fused, "fused"), (edge_overlay(visible_y, registered, seen), "edges: visible green, thermal magenta")]
+    return np.hstack([_tile(image, label, VIDEO_TILE_HEIGHT) for image, label in tiles])
 
 
 ALIGNMENT_TILE_HEIGHT = 300   # px, alignment_panel's tiles
