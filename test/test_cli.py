@@ -219,3 +219,22 @@ def test_export_writes_onnx_that_matches_torch(tmp_path):
     for graph in ("generator", "registration", "registration_calibrated", "fusion"):
         assert (tmp_path / f"{graph}.onnx").stat().st_size > 10_000
     assert proc.stdout.count("within tolerance") == 2  # searching, and from a calibration
+
+
+def test_fuse_list_and_limit_pick_the_pairs(sample_dir, tmp_path):
+    names = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))
+    (tmp_path / "some.txt").write_text(f"# two of them\n{names[3]}.jpg\n\n{names[1]}\n")
+    proc = cgrp("fuse", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal",
+                "--out", tmp_path / "out", "--list", tmp_path / "some.txt", "--limit", "1", "--working-size", "96x128")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.stem for p in (tmp_path / "out" / "fused").iterdir()) == [names[1]]  # listed, first by name
+
+
+@pytest.mark.parametrize("command", ["fuse", "calibrate", "eval"])
+def test_a_missing_list_file_is_one_clear_line(sample_dir, tmp_path, command):
+    inputs = ["--data", sample_dir] if command == "eval" else ["--visible", sample_dir / "visible", "--thermal",
+                                                               sample_dir / "thermal"]
+    out = tmp_path / ("rig.yaml" if command == "calibrate" else "out")
+    proc = cgrp(command, *inputs, "--out", out, "--list", tmp_path / "missing.txt")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'missing.txt'}: cannot read the list of names" in proc.stderr

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..core.data import find_pairs, read_image
+from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
 from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
@@ -44,6 +44,9 @@ def add_arguments(p):
     p.add_argument("--visible", type=Path, help="visible image file or folder")
     p.add_argument("--thermal", type=Path, help="thermal image file or folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (with --bag: the new MCAP bag)")
+    p.add_argument("--list", type=Path, metavar="FILE", help="folders: only the names listed in FILE (one per line, "
+                   "like a data set's val.txt)")
+    p.add_argument("--limit", type=int, metavar="N", help="folders: only the first N pairs (by name)")
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 to fuse (bag folder, .db3 or .mcap); writes an MCAP bag "
                    "at --out with both inputs and /cgrp_fusion/{fused,registered_thermal,deformation,pseudo_thermal}")
@@ -140,6 +143,8 @@ def run_bag(args) -> int:
 
     if args.visible or args.thermal:
         raise CgrpError("--bag replaces --visible/--thermal: give one or the other")
+    if args.list or args.limit:
+        raise CgrpError("--list and --limit select pairs of folders; a bag's pairs are all fused")
     if not args.visible_topic or not args.thermal_topic:
         raise CgrpError("--bag needs --visible-topic and --thermal-topic")
     slop = DEFAULT_SLOP if args.slop is None else args.slop
@@ -189,7 +194,10 @@ def run(args) -> int:
         return run_bag(args)
     if args.visible is None or args.thermal is None:
         raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
-    listing = find_pairs(args.visible, args.thermal)
+    if args.limit is not None and args.limit < 1:
+        raise CgrpError("--limit must be >= 1")
+    listing = find_pairs(args.visible, args.thermal, read_split(args.list) if args.list else None)
+    listing.pairs = listing.pairs[:args.limit]  # a slice past the end (or None) keeps them all
     failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]
     if not listing.pairs:
         for f in failures:

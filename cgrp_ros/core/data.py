@@ -49,8 +49,12 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 
 def read_split(path) -> list[str]:
-    """File names listed one per line (blank lines and # comments ignored)."""
-    lines = Path(path).read_text().splitlines()
+    """File names listed one per line (blank lines and # comments ignored). InputError naming the file
+    when it cannot be read."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the list of names ({exc.strerror or exc})") from None
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
