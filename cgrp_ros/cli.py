@@ -40,6 +40,11 @@ def main(argv=None) -> int:
     except CgrpError as exc:  # our own errors: one clear line, no traceback
         print(f"cgrp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system said no (a folder that cannot be created, a full disk): one line too
+        logging.getLogger("cgrp_ros").debug("file system error", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cgrp {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cgrp {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -238,3 +238,37 @@ def test_a_missing_list_file_is_one_clear_line(sample_dir, tmp_path, command):
     proc = cgrp(command, *inputs, "--out", out, "--list", tmp_path / "missing.txt")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{tmp_path / 'missing.txt'}: cannot read the list of names" in proc.stderr
+
+
+def test_bad_homography_and_unwritable_output_are_one_clear_line(sample_dir, tmp_path):
+    """No traceback for what a user gets wrong: a .npy that is no matrix, a text file of 5 numbers, an
+    output folder under a file."""
+    n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    pair = ["--visible", sample_dir / "visible" / f"{n}.jpg", "--thermal", sample_dir / "thermal" / f"{n}.jpg"]
+    (tmp_path / "h.npy").write_bytes(b"not a numpy file")
+    (tmp_path / "h.txt").write_text("1 0 0 0 1\n")
+    (tmp_path / "a_file").write_text("x")
+    cases = [(["--homography", tmp_path / "h.npy", "--out", tmp_path / "o1"], "cannot read a 3x3 matrix"),
+             (["--homography", tmp_path / "h.txt", "--out", tmp_path / "o2"], "expected a 3x3 matrix, got shape (5,)"),
+             (["--out", tmp_path / "a_file" / "out"], f"{tmp_path / 'a_file'}")]
+    for extra, words in cases:
+        proc = cgrp("fuse", *pair, *extra, "--working-size", "96x128")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert words in proc.stderr.strip().splitlines()[-1], proc.stderr
+    proc = cgrp("calibrate", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal",
+                "--out", tmp_path / "a_file" / "rig.yaml")
+    assert proc.returncode == 2 and f"cannot write {tmp_path / 'a_file' / 'rig.yaml'}" in proc.stderr
+    assert "scale search" not in proc.stderr  # refused before any work
+
+
+def test_eval_rig_refuses_pictures_that_are_not_one_video(sample_dir, tmp_path):
+    """The bundled RoadScene pictures share the name stem FLIR_ but not a size: not a sequence of one rig."""
+    proc = cgrp("eval", "--rig", "--data", sample_dir, "--limit", "2", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "sequence 'FLIR' (frames named FLIR_NNNN) mixes image sizes" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["demo", "--frames", "0"], ["soak", "--minutes", "-1"], ["demo", "--rate", "x"]])
+def test_counts_and_rates_must_be_positive(command):
+    proc = cgrp(*command)
+    assert proc.returncode == 2 and ("must be > 0" in proc.stderr or "expected a number" in proc.stderr)

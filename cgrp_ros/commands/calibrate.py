@@ -10,6 +10,7 @@ it warns.
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -75,6 +76,17 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> li
             for index in range(0, len(source), every)]
 
 
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
+    is created: a refused calibration leaves no trace."""
+    folder = path.parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
+
+
 def run(args) -> int:
     from ..core.calibrate import RigCalibrator, save_calibration
     from ..evaluation.rig import calibration_edge_check
@@ -87,6 +99,10 @@ def run(args) -> int:
         return 2
     if not scales or min(scales) <= 0:
         print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
+        return 2
+    unwritable = unwritable_reason(args.out)
+    if unwritable:  # before minutes of work, not after
+        print(f"cgrp calibrate: error: cannot write {args.out}: {unwritable}", file=sys.stderr)
         return 2
     pairs = input_pairs(args)
     if pairs is None:

@@ -18,6 +18,20 @@ def size_arg(text: str):
     return h, w
 
 
+def positive(kind):
+    """An argparse type: `kind` (int or float) of the text, refused unless > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
     g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
@@ -37,6 +51,22 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help="robust gain control for 16-bit/float thermal (default: 1 99)")
 
 
+def load_homography(path) -> np.ndarray:
+    """--homography: a 3 x 3 matrix from a .npy file or a text file of numbers. InputError naming the file
+    when it cannot be read; the Pipeline checks that it is a finite, invertible 3 x 3."""
+    from ..core.errors import InputError
+
+    path = Path(path)
+    try:
+        matrix = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"homography file {path}: cannot read a 3x3 matrix ({getattr(exc, 'strerror', None) or exc})") \
+            from None
+    if np.shape(matrix) != (3, 3):
+        raise InputError(f"homography file {path}: expected a 3x3 matrix, got shape {np.shape(matrix)}")
+    return matrix
+
+
 def pipeline_from_args(args):
     from ..core.models import model_files
     from ..core.pipeline import Pipeline, PipelineConfig
@@ -45,8 +75,7 @@ def pipeline_from_args(args):
                          thermal_percentiles=tuple(args.thermal_percentiles), fusion_scale=args.fusion_scale,
                          **(model_files(args.models) if args.models else {}))
     if args.homography:
-        path = Path(args.homography)
-        cfg.homography = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+        cfg.homography = load_homography(args.homography)
     if getattr(args, "calibration", None):
         from ..core.calibrate import load_calibration
         cfg.homography = load_calibration(args.calibration)  # a malformed file: CalibrationError, exit 2

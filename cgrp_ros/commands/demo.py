@@ -15,18 +15,19 @@ import cv2
 import numpy as np
 
 from ..ros.node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
+from .common import positive
 
 HELP = "ROS 2 demo: player + fusion node on the bundled sample (thermal misaligned), frames saved to out/demo"
 OUTPUTS = ("fused", "registered_thermal", "deformation", "alignment_vis")
 
 
 def add_arguments(p):
-    p.add_argument("--frames", type=int, default=12, help="fused frames to receive (default: 12)")
+    p.add_argument("--frames", type=positive(int), default=12, help="fused frames to receive (default: 12)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     p.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
                    help="misalignment of the thermal stream (default: moderate)")
-    p.add_argument("--rate", type=float, default=4.0, help="player rate, pairs/s (default: 4)")
-    p.add_argument("--timeout", type=float, default=90.0,
+    p.add_argument("--rate", type=positive(float), default=4.0, help="player rate, pairs/s (default: 4)")
+    p.add_argument("--timeout", type=positive(float), default=90.0,
                    help="give up when no output arrived after this many seconds (default: 90)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

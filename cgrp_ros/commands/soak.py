@@ -10,18 +10,19 @@ HELP = ("soak test: player + fusion node at 30 Hz for M minutes; throughput, dro
 
 def add_arguments(p):
     from ..ros.soak import SoakConfig
+    from .common import positive
 
     d = SoakConfig()
-    p.add_argument("--minutes", type=float, default=d.minutes,
+    p.add_argument("--minutes", type=positive(float), default=d.minutes,
                    help="soak duration after the first output (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=d.rate, help="player rate, pairs/s (default: %(default)s)")
+    p.add_argument("--rate", type=positive(float), default=d.rate, help="player rate, pairs/s (default: %(default)s)")
     p.add_argument("--out", type=Path, default=d.out, help="report and logs (default: %(default)s)")
-    p.add_argument("--window", type=float, default=d.window, help="seconds per reported window (default: %(default)s)")
+    p.add_argument("--window", type=positive(float), default=d.window, help="seconds per reported window (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help="seconds after the first output before the memory baseline is taken (default: %(default)s)")
     p.add_argument("--max-growth-mb", type=float, default=d.max_growth_mb,
                    help="fail when resident memory grows more than this after warm-up (default: %(default)s)")
-    p.add_argument("--startup-timeout", type=float, default=d.startup_timeout,
+    p.add_argument("--startup-timeout", type=positive(float), default=d.startup_timeout,
                    help="seconds to wait for the first output (default: %(default)s)")
     p.add_argument("--max-width", type=int, default=d.max_width,
                    help="player downscales wider images (default 0: as stored)")

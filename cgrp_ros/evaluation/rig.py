@@ -34,6 +34,7 @@ from ..core.calibrate import (RigCalibrator, apply_homography, centred_placement
                               similarity_about_centre, synthetic_rig)
 from ..core.data import read_image
 from ..core.deform import misalign, rng_for
+from ..core.errors import InputError
 from ..core.stream import CONVERGED, StreamPipeline
 from ..core.warp import valid_mask, warp_numpy
 from . import metrics as M
@@ -77,6 +78,11 @@ def _load_sequence(frames, preset: str, seed: int, key: str):
         aligned = thermal_to_uint8(read_image(thermal_path), luminance(visible).shape)
         if truth is None:
             truth = misalign(aligned, preset, rng_for(seed, key + preset))
+        elif aligned.shape != truth.misaligned.shape:  # not frames of one video: no one misalignment fits
+            first = truth.misaligned.shape
+            raise InputError(f"--rig: sequence '{key}' (frames named {key}_NNNN) mixes image sizes: {name} is "
+                             f"{aligned.shape[1]}x{aligned.shape[0]}, its first frame {first[1]}x{first[0]}; "
+                             "--rig takes video sequences of one camera pair")
         loaded.append((visible, warp_numpy(aligned, truth.displacement)))
     return loaded, truth
 
