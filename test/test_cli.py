@@ -268,7 +268,23 @@ def test_eval_rig_refuses_pictures_that_are_not_one_video(sample_dir, tmp_path):
     assert "sequence 'FLIR' (frames named FLIR_NNNN) mixes image sizes" in proc.stderr
 
 
-@pytest.mark.parametrize("command", [["demo", "--frames", "0"], ["soak", "--minutes", "-1"], ["demo", "--rate", "x"]])
-def test_counts_and_rates_must_be_positive(command):
+@pytest.mark.parametrize("command, words", [
+    (["demo", "--frames", "0"], "argument --frames: must be > 0"), (["soak", "--minutes", "-1"], "must be > 0"),
+    (["demo", "--rate", "x"], "argument --rate: expected a number"), (["eval", "--seed", "-1"], "must be >= 0"),
+    (["eval", "--limit", "0"], "must be > 0"), (["fuse", "--limit", "0"], "must be > 0"),
+    (["calibrate", "--refinements", "-1"], "must be >= 0"), (["calibrate", "--every", "0"], "must be > 0"),
+    (["bench", "--ros", "--duration", "0"], "must be > 0")])
+def test_counts_and_rates_are_checked_when_parsed(command, words):
     proc = cgrp(*command)
-    assert proc.returncode == 2 and ("must be > 0" in proc.stderr or "expected a number" in proc.stderr)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_and_a_folder_or_reversed_percentiles_are_refused_at_once(sample_dir, tmp_path):
+    n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    proc = cgrp("fuse", "--visible", sample_dir / "visible" / f"{n}.jpg", "--thermal", sample_dir / "thermal",
+                "--out", tmp_path / "o1")
+    assert proc.returncode == 2 and "give two files or two folders" in proc.stderr
+    proc = cgrp("fuse", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal", "--out",
+                tmp_path / "o2", "--thermal-percentiles", "99", "1")
+    assert proc.returncode == 2 and "thermal_percentiles must satisfy 0 <= low < high <= 100" in proc.stderr
+    assert not (tmp_path / "o2").exists()  # refused before any pair

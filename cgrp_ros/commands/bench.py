@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import CgrpError
-from .common import size_arg
+from .common import positive, size_arg
 
 HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device, "
         "beside the peers homography+blend and ecc+blend; --ros: node end to end")
@@ -37,8 +37,8 @@ def add_arguments(p):
     g = p.add_argument_group("ROS 2 (--ros)")
     g.add_argument("--ros", action="store_true",
                    help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")
-    g.add_argument("--rate", type=float, default=30.0, help="player rate, pairs/s (default: 30)")
-    g.add_argument("--duration", type=float, default=20.0, help="measured seconds after the first output (default: 20)")
+    g.add_argument("--rate", type=positive(float), default=30.0, help="player rate, pairs/s (default: 30)")
+    g.add_argument("--duration", type=positive(float), default=20.0, help="measured seconds after the first output (default: 20)")
 
 
 def _selected(configs, wanted: str | None):

@@ -19,7 +19,7 @@ import cv2
 from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
-from .common import size_arg
+from .common import non_negative, positive, size_arg
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -41,10 +41,10 @@ def add_arguments(p):
                    "thermal message nearest in stamp")
     g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
-    g.add_argument("--every", type=int, default=1, metavar="N",
+    g.add_argument("--every", type=positive(int), default=1, metavar="N",
                    help="with --bag: every N-th pair (consecutive video frames add little; default 1)")
     p.add_argument("--list", type=Path, default=None, metavar="FILE", help="only the names listed in FILE")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs (by name)")
+    p.add_argument("--limit", type=positive(int), default=None, metavar="N", help="only the first N pairs (by name)")
     p.add_argument("--scales", default=",".join(f"{s:.4g}" for s in DEFAULT_SCALES), metavar="S[,S]",
                    help="thermal placement scales to try (thermal field of view / visible field of view; "
                    "default: %(default)s)")
@@ -52,8 +52,8 @@ def add_arguments(p):
                    help="skip pairs whose match confidence (the registration network's global search, 0..1; "
                    "not the per-pair registration confidence of cgrp fuse) is below this (default: the "
                    "larger of 0.15 and the global search's own threshold, 0.28 with the shipped weights)")
-    p.add_argument("--min-pairs", type=int, default=1, help="fail unless at least this many pairs are used (default 1)")
-    p.add_argument("--refinements", type=int, default=2,
+    p.add_argument("--min-pairs", type=positive(int), default=1, help="fail unless at least this many pairs are used (default 1)")
+    p.add_argument("--refinements", type=non_negative(int), default=2,
                    help="passes with the fitted homography as the placement (default 2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",

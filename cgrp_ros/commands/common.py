@@ -20,15 +20,25 @@ def size_arg(text: str):
 
 def positive(kind):
     """An argparse type: `kind` (int or float) of the text, refused unless > 0."""
+    return _bounded(kind, lambda value: value > 0, "> 0")
+
+
+def non_negative(kind):
+    """An argparse type: `kind` (int or float) of the text, refused unless >= 0."""
+    return _bounded(kind, lambda value: value >= 0, ">= 0")
+
+
+def _bounded(kind, accept, bound: str):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got '{text}'") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = kind.__name__
     return parse
 
 

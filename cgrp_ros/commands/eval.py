@@ -13,7 +13,7 @@ from pathlib import Path
 from ..core.data import default_dataset_root
 from ..core.deform import PRESETS
 from ..core.errors import CgrpError
-from .common import add_pipeline_arguments, pipeline_from_args, size_arg
+from .common import add_pipeline_arguments, non_negative, pipeline_from_args, positive, size_arg
 
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
 
@@ -77,8 +77,8 @@ def add_arguments(p):
     p.add_argument("--methods", default=",".join(METHODS), metavar="M[,M]",
                    help=f"methods to run, comma-separated, of {', '.join(METHODS)}; cgrp and none always run "
                    "(default: all; ECC is slow on large images: --methods cgrp,none)")
-    p.add_argument("--seed", type=int, default=0, help="misalignment seed; each image's warp depends on (seed, name)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--seed", type=non_negative(int), default=0, help="misalignment seed; each image's warp depends on (seed, name)")
+    p.add_argument("--limit", type=positive(int), default=None, metavar="N",
                    help="only the first N pairs (by name) of each data set")
     p.add_argument("--figures", type=int, default=3, metavar="N",
                    help="example panels for the first N pairs of each run")

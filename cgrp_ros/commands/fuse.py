@@ -32,7 +32,7 @@ from ..evaluation.alignment import ReceivedAndRegistered, received_and_registere
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel
 from ..evaluation.video import FusionVideo, video_frame
-from .common import add_pipeline_arguments, pipeline_from_args
+from .common import add_pipeline_arguments, pipeline_from_args, positive
 
 HELP = "fuse a visible/thermal pair, two folders of same-named pairs (extensions may differ), or a bag"
 log = logging.getLogger("cgrp_ros")
@@ -46,7 +46,7 @@ def add_arguments(p):
     p.add_argument("--out", type=Path, required=True, help="output folder (with --bag: the new MCAP bag)")
     p.add_argument("--list", type=Path, metavar="FILE", help="folders: only the names listed in FILE (one per line, "
                    "like a data set's val.txt)")
-    p.add_argument("--limit", type=int, metavar="N", help="folders: only the first N pairs (by name)")
+    p.add_argument("--limit", type=positive(int), metavar="N", help="folders: only the first N pairs (by name)")
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 to fuse (bag folder, .db3 or .mcap); writes an MCAP bag "
                    "at --out with both inputs and /cgrp_fusion/{fused,registered_thermal,deformation,pseudo_thermal}")
@@ -194,8 +194,6 @@ def run(args) -> int:
         return run_bag(args)
     if args.visible is None or args.thermal is None:
         raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
-    if args.limit is not None and args.limit < 1:
-        raise CgrpError("--limit must be >= 1")
     listing = find_pairs(args.visible, args.thermal, read_split(args.list) if args.list else None)
     listing.pairs = listing.pairs[:args.limit]  # a slice past the end (or None) keeps them all
     failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]

@@ -74,6 +74,9 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
     `names` (file names or stems) restricts the folders to a split.
     """
     visible, thermal = Path(visible), Path(thermal)
+    if visible.is_file() != thermal.is_file() and (visible.is_dir() or thermal.is_dir()):
+        raise InputError(f"{visible} is a {'file' if visible.is_file() else 'folder'} and {thermal} a "
+                         f"{'file' if thermal.is_file() else 'folder'}: give two files or two folders")
     if visible.is_file() or thermal.is_file():
         return PairListing([(visible.stem, visible, thermal)], [])
     for folder in (visible, thermal):

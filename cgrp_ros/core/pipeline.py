@@ -94,6 +94,9 @@ class Pipeline:
             raise InputError(f"working_size must be at least {MIN_WORKING_SIDE}x{MIN_WORKING_SIDE}, got {h}x{w}")
         if not 0.1 <= float(c.fusion_scale) <= 1.0:
             raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
+        low, high = c.thermal_percentiles
+        if not 0.0 <= low < high <= 100.0:  # checked per image too; a configuration error is better said once, now
+            raise InputError(f"thermal_percentiles must satisfy 0 <= low < high <= 100, got {tuple(c.thermal_percentiles)}")
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)
