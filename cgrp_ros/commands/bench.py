@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import CgrpError
-from .common import positive, size_arg
+from .common import non_negative, positive, size_arg
 
 HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device, "
         "beside the peers homography+blend and ecc+blend; --ros: node end to end")
@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--no-startup", action="store_true",
                    help="skip the start-up times (seconds to build a Pipeline per backend, ONNX cache warm and cold)")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=non_negative(int), default=0,
                    help="torch and OpenCV CPU threads (default 0: their own choice); also OMP_NUM_THREADS of the "
                         "--ros node")
     p.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],

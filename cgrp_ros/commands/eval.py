@@ -89,7 +89,7 @@ def add_arguments(p):
                    "'<!-- cgrp eval cross-domain: begin -->' and '<!-- cgrp eval cross-domain: end -->' (several "
                    "data sets), '<!-- cgrp eval NAME: begin -->' and '... end -->' (one data set NAME: its table and "
                    "each preset's report, every method), or the --rig sections")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's own choice)")
+    p.add_argument("--threads", type=non_negative(int), default=0, help="torch CPU threads (default 0: torch's own choice)")
     g = p.add_argument_group("fixed rig (--rig)")
     g.add_argument("--rig", action="store_true",
                    help="treat each data set as video sequences of one rig: ONE misalignment per sequence and "

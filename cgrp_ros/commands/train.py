@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import non_negative, positive
+
 HELP = ("train one stage: generator -> global -> local -> registration -> fusion [-> joint] "
         "(resumable checkpoints in runs/)")
 
@@ -16,21 +18,21 @@ def add_arguments(t):
                         "(default: ../shared/datasets/roadscene and m3svd)")
     t.add_argument("--out", type=Path, default=Path("models"), help="where the final weights go (default: models)")
     t.add_argument("--run-dir", type=Path, default=Path("runs"), help="resumable checkpoints (default: runs)")
-    t.add_argument("--iterations", type=int, help="total iterations (default: per stage)")
-    t.add_argument("--batch", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--iterations", type=positive(int), help="total iterations (default: per stage)")
+    t.add_argument("--batch", type=positive(int))
+    t.add_argument("--lr", type=positive(float))
     t.add_argument("--preset",
                    help="deformation preset for global/local/registration/joint, or a mix: mix (default: none to "
                         "beyond severe), mix-small (more aligned and mild pairs), residual (local's default: what "
                         "the global stage leaves)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--minutes", type=float, help="wall-clock budget: save and stop after this long")
+    t.add_argument("--seed", type=non_negative(int), default=0)
+    t.add_argument("--minutes", type=positive(float), help="wall-clock budget: save and stop after this long")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: all cores)")
     t.add_argument("--no-flow-supervision", action="store_true",
                    help="registration: train on image similarity + smoothness only (ablation)")
-    t.add_argument("--similarity-weight", type=float, default=1.0,
+    t.add_argument("--similarity-weight", type=non_negative(float), default=1.0,
                    help="registration: weight of the image-similarity term (0: synthetic-flow supervision only)")
     t.add_argument("--init", type=Path, help="global/local/registration: start from these registration weights")
     t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")

@@ -19,16 +19,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import losses
+from ..core.backends import resolve_device
 from ..core.data import default_dataset_root, load_split
-
-TRAINING_DATASETS = ("roadscene", "m3svd")  # train splits; other_cameras is evaluation only
+from ..core.deform import PRESETS, Preset, random_displacement
+from ..core.errors import InputError
 from ..core.filters import gradient_magnitude
-from ..core.deform import Preset, random_displacement
 from ..core.image import pad_to, resize, working_shape
 from ..core.models import default_model_path, load_model, model_config, save_model
 from ..core.align import affine_flow, window_offsets
 from ..core.networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
 from ..core.warp import invert_flow, pixel_grid, valid_mask, warp, warp_numpy
+
+TRAINING_DATASETS = ("roadscene", "m3svd")  # train splits; other_cameras is evaluation only
 
 STAGE_DEFAULTS = {
     # iterations are sized for ~10-30 min on 2 CPU cores (see models/MODEL_CARD.md for measured times)
@@ -125,12 +127,9 @@ class TrainConfig:
         elif isinstance(self.data, (str, Path)):
             self.data = [self.data]
         self.data = [Path(d) for d in self.data]
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        if self.preset and self.preset not in PRESETS and self.preset not in TRAINING_MIXES:
+            raise InputError(f"unknown preset '{self.preset}': expected one of {', '.join(sorted(PRESETS))} or a "
+                             f"training mix ({', '.join(TRAINING_MIXES)})")
 
 
 def bgr_to_luma(bgr: torch.Tensor) -> torch.Tensor:
@@ -180,7 +179,7 @@ class Stage:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))  # 'cuda' without a GPU: the CPU, with a warning
         self.images = prepare([pair for root in cfg.data for pair in load_split(root, "train")], cfg.working_size)
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
