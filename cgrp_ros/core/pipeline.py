@@ -96,7 +96,8 @@ class Pipeline:
             raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
         low, high = c.thermal_percentiles
         if not 0.0 <= low < high <= 100.0:  # checked per image too; a configuration error is better said once, now
-            raise InputError(f"thermal_percentiles must satisfy 0 <= low < high <= 100, got {tuple(c.thermal_percentiles)}")
+            raise InputError("thermal_percentiles must satisfy 0 <= low < high <= 100, "
+                             f"got {tuple(c.thermal_percentiles)}")
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)

@@ -188,8 +188,9 @@ def fusion_frame(visible: np.ndarray, visible_y: np.ndarray, received: np.ndarra
     VIDEO_TILE_HEIGHT px high. All inputs in the visible camera's pixels (H x W): `received` and
     `registered` float thermal (alignment.ReceivedAndRegistered), `seen` where the thermal sees."""
     received_view, registered_view = thermal_view((received, registered), seen)
-    tiles = [(to_uint8(visible_to_bgr01(visible)), title), (received_view, "thermal as received"), (registered_view, "registered thermal"),
-             (fused, "fused"), (edge_overlay(visible_y, registered, seen), "edges: visible green, thermal magenta")]
+    tiles = [(to_uint8(visible_to_bgr01(visible)), title), (received_view, "thermal as received"),
+             (registered_view, "registered thermal"), (fused, "fused"),
+             (edge_overlay(visible_y, registered, seen), "edges: visible green, thermal magenta")]
     return np.hstack([_tile(image, label, VIDEO_TILE_HEIGHT) for image, label in tiles])
 
 
