@@ -173,6 +173,8 @@ def test_one_silent_stream_warns(harness):
 def test_stats_are_logged(harness):
     assert re.search(r"stats: [\d.]+ fps, latency p50 \d+ ms p95 \d+ ms, pairs \d+, dropped \d+", harness.log())
     assert "cgrp_fusion ready: backend torch" in harness.log() and "working size 64x96" in harness.log()
+    # what the registration starts from, and whether the rig estimate is kept
+    assert "prior: none (no calibration_file), self-calibration on (registrations at 0.5 Hz" in harness.log()
 
 
 def test_sigint_shuts_down_cleanly(harness):

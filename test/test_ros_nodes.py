@@ -22,6 +22,21 @@ def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("cgrp_fusion: error:"), lines
 
 
+@pytest.mark.parametrize("argument, words", [("max_width:=-5", "max_width out of range"),
+                                             ("rate:=-1", "expecting type 'DOUBLE'"),
+                                             ("deform:=wild", "unknown preset 'wild'")])
+def test_a_bad_player_parameter_exits_with_one_line(tmp_path, argument, words):
+    log = tmp_path / "player.log"
+    proc = start_node("cgrp_ros.ros.player_node", log, "-p", argument)
+    try:
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            stop_node(proc, signal.SIGKILL)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("cgrp_player: error:") and words in lines[0], lines
+
+
 def test_player_publishes_count_pairs_then_exits(tmp_path):
     rclpy.init()
     try:

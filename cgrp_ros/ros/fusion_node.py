@@ -346,7 +346,20 @@ class FusionNode(LifecycleNode):
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
             f"inputs {self._input_reliability()} ({self.values['image_transport']}), camera_info "
             f"{', '.join(s.topic_name for s in self.camera_info_subscriptions) or 'not used'}, "
-            f"outputs {', '.join(self.values['outputs'])}")
+            f"outputs {', '.join(self.values['outputs'])}; {self._prior_description()}")
+
+    def _prior_description(self) -> str:
+        """What the registration starts from and how often it runs, for the start-up line."""
+        path = self.values["calibration_file"]
+        if self.pipeline.homography is not None:
+            prior = f"prior: the calibration {path}"
+        elif path:
+            prior = f"prior: none ({path} does not exist yet; ~/save_calibration writes it)"
+        else:
+            prior = "prior: none (no calibration_file)"
+        if self.values["self_calibrate"]:
+            return f"{prior}, self-calibration on (registrations at {self.values['registration_rate']:g} Hz once converged)"
+        return f"{prior}, self-calibration off (every pair registered)"
 
     def _input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -118,6 +119,10 @@ def main(args=None) -> int:
         node = PlayerNode()
     except (CgrpError, ValueError) as exc:
         print(f"cgrp_player: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    except ParameterException as exc:  # a value of the wrong type or outside its range: one line, as cgrp_fusion
+        print(f"cgrp_player: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     spin_until_signal(node, until=lambda: node.done)
