@@ -195,6 +195,13 @@ def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs
     assert r.returncode == 2 and "exists already" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_same_topic_for_both_cameras_is_refused(tmp_path, sample_pairs):
+    visible_topic, _, _ = write_bag(tmp_path / "in", small_pairs(sample_pairs), "mcap", False)
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", visible_topic,
+             "--out", tmp_path / "out")
+    assert r.returncode == 2 and f"the visible and the thermal topic are the same, '{visible_topic}'" in r.stderr
+
+
 def test_bag_module_needs_no_rclpy():
     code = ("import sys; import cgrp_ros.ros.bag, cgrp_ros.commands.fuse; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'sensor_msgs')]; "

@@ -60,6 +60,8 @@ class BagTopics:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"bag '{self.path}' does not exist")
+        if visible_topic == thermal_topic:  # each message would be paired with itself
+            raise BagError(f"the visible and the thermal topic are the same, '{visible_topic}': name each camera's own")
         self.types = typestore()
         try:
             self.reader = Reader(self.path)
