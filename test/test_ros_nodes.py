@@ -7,17 +7,21 @@ rclpy = pytest.importorskip("rclpy")
 from ros_helpers import play_until_exit, ros_doc, start_node, stop_node  # noqa: E402
 
 
-def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
-    bad = tmp_path / "generator.pt"
-    bad.write_bytes(b"not a checkpoint")
-    log = tmp_path / "fusion.log"
-    proc = start_node("cgrp_ros.ros.fusion_node", log, "-p", f"generator_model:={bad}")
+def exit_and_log(module: str, log, *ros_args: str):
+    """Start a node that should exit on its own: (exit code, its non-empty log lines)."""
+    proc = start_node(module, log, *ros_args)
     try:
         code = proc.wait(60)
     finally:
         if proc.poll() is None:
             stop_node(proc, signal.SIGKILL)
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    return code, [line for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "generator.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, lines = exit_and_log("cgrp_ros.ros.fusion_node", tmp_path / "fusion.log", "-p", f"generator_model:={bad}")
     assert code == 2
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("cgrp_fusion: error:"), lines
 
@@ -26,14 +30,7 @@ def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
                                              ("rate:=-1", "expecting type 'DOUBLE'"),
                                              ("deform:=wild", "unknown preset 'wild'")])
 def test_a_bad_player_parameter_exits_with_one_line(tmp_path, argument, words):
-    log = tmp_path / "player.log"
-    proc = start_node("cgrp_ros.ros.player_node", log, "-p", argument)
-    try:
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            stop_node(proc, signal.SIGKILL)
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    code, lines = exit_and_log("cgrp_ros.ros.player_node", tmp_path / "player.log", "-p", argument)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("cgrp_player: error:") and words in lines[0], lines
 
 

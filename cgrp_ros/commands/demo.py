@@ -34,17 +34,6 @@ def add_arguments(p):
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
 
 
-def _label(image: np.ndarray, text: str, height: int) -> np.ndarray:
-    """`image` scaled to `height` px, as BGR uint8, under a black bar with `text`."""
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    width = round(image.shape[1] * height / image.shape[0])
-    tile = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    bar = np.zeros((28, width, 3), np.uint8)
-    cv2.putText(bar, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack([bar, tile])
-
-
 def to_8bit(image: np.ndarray) -> np.ndarray:
     """A uint8 view of a thermal image for the PNGs (16-bit and float are stretched min..max)."""
     if image.dtype == np.uint8:
@@ -163,6 +152,7 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
     stamp). complete: visible stamps in arrival order; outputs: stamp -> {output: Image}; inputs:
     {'visible'|'thermal': stamp -> Image}. -> whether a panel was written."""
     from ..core.warp import flow_to_color
+    from ..evaluation.report import labelled_tile
     from ..ros.image_conversions import image_to_numpy, to_bgr
 
     def nearest(stream, stamp):
@@ -177,12 +167,12 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
         frame = outputs[stamp]
         fused = image_to_numpy(frame["fused"])
         height = fused.shape[0]
-        tiles = [_label(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
-                 _label(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
-                 _label(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
-                 _label(fused, "fused", height),
-                 _label(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
-                 _label(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
+        tiles = [labelled_tile(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
+                 labelled_tile(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
+                 labelled_tile(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
+                 labelled_tile(fused, "fused", height),
+                 labelled_tile(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
+                 labelled_tile(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
         cv2.imwrite(str(path), np.hstack(tiles))
         return True
     return False

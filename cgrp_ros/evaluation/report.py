@@ -132,7 +132,7 @@ def _label(text: str, width: int) -> np.ndarray:
     return strip
 
 
-def _tile(image: np.ndarray, label: str, height: int = TILE_HEIGHT, width: int | None = None) -> np.ndarray:
+def labelled_tile(image: np.ndarray, label: str, height: int = TILE_HEIGHT, width: int | None = None) -> np.ndarray:
     """Scale to `height` (and `width`; default: the aspect kept) and put a label strip above."""
     image = _bgr(image)
     width = width or max(1, round(image.shape[1] * height / image.shape[0]))
@@ -191,7 +191,7 @@ def fusion_frame(visible: np.ndarray, visible_y: np.ndarray, received: np.ndarra
     tiles = [(to_uint8(visible_to_bgr01(visible)), title), (received_view, "thermal as received"),
              (registered_view, "registered thermal"), (fused, "fused"),
              (edge_overlay(visible_y, registered, seen), "edges: visible green, thermal magenta")]
-    return np.hstack([_tile(image, label, VIDEO_TILE_HEIGHT) for image, label in tiles])
+    return np.hstack([labelled_tile(image, label, VIDEO_TILE_HEIGHT) for image, label in tiles])
 
 
 ALIGNMENT_TILE_HEIGHT = 300   # px, alignment_panel's tiles
@@ -214,8 +214,8 @@ def alignment_panel(visible_y: np.ndarray, views, title: str, seen: np.ndarray |
     for overlay, (_, label) in zip(overlays, views):
         framed = overlay.copy()
         cv2.rectangle(framed, (x0, y0), (x0 + crop_w - 1, y0 + crop_h - 1), (0, 200, 255), max(1, width // 400))
-        top.append(_tile(framed, label, ALIGNMENT_TILE_HEIGHT))
-        bottom.append(_tile(overlay[y0:y0 + crop_h, x0:x0 + crop_w], f"zoom {ALIGNMENT_ZOOM}x (orange box)",
+        top.append(labelled_tile(framed, label, ALIGNMENT_TILE_HEIGHT))
+        bottom.append(labelled_tile(overlay[y0:y0 + crop_h, x0:x0 + crop_w], f"zoom {ALIGNMENT_ZOOM}x (orange box)",
                             ALIGNMENT_TILE_HEIGHT, top[-1].shape[1]))
     rows = np.vstack((np.hstack(top), np.hstack(bottom)))
     legend = f"{title}   green: visible edges, magenta: thermal edges, white: both"
@@ -238,11 +238,11 @@ def evaluation_alignment_panel(alignment: dict, scores: dict, title: str) -> np.
 def example_panel(panel: dict) -> np.ndarray:
     """One row: visible | misaligned | registered | fused | flow | true flow | checkerboard."""
     scale = max(float(np.max(np.hypot(panel["truth_flow"][..., 0], panel["truth_flow"][..., 1]))), 1.0)
-    tiles = [_tile(panel["visible"], "visible"), _tile(panel["misaligned"], "misaligned thermal"),
-             _tile(panel["registered"], "registered (cgrp)"), _tile(panel["fused"], "fused (cgrp)"),
-             _tile(flow_to_color(panel["flow"], scale), "flow (cgrp)"),
-             _tile(flow_to_color(panel["truth_flow"], scale), f"true flow (max {scale:.0f} px)"),
-             _tile(checkerboard(panel["visible_y"], panel["registered"]), "visible / registered")]
+    tiles = [labelled_tile(panel["visible"], "visible"), labelled_tile(panel["misaligned"], "misaligned thermal"),
+             labelled_tile(panel["registered"], "registered (cgrp)"), labelled_tile(panel["fused"], "fused (cgrp)"),
+             labelled_tile(flow_to_color(panel["flow"], scale), "flow (cgrp)"),
+             labelled_tile(flow_to_color(panel["truth_flow"], scale), f"true flow (max {scale:.0f} px)"),
+             labelled_tile(checkerboard(panel["visible_y"], panel["registered"]), "visible / registered")]
     return np.hstack(tiles)
 
 
@@ -253,10 +253,10 @@ def comparison_panel(panel: dict) -> np.ndarray:
 
     methods = [m for m in METHODS if m in panel["fused_by_method"]]  # the methods that ran
     registrar = lambda m: "cgrp" if m == "cgrp_avg" else m  # noqa: E731
-    top = [_tile(checkerboard(panel["visible_y"], panel["aligned"]), "visible / aligned (ideal)")]
-    top += [_tile(checkerboard(panel["visible_y"], panel["registered_by_method"][registrar(m)]), f"visible / {m}")
+    top = [labelled_tile(checkerboard(panel["visible_y"], panel["aligned"]), "visible / aligned (ideal)")]
+    top += [labelled_tile(checkerboard(panel["visible_y"], panel["registered_by_method"][registrar(m)]), f"visible / {m}")
             for m in methods]
-    bottom = [np.zeros_like(top[0])] + [_tile(panel["fused_by_method"][m], f"fused {m}") for m in methods]
+    bottom = [np.zeros_like(top[0])] + [labelled_tile(panel["fused_by_method"][m], f"fused {m}") for m in methods]
     return np.vstack((np.hstack(top), np.hstack(bottom)))
 
 
