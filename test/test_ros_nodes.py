@@ -26,6 +26,14 @@ def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("cgrp_fusion: error:"), lines
 
 
+def test_both_cameras_remapped_onto_one_topic_exit_with_one_line(tmp_path):
+    code, lines = exit_and_log("cgrp_ros.ros.fusion_node", tmp_path / "fusion.log",
+                               "-r", "visible/image:=/camera", "-r", "thermal/image:=/camera")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == ("cgrp_fusion: error: visible/image and thermal/image both resolve to /camera: remap each "
+                        "to its own camera")
+
+
 @pytest.mark.parametrize("argument, words", [("max_width:=-5", "max_width out of range"),
                                              ("rate:=-1", "expecting type 'DOUBLE'"),
                                              ("deform:=wild", "unknown preset 'wild'")])

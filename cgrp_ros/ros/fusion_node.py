@@ -139,6 +139,14 @@ class FusionNode(LifecycleNode):
     # -- lifecycle -----------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Synchronizer and the output publishers (lifecycle publishers: silent until activated)."""
+        self.activation_error = None
+        cameras = {self.resolve_topic_name(f"{name}/image") for name in STREAM_NAMES}
+        if len(cameras) == 1:  # both remapped onto one camera: every image would be fused with itself
+            self.activation_error = (f"visible/image and thermal/image both resolve to {cameras.pop()}: remap each "
+                                     "to its own camera")
+            if not self._autostarting:  # at autostart main() prints the one error line
+                self.get_logger().error(f"configuration failed: {self.activation_error}")
+            return TransitionCallbackReturn.FAILURE
         self.sync = self._make_synchronizer()
         options = QoSOverridingOptions.with_default_policies
         self.publishers_ = {name: self.create_lifecycle_publisher(Image, f"~/{name}", output_qos(),
@@ -216,7 +224,7 @@ class FusionNode(LifecycleNode):
         self._autostarting = True
         try:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return "configuration failed"
+                return self.activation_error or "configuration failed"
             if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 return self.activation_error or "activation failed"
             return None
