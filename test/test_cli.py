@@ -295,3 +295,13 @@ def test_a_file_and_a_folder_or_reversed_percentiles_are_refused_at_once(sample_
                 tmp_path / "o2", "--thermal-percentiles", "99", "1")
     assert proc.returncode == 2 and "thermal_percentiles must satisfy 0 <= low < high <= 100" in proc.stderr
     assert not (tmp_path / "o2").exists()  # refused before any pair
+
+
+def test_eval_refuses_a_benchmarks_file_it_could_not_write_before_evaluating(sample_dir, tmp_path, capsys):
+    from cgrp_ros.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    code = main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(tmp_path / "out"),
+                 "--write-benchmarks", str(tmp_path / "a_file" / "benchmarks.md")])
+    assert code == 2 and f"{tmp_path / 'a_file'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing evaluated

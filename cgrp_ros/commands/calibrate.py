@@ -10,7 +10,6 @@ it warns.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import cv2
 from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
-from .common import non_negative, positive, size_arg
+from .common import non_negative, positive, size_arg, unwritable_reason
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -74,17 +73,6 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> li
         print(f"cgrp calibrate: {source.skipped} unreadable message(s) in the bag skipped", file=sys.stderr)
     return [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
             for index in range(0, len(source), every)]
-
-
-def unwritable_reason(path: Path) -> str | None:
-    """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
-    is created: a refused calibration leaves no trace."""
-    folder = path.parent.resolve()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
 
 
 def run(args) -> int:

@@ -1,7 +1,8 @@
-"""Pipeline options shared by every command that runs the networks."""
+"""Options and checks shared by the commands: the pipeline options, argument types, output paths."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,17 @@ def size_arg(text: str):
     if h < 32 or w < 32:
         raise argparse.ArgumentTypeError("working size must be at least 32x32")
     return h, w
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
+    is created: a refused calibration leaves no trace."""
+    folder = path.parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
 
 
 def positive(kind):

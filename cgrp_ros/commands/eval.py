@@ -13,7 +13,8 @@ from pathlib import Path
 from ..core.data import default_dataset_root
 from ..core.deform import PRESETS
 from ..core.errors import CgrpError
-from .common import add_pipeline_arguments, non_negative, pipeline_from_args, positive, size_arg
+from .common import (add_pipeline_arguments, non_negative, pipeline_from_args, positive, size_arg,
+                     unwritable_reason)
 
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
 
@@ -255,6 +256,9 @@ def run(args) -> int:
     if calibration_only and not (args.rig and args.calibrate):
         raise CgrpError(f"{' '.join(calibration_only)}: only with --rig --calibrate")
     datasets = load_datasets(dataset_specs(args), args.limit)
+    unwritable = args.write_benchmarks and unwritable_reason(args.write_benchmarks)
+    if unwritable:  # before the evaluation, not after it
+        raise CgrpError(f"--write-benchmarks: cannot write {args.write_benchmarks}: {unwritable}")
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
