@@ -293,7 +293,7 @@ def test_a_file_and_a_folder_or_reversed_percentiles_are_refused_at_once(sample_
     assert proc.returncode == 2 and "give two files or two folders" in proc.stderr
     proc = cgrp("fuse", "--visible", sample_dir / "visible", "--thermal", sample_dir / "thermal", "--out",
                 tmp_path / "o2", "--thermal-percentiles", "99", "1")
-    assert proc.returncode == 2 and "thermal_percentiles must satisfy 0 <= low < high <= 100" in proc.stderr
+    assert proc.returncode == 2 and "percentiles must satisfy 0 <= low < high <= 100" in proc.stderr
     assert not (tmp_path / "o2").exists()  # refused before any pair
 
 

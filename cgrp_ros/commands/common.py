@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import InputError
+
 
 def size_arg(text: str):
     """'256x320' (H x W) -> (256, 320)."""
@@ -21,7 +23,7 @@ def size_arg(text: str):
 
 def unwritable_reason(path: Path) -> str | None:
     """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
-    is created: a refused calibration leaves no trace."""
+    is created: a command refused before its work leaves no trace."""
     folder = path.parent.resolve()
     while not folder.exists():
         folder = folder.parent
@@ -76,8 +78,6 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
 def load_homography(path) -> np.ndarray:
     """--homography: a 3 x 3 matrix from a .npy file or a text file of numbers. InputError naming the file
     when it cannot be read; the Pipeline checks that it is a finite, invertible 3 x 3."""
-    from ..core.errors import InputError
-
     path = Path(path)
     try:
         matrix = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)

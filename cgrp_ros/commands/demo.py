@@ -34,13 +34,6 @@ def add_arguments(p):
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
 
 
-def to_8bit(image: np.ndarray) -> np.ndarray:
-    """A uint8 view of a thermal image for the PNGs (16-bit and float are stretched min..max)."""
-    if image.dtype == np.uint8:
-        return image
-    return cv2.normalize(np.nan_to_num(image.astype(np.float32)), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-
-
 def run(args) -> int:
     private_dds()  # the demo is self-contained
     import rclpy
@@ -137,11 +130,12 @@ def too_slow(frames: int, waited: float, args) -> str | None:
 def save_frames(out: Path, frames) -> None:
     """fused_NNN.png, registered_NNN.png, flow_NNN.png and edges_NNN.png of each frame ({output name: Image})."""
     from ..core.warp import flow_to_color
+    from ..evaluation.report import stretched_uint8
     from ..ros.image_conversions import image_to_numpy
 
     for index, frame in enumerate(frames):
         cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
-        cv2.imwrite(str(out / f"registered_{index:03d}.png"), to_8bit(image_to_numpy(frame["registered_thermal"])))
+        cv2.imwrite(str(out / f"registered_{index:03d}.png"), stretched_uint8(image_to_numpy(frame["registered_thermal"])))
         cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
         cv2.imwrite(str(out / f"edges_{index:03d}.png"), image_to_numpy(frame["alignment_vis"]))
 
@@ -152,7 +146,7 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
     stamp). complete: visible stamps in arrival order; outputs: stamp -> {output: Image}; inputs:
     {'visible'|'thermal': stamp -> Image}. -> whether a panel was written."""
     from ..core.warp import flow_to_color
-    from ..evaluation.report import labelled_tile
+    from ..evaluation.report import labelled_tile, stretched_uint8
     from ..ros.image_conversions import image_to_numpy, to_bgr
 
     def nearest(stream, stamp):
@@ -168,8 +162,8 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
         fused = image_to_numpy(frame["fused"])
         height = fused.shape[0]
         tiles = [labelled_tile(to_bgr(image_to_numpy(visible_msg), visible_msg.encoding)[:, :, :3], "visible", height),
-                 labelled_tile(to_8bit(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
-                 labelled_tile(to_8bit(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
+                 labelled_tile(stretched_uint8(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
+                 labelled_tile(stretched_uint8(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
                  labelled_tile(fused, "fused", height),
                  labelled_tile(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
                  labelled_tile(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]

@@ -30,7 +30,7 @@ from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
-from ..evaluation.report import alignment_panel
+from ..evaluation.report import alignment_panel, stretched_uint8
 from ..evaluation.video import FusionVideo, video_frame
 from .common import add_pipeline_arguments, pipeline_from_args, positive
 
@@ -78,7 +78,7 @@ def write_result(out: Path, name: str, result) -> None:
     registered = result.registered_thermal
     if registered.dtype == np.float32:  # PNG holds no floats: keep the data as .npy next to an 8-bit view
         np.save(out / "registered" / f"{name}.npy", registered)
-        registered = cv2.normalize(np.nan_to_num(registered), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        registered = stretched_uint8(registered)
     cv2.imwrite(str(out / "fused" / f"{name}.png"), fused)
     cv2.imwrite(str(out / "registered" / f"{name}.png"), registered)
     cv2.imwrite(str(out / "pseudo" / f"{name}.png"), result.pseudo_thermal)

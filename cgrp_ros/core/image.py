@@ -45,6 +45,13 @@ def visible_to_bgr01(visible: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def check_percentiles(percentiles) -> None:
+    """InputError unless (low, high) satisfy 0 <= low < high <= 100: normalize_thermal's gain control."""
+    low, high = percentiles
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"thermal percentiles must satisfy 0 <= low < high <= 100, got {tuple(percentiles)}")
+
+
 def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bool = False) -> np.ndarray:
     """Thermal image (H x W; uint8, uint16 or float) -> H x W float32 in [0, 1].
 
@@ -58,9 +65,8 @@ def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bo
     if thermal.ndim == 3:  # a colour-mapped thermal: its luminance carries the signal
         thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY) if thermal.dtype == np.uint8 \
             else thermal[:, :, :3].mean(axis=2)
+    check_percentiles(percentiles)
     lo_p, hi_p = percentiles
-    if not 0.0 <= lo_p < hi_p <= 100.0:
-        raise InputError(f"thermal percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
     if thermal.dtype == np.uint8 and not agc_8bit:
         return thermal.astype(np.float32) / 255.0
     values = thermal.astype(np.float32)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (bgr_to_ycrcb, check_image, normalize_thermal, pad_to, resize, resize_homography,
+from .image import (bgr_to_ycrcb, check_image, check_percentiles, normalize_thermal, pad_to, resize, resize_homography,
                     to_uint8, visible_to_bgr01, working_shape, ycrcb_to_bgr)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
@@ -94,10 +94,7 @@ class Pipeline:
             raise InputError(f"working_size must be at least {MIN_WORKING_SIDE}x{MIN_WORKING_SIDE}, got {h}x{w}")
         if not 0.1 <= float(c.fusion_scale) <= 1.0:
             raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
-        low, high = c.thermal_percentiles
-        if not 0.0 <= low < high <= 100.0:  # checked per image too; a configuration error is better said once, now
-            raise InputError("thermal_percentiles must satisfy 0 <= low < high <= 100, "
-                             f"got {tuple(c.thermal_percentiles)}")
+        check_percentiles(c.thermal_percentiles)  # a configuration error: said once, now, not per image
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)

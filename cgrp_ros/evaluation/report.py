@@ -126,6 +126,13 @@ def _bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[:, :, :3]
 
 
+def stretched_uint8(image: np.ndarray) -> np.ndarray:
+    """A uint8 picture of a thermal image: uint8 as it is, 16-bit and float stretched min..max (NaN as 0)."""
+    if image.dtype == np.uint8:
+        return image
+    return cv2.normalize(np.nan_to_num(image.astype(np.float32)), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
 def _label(text: str, width: int) -> np.ndarray:
     strip = np.full((LABEL_HEIGHT, width, 3), 32, np.uint8)
     cv2.putText(strip, text, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)

@@ -117,12 +117,8 @@ def main(args=None) -> int:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PlayerNode()
-    except (CgrpError, ValueError) as exc:
+    except (CgrpError, ValueError, ParameterException) as exc:  # (Parameter: a wrong type or range)
         print(f"cgrp_player: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    except ParameterException as exc:  # a value of the wrong type or outside its range: one line, as cgrp_fusion
-        print(f"cgrp_player: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     spin_until_signal(node, until=lambda: node.done)
