@@ -55,9 +55,10 @@ def _compressed(types, payload: bytes, fmt, stamp_ns, frame):
     return Compressed(header=_header(types, stamp_ns, frame), format=fmt, data=np.frombuffer(payload, np.uint8))
 
 
-def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int | None = None):
-    """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed) pairs and a chatter topic;
-    returns (visible topic, thermal topic, visible stamps)."""
+def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int | None = None,
+              thermal_offset: int = THERMAL_OFFSET):
+    """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed, stamped `thermal_offset` ns after the
+    visible) pairs and a chatter topic; returns (visible topic, thermal topic, visible stamps)."""
     types = typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(path, version=9, storage_plugin=plugin)
@@ -78,12 +79,12 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
             v = _compressed(types, payload, "bgr8; jpeg compressed bgr8", stamp, "visible_camera")
             t16 = thermal.astype(np.uint16) * 257  # 16-bit radiometric thermal as PNG
             t = _compressed(types, cv2.imencode(".png", t16)[1].tobytes(), "mono16; png compressed mono16",
-                            stamp + THERMAL_OFFSET, "thermal_camera")
+                            stamp + thermal_offset, "thermal_camera")
         else:
             v = _raw(types, visible, "bgr8", stamp, "visible_camera")
-            t = _raw(types, thermal, "mono8", stamp + THERMAL_OFFSET, "thermal_camera")
+            t = _raw(types, thermal, "mono8", stamp + thermal_offset, "thermal_camera")
         writer.write(vis, stamp + 1_000_000, types.serialize_cdr(v, msgtype))
-        writer.write(th, stamp + THERMAL_OFFSET + 1_000_000, types.serialize_cdr(t, msgtype))
+        writer.write(th, stamp + thermal_offset + 1_000_000, types.serialize_cdr(t, msgtype))
         String = types.types["std_msgs/msg/String"]
         writer.write(chatter, stamp + 2_000_000, types.serialize_cdr(String(data="hi"), "std_msgs/msg/String"))
     writer.close()
@@ -193,6 +194,21 @@ def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
              "--out", tmp_path / "o")
     assert r.returncode == 2 and "exists already" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bag_whose_stamps_never_meet_says_by_how_much(tmp_path, sample_pairs):
+    """The thermal driver stamps 70 ms late (at the end of its exposure): nothing pairs within the default
+    slop of 50 ms, and the error names the offset to fix."""
+    visible_topic, thermal_topic, _ = write_bag(tmp_path / "in", small_pairs(sample_pairs)[:2], "mcap", False,
+                                                thermal_offset=70_000_000)
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "out")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert ("never came within --slop 0.05 s: the closest stamps are 0.070 s apart (thermal later; --slop 0.05 s)"
+            in r.stderr), r.stderr
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "out2", "--slop", "0.08")
+    assert r.returncode == 0 and "2 pair(s) fused" in r.stdout, r.stderr  # a slop above the offset it named pairs them
 
 
 def test_the_same_topic_for_both_cameras_is_refused(tmp_path, sample_pairs):

@@ -173,14 +173,13 @@ def test_stamps_jumping_backwards_recover_without_restart(harness):
 
 
 # -- stream faults ---------------------------------------------------------------------------------------
-def publish_for(h, seconds, visible=True, thermal=True, rate=4.0):
+def publish_for(h, seconds, visible=True, thermal=True, rate=4.0, thermal_offset=0.0):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        header = Header(stamp=h.stamp())
         if visible:
-            h.visible_pub.publish(numpy_to_image(h.visible, "bgr8", Image, header))
+            h.visible_pub.publish(numpy_to_image(h.visible, "bgr8", Image, Header(stamp=h.stamp())))
         if thermal:
-            h.thermal_pub.publish(numpy_to_image(h.thermal, "mono16", Image, header))
+            h.thermal_pub.publish(numpy_to_image(h.thermal, "mono16", Image, Header(stamp=h.stamp(thermal_offset))))
         h.spinner.spin(1.0 / rate)
 
 
@@ -193,6 +192,20 @@ def test_one_stream_stops_warns_then_ok_when_it_resumes(harness):
         publish_for(harness, 0.5)
     status = harness.last_diagnostic()
     assert status.level == DiagnosticStatus.OK and status.message == "fusing", status.message
+
+
+def test_stamps_that_never_meet_are_reported_with_their_offset(harness):
+    """A thermal driver stamping 0.12 s late (beyond the slop of 0.05 s): both streams arrive, nothing
+    pairs, and /diagnostics says by how much, so the fix (slop, or the driver) is obvious."""
+    publish_for(harness, STREAM_TIMEOUT + 1.5, thermal_offset=0.12)
+    status = harness.last_diagnostic()
+    assert status.level == DiagnosticStatus.WARN and "no synchronized pair for" in status.message, status.message
+    values = {kv.key: kv.value for kv in status.values}
+    assert 0.11 <= float(values["stamp offset s"]) <= 0.13, values["stamp offset s"]  # thermal later
+    assert re.search(r"the closest stamps are 0\.1[123]\d s apart \(thermal later; slop 0\.05 s\)", status.message)
+    still_fusing(harness)
+    harness.wait_for(lambda: abs(float(harness.diagnostic_value("stamp offset s"))) < 0.01, 5.0,
+                     "the stamp offset of pairs that meet")
 
 
 def test_both_streams_stop_node_idles(harness):

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from cgrp_ros.ros import sync
-from cgrp_ros.ros.sync import THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer
+from cgrp_ros.ros.sync import (THERMAL, VISIBLE, ApproximateTimePairs, LatestPairSlot, PairSynchronizer, StampOffset,
+                               describe_offset)
 
 # "active" is meant to run message_filters' synchroniser; without it, it would run the built-in one
 # a second time, so it skips and the report shows the gap
@@ -71,6 +72,29 @@ def test_recovers_when_stamps_jump_backwards(use_mf):
         s.add(THERMAL, msg(100.0 + i + 0.01, f"u{i}"))
     assert pairs[-3:] == [("w0", "u0"), ("w1", "u1"), ("w2", "u2")]
     assert s.resets >= 1
+
+
+def test_stamp_offset_is_the_closest_pair_of_recent_stamps():
+    s, pairs = collect(False)
+    assert s.offset.closest() is None
+    for i in range(3):  # 1 Hz, the thermal stamped 0.3 s late: nothing pairs within 0.05 s
+        s.add(VISIBLE, msg(20.0 + i))
+        s.add(THERMAL, msg(20.3 + i))
+    assert pairs == [] and s.offset.closest() == pytest.approx(0.3)
+    early = StampOffset()
+    for i in range(3):
+        early.add(VISIBLE, int((30.0 + i) * 1e9))
+        early.add(THERMAL, int((29.8 + i) * 1e9))  # 0.2 s early (and 0.8 s late for the frame before)
+    assert early.closest() == pytest.approx(-0.2)
+    s.add(VISIBLE, msg(1.0))  # a backwards jump forgets the old timeline's stamps too
+    assert s.offset.closest() is None
+
+
+def test_an_offset_beyond_the_slop_is_described():
+    assert describe_offset(None, 0.05) is None and describe_offset(0.04, 0.05) is None
+    assert describe_offset(0.3, 0.05) == "the closest stamps are 0.300 s apart (thermal later; slop 0.05 s)"
+    assert describe_offset(-0.3, 0.05, "--slop") == "the closest stamps are 0.300 s apart (visible later; --slop 0.05 s)"
+    assert describe_offset(1.7e9, 0.05).endswith(": the cameras stamp from different clocks")
 
 
 def test_active_implementation_is_reported():

@@ -135,6 +135,17 @@ def write_registration_csv(path: Path, rows: list) -> None:
         writer.writerows(rows)
 
 
+def no_pair_reason(args, summary, slop: float) -> str:
+    """Why a bag gave no pair: its messages were bad, or its stamps never met (by how much)."""
+    from ..ros.sync import describe_offset
+
+    if summary.skipped:
+        return "no pair fused"
+    why = describe_offset(summary.stamp_offset, slop, "--slop")
+    return (f"no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' never came within "
+            f"--slop {slop:g} s" + (f": {why}" if why else ""))
+
+
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
     from ..ros.bag import BagTopics, fuse_bag
@@ -182,9 +193,7 @@ def run_bag(args) -> int:
         print(f"cgrp fuse: {video.summary()}")
     print(f"cgrp fuse: {summary.line()}; written to {args.out}")
     if not summary.pairs:
-        print(f"cgrp fuse: error: no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' "
-              f"never came within --slop {slop:g} s" if not summary.skipped else
-              "cgrp fuse: error: no pair fused", file=sys.stderr)
+        print(f"cgrp fuse: error: {no_pair_reason(args, summary, slop)}", file=sys.stderr)
         return 1
     return 1 if summary.skipped else 0
 

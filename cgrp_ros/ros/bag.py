@@ -169,6 +169,7 @@ class BagSummary:
     written: dict = field(default_factory=dict)  # topic -> messages written
     problems: list = field(default_factory=list)  # the first few problem texts
     resets: int = 0                # synchronizer resets (stamps that jumped backwards)
+    stamp_offset: float | None = None  # s, thermal - visible at the end of the bag (sync.StampOffset)
 
     def count(self, kind: str, text: str):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -235,6 +236,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
         summary.messages = tuple(read)
         summary.written = dict(writer.counts)
         summary.resets = sync.resets
+        summary.stamp_offset = sync.offset.closest()
     return summary
 
 

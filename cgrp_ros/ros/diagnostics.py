@@ -14,6 +14,8 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from .sync import describe_offset
+
 STREAM_NAMES = ("visible", "thermal")
 
 
@@ -78,8 +80,9 @@ def diagnose(node):
     if silent:
         return DiagnosticStatus.WARN, f"{silent[0]} silent for more than {timeout:g} s"
     if now - stats.last_pair > timeout:
-        return (DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s "
-                f"(stamps further apart than slop {node.values['slop']} s?)")
+        why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
+               or f"stamps further apart than slop {node.values['slop']} s?")
+        return DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s ({why})"
     old_received, old_dropped = node.drop_history[0]
     if received - old_received >= 5:
         rate = (dropped - old_dropped) / (received - old_received)
@@ -114,12 +117,16 @@ def diagnostic_values(node) -> dict:
         "published": str(s.published), "bad messages": str(s.bad_messages), "bad pairs": str(s.bad_pairs),
         "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
         "constant images": str(s.constant_images), "synchronizer resets": str(node.sync.resets),
-        "synchronizer": node.sync.implementation,
+        "synchronizer": node.sync.implementation, "stamp offset s": stamp_offset_value(node.sync.offset.closest()),
         "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
         "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
         "fallback pairs": str(s.fallback_pairs),
         **rig_values(node),
     }
+
+
+def stamp_offset_value(offset: float | None) -> str:
+    return "n/a" if offset is None else f"{offset:+.3f}"
 
 
 def rig_values(node) -> dict:

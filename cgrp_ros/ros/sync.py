@@ -5,12 +5,16 @@ policy of message_filters: ``message_filters.ApproximateTimeSynchronizer`` when 
 else ``ApproximateTimePairs``, this package's equivalent for two streams. Either way a stamp that
 jumps backwards (a looping bag, a restarted driver) clears the queues so pairing resumes at once.
 
+``StampOffset`` measures how far apart the two streams' stamps are, so that "nothing pairs" can say
+by how much (cameras on different clocks, a driver stamping at the end of the exposure).
+
 ``LatestPairSlot`` is the single-slot handoff to the worker: a new pair replaces one that the
 worker has not taken yet (the replaced pair is counted as dropped), so the worker always gets
 the freshest pair and never builds a backlog.
 """
 from __future__ import annotations
 
+import collections
 import threading
 
 try:
@@ -73,6 +77,45 @@ class ApproximateTimePairs:
             queue.clear()
 
 
+class StampOffset:
+    """The stamp offset between the streams, thermal minus visible, in seconds: each stream's newest
+    header stamp against the nearest of the other stream's last ``keep``, the closer of the two (None
+    until both streams have stamps). Thread-safe: the subscriptions add, the diagnostics read."""
+
+    def __init__(self, keep: int = 16):
+        self._lock = threading.Lock()
+        self._stamps = (collections.deque(maxlen=keep), collections.deque(maxlen=keep))  # ns per stream
+
+    def add(self, stream: int, stamp: int) -> None:
+        with self._lock:
+            self._stamps[stream].append(stamp)
+
+    def clear(self) -> None:
+        with self._lock:
+            for stamps in self._stamps:
+                stamps.clear()
+
+    def closest(self) -> float | None:
+        with self._lock:
+            visible, thermal = list(self._stamps[VISIBLE]), list(self._stamps[THERMAL])
+        if not visible or not thermal:
+            return None
+        offsets = [min((t - visible[-1] for t in thermal), key=abs), min((thermal[-1] - v for v in visible), key=abs)]
+        return min(offsets, key=abs) * 1e-9
+
+
+def describe_offset(offset: float | None, slop: float, slop_name: str = "slop") -> str | None:
+    """Why nothing pairs, from StampOffset.closest() (s) and the slop (s): 'the closest stamps are 0.320 s
+    apart (thermal later; slop 0.05 s)'; None when unknown or within the slop."""
+    if offset is None or abs(offset) <= slop:
+        return None
+    later = "thermal" if offset > 0 else "visible"
+    text = f"the closest stamps are {abs(offset):.3f} s apart ({later} later; {slop_name} {slop:g} s)"
+    if abs(offset) > 3600.0:  # not latency: another epoch (time since boot, a zero stamp, sim time on one side)
+        text += ": the cameras stamp from different clocks"
+    return text
+
+
 class _MessageFiltersPairs:
     """The same interface over message_filters.ApproximateTimeSynchronizer."""
 
@@ -105,6 +148,7 @@ class PairSynchronizer:
         self._policy = self._make()
         self._last_stamp = [None, None]
         self.resets = 0  # how often a backwards jump cleared the queues
+        self.offset = StampOffset()  # how far apart the streams' stamps are, paired or not
 
     def add(self, stream: int, msg) -> None:
         stamp = stamp_ns(msg)
@@ -113,12 +157,14 @@ class PairSynchronizer:
             # time went backwards on this stream: queued messages belong to the old timeline
             self.reset()
         self._last_stamp[stream] = stamp
+        self.offset.add(stream, stamp)
         self._policy.add(stream, msg)
 
     def reset(self) -> None:
         """Forget every queued message (a fresh policy: message_filters has no clear())."""
         self._policy = self._make()
         self._last_stamp = [None, None]
+        self.offset.clear()
         self.resets += 1
 
 
