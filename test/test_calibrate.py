@@ -236,6 +236,22 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
 
 
+def test_calibrate_bag_skips_pairs_stamped_apart(aligned_pairs, tmp_path, capsys):
+    """A thermal stamped 70 ms after the visible (beyond --slop 0.05 s): on a moving robot the two saw
+    different scenes, so no pair is used, and the error says by how much the stamps miss."""
+    from test_bag import THERMAL, VISIBLE, write_bag
+
+    write_bag(tmp_path / "bag", [(v, t) for _, v, t in aligned_pairs[:2]], "mcap", compressed=False,
+              thermal_offset=70_000_000)
+    out = tmp_path / "rig.yaml"
+    assert cgrp(["calibrate", "--bag", tmp_path / "bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
+                 "--out", out, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no visible message has a thermal message within --slop 0.05 s: the closest stamps are 0.070 s apart " \
+           "(thermal later; --slop 0.05 s)" in err, err
+    assert not out.exists()
+
+
 def test_eval_rig_calibrate_scores_a_wider_visible_view(aligned_pairs, tmp_path):
     """`cgrp eval --rig --calibrate --edge-fit --mi-fit`: the data set becomes one rig with a 1.6x wider
     visible view at 2x the pixels; the report has the corner error (far below the plain resize's), the

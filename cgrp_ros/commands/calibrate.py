@@ -18,6 +18,8 @@ import cv2
 from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image
+from ..core.errors import CgrpError
+from ..ros.sync import DEFAULT_SLOP, describe_offset
 from .common import non_negative, positive, size_arg, unwritable_reason
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
@@ -38,6 +40,9 @@ def add_arguments(p):
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 (bag folder, .db3 or .mcap): each visible message with the "
                    "thermal message nearest in stamp")
+    g.add_argument("--slop", type=non_negative(float), default=DEFAULT_SLOP, metavar="S",
+                   help="with --bag: skip a visible message whose nearest thermal is stamped more than S seconds "
+                   "away (on a moving robot the two saw different scenes; default: cgrp_fusion's, %(default)g)")
     g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--every", type=positive(int), default=1, metavar="N",
@@ -64,15 +69,24 @@ def _loader(path, flags):
     return lambda: read_image(path, flags)
 
 
-def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1) -> list:
-    """[(name, load visible, load thermal)] of a bag's pairs (cgrp_player's BagSource, no rclpy)."""
+def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP) -> list:
+    """[(name, load visible, load thermal)] of a bag's pairs (cgrp_player's BagSource, no rclpy): each
+    visible message with the nearest thermal, if stamped within `slop` seconds."""
     from ..ros.sources import BagSource
 
     source = BagSource(bag, visible_topic, thermal_topic)  # bag/topic problems: BagError/CgrpError, exit 2
     if source.skipped:
         print(f"cgrp calibrate: {source.skipped} unreadable message(s) in the bag skipped", file=sys.stderr)
+    offsets = [(thermal - visible) * 1e-9 for visible, thermal in map(source.stamps, range(len(source)))]
+    within = [index for index, offset in enumerate(offsets) if abs(offset) <= slop]
+    if not within:
+        why = describe_offset(min(offsets, key=abs), slop, "--slop")
+        raise CgrpError(f"bag '{bag}': no visible message has a thermal message within --slop {slop:g} s: {why}")
+    if len(within) < len(source):
+        print(f"cgrp calibrate: {len(source) - len(within)} visible message(s) without a thermal within --slop "
+              f"{slop:g} s skipped", file=sys.stderr)
     return [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
-            for index in range(0, len(source), every)]
+            for index in within[::every]]
 
 
 def run(args) -> int:
@@ -134,7 +148,7 @@ def input_pairs(args) -> list | None:
             print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
                   "--visible/--thermal", file=sys.stderr)
             return None
-        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every))
+        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every), args.slop)
     else:
         if args.visible is None or args.thermal is None:
             print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
