@@ -178,15 +178,19 @@ class Pipeline:
 
     def _fused_outputs(self, f, fused_w, visible_y):
         """(fused uint8, fused_color uint8 or None): the network's fused luminance plus the visible
-        detail above the resolution it ran at, with the visible chroma when it has colour."""
-        ycrcb = bgr_to_ycrcb(f.vis01)
-        detail = self._to_visible(f, fused_w) - self._to_visible(f, visible_y)
-        fused_y = np.clip(ycrcb[:, :, 0] + detail, 0.0, 1.0)
+        detail above the resolution it ran at, with the visible chroma when it has colour.
+
+        The colour image is the visible one with its luminance changed: in YCrCb every channel of
+        B, G, R moves by the luminance's change, so it is added to them (no round trip through
+        YCrCb: a full-resolution frame path costs half as much)."""
+        y = cv2.cvtColor(f.vis01, cv2.COLOR_BGR2GRAY)  # the Y of YCrCb (same weights)
+        fused_y = y + self._to_visible(f, fused_w - visible_y)
+        np.clip(fused_y, 0.0, 1.0, out=fused_y)
         fused_color = None
         if f.visible.ndim == 3:
-            ycrcb[:, :, 0] = fused_y
-            fused_color = to_uint8(ycrcb_to_bgr(ycrcb))
-        return to_uint8(fused_y), fused_color
+            change = cv2.cvtColor(fused_y - y, cv2.COLOR_GRAY2BGR)  # (faster than numpy's broadcast)
+            fused_color = to_uint8(cv2.add(f.vis01, change, dst=change), overwrite=True)
+        return to_uint8(fused_y, overwrite=True), fused_color
 
     def thermal_in_visible(self, thermal: np.ndarray, flow: np.ndarray):
         """The raw thermal (h x w, or a colour-mapped h x w x 3: its luminance) resampled into the visible
