@@ -7,7 +7,7 @@ import numpy as np
 from cgrp_ros.cli import main
 from cgrp_ros.evaluation.bench import PEERS, bench_input, bench_markdown, bench_targets, ecc_blend, homography_blend
 from cgrp_ros.evaluation.evaluate import luminance, misaligned_sample
-from cgrp_ros.ros.bench import ros_markdown
+from cgrp_ros.ros.bench import camera_sequence, ros_markdown
 
 
 def test_bench_measures_the_peers_beside_cgrp(tmp_path):
@@ -37,6 +37,23 @@ def test_the_bench_times_a_real_pair_misaligned_as_asked():
     # a real scene (not flat), and the `severe` preset moved the thermal
     assert aligned.std() > 20 and np.abs(thermal.astype(int) - aligned).mean() > 10
     assert "FLIR_00233" in description and "`severe`" in description
+
+
+def test_the_bench_times_your_cameras_resolutions(tmp_path):
+    """--cameras: the frame is timed at the cameras' resolutions (its full-resolution work included), the
+    networks still at the working size; the ROS bench plays the sequence at those resolutions."""
+    visible, thermal, description = bench_input((64, 96), cameras=((270, 480), (128, 160)))
+    assert visible.shape == (270, 480, 3) and thermal.shape == (128, 160)
+    assert "resized to the cameras: visible 480x270, thermal 160x128" in description
+    out = tmp_path / "bench"
+    assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
+                 "--no-startup", "--cameras", "270x480,128x160", "--out", str(out)]) == 0
+    assert "visible 480x270, thermal 160x128" in json.loads((out / "bench.json").read_text())["input"]
+    folder, played = camera_sequence(tmp_path / "ros", ((90, 160), (60, 80)))
+    frames = sorted((folder / "visible").iterdir())
+    assert len(frames) == 10 and cv2.imread(str(frames[0])).shape == (90, 160, 3)
+    assert cv2.imread(str(sorted((folder / "thermal").iterdir())[0]), cv2.IMREAD_UNCHANGED).shape[:2] == (60, 80)
+    assert played.endswith("visible 160x90, thermal 80x60")
 
 
 def _document(cgrp_ms: float, peer_ms: dict) -> dict:

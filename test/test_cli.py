@@ -273,7 +273,8 @@ def test_eval_rig_refuses_pictures_that_are_not_one_video(sample_dir, tmp_path):
     (["demo", "--rate", "x"], "argument --rate: expected a number"), (["eval", "--seed", "-1"], "must be >= 0"),
     (["eval", "--limit", "0"], "must be > 0"), (["fuse", "--limit", "0"], "must be > 0"),
     (["calibrate", "--refinements", "-1"], "must be >= 0"), (["calibrate", "--every", "0"], "must be > 0"),
-    (["bench", "--ros", "--duration", "0"], "must be > 0"), (["train", "fusion", "--threads", "-1"], "must be > 0"),
+    (["bench", "--ros", "--duration", "0"], "must be > 0"),
+    (["bench", "--cameras", "1080x1920,512x640,256x320"], "expected HxW or HxW,HxW (visible, thermal)"), (["train", "fusion", "--threads", "-1"], "must be > 0"),
     (["train", "global", "--preset", "wild"], "unknown preset 'wild'"),
     (["train", "fusion", "--device", "tpu"], "invalid choice: 'tpu'")])
 def test_counts_and_rates_are_checked_when_parsed(command, words, capsys):

@@ -1,6 +1,7 @@
 """cgrp bench: per-stage latency, fps and memory for every backend/device; --ros: the node over ROS 2."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,14 @@ HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of eve
 def sizes_arg(text: str):
     """'256x320,512x640' -> [(256, 320), (512, 640)]."""
     return [size_arg(part) for part in text.split(",") if part.strip()]
+
+
+def cameras_arg(text: str):
+    """'1080x1920,512x640' -> ((1080, 1920), (512, 640)); one size: both cameras."""
+    sizes = sizes_arg(text)
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected HxW or HxW,HxW (visible, thermal), got '{text}'")
+    return sizes[0], sizes[-1]
 
 
 def add_arguments(p):
@@ -34,6 +43,11 @@ def add_arguments(p):
     p.add_argument("--deform", default="moderate", choices=["none", "mild", "moderate", "severe"],
                    help="misalignment of the thermal: of the timed pair (the first bundled pair, resized to each "
                         "working size) or, with --ros, of the played sequence, one for all frames (default: moderate)")
+    p.add_argument("--cameras", type=cameras_arg, default=None, metavar="HxW[,HxW]",
+                   help="the resolutions of your visible [and thermal] camera, e.g. 1080x1920,512x640: the timed "
+                        "pair (or the played sequence) is resized to them, so full-resolution conversions and "
+                        "outputs are timed too (default: the working size; with --ros the sequence as stored, "
+                        "320x240)")
     g = p.add_argument_group("ROS 2 (--ros)")
     g.add_argument("--ros", action="store_true",
                    help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")
@@ -75,13 +89,14 @@ def run(args) -> int:
         available = [c for c in configs if c.available]
         if not available:
             raise CgrpError("none of the selected configurations is available on this machine")
-        document = run_ros_bench(available[0], args.sizes[0], args.rate, args.duration, args.deform, args.out)
+        document = run_ros_bench(available[0], args.sizes[0], args.rate, args.duration, args.deform, args.out,
+                                 cameras=args.cameras)
         document["machine"] = machine
         name, table = "bench_ros", ros_markdown(document)
     else:
         document = run_benchmarks(configs, args.sizes, args.runs, args.warmup,
                                   progress=lambda text: print(f"cgrp bench: {text}", flush=True),
-                                  startup=not args.no_startup, deform=args.deform)
+                                  startup=not args.no_startup, deform=args.deform, cameras=args.cameras)
         document["machine"] = machine
         document["targets"] = [dict(target=t, verdict=v) for t, v in bench_targets(document)]
         name, table = "bench", bench_markdown(document)

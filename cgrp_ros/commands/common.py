@@ -17,7 +17,7 @@ def size_arg(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x320, got '{text}'") from None
     if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError("working size must be at least 32x32")
+        raise argparse.ArgumentTypeError(f"expected at least 32x32, got '{text}'")
     return h, w
 
 

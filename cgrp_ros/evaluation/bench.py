@@ -86,17 +86,22 @@ def configurations() -> list[Config]:
     return configs
 
 
-def bench_input(size, deform: str = "moderate", seed: int = 0):
-    """(visible H x W x 3 BGR uint8, thermal H x W uint8, description): the pair the bench times at
-    working size `size` (H, W), from `misaligned_sample` (the first bundled pair, misaligned by `deform`)."""
+def bench_input(size, deform: str = "moderate", seed: int = 0, cameras=None):
+    """(visible H x W x 3 BGR uint8, thermal uint8, description): the pair the bench times at working size
+    `size` (H, W), from `misaligned_sample` (the first bundled pair, misaligned by `deform`). Both are
+    resized to the working size, or with `cameras` ((visible H, W), (thermal H, W)) to the cameras'
+    resolutions: the frame then pays for its full-resolution conversions and outputs as a node's does."""
+    from ..core.image import resize
     from .evaluate import misaligned_sample
 
     name, visible, thermal = misaligned_sample(deform, seed)
-    height, width = size
+    visible_size, thermal_size = cameras or (size, size)
+    what = ("both resized to the working size" if cameras is None else
+            f"resized to the cameras: visible {visible_size[1]}x{visible_size[0]}, "
+            f"thermal {thermal_size[1]}x{thermal_size[0]}")
     description = (f"bundled pair {name} ({visible.shape[1]}x{visible.shape[0]}), thermal misaligned `{deform}` "
-                   f"(seed {seed}), both resized to the working size")
-    return (cv2.resize(visible, (width, height), interpolation=cv2.INTER_AREA),
-            cv2.resize(thermal, (width, height), interpolation=cv2.INTER_AREA), description)
+                   f"(seed {seed}), {what}")
+    return resize(visible, visible_size), resize(thermal, thermal_size), description
 
 
 def _proc_status_kib(field: str):
@@ -317,12 +322,13 @@ STARTUP_TARGET_S = 3.0  # an onnxruntime Pipeline with a warm cache (issue 11)
 
 
 def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=None, startup: bool = True,
-                   peers: bool = True, deform: str = "moderate") -> dict:
+                   peers: bool = True, deform: str = "moderate", cameras=None) -> dict:
     """Every available config at every size; unavailable ones are listed with their reason.
     `startup`: also the start-up time of every available config (`startup_times`);
     `peers`: also every peer (PEERS) at every size, same runs and warm-up (document key 'peers');
-    `deform`: the misalignment of the timed pair's thermal (`bench_input`; document key 'input')."""
-    pairs = {size: bench_input(size, deform) for size in sizes}
+    `deform`, `cameras`: the misalignment of the timed pair's thermal and the cameras' resolutions
+    (`bench_input`; document key 'input')."""
+    pairs = {size: bench_input(size, deform, cameras=cameras) for size in sizes}
     startup_rows = []
     if startup:
         if progress:

@@ -6,8 +6,9 @@ time from the visible input stamp (set by the player at publish time) to the arr
 ``/cgrp_fusion/fused`` message here; the output rate counts fused messages over the measured
 window (and its ratio to the input rate). Only ``fused`` is subscribed, so the node skips the outputs
 nobody listens to. The player loops the bundled sequence (``sample/sequence``: ten consecutive frames
-of one M3SVD scene, 320x240) misaligned by ONE fixed transform (``fixed_rig``), as a rigid rig is, and
-the node runs with its default parameters (self-calibration, registration_rate 1 Hz).
+of one M3SVD scene, 320x240; with ``cameras``, resized to the resolutions of the user's cameras) misaligned
+by ONE fixed transform (``fixed_rig``), as a rigid rig is, and the node runs with its default parameters
+(self-calibration, registration_rate 0.5 Hz).
 
 Start-up as a user sees it: seconds from launching ``cgrp_fusion`` (the player is launched right
 after it) to the first ``/cgrp_fusion/fused`` message received here (``first_output_s``).
@@ -17,10 +18,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..core.data import sample_dir
 from ..core.errors import CgrpError
+from ..core.image import resize
 from ..evaluation.report import markdown_table
 from .node_processes import node_command, node_exit, private_dds, start_nodes, stop_processes
 
@@ -30,10 +33,28 @@ LATENCY_P50_TARGET_MS = 80.0
 FIRST_OUTPUT_TARGET_S = 5.0  # node launched -> first fused message
 
 
+def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
+    """(folder with visible/ and thermal/, description) of the sequence the ROS bench plays: the bundled
+    one (ten consecutive M3SVD frames, 320x240), or with `cameras` ((visible H, W), (thermal H, W)) the
+    same frames resized to those resolutions, written under `out` (PNG: lossless, decoded once)."""
+    sequence = sample_dir() / "sequence"
+    if cameras is None:
+        return sequence, "the bundled sequence as stored (320x240 both)"
+    target = out / "sequence_{}x{}_{}x{}".format(*cameras[0], *cameras[1])
+    for stream, size in zip(("visible", "thermal"), cameras):
+        (target / stream).mkdir(parents=True, exist_ok=True)
+        for path in sorted((sequence / stream).iterdir()):
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(image, size))
+    (vh, vw), (th, tw) = cameras
+    return target, f"the bundled sequence resized to the cameras: visible {vw}x{vh}, thermal {tw}x{th}"
+
+
 def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, deform: str = "moderate",
-                  out: Path = Path("out/bench"), startup_timeout: float = 120.0) -> dict:
-    """Play the bundled sample at `rate` Hz through the node: latency (ms), output rate (Hz) and its
-    ratio to the input rate, seconds from launching the node to its first fused message."""
+                  out: Path = Path("out/bench"), startup_timeout: float = 120.0, cameras=None) -> dict:
+    """Play the bundled sequence at `rate` Hz through the node (at the cameras' resolutions with
+    `cameras`, see camera_sequence): latency (ms), output rate (Hz) and its ratio to the input rate,
+    seconds from launching the node to its first fused message."""
     private_dds()
     try:
         import rclpy
@@ -47,11 +68,11 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     node_params = {"backend": config.backend, "device": config.device, "fp16": str(config.fp16).lower(),
                    "working_size": f"[{size[0]},{size[1]}]", **RELIABLE_INPUTS, "outputs": "[fused]",
                    "stats_period": 0.0}
-    # a real video of one rig (the bundled 10-frame M3SVD sequence, 320x240), misaligned once for all frames
-    sequence = sample_dir() / "sequence"
+    # a real video of one rig (the bundled 10-frame M3SVD sequence), misaligned once for all frames
+    out.mkdir(parents=True, exist_ok=True)
+    sequence, played = camera_sequence(out, cameras)
     player_params = {"rate": rate, "deform": deform, "fixed_rig": "true", "reliable": "true", "seed": 0,
                      "visible_dir": str(sequence / "visible"), "thermal_dir": str(sequence / "thermal")}
-    out.mkdir(parents=True, exist_ok=True)
     rclpy.init()
     node = rclpy.create_node("cgrp_bench")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -96,7 +117,7 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     stats = lambda a: dict(p50=float(np.percentile(a, 50)), p95=float(np.percentile(a, 95)),  # noqa: E731
                            mean=float(a.mean())) if a.size else None
     input_hz, output_hz = len(inputs) / window, len(fused) / window
-    return dict(config=config.label, size="{}x{}".format(*size), player_rate_hz=rate, deform=deform,
+    return dict(config=config.label, size="{}x{}".format(*size), player_rate_hz=rate, deform=deform, played=played,
                 measured_s=window, input_rate_hz=input_hz, output_rate_hz=output_hz,
                 output_input_ratio=output_hz / input_hz if input_hz else None,
                 first_output_s=first_output[0] - launched, outputs=len(fused), latency_ms=stats(latencies),
@@ -134,4 +155,6 @@ def ros_markdown(document: dict) -> str:
              "cgrp_fusion (the player launched right after it) to the first fused message received, model "
              "loading and warm-up included.")
     targets = [f"- {target}: {verdict}" for target, verdict in ros_targets(document)]
-    return "\n".join([markdown_table(header, [row]), "", notes, "", "Targets:", ""] + targets)
+    played = [f"Played: {document['played']}, thermal misaligned `{document['deform']}` (one fixed transform).", ""] \
+        if document.get("played") else []
+    return "\n".join(played + [markdown_table(header, [row]), "", notes, "", "Targets:", ""] + targets)
