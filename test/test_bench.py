@@ -49,6 +49,7 @@ def test_the_bench_times_your_cameras_resolutions(tmp_path):
     assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
                  "--no-startup", "--cameras", "270x480,128x160", "--out", str(out)]) == 0
     assert "visible 480x270, thermal 160x128" in json.loads((out / "bench.json").read_text())["input"]
+    assert "Targets: not checked: they are set for inputs at the working size" in (out / "bench.md").read_text()
     folder, played = camera_sequence(tmp_path / "ros", ((90, 160), (60, 80)))
     frames = sorted((folder / "visible").iterdir())
     assert len(frames) == 10 and cv2.imread(str(frames[0])).shape == (90, 160, 3)

@@ -200,9 +200,11 @@ class Pipeline:
         hv, wv = flow.shape[:2]
         v2t = self.visible_to_thermal((hv, wv), thermal.shape[:2])
         map_x, map_y = sample_maps(flow)
-        if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product
-            map_x = map_x * np.float32(v2t[0, 0]) + np.float32(v2t[0, 2])
-            map_y = map_y * np.float32(v2t[1, 1]) + np.float32(v2t[1, 2])
+        if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product (in place)
+            map_x *= np.float32(v2t[0, 0])
+            map_x += np.float32(v2t[0, 2])
+            map_y *= np.float32(v2t[1, 1])
+            map_y += np.float32(v2t[1, 2])
         else:
             pts = v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
             map_x = (pts[0] / pts[2]).reshape(hv, wv).astype(np.float32)
