@@ -88,11 +88,6 @@ def bgr_to_ycrcb(bgr01: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(bgr01.astype(np.float32), cv2.COLOR_BGR2YCrCb)
 
 
-def ycrcb_to_bgr(ycrcb01: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`bgr_to_ycrcb`, clipped to [0, 1]."""
-    return np.clip(cv2.cvtColor(ycrcb01.astype(np.float32), cv2.COLOR_YCrCb2BGR), 0.0, 1.0)
-
-
 def to_uint8(image01: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Float image in [0, 1] -> uint8 (rounded). `overwrite`: scale `image01` itself, a float
     temporary the caller no longer needs (no copy: a full-resolution frame is several ms less)."""

@@ -22,7 +22,7 @@ import numpy as np
 from .backends import make_backend
 from .errors import InputError
 from .image import (bgr_to_ycrcb, check_image, check_percentiles, normalize_thermal, pad_to, resize, resize_homography,
-                    to_uint8, visible_to_bgr01, working_shape, ycrcb_to_bgr)
+                    to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy

@@ -1,7 +1,7 @@
 """rosbag2 recordings without ROS: read two camera topics, fuse them like cgrp_fusion, write MCAP.
 
     with BagTopics(path, "/camera/image_raw", "/thermal/image_raw/compressed") as bag:
-        for stream, timestamp, raw, msg in bag.messages(): ...   # VISIBLE | THERMAL, log time ns, CDR bytes, message
+        for stream, timestamp, raw, msg in bag.messages(): ...   # sync.VISIBLE | THERMAL, log time ns, CDR bytes, message
 
     summary = fuse_bag(stream_pipeline, "in_bag", "/cam", "/thermal", "out_bag", progress=tqdm)
 
@@ -22,7 +22,7 @@ import numpy as np
 from ..core.errors import CgrpError, InputError
 from .fusion_outputs import fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
-from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, THERMAL, VISIBLE, PairSynchronizer, stamp_ns
+from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, PairSynchronizer, stamp_ns
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
