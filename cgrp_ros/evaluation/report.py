@@ -167,14 +167,17 @@ def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray, seen: np.ndarray | 
     def strength(image, where=None):
         magnitude = M.gradient_magnitude(image, sigma)
         if where is not None:
-            magnitude = magnitude * where
-        return np.clip(magnitude * (255.0 / (np.percentile(magnitude, 98) + 1e-6)), 0, 255).astype(np.uint8)
+            magnitude *= where
+        # the percentile of at most ~65k evenly spread pixels: the same scale, a fraction of the time on a
+        # camera's full resolution (this picture is drawn per frame by the node's ~/alignment_vis)
+        sample = magnitude.ravel()[::max(1, magnitude.size // 65536)]
+        return cv2.convertScaleAbs(magnitude, alpha=255.0 / (np.percentile(sample, 98) + 1e-6))  # saturated uint8
     inside = None
     if seen is not None:  # a few pixels in from the footprint's border, past the blur of its edge
         margin = 2 * int(np.ceil(2 * sigma)) + 1
         inside = cv2.erode(seen.astype(np.uint8), np.ones((margin, margin), np.uint8)).astype(np.float32)
     visible, thermal = strength(visible_y), strength(thermal, inside)
-    return np.dstack((thermal, visible, thermal))
+    return cv2.merge((thermal, visible, thermal))
 
 
 VIDEO_TILE_HEIGHT = 360   # px, fusion_frame's tiles
