@@ -34,6 +34,22 @@ def test_outputs_follow_the_visible_resolution(cpu_pipeline, sample_pairs, shape
     _check(cpu_pipeline(visible, thermal), shape, np.uint8, colour=True)
 
 
+def test_fused_colour_keeps_the_visible_chroma_and_carries_the_fused_luminance(cpu_pipeline, sample_pairs):
+    """The colour output is the visible image with its luminance replaced by the fused one: in YCrCb its
+    Y is the grey fused image and its Cr, Cb the visible image's (within rounding), where no channel of
+    B, G, R had to be clipped."""
+    _, visible, thermal = sample_pairs[0]
+    visible = (visible.astype(np.float32) * 0.5 + 64).astype(np.uint8)  # mid-range: room for the change
+    result = cpu_pipeline(visible, thermal)
+    fused = cv2.cvtColor(result.fused_color, cv2.COLOR_BGR2YCrCb).astype(int)
+    original = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb).astype(int)
+    unclipped = ((result.fused_color > 0) & (result.fused_color < 255)).all(axis=2)
+    assert unclipped.mean() > 0.95
+    assert np.abs(fused[:, :, 0] - result.fused.astype(int))[unclipped].max() <= 1
+    assert np.abs(fused[:, :, 1:] - original[:, :, 1:])[unclipped].max() <= 1
+    assert np.abs(result.fused.astype(int) - original[:, :, 0]).mean() > 2  # (the luminance did change)
+
+
 def test_thermal_bit_depths_and_mono_visible(cpu_pipeline, sample_pairs):
     _, visible, thermal = sample_pairs[1]
     radiometric = (thermal.astype(np.uint16) * 40 + 20000)  # 16-bit camera counts
