@@ -7,7 +7,8 @@ import numpy as np
 from cgrp_ros.cli import main
 from cgrp_ros.evaluation.bench import PEERS, bench_input, bench_markdown, bench_targets, ecc_blend, homography_blend
 from cgrp_ros.evaluation.evaluate import luminance, misaligned_sample
-from cgrp_ros.ros.bench import camera_sequence, ros_markdown
+from cgrp_ros.ros.bench import ros_markdown
+from cgrp_ros.ros.node_processes import camera_sequence
 
 
 def test_bench_measures_the_peers_beside_cgrp(tmp_path):

@@ -108,3 +108,18 @@ def test_a_node_that_dies_is_named_with_its_exit_code_and_log(tmp_path):
     assert node_exit(Process(None), Process(None), tmp_path, "ros_") is None
     message = node_exit(Process(None), Process(2), tmp_path, "ros_")
     assert message.startswith("cgrp_player exited (2):") and message.endswith("visible_dir: no images found")
+
+
+def test_the_soak_plays_the_rig_at_your_cameras_resolutions(tmp_path):
+    """--cameras: the player's sequence is the bundled one resized to the cameras (a full-HD camera's
+    memory and throughput can be soaked); unrelated pairs cannot be resized to one rig's cameras."""
+    from cgrp_ros.cli import main
+    from cgrp_ros.ros.soak import SoakConfig, soak_parameters
+
+    _, player = soak_parameters(SoakConfig(out=tmp_path, cameras=((90, 160), (60, 80))))
+    visible = sorted((tmp_path / player["visible_dir"]).iterdir())
+    thermal = sorted((tmp_path / player["thermal_dir"]).iterdir())
+    assert len(visible) == len(thermal) == 10 and player["fixed_rig"] == "true"
+    assert cv2.imread(str(visible[0])).shape == (90, 160, 3)
+    assert cv2.imread(str(thermal[0]), cv2.IMREAD_UNCHANGED).shape[:2] == (60, 80)
+    assert main(["soak", "--source", "pairs", "--cameras", "1080x1920", "--out", str(tmp_path / "o")]) == 2

@@ -1,29 +1,15 @@
 """cgrp bench: per-stage latency, fps and memory for every backend/device; --ros: the node over ROS 2."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 
 from ..core.errors import CgrpError
-from .common import non_negative, positive, size_arg
+from .common import cameras_arg, non_negative, positive, sizes_arg
 
 HELP = ("latency (per stage, p50/p95), fps, peak memory and start-up time of every available backend/device, "
         "beside the peers homography+blend and ecc+blend; --ros: node end to end")
-
-
-def sizes_arg(text: str):
-    """'256x320,512x640' -> [(256, 320), (512, 640)]."""
-    return [size_arg(part) for part in text.split(",") if part.strip()]
-
-
-def cameras_arg(text: str):
-    """'1080x1920,512x640' -> ((1080, 1920), (512, 640)); one size: both cameras."""
-    sizes = sizes_arg(text)
-    if len(sizes) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected HxW or HxW,HxW (visible, thermal), got '{text}'")
-    return sizes[0], sizes[-1]
 
 
 def add_arguments(p):

@@ -21,6 +21,19 @@ def size_arg(text: str):
     return h, w
 
 
+def sizes_arg(text: str):
+    """'256x320,512x640' -> [(256, 320), (512, 640)]."""
+    return [size_arg(part) for part in text.split(",") if part.strip()]
+
+
+def cameras_arg(text: str):
+    """'1080x1920,512x640' -> ((1080, 1920), (512, 640)); one size: both cameras."""
+    sizes = sizes_arg(text)
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected HxW or HxW,HxW (visible, thermal), got '{text}'")
+    return sizes[0], sizes[-1]
+
+
 def unwritable_reason(path: Path) -> str | None:
     """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
     is created: a command refused before its work leaves no trace."""

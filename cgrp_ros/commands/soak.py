@@ -1,6 +1,7 @@
 """cgrp soak: cgrp_player + cgrp_fusion for M minutes at 30 Hz, watched from outside (cgrp_ros.ros.soak)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -10,7 +11,7 @@ HELP = ("soak test: player + fusion node at 30 Hz for M minutes; throughput, dro
 
 def add_arguments(p):
     from ..ros.soak import SoakConfig
-    from .common import positive
+    from .common import cameras_arg, positive
 
     d = SoakConfig()
     p.add_argument("--minutes", type=positive(float), default=d.minutes,
@@ -30,6 +31,9 @@ def add_arguments(p):
                    help="rig (default): the bundled 10-frame sequence of one rig, misaligned by ONE fixed transform, "
                         "the node with its defaults (self-calibration); pairs: the six unrelated bundled pairs of "
                         "different sizes, each misaligned its own way, every pair registered alone")
+    p.add_argument("--cameras", type=cameras_arg, default=None, metavar="HxW[,HxW]",
+                   help="with --source rig: the sequence resized to your visible [and thermal] camera's resolution, "
+                        "e.g. 1080x1920,512x640 (default: as stored, 320x240)")
     p.add_argument("--backend", default=d.backend, choices=["torch", "onnxruntime"])
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
@@ -38,4 +42,7 @@ def add_arguments(p):
 def run(args) -> int:
     from ..ros.soak import SoakConfig, run_soak
 
+    if args.cameras and args.source != "rig":
+        print("cgrp soak: error: --cameras resizes the rig's sequence: use it with --source rig", file=sys.stderr)
+        return 2
     return run_soak(SoakConfig(**{f.name: getattr(args, f.name) for f in fields(SoakConfig)}))

@@ -18,14 +18,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ..core.data import sample_dir
 from ..core.errors import CgrpError
-from ..core.image import resize
 from ..evaluation.report import markdown_table
-from .node_processes import node_command, node_exit, private_dds, start_nodes, stop_processes
+from .node_processes import camera_sequence, node_command, node_exit, private_dds, start_nodes, stop_processes
 
 # issue 12, "Done when" (defaults, 256x320, 2 CPU cores)
 RATE_RATIO_TARGET = 0.8      # fused output Hz / input Hz
@@ -33,27 +30,10 @@ LATENCY_P50_TARGET_MS = 80.0
 FIRST_OUTPUT_TARGET_S = 5.0  # node launched -> first fused message
 
 
-def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
-    """(folder with visible/ and thermal/, description) of the sequence the ROS bench plays: the bundled
-    one (ten consecutive M3SVD frames, 320x240), or with `cameras` ((visible H, W), (thermal H, W)) the
-    same frames resized to those resolutions, written under `out` (PNG: lossless, decoded once)."""
-    sequence = sample_dir() / "sequence"
-    if cameras is None:
-        return sequence, "the bundled sequence as stored (320x240 both)"
-    target = out / "sequence_{}x{}_{}x{}".format(*cameras[0], *cameras[1])
-    for stream, size in zip(("visible", "thermal"), cameras):
-        (target / stream).mkdir(parents=True, exist_ok=True)
-        for path in sorted((sequence / stream).iterdir()):
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(image, size))
-    (vh, vw), (th, tw) = cameras
-    return target, f"the bundled sequence resized to the cameras: visible {vw}x{vh}, thermal {tw}x{th}"
-
-
 def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, deform: str = "moderate",
                   out: Path = Path("out/bench"), startup_timeout: float = 120.0, cameras=None) -> dict:
     """Play the bundled sequence at `rate` Hz through the node (at the cameras' resolutions with
-    `cameras`, see camera_sequence): latency (ms), output rate (Hz) and its ratio to the input rate,
+    `cameras`, see node_processes.camera_sequence): latency (ms), output rate (Hz) and its ratio to the input rate,
     seconds from launching the node to its first fused message."""
     private_dds()
     try:

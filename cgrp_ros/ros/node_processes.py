@@ -1,5 +1,6 @@
 """The cgrp nodes as child processes of a tool (`cgrp demo`, `cgrp soak`, `cgrp bench --ros`): their
-command lines, a private shared-memory DDS domain, starting and stopping them, the tail of a log."""
+command lines, a private shared-memory DDS domain, the sequence the player plays, starting and stopping
+them, the tail of a log."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import cv2
+
+from ..core.data import sample_dir
+from ..core.image import resize
 
 MODULES = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
 # the fusion node's documented defaults, as a launch file passes them (a source checkout has it)
@@ -20,6 +26,23 @@ def private_dds() -> None:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
+    """(folder with visible/ and thermal/, description) of the sequence the ROS bench plays: the bundled
+    one (ten consecutive M3SVD frames, 320x240), or with `cameras` ((visible H, W), (thermal H, W)) the
+    same frames resized to those resolutions, written under `out` (PNG: lossless, decoded once)."""
+    sequence = sample_dir() / "sequence"
+    if cameras is None:
+        return sequence, "the bundled sequence as stored (320x240 both)"
+    target = out / "sequence_{}x{}_{}x{}".format(*cameras[0], *cameras[1])
+    for stream, size in zip(("visible", "thermal"), cameras):
+        (target / stream).mkdir(parents=True, exist_ok=True)
+        for path in sorted((sequence / stream).iterdir()):
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(image, size))
+    (vh, vw), (th, tw) = cameras
+    return target, f"the bundled sequence resized to the cameras: visible {vw}x{vh}, thermal {tw}x{th}"
 
 
 def node_command(node: str, parameters: dict) -> list:

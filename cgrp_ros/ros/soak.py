@@ -23,8 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.data import sample_dir
-from .node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
+from .node_processes import camera_sequence, log_tail, node_exit, private_dds, start_nodes, stop_processes
 from .sync import stamp_ns
 
 OUTPUTS = {  # output -> encodings it may have
@@ -50,6 +49,7 @@ class SoakConfig:
     backend: str = "torch"
     device: str = "auto"
     models: Path | None = None
+    cameras: tuple | None = None  # ((visible H, W), (thermal H, W)): the rig's sequence resized to them
 
 
 # The node's RSS is probed ten times a second and each second keeps its lowest probe: a background
@@ -165,7 +165,7 @@ def soak_parameters(config: SoakConfig) -> tuple:
     player = {"deform": "moderate", "rate": config.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0,
               "max_width": config.max_width}
     if config.source == "rig":
-        sequence = sample_dir() / "sequence"
+        sequence, _ = camera_sequence(config.out, config.cameras)
         player.update(fixed_rig="true", visible_dir=str(sequence / "visible"), thermal_dir=str(sequence / "thermal"))
     else:  # unrelated pictures: not one rig
         fusion["self_calibrate"] = "false"
@@ -337,7 +337,8 @@ def write_report(config: SoakConfig, seen: Observations, served: bool) -> int:
     report = {
         "config": {"minutes": config.minutes, "rate": config.rate, "window_s": config.window, "warmup_s": config.warmup,
                    "max_growth_mb": config.max_growth_mb, "source": config.source, "backend": config.backend,
-                   "device": config.device, "max_width": config.max_width},
+                   "device": config.device, "max_width": config.max_width,
+                   "cameras": None if config.cameras is None else ["{}x{}".format(*c) for c in config.cameras]},
         "machine": machine_description(),
         "totals": {"frames_in": totals["in"], "pairs": counters.get("pairs"), "dropped": counters.get("dropped pairs"),
                    "published": counters.get("published"), "fused_received": totals["out"],
