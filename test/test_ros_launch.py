@@ -129,3 +129,7 @@ def test_rviz_config_shows_both_inputs_and_all_outputs_rviz_can_render():
 
     renderable = set(OUTPUTS) - {"deformation"}  # not the 32FC2 flow: deformation_vis shows it
     assert topics == {"/visible/image", "/thermal/image"} | {f"/cgrp_fusion/{n}" for n in renderable}
+    # shown, ~/pseudo_thermal would run the generator on every frame (the node then fuses ~15 of 30 pairs/s)
+    enabled = {d["Topic"]["Value"]: d["Enabled"] for d in rviz["Visualization Manager"]["Displays"]
+               if d["Class"] == "rviz_default_plugins/Image"}
+    assert enabled.pop("/cgrp_fusion/pseudo_thermal") is False and all(enabled.values())
