@@ -50,6 +50,23 @@ def test_fused_colour_keeps_the_visible_chroma_and_carries_the_fused_luminance(c
     assert np.abs(result.fused.astype(int) - original[:, :, 0]).mean() > 2  # (the luminance did change)
 
 
+def test_a_working_size_too_large_for_the_machine_is_refused_with_one_that_fits():
+    """The global search's memory grows with the square of the working area: on a CPU a size that would
+    need more than 3/4 of the machine's memory is refused (the kernel would kill the process), with a
+    size that fits; a GPU refuses such an allocation itself, as an error of that pair."""
+    from cgrp_ros.core.pipeline import search_memory_bytes, working_size_problem
+
+    gib8 = 8 * 2**30
+    assert working_size_problem((720, 1280), "cpu", gib8) is None      # ~5 GB of 8
+    problem = working_size_problem((1024, 1280), "cpu", gib8)            # ~10 GB of 8
+    assert problem.startswith("working_size 1024x1280 needs about 10 GB") and "this machine's 9 GB" in problem
+    fits = tuple(int(v) for v in problem.rsplit(" ", 1)[1].split("x"))
+    assert working_size_problem(fits, "cpu", gib8) is None and search_memory_bytes(fits) > 0.5 * 0.75 * gib8
+    assert working_size_problem((4096, 4096), "cuda", gib8) is None
+    with pytest.raises(InputError, match="global search"):
+        Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=(4096, 4096)))
+
+
 def test_thermal_bit_depths_and_mono_visible(cpu_pipeline, sample_pairs):
     _, visible, thermal = sample_pairs[1]
     radiometric = (thermal.astype(np.uint16) * 40 + 20000)  # 16-bit camera counts

@@ -1,4 +1,4 @@
-"""Reconfiguration without an outage (issue 11): 18 parameter changes in 20 s, valid and invalid,
+"""Reconfiguration without an outage (issue 11): 19 parameter changes in 20 s, valid and invalid,
 backend switches (torch <-> onnxruntime, warm ONNX cache) and working sizes among them, while pairs
 stream in at 10 Hz. Fused output never stops for more than 3 s and goes on after the last change;
 working-size and gain-control changes build no Pipeline."""
@@ -23,6 +23,7 @@ CHANGES = [
     ("backend", "onnxruntime", True),
     ("working_size", [96, 128], True),
     ("working_size", [16, 2000000], False),
+    ("working_size", [4000, 4000], False),  # in range, but its global search needs ~1.6 TB: refused, not killed
     ("backend", "tensorflow", False),
     ("working_size", [64, 96], True),
     ("thermal_percentiles", [2.0, 98.0], True),
@@ -104,6 +105,8 @@ def test_parameter_changes_while_streaming_never_stop_the_output(harness):
     for (name, value, accepted), result in zip(CHANGES, results):
         assert result.successful == accepted, (name, value, result.reason)
         assert accepted or result.reason, f"{name}={value} rejected without a reason"
+    too_large = results[CHANGES.index(("working_size", [4000, 4000], False))].reason
+    assert "needs about" in too_large and "global search" in too_large and "use at most about" in too_large
 
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert arrivals and max(gaps) <= MAX_GAP, f"fused output stopped for {max(gaps):.1f} s"

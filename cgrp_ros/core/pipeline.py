@@ -12,6 +12,7 @@ The CLI, the ROS node, the evaluation and the benchmarks all call this class.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,41 @@ log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
+# The global search compares every 8 x 8 cell of the visible image with every cell of the thermal, so its
+# memory grows with the square of the working area: a working size too large for the machine would have
+# the kernel kill the process (a GPU refuses the allocation instead: an error of that pair). Measured on
+# CPU, torch, peak RSS of one pair: 5.3 GB at 720x1280, 10.3 GB at 1024x1280 (2026-12-06).
+SEARCH_BYTES_PER_CELL_PAIR = 25
+MEMORY_SHARE = 0.75  # of the machine's memory that a working size may need on a CPU
+
+
+def search_memory_bytes(working_size) -> int:
+    """About how much memory the registration's global search needs at `working_size` (H, W) on a CPU."""
+    cells = -(-int(working_size[0]) // 8) * -(-int(working_size[1]) // 8)
+    return SEARCH_BYTES_PER_CELL_PAIR * cells * cells
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def working_size_problem(working_size, device: str, total_bytes: int | None = None) -> str | None:
+    """Why `working_size` (H, W) cannot run on `device` ('cpu' | 'cuda'), or None. On a CPU the global
+    search may need at most MEMORY_SHARE of the machine's memory (`total_bytes`, default this machine's)."""
+    total = machine_memory_bytes() if total_bytes is None else total_bytes
+    need = search_memory_bytes(working_size)
+    if device != "cpu" or total is None or need <= MEMORY_SHARE * total:
+        return None
+    h, w = working_size
+    shrink = (MEMORY_SHARE * total / need) ** 0.25  # memory grows with the fourth power of the side
+    fits = (int(h * shrink) // 8 * 8, int(w * shrink) // 8 * 8)
+    return (f"working_size {h}x{w} needs about {need / 1e9:.0f} GB for the registration's global search on the "
+            f"CPU (it grows with the square of the area), more than {MEMORY_SHARE:.0%} of this machine's "
+            f"{total / 1e9:.0f} GB: use at most about {fits[0]}x{fits[1]}")
 
 
 @dataclass
@@ -107,6 +143,9 @@ class Pipeline:
             "confidence_threshold", RegistrationNet.DEFAULT_THRESHOLD))
         self.backend = make_backend(c.backend, self.model_paths, c.device, c.fp16, c.require_gpu, c.onnx_dir,
                                     c.onnx_providers, calibrated=self.homography is not None)
+        problem = working_size_problem(c.working_size, self.backend.device)
+        if problem:
+            raise InputError(problem)
         log.info("cgrp pipeline: %s, working size %dx%d, models %s", self.backend.description, h, w,
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 

@@ -46,6 +46,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from ..core.errors import CgrpError, InputError
+from ..core.pipeline import working_size_problem
 from ..core.stream import StreamPipeline
 from . import diagnostics
 from .alignment_check import AlignmentCheck
@@ -381,6 +382,8 @@ class FusionNode(LifecycleNode):
         for p in parameters:
             try:
                 reason = check_parameter(p.name, p.value)
+                if not reason and p.name == "working_size" and self.pipeline is not None:  # (needs the device)
+                    reason = working_size_problem(tuple(p.value), self.pipeline.backend.device)
             except Exception as exc:  # a value of a shape no check foresaw: reject it, keep running
                 reason = f"{p.name}: {type(exc).__name__}: {exc}"
             if reason:
