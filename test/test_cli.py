@@ -4,7 +4,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -149,7 +148,7 @@ def test_fuse_tells_which_pairs_the_registration_lined_up(sample_dir, tmp_path):
 def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_path, monkeypatch, capsys):
     from cgrp_ros.cli import main
     from cgrp_ros.commands import fuse
-    from cgrp_ros.core.pipeline import Pipeline
+    from cgrp_ros.core.pipeline import FusionResult, Pipeline
 
     class LowConfidence:  # stands in for the Pipeline: a pair with too little shared structure
         confidence_threshold = 0.3
@@ -158,9 +157,9 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
 
         def __call__(self, visible, thermal, outputs=None):
             h, w = visible.shape[:2]
-            return SimpleNamespace(fused=visible[:, :, 0], fused_color=visible, registered_thermal=thermal,
-                                   flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=visible[:, :, 0],
-                                   registration_confidence=0.12, registration_fallback=True)
+            return FusionResult(fused=visible[:, :, 0], fused_color=visible, registered_thermal=thermal,
+                                flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=visible[:, :, 0],
+                                registration_confidence=0.12, registration_fallback=True)
 
     monkeypatch.setattr(fuse, "pipeline_from_args", lambda args: LowConfidence())
     n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]

@@ -74,7 +74,7 @@ def write_result(out: Path, name: str, result) -> None:
     """DIR/fused/NAME.png (colour when the visible is colour), registered/, pseudo/, flow/ (.npy), flow_vis/."""
     for sub in ("fused", "registered", "pseudo", "flow", "flow_vis"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    fused = result.fused_color if result.fused_color is not None else result.fused
+    fused = result.fused_image
     registered = result.registered_thermal
     if registered.dtype == np.float32:  # PNG holds no floats: keep the data as .npy next to an 8-bit view
         np.save(out / "registered" / f"{name}.npy", registered)
@@ -228,8 +228,7 @@ def run(args) -> int:
             edges = pair.edges()
             write_alignment(args.out, name, pair, edges, result)
             if video:
-                fused = result.fused_color if result.fused_color is not None else result.fused
-                video.add(video_frame(name, pair, visible, fused), index / args.fps)
+                video.add(video_frame(name, pair, visible, result.fused_image), index / args.fps)
             registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
                                                  result.flow, edges))
             warning = low_confidence_warning(name, result, pipeline.confidence_threshold)

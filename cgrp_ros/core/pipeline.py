@@ -112,6 +112,11 @@ class FusionResult:
     registration_confidence: float = 1.0    # the registration's confidence in [0, 1] (the affine fit's inlier score)
     registration_fallback: bool = False     # True: too little evidence, the flow is the prior (zero)
 
+    @property
+    def fused_image(self) -> np.ndarray | None:
+        """The fused picture to show or publish: fused_color where the visible camera has colour, else fused."""
+        return self.fused_color if self.fused_color is not None else self.fused
+
 
 class Pipeline:
     """Generation -> registration -> fusion on one backend.

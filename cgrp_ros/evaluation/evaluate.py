@@ -267,7 +267,7 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
     panel = {}
     if keep_panel:
         panel = dict(visible=visible, misaligned=moving, registered=result.registered_thermal,
-                     fused=result.fused_color if result.fused_color is not None else result.fused,
+                     fused=result.fused_image,
                      flow=result.flow, truth_flow=truth.flow, visible_y=visible_y, aligned=aligned,
                      registered_by_method=registered, fused_by_method=fused)
     alignment = dict(visible_y=visible_y, published=aligned, registered=result.registered_thermal,

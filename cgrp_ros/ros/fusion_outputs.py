@@ -95,7 +95,7 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
     # the core always computes the flow; the rest only when an output needs it
     outputs = {"flow"} | {CORE_OUTPUT[name] for name in wanted}
     result = stream_pipeline(visible, thermal, outputs=outputs, stamp=stamp)
-    fused = result.fused_color if result.fused_color is not None else result.fused
+    fused = result.fused_image
     registered = result.registered_thermal
     candidates = {  # None: the core did not compute what the output needs
         "fused": lambda: (fused, encoding_for(fused)) if fused is not None else None,
