@@ -274,12 +274,12 @@ class FakePipeline:
     """fuse_pair's view of a StreamPipeline: outputs of the visible image's size, no inference."""
 
     def __call__(self, visible, thermal, outputs=None, stamp=None):
-        from types import SimpleNamespace
+        from cgrp_ros.core.pipeline import FusionResult
 
         h, w = visible.shape[:2]
-        return SimpleNamespace(fused=visible[:, :, 1].copy(), fused_color=visible.copy(), registered_thermal=np.zeros((h, w), np.uint8),
-                               flow=np.zeros((h, w, 2), np.float32), pseudo_thermal=np.zeros((h, w), np.uint8),
-                               registration_confidence=1.0, registration_fallback=False)
+        return FusionResult(fused=visible[:, :, 1].copy(), fused_color=visible.copy(),
+                            registered_thermal=np.zeros((h, w), np.uint8), flow=np.zeros((h, w, 2), np.float32),
+                            pseudo_thermal=np.zeros((h, w), np.uint8))
 
 
 def test_undeserialisable_and_inconsistent_raw_messages_are_skipped(tmp_path, sample_pairs):
