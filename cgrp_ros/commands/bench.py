@@ -84,7 +84,7 @@ def run(args) -> int:
                                   progress=lambda text: print(f"cgrp bench: {text}", flush=True),
                                   startup=not args.no_startup, deform=args.deform, cameras=args.cameras)
         document["machine"] = machine
-        document["targets"] = [] if args.cameras else [dict(target=t, verdict=v) for t, v in bench_targets(document)]
+        document["targets"] = [dict(target=t, verdict=v) for t, v in bench_targets(document)]
         name, table = "bench", bench_markdown(document)
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU {machine['gpu']}; "
               f"torch {machine['torch']} ({machine['torch_threads']} threads), Python {machine['python']}; "

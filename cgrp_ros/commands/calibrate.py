@@ -148,7 +148,7 @@ def input_pairs(args) -> list | None:
             print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
                   "--visible/--thermal", file=sys.stderr)
             return None
-        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, max(1, args.every), args.slop)
+        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop)
     else:
         if args.visible is None or args.thermal is None:
             print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)

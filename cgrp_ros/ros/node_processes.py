@@ -29,9 +29,10 @@ def private_dds() -> None:
 
 
 def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
-    """(folder with visible/ and thermal/, description) of the sequence the ROS bench plays: the bundled
-    one (ten consecutive M3SVD frames, 320x240), or with `cameras` ((visible H, W), (thermal H, W)) the
-    same frames resized to those resolutions, written under `out` (PNG: lossless, decoded once)."""
+    """(folder with visible/ and thermal/, description) of the rig sequence the player plays for
+    `cgrp bench --ros` and `cgrp soak`: the bundled one (ten consecutive M3SVD frames, 320x240), or with
+    `cameras` ((visible H, W), (thermal H, W)) the same frames resized to those resolutions, written under
+    `out` (PNG: lossless, decoded once)."""
     sequence = sample_dir() / "sequence"
     if cameras is None:
         return sequence, "the bundled sequence as stored (320x240 both)"
