@@ -151,6 +151,29 @@ def test_local_matches_read_a_sub_cell_shift():
     assert float(flow[0, 1].abs().max()) < 0.01
 
 
+
+def test_global_matches_average_only_the_cells_around_the_peak():
+    """On a 5 x 7 grid (rows and columns differ, so x and y cannot be swapped unnoticed): each visible
+    cell's match is the probability-weighted mean of the thermal cells within 1.5 cells of its best
+    one (the diagonal neighbour included), and cells 2 cells away, right or below, pull nothing."""
+    matcher = GlobalMatcher()
+    cells = normalized_grid(torch.zeros(1, 1, 5, 7))
+    grid = cells.flatten(2)[0]                                           # 2 x 35, normalised
+
+    def q(row, col):
+        return row * 7 + col
+
+    weights = {q(2, 2): 0.5, q(2, 3): 0.2, q(3, 3): 0.1, q(1, 2): 0.05,  # the peak and three neighbours
+               q(2, 4): 0.1, q(4, 2): 0.05}                              # two cells away: not counted
+    prob = torch.zeros(1, 35, 35)
+    for index, value in weights.items():
+        prob[:, :, index] = value
+    position, mass = matcher.matches(prob, cells)
+    near = {index: value for index, value in weights.items() if index not in (q(2, 4), q(4, 2))}
+    expected = sum(value * grid[:, index] for index, value in near.items()) / sum(near.values())
+    assert torch.allclose(mass, torch.full((1, 35), 0.85))
+    assert torch.allclose(position[0], expected[:, None].expand(-1, 35), atol=1e-6)
+
 # -- the shipped matcher on real pairs ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def matcher():
@@ -313,6 +336,23 @@ def test_falls_back_when_nothing_is_shared(matcher, sample_pairs):
         assert float(fallback) == 1.0 and float(confidence) < float(matcher.threshold)
         assert float(params.abs().max()) == 0.0
 
+
+
+def test_the_dense_levels_run_only_where_their_flow_is_kept(sample_pairs):
+    """A pair that keeps its prior (a lens cap: it falls back) comes out unmoved without the dense
+    levels running (their flow would be dropped: a third of a registration saved); a misaligned pair
+    goes through all three."""
+    net = load_model(default_model_path("registration"), "registration").eval()
+    _, visible, thermal = sample_pairs[0]
+    visible_y, thermal = working_pair(visible, thermal)
+    misaligned = misalign(thermal, "moderate", rng_for(0, "dense")).misaligned
+    with torch.no_grad():
+        capped = net(tensor(visible_y), tensor(visible_y), tensor(np.full_like(visible_y, 90)))
+        moved = net(tensor(visible_y), tensor(visible_y), tensor(misaligned))
+    assert float(capped.fallback) == 1.0 and capped.levels == []
+    assert capped.flow.shape == (1, 2, *visible_y.shape) and float(capped.flow.abs().max()) == 0.0
+    assert float(moved.fallback) == 0.0 and len(moved.levels) == 3
+    assert float(moved.flow.abs().max()) > 1.0
 
 def test_compose_affine_is_function_composition():
     coords = normalized_grid(torch.zeros(1, 1, 6, 9))

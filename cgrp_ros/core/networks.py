@@ -153,7 +153,8 @@ class LevelEstimator(nn.Module):
 class Registration(NamedTuple):
     """What :class:`RegistrationNet` returns."""
     flow: torch.Tensor          # N x 2 x H x W, pixels; zero where the registration fell back
-    levels: list                # each dense level's flow in its own pixels, coarse -> fine (training)
+    levels: list                # each dense level's flow in its own pixels, coarse -> fine (training); empty
+                                # where no pair reached them (every pair kept its prior)
     confidence: torch.Tensor    # N in [0, 1]: the local stage's inlier score (the global one without it)
     fallback: torch.Tensor      # N, 1.0 where the confidence was below threshold (flow = the prior)
 
@@ -253,6 +254,9 @@ class RegistrationNet(nn.Module):
             # no evidence of any misalignment (the global stage kept the identity, or fell back):
             # the pair is left as it came; the dense levels' own noise would only move it
             keep = (initial_flow.abs().amax(dim=(1, 2, 3)) == 0).to(initial_flow.dtype)
+            if not any_pair(keep < 1):  # no pair left to refine: the dense levels' flow would be dropped
+                flow = torch.zeros_like(initial_flow)
+                return Registration(flow, [], confidence, fallback)
         else:
             confidence = fallback = keep = torch.zeros_like(initial_flow[:, 0, 0, 0])
         fixed = self.pyramid(structure_input(pseudo_thermal, visible_y))
