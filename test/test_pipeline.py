@@ -132,7 +132,7 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         assert agree["ok"], agree  # within float rounding (FLOW_AGREEMENT_PX)
         assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
-    assert "registration_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed
+    assert "registration_affine_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed
     # with a calibration no pair searches: onnxruntime runs the graph without the global stage, and the
     # local stage starts from the prior
     shift = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
@@ -141,11 +141,11 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
     a, b = torch_pipe(visible, thermal), ort_pipe(visible, thermal)
     assert flow_agreement(a.flow, b.flow)["ok"]
     assert a.registration_confidence == pytest.approx(b.registration_confidence, abs=1e-4)
-    assert set(ort_pipe.backend.sessions) == {"generator", "registration_calibrated", "fusion"}
+    assert set(ort_pipe.backend.sessions) == {"generator", "registration_affine_calibrated", "registration_dense", "fusion"}
 
 
 def test_a_missing_onnx_graph_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
-    """An onnx_dir from an older `cgrp export` lacks registration_calibrated.onnx; a calibrated
+    """An onnx_dir from an older `cgrp export` lacks registration_affine_calibrated.onnx; a calibrated
     Pipeline exports it there, and says what to do when the folder cannot be written."""
     from cgrp_ros.core import backends
 
@@ -155,7 +155,7 @@ def test_a_missing_onnx_graph_that_cannot_be_written_is_a_clear_error(tmp_path, 
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(backends, "export_onnx", read_only)
-    with pytest.raises(ModelLoadError, match=r"registration_calibrated\.onnx.*cgrp export --out"):
+    with pytest.raises(ModelLoadError, match=r"registration_affine_calibrated\.onnx.*cgrp export --out"):
         Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", homography=np.eye(3), onnx_dir=str(tmp_path)))
 
 
@@ -205,6 +205,21 @@ def test_registration_falls_back_without_shared_structure(cpu_pipeline, sample_p
         assert result.registration_confidence < cpu_pipeline.confidence_threshold
         assert np.abs(result.flow).max() == 0.0
 
+
+
+def test_a_pair_that_keeps_its_prior_runs_the_generator_only_for_its_output(cpu_pipeline, sample_pairs):
+    """The pseudo-thermal feeds only the dense levels: a pair the affine stages leave at its prior (here
+    a lens cap, which falls back) is fused without the generator, and still gets a pseudo-thermal, the
+    same as a moved pair of that visible image, when it is asked for."""
+    name, visible, thermal = sample_pairs[0]
+    capped = np.full_like(thermal, 90)
+    kept = cpu_pipeline(visible, capped, outputs={"flow", "fused"})
+    assert kept.registration_fallback and kept.timings["generator"] == 0.0 and kept.fused is not None
+    with_pseudo = cpu_pipeline(visible, capped)
+    moved = cpu_pipeline(visible, misalign(thermal, "moderate", rng_for(0, name)).misaligned)
+    assert np.abs(moved.flow).max() > 1.0 and moved.timings["generator"] > 0.0
+    assert np.array_equal(with_pseudo.pseudo_thermal, moved.pseudo_thermal)
+    assert np.array_equal(with_pseudo.fused, kept.fused)
 
 def test_fusion_only_and_generator_only_entry_points(cpu_pipeline, sample_pairs):
     _, visible, thermal = sample_pairs[0]

@@ -60,7 +60,7 @@ def test_registration_rate_decides_how_often_the_networks_register(counted, rig_
     for index in range(10):  # one second at 10 Hz
         result = stream(visible, thermal, outputs=frozenset({"fused"}), stamp=index / 10)
         assert result.fused is not None
-    assert counted.backend.calls["registration"] == expected
+    assert counted.backend.calls["registration_affine"] == expected
     assert counted.backend.calls["generator"] == expected
     assert counted.backend.calls["fusion"] == 10  # every frame is still fused
 

@@ -1,11 +1,18 @@
-"""Inference backends: the same three stage functions on torch (CPU/CUDA, fp16) or onnxruntime.
+"""Inference backends: the same stage functions on torch (CPU/CUDA, fp16) or onnxruntime.
 
 A backend maps float32 NCHW numpy arrays to float32 NCHW numpy arrays:
 
     generator(visible_bgr)            -> pseudo_thermal                  (N x 3 -> N x 1)
-    registration(pseudo, visible_y, thermal, search) -> (flow, registered_thermal, confidence, fallback)
-                                      (3 x N x 1, N -> N x 2, N x 1, N, N)
+    registration_affine(visible_y, thermal, search) -> (affine_flow, unmoved_thermal, confidence, fallback)
+                                      (2 x N x 1, N -> N x 2, N x 1, N, N)
+    registration_dense(pseudo, visible_y, thermal, affine_flow) -> (flow, registered_thermal)
+                                      (3 x N x 1, N x 2 -> N x 2, N x 1)
     fusion(visible_y, registered)     -> fused_y                         (N x 1, N x 1 -> N x 1)
+
+The registration is two calls so that a pair the affine stages leave at its prior (an aligned pair,
+a calibrated rig's usual frame: `affine_flow` all zero) needs neither the dense levels nor the
+generator, whose pseudo-thermal only the dense levels read: its flow is zero and its registered
+thermal `unmoved_thermal`, what the dense call would return for it.
 """
 from __future__ import annotations
 
@@ -24,32 +31,51 @@ from .warp import warp
 log = logging.getLogger("cgrp_ros")
 
 ONNX_OPSET = 17
-_REGISTERED = ["flow", "registered_thermal", "confidence", "fallback"]
+_AFFINE = ["affine_flow", "unmoved_thermal", "confidence", "fallback"]
 ONNX_GRAPHS = {  # graph (file name) -> (the stage whose weights it holds, input names, output names)
     "generator": ("generator", ["visible"], ["pseudo_thermal"]),
-    "registration": ("registration", ["pseudo_thermal", "visible_y", "thermal", "search"], _REGISTERED),
+    "registration_affine": ("registration", ["visible_y", "thermal", "search"], _AFFINE),
     # for a batch that does not search (a calibrated rig): the same without the global stage, which the
     # graph above runs for every pair and discards where search is 0 (11 % of its time, 256x320 on CPU)
-    "registration_calibrated": ("registration", ["pseudo_thermal", "visible_y", "thermal"], _REGISTERED),
+    "registration_affine_calibrated": ("registration", ["visible_y", "thermal"], _AFFINE),
+    "registration_dense": ("registration", ["pseudo_thermal", "visible_y", "thermal", "affine_flow"],
+                           ["flow", "registered_thermal"]),
     "fusion": ("fusion", ["visible_y", "registered_thermal"], ["fused"]),
 }
+# the torch backend's stage -> the graph it runs (onnxruntime picks the calibrated one per call)
+TORCH_GRAPHS = ("generator", "registration_affine", "registration_dense", "fusion")
 PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not an image
 
 
-class RegistrationExport(torch.nn.Module):
-    """RegistrationNet with the resampler attached:
-    (pseudo, visible_y, thermal, search) -> (flow, registered, confidence, fallback); search N: 1 to
-    search globally, 0 to refine from the prior (a rig calibration). With `search` fixed at
-    construction (a number) the module takes the first three inputs only."""
+class AffineExport(torch.nn.Module):
+    """RegistrationNet's affine stages (global search, local refinement, fallback):
+    (visible_y, thermal, search) -> (affine flow N x 2 x H x W in pixels, zero where the pair keeps its
+    prior; the thermal resampled by a zero flow, the registered thermal of such a pair; confidence N;
+    fallback N). search N: 1 to search globally, 0 to refine from the prior (a rig calibration). With
+    `search` fixed at construction (a number) the module takes the first two inputs only."""
 
     def __init__(self, net, search=None):
         super().__init__()
         self.net = net
         self.search = search
 
-    def forward(self, pseudo_thermal, visible_y, thermal, search=None):
-        out = self.net(pseudo_thermal, visible_y, thermal, search=self.search if search is None else search)
-        return out.flow, warp(thermal, out.flow), out.confidence, out.fallback
+    def forward(self, visible_y, thermal, search=None):
+        flow, confidence, fallback = self.net.global_estimate(visible_y, thermal,
+                                                              self.search if search is None else search)
+        return flow, warp(thermal, torch.zeros_like(flow)), confidence, fallback
+
+
+class DenseExport(torch.nn.Module):
+    """RegistrationNet's dense levels on top of an affine flow that moved the pair:
+    (pseudo, visible_y, thermal, affine_flow) -> (flow N x 2 x H x W in pixels, registered thermal)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pseudo_thermal, visible_y, thermal, affine_flow):
+        flow = self.net(pseudo_thermal, visible_y, thermal, initial_flow=affine_flow).flow
+        return flow, warp(thermal, flow)
 
 
 # torch vs onnxruntime flow agreement that `cgrp export` and the tests require (pixels), on a pair
@@ -73,10 +99,12 @@ def flow_agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 def graph_module(graph: str, model: torch.nn.Module) -> torch.nn.Module:
     """The module that ONNX_GRAPHS[graph] is traced from (and that TorchBackend runs for a stage)."""
-    if graph == "registration":
-        return RegistrationExport(model)
-    if graph == "registration_calibrated":
-        return RegistrationExport(model, search=0.0)
+    if graph == "registration_affine":
+        return AffineExport(model)
+    if graph == "registration_affine_calibrated":
+        return AffineExport(model, search=0.0)
+    if graph == "registration_dense":
+        return DenseExport(model)
     return model
 
 
@@ -114,8 +142,8 @@ class TorchBackend:
         if fp16 and not self.fp16:
             log.warning("fp16 needs CUDA: running in float32 on %s", self.device)
         self.dtype = torch.float16 if self.fp16 else torch.float32
-        self.modules = {stage: graph_module(stage, load_model(model_paths[stage], stage)).to(self.device, self.dtype)
-                        for stage in STAGES}
+        networks = {stage: load_model(model_paths[stage], stage).to(self.device, self.dtype) for stage in STAGES}
+        self.modules = {graph: graph_module(graph, networks[ONNX_GRAPHS[graph][0]]) for graph in TORCH_GRAPHS}
         self.description = f"torch {torch.__version__} on {self.device}" + (" fp16" if self.fp16 else " fp32")
 
     @torch.inference_mode()
@@ -136,7 +164,7 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None
     ONNX_GRAPHS entry): {graph: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = {"visible": (1, 3, 64, 96)}
+    image = {"visible": (1, 3, 64, 96), "affine_flow": (1, 2, 64, 96)}
     written = {}
     for graph in graphs or ONNX_GRAPHS:
         stage, inputs, outputs = ONNX_GRAPHS[graph]
@@ -183,7 +211,7 @@ class OnnxBackend:
         """`providers`: an explicit onnxruntime provider order for GPU devices (e.g. only
         CUDAExecutionProvider to leave TensorRT out); default TensorRT -> CUDA -> CPU. The CPU
         provider is always appended as the last resort. `calibrated`: the pairs will come through a
-        rig calibration (search 0), so the registration graph without the global stage is the one
+        rig calibration (search 0), so the affine graph without the global stage is the one
         loaded now; the other is exported and loaded if it is ever needed (each costs ~6 s of export
         once per weights and ~0.5 s of session on 2 CPU cores)."""
         try:
@@ -211,7 +239,8 @@ class OnnxBackend:
         self._wanted = ["CPUExecutionProvider"] if device == "cpu" else wanted
         self._ort, self._threads, self._fp16 = ort, threads, fp16
         self.sessions = {}
-        for graph in ("generator", "registration_calibrated" if calibrated else "registration", "fusion"):
+        affine = "registration_affine_calibrated" if calibrated else "registration_affine"
+        for graph in ("generator", affine, "registration_dense", "fusion"):
             self.session(graph)
         self.providers = self.sessions["generator"].get_providers()
         if self.providers[0] == "CPUExecutionProvider" and len(self._wanted) > 1:
@@ -267,8 +296,8 @@ class OnnxBackend:
 
     def __call__(self, stage: str, *inputs: np.ndarray):
         graph = stage
-        if stage == "registration" and not np.any(inputs[3]):  # no pair searches: skip the global stage
-            graph, inputs = "registration_calibrated", inputs[:3]
+        if stage == "registration_affine" and not np.any(inputs[2]):  # no pair searches: skip the global stage
+            graph, inputs = "registration_affine_calibrated", inputs[:2]
         _, names, _ = ONNX_GRAPHS[graph]
         feeds = {n: np.ascontiguousarray(x, dtype=np.float32) for n, x in zip(names, inputs)}
         outs = self.session(graph).run(None, feeds)

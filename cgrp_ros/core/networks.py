@@ -162,7 +162,7 @@ class Registration(NamedTuple):
 def searches(search) -> bool:
     """Whether the global stage must run for a batch. `search`: None (every pair searches), a number
     for the whole batch, or an N tensor of 0 / 1 per pair. A number is a constant of a traced graph,
-    so a graph traced with 0 has no global stage (onnx `registration_calibrated`); a tensor is an
+    so a graph traced with 0 has no global stage (onnx `registration_affine_calibrated`); a tensor is an
     input of it, so the traced graph keeps the stage and discards its result where 0."""
     if search is None:
         return True
@@ -184,7 +184,8 @@ class RegistrationNet(nn.Module):
     edge strength of the thermal]; each level matches features in a small window around the
     current estimate and corrects it, so the levels only learn the local (elastic) residual.
     Where the global stage kept the identity (the matches show no misalignment) the dense levels'
-    correction is dropped too: on aligned pairs it was measured to be noise (1.2-1.8 px).
+    correction is dropped too: on aligned pairs it was measured to be noise (1.2-1.8 px). They do not
+    run at all when no pair of the batch needs them.
 
     forward(pseudo_thermal, visible_y, thermal) -> :class:`Registration`. Three dense levels
     (1/8, 1/4, 1/2): after the global stage only the local residual is left (the 'severe'
