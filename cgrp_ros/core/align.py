@@ -328,7 +328,7 @@ class GlobalMatcher(AffineFromMatches):
         peak = torch.gather(grid, 2, best[:, None, :].expand(-1, 2, -1))  # N x 2 x P
         # squared distance in cells from each peak to every thermal cell, per axis on the grid's w
         # columns and h rows and only then summed over the h x w cells: the same numbers as the
-        # distance computed cell by cell, in a fifth of the time (P x Q is 1280 x 1280 at 256x320)
+        # distance computed cell by cell at P x Q x 2 (1280 x 1280 x 2 at 256x320), in 40 % of the time
         dx2 = ((cells[:, 0, :1, :][:, None, 0] - peak[:, 0, :, None]) * per_cell[:, 0, :, None]).pow(2)  # N x P x w
         dy2 = ((cells[:, 1, :, :1][:, None, :, 0] - peak[:, 1, :, None]) * per_cell[:, 1, :, None]).pow(2)  # N x P x h
         near = ((dx2[:, :, None, :] + dy2[:, :, :, None]).flatten(2) <= self.PEAK_RADIUS ** 2).to(prob.dtype)
