@@ -27,6 +27,10 @@ def test_bench_measures_the_peers_beside_cgrp(tmp_path):
     assert cgrp_row.split("|")[-3].strip().endswith("×") and cgrp_row.split("|")[-2].strip().endswith("×")
     assert "| `homography+blend` (peer) | 64x96 |" in text and "| `ecc+blend` (peer) | 64x96 |" in text
     assert "Per-frame profile" in text and "| generator % |" in text
+    # the pair without its misalignment: the affine stages keep it, so the generator does not run
+    result = document["results"][0]
+    assert result["aligned"]["stages_ms"]["generator"]["p50"] == 0.0 < result["stages_ms"]["generator"]["p50"]
+    assert "| `torch-cpu, aligned` | 64x96 |" in text and "| `torch-cpu, frame` | 64x96 |" in text
     assert document["input"].startswith("bundled pair FLIR_00233") and "misaligned `moderate`" in document["input"]
     assert "\nInput: bundled pair FLIR_00233" in text
 

@@ -6,7 +6,10 @@ Each configuration ("torch-cpu", "torch-cuda-fp16", ...) runs the full pipeline 
 RoadScene pair, its thermal misaligned by `deform`, `moderate` by default), resized to the working size,
 so the registration takes every stage a rig's pair takes (a pair with nothing to match falls back
 early and skips some) and the pre-processing measures normalisation and padding, not a resize.
-Frames per second is 1000 / mean end-to-end time for one pair processed at a time.
+Frames per second is 1000 / mean end-to-end time for one pair processed at a time. Two more rows
+per configuration: a frame between registrations ('frame': the registration reused, as the node
+fuses most frames) and the pair without its misalignment registered from scratch ('aligned': the
+affine stages keep it, so the generator and the dense levels do not run).
 
 Peers (`PEERS`), measured in the same run on the same pair at each working size, as
 what a rig without CGRP does per frame: ``homography+blend`` (a fixed prior 3 x 3 mapping applied to
@@ -157,9 +160,10 @@ def percentiles(values) -> dict:
                 mean=float(values.mean()))
 
 
-def bench_one(config: Config, size, pair, runs: int = 20, warmup: int = 3) -> dict:
+def bench_one(config: Config, size, pair, runs: int = 20, warmup: int = 3, aligned=None) -> dict:
     """Time the pipeline of `config` at working size `size` (H, W) on `pair` ((visible, thermal) at that
-    size): stats per stage (ms), fps, memory."""
+    size): stats per stage (ms), fps, memory. `aligned`: the same pair unmisaligned, also registered
+    from scratch ('aligned': the affine stages keep it, so the generator and the dense levels do not run)."""
     from ..core.pipeline import Pipeline, PipelineConfig
 
     visible, thermal = pair
@@ -172,23 +176,31 @@ def bench_one(config: Config, size, pair, runs: int = 20, warmup: int = 3) -> di
         # a frame between two registrations of a rig's stream (core.stream): the registration reused;
         # the outputs cgrp_fusion publishes by default except pseudo_thermal (that one runs the generator)
         registration = pipeline.register(visible, thermal)
-        frames = [pipeline(visible, thermal, FRAME_OUTPUTS, registration=registration).timings for _ in range(runs)]
+        extra = {"frame": [pipeline(visible, thermal, FRAME_OUTPUTS, registration=registration).timings
+                           for _ in range(runs)]}
+        if aligned is not None:
+            for _ in range(warmup):
+                pipeline(*aligned, FRAME_OUTPUTS)
+            extra["aligned"] = [pipeline(*aligned, FRAME_OUTPUTS).timings for _ in range(runs)]
     stages = {stage: percentiles([t[stage] for t in timings]) for stage in STAGES}
-    frame_stages = {stage: percentiles([t[stage] for t in frames]) for stage in STAGES}
-    return dict(config=config.label, size="{}x{}".format(*size), runs=runs, warmup=warmup,
-                description=pipeline.description, stages_ms=stages,
-                fps=1000.0 / stages["total"]["mean"], peak_rss_mib=memory.rss_mib, peak_cuda_mib=memory.cuda_mib,
-                frame=dict(stages_ms=frame_stages, fps=1000.0 / frame_stages["total"]["mean"]))
+    row = dict(config=config.label, size="{}x{}".format(*size), runs=runs, warmup=warmup,
+               description=pipeline.description, stages_ms=stages,
+               fps=1000.0 / stages["total"]["mean"], peak_rss_mib=memory.rss_mib, peak_cuda_mib=memory.cuda_mib)
+    for kind, kind_timings in extra.items():
+        kind_stages = {stage: percentiles([t[stage] for t in kind_timings]) for stage in STAGES}
+        row[kind] = dict(stages_ms=kind_stages, fps=1000.0 / kind_stages["total"]["mean"])
+    return row
 
 
-def frame_row(row: dict) -> dict:
-    """The amortised per-frame path of a bench_one result as a row of its own (no memory figure)."""
-    return dict(config=f"{row['config']}, frame", size=row["size"], **row["frame"])
+EXTRA_ROWS = ("frame", "aligned")  # bench_one's other timings, each a row of its own after the result's
 
 
-def with_frame_rows(results) -> list:
-    """Each result followed by its amortised frame row (results of older documents have none)."""
-    return [r2 for r in results for r2 in ([r, frame_row(r)] if "frame" in r else [r])]
+def with_extra_rows(results) -> list:
+    """Each result followed by its EXTRA_ROWS as rows 'CONFIG, frame' and 'CONFIG, aligned' (no memory
+    figure; results of older documents lack some)."""
+    return [row for r in results
+            for row in [r] + [dict(config=f"{r['config']}, {kind}", size=r["size"], **r[kind])
+                              for kind in EXTRA_ROWS if kind in r]]
 
 
 def _build_seconds(config: Config, onnx_dir=None) -> float:
@@ -329,6 +341,7 @@ def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=Non
     `deform`, `cameras`: the misalignment of the timed pair's thermal and the cameras' resolutions
     (`bench_input`; document key 'input')."""
     pairs = {size: bench_input(size, deform, cameras=cameras) for size in sizes}
+    aligned = {size: bench_input(size, "none", cameras=cameras)[:2] for size in sizes}
     startup_rows = []
     if startup:
         if progress:
@@ -342,7 +355,7 @@ def run_benchmarks(configs, sizes, runs: int = 20, warmup: int = 3, progress=Non
         for size in sizes:
             if progress:
                 progress(f"{config.label} at {size[0]}x{size[1]}")
-            results.append(bench_one(config, size, pairs[size][:2], runs, warmup))
+            results.append(bench_one(config, size, pairs[size][:2], runs, warmup, aligned[size]))
     peer_rows = []
     for size in sizes if peers else ():
         for name in PEERS:
@@ -455,13 +468,15 @@ def latency_markdown(document: dict) -> str:
     peers = document.get("peers", [])
     header = (["config", "size"] + list(STAGES[:-1]) + ["total p50", "total p95", "fps", "peak mem MiB"]
               + [f"× {name}" for name in PEERS])
-    rows = [_latency_row(r, f"`{r['config']}`", peer_multiples(r, peers)) for r in with_frame_rows(document["results"])]
+    rows = [_latency_row(r, f"`{r['config']}`", peer_multiples(r, peers)) for r in with_extra_rows(document["results"])]
     rows += [_latency_row(p, f"`{p['config']}` (peer)", ["—"] * len(PEERS)) for p in peers]
     notes = ["Stage columns: p50 / p95 in ms. fps = 1000 / mean end-to-end ms, one pair at a time. "
              "`CONFIG, frame`: a frame between two registrations of a rig's stream (cgrp_fusion's default "
              "self-calibration, `cgrp fuse --registration-rate`): the rig estimate reused, so registration is "
              "only the resample of the thermal; outputs fused, registered thermal and flow (a subscribed "
-             "pseudo-thermal would add the generator)."]
+             "pseudo-thermal would add the generator). `CONFIG, aligned`: the same pair without its misalignment, "
+             "registered from scratch with the frame's outputs: the affine stages keep it, so the generator and "
+             "the dense levels do not run (an aligned rig, or a calibrated rig's usual registration)."]
     if peers:
         notes += ["", "× peer: the configuration's total p50 / the peer's total p50 at the same size (how many "
                   "times the peer's time the configuration takes). Peers, on the same pair:", ""]
@@ -476,7 +491,7 @@ def profile_markdown(results) -> str:
     """Where per-frame time goes: each stage's share (%) of the mean total, per cgrp configuration and size."""
     header = ["config", "size"] + [f"{k} %" for k in STAGES[:-1]] + ["total ms (mean)"]
     rows = []
-    for r in with_frame_rows(results):
+    for r in with_extra_rows(results):
         stages = r["stages_ms"]
         total = stages["total"]["mean"]
         shares = [100 * stages[k]["mean"] / total for k in STAGES[:-1]]
