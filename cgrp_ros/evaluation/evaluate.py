@@ -221,7 +221,14 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
     truth = misalign(aligned, preset, rng_for(seed, name))
     moving = truth.misaligned
 
-    result = pipeline(visible, moving)
+    # only the outputs this evaluation reads: the fusion network runs for fusion metrics and panels, the
+    # generator (beyond the registration's own need) for the `dis` baseline's pseudo-thermal
+    outputs = {"flow", "registered_thermal"}
+    if fusion or keep_panel:
+        outputs.add("fused")
+    if "dis" in methods:
+        outputs.add("pseudo_thermal")
+    result = pipeline(visible, moving, frozenset(outputs))
     pair_info = dict(registration_confidence=float(result.registration_confidence),
                      registration_fallback=bool(result.registration_fallback))
     flows = {"cgrp": result.flow, "none": np.zeros_like(result.flow)}
@@ -233,7 +240,7 @@ def evaluate_pair(pipeline, name: str, visible: np.ndarray, thermal: np.ndarray,
     for method in ("ecc", "dis"):
         if method in flows:
             registered[method] = warp_numpy(moving, flows[method])
-    fused = {"cgrp": result.fused}
+    fused = {"cgrp": result.fused} if result.fused is not None else {}
     if "cgrp_avg" in methods:
         fused["cgrp_avg"] = average_fusion(visible_y, result.registered_thermal)
     for method in ("none", "ecc", "dis"):
