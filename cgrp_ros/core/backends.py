@@ -42,7 +42,7 @@ ONNX_GRAPHS = {  # graph (file name) -> (the stage whose weights it holds, input
                            ["flow", "registered_thermal"]),
     "fusion": ("fusion", ["visible_y", "registered_thermal"], ["fused"]),
 }
-# the torch backend's stage -> the graph it runs (onnxruntime picks the calibrated one per call)
+# the graphs the torch backend runs, one per stage (onnxruntime also has the calibrated affine graph, picked per call)
 TORCH_GRAPHS = ("generator", "registration_affine", "registration_dense", "fusion")
 PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not an image
 
