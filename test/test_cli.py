@@ -215,7 +215,8 @@ def test_corrupt_model_is_one_clear_line(sample_dir, tmp_path):
 def test_export_writes_onnx_that_matches_torch(tmp_path):
     proc = cgrp("export", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for graph in ("generator", "registration_affine", "registration_affine_calibrated", "registration_dense", "fusion"):
+    for graph in ("generator", "registration_coarse", "registration_fine", "registration_coarse_calibrated",
+                  "registration_fine_calibrated", "registration_dense", "fusion"):
         assert (tmp_path / f"{graph}.onnx").stat().st_size > 10_000
     assert proc.stdout.count("within tolerance") == 2  # searching, and from a calibration
 

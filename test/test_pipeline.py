@@ -132,7 +132,17 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
         assert agree["ok"], agree  # within float rounding (FLOW_AGREEMENT_PX)
         assert np.abs(a.fused.astype(int) - b.fused).max() <= 1
         assert np.abs(a.pseudo_thermal.astype(int) - b.pseudo_thermal).max() <= 1
-    assert "registration_affine_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed
+    assert "registration_coarse_calibrated" not in ort_pipe.backend.sessions  # exported and loaded only when needed
+    # the aligned pair: the affine stages keep the identity, so onnxruntime skips the fine pass's graph (as
+    # torch skips the pass) and the dense one, and both backends return a zero flow
+    graphs, run = [], ort_pipe.backend._run
+    ort_pipe.backend._run = lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs)
+    a, b = torch_pipe(visible, aligned), ort_pipe(visible, aligned)
+    assert not a.flow.any() and not b.flow.any()
+    assert "registration_coarse" in graphs and "registration_fine" not in graphs and "registration_dense" not in graphs
+    graphs.clear()
+    ort_pipe(visible, thermal)
+    assert "registration_fine" in graphs and "registration_dense" in graphs
     # with a calibration no pair searches: onnxruntime runs the graph without the global stage, and the
     # local stage starts from the prior
     shift = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
@@ -141,11 +151,12 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
     a, b = torch_pipe(visible, thermal), ort_pipe(visible, thermal)
     assert flow_agreement(a.flow, b.flow)["ok"]
     assert a.registration_confidence == pytest.approx(b.registration_confidence, abs=1e-4)
-    assert set(ort_pipe.backend.sessions) == {"generator", "registration_affine_calibrated", "registration_dense", "fusion"}
+    assert set(ort_pipe.backend.sessions) == {"generator", "registration_coarse_calibrated", "registration_fine_calibrated",
+                                              "registration_dense", "fusion"}
 
 
 def test_a_missing_onnx_graph_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
-    """An onnx_dir from an older `cgrp export` lacks registration_affine_calibrated.onnx; a calibrated
+    """An onnx_dir from an older `cgrp export` lacks registration_coarse_calibrated.onnx; a calibrated
     Pipeline exports it there, and says what to do when the folder cannot be written."""
     from cgrp_ros.core import backends
 
@@ -155,7 +166,7 @@ def test_a_missing_onnx_graph_that_cannot_be_written_is_a_clear_error(tmp_path, 
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(backends, "export_onnx", read_only)
-    with pytest.raises(ModelLoadError, match=r"registration_affine_calibrated\.onnx.*cgrp export --out"):
+    with pytest.raises(ModelLoadError, match=r"registration_coarse_calibrated\.onnx.*cgrp export --out"):
         Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", homography=np.eye(3), onnx_dir=str(tmp_path)))
 
 

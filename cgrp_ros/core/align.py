@@ -477,6 +477,12 @@ class LocalMatcher(AffineFromMatches):
         and 16). The confidence is the higher of the two scores. Passes from the prior fit with the
         rotation and scale priors (ROTATION_WEIGHT, SCALE_WEIGHT), and so does the fine pass of an
         estimate that comes from them."""
+        params, confidence, from_prior = self.refine_coarse(visible_y, thermal, params, prior_margin, prior_start)
+        return self.refine_fine(visible_y, thermal, params, prior_margin, from_prior), confidence
+
+    def refine_coarse(self, visible_y, thermal, params, prior_margin=None, prior_start: bool = False):
+        """:meth:`refine` without its fine pass: (params N x 6, confidence N, from_prior N in {0, 1}:
+        1 where the estimate comes from the prior's start, the fine pass's `near_prior`)."""
         fv = self.visible_encoder(visible_y)
         start_moved = moved(params)
         from_prior = 1.0 - start_moved  # per pair: the estimate starts from the prior
@@ -489,9 +495,7 @@ class LocalMatcher(AffineFromMatches):
             from_prior = torch.maximum(from_prior, prior_kept)
             confidence = torch.maximum(confidence, prior_confidence)
         params = params * (1.0 - self.prior_wins(visible_y, thermal, params, fv, prior_margin))[:, None]
-        if self.FINE_FACTOR > 1:
-            params = self.refine_fine(visible_y, thermal, params, prior_margin, from_prior)
-        return params, confidence
+        return params, confidence, from_prior
 
     def coarse_passes(self, visible_y, thermal, params, visible_features, near_prior=None):
         """PASSES passes at 4x4 cells from `params`, each correction composed with the estimate;
@@ -512,8 +516,8 @@ class LocalMatcher(AffineFromMatches):
         prior there. Pairs whose estimate is still the prior (all six parameters 0) keep it;
         `near_prior` (N): see :meth:`AffineFromMatches.fit`. -> params N x 6."""
         refined = moved(params)
-        if not any_pair(refined):
-            return params  # no pair of the batch to refine
+        if self.FINE_FACTOR <= 1 or not any_pair(refined):
+            return params  # no fine pass, or no pair of the batch to refine
         fine_y, fine_thermal = self.upsampled(visible_y), self.upsampled(thermal)
         fv = self.visible_encoder(fine_y)
         prob, cells = self.correlation(fine_y, warp_affine(fine_thermal, params), fv)

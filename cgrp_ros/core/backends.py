@@ -12,7 +12,9 @@ A backend maps float32 NCHW numpy arrays to float32 NCHW numpy arrays:
 The registration is two calls so that a pair the affine stages leave at its prior (an aligned pair,
 a calibrated rig's usual frame: `affine_flow` all zero) needs neither the dense levels nor the
 generator, whose pseudo-thermal only the dense levels read: its flow is zero and its registered
-thermal `unmoved_thermal`, what the dense call would return for it.
+thermal `unmoved_thermal`, what the dense call would return for it. For the same reason onnxruntime
+runs `registration_affine` as two graphs, the second (the local stage's fine pass) only where the
+first moved a pair: a traced graph cannot skip work as torch does.
 """
 from __future__ import annotations
 
@@ -26,33 +28,55 @@ import torch
 
 from .errors import BackendError, ModelLoadError
 from .models import STAGES, load_model
+from .networks import flow_unless_fallback
 from .warp import warp
 
 log = logging.getLogger("cgrp_ros")
 
 ONNX_OPSET = 17
-_AFFINE = ["affine_flow", "unmoved_thermal", "confidence", "fallback"]
-ONNX_GRAPHS = {  # graph (file name) -> (the stage whose weights it holds, input names, output names)
+# the backends' stages (what the Pipeline calls) -> the network whose weights each runs
+STAGE_NETWORKS = {"generator": "generator", "registration_affine": "registration",
+                  "registration_dense": "registration", "fusion": "fusion"}
+_COARSE = ["params", "unmoved_thermal", "confidence", "fallback", "near_prior"]
+ONNX_GRAPHS = {  # graph (file name) -> (the network whose weights it holds, input names, output names)
     "generator": ("generator", ["visible"], ["pseudo_thermal"]),
-    "registration_affine": ("registration", ["visible_y", "thermal", "search"], _AFFINE),
+    # the stage registration_affine: global search and the local stage's 4x4-cell passes, then the fine pass
+    "registration_coarse": ("registration", ["visible_y", "thermal", "search"], _COARSE),
+    "registration_fine": ("registration", ["visible_y", "thermal", "params", "near_prior", "fallback", "search"],
+                          ["affine_flow"]),
     # for a batch that does not search (a calibrated rig): the same without the global stage, which the
-    # graph above runs for every pair and discards where search is 0 (11 % of its time, 256x320 on CPU)
-    "registration_affine_calibrated": ("registration", ["visible_y", "thermal"], _AFFINE),
+    # graphs above run for every pair and discard where search is 0 (11 % of the time, 256x320 on CPU)
+    "registration_coarse_calibrated": ("registration", ["visible_y", "thermal"], _COARSE),
+    "registration_fine_calibrated": ("registration", ["visible_y", "thermal", "params", "near_prior", "fallback"],
+                                     ["affine_flow"]),
     "registration_dense": ("registration", ["pseudo_thermal", "visible_y", "thermal", "affine_flow"],
                            ["flow", "registered_thermal"]),
     "fusion": ("fusion", ["visible_y", "registered_thermal"], ["fused"]),
 }
-# the graphs the torch backend runs, one per stage (onnxruntime also has the calibrated affine graph, picked per call)
-TORCH_GRAPHS = ("generator", "registration_affine", "registration_dense", "fusion")
-PER_PAIR = ("search", "confidence", "fallback")  # one number per pair (N), not an image
+PER_PAIR = ("search", "confidence", "fallback", "near_prior")  # one number per pair (N), not an image
+EXPORT_SHAPES = {"visible": (1, 3, 64, 96), "affine_flow": (1, 2, 64, 96), "params": (1, 6)}  # others: 1 x 1 x H x W
 
 
 class AffineExport(torch.nn.Module):
-    """RegistrationNet's affine stages (global search, local refinement, fallback):
-    (visible_y, thermal, search) -> (affine flow N x 2 x H x W in pixels, zero where the pair keeps its
-    prior; the thermal resampled by a zero flow, the registered thermal of such a pair; confidence N;
-    fallback N). search N: 1 to search globally, 0 to refine from the prior (a rig calibration). With
-    `search` fixed at construction (a number) the module takes the first two inputs only."""
+    """RegistrationNet's affine stages (global search, local refinement, fallback): the stage
+    registration_affine, (visible_y, thermal, search) -> (affine flow N x 2 x H x W in pixels, zero
+    where the pair keeps its prior; the thermal resampled by a zero flow, the registered thermal of such
+    a pair; confidence N; fallback N). search N: 1 to search globally, 0 to refine from the prior (a rig
+    calibration)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, visible_y, thermal, search):
+        flow, confidence, fallback = self.net.global_estimate(visible_y, thermal, search)
+        return flow, warp(thermal, torch.zeros_like(flow)), confidence, fallback
+
+
+class CoarseExport(torch.nn.Module):
+    """AffineExport up to the local stage's fine pass: (visible_y, thermal, search) -> (params N x 6,
+    unmoved thermal, confidence N, fallback N, near_prior N). With `search` fixed at construction (a
+    number) the module takes the first two inputs only."""
 
     def __init__(self, net, search=None):
         super().__init__()
@@ -60,9 +84,25 @@ class AffineExport(torch.nn.Module):
         self.search = search
 
     def forward(self, visible_y, thermal, search=None):
-        flow, confidence, fallback = self.net.global_estimate(visible_y, thermal,
-                                                              self.search if search is None else search)
-        return flow, warp(thermal, torch.zeros_like(flow)), confidence, fallback
+        search = self.search if search is None else search
+        params, confidence, near_prior = self.net.affine_coarse(visible_y, thermal, search)
+        fallback = self.net.confidence_stage.fallback(confidence)
+        return params, warp(thermal, torch.zeros_like(thermal).repeat(1, 2, 1, 1)), confidence, fallback, near_prior
+
+
+class FineExport(torch.nn.Module):
+    """The rest of AffineExport: (visible_y, thermal, params, near_prior, fallback, search) -> affine
+    flow N x 2 x H x W in pixels. `search` as in CoarseExport."""
+
+    def __init__(self, net, search=None):
+        super().__init__()
+        self.net = net
+        self.search = search
+
+    def forward(self, visible_y, thermal, params, near_prior, fallback, search=None):
+        search = self.search if search is None else search
+        params = self.net.affine_fine(visible_y, thermal, params, near_prior, search)
+        return flow_unless_fallback(params, fallback, thermal)
 
 
 class DenseExport(torch.nn.Module):
@@ -98,14 +138,14 @@ def flow_agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def graph_module(graph: str, model: torch.nn.Module) -> torch.nn.Module:
-    """The module that ONNX_GRAPHS[graph] is traced from (and that TorchBackend runs for a stage)."""
-    if graph == "registration_affine":
-        return AffineExport(model)
-    if graph == "registration_affine_calibrated":
-        return AffineExport(model, search=0.0)
-    if graph == "registration_dense":
-        return DenseExport(model)
-    return model
+    """The module that ONNX_GRAPHS[graph] is traced from, or that TorchBackend runs for a stage."""
+    modules = {"registration_affine": lambda: AffineExport(model),
+               "registration_coarse": lambda: CoarseExport(model),
+               "registration_coarse_calibrated": lambda: CoarseExport(model, search=0.0),
+               "registration_fine": lambda: FineExport(model),
+               "registration_fine_calibrated": lambda: FineExport(model, search=0.0),
+               "registration_dense": lambda: DenseExport(model)}
+    return modules[graph]() if graph in modules else model
 
 
 def nvidia_driver_present() -> bool:
@@ -143,7 +183,7 @@ class TorchBackend:
             log.warning("fp16 needs CUDA: running in float32 on %s", self.device)
         self.dtype = torch.float16 if self.fp16 else torch.float32
         networks = {stage: load_model(model_paths[stage], stage).to(self.device, self.dtype) for stage in STAGES}
-        self.modules = {graph: graph_module(graph, networks[ONNX_GRAPHS[graph][0]]) for graph in TORCH_GRAPHS}
+        self.modules = {stage: graph_module(stage, networks[network]) for stage, network in STAGE_NETWORKS.items()}
         self.description = f"torch {torch.__version__} on {self.device}" + (" fp16" if self.fp16 else " fp32")
 
     @torch.inference_mode()
@@ -164,14 +204,13 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None
     ONNX_GRAPHS entry): {graph: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = {"visible": (1, 3, 64, 96), "affine_flow": (1, 2, 64, 96)}
     written = {}
     for graph in graphs or ONNX_GRAPHS:
-        stage, inputs, outputs = ONNX_GRAPHS[graph]
-        module = graph_module(graph, load_model(model_paths[stage], stage)).eval()
-        sample = tuple(torch.ones(1) if name in PER_PAIR else torch.rand(image.get(name, (1, 1, 64, 96)))
+        network, inputs, outputs = ONNX_GRAPHS[graph]
+        module = graph_module(graph, load_model(model_paths[network], network)).eval()
+        sample = tuple(torch.ones(1) if name in PER_PAIR else torch.rand(EXPORT_SHAPES.get(name, (1, 1, 64, 96)))
                        for name in inputs)
-        axes = {name: {0: "batch"} if name in PER_PAIR else {0: "batch", 2: "height", 3: "width"}
+        axes = {name: {0: "batch"} if name in PER_PAIR or name == "params" else {0: "batch", 2: "height", 3: "width"}
                 for name in inputs + outputs}
         path = out_dir / f"{graph}.onnx"
         import warnings
@@ -239,8 +278,9 @@ class OnnxBackend:
         self._wanted = ["CPUExecutionProvider"] if device == "cpu" else wanted
         self._ort, self._threads, self._fp16 = ort, threads, fp16
         self.sessions = {}
-        affine = "registration_affine_calibrated" if calibrated else "registration_affine"
-        for graph in ("generator", affine, "registration_dense", "fusion"):
+        suffix = "_calibrated" if calibrated else ""
+        for graph in ("generator", "registration_coarse" + suffix, "registration_fine" + suffix, "registration_dense",
+                      "fusion"):
             self.session(graph)
         self.providers = self.sessions["generator"].get_providers()
         if self.providers[0] == "CPUExecutionProvider" and len(self._wanted) > 1:
@@ -295,13 +335,29 @@ class OnnxBackend:
         return options
 
     def __call__(self, stage: str, *inputs: np.ndarray):
-        graph = stage
-        if stage == "registration_affine" and not np.any(inputs[2]):  # no pair searches: skip the global stage
-            graph, inputs = "registration_affine_calibrated", inputs[:2]
+        if stage == "registration_affine":
+            return self._registration_affine(*inputs)
+        return self._run(stage, *inputs)
+
+    def _run(self, graph: str, *inputs: np.ndarray):
         _, names, _ = ONNX_GRAPHS[graph]
         feeds = {n: np.ascontiguousarray(x, dtype=np.float32) for n, x in zip(names, inputs)}
         outs = self.session(graph).run(None, feeds)
         return tuple(outs) if len(outs) > 1 else outs[0]
+
+    def _registration_affine(self, visible_y, thermal, search):
+        """The stage registration_affine as two graphs: the fine pass (on both images upsampled, the
+        larger part of an aligned pair's time) runs only where the coarse estimate moved a pair that
+        did not fall back; elsewhere the affine flow is zero, as torch computes it. Where no pair
+        searches, the graphs without the global stage."""
+        suffix, searching = ("", (search,)) if np.any(search) else ("_calibrated", ())
+        params, unmoved, confidence, fallback, near_prior = self._run("registration_coarse" + suffix, visible_y,
+                                                                      thermal, *searching)
+        if np.any(np.any(params != 0, axis=1) & (fallback < 0.5)):
+            flow = self._run("registration_fine" + suffix, visible_y, thermal, params, near_prior, fallback, *searching)
+        else:
+            flow = np.zeros((thermal.shape[0], 2) + thermal.shape[2:], np.float32)
+        return flow, unmoved, confidence, fallback
 
     def synchronize(self):
         pass

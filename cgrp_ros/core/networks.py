@@ -171,6 +171,12 @@ def searches(search) -> bool:
     return any_pair(search)
 
 
+def flow_unless_fallback(params: torch.Tensor, fallback: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The affine `params` (N x 6) as a flow in pixels at `like`'s resolution (N x 2 x H x W), zero
+    where the pair fell back (`fallback` N, 1.0) to its prior."""
+    return affine_flow(params * (1.0 - fallback)[:, None], like)
+
+
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
@@ -222,25 +228,50 @@ class RegistrationNet(nn.Module):
         searches (:func:`searches`). A searching pair's local stage also starts from the prior and
         keeps that start unless the global one scores clearly higher (``prior_start``), in case the
         global peak was wrong."""
+        params, confidence, near_prior = self.affine_coarse(visible_y, thermal, search)
+        return self.affine_fine(visible_y, thermal, params, near_prior, search), confidence
+
+    def affine_coarse(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
+        """:meth:`affine_estimate` up to the local stage's fine pass: (params N x 6, confidence N,
+        near_prior N: 1 where the estimate comes from the prior's start, for :meth:`affine_fine`)."""
         if self.local_stage is None:
-            return self.global_stage.estimate(visible_y, thermal)
+            params, confidence = self.global_stage.estimate(visible_y, thermal)
+            return params, confidence, torch.zeros_like(confidence)
+        margin = self.prior_margin(search, visible_y.dtype)
         if not searches(search):
             prior = visible_y.new_zeros(visible_y.shape[0], 6)
-            return self.local_stage.refine(visible_y, thermal, prior, self.local_stage.CALIBRATION_MARGIN)
+            return self.local_stage.refine_coarse(visible_y, thermal, prior, margin)
         params, _ = self.global_stage.estimate(visible_y, thermal)
-        margin = self.local_stage.IDENTITY_MARGIN
         if torch.is_tensor(search):  # per pair: those that do not search keep their prior
-            searched = search.to(params.dtype)
-            params = params * searched[:, None]
-            margin = searched * margin + (1.0 - searched) * self.local_stage.CALIBRATION_MARGIN
-        return self.local_stage.refine(visible_y, thermal, params, margin, prior_start=True)
+            params = params * search.to(params.dtype)[:, None]
+        return self.local_stage.refine_coarse(visible_y, thermal, params, margin, prior_start=True)
+
+    def affine_fine(self, visible_y: torch.Tensor, thermal: torch.Tensor, params: torch.Tensor,
+                    near_prior: torch.Tensor, search=None) -> torch.Tensor:
+        """The local stage's fine pass on :meth:`affine_coarse`'s estimate -> params N x 6. A pair
+        whose estimate is the prior keeps it: where none moved, nothing runs."""
+        if self.local_stage is None:
+            return params
+        return self.local_stage.refine_fine(visible_y, thermal, params, self.prior_margin(search, params.dtype),
+                                            near_prior)
+
+    def prior_margin(self, search, dtype):
+        """The local stage's margin for keeping the prior: IDENTITY_MARGIN where the pair searches,
+        CALIBRATION_MARGIN where the prior is a calibration (a number, or N for a per-pair `search`)."""
+        local = self.local_stage
+        if not searches(search):
+            return local.CALIBRATION_MARGIN
+        if not torch.is_tensor(search):
+            return local.IDENTITY_MARGIN
+        searched = search.to(dtype)
+        return searched * local.IDENTITY_MARGIN + (1.0 - searched) * local.CALIBRATION_MARGIN
 
     def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
         """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
         zero where it fell back. `search`: see :meth:`affine_estimate`."""
         params, confidence = self.affine_estimate(visible_y, thermal, search)
         fallback = self.confidence_stage.fallback(confidence)
-        return affine_flow(params * (1.0 - fallback)[:, None], thermal), confidence, fallback
+        return flow_unless_fallback(params, fallback, thermal), confidence, fallback
 
     def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
                 initial_flow: torch.Tensor | None = None, search=None) -> Registration:
