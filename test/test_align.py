@@ -354,6 +354,27 @@ def test_the_dense_levels_run_only_where_their_flow_is_kept(sample_pairs):
     assert float(moved.fallback) == 0.0 and len(moved.levels) == 3
     assert float(moved.flow.abs().max()) > 1.0
 
+def test_a_pair_that_falls_back_skips_the_fine_pass(sample_pairs, monkeypatch):
+    """The thermal of another scene: the 4x4-cell passes move it, with too little confidence. Its flow
+    is the prior's (zero), and the fine pass, whose result would be dropped, does not run for it (on
+    images upsampled 2x it is most of the affine stages' time); a misaligned pair runs it."""
+    net = load_model(default_model_path("registration"), "registration").eval()
+    upsampled, fine_inputs = net.local_stage.upsampled, []
+    monkeypatch.setattr(net.local_stage, "upsampled", lambda image: fine_inputs.append(image) or upsampled(image))
+    _, visible, thermal = sample_pairs[0]
+    visible_y, thermal = working_pair(visible, thermal)
+    other = cv2.resize(working_pair(sample_pairs[2][1], sample_pairs[2][2])[1], visible_y.shape[::-1])
+    misaligned = misalign(thermal, "moderate", rng_for(0, "dense")).misaligned
+    with torch.no_grad():
+        coarse_params = net.affine_coarse(tensor(visible_y), tensor(other))[0]
+        flow, _, fallback = net.global_estimate(tensor(visible_y), tensor(other))
+        assert float(coarse_params.abs().max()) > 0 and float(fallback) == 1.0  # moved, but not trusted
+        assert float(flow.abs().max()) == 0.0 and fine_inputs == []
+        flow, _, fallback = net.global_estimate(tensor(visible_y), tensor(misaligned))
+    assert float(fallback) == 0.0 and len(fine_inputs) == 2  # both images upsampled
+    assert float(flow.abs().max()) > 1.0
+
+
 def test_compose_affine_is_function_composition():
     coords = normalized_grid(torch.zeros(1, 1, 6, 9))
     outer = torch.tensor([[0.05, -0.02, 0.1, 0.03, -0.04, -0.2]])

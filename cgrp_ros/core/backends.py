@@ -28,7 +28,7 @@ import torch
 
 from .errors import BackendError, ModelLoadError
 from .models import STAGES, load_model
-from .networks import flow_unless_fallback
+from .align import affine_flow
 from .warp import warp
 
 log = logging.getLogger("cgrp_ros")
@@ -42,13 +42,11 @@ ONNX_GRAPHS = {  # graph (file name) -> (the network whose weights it holds, inp
     "generator": ("generator", ["visible"], ["pseudo_thermal"]),
     # the stage registration_affine: global search and the local stage's 4x4-cell passes, then the fine pass
     "registration_coarse": ("registration", ["visible_y", "thermal", "search"], _COARSE),
-    "registration_fine": ("registration", ["visible_y", "thermal", "params", "near_prior", "fallback", "search"],
-                          ["affine_flow"]),
+    "registration_fine": ("registration", ["visible_y", "thermal", "params", "near_prior", "search"], ["affine_flow"]),
     # for a batch that does not search (a calibrated rig): the same without the global stage, which the
     # graphs above run for every pair and discard where search is 0 (11 % of the time, 256x320 on CPU)
     "registration_coarse_calibrated": ("registration", ["visible_y", "thermal"], _COARSE),
-    "registration_fine_calibrated": ("registration", ["visible_y", "thermal", "params", "near_prior", "fallback"],
-                                     ["affine_flow"]),
+    "registration_fine_calibrated": ("registration", ["visible_y", "thermal", "params", "near_prior"], ["affine_flow"]),
     "registration_dense": ("registration", ["pseudo_thermal", "visible_y", "thermal", "affine_flow"],
                            ["flow", "registered_thermal"]),
     "fusion": ("fusion", ["visible_y", "registered_thermal"], ["fused"]),
@@ -75,8 +73,9 @@ class AffineExport(torch.nn.Module):
 
 class CoarseExport(torch.nn.Module):
     """AffineExport up to the local stage's fine pass: (visible_y, thermal, search) -> (params N x 6,
-    unmoved thermal, confidence N, fallback N, near_prior N). With `search` fixed at construction (a
-    number) the module takes the first two inputs only."""
+    zero where the pair keeps its prior or fell back; unmoved thermal; confidence N; fallback N;
+    near_prior N). With `search` fixed at construction (a number) the module takes the first two inputs
+    only."""
 
     def __init__(self, net, search=None):
         super().__init__()
@@ -85,24 +84,22 @@ class CoarseExport(torch.nn.Module):
 
     def forward(self, visible_y, thermal, search=None):
         search = self.search if search is None else search
-        params, confidence, near_prior = self.net.affine_coarse(visible_y, thermal, search)
-        fallback = self.net.confidence_stage.fallback(confidence)
+        params, confidence, fallback, near_prior = self.net.global_estimate_coarse(visible_y, thermal, search)
         return params, warp(thermal, torch.zeros_like(thermal).repeat(1, 2, 1, 1)), confidence, fallback, near_prior
 
 
 class FineExport(torch.nn.Module):
-    """The rest of AffineExport: (visible_y, thermal, params, near_prior, fallback, search) -> affine
-    flow N x 2 x H x W in pixels. `search` as in CoarseExport."""
+    """The rest of AffineExport: (visible_y, thermal, params, near_prior, search) -> affine flow
+    N x 2 x H x W in pixels. `search` as in CoarseExport."""
 
     def __init__(self, net, search=None):
         super().__init__()
         self.net = net
         self.search = search
 
-    def forward(self, visible_y, thermal, params, near_prior, fallback, search=None):
+    def forward(self, visible_y, thermal, params, near_prior, search=None):
         search = self.search if search is None else search
-        params = self.net.affine_fine(visible_y, thermal, params, near_prior, search)
-        return flow_unless_fallback(params, fallback, thermal)
+        return affine_flow(self.net.affine_fine(visible_y, thermal, params, near_prior, search), thermal)
 
 
 class DenseExport(torch.nn.Module):
@@ -347,14 +344,14 @@ class OnnxBackend:
 
     def _registration_affine(self, visible_y, thermal, search):
         """The stage registration_affine as two graphs: the fine pass (on both images upsampled, the
-        larger part of an aligned pair's time) runs only where the coarse estimate moved a pair that
-        did not fall back; elsewhere the affine flow is zero, as torch computes it. Where no pair
-        searches, the graphs without the global stage."""
+        larger part of an aligned pair's time) runs only where the coarse estimate moved a pair (it is
+        zero where a pair fell back); elsewhere the affine flow is zero, as torch computes it. Where no
+        pair searches, the graphs without the global stage."""
         suffix, searching = ("", (search,)) if np.any(search) else ("_calibrated", ())
         params, unmoved, confidence, fallback, near_prior = self._run("registration_coarse" + suffix, visible_y,
                                                                       thermal, *searching)
-        if np.any(np.any(params != 0, axis=1) & (fallback < 0.5)):
-            flow = self._run("registration_fine" + suffix, visible_y, thermal, params, near_prior, fallback, *searching)
+        if np.any(params):
+            flow = self._run("registration_fine" + suffix, visible_y, thermal, params, near_prior, *searching)
         else:
             flow = np.zeros((thermal.shape[0], 2) + thermal.shape[2:], np.float32)
         return flow, unmoved, confidence, fallback

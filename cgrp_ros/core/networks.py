@@ -171,12 +171,6 @@ def searches(search) -> bool:
     return any_pair(search)
 
 
-def flow_unless_fallback(params: torch.Tensor, fallback: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The affine `params` (N x 6) as a flow in pixels at `like`'s resolution (N x 2 x H x W), zero
-    where the pair fell back (`fallback` N, 1.0) to its prior."""
-    return affine_flow(params * (1.0 - fallback)[:, None], like)
-
-
 class RegistrationNet(nn.Module):
     """Dense deformation field that warps the thermal onto the pseudo-thermal.
 
@@ -269,9 +263,16 @@ class RegistrationNet(nn.Module):
     def global_estimate(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
         """(the affine stages' flow N x 2 x H x W in pixels, confidence N, fallback N); the flow is
         zero where it fell back. `search`: see :meth:`affine_estimate`."""
-        params, confidence = self.affine_estimate(visible_y, thermal, search)
+        params, confidence, fallback, near_prior = self.global_estimate_coarse(visible_y, thermal, search)
+        params = self.affine_fine(visible_y, thermal, params, near_prior, search)
+        return affine_flow(params, thermal), confidence, fallback
+
+    def global_estimate_coarse(self, visible_y: torch.Tensor, thermal: torch.Tensor, search=None):
+        """:meth:`global_estimate` before the fine pass: (params N x 6, zero where the pair fell back, so
+        that the fine pass skips it; confidence N; fallback N; near_prior N, see :meth:`affine_coarse`)."""
+        params, confidence, near_prior = self.affine_coarse(visible_y, thermal, search)
         fallback = self.confidence_stage.fallback(confidence)
-        return flow_unless_fallback(params, fallback, thermal), confidence, fallback
+        return params * (1.0 - fallback)[:, None], confidence, fallback, near_prior
 
     def forward(self, pseudo_thermal: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
                 initial_flow: torch.Tensor | None = None, search=None) -> Registration:
