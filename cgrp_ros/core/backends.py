@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .align import affine_flow
 from .errors import BackendError, ModelLoadError
 from .models import STAGES, load_model
-from .align import affine_flow
 from .warp import warp
 
 log = logging.getLogger("cgrp_ros")

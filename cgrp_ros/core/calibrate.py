@@ -221,6 +221,20 @@ class RigCalibrator:
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return crop, placed, to_work, t2w
 
+    def _tensors(self, crop, placed):
+        """The visible crop and the placed thermal (H x W) as the matchers' 1 x 1 x H x W inputs."""
+        return tuple(self.torch.from_numpy(np.ascontiguousarray(image))[None, None].to(self.device)
+                     for image in (crop, placed))
+
+    def _confidence(self, vis_y, th, placement) -> float:
+        """The global search's confidence for one pair and placement (0 where the placement leaves too
+        little overlap): what the scale search compares, and the first output of :meth:`_match`."""
+        view = self._view(vis_y, th, placement)
+        if view is None:
+            return 0.0
+        with self.torch.no_grad():
+            return float(self.matcher.estimate(*self._tensors(*view[:2]))[1][0])
+
     def _match(self, vis_y, th, placement, direct: bool = False):
         """-> (confidence, thermal px N x 2, visible px N x 2) for one pair and placement."""
         from .align import apply_affine, pixels_per_unit, warp_affine
@@ -236,8 +250,7 @@ class RigCalibrator:
         local = self.local_matcher is not None
         matcher, consistent = (self.local_matcher, 2.5) if local else (self.matcher, 1.5)
         with torch.no_grad():
-            v = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-            t = torch.from_numpy(np.ascontiguousarray(placed))[None, None].to(self.device)
+            v, t = self._tensors(crop, placed)
             params, confidence = self.matcher.estimate(v, t)
             if direct:  # the placement is already close: match the placed thermal itself
                 params = torch.zeros_like(params)
@@ -342,9 +355,8 @@ class RigCalibrator:
         scores = {}
         jobs = [(s, i) for s in self.scales for i in subset]
         for s, i in progress(jobs, len(jobs), "calibrate: scale search"):
-            v, t = load(i)
-            conf, *_ = self._match(v, t, centred_placement(thermal_size, visible_size, s))
-            scores.setdefault(s, []).append(conf)
+            v, t = load(i)  # only the confidence counts here: the matches would be dropped
+            scores.setdefault(s, []).append(self._confidence(v, t, centred_placement(thermal_size, visible_size, s)))
         best_scale = max(scores, key=lambda s: float(np.mean(scores[s])))
         if float(np.max(scores[best_scale])) < self.min_confidence:
             raise CalibrationError(

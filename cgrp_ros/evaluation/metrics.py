@@ -47,8 +47,8 @@ def _selected(image, mask) -> np.ndarray:
 
 def _levels(values: np.ndarray, bins: int) -> np.ndarray:
     """0..255 intensities -> integer bin indices 0..bins-1."""
-    values = np.clip(np.rint(values), 0, GREY_LEVELS - 1)
-    return (values * bins // GREY_LEVELS).astype(np.int64)
+    # integer arithmetic: the floor division of floats took 3/4 of the time (the MI fit calls this ~3000 times)
+    return np.clip(np.rint(values), 0, GREY_LEVELS - 1).astype(np.int64) * bins // GREY_LEVELS
 
 
 def _entropy_of(counts: np.ndarray) -> float:
