@@ -34,6 +34,8 @@ def add_arguments(t):
                    help="registration: train on image similarity + smoothness only (ablation)")
     t.add_argument("--similarity-weight", type=non_negative(float), default=1.0,
                    help="registration: weight of the image-similarity term (0: synthetic-flow supervision only)")
+    t.add_argument("--threshold-samples", type=positive(int), default=160,
+                   help="global/local: fresh training pairs the confidence threshold is chosen on (default: 160)")
     t.add_argument("--init", type=Path, help="global/local/registration: start from these registration weights")
     t.add_argument("--generator", type=Path, help="frozen generator weights for registration/joint")
     t.add_argument("--registration", type=Path, help="registration weights to start joint from")
@@ -49,7 +51,7 @@ def run(args) -> int:
                       iterations=args.iterations or 0, batch=args.batch or 0, lr=args.lr or 0.0,
                       preset=args.preset or "", seed=args.seed, minutes=args.minutes, resume=not args.restart,
                       device=args.device, flow_supervision=not args.no_flow_supervision,
-                      similarity_weight=args.similarity_weight, extra=extra)
+                      similarity_weight=args.similarity_weight, threshold_samples=args.threshold_samples, extra=extra)
     meta = train(cfg)
     print(f"[{args.stage}] {meta['iterations']} iterations in {meta['wall_time_s'] / 60:.1f} min on "
           f"{meta['device']}; weights in {cfg.out}")

@@ -114,6 +114,7 @@ class TrainConfig:
     device: str = "auto"
     flow_supervision: bool = True
     similarity_weight: float = 1.0         # registration: weight of (1 - local NCC) to the pseudo-thermal
+    threshold_samples: int = 160           # global/local: fresh training pairs the confidence threshold is chosen on
     checkpoint_every: int = 100
     extra: dict = field(default_factory=dict)
 
@@ -502,12 +503,12 @@ class GlobalStage(Stage):
         return (ce * mask).sum() / mask.sum().clamp_min(1.0)
 
     @torch.no_grad()
-    def calibrate(self, samples: int = 160) -> dict:
-        """Pick the confidence threshold that minimises the mean end-point error on fresh training
-        samples (the whole `mix` of misalignments, whatever the stage trained on) when every pair
+    def calibrate(self) -> dict:
+        """Pick the confidence threshold that minimises the mean end-point error on `threshold_samples`
+        fresh training samples (the whole `mix` of misalignments, whatever the stage trained on) when every pair
         below it keeps the identity; then raise it, if needed, above 95 % of pairs whose thermal
         belongs to another image (nothing to match)."""
-        stage = self.matcher()
+        stage, samples = self.matcher(), self.cfg.threshold_samples
         rng = np.random.default_rng(self.cfg.seed + 1)
         conf, fitted, identity, mismatched = [], [], [], []
         for k in range(samples):
