@@ -39,3 +39,16 @@ def test_subpackages_import_only_the_layers_below_them(subpackage):
                 assert parts[1] in ALLOWED[subpackage], f"{path.name} imports {name}"
             if subpackage != "ros":
                 assert parts[0] not in ROS_MODULES, f"{path.name} imports {name}: ROS belongs in cgrp_ros/ros"
+
+
+def test_the_command_line_and_the_player_do_not_load_torch():
+    """`cgrp`'s argument parsing (`--help`, a wrong option) and the player node need no network, so they
+    must not pay torch's import (about 2 s and 100 MB): only a command that runs one loads it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    player = "import cgrp_ros.ros.player_node; " if importlib.util.find_spec("rclpy") else ""
+    code = f"import sys; from cgrp_ros.cli import build_parser; {player}build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

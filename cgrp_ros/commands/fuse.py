@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
-from ..core.stream import StreamPipeline
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
@@ -148,6 +147,7 @@ def no_pair_reason(args, summary, slop: float) -> str:
 
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
+    from ..core.stream import StreamPipeline
     from ..ros.bag import BagTopics, fuse_bag
     from ..ros.fusion_outputs import message_arrays
     from ..ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
@@ -201,6 +201,7 @@ def run_bag(args) -> int:
 def run(args) -> int:
     if args.bag is not None:
         return run_bag(args)
+    from ..core.stream import StreamPipeline  # here: it loads torch, which `cgrp --help` does without
     if args.visible is None or args.thermal is None:
         raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
     listing = find_pairs(args.visible, args.thermal, read_split(args.list) if args.list else None)

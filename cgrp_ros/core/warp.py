@@ -8,13 +8,20 @@ numpy flows are float32 H x W x 2; torch flows are N x 2 x H x W (channel 0 = x,
 Sampling is bilinear with pixel centres at integer coordinates; samples outside the image
 are 0 (images) or the border value (features), and :func:`valid_mask` says which pixels
 sampled inside.
+
+The torch functions import torch when first called, so that the numpy ones leave it unloaded for
+their users that need no network (the player node, `cgrp`'s argument parsing): importing torch
+takes about 2 s and 100 MB.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pixel_grid(like: torch.Tensor) -> torch.Tensor:
@@ -23,6 +30,8 @@ def pixel_grid(like: torch.Tensor) -> torch.Tensor:
     Built with tensor ops (cumsum) rather than Python shape arithmetic, so an exported ONNX
     graph keeps dynamic height and width.
     """
+    import torch
+
     ones = torch.ones_like(like[:, :1])
     xs = torch.cumsum(ones, dim=3) - 1.0
     ys = torch.cumsum(ones, dim=2) - 1.0
@@ -31,6 +40,9 @@ def pixel_grid(like: torch.Tensor) -> torch.Tensor:
 
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
     """Resample `image` (N x C x H x W) at p + flow(p); flow is N x 2 x H x W in pixels."""
+    import torch
+    import torch.nn.functional as F
+
     grid = pixel_grid(flow)
     # normalise to [-1, 1] with align_corners=True: pixel 0 -> -1, pixel size-1 -> +1
     last = torch.amax(grid, dim=(2, 3), keepdim=True).clamp_min(1.0)
@@ -41,6 +53,8 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -
 
 def upsample2(flow: torch.Tensor) -> torch.Tensor:
     """Double an N x 2 x H x W flow's resolution and its displacements (pyramid step)."""
+    import torch.nn.functional as F
+
     return 2.0 * F.interpolate(flow, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
