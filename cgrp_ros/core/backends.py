@@ -55,27 +55,12 @@ PER_PAIR = ("search", "confidence", "fallback", "near_prior")  # one number per 
 EXPORT_SHAPES = {"visible": (1, 3, 64, 96), "affine_flow": (1, 2, 64, 96), "params": (1, 6)}  # others: 1 x 1 x H x W
 
 
-class AffineExport(torch.nn.Module):
-    """RegistrationNet's affine stages (global search, local refinement, fallback): the stage
-    registration_affine, (visible_y, thermal, search) -> (affine flow N x 2 x H x W in pixels, zero
-    where the pair keeps its prior; the thermal resampled by a zero flow, the registered thermal of such
-    a pair; confidence N; fallback N). search N: 1 to search globally, 0 to refine from the prior (a rig
-    calibration)."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, visible_y, thermal, search):
-        flow, confidence, fallback = self.net.global_estimate(visible_y, thermal, search)
-        return flow, warp(thermal, torch.zeros_like(flow)), confidence, fallback
-
-
 class CoarseExport(torch.nn.Module):
-    """AffineExport up to the local stage's fine pass: (visible_y, thermal, search) -> (params N x 6,
-    zero where the pair keeps its prior or fell back; unmoved thermal; confidence N; fallback N;
-    near_prior N). With `search` fixed at construction (a number) the module takes the first two inputs
-    only."""
+    """RegistrationNet's affine stages up to the local stage's fine pass: (visible_y, thermal, search) ->
+    (params N x 6, zero where the pair keeps its prior or fell back; the thermal resampled by a zero flow,
+    the registered thermal of such a pair; confidence N; fallback N; near_prior N). search N: 1 to search
+    globally, 0 to refine from the prior (a rig calibration). With `search` fixed at construction (a
+    number) the module takes the first two inputs only."""
 
     def __init__(self, net, search=None):
         super().__init__()
@@ -89,8 +74,8 @@ class CoarseExport(torch.nn.Module):
 
 
 class FineExport(torch.nn.Module):
-    """The rest of AffineExport: (visible_y, thermal, params, near_prior, search) -> affine flow
-    N x 2 x H x W in pixels. `search` as in CoarseExport."""
+    """The local stage's fine pass on CoarseExport's estimate: (visible_y, thermal, params, near_prior,
+    search) -> affine flow N x 2 x H x W in pixels. `search` as in CoarseExport."""
 
     def __init__(self, net, search=None):
         super().__init__()
@@ -100,6 +85,21 @@ class FineExport(torch.nn.Module):
     def forward(self, visible_y, thermal, params, near_prior, search=None):
         search = self.search if search is None else search
         return affine_flow(self.net.affine_fine(visible_y, thermal, params, near_prior, search), thermal)
+
+
+class AffineExport(torch.nn.Module):
+    """The stage registration_affine in one call, as the torch backend runs it: CoarseExport then
+    FineExport (which skips the pass where no pair moved), (visible_y, thermal, search) -> (affine flow
+    N x 2 x H x W in pixels, zero where the pair keeps its prior; unmoved thermal; confidence N;
+    fallback N). onnxruntime runs the two graphs itself (OnnxBackend)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.coarse, self.fine = CoarseExport(net), FineExport(net)
+
+    def forward(self, visible_y, thermal, search):
+        params, unmoved, confidence, fallback, near_prior = self.coarse(visible_y, thermal, search)
+        return self.fine(visible_y, thermal, params, near_prior, search), unmoved, confidence, fallback
 
 
 class DenseExport(torch.nn.Module):
