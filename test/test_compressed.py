@@ -46,6 +46,32 @@ def test_unreadable_payloads_raise_a_conversion_error(payload, fmt, kind):
     assert err.value.kind == kind
 
 
+def declaring(ext, height, width, padding=0):
+    """A small PNG or JPEG whose header declares height x width (the payload stays a few hundred bytes);
+    `padding` bytes of a JPEG comment before the frame header (a JPEG segment holds at most 65533)."""
+    data = bytearray(cv2.imencode(ext, np.zeros((8, 8), np.uint8))[1].tobytes())
+    if ext == ".png":
+        data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+        return bytes(data)
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5:frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    comments = b"".join(b"\xff\xfe" + (65535).to_bytes(2, "big") + bytes(65533) for _ in range(padding))
+    return bytes(data[:2]) + comments + bytes(data[2:])
+
+
+@pytest.mark.parametrize("ext, padding", [(".png", 0), (".jpg", 0), (".jpg", 2)])
+def test_a_payload_declaring_a_huge_image_is_refused_not_decoded(ext, padding):
+    # 40000 x 40000: a few hundred bytes that would decode to 1.6-4.8 GB (OpenCV raised cv2.error on it, which
+    # crashed the node); with the frame header 128 KB in, past what is read of the header, OpenCV's own
+    # refusal is the one caught
+    with pytest.raises(ImageConversionError) as err:
+        decode_compressed(CompressedImage(format="png", data=declaring(ext, 40000, 40000, padding)))
+    assert err.value.kind == "payload"
+    assert ("declares a 40000x40000 image" in str(err.value)) == (padding == 0)
+    image, _ = decode_compressed(CompressedImage(format="png", data=declaring(ext, 8, 8)))
+    assert image.shape == (8, 8)
+
+
 def test_encode_is_a_jpeg_of_the_same_size():
     fused = np.full((50, 70, 3), 120, np.uint8)
     msg = encode_compressed(fused, "bgr8", CompressedImage, quality=75)

@@ -13,6 +13,7 @@ from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from cgrp_ros.ros.image_conversions import image_to_numpy  # noqa: E402
 from ros_helpers import RELIABLE, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+from test_compressed import declaring  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,12 @@ def test_corrupt_jpeg_is_skipped_counted_and_the_next_pair_fused(harness):
         harness.spinner.spin(0.05)
     harness.wait_for(lambda: counter() >= before + 4, 5.0, "every corrupt payload counted")
     assert len(re.findall(r"skipping visible image: cannot decode", harness.log())) == 1
+    # a PNG of a few hundred bytes declaring 40000 x 40000 pixels (OpenCV raised on it, which killed the node)
+    bomb = CompressedImage(format="mono16; png compressed mono16", data=declaring(".png", 40000, 40000))
+    harness.publish_pair(thermal_msg=bomb)
+    harness.wait_for(lambda: "declares a 40000x40000 image" in harness.log(), 10.0, "the error line for the PNG")
+    good = harness.publish_pair()
+    harness.wait_outputs(good, what="the output of the pair after the PNG declaring 1.6 G pixels")
 
 
 def test_mono_visible_and_8bit_thermal_keep_their_families(harness):

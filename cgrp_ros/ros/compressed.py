@@ -5,7 +5,8 @@
 
 `format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
 "jpeg" / "png" is read too. The payload decides what the image is (OpenCV reads its header): a JPEG
-is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that cannot be decoded raises
+is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that cannot be decoded, or whose
+header declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes), raises
 ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
 header in front of the PNG) is not supported.
 """
@@ -23,6 +24,11 @@ from .image_conversions import ImageConversionError
 DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16"}
 # an original encoding named in `format` that the decoded image may keep (same dtype and channels)
 SAME_AS = {"8UC1": "mono8", "16UC1": "mono16", "mono8": "mono8", "mono16": "mono16", "bgr8": "bgr8", "bgra8": "bgra8"}
+# the largest image a payload may declare: above an 8K camera (33 MP), far below what OpenCV would allocate
+MAX_DECODED_PIXELS = 50_000_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the size); 0xC4, 0xC8 and 0xCC are other segments
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 @dataclass
@@ -39,6 +45,32 @@ def _payload(data) -> np.ndarray:
     return np.asarray(data, np.uint8)
 
 
+def declared_size(payload: np.ndarray):
+    """(height, width) a PNG or JPEG header declares, or None where the header does not say."""
+    data = payload[:65536].tobytes()  # a frame header comes after the metadata segments, if at all
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a segment
+            at += 2
+            continue
+        if marker in JPEG_FRAME_MARKERS and at + 9 <= len(data):
+            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+        if marker == 0xDA:  # the scan starts: no frame header before it
+            return None
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return None
+
+
 def decode_compressed(msg) -> tuple:
     """CompressedImage -> (H x W or H x W x C array, encoding)."""
     fmt = (msg.format or "").strip()
@@ -48,9 +80,16 @@ def decode_compressed(msg) -> tuple:
     payload = _payload(msg.data)
     if payload.size == 0:
         raise ImageConversionError("payload", "empty compressed payload")
-    image = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
+    size = declared_size(payload)
+    if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
+        raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image, more "
+                                              f"than {MAX_DECODED_PIXELS // 1_000_000} MP: not decoded")
+    try:
+        image = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. a header OpenCV refuses (its own pixel limit)
+        image = None
     if image is None or image.size == 0:
-        kind = fmt.split(";")[-1].split()[0] if fmt else "compressed"
         raise ImageConversionError("payload", f"cannot decode the {kind} payload of {payload.size} bytes "
                                               f"(format '{fmt}')")
     channels = 1 if image.ndim == 2 else image.shape[2]

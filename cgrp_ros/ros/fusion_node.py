@@ -441,6 +441,11 @@ class FusionNode(LifecycleNode):
             self.stats.count("bad_messages")
             self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")
             return
+        except Exception as exc:  # a decoder's failure nobody foresaw: a bad message, not the node's end
+            self.stats.count("bad_messages")
+            self._log_throttled((name, "unexpected"), f"skipping {name} image: unexpected "
+                                                      f"{type(exc).__name__}: {exc}")
+            return
         self.stats.last_message[stream] = time.monotonic()
         self.sync.add(stream, msg)
 
