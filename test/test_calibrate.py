@@ -21,8 +21,10 @@ from cgrp_ros.cli import main
 
 def cgrp(args):
     return main([str(a) for a in args])
-from cgrp_ros.core.calibrate import (Calibration, CalibrationError, RigCalibrator, centred_placement, corner_error,
-                                     load_calibration, save_calibration, similarity_about_centre, synthetic_rig)
+from cgrp_ros.core.calibrate import (Calibration, CalibrationError, RigCalibrator, apply_homography,
+                                     centred_placement, corner_error,
+                                     load_calibration, load_rig, save_calibration, similarity_about_centre,
+                                     synthetic_rig)
 
 SIZE = (240, 320)  # the synthetic rig's thermal (H, W)
 
@@ -206,8 +208,43 @@ def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):
     assert float(row["edge_agreement_input"]) < 0.3
 
 
+def test_a_calibration_follows_a_camera_to_another_resolution_and_refuses_a_crop(tmp_path, sample_dir, capsys):
+    """A rig.yaml says which sizes it was made at: a camera that delivers the same view at another
+    resolution (binning) gets the calibration rescaled; a cropped one a clear error, not a wrong warp."""
+    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible, thermal = (cv2.imread(str(sample_dir / sub / f"{name}.jpg")) for sub in ("visible", "thermal"))
+    (hv, wv), (ht, wt) = visible.shape[:2], thermal.shape[:2]
+    h = centred_placement((ht, wt), (hv, wv)) @ similarity_about_centre((ht, wt), 2.0, 1.02, (5.0, -3.0))
+    save_calibration(Calibration(h, (hv, wv), (ht, wt), pairs_used=5), tmp_path / "rig.yaml")
+    homography, sizes = load_rig(tmp_path / "rig.yaml")
+    assert sizes == ((hv, wv), (ht, wt))
+    pipeline = Pipeline(PipelineConfig(device="cpu", working_size=(64, 96), homography=homography,
+                                       homography_sizes=sizes))
+    # a thermal point seen in the full-size visible image, and in one at half the pixels (same view)
+    point = np.array([[0.3 * wt, 0.6 * ht]])
+    seen = apply_homography(np.linalg.inv(pipeline.visible_to_thermal((hv, wv), (ht, wt))), point)
+    half = (hv // 2, wv // 2)
+    seen_half = apply_homography(np.linalg.inv(pipeline.visible_to_thermal(half, (ht, wt))), point)
+    np.testing.assert_allclose(seen_half, (seen + 0.5) * [[half[1] / wv, half[0] / hv]] - 0.5, atol=1e-9)
+    # the thermal at twice its pixels maps the same scene point to the same visible pixel
+    seen_double = apply_homography(np.linalg.inv(pipeline.visible_to_thermal((hv, wv), (2 * ht, 2 * wt))),
+                                   2 * point + 0.5)
+    np.testing.assert_allclose(seen_double, seen, atol=1e-9)
+    # a crop of the visible camera: the calibration no longer applies, and cgrp fuse says why
+    cv2.imwrite(str(tmp_path / "cropped.png"), visible[:, : wv * 2 // 3])
+    code = cgrp(["fuse", "--visible", tmp_path / "cropped.png", "--thermal", sample_dir / "thermal" / f"{name}.jpg",
+                 "--out", tmp_path / "out", "--calibration", tmp_path / "rig.yaml", "--device", "cpu",
+                 "--working-size", "64x96"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"calibration was made for a visible image of {wv}x{hv}" in err and "aspect ratio" in err, err
+
+
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
-                                     "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n"])
+                                     "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n",
+                                     "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 0}\n"])
 def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, content):
     (tmp_path / "rig.yaml").write_text(content)
     with pytest.raises(CalibrationError):

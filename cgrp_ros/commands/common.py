@@ -112,6 +112,6 @@ def pipeline_from_args(args):
     if args.homography:
         cfg.homography = load_homography(args.homography)
     if getattr(args, "calibration", None):
-        from ..core.calibrate import load_calibration
-        cfg.homography = load_calibration(args.calibration)  # a malformed file: CalibrationError, exit 2
+        from ..core.calibrate import load_rig
+        cfg.homography, cfg.homography_sizes = load_rig(args.calibration)  # malformed: CalibrationError, exit 2
     return Pipeline(cfg)

@@ -102,6 +102,13 @@ def save_calibration(calibration: Calibration, path) -> None:
 
 def load_calibration(path) -> np.ndarray:
     """The 3x3 homography (thermal px -> visible px) of a rig.yaml; CalibrationError when malformed."""
+    return load_rig(path)[0]
+
+
+def load_rig(path) -> tuple:
+    """(homography, sizes) of a rig.yaml: the 3x3 homography (thermal px -> visible px) and the
+    ((visible H, W), (thermal H, W)) it was made at, or None where the file does not say (one written
+    by hand). CalibrationError when malformed."""
     import yaml
 
     path = Path(path)
@@ -120,7 +127,16 @@ def load_calibration(path) -> np.ndarray:
         raise CalibrationError(f"calibration file {path}: 'homography' is not a 3x3 matrix of numbers") from None
     if h.shape != (3, 3) or not np.all(np.isfinite(h)) or abs(np.linalg.det(h)) < 1e-12:
         raise CalibrationError(f"calibration file {path}: 'homography' must be a finite, invertible 3x3 matrix")
-    return h
+    if "visible_size" not in data and "thermal_size" not in data:
+        return h, None
+    try:
+        sizes = tuple((int(data[key]["height"]), int(data[key]["width"])) for key in ("visible_size", "thermal_size"))
+    except (KeyError, TypeError, ValueError):
+        sizes = None
+    if sizes is None or min(min(size) for size in sizes) < 1:
+        raise CalibrationError(f"calibration file {path}: 'visible_size' and 'thermal_size' must each hold a "
+                               "positive height and width")
+    return h, sizes
 
 
 # -- geometry --------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
+# a camera whose width and height scale by factors this far apart (relative) from its calibration's changed
+# its aspect (a crop): 1920x1080 -> 854x480 is 0.1 %
+ASPECT_TOLERANCE = 0.01
 # The global search compares every 8 x 8 cell of the visible image with every cell of the thermal, so its
 # memory grows with the square of the working area: a working size too large for the machine would have
 # the kernel kill the process (a GPU refuses the allocation instead: an error of that pair). Measured on
@@ -84,6 +87,8 @@ class PipelineConfig:
     thermal_percentiles: tuple = (1.0, 99.0)  # robust AGC for 16-bit / float thermal
     agc_8bit: bool = False                 # also apply the AGC to 8-bit thermal
     homography: object = None              # 3x3, thermal pixel -> visible pixel (rig calibration)
+    homography_sizes: tuple | None = None  # ((visible H, W), (thermal H, W)) it was made at (None: any);
+                                           # other sizes of the same aspects: rescaled, else InputError
     fusion_scale: float = 0.5              # the fusion network runs at working_size x this (the visible
                                            # detail above it is added back); < 1 trades thermal detail for speed
 
@@ -163,8 +168,25 @@ class Pipeline:
     def visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
         """3x3 map from visible pixel coordinates to thermal pixel coordinates (the prior alignment)."""
         if self.homography is not None:
-            return np.linalg.inv(self.homography)
+            return np.linalg.inv(self._homography_at(tuple(visible_shape[:2]), tuple(thermal_shape[:2])))
         return resize_homography(visible_shape, thermal_shape)  # same field of view
+
+    def _homography_at(self, visible_shape, thermal_shape) -> np.ndarray:
+        """The calibration for images of these sizes: as made, or rescaled where a camera delivers the
+        same view at another resolution (a driver's binning mode); InputError where an aspect changed
+        (a crop: the calibration no longer says where the thermal lands)."""
+        sizes = self.config.homography_sizes
+        if sizes is None or (tuple(sizes[0]), tuple(sizes[1])) == (visible_shape, thermal_shape):
+            return self.homography
+        (vh, vw), (th, tw) = sizes
+        for (h0, w0), (h1, w1) in ((sizes[0], visible_shape), (sizes[1], thermal_shape)):
+            if abs((w1 / w0) / (h1 / h0) - 1.0) > ASPECT_TOLERANCE:
+                raise InputError(
+                    f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
+                    f"this pair is {visible_shape[1]}x{visible_shape[0]} and {thermal_shape[1]}x{thermal_shape[0]}, "
+                    f"a different aspect ratio (cropped?): calibrate at the resolutions you run at")
+        return (resize_homography(sizes[0], visible_shape) @ self.homography
+                @ resize_homography(thermal_shape, sizes[1]))
 
     def _prepare(self, visible, thermal=None):
         """Validate, normalise and resize the inputs to the padded working resolution."""

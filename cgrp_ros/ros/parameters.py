@@ -160,15 +160,17 @@ def pipeline_config(values: dict):
         generator=values["generator_model"] or None, registration=values["registration_model"] or None,
         fusion=values["fusion_model"] or None, onnx_dir=values["onnx_dir"] or None,
         thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"],
-        fusion_scale=float(values["fusion_scale"]), homography=calibration_homography(values["calibration_file"]))
+        fusion_scale=float(values["fusion_scale"]), **calibration_prior(values["calibration_file"]))
 
 
-def calibration_homography(path: str):
-    """The homography of an existing calibration file, else None (no file given, or not written yet)."""
+def calibration_prior(path: str) -> dict:
+    """PipelineConfig's homography and homography_sizes from an existing calibration file; none where no
+    file is given or it is not written yet."""
     if not path or not os.path.exists(path):
-        return None
-    from ..core.calibrate import load_calibration
-    return load_calibration(path)
+        return {}
+    from ..core.calibrate import load_rig
+    homography, sizes = load_rig(path)
+    return dict(homography=homography, homography_sizes=sizes)
 
 
 def stream_settings(values: dict) -> dict:
