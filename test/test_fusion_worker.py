@@ -118,8 +118,10 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
         visible, thermal = make_images()
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
 
+        start = node.get_clock().now().nanoseconds // 10**9  # stamps on the node's clock: a latency, not an epoch
+
         def fuse(second):
-            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            header = Header(stamp=rclpy.time.Time(seconds=start + second).to_msg())
             node.slot.put((numpy_to_image(visible, "bgr8", Image, header),
                            numpy_to_image(thermal, "mono16", Image, header)))
             spin_until(lambda: len(fused) == second, 30.0, f"pair {second}")
@@ -135,4 +137,45 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
         values = node.diagnostic_values()
         assert (values["registration fallback"], values["fallback pairs"]) == ("false", "1")
         executor.spin_once(timeout_sec=0.1)
-        assert "pair at 1.000: low registration confidence 0.02" in capfd.readouterr().err
+        assert f"pair at {start + 1}.000: low registration confidence 0.02" in capfd.readouterr().err
+
+
+def test_pairs_that_all_fail_and_stamps_on_another_clock_are_said_in_diagnostics():
+    """/diagnostics names the cause when nothing is published although pairs arrive, and says when the
+    stamps count from another epoch (its latency would be meaningless): not 'OK fusing'."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with in_process_node(Parameter("stream_timeout", value=0.3)) as (node, fused, spin_until, executor):
+        node.stream.pipeline = AlwaysFails(node.pipeline)
+        visible, thermal = make_images()
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        now = node.get_clock().now().nanoseconds
+
+        def put(offset_ns):
+            header = Header(stamp=rclpy.time.Time(nanoseconds=now + offset_ns).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+
+        for i in range(3):  # pairs synchronized but every one failing inside inference
+            put(i)
+            spin_until(lambda: node.stats.inference_errors == i + 1, 30.0, f"failure {i + 1}")
+        time.sleep(0.35)  # longer than stream_timeout since the activation, the last output
+        node.stats.last_message = [time.monotonic()] * 2  # the streams and the synchronizer are fine
+        node.stats.last_pair = time.monotonic()
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.ERROR and "no pair fused for" in message, message
+        assert "inference failed: RuntimeError: simulated: every call fails" in message
+        node.stream.pipeline = node.pipeline
+        put(-1_700_000 * 10**9)  # stamped 1.7e6 s before the node's clock, e.g. time since boot
+        spin_until(lambda: len(fused) == 1, 30.0, "the pair stamped on another clock")
+        node.stats.last_message = [time.monotonic()] * 2
+        node.stats.last_pair = time.monotonic()
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN and "input stamps are -1700000 s from this node's clock" in message, \
+            message
+        assert node.diagnostic_values()["latency p50 ms"] == "n/a"
+
+
+class AlwaysFails(FailsOnce):
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        raise RuntimeError("simulated: every call fails")

@@ -194,6 +194,22 @@ def test_one_stream_stops_warns_then_ok_when_it_resumes(harness):
     assert status.level == DiagnosticStatus.OK and status.message == "fusing", status.message
 
 
+def test_a_stream_of_unreadable_messages_is_an_error_naming_why_not_silence(harness):
+    """Every visible message arrives but none can be read: /diagnostics says so with the reason (not
+    'silent', which points at a topic or QoS problem), and is OK again once readable ones come."""
+    end = time.monotonic() + STREAM_TIMEOUT + 1.5
+    while time.monotonic() < end:
+        harness.publish_pair(visible_msg=raw_image("nv12", 160, 120, 160, 28800))
+        harness.spinner.spin(0.25)
+    status = harness.last_diagnostic()
+    assert status.level == DiagnosticStatus.ERROR, status.message
+    assert "visible/image: every message for more than 1 s skipped: unsupported encoding 'nv12'" in status.message
+    end = time.monotonic() + 6.0
+    while harness.last_diagnostic().level != DiagnosticStatus.OK and time.monotonic() < end:
+        publish_for(harness, 0.5)
+    assert harness.last_diagnostic().message == "fusing"
+
+
 def test_stamps_that_never_meet_are_reported_with_their_offset(harness):
     """A thermal driver stamping 0.12 s late (beyond the slop of 0.05 s): both streams arrive, nothing
     pairs, and /diagnostics says by how much, so the fix (slop, or the driver) is obvious."""

@@ -9,7 +9,10 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 
 from ros_helpers import STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
 
@@ -90,3 +93,26 @@ def test_outputs_only_while_active_and_deactivate_releases_the_pipeline(harness)
     assert transition(h, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
     h.spinner.wait_for(lambda: h.proc.poll() is not None, 5.0, "the process to end after shutdown")
     assert h.proc.returncode == 0 and "Traceback" not in h.log()
+
+
+def set_parameter(h, name, value) -> bool:
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return h.call(h.set_parameters, request, f"the answer to setting {name}").results[0].successful
+
+
+def test_a_failed_activation_is_an_error_in_diagnostics(harness, tmp_path):
+    """A lifecycle manager that activates a node whose model cannot load sees the reason in /diagnostics,
+    not 'inactive: OK'; a later successful activation clears it."""
+    h = harness
+    broken = tmp_path / "broken_generator.pt"
+    broken.write_bytes(b"not a model")
+    assert transition(h, Transition.TRANSITION_CONFIGURE)
+    assert set_parameter(h, "generator_model", str(broken))
+    assert not transition(h, Transition.TRANSITION_ACTIVATE) and state(h) == State.PRIMARY_STATE_INACTIVE
+    h.wait_for(lambda: (s := h.last_diagnostic()) is not None and s.level == DiagnosticStatus.ERROR, 5.0,
+               "an ERROR in /diagnostics")
+    message = h.last_diagnostic().message
+    assert message.startswith("inactive: the last transition failed: ") and "broken_generator.pt" in message, message
+    assert set_parameter(h, "generator_model", "")
+    assert transition(h, Transition.TRANSITION_ACTIVATE) and state(h) == State.PRIMARY_STATE_ACTIVE
+    diagnostics_say(h, "lifecycle state", "active")

@@ -36,6 +36,18 @@ class Stats:
         self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
         self.last_message = [time.monotonic(), time.monotonic()]  # per stream
         self.last_pair = time.monotonic()
+        self.last_fused = time.monotonic()  # a pair's outputs published (or activation)
+        self.last_bad_message = [None, None]  # per stream: (monotonic time, why it was skipped)
+        self.last_failed_pair = None        # (monotonic time, why a synchronized pair was not fused)
+        self.stamp_clock_offset = None      # (monotonic time, s): a pair stamped on another clock than the node's
+
+    def reset_times(self) -> None:
+        """At activation: the streams and the outputs are judged from now on."""
+        now = time.monotonic()
+        with self.lock:
+            self.last_message = [now, now]
+            self.last_pair = self.last_fused = now
+            self.last_bad_message, self.last_failed_pair, self.stamp_clock_offset = [None, None], None, None
 
     def count(self, counter: str) -> None:
         with self.lock:
@@ -70,24 +82,39 @@ def diagnose(node):
     received, dropped = node.slot.received, node.slot.dropped
     node.drop_history.append((received, dropped))
     state = getattr(node, "state", "active")
-    if state != "active":  # a lifecycle manager keeps it there on purpose: not a fault
+    if state != "active":  # a lifecycle manager keeps it there on purpose: not a fault, unless it failed
+        failed = getattr(node, "activation_error", None)
+        if failed:
+            return DiagnosticStatus.ERROR, f"{state}: the last transition failed: {failed}"
         return DiagnosticStatus.OK, f"{state}: not fusing (lifecycle state)"
     if node.pipeline_error:
         return DiagnosticStatus.ERROR, f"model failed to load: {node.pipeline_error}"
-    silent = [f"{STREAM_NAMES[i]}/image" for i in (0, 1) if now - stats.last_message[i] > timeout]
+    silent = [i for i in (0, 1) if now - stats.last_message[i] > timeout]
+    rejected = [i for i in silent if stats.last_bad_message[i] and now - stats.last_bad_message[i][0] <= timeout]
+    if rejected:  # arriving but unreadable: not a topic or QoS problem
+        i = rejected[0]
+        return DiagnosticStatus.ERROR, (f"{STREAM_NAMES[i]}/image: every message for more than {timeout:g} s "
+                                        f"skipped: {stats.last_bad_message[i][1]}")
     if len(silent) == 2:
-        return DiagnosticStatus.WARN, f"no input on {' or '.join(silent)} for more than {timeout:g} s"
+        return DiagnosticStatus.WARN, f"no input on visible/image or thermal/image for more than {timeout:g} s"
     if silent:
-        return DiagnosticStatus.WARN, f"{silent[0]} silent for more than {timeout:g} s"
+        return DiagnosticStatus.WARN, f"{STREAM_NAMES[silent[0]]}/image silent for more than {timeout:g} s"
     if now - stats.last_pair > timeout:
         why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
                or f"stamps further apart than slop {node.values['slop']} s?")
         return DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s ({why})"
+    failed = stats.last_failed_pair
+    if failed and failed[0] > stats.last_fused and now - stats.last_fused > timeout:
+        return DiagnosticStatus.ERROR, f"no pair fused for {now - stats.last_fused:.1f} s: {failed[1]}"
     old_received, old_dropped = node.drop_history[0]
     if received - old_received >= 5:
         rate = (dropped - old_dropped) / (received - old_received)
         if rate > node.values["drop_rate_warn"]:
             return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
+    clock = stats.stamp_clock_offset
+    if clock and now - clock[0] <= timeout:
+        return DiagnosticStatus.WARN, (f"input stamps are {clock[1]:+.0f} s from this node's clock (unset stamps, "
+                                       "time since boot, or sim time without use_sim_time?): latency unknown")
     threshold = confidence_threshold(node)
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused

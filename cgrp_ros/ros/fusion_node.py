@@ -59,7 +59,7 @@ from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config,
                          stream_settings)
 from .process import RosLogHandler, release_free_memory, spin_until_signal
-from .sync import THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
+from .sync import STAMP_CLOCK_LIMIT_S, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
@@ -185,8 +185,7 @@ class FusionNode(LifecycleNode):
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
         self.subscriptions_ = [self._create_input(stream) for stream in (VISIBLE, THERMAL)]
         self._update_camera_info_inputs()
-        self.stats.last_message = [time.monotonic(), time.monotonic()]
-        self.stats.last_pair = time.monotonic()
+        self.stats.reset_times()
         self._worker = threading.Thread(target=self._work, args=(self.slot,), name="cgrp_fusion_worker", daemon=True)
         self._worker.start()
         self.state = "active"
@@ -382,8 +381,11 @@ class FusionNode(LifecycleNode):
         for p in parameters:
             try:
                 reason = check_parameter(p.name, p.value)
-                if not reason and p.name == "working_size" and self.pipeline is not None:  # (needs the device)
-                    reason = working_size_problem(tuple(p.value), self.pipeline.backend.device)
+                # the memory check needs the device: the running Pipeline's, or while inactive device:=cpu
+                # (auto / cuda: known at activation, which then fails with the reason in /diagnostics)
+                device = self.pipeline.backend.device if self.pipeline is not None else self.values["device"]
+                if not reason and p.name == "working_size" and device == "cpu":
+                    reason = working_size_problem(tuple(p.value), device)
             except Exception as exc:  # a value of a shape no check foresaw: reject it, keep running
                 reason = f"{p.name}: {type(exc).__name__}: {exc}"
             if reason:
@@ -437,14 +439,12 @@ class FusionNode(LifecycleNode):
         name = STREAM_NAMES[stream]
         try:
             msg = prepare_input(msg, isinstance(msg, CompressedImage))  # a corrupt payload is a bad message
-        except ImageConversionError as exc:
-            self.stats.count("bad_messages")
-            self._log_throttled((name, exc.kind), f"skipping {name} image: {exc}")
-            return
-        except Exception as exc:  # a decoder's failure nobody foresaw: a bad message, not the node's end
-            self.stats.count("bad_messages")
-            self._log_throttled((name, "unexpected"), f"skipping {name} image: unexpected "
-                                                      f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # also a decoder's failure nobody foresaw: a bad message, not the node's end
+            why = str(exc) if isinstance(exc, ImageConversionError) else f"unexpected {type(exc).__name__}: {exc}"
+            with self.stats.lock:
+                self.stats.bad_messages += 1
+                self.stats.last_bad_message[stream] = (time.monotonic(), why)
+            self._log_throttled((name, getattr(exc, "kind", "unexpected")), f"skipping {name} image: {why}")
             return
         self.stats.last_message[stream] = time.monotonic()
         self.sync.add(stream, msg)
@@ -494,12 +494,12 @@ class FusionNode(LifecycleNode):
             out = fuse_pair(self.stream, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"],
                             plan.intrinsics)
         except InputError as exc:
-            self.stats.count("bad_pairs")
+            self._pair_failed("bad_pairs", f"pair rejected: {exc}")
             # one throttle key per kind of problem: the message without its numbers
             self._log_throttled(("pair", re.sub(r"\d+", "#", str(exc))), f"skipping pair at {stamp:.3f}: {exc}")
             return
         except Exception as exc:  # one bad pair must not stop the node: log, count, go on with the next
-            self.stats.count("inference_errors")
+            self._pair_failed("inference_errors", f"inference failed: {type(exc).__name__}: {exc}")
             self._log_throttled("inference", f"inference failed for the pair at {stamp:.3f}: "
                                 f"{type(exc).__name__}: {exc}")
             return
@@ -522,9 +522,23 @@ class FusionNode(LifecycleNode):
         if plan.camera_info is not None:
             self.camera_info_pub.publish(with_header(plan.camera_info, header))
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(header.stamp)
+        now = time.monotonic()
         with self.stats.lock:
             self.stats.published += 1
-            self.stats.latencies.append((time.monotonic(), latency))
+            self.stats.last_fused = now
+            if abs(latency) <= STAMP_CLOCK_LIMIT_S:
+                self.stats.latencies.append((now, latency))
+            else:  # not a latency: the stamps count from another epoch
+                self.stats.stamp_clock_offset = (now, -latency)
+        if abs(latency) > STAMP_CLOCK_LIMIT_S:
+            self._log_throttled("stamp clock", f"pair at {stamp:.3f}: its stamp is {-latency:+.0f} s from this "
+                                "node's clock (unset stamps, time since boot, or sim time without use_sim_time?): "
+                                "no latency measured", period=60.0, warning=True)
+
+    def _pair_failed(self, counter: str, why: str) -> None:
+        with self.stats.lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            self.stats.last_failed_pair = (time.monotonic(), why)
 
     def _log_rectification(self, plan, stamp: float):
         """A line when undistortion starts or stops; a CameraInfo that does not fit its image: a warning

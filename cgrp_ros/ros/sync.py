@@ -25,6 +25,9 @@ except ImportError:  # the pip runtime has no message_filters wheel
 VISIBLE, THERMAL = 0, 1
 DEFAULT_SLOP = 0.05       # s: cgrp_fusion's `slop` default (also cgrp fuse --bag's)
 DEFAULT_QUEUE_SIZE = 10   # cgrp_fusion's `queue_size` default
+# s: two clocks further apart than this count from different epochs (time since boot, an unset stamp, sim
+# time on one side), not a delay
+STAMP_CLOCK_LIMIT_S = 3600.0
 
 
 def stamp_seconds(stamp) -> float:
@@ -111,7 +114,7 @@ def describe_offset(offset: float | None, slop: float, slop_name: str = "slop") 
         return None
     later = "thermal" if offset > 0 else "visible"
     text = f"the closest stamps are {abs(offset):.3f} s apart ({later} later; {slop_name} {slop:g} s)"
-    if abs(offset) > 3600.0:  # not latency: another epoch (time since boot, a zero stamp, sim time on one side)
+    if abs(offset) > STAMP_CLOCK_LIMIT_S:
         text += ": the cameras stamp from different clocks"
     return text
 
