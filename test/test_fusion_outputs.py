@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cgrp_ros.ros.compressed import DecodedImage
-from cgrp_ros.ros.fusion_outputs import CORE_OUTPUT, fuse_pair
-from cgrp_ros.ros.image_conversions import numpy_to_image
+from cgrp_ros.ros.fusion_outputs import CORE_OUTPUT, fuse_pair, prepare_input
+from cgrp_ros.ros.image_conversions import ImageConversionError, numpy_to_image
 
 
 def header(sec):
@@ -44,6 +44,17 @@ def test_every_output_from_a_raw_visible_and_a_decoded_16bit_thermal(small_pipel
                          "deformation": "32FC2", "deformation_vis": "bgr8", "alignment_vis": "bgr8",
                          "pseudo_thermal": "mono8"}
     assert all(image.shape[:2] == (120, 160) for image, _ in out.images.values())
+
+
+def test_an_input_in_the_deformation_outputs_encoding_is_an_unsupported_encoding(pair):
+    """32FC2 (the ~/deformation flow) is an encoding the node writes, not a camera image it takes: refused
+    as a bad message naming the encodings it takes, not fused into a 'bad pair' further on."""
+    flow = np.zeros((120, 160, 2), np.float32)
+    with pytest.raises(ImageConversionError) as err:
+        prepare_input(numpy_to_image(flow, "32FC2", SimpleNamespace, header(1)), compressed=False)
+    assert err.value.kind == "encoding" and "unsupported encoding '32FC2'" in str(err.value)
+    assert "32FC2" not in str(err.value).split("supported:")[1] and "32FC1" in str(err.value)
+    assert prepare_input(numpy_to_image(pair[1], "mono16", SimpleNamespace, header(1)), compressed=False)
 
 
 def test_only_the_wanted_outputs_and_content_warnings(small_pipeline, pair):

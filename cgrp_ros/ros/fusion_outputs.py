@@ -18,7 +18,7 @@ from ..core.camera import undistort
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
-from .image_conversions import encoding_for, image_to_numpy, to_bgr
+from .image_conversions import INPUT_ENCODINGS, ImageConversionError, encoding_for, image_to_numpy, to_bgr
 from .sync import stamp_seconds
 
 # output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused'), in publishing order
@@ -41,6 +41,9 @@ def prepare_input(msg, compressed: bool):
     a raw Image as it is after checking that it converts. ImageConversionError: a bad message."""
     if compressed:
         return decode_message(msg)
+    if msg.encoding not in INPUT_ENCODINGS:
+        raise ImageConversionError("encoding", f"unsupported encoding '{msg.encoding}' "
+                                               f"(supported: {', '.join(INPUT_ENCODINGS)})")
     image_to_numpy(msg)  # validation only: a cheap view, converted again by fuse_pair
     return msg
 

@@ -46,6 +46,8 @@ YUV422_TO_BGR = {"yuv422": cv2.COLOR_YUV2BGR_UYVY, "uyvy": cv2.COLOR_YUV2BGR_UYV
 ENCODINGS.update({name: (np.uint16 if name.endswith("16") else np.uint8, 1) for name in BAYER_TO_BGR})
 ENCODINGS.update({name: (np.uint8, 2) for name in YUV422_TO_BGR})
 RAW_CAMERA = frozenset(BAYER_TO_BGR) | frozenset(YUV422_TO_BGR)
+# what a camera input may be: every encoding but the two-channel float of the node's ~/deformation output
+INPUT_ENCODINGS = tuple(name for name in ENCODINGS if name != "32FC2")
 HOST_IS_BIGENDIAN = sys.byteorder == "big"
 
 
@@ -90,6 +92,8 @@ def image_to_numpy(msg) -> np.ndarray:
     image = np.ndarray(shape, dtype=dtype, buffer=memoryview(data).cast("B"), strides=strides)
     if not dtype.isnative:
         image = image.astype(dtype.newbyteorder("="))
+    elif step % dtype.itemsize:  # rows not aligned to the element size: legal, but OpenCV refuses such strides
+        image = image.copy()
     return image
 
 
