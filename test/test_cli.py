@@ -230,6 +230,28 @@ def test_fuse_list_and_limit_pick_the_pairs(sample_dir, tmp_path):
     assert sorted(p.stem for p in (tmp_path / "out" / "fused").iterdir()) == [names[1]]  # listed, first by name
 
 
+def test_listed_names_without_a_pair_and_two_files_of_one_name_are_reported(sample_dir, tmp_path):
+    """A typo in --list is a problem named in the output (fuse: exit 1; eval: refused before it runs), not a
+    silently smaller run; x.jpg beside x.png is a warning naming the one used."""
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    for sub in ("visible", "thermal"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        shutil.copy(sample_dir / sub / f"{name}.jpg", tmp_path / "data" / sub / f"{name}.jpg")
+    shutil.copy(sample_dir / "visible" / f"{name}.jpg", tmp_path / "data" / "visible" / f"{name}.png")
+    (tmp_path / "list.txt").write_text(f"{name}.jpg\nFLIR_TYPO.jpg\n")
+    data = tmp_path / "data"
+    proc = cgrp("fuse", "--visible", data / "visible", "--thermal", data / "thermal", "--out", tmp_path / "out",
+                "--list", tmp_path / "list.txt", "--working-size", "64x96")
+    assert proc.returncode == 1, proc.stderr
+    assert "FLIR_TYPO: listed, but in neither folder" in proc.stderr
+    assert f"{data / 'visible' / name}.png: the same name as {data / 'visible' / name}.jpg, which is used" in proc.stderr
+    assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()  # the pair that is there is still fused
+    proc = cgrp("eval", "--data", data, "--list", tmp_path / "list.txt", "--out", tmp_path / "eval",
+                "--methods", "none")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"1 name(s) of {tmp_path / 'list.txt'} have no pair: FLIR_TYPO" in proc.stderr
+
+
 @pytest.mark.parametrize("command", ["fuse", "calibrate", "eval"])
 def test_a_missing_list_file_is_one_clear_line(sample_dir, tmp_path, command):
     inputs = ["--data", sample_dir] if command == "eval" else ["--visible", sample_dir / "visible", "--thermal",

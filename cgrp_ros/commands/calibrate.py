@@ -155,8 +155,10 @@ def input_pairs(args) -> list | None:
             return None
         names = read_split(args.list) if args.list else None
         listing = find_pairs(args.visible, args.thermal, names)
-        for path in listing.unpaired:
-            print(f"cgrp calibrate: {path}: no partner with the same name in the other folder", file=sys.stderr)
+        for problem in listing.problems():
+            print(f"cgrp calibrate: {problem}", file=sys.stderr)
+        for warning in listing.warnings():
+            print(f"cgrp calibrate: warning: {warning}", file=sys.stderr)
         pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
                  for name, v, t in listing.pairs]
     pairs = pairs[:args.limit] if args.limit else pairs

@@ -206,7 +206,9 @@ def run(args) -> int:
         raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
     listing = find_pairs(args.visible, args.thermal, read_split(args.list) if args.list else None)
     listing.pairs = listing.pairs[:args.limit]  # a slice past the end (or None) keeps them all
-    failures = [f"{path}: no partner with the same name in the other folder" for path in listing.unpaired]
+    failures = listing.problems()
+    for warning in listing.warnings():
+        print(f"cgrp fuse: warning: {warning}", file=sys.stderr)
     if not listing.pairs:
         for f in failures:
             print(f"cgrp fuse: {f}", file=sys.stderr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -62,10 +62,28 @@ def read_split(path) -> list[str]:
 class PairListing:
     pairs: list          # [(name, visible_path, thermal_path)]
     unpaired: list       # [path] with no partner in the other folder
+    not_found: list = field(default_factory=list)  # [name] listed in `names` but in neither folder
+    duplicates: list = field(default_factory=list)  # [(path used, [paths of the same stem left out])]
+
+    def problems(self) -> list:
+        """One line per file left out or listed name missing: what cgrp fuse and calibrate report."""
+        return ([f"{path}: no partner with the same name in the other folder" for path in self.unpaired]
+                + [f"{name}: listed, but in neither folder" for name in self.not_found])
+
+    def warnings(self) -> list:
+        return [f"{', '.join(str(p) for p in left)}: the same name as {used}, which is used"
+                for used, left in self.duplicates]
 
 
-def _by_stem(folder: Path) -> dict:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+def _by_stem(folder: Path, duplicates: list) -> dict:
+    """{stem: path} of the images in `folder`; stems held by several files (x.jpg, x.png) keep the first
+    in name order and go into `duplicates`."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.setdefault(path.stem, []).append(path)
+    duplicates += [(paths[0], paths[1:]) for paths in found.values() if len(paths) > 1]
+    return {stem: paths[0] for stem, paths in found.items()}
 
 
 def find_pairs(visible, thermal, names=None) -> PairListing:
@@ -82,14 +100,18 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
     for folder in (visible, thermal):
         if not folder.is_dir():
             raise InputError(f"{folder}: no such file or folder")
-    vis, th = _by_stem(visible), _by_stem(thermal)
+    duplicates = []
+    vis, th = _by_stem(visible, duplicates), _by_stem(thermal, duplicates)
+    not_found = []
     if names is not None:
         wanted = {Path(n).stem for n in names}
+        not_found = sorted(wanted - set(vis) - set(th))
         vis = {k: v for k, v in vis.items() if k in wanted}
         th = {k: v for k, v in th.items() if k in wanted}
+        duplicates = [(used, left) for used, left in duplicates if used.stem in wanted]
     pairs = [(stem, vis[stem], th[stem]) for stem in sorted(vis) if stem in th]
     unpaired = [vis[s] for s in sorted(vis) if s not in th] + [th[s] for s in sorted(th) if s not in vis]
-    return PairListing(pairs, unpaired)
+    return PairListing(pairs, unpaired, not_found, duplicates)
 
 
 def load_split(root=None, split: str = "train"):

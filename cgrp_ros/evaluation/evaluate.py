@@ -310,7 +310,12 @@ def list_pairs(data, list_file=None, limit=None):
     pairs = []
     for prefix, folder in dataset_parts(data):
         if not prefix:
-            pairs += find_pairs(folder / "visible", folder / "thermal", names).pairs
+            listing = find_pairs(folder / "visible", folder / "thermal", names)
+            missing = [] if names is None else listing.not_found + [path.stem for path in listing.unpaired]
+            if missing:  # a typo would shrink the evaluation unseen
+                raise InputError(f"{data}: {len(missing)} name(s) of {list_file} have no pair: "
+                                 f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
+            pairs += listing.pairs
             continue
         wanted = None if names is None else {str(Path(n).with_suffix("")) for n in names}
         pairs += [(prefix + stem, v, t) for stem, v, t in find_pairs(folder / "visible", folder / "thermal").pairs
