@@ -224,6 +224,10 @@ def test_the_rig_estimate_saves_as_a_calibration_that_fuse_accepts(cpu_pipeline,
     calibration = stream.calibration()
     save_calibration(calibration, tmp_path / "rig.yaml")
     homography = load_calibration(tmp_path / "rig.yaml")
+    for folder in (f"{tmp_path}/rigs/", tmp_path):  # a folder, named with its slash or existing: not a file 'rigs'
+        with pytest.raises(CalibrationError, match="is a folder: give the file to write"):
+            save_calibration(calibration, folder)
+    assert not (tmp_path / "rigs").exists()
     assert calibration.pairs_used == 1 and calibration.median_residual_px < 2.0
     # the saved homography alone reproduces the rig estimate's mapping (no network)
     from cgrp_ros.core.calibrate import apply_homography

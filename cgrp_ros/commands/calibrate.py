@@ -103,6 +103,8 @@ def run(args) -> int:
         print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
         return 2
     unwritable = unwritable_reason(args.out)
+    if args.out.is_dir():
+        unwritable = f"it is a folder: give the file to write, e.g. {args.out / 'rig.yaml'}"
     if unwritable:  # before minutes of work, not after
         print(f"cgrp calibrate: error: cannot write {args.out}: {unwritable}", file=sys.stderr)
         return 2

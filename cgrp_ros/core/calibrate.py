@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ class Calibration:
 def save_calibration(calibration: Calibration, path) -> None:
     import yaml
 
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() would drop the slash: a file 'dir'
+        raise CalibrationError(f"{path} is a folder: give the file to write, e.g. {Path(path) / 'rig.yaml'}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
