@@ -212,13 +212,22 @@ def test_corrupt_model_is_one_clear_line(sample_dir, tmp_path):
     assert "registration.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_export_writes_onnx_that_matches_torch(tmp_path):
-    proc = cgrp("export", "--out", tmp_path)
+def test_export_writes_onnx_that_matches_torch_and_fuse_runs_it(tmp_path, sample_dir):
+    onnx = tmp_path / "onnx"
+    proc = cgrp("export", "--out", onnx)
     assert proc.returncode == 0, proc.stderr
     for graph in ("generator", "registration_coarse", "registration_fine", "registration_coarse_calibrated",
                   "registration_fine_calibrated", "registration_dense", "fusion"):
-        assert (tmp_path / f"{graph}.onnx").stat().st_size > 10_000
+        assert (onnx / f"{graph}.onnx").stat().st_size > 10_000
     assert proc.stdout.count("within tolerance") == 2  # searching, and from a calibration
+    exported = {p.name: p.stat().st_mtime_ns for p in onnx.iterdir()}
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    proc = cgrp("fuse", "--visible", sample_dir / "visible" / f"{name}.jpg", "--thermal",
+                sample_dir / "thermal" / f"{name}.jpg", "--out", tmp_path / "out", "--backend", "onnxruntime",
+                "--onnx-dir", onnx, "--working-size", "64x96")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in onnx.iterdir()} == exported  # those graphs, none exported again
 
 
 def test_fuse_list_and_limit_pick_the_pairs(sample_dir, tmp_path):

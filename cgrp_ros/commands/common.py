@@ -80,6 +80,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the fusion network at the working size x S (0.1..1; the visible detail above it is "
                         "added back); 0.5 is about 4x faster than 1 and scored no worse on Qabf, SSIM and VIF (default: 0.5)")
     g.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
+    g.add_argument("--onnx-dir", type=Path, metavar="DIR",
+                   help="--backend onnxruntime: the graphs of `cgrp export --out DIR` (graphs missing there are "
+                        "exported into it; default: exported on first use to a cache)")
     prior = g.add_mutually_exclusive_group()
     prior.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")
     prior.add_argument("--calibration", type=Path, metavar="RIG.yaml",
@@ -108,6 +111,7 @@ def pipeline_from_args(args):
 
     cfg = PipelineConfig(backend=args.backend, device=args.device, fp16=args.fp16, working_size=args.working_size,
                          thermal_percentiles=tuple(args.thermal_percentiles), fusion_scale=args.fusion_scale,
+                         onnx_dir=str(args.onnx_dir) if args.onnx_dir else None,
                          **(model_files(args.models) if args.models else {}))
     if args.homography:
         cfg.homography = load_homography(args.homography)

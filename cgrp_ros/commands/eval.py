@@ -167,6 +167,8 @@ def command_line(args) -> str:
         parts.append("--fp16")
     if args.models:
         parts.append(f"--models {shlex.quote(str(args.models))}")
+    if getattr(args, "onnx_dir", None):
+        parts.append(f"--onnx-dir {shlex.quote(str(args.onnx_dir))}")
     if args.homography:
         parts.append(f"--homography {shlex.quote(str(args.homography))}")
     if getattr(args, "calibration", None):

@@ -283,6 +283,8 @@ class OnnxBackend:
         if self.providers[0] == "CPUExecutionProvider" and len(self._wanted) > 1:
             log.warning("onnxruntime: no GPU provider could start (asked for %s): running on CPU", wanted)
         self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
+        if fp16 and self.providers[0] != "TensorrtExecutionProvider":
+            log.warning("fp16 needs onnxruntime's TensorRT provider: running in float32 on %s", self.providers[0])
         if require_gpu and self.device != "cuda":
             raise BackendError("require_gpu is set but onnxruntime found no usable GPU provider")
         self.description = f"onnxruntime {ort.__version__} providers {self.providers}"
