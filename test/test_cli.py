@@ -30,6 +30,9 @@ def pair_folders(tmp_path_factory, sample_dir):
     shutil.copy(sample_dir / "visible" / f"{names[0]}.jpg", vis / "broken.jpg")
     (th / "broken.png").write_bytes(b"this is not a png")
     shutil.copy(sample_dir / "visible" / f"{names[1]}.jpg", vis / "orphan.jpg")
+    # a JPEG cut short (a copy interrupted): libjpeg would decode it with a grey bottom and only print a warning
+    (vis / "cut.jpg").write_bytes((sample_dir / "visible" / f"{names[0]}.jpg").read_bytes()[:3000])
+    shutil.copy(th / f"{names[0]}.png", th / "cut.png")
     return vis, th, names
 
 
@@ -181,6 +184,7 @@ def test_fuse_names_the_bad_files_and_fails_without_a_traceback(fuse_run):
     assert proc.returncode != 0
     assert "broken.png" in proc.stderr and "not a readable image" in proc.stderr
     assert "orphan.jpg" in proc.stderr and "no partner" in proc.stderr
+    assert "cut.jpg: a truncated JPEG (no end-of-image marker)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "fused" / "broken.png").exists()
 
@@ -255,6 +259,9 @@ def test_listed_names_without_a_pair_and_two_files_of_one_name_are_reported(samp
     assert "FLIR_TYPO: listed, but in neither folder" in proc.stderr
     assert f"{data / 'visible' / name}.png: the same name as {data / 'visible' / name}.jpg, which is used" in proc.stderr
     assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()  # the pair that is there is still fused
+    proc = cgrp("fuse", "--visible", data / "visible" / f"{name}.jpg", "--thermal", data / "thermal" / f"{name}.jpg",
+                "--out", tmp_path / "out", "--working-size", "64x96")  # into the same folder again: said
+    assert proc.returncode == 0 and f"{tmp_path / 'out'} holds an earlier run's results" in proc.stderr
     proc = cgrp("eval", "--data", data, "--list", tmp_path / "list.txt", "--out", tmp_path / "eval",
                 "--methods", "none")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

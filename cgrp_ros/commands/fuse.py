@@ -220,35 +220,40 @@ def run(args) -> int:
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
     stream = StreamPipeline(pipeline, args.registration_rate)
     registration, low_confidence = [], 0
-    for index, (name, visible_path, thermal_path) in enumerate(
-            tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2)):
-        try:
-            visible = read_image(visible_path)
-            thermal = read_image(thermal_path)
-            result = stream(visible, thermal, stamp=index / args.fps)
-            write_result(args.out, name, result)
-            pair = received_and_registered(pipeline, visible, thermal, result.flow)
-            edges = pair.edges()
-            write_alignment(args.out, name, pair, edges, result)
-            if video:
-                video.add(video_frame(name, pair, visible, result.fused_image), index / args.fps)
-            registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
-                                                 result.flow, edges))
-            warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
-            if warning:
-                low_confidence += 1
-                tqdm.write(warning, file=sys.stderr)
-        except CgrpError as exc:
-            failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
-                            else f"{name}: {exc}")
+    if (args.out / "registration.csv").is_file():
+        print(f"cgrp fuse: warning: {args.out} holds an earlier run's results: this run's pairs are written "
+              "over, the others stay (registration.csv lists this run's)", file=sys.stderr)
+    try:
+        for index, (name, visible_path, thermal_path) in enumerate(
+                tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2)):
+            try:
+                visible = read_image(visible_path)
+                thermal = read_image(thermal_path)
+                result = stream(visible, thermal, stamp=index / args.fps)
+                write_result(args.out, name, result)
+                pair = received_and_registered(pipeline, visible, thermal, result.flow)
+                edges = pair.edges()
+                write_alignment(args.out, name, pair, edges, result)
+                if video:
+                    video.add(video_frame(name, pair, visible, result.fused_image), index / args.fps)
+                registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
+                                                     result.flow, edges))
+                warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
+                if warning:
+                    low_confidence += 1
+                    tqdm.write(warning, file=sys.stderr)
+            except CgrpError as exc:
+                failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
+                                else f"{name}: {exc}")
+    finally:  # also on Ctrl-C: the rows of the pairs already written
+        if registration:
+            write_registration_csv(args.out / "registration.csv", registration)
     if registration:
-        write_registration_csv(args.out / "registration.csv", registration)
         print(f"cgrp fuse: {edge_summary(registration)}")
     if video:
         print(f"cgrp fuse: {video.summary()}")
     for f in failures:
         print(f"cgrp fuse: {f}", file=sys.stderr)
-    done = len(listing.pairs) - sum(1 for f in failures if not f.endswith("other folder"))
     low = f", {low_confidence} with low registration confidence (registration.csv)" if low_confidence else ""
-    print(f"cgrp fuse: {done} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
+    print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
     return 1 if failures else 0

@@ -42,10 +42,21 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except Exception as exc:  # numpy raises several types for corrupt files
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    if path.suffix.lower() in (".jpg", ".jpeg") and not _ends_like_a_jpeg(path):
+        # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
+        raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
     image = cv2.imread(str(path), flags)
     if image is None:
         raise InputError(f"{path}: not a readable image")
     return image
+
+
+def _ends_like_a_jpeg(path: Path) -> bool:
+    """Whether the file's last 4 KB hold a JPEG end-of-image marker (some writers pad after it)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4096))
+        return b"\xff\xd9" in f.read()
 
 
 def read_split(path) -> list[str]:
