@@ -3,6 +3,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from cgrp_ros.cli import main
 from cgrp_ros.evaluation.bench import PEERS, bench_input, bench_markdown, bench_targets, ecc_blend, homography_blend
@@ -138,3 +139,14 @@ def test_without_the_sample_folder_the_bench_times_a_synthetic_scene(monkeypatch
     _, _, aligned = E.misaligned_sample("none")
     assert aligned.std() > 5 and np.abs(thermal.astype(int) - aligned).mean() > 1
     assert "bundled pair synthetic" in bench_input((32, 48))[2]
+
+
+def test_asking_only_for_what_this_machine_lacks_is_an_error_not_an_empty_table(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    out = tmp_path / "bench"
+    assert main(["bench", "--backends", "torch-cuda,torch-cuda-fp16", "--sizes", "64x96", "--out", str(out)]) == 2
+    assert "torch-cuda: not available on this machine (torch sees no CUDA GPU)" in capsys.readouterr().err
+    assert not out.exists()

@@ -62,6 +62,9 @@ def run(args) -> int:
     if args.runs < 1 or args.warmup < 0:
         raise CgrpError("--runs must be >= 1 and --warmup >= 0")
     configs = _selected(configurations(), args.backends)
+    if not any(c.available for c in configs):  # nothing would be measured: say why instead of an empty table
+        raise CgrpError("none of the selected configurations is available on this machine: "
+                        + "; ".join(f"{c.label}: {c.reason}" for c in configs))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,8 +76,6 @@ def run(args) -> int:
         from ..ros.bench import ros_markdown, run_ros_bench
 
         available = [c for c in configs if c.available]
-        if not available:
-            raise CgrpError("none of the selected configurations is available on this machine")
         document = run_ros_bench(available[0], args.sizes[0], args.rate, args.duration, args.deform, args.out,
                                  cameras=args.cameras)
         document["machine"] = machine
