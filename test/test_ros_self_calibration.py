@@ -12,6 +12,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -86,6 +88,16 @@ def test_the_node_self_calibrates_on_a_fixed_rig_and_saves_the_calibration(tmp_p
         response = spinner.call(client, Trigger.Request(), 10.0, "the save_calibration answer", processes[0], node_log)
         assert response.success, response.message
         assert calibration.is_file() and "converged" in response.message
+        # a later change of another parameter does not adopt the file just written (it would restart the
+        # estimate): calibration_file is read at activation and when it is set
+        setter = spinner.node.create_client(SetParameters, "cgrp_fusion/set_parameters")
+        request = SetParameters.Request(parameters=[Parameter("fusion_scale", value=0.6).to_parameter_msg()])
+        assert spinner.call(setter, request, 10.0, "the answer to setting fusion_scale", processes[0],
+                            node_log).results[0].successful
+        spinner.wait_for(lambda: "parameters changed: fusion_scale" in node_log.read_text(), 5.0,
+                         "the parameter change in the log", processes[0], node_log)
+        spinner.spin(1.5)
+        assert "the rig estimate starts again" not in node_log.read_text() and rig_state() == "converged"
     finally:
         for proc in processes:
             if proc.poll() is None:

@@ -56,8 +56,8 @@ from .diagnostics import STREAM_NAMES, Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
-from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, check_parameter, describe, pipeline_config,
-                         stream_settings)
+from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
+                         pipeline_config, stream_settings)
 from .process import RosLogHandler, release_free_memory, spin_until_signal
 from .sync import STAMP_CLOCK_LIMIT_S, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
 
@@ -110,6 +110,7 @@ class FusionNode(LifecycleNode):
         self.state = "unconfigured"   # lifecycle state, as the transitions below leave it
         self.finalized = False        # shutdown done: main() ends the process
         self.pipeline = None          # built on activate, released on deactivate
+        self.prior = {}               # calibration_file as read at activation or when set (calibration_prior)
         self.stream = None            # StreamPipeline over `pipeline`: the rig estimate (self_calibrate)
         self.alignment_check = AlignmentCheck()  # the estimate against the input, after each registration
         self.activation_error = None  # why the last activation failed (main() prints it at autostart)
@@ -170,7 +171,10 @@ class FusionNode(LifecycleNode):
 
         self.activation_error = None
         try:
-            self.pipeline = Pipeline(pipeline_config(self.values))
+            # calibration_file is read here and when it is set, not on other changes: a file that
+            # ~/save_calibration writes becomes the prior at the next activation, not at a working_size change
+            self.prior = calibration_prior(self.values["calibration_file"])
+            self.pipeline = Pipeline(pipeline_config(self.values, self.prior))
         except CgrpError as exc:  # missing/corrupt model, no GPU with require_gpu: stay inactive
             self.activation_error = str(exc)
             if not self._autostarting:  # at autostart main() prints the one error line
@@ -408,7 +412,12 @@ class FusionNode(LifecycleNode):
                 setattr(self.stream, name, value)
         builder = self.builder
         if builder is not None and (any(PARAMETERS_BY_NAME[n].rebuild for n in changed) or changed & set(LIGHT)):
-            builder.request(pipeline_config(self.values))  # inactive: the next activation builds
+            if "calibration_file" in changed:
+                try:
+                    self.prior = calibration_prior(self.values["calibration_file"])
+                except CgrpError as exc:  # checked when set; changed on disk since
+                    self.get_logger().error(f"calibration_file not used, the previous prior stays: {exc}")
+            builder.request(pipeline_config(self.values, self.prior))  # inactive: the next activation builds
         if changed:
             self.get_logger().info(f"parameters changed: {', '.join(sorted(changed))}")
 

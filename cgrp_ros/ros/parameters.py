@@ -150,8 +150,9 @@ def check_parameter(name: str, value) -> str | None:
     return None
 
 
-def pipeline_config(values: dict):
-    """PipelineConfig from the node's parameter values (a dict name -> value)."""
+def pipeline_config(values: dict, prior: dict | None = None):
+    """PipelineConfig from the node's parameter values (a dict name -> value); `prior`: the calibration
+    as calibration_prior read it (default: read calibration_file now)."""
     from ..core.pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -160,7 +161,8 @@ def pipeline_config(values: dict):
         generator=values["generator_model"] or None, registration=values["registration_model"] or None,
         fusion=values["fusion_model"] or None, onnx_dir=values["onnx_dir"] or None,
         thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"],
-        fusion_scale=float(values["fusion_scale"]), **calibration_prior(values["calibration_file"]))
+        fusion_scale=float(values["fusion_scale"]),
+        **(calibration_prior(values["calibration_file"]) if prior is None else prior))
 
 
 def calibration_prior(path: str) -> dict:
