@@ -99,7 +99,7 @@ def test_maps_are_cached_per_intrinsics():
     (K, [0.1, 0.0, 0.0], "plumb_bob", SIZE, "plumb_bob takes 4 or 5"),
     (K, [0.1] * 5, "equidistant", SIZE, "equidistant takes 4"),
     (K, [0.1] * 5, "pinhole_unknown", SIZE, "unsupported distortion model"),
-    (K, [float("nan")] * 5, "plumb_bob", SIZE, "finite"),
+    (K, [float("nan")] * 5, "plumb_bob", SIZE, "D must be finite"),
     (K, [0.0] * 5, "plumb_bob", (0, 320), "image size"),
 ])
 def test_unusable_intrinsics_raise_input_error(k, d, model, size, match):

@@ -118,6 +118,8 @@ def test_each_image_is_undistorted_and_camera_info_has_the_outputs_header(harnes
     log = harness.log()
     assert "undistorting each image with its own intrinsics (visible plumb_bob, thermal equidistant)" in log
     assert "camera_info /visible/camera_info, /thermal/camera_info" in log
+    harness.wait_for(lambda: harness.diagnostic_value("camera_info") == "undistorting (visible plumb_bob, thermal "
+                     "equidistant)", 5.0, "/diagnostics 'camera_info' saying so")
 
 
 def test_a_camera_info_of_another_size_warns_and_the_pair_is_fused_without_undistortion(harness):
@@ -134,6 +136,13 @@ def test_a_camera_info_of_another_size_warns_and_the_pair_is_fused_without_undis
     harness.info_pubs[1].publish(uncalibrated)
     harness.wait_for(lambda: "ignoring thermal/camera_info: camera matrix K must be" in harness.log(), 10.0,
                      "the warning about an all-zero K")
+    harness.publish_pair()  # /diagnostics says why the pairs are not undistorted, not only the log
+
+    def says_ignored():
+        harness.spinner.spin(0.3)
+        return (harness.diagnostic_value("camera_info") or "").startswith(
+            "not undistorting: thermal/camera_info ignored: camera matrix K must be")
+    harness.wait_for(says_ignored, 10.0, "/diagnostics 'camera_info' naming the ignored CameraInfo")
 
 
 def test_use_camera_info_false_unsubscribes_at_run_time(harness):

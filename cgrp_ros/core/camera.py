@@ -53,9 +53,11 @@ class Intrinsics:
                              f"(an all-zero K means an uncalibrated camera), got {[float(v) for v in k]}")
         if self.model not in COEFFICIENTS:
             raise InputError(f"unsupported distortion model {self.model!r}: expected one of {', '.join(COEFFICIENTS)}")
-        if len(self.D) not in COEFFICIENTS[self.model] or not np.isfinite(np.asarray(self.D, float)).all():
-            raise InputError(f"{self.model} takes {' or '.join(map(str, COEFFICIENTS[self.model][1:]))} finite "
+        if len(self.D) not in COEFFICIENTS[self.model]:
+            raise InputError(f"{self.model} takes {' or '.join(map(str, COEFFICIENTS[self.model][1:]))} "
                              f"distortion coefficients, got {len(self.D)}")
+        if not np.isfinite(np.asarray(self.D, float)).all():
+            raise InputError(f"distortion coefficients D must be finite, got {[float(v) for v in self.D]}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise InputError(f"image size must be (height, width) >= 1, got {self.size}")
 

@@ -148,6 +148,7 @@ def diagnostic_values(node) -> dict:
         "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
         "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),
         "fallback pairs": str(s.fallback_pairs),
+        "camera_info": getattr(node, "camera_info_state", "not used"),
         **rig_values(node),
     }
 

@@ -127,6 +127,8 @@ class FusionNode(LifecycleNode):
         self.camera_info_subscriptions = []
         self.camera_info_pub = None
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
+        self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
+        self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # in every state
@@ -462,7 +464,9 @@ class FusionNode(LifecycleNode):
         name = STREAM_NAMES[stream]
         try:
             self.camera_infos.update(stream, msg)
+            self._camera_info_rejected[stream] = None
         except InputError as exc:  # e.g. an uncalibrated camera's all-zero K: as if none had arrived
+            self._camera_info_rejected[stream] = f"{name}/camera_info ignored: {exc}"
             self._log_throttled((name, "camera_info"), f"ignoring {name}/camera_info: {exc}", warning=True)
 
     def _on_pair(self, visible_msg, thermal_msg):
@@ -555,6 +559,14 @@ class FusionNode(LifecycleNode):
         if plan.problem:
             self._log_throttled("camera_info size", f"pair at {stamp:.3f}: {plan.problem}", warning=True)
         rectifying = plan.intrinsics is not None
+        if rectifying:
+            self.camera_info_state = "undistorting (visible {}, thermal {})".format(*(c.model for c in plan.intrinsics))
+        elif self.camera_info_subscriptions:
+            missing = [f"no {STREAM_NAMES[i]}/camera_info" for i in (VISIBLE, THERMAL) if not self.camera_infos.known(i)]
+            why = [r for r in self._camera_info_rejected if r] or ([plan.problem] if plan.problem else missing)
+            self.camera_info_state = "not undistorting: " + "; ".join(why or ["-"])
+        else:
+            self.camera_info_state = "not used"
         if rectifying != self._rectifying:
             self._rectifying = rectifying
             if rectifying:
