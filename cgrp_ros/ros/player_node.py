@@ -45,7 +45,8 @@ class PlayerNode(Node):
         self.jitter = declare("jitter", 0.0, "uniform +- noise on the thermal stamp, s",
                               floating_point_range=_float_range(0.0, 10.0))
         deform = declare("deform", "none", f"misalign the thermal with this preset ({', '.join(PRESETS)})")
-        self.seed = declare("seed", 0, "seed of the misalignment and the jitter")
+        self.seed = declare("seed", 0, "seed of the misalignment and the jitter",
+                            integer_range=[IntegerRange(from_value=0, to_value=2**31 - 1, step=0)])
         fixed_rig = declare("fixed_rig", False, "with deform: ONE misalignment for every frame, as a rigid rig "
                             "(frames of one size); false: one per image")
         reliable = declare("reliable", True, "reliable QoS (needed for large images over shared memory)")
