@@ -52,8 +52,9 @@ def test_qos_overrides_at_startup_set_the_subscription_reliability(tmp_path):
         client = node.create_client(GetParameters, "cgrp_fusion/get_parameters")
         values = spinner.call(client, GetParameters.Request(names=[
             "qos_overrides./cgrp_fusion/fused.publisher.reliability",
-            "qos_overrides./visible/image.subscription.depth"]), 10.0, "the parameter values", proc, log).values
-        assert [v.string_value or v.integer_value for v in values] == ["reliable", 5]
+            "qos_overrides./visible/image.subscription.depth",
+            "qos_overrides./diagnostics.publisher.depth"]), 10.0, "the parameter values", proc, log).values
+        assert [v.string_value or v.integer_value for v in values] == ["reliable", 5, 10]
     finally:
         stop_node(proc, signal.SIGINT, timeout=5.0)
         spinner.node.destroy_node()

@@ -131,7 +131,8 @@ class FusionNode(LifecycleNode):
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # in every state
+        self.diagnostics_pub = self.create_publisher(  # in every state
+            DiagnosticArray, "/diagnostics", 10, qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.create_service(Trigger, "~/save_calibration", self._save_calibration)
         self.add_on_set_parameters_callback(self._check_new_parameters)
         self.add_post_set_parameters_callback(self._apply_new_parameters)
