@@ -217,6 +217,22 @@ def test_registration_falls_back_without_shared_structure(cpu_pipeline, sample_p
         assert np.abs(result.flow).max() == 0.0
 
 
+@pytest.mark.parametrize("working_size", [(64, 96), (96, 128), (128, 160)])
+def test_featureless_pairs_fall_back_at_small_working_sizes_too(sample_pairs, working_size):
+    """With few cells the matches agree with some affine by chance: a black (noisy) visible image and two
+    zero images scored above the model's threshold below 192x240 and moved by 6-45 px; they keep the
+    prior, and real pairs at that size are still registered."""
+    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=working_size))
+    name, visible, thermal = sample_pairs[0]
+    black = np.random.default_rng(0).integers(0, 4, visible.shape).astype(np.uint8)
+    for v, t in ((black, thermal), (np.zeros_like(visible), np.zeros_like(thermal))):
+        registration = pipeline.register(v, t)
+        assert registration.fallback and np.abs(registration.flow).max() == 0.0, registration.confidence
+    moved = pipeline.register(visible, misalign(thermal, "moderate", rng_for(0, name)).misaligned)
+    assert not moved.fallback and np.abs(moved.flow).mean() > 1.0
+
 
 def test_a_pair_that_keeps_its_prior_runs_the_generator_only_for_its_output(cpu_pipeline, sample_pairs):
     """The pseudo-thermal feeds only the dense levels: a pair the affine stages leave at its prior (here

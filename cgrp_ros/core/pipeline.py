@@ -12,6 +12,7 @@ The CLI, the ROS node, the evaluation and the benchmarks all call this class.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
+# The share of matches that agree with one affine by chance grows as the grid of 8 x 8 cells shrinks,
+# about as 1/sqrt(cells) (a binomial share): featureless pairs (a black or noisy visible image, both
+# images zero) scored up to 2.5/sqrt(cells) at every working size from 64x96 to 256x320, while real
+# training pairs mostly score far above it (out/s24/conf2.py, 2026-12-07). Below about 600 cells (working
+# sizes under about 192x240) that chance level passes the shipped confidence threshold (0.114), and
+# featureless frames moved by 6-45 px; a confidence below CHANCE_CONFIDENCE / sqrt(cells) is therefore a
+# fallback too. Above 600 cells this bound is below the threshold: nothing changes there.
+CHANCE_CONFIDENCE = 2.8
 # a camera whose width and height scale by factors this far apart (relative) from its calibration's changed
 # its aspect (a crop): 1920x1080 -> 854x480 is 0.1 %
 ASPECT_TOLERANCE = 0.01
@@ -163,6 +172,12 @@ class Pipeline:
     def description(self) -> str:
         return self.backend.description
 
+
+    @staticmethod
+    def chance_confidence(h: int, w: int) -> float:
+        """The confidence that matches reach by chance on a working image of h x w px (CHANCE_CONFIDENCE):
+        below it a registration falls back to the prior whatever the model's threshold."""
+        return CHANCE_CONFIDENCE / math.sqrt(max(1, (h // 8) * (w // 8)))
 
     # -- geometry ----------------------------------------------------------------------------------
     def visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
@@ -299,6 +314,8 @@ class Pipeline:
         # and keeps it unless the fine matches clearly contradict it
         search = np.full(1, 0.0 if calibrated else 1.0, np.float32)
         affine_w, registered_w, confidence, fallback = run("registration_affine", f.y_in, thermal, search)
+        if float(confidence.reshape(-1)[0]) < self.chance_confidence(f.h, f.w):  # no evidence: keep the prior
+            affine_w, fallback = np.zeros_like(affine_w), np.ones_like(fallback)
         flow_w, pseudo, generator_ms = affine_w, None, 0.0
         if np.any(affine_w):
             run.synchronize()
