@@ -172,6 +172,12 @@ def test_featureless_pairs_are_refused(tmp_path, capsys):
     # names the calibration's own threshold, not cgrp fuse's per-pair registration confidence
     assert "not enough evidence" in err and "match confidence" in err, err
     assert not out.exists() and not out.with_suffix(".png").exists()
+    # at a smaller working size chance agreement passes that confidence (black frames scored 0.40-0.45 at
+    # 128x160 and were used): refused before any work, nothing written
+    code = cgrp(["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", out,
+                 "--working-size", "128x160", "--device", "cpu"])
+    assert code == 2 and "working size 128x160 is too small to calibrate" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):

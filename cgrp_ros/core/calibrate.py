@@ -31,6 +31,7 @@ Nothing here imports rclpy; ``cgrp calibrate`` is a thin adapter.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import os
 from collections import Counter
@@ -43,8 +44,11 @@ import numpy as np
 from .errors import InputError
 from .image import resize_homography
 
+log = logging.getLogger("cgrp_ros")
+
 DEFAULT_SCALES = (1.0, 1 / 1.25, 1 / 1.6, 1 / 2.0, 1 / 2.5, 1.25, 1.6)
 CELL = 8  # the matcher's cell size in working pixels
+MIN_WORKING_AREA = 256 * 320  # px: the working size the calibration's match-confidence minimum holds at
 EDGE_MARGIN = 1.5  # cells: matches closer than this to the placed thermal's frame are dropped
 PRESHRINK = 0.6  # thermal shrunk by area averaging first when the placement shrinks it below this
 AFFINE_MARGIN = 0.05  # a homography replaces the affine fit only if its median residual is 5 % lower
@@ -183,9 +187,18 @@ class RigCalibrator:
 
         from .models import default_model_path, load_model
 
+        if device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            log.warning("cgrp calibrate: no CUDA GPU: running on the CPU")
+        if working_size[0] * working_size[1] < MIN_WORKING_AREA:
+            # the match confidence that rejects lens-cap and featureless pairs was chosen at 256x320; with
+            # fewer cells chance agreement passes it (measured: black frames 0.40-0.45 at 128x160, 0.06 at
+            # 256x320, against the 0.28 minimum), and a wrong rig.yaml would be written
+            raise InputError(f"working size {working_size[0]}x{working_size[1]} is too small to calibrate: use at "
+                             "least 256x320 (or the same area)")
         self.torch = torch
-        self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                                   else "cpu")
+        self.device = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
         path = model_path or default_model_path("registration")
         network = load_model(path, "registration").to(self.device).eval()
         self.matcher, self.local_matcher = network.global_stage, network.local_stage
