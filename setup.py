@@ -23,8 +23,8 @@ setup(
     # the Python runtime; rclpy and the message packages come from ROS 2 (package.xml) or the ros-* wheels
     # in requirements.txt. onnxruntime is optional (backend onnxruntime): onnxruntime or onnxruntime-gpu.
     install_requires=["setuptools", "numpy>=1.24", "opencv-python-headless>=4.8", "torch>=2.1", "tqdm>=4.60",
-                      "rosbags>=0.11"],
-    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"], "test": ["pytest", "hypothesis", "PyYAML"]},
+                      "rosbags>=0.11", "PyYAML>=5.4"],
+    extras_require={"onnx": ["onnx>=1.15", "onnxruntime>=1.17"], "test": ["pytest", "hypothesis"]},
     zip_safe=True,
     maintainer="cgrp_ros maintainers",
     maintainer_email="cgrp-ros@example.com",

@@ -10,6 +10,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description():
@@ -26,7 +27,9 @@ def generate_launch_description():
         package="cgrp_ros",
         executable="cgrp_player",
         name="cgrp_player",
-        parameters=[{"deform": LaunchConfiguration("deform"), "rate": LaunchConfiguration("rate"),
+        # rate:=4 would reach the node as an integer, which its double parameter refuses
+        parameters=[{"deform": LaunchConfiguration("deform"),
+                     "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
                      "stamp_offset": 0.01, "jitter": 0.005, "seed": 0, "reliable": True}],
         output="screen",
     )

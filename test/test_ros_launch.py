@@ -84,6 +84,31 @@ def test_calibration_file_argument_overrides_the_parameter_file_only_when_given(
         assert {"autostart", "use_sim_time", "image_transport"} <= set(overrides)
 
 
+def test_demo_launch_hands_the_player_a_float_rate(monkeypatch):
+    """`rate:=4` is typed as an integer by launch; the player's `rate` is a double, so the launch file
+    must say float (under the same stand-ins for launch and launch_ros)."""
+    import importlib.util
+    import sys
+    import types
+
+    stand_ins = {"launch": dict(LaunchDescription=lambda entities: entities),
+                 "launch.actions": dict(DeclareLaunchArgument=lambda *a, **k: ("argument", a, k)),
+                 "launch.conditions": dict(IfCondition=lambda c: c),
+                 "launch.substitutions": dict(LaunchConfiguration=lambda name: ("config", name)),
+                 "launch_ros.actions": dict(Node=lambda **kwargs: kwargs),
+                 "launch_ros.parameter_descriptions": dict(ParameterValue=lambda value, value_type: (value, value_type)),
+                 "ament_index_python.packages": dict(get_package_share_directory=lambda package: "/share")}
+    for name, attributes in stand_ins.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
+    monkeypatch.setitem(sys.modules, "launch_ros", types.SimpleNamespace())
+    spec = importlib.util.spec_from_file_location("demo_launch", REPO / "launch" / "demo.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    player = next(e for e in module.generate_launch_description()
+                  if isinstance(e, dict) and e.get("executable") == "cgrp_player")
+    assert player["parameters"][0]["rate"] == (("config", "rate"), float)
+
+
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_imports_when_launch_ros_is_present(path):
     pytest.importorskip("launch_ros")

@@ -61,7 +61,7 @@ def add_arguments(p):
                    help="passes with the fitted homography as the placement (default 2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
-                   help="resolution the matcher runs at (default: 256x320)")
+                   help="resolution the matcher runs at, at least 256x320 in area (default: 256x320)")
     p.add_argument("--models", type=Path, help="folder with registration.pt (default: shipped)")
 
 
