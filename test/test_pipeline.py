@@ -1,4 +1,6 @@
 """The Pipeline with the shipped weights: shapes, dtypes, inputs, backends, and that it registers."""
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -222,8 +224,6 @@ def test_featureless_pairs_fall_back_at_small_working_sizes_too(sample_pairs, wo
     """With few cells the matches agree with some affine by chance: a black (noisy) visible image and two
     zero images scored above the model's threshold below 192x240 and moved by 6-45 px; they keep the
     prior, and real pairs at that size are still registered."""
-    from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
-
     pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=working_size))
     name, visible, thermal = sample_pairs[0]
     black = np.random.default_rng(0).integers(0, 4, visible.shape).astype(np.uint8)
@@ -267,3 +267,29 @@ def test_tensorrt_keeps_its_engines_beside_the_onnx_files(tmp_path):
     assert trt_options["trt_engine_cache_enable"] and trt_options["trt_fp16_enable"]
     assert trt_options["trt_engine_cache_path"] == str(tmp_path / "tensorrt") and (tmp_path / "tensorrt").is_dir()
     assert provider_settings(["CPUExecutionProvider"], tmp_path) == ["CPUExecutionProvider"]
+
+
+def test_a_config_is_copied_checked_and_named_in_its_errors(cpu_pipeline, sample_pairs):
+    """Library use: Pipeline(config, **overrides) leaves `config` as it was and refuses a field it does not
+    know; values of the wrong shape or type are an InputError naming the field, not a Python error later."""
+    from cgrp_ros.core.pipeline import Registration
+
+    config = PipelineConfig(backend="torch", device="cpu")
+    small = Pipeline(config, working_size=(64, 96))
+    assert small.config.working_size == (64, 96) and config.working_size == (256, 320)
+    for overrides, words in ((dict(working_sise=(64, 96)), "unknown PipelineConfig field(s): working_sise"),
+                             (dict(working_size="64x96"), "working_size must be (height, width)"),
+                             (dict(fusion_scale=None), "fusion_scale must be a number"),
+                             (dict(thermal_percentiles=(1, 2, 3)), "thermal_percentiles must be (low, high)"),
+                             (dict(homography=np.eye(3), homography_sizes=((351, 502),)), "homography_sizes must be"),
+                             (dict(homography=np.eye(3), homography_sizes=((351, 0), (10, 10))), "at least 1x1")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            Pipeline(config, **overrides)
+    _, visible, thermal = sample_pairs[0]
+    for call in (lambda: small(visible, None), lambda: small.register(visible, None),
+                 lambda: small(np.zeros((4, 40000), np.uint8), thermal)):
+        with pytest.raises(InputError):
+            call()
+    # a flow of float64 (numpy's default) to fuse with is taken as float32
+    flow = np.zeros(visible.shape[:2] + (2,), np.float64)
+    assert small(visible, thermal, outputs={"fused"}, registration=Registration(flow)).flow.dtype == np.float32

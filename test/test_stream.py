@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cgrp_ros.core.deform import misalign, rng_for
+from cgrp_ros.core.errors import InputError
 from cgrp_ros.core.pipeline import Registration
 from cgrp_ros.evaluation.rig import sequences
 from cgrp_ros.core.stream import CONVERGED, DRIFTING, WAITING, RigFlow, StreamPipeline, flow_distance
@@ -320,3 +321,18 @@ def test_a_new_image_size_registers_inline_even_in_the_background(cpu_pipeline, 
         result = stream(visible, thermal, stamp=index / 10)
         assert result.flow.shape[:2] == visible.shape[:2]
     assert stream.wait_idle(30.0)
+
+
+def test_a_rejected_frame_leaves_the_saved_calibration_as_it_was(cpu_pipeline, rig_pair):
+    """A frame the pipeline refuses (a thermal with no finite pixel, of another size) must not become the
+    size the rig estimate is saved for."""
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=1.0)
+    stream(visible, thermal, stamp=0.0)
+    before = stream.calibration()
+    with pytest.raises(InputError):
+        stream(visible, np.full((480, 640), np.nan, np.float32), stamp=0.1)
+    after = stream.calibration()
+    assert after.thermal_size == before.thermal_size and np.allclose(after.homography, before.homography)
+    with pytest.raises(InputError):
+        stream([[1, 2], [3, 4]], thermal)

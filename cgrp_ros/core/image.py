@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError
 
 MIN_SIDE = 2  # smaller images carry no usable structure; they are rejected, not upsampled
+MAX_SIDE = 32766  # OpenCV's remap and resize address pixels with 16-bit signed coordinates
 
 
 def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
@@ -23,6 +24,9 @@ def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
         raise InputError(f"{name}: expected H x W or H x W x {channels}, got shape {image.shape}")
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
         raise InputError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too small")
+    if max(image.shape[:2]) > MAX_SIDE:
+        raise InputError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too large (a side above "
+                         f"{MAX_SIDE} px, which OpenCV's resampling cannot address)")
     if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise InputError(f"{name}: unsupported dtype {image.dtype}")
     return image

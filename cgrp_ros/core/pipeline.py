@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -105,6 +105,34 @@ class PipelineConfig:
         return {stage: str(getattr(self, stage) or default_model_path(stage)) for stage in STAGES}
 
 
+def _pair_of_ints(value, name: str, minimum: int) -> tuple:
+    """(a, b) of a 2-sequence of integers >= minimum; InputError naming `name` otherwise."""
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be (height, width), got {value!r}") from None
+    if a < minimum or b < minimum:
+        raise InputError(f"{name} must be at least {minimum}x{minimum}, got {a}x{b}")
+    return a, b
+
+
+def _required(thermal):
+    """The thermal of a call that registers: None is an input error, not a missing attribute later."""
+    if thermal is None:
+        raise InputError("thermal: expected a numpy array, got None")
+    return thermal
+
+
+def _homography_sizes(sizes) -> tuple:
+    """((visible H, W), (thermal H, W)) of PipelineConfig.homography_sizes, checked."""
+    try:
+        visible, thermal = sizes
+    except (TypeError, ValueError):
+        raise InputError(f"homography_sizes must be ((visible H, W), (thermal H, W)), got {sizes!r}") from None
+    return _pair_of_ints(visible, "homography_sizes' visible size", 1), \
+        _pair_of_ints(thermal, "homography_sizes' thermal size", 1)
+
+
 @dataclass
 class Registration:
     """Where the thermal lands in the visible camera, at the visible image's resolution (H x W)."""
@@ -119,7 +147,7 @@ class FusionResult:
     """Everything at the visible image's resolution (H x W) and in its camera frame."""
     fused: np.ndarray | None                # H x W uint8 fused luminance
     fused_color: np.ndarray | None          # H x W x 3 uint8 BGR (None when the visible is mono)
-    registered_thermal: np.ndarray | None   # H x W, the input thermal's dtype, raw values
+    registered_thermal: np.ndarray | None   # H x W, raw values in the input thermal's dtype (float64: float32)
     flow: np.ndarray                        # H x W x 2 float32, pixels, core convention
     pseudo_thermal: np.ndarray | None       # H x W uint8
     timings: dict = field(default_factory=dict)  # ms per stage + 'total'
@@ -140,16 +168,26 @@ class Pipeline:
     config while calls run is not safe."""
 
     def __init__(self, config: PipelineConfig | None = None, **overrides):
-        self.config = config or PipelineConfig()
-        for key, value in overrides.items():
-            setattr(self.config, key, value)
+        """`overrides`: PipelineConfig fields that replace those of `config` (a copy: `config` is kept)."""
+        unknown = set(overrides) - {f.name for f in fields(PipelineConfig)}
+        if unknown:
+            raise InputError(f"unknown PipelineConfig field(s): {', '.join(sorted(unknown))}")
+        self.config = replace(config or PipelineConfig(), **overrides)
         c = self.config
-        h, w = c.working_size
-        if h < MIN_WORKING_SIDE or w < MIN_WORKING_SIDE:
-            raise InputError(f"working_size must be at least {MIN_WORKING_SIDE}x{MIN_WORKING_SIDE}, got {h}x{w}")
-        if not 0.1 <= float(c.fusion_scale) <= 1.0:
-            raise InputError(f"fusion_scale must be in [0.1, 1], got {c.fusion_scale}")
-        check_percentiles(c.thermal_percentiles)  # a configuration error: said once, now, not per image
+        h, w = _pair_of_ints(c.working_size, "working_size", MIN_WORKING_SIDE)
+        c.working_size = (h, w)
+        try:
+            scale_ok = 0.1 <= float(c.fusion_scale) <= 1.0
+        except (TypeError, ValueError):
+            scale_ok = False
+        if not scale_ok:
+            raise InputError(f"fusion_scale must be a number in [0.1, 1], got {c.fusion_scale!r}")
+        if c.homography_sizes is not None:
+            c.homography_sizes = _homography_sizes(c.homography_sizes)
+        try:  # a configuration error: said once, now, not per image
+            check_percentiles(tuple(float(v) for v in c.thermal_percentiles))
+        except (TypeError, ValueError):
+            raise InputError(f"thermal_percentiles must be (low, high), got {c.thermal_percentiles!r}") from None
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)
@@ -344,7 +382,7 @@ class Pipeline:
     def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
         """Registration only: where this pair's thermal lands in the visible camera."""
         t0 = time.perf_counter()
-        f = self._prepare(visible, thermal)
+        f = self._prepare(visible, _required(thermal))
         t1 = time.perf_counter()
         registration = self._run_registration(f)[1]
         registration.timings["preprocess"] = (t1 - t0) * 1e3
@@ -352,7 +390,8 @@ class Pipeline:
 
     def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS,
                  registration: Registration | None = None) -> FusionResult:
-        """Fuse one pair. visible: H x W (x3 BGR / x4 BGRA), thermal: h x w uint8/uint16/float32.
+        """Fuse one pair. visible: H x W (x3 BGR / x4 BGRA) uint8/uint16, or float in [0, 1] (clipped);
+        thermal: h x w uint8/uint16/float (any unit: a percentile gain control normalises it).
 
         `outputs` names the results to compute ('fused', 'registered_thermal', 'flow',
         'pseudo_thermal'); the flow is always returned. `registration`: a flow (at this visible
@@ -360,18 +399,19 @@ class Pipeline:
         the generator then runs only for 'pseudo_thermal'. Raises InputError for unusable input.
         """
         t0 = time.perf_counter()
-        f = self._prepare(visible, thermal)
+        f = self._prepare(visible, _required(thermal))
         t1 = time.perf_counter()
         if registration is None:
             pseudo, registration, registered_w = self._run_registration(f)
         else:
-            if registration.flow.shape != (f.hv, f.wv, 2):
-                raise InputError(f"the registration's flow is {registration.flow.shape[:2]}, "
-                                 f"the visible image {(f.hv, f.wv)}")
-            registered_w = self._registered_working(f, registration.flow)
+            flow = np.asarray(registration.flow)
+            if flow.shape != (f.hv, f.wv, 2):
+                raise InputError(f"the registration's flow is {flow.shape[:2]}, the visible image {(f.hv, f.wv)}")
+            flow = flow.astype(np.float32, copy=False)  # (OpenCV's remap takes float32 maps only)
+            registered_w = self._registered_working(f, flow)
             pseudo = None
             # this pair's registration cost is the resample of the thermal
-            registration = Registration(registration.flow, registration.confidence, registration.fallback,
+            registration = Registration(flow, registration.confidence, registration.fallback,
                                         dict(generator=0.0, registration=(time.perf_counter() - t1) * 1e3))
         if pseudo is None and "pseudo_thermal" in outputs:  # only as an output: the registration did not need it
             t_generator = time.perf_counter()

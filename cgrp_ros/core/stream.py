@@ -270,8 +270,12 @@ class StreamPipeline:
                  stamp: float | None = None) -> FusionResult:
         """Fuse one frame; `stamp` in seconds (default: the clock). The result's flow is the rig
         estimate; its confidence/fallback are the last registration's when this frame ran one."""
-        stamp = self.clock() if stamp is None else float(stamp)
-        self.shapes = (visible.shape[:2], thermal.shape[:2])
+        visible, thermal = check_image(visible, "visible"), check_image(thermal, "thermal")
+        result = self._fuse(visible, thermal, outputs, self.clock() if stamp is None else float(stamp))
+        self.shapes = (visible.shape[:2], thermal.shape[:2])  # of a frame that was fused: what calibration() maps
+        return result
+
+    def _fuse(self, visible, thermal, outputs, stamp: float) -> FusionResult:
         if self.registration_rate <= 0:
             self.registrations += 1
             self.last_registration = stamp
