@@ -169,7 +169,7 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
     assert main(["fuse", "--visible", str(sample_dir / "visible" / f"{n}.jpg"),
                  "--thermal", str(sample_dir / "thermal" / f"{n}.jpg"), "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert f"warning: {n}: low registration confidence 0.12 (below 0.30)" in captured.err
+    assert f"warning: {n}: low registration confidence 0.12: registered with the prior" in captured.err
     assert "1 with low registration confidence" in captured.out
     with open(tmp_path / "registration.csv") as f:
         row, = csv.DictReader(f)

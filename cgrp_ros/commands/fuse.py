@@ -122,8 +122,8 @@ def low_confidence_warning(name: str, result, threshold: float) -> str | None:
     if not result.registration_fallback and confidence >= threshold:
         return None
     what = ("registered with the prior (identity, or --calibration / --homography) instead"
-            if result.registration_fallback else "the registration may be wrong")
-    return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f} (below {threshold:.2f}): {what}"
+            if result.registration_fallback else f"below {threshold:.2f}, the registration may be wrong")
+    return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f}: {what}"
 
 
 def write_registration_csv(path: Path, rows: list) -> None:

@@ -184,10 +184,13 @@ class Pipeline:
             raise InputError(f"fusion_scale must be a number in [0.1, 1], got {c.fusion_scale!r}")
         if c.homography_sizes is not None:
             c.homography_sizes = _homography_sizes(c.homography_sizes)
-        try:  # a configuration error: said once, now, not per image
-            check_percentiles(tuple(float(v) for v in c.thermal_percentiles))
+        try:
+            percentiles = tuple(float(v) for v in c.thermal_percentiles)
         except (TypeError, ValueError):
-            raise InputError(f"thermal_percentiles must be (low, high), got {c.thermal_percentiles!r}") from None
+            percentiles = ()
+        if len(percentiles) != 2:
+            raise InputError(f"thermal_percentiles must be (low, high), got {c.thermal_percentiles!r}")
+        check_percentiles(percentiles)  # a configuration error: said once, now, not per image
         self.homography = None
         if c.homography is not None:
             hm = np.asarray(c.homography, dtype=np.float64)

@@ -67,8 +67,10 @@ def low_confidence(stats: Stats, threshold: float) -> str | None:
     confidence, fallback = stats.last_confidence, stats.last_fallback
     if confidence is None or (not fallback and confidence >= threshold):
         return None
-    return (f"low registration confidence {confidence:.2f} (below {threshold:.2f}): "
-            + ("registered with the prior (identity or homography)" if fallback else "registration may be wrong"))
+    # (a fallback's bar may be above `threshold`: at small working sizes, Pipeline.chance_confidence)
+    return (f"low registration confidence {confidence:.2f}: "
+            + ("registered with the prior (identity or homography)" if fallback
+               else f"below {threshold:.2f}, the registration may be wrong"))
 
 
 def confidence_threshold(node) -> float | None:
