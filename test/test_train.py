@@ -39,6 +39,39 @@ def test_fusion_stage_trains_writes_weights_and_resumes(tiny_dataset, tmp_path, 
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
+def test_an_interrupted_run_keeps_its_iterations_and_a_broken_checkpoint_is_one_clear_error(
+        tiny_dataset, tmp_path, monkeypatch, capfd):
+    """Ctrl-C saves the iterations done (checkpoints come only every `checkpoint_every`); a resumed run's
+    --minutes is its own budget, not what the checkpoint already spent; a checkpoint that cannot be
+    resumed is a CgrpError naming it and --restart."""
+    from cgrp_ros.core.errors import CgrpError
+    from cgrp_ros.training import stages
+
+    common = dict(stage="fusion", data=tiny_dataset, out=tmp_path / "models", run_dir=tmp_path / "runs",
+                  batch=2, crop=(64, 64), checkpoint_every=100)
+    step = stages.FusionStage.step
+
+    def interrupted_at_3(self, iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        return step(self, iteration)
+
+    monkeypatch.setattr(stages.FusionStage, "step", interrupted_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(iterations=10, **common))
+    monkeypatch.setattr(stages.FusionStage, "step", step)
+    last = tmp_path / "runs" / "fusion" / "last.pt"
+    assert torch.load(last, weights_only=False)["iteration"] == 3
+    state = torch.load(last, weights_only=False)
+    state["elapsed"] = 3600.0  # an hour spent by earlier runs: a 1-minute budget still trains now
+    torch.save(state, last)
+    meta = train(TrainConfig(iterations=5, minutes=1.0, **common))
+    assert meta["iterations"] == 5 and "interrupted: checkpoint" in capfd.readouterr().err
+    last.write_bytes(last.read_bytes()[:1000])  # cut short
+    with pytest.raises(CgrpError, match="cannot be resumed .*--restart"):
+        train(TrainConfig(iterations=6, **common))
+
+
 def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
     # the thresholds on 16 pairs, not 160: what is checked is that one is chosen and stored
     common = dict(data=tiny_dataset, out=tmp_path / "models", run_dir=tmp_path / "runs", batch=2, iterations=2,

@@ -26,7 +26,7 @@ def add_arguments(t):
                         "beyond severe), mix-small (more aligned and mild pairs), residual (local's default: what "
                         "the global stage leaves)")
     t.add_argument("--seed", type=non_negative(int), default=0)
-    t.add_argument("--minutes", type=positive(float), help="wall-clock budget: save and stop after this long")
+    t.add_argument("--minutes", type=positive(float), help="wall-clock budget of this run (a resumed one trains this long more): save and stop after it")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: all cores)")

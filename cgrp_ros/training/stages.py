@@ -1,8 +1,9 @@
 """Training of the three CGRP stages and their joint fine-tuning.
 
 Every stage: fixed seeds, a tqdm progress bar, a resumable checkpoint in ``runs/<stage>/last.pt``
-every ``checkpoint_every`` iterations, an optional wall-clock budget (``minutes``) after which
-it saves and stops, and the final weights in ``<out>/<stage>.pt`` (``joint`` writes
+every ``checkpoint_every`` iterations and on Ctrl-C, an optional wall-clock budget of the run
+(``minutes``: a resumed run trains that long more) after which it saves and stops, and the final
+weights in ``<out>/<stage>.pt`` (``joint`` writes
 registration.pt and fusion.pt). Defaults finish each stage in <= 40 min on 2 CPU cores.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import losses
 from ..core.backends import resolve_device
 from ..core.data import default_dataset_root, load_split
 from ..core.deform import PRESETS, Preset, random_displacement
-from ..core.errors import InputError
+from ..core.errors import CgrpError, InputError
 from ..core.filters import gradient_magnitude
 from ..core.image import pad_to, resize, working_shape
 from ..core.models import default_model_path, load_model, model_config, save_model
@@ -209,41 +210,65 @@ class Stage:
         return self.cfg.run_dir / self.cfg.stage / "last.pt"
 
     def save_checkpoint(self, iteration: int, elapsed: float):
+        """runs/<stage>/last.pt, written beside and then moved over the old one: an interruption while
+        saving leaves the previous checkpoint, not a truncated file."""
         path = self.checkpoint_path()
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         torch.save({"iteration": iteration, "elapsed": elapsed,
                     "modules": {k: m.state_dict() for k, m in self.modules.items()},
                     "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                    "rng": self.rng.bit_generator.state}, path)
+                    "rng": self.rng.bit_generator.state}, tmp)
+        tmp.replace(path)
 
-    def run(self):
-        cfg, start, elapsed_before = self.cfg, 0, 0.0
-        path = self.checkpoint_path()
-        if cfg.resume and path.is_file():
+    def load_checkpoint(self, path: Path) -> tuple:
+        """Restore modules, optimizers and the sampling RNG from `path` -> (iteration, elapsed s).
+        CgrpError (one line) where the file is unreadable or of another stage or network."""
+        try:
             state = torch.load(path, map_location=self.device, weights_only=False)
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             for k, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
             self.rng.bit_generator.state = state["rng"]
-            start, elapsed_before = state["iteration"], state["elapsed"]
+            return state["iteration"], state["elapsed"]
+        except Exception as exc:  # torch raises RuntimeError, pickle errors, KeyError ... for such files
+            raise CgrpError(f"checkpoint {path} cannot be resumed ({type(exc).__name__}: {str(exc)[:120]}): "
+                            "pass --restart to start again, or --run-dir for another folder") from None
+
+    def run(self):
+        cfg, start, elapsed_before = self.cfg, 0, 0.0
+        path = self.checkpoint_path()
+        if cfg.resume and path.is_file():
+            start, elapsed_before = self.load_checkpoint(path)
             print(f"[{cfg.stage}] resuming from {path} at iteration {start}", file=sys.stderr)
+            if start >= cfg.iterations:
+                print(f"[{cfg.stage}] the checkpoint is already at iteration {start} of --iterations "
+                      f"{cfg.iterations}: nothing to train, its weights are exported (--restart starts again)",
+                      file=sys.stderr)
         for m in self.modules.values():
             m.train()
         t0 = time.time()
         logs, iteration = {}, start
         bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc=cfg.stage,
                    dynamic_ncols=True, mininterval=2.0)
-        for iteration in bar:
-            logs = self.step(iteration)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
-            elapsed = elapsed_before + time.time() - t0
-            if (iteration + 1) % cfg.checkpoint_every == 0:
-                self.save_checkpoint(iteration + 1, elapsed)
-            if cfg.minutes is not None and elapsed > cfg.minutes * 60:
-                print(f"[{cfg.stage}] time budget of {cfg.minutes} min reached at iteration {iteration + 1}",
-                      file=sys.stderr)
-                break
+        try:
+            for iteration in bar:
+                logs = self.step(iteration)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+                if (iteration + 1) % cfg.checkpoint_every == 0:
+                    self.save_checkpoint(iteration + 1, elapsed_before + time.time() - t0)
+                # the budget is this run's: a resumed run trains for `minutes` more
+                if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                    print(f"[{cfg.stage}] time budget of {cfg.minutes} min reached at iteration {iteration + 1}",
+                          file=sys.stderr)
+                    break
+        except KeyboardInterrupt:  # keep what was trained: the iterations completed before the interrupt
+            bar.close()
+            self.save_checkpoint(iteration, elapsed_before + time.time() - t0)
+            print(f"[{cfg.stage}] interrupted: checkpoint {path} at iteration {iteration} (run the same command "
+                  "to resume)", file=sys.stderr)
+            raise
         iteration = min(iteration + 1, cfg.iterations) if cfg.iterations > start else start
         elapsed = elapsed_before + time.time() - t0
         self.save_checkpoint(iteration, elapsed)
