@@ -33,7 +33,7 @@ def add_arguments(p):
                    help="the resolutions of your visible [and thermal] camera, e.g. 1080x1920,512x640: the timed "
                         "pair (or the played sequence) is resized to them, so full-resolution conversions and "
                         "outputs are timed too (default: the working size; with --ros the sequence as stored, "
-                        "320x240)")
+                        "240x320)")
     g = p.add_argument_group("ROS 2 (--ros)")
     g.add_argument("--ros", action="store_true",
                    help="measure cgrp_player -> cgrp_fusion -> subscriber instead (first --backends entry, first size)")

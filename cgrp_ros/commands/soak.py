@@ -33,7 +33,7 @@ def add_arguments(p):
                         "different sizes, each misaligned its own way, every pair registered alone")
     p.add_argument("--cameras", type=cameras_arg, default=None, metavar="HxW[,HxW]",
                    help="with --source rig: the sequence resized to your visible [and thermal] camera's resolution, "
-                        "e.g. 1080x1920,512x640 (default: as stored, 320x240)")
+                        "e.g. 1080x1920,512x640 (default: as stored, 240x320)")
     p.add_argument("--backend", default=d.backend, choices=["torch", "onnxruntime"])
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--models", type=Path, help="folder with generator.pt, registration.pt, fusion.pt (default: shipped)")
