@@ -85,6 +85,9 @@ def test_the_soak_fails_on_a_malformed_output_and_says_which(tmp_path):
     seen.memory = [(t, 300.0) for t in range(0, 40)]
     row = seen.close_window(t=10.0, span=10.0, deltas={"pairs": 1, "dropped pairs": 0, "registrations": 1})
     assert row["frames_in"] == 1 and row["out"] == 1 and row["latency_p50_ms"] == 30.0
+    seen.on_visible(visible)  # in the unfinished last window: counted in the totals when the run ends
+    seen.fold_window()
+    assert seen.totals["in"] == 2 and seen.windows == [row]
 
     code = write_report(SoakConfig(out=tmp_path, minutes=0.5), seen, served=True)
     report = json.loads((tmp_path / "soak.json").read_text())

@@ -228,11 +228,16 @@ class Observations:
                "rss_mb": self.memory[-1][1] if self.memory else None, "registrations": deltas["registrations"],
                "self_calibration": self.rig_state}
         self.windows.append(row)
+        self.fold_window()
+        return row
+
+    def fold_window(self) -> None:
+        """Add the current window to the totals and start the next: also the last, unfinished one, so the
+        totals cover the whole run after the first output."""
         self.totals["in"] += self.window["in"]
         self.totals["out"] += self.window["out"]
         self.totals["latency"] += self.window["latency"]
         self.reset_window()
-        return row
 
 
 def run_soak(config: SoakConfig) -> int:
@@ -305,6 +310,7 @@ def run_soak(config: SoakConfig) -> int:
     except KeyboardInterrupt:
         seen.failures.append("interrupted")
     finally:
+        seen.fold_window()  # the unfinished last window counts in the totals (it gets no row)
         seen.cpu_end = cpu_seconds(fusion.pid)
         stop_processes([player, fusion])
         for f in logs:
