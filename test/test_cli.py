@@ -318,7 +318,8 @@ def test_eval_rig_refuses_pictures_that_are_not_one_video(sample_dir, tmp_path):
     (["bench", "--ros", "--duration", "0"], "must be > 0"),
     (["bench", "--cameras", "1080x1920,512x640,256x320"], "expected HxW or HxW,HxW (visible, thermal)"), (["train", "fusion", "--threads", "-1"], "must be > 0"),
     (["train", "global", "--preset", "wild"], "unknown preset 'wild'"),
-    (["train", "fusion", "--device", "tpu"], "invalid choice: 'tpu'")])
+    (["train", "fusion", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["demo", "--models", "/nonexistent"], "cannot load model '/nonexistent/generator.pt': file not found")])
 def test_counts_and_rates_are_checked_when_parsed(command, words, capsys):
     from cgrp_ros.cli import main
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.errors import ModelLoadError
 from ..ros.node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
 from .common import positive
 
@@ -43,12 +44,16 @@ def run(args) -> int:
     from ..ros.parameters import RELIABLE_INPUTS, model_parameters
     from ..ros.sync import stamp_ns
 
+    models = model_parameters(args.models)
+    missing = [path for path in models.values() if not Path(path).is_file()]
+    if missing:  # said now, not after the nodes start and the fusion node exits
+        raise ModelLoadError(missing[0], "file not found")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     # the bundled sample is six unrelated pictures, each misaligned its own way: not one rig, so every
     # pair is registered alone (the node's default self-calibration assumes one rig)
     fusion_params = {**RELIABLE_INPUTS, "stats_period": 5.0, "backend": args.backend, "device": args.device,
-                     "outputs": f"[{','.join(OUTPUTS)}]", "self_calibrate": "false", **model_parameters(args.models)}
+                     "outputs": f"[{','.join(OUTPUTS)}]", "self_calibrate": "false", **models}
     player_params = {"deform": args.deform, "rate": args.rate, "stamp_offset": 0.01, "jitter": 0.005, "seed": 0}
     print(f"cgrp demo: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, {args.frames} frames, thermal misaligned "
           f"'{args.deform}', logs in {out}/", flush=True)

@@ -372,6 +372,6 @@ def write_report(config: SoakConfig, seen: Observations, served: bool) -> int:
     if failures:
         for failure in failures:
             print(f"cgrp soak: FAIL: {failure}", flush=True)
-        return 1
+        return 130 if "interrupted" in failures else 1  # Ctrl-C: the shell's code, as every other command
     print(f"cgrp soak: OK ({out}/soak.json, {out}/soak.md, {out}/soak.png)")
     return 0
