@@ -94,6 +94,9 @@ def test_the_soak_fails_on_a_malformed_output_and_says_which(tmp_path):
     assert code == 1 and not report["ok"] and report["totals"]["malformed"] == 2
     failure = " ".join(report["failures"])
     assert "deformation: non-finite flow" in failure and "fused: 32x24, the visible image is 64x48" in failure
+    interrupted = Observations(now=lambda: 1.0)
+    interrupted.failures.append("interrupted")  # Ctrl-C: the report is written, the exit code is the shell's
+    assert write_report(SoakConfig(out=tmp_path, minutes=0.5), interrupted, served=False) == 130
 
 
 def test_a_node_that_dies_is_named_with_its_exit_code_and_log(tmp_path):
