@@ -310,7 +310,8 @@ def run_soak(config: SoakConfig) -> int:
     except KeyboardInterrupt:
         seen.failures.append("interrupted")
     finally:
-        seen.fold_window()  # the unfinished last window counts in the totals (it gets no row)
+        if started is not None:  # the unfinished last window counts in the totals (it gets no row)
+            seen.fold_window()
         seen.cpu_end = cpu_seconds(fusion.pid)
         stop_processes([player, fusion])
         for f in logs:
