@@ -129,3 +129,13 @@ def test_the_soak_plays_the_rig_at_your_cameras_resolutions(tmp_path):
     assert cv2.imread(str(visible[0])).shape == (90, 160, 3)
     assert cv2.imread(str(thermal[0]), cv2.IMREAD_UNCHANGED).shape[:2] == (60, 80)
     assert main(["soak", "--source", "pairs", "--cameras", "1080x1920", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_soak_shorter_than_its_warm_up_is_refused_before_it_starts(tmp_path, capsys):
+    """Memory growth is measured after the warm-up: a run that would end inside it is refused at once,
+    not failed after its minutes."""
+    from cgrp_ros.cli import main
+
+    assert main(["soak", "--minutes", "0.2", "--out", str(tmp_path / "o")]) == 2
+    assert "--warmup 20 s" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["soak", "--warmup", "-1", "--out", str(tmp_path / "o")]) == 2

@@ -281,7 +281,7 @@ def run(args) -> int:
               f"{row['epe_cgrp']:.3g} px, none {row['epe_none']:.3g} px, confidence {row['confidence_mean']:.3g}, "
               f"{row['fallbacks']} fallback(s)")
         for t in row["targets"]:
-            print(f"cgrp eval: {row['dataset']} {row['preset']}: issue 9: {'holds' if t['holds'] else 'MISSED'}: "
+            print(f"cgrp eval: {row['dataset']} {row['preset']}: target: {'holds' if t['holds'] else 'MISSED'}: "
                   f"{t['target']} ({t['detail']})")
     c = result.confidence
     mean = lambda n, epe: f"mean EPE {epe:.3g} px" if n else "no pair"  # noqa: E731

@@ -45,4 +45,9 @@ def run(args) -> int:
     if args.cameras and args.source != "rig":
         print("cgrp soak: error: --cameras resizes the rig's sequence: use it with --source rig", file=sys.stderr)
         return 2
+    if args.warmup < 0 or args.warmup >= args.minutes * 60:
+        # memory growth is measured after the warm-up: a run that ends inside it can only fail, minutes later
+        print(f"cgrp soak: error: --warmup {args.warmup:g} s must be >= 0 and shorter than --minutes "
+              f"{args.minutes:g} ({args.minutes * 60:g} s)", file=sys.stderr)
+        return 2
     return run_soak(SoakConfig(**{f.name: getattr(args, f.name) for f in fields(SoakConfig)}))
