@@ -177,7 +177,7 @@ def test_eval_several_data_sets_and_presets_in_one_report(sample_dir, multi_rig,
     assert "--data " + str(sample_dir) + " --list " + str(split) + " --data " + str(root) in written
     assert "other_cameras/peer/report.md" not in written  # no links into the output folder
     printed = capsys.readouterr().out
-    assert "other_cameras none: issue 9:" in printed and "confidence <" in printed
+    assert "other_cameras none: target:" in printed and "confidence <" in printed
 
 
 def _row(dataset, preset, **values):
