@@ -21,31 +21,39 @@ def generate_launch_description():
                               description="visible image topic (the base topic with image_transport compressed)"),
         DeclareLaunchArgument("thermal", default_value="thermal/image",
                               description="thermal image topic (the base topic with image_transport compressed)"),
-        DeclareLaunchArgument("image_transport", default_value="raw",
-                              description="input transport: raw (sensor_msgs/Image) or compressed (<topic>/compressed)"),
+        DeclareLaunchArgument("image_transport", default_value="",
+                              description="input transport: raw (sensor_msgs/Image) or compressed (<topic>/compressed); "
+                                          "empty: the parameter file's (raw in the shipped one)"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="cgrp_fusion parameter file"),
         DeclareLaunchArgument("calibration_file", default_value="",
                               description="rig.yaml of cgrp calibrate (also where ~/save_calibration writes); "
                                           "empty: the parameter file's"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("autostart", default_value="true",
-                              description="configure and activate at once; false: leave it to a lifecycle manager"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="use /clock (bag replay with --clock) instead of the system clock"),
+        DeclareLaunchArgument("autostart", default_value="",
+                              description="true: configure and activate at once; false: leave it to a lifecycle "
+                                          "manager; empty: the parameter file's (true in the shipped one)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag replay with --clock) instead of the system clock; "
+                                          "empty: the parameter file's (false when it has none)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error or fatal"),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=fusion_node)])
 
 
+# Launch arguments that override the parameter file only when given: a default here would always win
+# over the file (a later parameters entry does), so `image_transport: compressed` in a user's file would
+# be ignored without a word.
+FILE_OVERRIDES = ("image_transport", "autostart", "use_sim_time", "calibration_file")
+
+
 def fusion_node(context):
-    """The node, built once the arguments are known: an empty calibration_file must not override the
-    parameter file's (a dict entry always would)."""
-    overrides = {"autostart": LaunchConfiguration("autostart"),
-                 "use_sim_time": LaunchConfiguration("use_sim_time"),
-                 "image_transport": LaunchConfiguration("image_transport")}
-    calibration = LaunchConfiguration("calibration_file").perform(context)
-    if calibration:
-        overrides["calibration_file"] = calibration
+    """The node, built once the arguments are known: an empty argument leaves the parameter file's value."""
+    overrides = {}
+    for name in FILE_OVERRIDES:
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            # a path stays a string; the others as a substitution, which launch_ros types (true -> bool)
+            overrides[name] = value if name == "calibration_file" else LaunchConfiguration(name)
     return [Node(
         package="cgrp_ros",
         executable="cgrp_fusion",

@@ -38,22 +38,26 @@ def launch_arguments(path):
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
     declared = {c.args[0].value: next(getattr(k.value, "value", None) for k in c.keywords if k.arg == "default_value")
                 for c in calls if c.func.id == "DeclareLaunchArgument"}  # None: a computed default
-    used = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    used = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration" and isinstance(c.args[0], ast.Constant)}
+    for node in ast.walk(tree):  # names read in a loop over a module-level tuple (FILE_OVERRIDES)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+            used |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
     return declared, used
 
 
 def test_fusion_launch_file_exposes_transport_clock_log_level_and_lifecycle():
     declared, used = launch_arguments(REPO / "launch" / "cgrp_fusion.launch.py")
-    assert {"visible": "visible/image", "thermal": "thermal/image", "image_transport": "raw", "use_sim_time": "false",
-            "log_level": "info", "autostart": "true", "namespace": "", "calibration_file": ""}.items() <= declared.items()
+    assert {"visible": "visible/image", "thermal": "thermal/image", "image_transport": "", "use_sim_time": "",
+            "log_level": "info", "autostart": "", "namespace": "", "calibration_file": ""}.items() <= declared.items()
     assert set(declared) == used  # every argument reaches the node
     declared, used = launch_arguments(REPO / "launch" / "demo.launch.py")
     assert {"log_level", "autostart"} <= set(declared) and set(declared) == used
 
 
-def test_calibration_file_argument_overrides_the_parameter_file_only_when_given(monkeypatch):
+def test_launch_arguments_override_the_parameter_file_only_when_given(monkeypatch):
     """cgrp_fusion.launch.py's node under stand-ins for launch and launch_ros (no wheels here): the
-    parameter file comes first, and calibration_file:= joins the overrides only when it is not empty."""
+    parameter file comes first; calibration_file:=, image_transport:=, autostart:= and use_sim_time:= join
+    the overrides only when given, so the defaults never hide a user's parameter file."""
     import importlib.util
     import sys
     import types
@@ -77,11 +81,19 @@ def test_calibration_file_argument_overrides_the_parameter_file_only_when_given(
     spec = importlib.util.spec_from_file_location("cgrp_fusion_launch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for given, expected in (("", None), ("/robot/rig.yaml", "/robot/rig.yaml")):
-        node, = module.fusion_node({"calibration_file": given})
-        params_file, overrides = node["parameters"]
-        assert params_file.name == "params_file" and overrides.get("calibration_file") == expected
-        assert {"autostart", "use_sim_time", "image_transport"} <= set(overrides)
+    declared, _ = launch_arguments(path)
+    unset = {name: "" for name in ("calibration_file", "image_transport", "autostart", "use_sim_time")}
+    assert unset.items() <= declared.items()
+    node, = module.fusion_node(unset)
+    params_file, overrides = node["parameters"]
+    assert params_file.name == "params_file" and overrides == {}
+    given = {"calibration_file": "/robot/rig.yaml", "image_transport": "compressed", "autostart": "false",
+             "use_sim_time": "true"}
+    node, = module.fusion_node(given)
+    _, overrides = node["parameters"]
+    assert overrides["calibration_file"] == "/robot/rig.yaml"
+    assert {name: o.name for name, o in overrides.items() if name != "calibration_file"} == {
+        "image_transport": "image_transport", "autostart": "autostart", "use_sim_time": "use_sim_time"}
 
 
 def test_demo_launch_hands_the_player_a_float_rate(monkeypatch):
