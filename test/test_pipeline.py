@@ -222,7 +222,7 @@ def test_registration_falls_back_without_shared_structure(cpu_pipeline, sample_p
 @pytest.mark.parametrize("working_size", [(64, 96), (96, 128), (128, 160)])
 def test_featureless_pairs_fall_back_at_small_working_sizes_too(sample_pairs, working_size):
     """With few cells the matches agree with some affine by chance: a black (noisy) visible image and two
-    zero images scored above the model's threshold below 192x240 and moved by 6-45 px; they keep the
+    zero images scored above the model's threshold at these sizes and moved by 6-45 px; they keep the
     prior, and real pairs at that size are still registered."""
     pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=working_size))
     name, visible, thermal = sample_pairs[0]

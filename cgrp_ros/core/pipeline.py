@@ -36,8 +36,8 @@ MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) to
 # The share of matches that agree with one affine by chance grows as the grid of 8 x 8 cells shrinks,
 # about as 1/sqrt(cells) (a binomial share): featureless pairs (a black or noisy visible image, both
 # images zero) scored up to 2.5/sqrt(cells) at every working size from 64x96 to 256x320, while real
-# training pairs mostly score far above it (out/s24/conf2.py, 2026-12-07). Below about 600 cells (working
-# sizes under about 192x240) that chance level passes the shipped confidence threshold (0.114), and
+# training pairs mostly score far above it (out/s24/conf2.py, 2026-12-07). Below about 600 cells (160x240
+# has 600) the bar 2.8/sqrt(cells) is above the shipped confidence threshold (0.114); at small sizes
 # featureless frames moved by 6-45 px; a confidence below CHANCE_CONFIDENCE / sqrt(cells) is therefore a
 # fallback too. Above 600 cells this bound is below the threshold: nothing changes there.
 CHANCE_CONFIDENCE = 2.8
@@ -85,7 +85,7 @@ def working_size_problem(working_size, device: str, total_bytes: int | None = No
 class PipelineConfig:
     backend: str = "torch"                 # torch | onnxruntime
     device: str = "auto"                   # auto | cuda | cpu
-    fp16: bool = False                     # torch on CUDA only
+    fp16: bool = False                     # torch on CUDA; onnxruntime with TensorRT
     require_gpu: bool = False              # fail instead of falling back to CPU
     working_size: tuple = (256, 320)       # largest (H, W) the networks run at; aspect is kept
     generator: str | None = None           # model files; None = the shipped ones in models/

@@ -37,7 +37,7 @@ PARAMETERS = (
     Param("device", "auto", "auto: CUDA when available, else CPU; cuda without a GPU falls back to CPU "
           "with a warning unless require_gpu", choices=("auto", "cuda", "cpu"), rebuild=True),
     Param("require_gpu", False, "fail instead of falling back to the CPU", rebuild=True),
-    Param("fp16", False, "half precision (torch on CUDA only)", rebuild=True),
+    Param("fp16", False, "half precision (torch on CUDA; onnxruntime with TensorRT)", rebuild=True),
     Param("working_size", [256, 320], "[height, width] px: the largest resolution the networks run at; "
           "outputs are always at the visible resolution", range=(32, 4096)),
     Param("generator_model", "", "generator weights (.pt); empty: the shipped models/generator.pt", rebuild=True),
