@@ -50,11 +50,11 @@ def test_the_bench_times_your_cameras_resolutions(tmp_path):
     networks still at the working size; the ROS bench plays the sequence at those resolutions."""
     visible, thermal, description = bench_input((64, 96), cameras=((270, 480), (128, 160)))
     assert visible.shape == (270, 480, 3) and thermal.shape == (128, 160)
-    assert "resized to the cameras: visible 480x270, thermal 160x128" in description
+    assert "resized to the cameras (HxW, as --cameras): visible 270x480, thermal 128x160" in description
     out = tmp_path / "bench"
     assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
                  "--no-startup", "--cameras", "270x480,128x160", "--out", str(out)]) == 0
-    assert "visible 480x270, thermal 160x128" in json.loads((out / "bench.json").read_text())["input"]
+    assert "visible 270x480, thermal 128x160" in json.loads((out / "bench.json").read_text())["input"]
     assert "Targets: not checked: they are set for inputs at the working size" in (out / "bench.md").read_text()
     folder, played = camera_sequence(tmp_path / "ros", ((90, 160), (60, 80)))
     frames = sorted((folder / "visible").iterdir())

@@ -100,9 +100,9 @@ def bench_input(size, deform: str = "moderate", seed: int = 0, cameras=None):
     name, visible, thermal = misaligned_sample(deform, seed)
     visible_size, thermal_size = cameras or (size, size)
     what = ("both resized to the working size" if cameras is None else
-            f"resized to the cameras: visible {visible_size[1]}x{visible_size[0]}, "
-            f"thermal {thermal_size[1]}x{thermal_size[0]}")
-    description = (f"bundled pair {name} ({visible.shape[1]}x{visible.shape[0]}), thermal misaligned `{deform}` "
+            f"resized to the cameras (HxW, as --cameras): visible {visible_size[0]}x{visible_size[1]}, "
+            f"thermal {thermal_size[0]}x{thermal_size[1]}")
+    description = (f"bundled pair {name} ({visible.shape[0]}x{visible.shape[1]} HxW), thermal misaligned `{deform}` "
                    f"(seed {seed}), {what}")
     return resize(visible, visible_size), resize(thermal, thermal_size), description
 

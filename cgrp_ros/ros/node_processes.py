@@ -30,12 +30,12 @@ def private_dds() -> None:
 
 def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
     """(folder with visible/ and thermal/, description) of the rig sequence the player plays for
-    `cgrp bench --ros` and `cgrp soak`: the bundled one (ten consecutive M3SVD frames, 320x240), or with
+    `cgrp bench --ros` and `cgrp soak`: the bundled one (ten consecutive M3SVD frames, 240x320 HxW), or with
     `cameras` ((visible H, W), (thermal H, W)) the same frames resized to those resolutions, written under
     `out` (PNG: lossless, decoded once)."""
     sequence = sample_dir() / "sequence"
     if cameras is None:
-        return sequence, "the bundled sequence as stored (320x240 both)"
+        return sequence, "the bundled sequence as stored (240x320 both, HxW)"
     target = out / "sequence_{}x{}_{}x{}".format(*cameras[0], *cameras[1])
     for stream, size in zip(("visible", "thermal"), cameras):
         (target / stream).mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
             image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(image, size))
     (vh, vw), (th, tw) = cameras
-    return target, f"the bundled sequence resized to the cameras: visible {vw}x{vh}, thermal {tw}x{th}"
+    return target, f"the bundled sequence resized to the cameras (HxW, as --cameras): visible {vh}x{vw}, thermal {th}x{tw}"
 
 
 def node_command(node: str, parameters: dict) -> list:
