@@ -60,7 +60,7 @@ def test_the_bench_times_your_cameras_resolutions(tmp_path):
     frames = sorted((folder / "visible").iterdir())
     assert len(frames) == 10 and cv2.imread(str(frames[0])).shape == (90, 160, 3)
     assert cv2.imread(str(sorted((folder / "thermal").iterdir())[0]), cv2.IMREAD_UNCHANGED).shape[:2] == (60, 80)
-    assert played.endswith("visible 160x90, thermal 80x60")
+    assert played.endswith("visible 90x160, thermal 60x80")
 
 
 def _document(cgrp_ms: float, peer_ms: dict) -> dict:
