@@ -349,3 +349,20 @@ def test_eval_refuses_a_benchmarks_file_it_could_not_write_before_evaluating(sam
                  "--write-benchmarks", str(tmp_path / "a_file" / "benchmarks.md")])
     assert code == 2 and f"{tmp_path / 'a_file'} is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing evaluated
+
+
+def test_folders_named_differently_are_summarised_with_an_example_of_each(sample_dir, tmp_path, capsys):
+    """Thermal files named `x_ir.jpg` beside visible `x.jpg`: no pair. The terminal gets ten names, a
+    count of the rest and an example from each folder, not one line per file."""
+    from cgrp_ros.cli import main
+
+    (tmp_path / "v").mkdir(), (tmp_path / "t").mkdir()
+    for i in range(15):
+        shutil.copy(sample_dir / "visible" / "FLIR_00233.jpg", tmp_path / "v" / f"f{i:02d}.jpg")
+        shutil.copy(sample_dir / "thermal" / "FLIR_00233.jpg", tmp_path / "t" / f"f{i:02d}_ir.jpg")
+    for command in ("fuse", "calibrate"):
+        out = tmp_path / ("o" if command == "fuse" else "rig.yaml")
+        assert main([command, "--visible", str(tmp_path / "v"), "--thermal", str(tmp_path / "t"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("no partner") == 10 and "... and 20 more" in err, err
+        assert "'f00.jpg'" in err and "'f00_ir.jpg'" in err and "no visible/thermal pairs found" in err

@@ -157,7 +157,7 @@ def input_pairs(args) -> list | None:
             return None
         names = read_split(args.list) if args.list else None
         listing = find_pairs(args.visible, args.thermal, names)
-        for problem in listing.problems():
+        for problem in listing.report():
             print(f"cgrp calibrate: {problem}", file=sys.stderr)
         for warning in listing.warnings():
             print(f"cgrp calibrate: warning: {warning}", file=sys.stderr)

@@ -198,6 +198,9 @@ def run_bag(args) -> int:
     return 1 if summary.skipped else 0
 
 
+MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
+
+
 def run(args) -> int:
     if args.bag is not None:
         return run_bag(args)
@@ -210,7 +213,7 @@ def run(args) -> int:
     for warning in listing.warnings():
         print(f"cgrp fuse: warning: {warning}", file=sys.stderr)
     if not listing.pairs:
-        for f in failures:
+        for f in listing.report():
             print(f"cgrp fuse: {f}", file=sys.stderr)
         print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
@@ -252,8 +255,10 @@ def run(args) -> int:
         print(f"cgrp fuse: {edge_summary(registration)}")
     if video:
         print(f"cgrp fuse: {video.summary()}")
-    for f in failures:
+    for f in failures[:MAX_PROBLEM_LINES]:
         print(f"cgrp fuse: {f}", file=sys.stderr)
+    if len(failures) > MAX_PROBLEM_LINES:
+        print(f"cgrp fuse: ... and {len(failures) - MAX_PROBLEM_LINES} more problem(s)", file=sys.stderr)
     low = f", {low_confidence} with low registration confidence (registration.csv)" if low_confidence else ""
     print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
     return 1 if failures else 0

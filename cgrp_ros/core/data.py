@@ -85,6 +85,20 @@ class PairListing:
         return [f"{', '.join(str(p) for p in left)}: the same name as {used}, which is used"
                 for used, left in self.duplicates]
 
+    def report(self, limit: int = 10) -> list:
+        """`problems()` for a terminal: at most `limit` lines, then how many more; where nothing paired
+        at all, an example name from each folder (pairs share a name: `0001.jpg` and `0001.png`)."""
+        lines = self.problems()
+        shown = lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+        by_folder = {}
+        for path in self.unpaired:
+            by_folder.setdefault(Path(path).parent, Path(path).name)
+        if not self.pairs and len(by_folder) == 2:
+            (a, name_a), (b, name_b) = by_folder.items()
+            shown.append(f"no name is in both folders: e.g. '{name_a}' in {a} and '{name_b}' in {b}; a visible "
+                         "and a thermal image pair up by the same name before the extension")
+        return shown
+
 
 def _by_stem(folder: Path, duplicates: list) -> dict:
     """{stem: path} of the images in `folder`; stems held by several files (x.jpg, x.png) keep the first
