@@ -248,6 +248,27 @@ def test_a_calibration_follows_a_camera_to_another_resolution_and_refuses_a_crop
     assert f"calibration was made for a visible image of {wv}x{hv}" in err and "aspect ratio" in err, err
 
 
+def test_swapped_cameras_are_named_as_such(tmp_path, sample_dir, capsys):
+    """A 16-bit mono thermal given as the visible image and a colour image as the thermal: cgrp fuse
+    warns that the cameras look swapped, and a calibration made the right way round says the sizes are
+    its own swapped, not merely of another aspect ratio."""
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible = cv2.imread(str(sample_dir / "visible" / f"{name}.jpg"))
+    thermal = cv2.imread(str(sample_dir / "thermal" / f"{name}.jpg"), cv2.IMREAD_GRAYSCALE)
+    thermal = cv2.resize(thermal[:, : thermal.shape[1] * 3 // 4], (160, 120)).astype(np.uint16) * 200
+    cv2.imwrite(str(tmp_path / "thermal16.png"), thermal)
+    cv2.imwrite(str(tmp_path / "colour.png"), visible)
+    (hv, wv), (ht, wt) = visible.shape[:2], thermal.shape
+    save_calibration(Calibration(centred_placement((ht, wt), (hv, wv)), (hv, wv), (ht, wt), pairs_used=5),
+                     tmp_path / "rig.yaml")
+    code = cgrp(["fuse", "--visible", tmp_path / "thermal16.png", "--thermal", tmp_path / "colour.png",
+                 "--out", tmp_path / "out", "--calibration", tmp_path / "rig.yaml", "--device", "cpu",
+                 "--working-size", "64x96"])
+    err = capsys.readouterr().err
+    assert code == 1 and "16-bit single channel and the thermal image is in colour" in err, err
+    assert "the two sizes the other way round" in err and "swapped?" in err, err
+
+
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 0}\n"])

@@ -85,8 +85,11 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
     if len(within) < len(source):
         print(f"cgrp calibrate: {len(source) - len(within)} visible message(s) without a thermal within --slop "
               f"{slop:g} s skipped", file=sys.stderr)
-    return [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
-            for index in within[::every]]
+    pairs = [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
+             for index in within[::every]]
+    # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
+    warn_if_swapped(pairs[0][0], lambda: source.recorded_arrays(within[0]))
+    return pairs
 
 
 def run(args) -> int:
@@ -140,6 +143,20 @@ def run(args) -> int:
     return 0
 
 
+def warn_if_swapped(name: str, load) -> None:
+    """A warning (the calibration would map the cameras the wrong way round) where a pair's images look
+    like each other's camera; `load()` -> (visible, thermal). An unreadable pair is left to the
+    calibration to report."""
+    from ..core.image import swapped_cameras_hint
+
+    try:
+        hint = swapped_cameras_hint(*load())
+    except Exception:  # noqa: BLE001 - reported, with its name, where the calibration reads it
+        return
+    if hint:
+        print(f"cgrp calibrate: warning: {name}: {hint}", file=sys.stderr)
+
+
 def input_pairs(args) -> list | None:
     """[(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied);
     None after printing why there are none to use."""
@@ -163,6 +180,8 @@ def input_pairs(args) -> list | None:
             print(f"cgrp calibrate: warning: {warning}", file=sys.stderr)
         pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
                  for name, v, t in listing.pairs]
+        if pairs:
+            warn_if_swapped(pairs[0][0], lambda: (pairs[0][1](), pairs[0][2]()))
     pairs = pairs[:args.limit] if args.limit else pairs
     if not pairs:
         print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)

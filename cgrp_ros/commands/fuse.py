@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
+from ..core.image import swapped_cameras_hint
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
@@ -232,6 +233,9 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
+                swapped = swapped_cameras_hint(visible, thermal) if index == 0 else None
+                if swapped:
+                    tqdm.write(f"cgrp fuse: warning: {name}: {swapped}", file=sys.stderr)
                 result = stream(visible, thermal, stamp=index / args.fps)
                 write_result(args.out, name, result)
                 pair = received_and_registered(pipeline, visible, thermal, result.flow)

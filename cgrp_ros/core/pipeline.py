@@ -237,6 +237,11 @@ class Pipeline:
         (vh, vw), (th, tw) = sizes
         for (h0, w0), (h1, w1) in ((sizes[0], visible_shape), (sizes[1], thermal_shape)):
             if abs((w1 / w0) / (h1 / h0) - 1.0) > ASPECT_TOLERANCE:
+                if (tuple(sizes[1]), tuple(sizes[0])) == (visible_shape, thermal_shape):
+                    raise InputError(
+                        f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
+                        "this pair has the two sizes the other way round: are the visible and the thermal "
+                        "camera (folders, topics) swapped?")
                 raise InputError(
                     f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
                     f"this pair is {visible_shape[1]}x{visible_shape[0]} and {thermal_shape[1]}x{thermal_shape[0]}, "

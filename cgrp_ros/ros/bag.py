@@ -170,6 +170,7 @@ class BagSummary:
     problems: list = field(default_factory=list)  # the first few problem texts
     resets: int = 0                # synchronizer resets (stamps that jumped backwards)
     stamp_offset: float | None = None  # s, thermal - visible at the end of the bag (sync.StampOffset)
+    warned: set = field(default_factory=set)  # kinds of content warning already given (fusion_outputs)
 
     def count(self, kind: str, text: str):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -255,6 +256,10 @@ def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_m
         summary.count("inference_errors", text)
         warn(text)
         return
+    for counter, key, text in out.warnings:  # once per kind: a bag repeats its cameras' faults every frame
+        if key not in summary.warned:
+            summary.warned.add(key)
+            warn(f"{text} (said once)")
     for name, (image, encoding) in out.images.items():
         writer.write_image(output_topic(name), timestamp, image, encoding, visible_msg.header)
     summary.pairs += 1

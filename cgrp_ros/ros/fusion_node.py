@@ -518,7 +518,8 @@ class FusionNode(LifecycleNode):
                                 f"{type(exc).__name__}: {exc}")
             return
         for counter, key, text in out.warnings:
-            self.stats.count(counter)
+            if counter is not None:
+                self.stats.count(counter)
             self._log_throttled(key, text, warning=True)
         with self.stats.lock:
             self.stats.last_confidence, self.stats.last_fallback = out.confidence, out.fallback

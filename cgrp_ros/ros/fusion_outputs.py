@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.camera import undistort
+from ..core.image import swapped_cameras_hint
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
@@ -60,7 +61,8 @@ def message_arrays(visible_msg, thermal_msg):
 
 
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
-    """[(counter, throttle key, text)] for inputs that are fused but carry little or no information.
+    """[(counter or None, throttle key, text)] for inputs that are fused but carry little or no information,
+    or look swapped.
 
     NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
     with no finite pixel at all is rejected by the core (InputError). A constant image (zero variance) is fused
@@ -73,6 +75,9 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> 
         if finite.any() and not finite.all():  # none finite: the core rejects the pair
             warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
                              f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
+    swapped = swapped_cameras_hint(visible, thermal)
+    if swapped:
+        warnings.append((None, "swapped", f"pair at {stamp:.3f}: {swapped}"))
     for name, image in (("visible", visible), ("thermal", thermal)):
         if image.size and image.min() == image.max():
             warnings.append(("constant_images", ("constant", name), f"{name} image at {stamp:.3f} is "

@@ -123,9 +123,13 @@ class BagSource(PairSource):
         msg = prepare_input(self.types.deserialize_cdr(raw, self.msgtypes[stream]), self.compressed[stream])
         return np.array(to_bgr(as_array(msg), msg.encoding))  # a copy: not a view of the CDR buffer
 
-    def arrays(self, index: int):
+    def recorded_arrays(self, index: int):
+        """(visible, thermal) as recorded (BGR or mono, thermal not yet made single channel)."""
         visible_index, thermal_index = self.pairs[index]
-        return self._finish(self._array(0, visible_index), self._array(1, thermal_index), str(visible_index))
+        return self._array(0, visible_index), self._array(1, thermal_index)
+
+    def arrays(self, index: int):
+        return self._finish(*self.recorded_arrays(index), str(self.pairs[index][0]))
 
     def stamps(self, index: int):
         visible_index, thermal_index = self.pairs[index]
