@@ -179,3 +179,26 @@ class AlwaysFails(FailsOnce):
     def __call__(self, *args, **kwargs):
         self.calls += 1
         raise RuntimeError("simulated: every call fails")
+
+
+def test_a_self_calibration_that_cannot_settle_says_why_and_is_not_saved(tmp_path):
+    """Most registrations fall back and the few others keep the identity (cameras whose fields of view
+    differ too much for registration from scratch): /diagnostics warns and names cgrp calibrate, and
+    ~/save_calibration refuses to write the unsettled estimate."""
+    import numpy as np
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from std_srvs.srv import Trigger
+
+    from cgrp_ros.core.pipeline import Registration
+
+    with in_process_node(Parameter("stream_timeout", value=3600.0), Parameter("self_calibrate", value=True),
+                         Parameter("calibration_file", value=str(tmp_path / "rig.yaml"))) as (node, *_):
+        identity = np.zeros((48, 64, 2), np.float32)
+        for i in range(30):
+            node.stream.rig.update(Registration(identity, 0.12 if i % 10 == 9 else 0.05, i % 10 != 9))
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN and "only 1 of the last 10 registrations usable" in message, message
+        assert "cgrp calibrate" in message
+        response = node._save_calibration(Trigger.Request(), Trigger.Response())
+        assert not response.success and "converging" in response.message, response.message
+        assert not (tmp_path / "rig.yaml").exists()

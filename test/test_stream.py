@@ -8,7 +8,7 @@ from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.errors import InputError
 from cgrp_ros.core.pipeline import Registration
 from cgrp_ros.evaluation.rig import sequences
-from cgrp_ros.core.stream import CONVERGED, DRIFTING, WAITING, RigFlow, StreamPipeline, flow_distance
+from cgrp_ros.core.stream import CONVERGED, CONVERGING, DRIFTING, WAITING, RigFlow, StreamPipeline, flow_distance
 
 
 class CountingBackend:
@@ -146,6 +146,26 @@ def test_rig_flow_ignores_fallbacks_and_outliers_and_converges_to_the_mean():
     assert rig.update(_registration(np.zeros_like(truth), fallback=True)).reason == "fallback"
     rig.update(_registration(np.zeros((4, 5, 2), np.float32), fallback=True))  # another size, no evidence
     assert rig.flow is None and rig.state == WAITING
+
+
+def test_a_few_usable_registrations_amid_fallbacks_are_no_converged_estimate():
+    """Cameras whose views differ more than registration from scratch handles (a 1.6x narrower thermal
+    view): nearly every registration falls back, and the few that scrape past it keep the identity.
+    Those agree with each other, but the estimate is not 'converged' on them; once converged, a night
+    of fallbacks leaves it converged (the estimate is held)."""
+    identity = np.zeros((8, 10, 2), np.float32)
+    rig = RigFlow()
+    for i in range(54):  # measured in a user's rig: 3 of 54 registrations not fallbacks
+        rig.update(_registration(identity, fallback=i % 18 != 17))
+    assert rig.accepted == 3 and rig.flow is not None and rig.state == CONVERGING
+    assert rig.recent_usable() == (1, 10)
+    rig = RigFlow()
+    for _ in range(5):
+        rig.update(_registration(identity))
+    assert rig.state == CONVERGED
+    for i in range(30):
+        rig.update(_registration(identity, fallback=i % 10 != 9))
+    assert rig.state == CONVERGED
 
 
 def test_a_wrong_first_registration_is_outvoted():

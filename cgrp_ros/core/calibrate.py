@@ -65,9 +65,9 @@ class Calibration:
     thermal_size: tuple               # (height, width)
     pairs_used: int = 0
     pairs_skipped: int = 0
-    median_residual_px: float = float("nan")  # inlier matches, visible pixels
-    matches: int = 0                  # inlier matches of the final fit
-    scale: float = 1.0                # the placement scale the search chose
+    median_residual_px: float = float("nan")  # of the fit (to the inlier matches, or to a flow), visible pixels
+    matches: int | None = None        # inlier matches of the final fit (None: not fitted to matches)
+    scale: float | None = None        # the placement scale the search chose (None: no search ran)
     skipped: dict = field(default_factory=dict)  # name -> why the pair was not used
     date: str = ""
     command: str = ""
@@ -81,8 +81,10 @@ class Calibration:
                     visible_size=dict(height=int(self.visible_size[0]), width=int(self.visible_size[1])),
                     thermal_size=dict(height=int(self.thermal_size[0]), width=int(self.thermal_size[1])),
                     pairs_used=int(self.pairs_used), pairs_skipped=int(self.pairs_skipped),
-                    median_residual_px=round(float(self.median_residual_px), 4), inlier_matches=int(self.matches),
-                    placement_scale=round(float(self.scale), 4),
+                    median_residual_px=round(float(self.median_residual_px), 4),
+                    # a self-calibration has neither: a file must not claim a search that never ran
+                    **({"inlier_matches": int(self.matches)} if self.matches is not None else {}),
+                    **({"placement_scale": round(float(self.scale), 4)} if self.scale is not None else {}),
                     **({"edge_check": dict(self.edge_check)} if self.edge_check else {}),
                     skipped={str(k): str(v) for k, v in sorted(dict(self.skipped).items())},
                     date=self.date, command=self.command)

@@ -67,8 +67,11 @@ class RigFlow:
     - A real change (a knock) wins once most of the window has seen it: after about `window` / 2 + 1
       registrations; 'drifting' while registrations keep disagreeing with the estimate. A slow drift
       is followed as the window slides.
-    - 'converged': at least `min_updates` registrations agree and the last `min_updates` updates
-      each moved the estimate by less than `converged_px`.
+    - 'converged': at least `min_updates` registrations agree, the last `min_updates` updates each moved
+      the estimate by less than `converged_px`, and (to get there, not to stay) at least half of the
+      last 2 x `window` registrations were usable: a few registrations that scraped past the fallback
+      amid many that did not (cameras whose views differ more than registration from scratch handles)
+      are no converged rig estimate, even where they agree.
     """
 
     def __init__(self, window: int = 5, outlier_px: float = 3.0, converged_px: float = 0.5, min_updates: int = 3):
@@ -87,6 +90,7 @@ class RigFlow:
         self.support = 0            # registrations in the consensus (1: one registration, unconfirmed)
         self._disagreeing = 0       # consecutive registrations far from the estimate before them
         self._changes = []          # px moved by the recent updates
+        self._outcomes = []         # accepted or not, of the last 2 x window registrations (fallbacks too)
         self.state = WAITING
 
     @staticmethod
@@ -107,6 +111,7 @@ class RigFlow:
             self.reset()  # another image size: the estimate does not apply any more
         if registration.fallback:
             self.rejected += 1
+            self._record(False)
             return RigUpdate(False, "fallback", 0.0, 0.0)
         first = self.flow is None
         distance = 0.0 if first else flow_distance(registration.flow[::8, ::8], self.flow[::8, ::8])
@@ -115,6 +120,7 @@ class RigFlow:
         accepted = any(r is registration for r in consensus)
         self.accepted += accepted
         self.rejected += not accepted
+        self._record(accepted)
         flow = mean_flow([r.flow for r in consensus])
         change = 0.0 if first else flow_distance(flow[::8, ::8], self.flow[::8, ::8])
         self.flow, self.confidence = flow, float(np.mean([r.confidence for r in consensus]))
@@ -127,10 +133,21 @@ class RigFlow:
             self.state, reason = DRIFTING, "drift" if accepted else "outlier"
         else:
             settled = len(consensus) >= self.min_updates and len(self._changes) >= self.min_updates and \
-                max(self._changes) < self.converged_px
+                max(self._changes) < self.converged_px and (self.state == CONVERGED or self.mostly_usable())
             self.state = CONVERGED if settled else (DRIFTING if self.state == DRIFTING else CONVERGING)
             reason = "agrees" if accepted else "outlier"
         return RigUpdate(accepted, reason, distance, change)
+
+    def _record(self, accepted: bool) -> None:
+        self._outcomes = (self._outcomes + [bool(accepted)])[-2 * self.window:]
+
+    def recent_usable(self) -> tuple:
+        """(registrations accepted, registrations) among the last 2 x window, fallbacks included."""
+        return sum(self._outcomes), len(self._outcomes)
+
+    def mostly_usable(self) -> bool:
+        used, seen = self.recent_usable()
+        return 2 * used >= seen
 
     def registration(self) -> Registration:
         return Registration(self.flow, float(self.confidence), False)

@@ -117,6 +117,9 @@ def diagnose(node):
     if clock and now - clock[0] <= timeout:
         return DiagnosticStatus.WARN, (f"input stamps are {clock[1]:+.0f} s from this node's clock (unset stamps, "
                                        "time since boot, or sim time without use_sim_time?): latency unknown")
+    unsettled = rig_unsettled(node)
+    if unsettled:
+        return DiagnosticStatus.WARN, unsettled
     threshold = confidence_threshold(node)
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused
@@ -127,6 +130,19 @@ def diagnose(node):
     if worse:
         return DiagnosticStatus.WARN, worse
     return DiagnosticStatus.OK, "fusing"
+
+
+def rig_unsettled(node) -> str | None:
+    """Why the self-calibration cannot settle, where most of its recent registrations were unusable."""
+    stream = getattr(node, "stream", None)
+    if stream is None or stream.registration_rate <= 0 or stream.rig.state == "converged":
+        return None
+    used, seen = stream.rig.recent_usable()
+    if seen < 2 * stream.rig.window or stream.rig.mostly_usable():
+        return None
+    return (f"self-calibration {stream.rig.state}: only {used} of the last {seen} registrations usable (the others "
+            "fell back or disagreed): too little shared structure, or cameras whose views differ more than "
+            "registration from scratch handles (another field of view): calibrate the rig (cgrp calibrate)")
 
 
 def backend_description(node) -> str:

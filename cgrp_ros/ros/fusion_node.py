@@ -258,6 +258,11 @@ class FusionNode(LifecycleNode):
         try:
             if self.stream is None:
                 raise CgrpError("no rig estimate yet (the node is not active)")
+            rig = self.stream.rig
+            if rig.state != "converged":  # a file is used for good: only an estimate that has settled
+                used, seen = rig.recent_usable()
+                raise CgrpError(f"the rig estimate is {rig.state} ({used} of the last {seen} registration(s) "
+                                "usable): save once /diagnostics says converged")
             calibration = self.stream.calibration()
             save_calibration(calibration, path)
         except (CgrpError, OSError) as exc:
