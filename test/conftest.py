@@ -13,6 +13,10 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("CGRP_CACHE", str(REPO / ".pytest_cache" / "cgrp"))
+# One OpenMP thread per process (node subprocesses inherit it): a test run has several processes on a few
+# cores, and torch's threads, each waiting for a core another process holds, made a frame up to 20x
+# slower on 2 cores (1.7 s against 23 s, measured 2026-12-07). Tests check behaviour, not speed.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

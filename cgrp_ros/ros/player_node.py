@@ -125,6 +125,7 @@ def main(args=None) -> int:
     spin_until_signal(node, until=lambda: node.done)
     if node.done:
         time.sleep(0.5)  # let reliable subscribers fetch the last pair
+        node.get_logger().info(f"cgrp_player: published {node.published} pairs (count {node.count}): done")
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
