@@ -15,7 +15,7 @@ from conftest import REPO
 
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from cgrp_ros.ros.bag import BAG_OUTPUTS, COMPRESSED, IMAGE, output_topic, typestore
+from cgrp_ros.ros.bag import BAG_OUTPUTS, CAMERA_INFO, COMPRESSED, IMAGE, output_topic, typestore
 
 VISIBLE, THERMAL = "/camera/image_raw", "/thermal/image_raw"
 PAIRS = 4
@@ -56,9 +56,10 @@ def _compressed(types, payload: bytes, fmt, stamp_ns, frame):
 
 
 def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int | None = None,
-              thermal_offset: int = THERMAL_OFFSET):
+              thermal_offset: int = THERMAL_OFFSET, cameras=None):
     """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed, stamped `thermal_offset` ns after the
-    visible) pairs and a chatter topic; returns (visible topic, thermal topic, visible stamps)."""
+    visible) pairs and a chatter topic; returns (visible topic, thermal topic, visible stamps).
+    `cameras`: (visible, thermal) core.camera.Intrinsics, published beside each image as drivers do."""
     types = typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(path, version=9, storage_plugin=plugin)
@@ -68,6 +69,8 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
     vis = writer.add_connection(VISIBLE + suffix, msgtype, typestore=types)
     th = writer.add_connection(THERMAL + suffix, msgtype, typestore=types)
     chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=types)
+    infos = [writer.add_connection(topic, CAMERA_INFO, typestore=types)
+             for topic in ("/camera/camera_info", "/thermal/camera_info")] if cameras else []
     stamps = []
     for i, (visible, thermal) in enumerate(pairs):
         stamp = T0 + i * PERIOD
@@ -83,12 +86,24 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
         else:
             v = _raw(types, visible, "bgr8", stamp, "visible_camera")
             t = _raw(types, thermal, "mono8", stamp + thermal_offset, "thermal_camera")
+        for connection, camera, offset in zip(infos, cameras or (), (0, thermal_offset)):
+            info = _camera_info(types, camera, stamp + offset, connection.topic)
+            writer.write(connection, stamp + offset + 500_000, types.serialize_cdr(info, CAMERA_INFO))
         writer.write(vis, stamp + 1_000_000, types.serialize_cdr(v, msgtype))
         writer.write(th, stamp + thermal_offset + 1_000_000, types.serialize_cdr(t, msgtype))
         String = types.types["std_msgs/msg/String"]
         writer.write(chatter, stamp + 2_000_000, types.serialize_cdr(String(data="hi"), "std_msgs/msg/String"))
     writer.close()
     return VISIBLE + suffix, THERMAL + suffix, stamps
+
+
+def _camera_info(types, camera, stamp_ns, frame):
+    roi = types.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    k = np.array(camera.K, np.float64)
+    return types.types[CAMERA_INFO](
+        header=_header(types, stamp_ns, frame), height=camera.size[0], width=camera.size[1],
+        distortion_model=camera.model, d=np.array(camera.D, np.float64), k=k, r=np.eye(3).ravel(),
+        p=np.concatenate([k.reshape(3, 3), np.zeros((3, 1))], axis=1).ravel(), binning_x=0, binning_y=0, roi=roi)
 
 
 def read_bag(path):
@@ -338,3 +353,44 @@ def test_bag_pairs_like_the_node_slop_and_a_looping_bag(tmp_path, sample_pairs):
     assert summary.resets >= 1 and "synchronizer reset(s) (stamps jumped back)" in summary.line()
     messages, _ = read_bag(tmp_path / "out")
     assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == expected
+
+
+
+def test_a_bags_camera_info_undistorts_like_the_node(tmp_path, sample_pairs):
+    """A bag with both cameras' camera_info beside their image topics (the thermal lens distorts strongly):
+    cgrp fuse --bag and cgrp calibrate --bag undistort each image with it first, as cgrp_fusion does, and
+    the fused bag gets the rectified /cgrp_fusion/camera_info; --no-camera-info uses the images as recorded."""
+    from cgrp_ros.commands.calibrate import bag_pairs
+    from cgrp_ros.core.camera import Intrinsics, distort, undistort
+
+    pairs = small_pairs(sample_pairs)
+    k = [[110, 0, 64], [0, 110, 48], [0, 0, 1]]
+    cameras = (Intrinsics.from_matrix(k, [0] * 5, size=(96, 128)),
+               Intrinsics.from_matrix(k, [-0.35, 0.1, 0, 0, 0], size=(96, 128)))
+    recorded = [(visible, distort(thermal, cameras[1])) for visible, thermal in pairs]
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", recorded, "mcap", False, cameras=cameras)
+    registered = {}
+    for name, extra in (("with", []), ("without", ["--no-camera-info"])):
+        r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+                 "--out", tmp_path / name, "--device", "cpu", "--working-size", "96x128", *extra)
+        assert r.returncode == 0, r.stderr
+        messages, kinds = read_bag(tmp_path / name)
+        assert len(messages["/camera/camera_info"]) == len(messages["/thermal/camera_info"]) == PAIRS  # copied
+        registered[name] = [m for _, m in messages[output_topic("registered_thermal")]]
+        if name == "with":
+            assert "undistorting each image with its camera_info" in r.stdout
+            info = [m for _, m in messages[output_topic("camera_info")]]
+            assert [stamp_of(m) for m in info] == stamps and kinds[output_topic("camera_info")] == CAMERA_INFO
+            assert np.allclose(info[0].k, cameras[0].K) and not np.any(info[0].d)
+        else:
+            assert output_topic("camera_info") not in messages
+    # the thermal comes out where the pinhole thermal is (these pairs are aligned): undistorted, not as recorded
+    errors = {name: np.mean([np.abs(m.data.reshape(96, 128)[12:-12, 16:-16].astype(float)
+                                    - thermal[12:-12, 16:-16]).mean() for m, (_, thermal) in zip(msgs, pairs)])
+              for name, msgs in registered.items()}
+    assert errors["with"] < 0.6 * errors["without"], errors
+    # cgrp calibrate --bag loads the same undistorted images (the node undistorts before a calibration)
+    loaded = bag_pairs(tmp_path / "in", visible_topic, thermal_topic)
+    np.testing.assert_array_equal(loaded[0][2](), undistort(recorded[0][1], cameras[1]))
+    loaded = bag_pairs(tmp_path / "in", visible_topic, thermal_topic, camera_info=False)
+    np.testing.assert_array_equal(loaded[0][2](), recorded[0][1])

@@ -45,6 +45,10 @@ def add_arguments(p):
                    "away (on a moving robot the two saw different scenes; default: cgrp_fusion's, %(default)g)")
     g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
+    g.add_argument("--no-camera-info", dest="camera_info", action="store_false",
+                   help="with --bag: ignore the bag's camera_info topics (by default, where both cameras have one "
+                        "beside their image topic, each image is undistorted with it first, as cgrp_fusion does "
+                        "before it applies a calibration)")
     g.add_argument("--every", type=positive(int), default=1, metavar="N",
                    help="with --bag: every N-th pair (consecutive video frames add little; default 1)")
     p.add_argument("--list", type=Path, default=None, metavar="FILE", help="only the names listed in FILE")
@@ -69,12 +73,23 @@ def _loader(path, flags):
     return lambda: read_image(path, flags)
 
 
-def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP) -> list:
+def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP,
+              camera_info: bool = True) -> list:
     """[(name, load visible, load thermal)] of a bag's pairs (cgrp_player's BagSource, no rclpy): each
-    visible message with the nearest thermal, if stamped within `slop` seconds."""
+    visible message with the nearest thermal, if stamped within `slop` seconds; with `camera_info`, each
+    image undistorted with its camera's camera_info from the bag where both cameras have one (the node
+    undistorts before it applies a calibration, so the calibration must see the same images)."""
+    from ..core.camera import undistort
+    from ..ros.bag import BagTopics
     from ..ros.sources import BagSource
 
     source = BagSource(bag, visible_topic, thermal_topic)  # bag/topic problems: BagError/CgrpError, exit 2
+    with BagTopics(bag, visible_topic, thermal_topic) as topics:
+        cameras = topics.cameras()
+    for note in cameras.notes:
+        print(f"cgrp calibrate: {note}", file=sys.stderr)
+    print(f"cgrp calibrate: {cameras.describe() if camera_info else 'camera_info ignored (--no-camera-info)'}")
+    use = cameras.both and camera_info
     if source.skipped:
         print(f"cgrp calibrate: {source.skipped} unreadable message(s) in the bag skipped", file=sys.stderr)
     offsets = [(thermal - visible) * 1e-9 for visible, thermal in map(source.stamps, range(len(source)))]
@@ -85,7 +100,16 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
     if len(within) < len(source):
         print(f"cgrp calibrate: {len(source) - len(within)} visible message(s) without a thermal within --slop "
               f"{slop:g} s skipped", file=sys.stderr)
-    pairs = [(f"{bag.stem}#{index:06d}", lambda i=index: source.arrays(i)[0], lambda i=index: source.arrays(i)[1])
+    def load(index: int, stream: int):
+        images = source.arrays(index)
+        if not use:
+            return images[stream]
+        intrinsics, problem = cameras.for_pair(images[0].shape, images[1].shape)
+        if problem:  # the same sizes for the whole bag, as a rule: once is enough
+            raise CgrpError(f"{problem}: calibrate with --no-camera-info, or fix the camera_info")
+        return undistort(images[stream], intrinsics[stream])
+
+    pairs = [(f"{bag.stem}#{index:06d}", lambda i=index: load(i, 0), lambda i=index: load(i, 1))
              for index in within[::every]]
     # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
     warn_if_swapped(pairs[0][0], lambda: source.recorded_arrays(within[0]))
@@ -167,7 +191,7 @@ def input_pairs(args) -> list | None:
             print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
                   "--visible/--thermal", file=sys.stderr)
             return None
-        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop)
+        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop, args.camera_info)
     else:
         if args.visible is None or args.thermal is None:
             print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
@@ -229,6 +253,8 @@ def command_line(args) -> str:
     if getattr(args, "bag", None) is not None:
         parts = ["cgrp calibrate", f"--bag {q(args.bag)}", f"--visible-topic {q(args.visible_topic)}",
                  f"--thermal-topic {q(args.thermal_topic)}", f"--every {args.every}", f"--out {q(args.out)}"]
+        if not getattr(args, "camera_info", True):
+            parts.append("--no-camera-info")
     else:
         parts = ["cgrp calibrate", f"--visible {q(args.visible)}", f"--thermal {q(args.thermal)}",
                  f"--out {q(args.out)}"]

@@ -54,6 +54,9 @@ def add_arguments(p):
     g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--slop", type=float, default=None, help="largest stamp difference of a pair, s "
                    "(default: cgrp_fusion's, 0.05)")
+    g.add_argument("--no-camera-info", dest="camera_info", action="store_false",
+                   help="ignore the bag's camera_info topics (by default, where both cameras have one beside their "
+                        "image topic, each image is undistorted with it first, as cgrp_fusion does)")
     g.add_argument("--queue-size", type=int, default=None, help="messages per stream kept for pairing "
                    "(default: cgrp_fusion's, 10)")
     g = p.add_argument_group("sequences (folders in name order, or a bag)")
@@ -148,6 +151,7 @@ def no_pair_reason(args, summary, slop: float) -> str:
 
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
+    from ..core.camera import undistort
     from ..core.stream import StreamPipeline
     from ..ros.bag import BagTopics, fuse_bag
     from ..ros.fusion_outputs import message_arrays
@@ -164,7 +168,7 @@ def run_bag(args) -> int:
     if slop < 0 or queue_size < 1:
         raise CgrpError("--slop must be >= 0 and --queue-size >= 1")
     with BagTopics(args.bag, args.visible_topic, args.thermal_topic):  # bag and topic problems before the models load
-        pass
+        pass  # (camera_info is read with the messages)
     if args.out.exists():
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     if args.registration_rate < 0:
@@ -174,8 +178,10 @@ def run_bag(args) -> int:
     stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
     registration = []
 
-    def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
+    def record(visible_msg, thermal_msg, outputs, intrinsics):  # registration.csv: a row per pair, named by its stamp
         visible, thermal = message_arrays(visible_msg, thermal_msg)
+        if intrinsics is not None:  # the images the flow was computed on
+            visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
         flow = outputs.images["deformation"][0]
         pair = received_and_registered(pipeline, visible, thermal, flow)
         name = f"{outputs.stamp:.6f}"
@@ -186,7 +192,9 @@ def run_bag(args) -> int:
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
                        progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
-                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record)
+                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record,
+                       use_camera_info=args.camera_info)
+    print(f"cgrp fuse: {summary.cameras}")
     if registration:
         write_registration_csv(args.out / "registration.csv", registration)
         print(f"cgrp fuse: {edge_summary(registration)}")

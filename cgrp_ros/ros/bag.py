@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CgrpError, InputError
-from .fusion_outputs import fuse_pair, prepare_input
+from .camera_info import camera_info_topic, intrinsics_from_camera_info, rectified_camera_info, size_mismatch
+from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
-from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, PairSynchronizer, stamp_ns
+from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, STREAM_NAMES, PairSynchronizer, stamp_ns
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 NODE_NAME = "cgrp_fusion"
 # the outputs a bag gets, each on the node's topic (~/NAME of node cgrp_fusion)
 BAG_OUTPUTS = ("fused", "registered_thermal", "deformation", "pseudo_thermal")
-STREAMS = ("visible", "thermal")
 
 
 def output_topic(name: str, node: str = NODE_NAME) -> str:
@@ -70,7 +71,7 @@ class BagTopics:
             raise BagError(f"cannot read bag '{self.path}': {exc}") from None
         topics = {c.topic: c.msgtype for c in self.reader.connections}
         self.connections, self.compressed = [], []
-        for name, topic in zip(STREAMS, (visible_topic, thermal_topic)):
+        for name, topic in zip(STREAM_NAMES, (visible_topic, thermal_topic)):
             if topic not in topics:
                 self.reader.close()
                 listing = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "none"
@@ -85,6 +86,27 @@ class BagTopics:
         self.topics = (visible_topic, thermal_topic)
         self.msgtypes = tuple(COMPRESSED if c else IMAGE for c in self.compressed)
         self.counts = tuple(sum(c.msgcount for c in conns) for conns in self.connections)
+        # each camera's CameraInfo where image_transport looks for it (`/cam/image_raw` -> `/cam/camera_info`)
+        self.info_topics = tuple(camera_info_topic(t) for t in self.topics)
+        self.info_connections = [[c for c in self.reader.connections if c.topic == t and c.msgtype == CAMERA_INFO]
+                                 for t in self.info_topics]
+
+    def cameras(self) -> "BagCameras":
+        """Each camera's intrinsics from its camera_info topic in the bag (the first usable message: a
+        driver publishes the same one with every image), and every such message to copy."""
+        cameras, notes, copies = [None, None], [], []
+        wanted = [c for conns in self.info_connections for c in conns]
+        stream_of = {id(c): s for s, conns in enumerate(self.info_connections) for c in conns}
+        for connection, timestamp, raw in (self.reader.messages(connections=wanted) if wanted else ()):
+            stream = stream_of[id(connection)]
+            copies.append((self.info_topics[stream], timestamp, raw))
+            if cameras[stream] is not None:
+                continue
+            try:
+                cameras[stream] = intrinsics_from_camera_info(self.types.deserialize_cdr(raw, CAMERA_INFO))
+            except Exception as exc:  # noqa: BLE001 - garbled CDR or an unusable K: the next one may do
+                notes.append(f"{self.info_topics[stream]} at log time {timestamp * 1e-9:.3f} ignored: {exc}")
+        return BagCameras(tuple(cameras), self.info_topics, notes, copies)
 
     def messages(self):
         """(stream, log time ns, CDR bytes, message or None) in the bag's order; None: not deserialisable."""
@@ -110,9 +132,44 @@ class BagTopics:
         return False
 
 
+@dataclass
+class BagCameras:
+    """The two cameras' intrinsics found in a bag (BagTopics.cameras)."""
+    intrinsics: tuple          # (visible, thermal) core.camera.Intrinsics, or None where the bag has none
+    topics: tuple              # the camera_info topics looked for
+    notes: list                # camera_info messages that could not be used, and why
+    copies: list               # [(topic, log time ns, CDR bytes)] of every camera_info message
+
+    @property
+    def both(self) -> bool:
+        return all(camera is not None for camera in self.intrinsics)
+
+    def describe(self) -> str:
+        """One line: what the images get, as the node would do with the same camera_info."""
+        found = [f"{t}" for t, c in zip(self.topics, self.intrinsics) if c is not None]
+        if self.both:
+            return f"undistorting each image with its camera_info ({', '.join(found)}), as cgrp_fusion does"
+        if found:
+            return (f"only {found[0]} in the bag: images used as recorded (cgrp_fusion undistorts only "
+                    "with both cameras' camera_info)")
+        return "no camera_info in the bag: images used as recorded"
+
+    def for_pair(self, visible_shape, thermal_shape):
+        """(visible, thermal) Intrinsics to undistort this pair with, or None; and why not, or None."""
+        if not self.both:
+            return None, None
+        problems = [p for p in (size_mismatch(name, camera, shape) for name, camera, shape in
+                                zip(STREAM_NAMES, self.intrinsics, (visible_shape, thermal_shape))) if p]
+        return (None, "; ".join(problems) + ": used without undistortion") if problems else (self.intrinsics, None)
+
+
 class _Fields:
-    """A plain object numpy_to_image can fill (the rosbags message classes need every field at once)."""
+    """A plain object numpy_to_image and rectified_camera_info can fill (the rosbags message classes
+    need every field at once)."""
     header = None
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
 
 
 class BagWriter:
@@ -157,6 +214,20 @@ class BagWriter:
         raw = self.types.serialize_cdr(self.image_message(image, encoding, header), IMAGE)
         self.copy(topic, IMAGE, timestamp, raw)
 
+    def write_camera_info(self, topic: str, timestamp: int, camera, header):
+        """A sensor_msgs/CameraInfo of `undistort`'s output of `camera` (core.camera.Intrinsics), as the
+        node's ~/camera_info: D = 0, R = identity, P = [K | 0], with a copy of `header`."""
+        fields = rectified_camera_info(camera, _Fields)
+        stamp = self._time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+        roi = self.types.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                                  do_rectify=False)
+        message = self.types.types[CAMERA_INFO](
+            header=self._header(stamp=stamp, frame_id=str(header.frame_id)), height=fields.height,
+            width=fields.width, distortion_model=fields.distortion_model,
+            d=np.array(fields.d, np.float64), k=np.array(fields.k, np.float64), r=np.array(fields.r, np.float64),
+            p=np.array(fields.p, np.float64), binning_x=0, binning_y=0, roi=roi)
+        self.copy(topic, CAMERA_INFO, timestamp, self.types.serialize_cdr(message, CAMERA_INFO))
+
     def close(self):
         self.writer.close()
 
@@ -171,6 +242,7 @@ class BagSummary:
     resets: int = 0                # synchronizer resets (stamps that jumped backwards)
     stamp_offset: float | None = None  # s, thermal - visible at the end of the bag (sync.StampOffset)
     warned: set = field(default_factory=set)  # kinds of content warning already given (fusion_outputs)
+    cameras: str = ""              # what the images got of the bag's camera_info (BagCameras.describe)
 
     def count(self, kind: str, text: str):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -190,7 +262,7 @@ class BagSummary:
 
 def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
              slop: float = DEFAULT_SLOP, queue_size: int = DEFAULT_QUEUE_SIZE, progress=None,
-             warn=None, on_pair=None) -> BagSummary:
+             warn=None, on_pair=None, use_camera_info: bool = True) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
     stream_pipeline: a core StreamPipeline (one rig: registrations paced by the visible stamps, the rig
@@ -200,12 +272,24 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
     at the log time of the message that completed the pair. `progress(total=N)` -> an object with
     update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair;
-    `on_pair(visible_msg, thermal_msg, outputs)` is called for every fused pair (fusion_outputs.PairOutputs).
+    `on_pair(visible_msg, thermal_msg, outputs, intrinsics)` is called for every fused pair
+    (fusion_outputs.PairOutputs; intrinsics: what the pair was undistorted with, or None).
+    `use_camera_info`: where the bag has both cameras' camera_info (beside their image topics), each image
+    is undistorted with it first and `/cgrp_fusion/camera_info` written, as cgrp_fusion does; the
+    camera_info topics are copied either way.
     """
     summary = BagSummary()
     warn = warn or (lambda text: None)
     with BagTopics(bag_path, visible_topic, thermal_topic) as bag:
+        cameras = bag.cameras()
         writer = BagWriter(out_path)
+        for topic, timestamp, raw in cameras.copies:
+            writer.copy(topic, CAMERA_INFO, timestamp, raw)
+        if not use_camera_info:
+            cameras = BagCameras((None, None), cameras.topics, [], [])
+        for note in cameras.notes:
+            warn(note)
+        summary.cameras = cameras.describe()
         bar = progress(total=sum(bag.counts)) if progress else None
         pairs = []
         sync = PairSynchronizer(queue_size, slop, lambda v, t: pairs.append((v, t)))
@@ -217,7 +301,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
                 if bar is not None:
                     bar.update(1)
-                name = STREAMS[stream]
+                name = STREAM_NAMES[stream]
                 try:
                     if msg is None:
                         raise ImageConversionError("data", "the message cannot be deserialised")
@@ -229,7 +313,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     continue
                 sync.add(stream, msg)
                 while pairs:
-                    _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair)
+                    _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
         finally:
             if bar is not None:
                 bar.close()
@@ -241,11 +325,23 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     return summary
 
 
+def _warn_once(summary: BagSummary, warn, key, text: str) -> None:
+    """Once per kind: a bag repeats its cameras' faults every frame."""
+    if key not in summary.warned:
+        summary.warned.add(key)
+        warn(f"{text} (said once)")
+
+
 def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn,
-              on_pair=None):
+              on_pair=None, cameras=None):
     stamp = stamp_ns(visible_msg) * 1e-9
+    intrinsics = None
+    if cameras is not None:
+        intrinsics, problem = cameras.for_pair(as_array(visible_msg).shape, as_array(thermal_msg).shape)
+        if problem:
+            _warn_once(summary, warn, "camera_info size", f"pair at {stamp:.3f}: {problem}")
     try:
-        out = fuse_pair(stream_pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS))
+        out = fuse_pair(stream_pipeline, visible_msg, thermal_msg, set(BAG_OUTPUTS), intrinsics=intrinsics)
     except InputError as exc:
         text = f"skipping pair at {stamp:.3f}: {exc}"
         summary.count("bad_pairs", text)
@@ -256,12 +352,12 @@ def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_m
         summary.count("inference_errors", text)
         warn(text)
         return
-    for counter, key, text in out.warnings:  # once per kind: a bag repeats its cameras' faults every frame
-        if key not in summary.warned:
-            summary.warned.add(key)
-            warn(f"{text} (said once)")
+    for counter, key, text in out.warnings:
+        _warn_once(summary, warn, key, text)
     for name, (image, encoding) in out.images.items():
         writer.write_image(output_topic(name), timestamp, image, encoding, visible_msg.header)
+    if intrinsics is not None:  # the outputs' camera model: the visible camera's, rectified
+        writer.write_camera_info(output_topic("camera_info"), timestamp, intrinsics[0], visible_msg.header)
     summary.pairs += 1
     if on_pair is not None:
-        on_pair(visible_msg, thermal_msg, out)
+        on_pair(visible_msg, thermal_msg, out, intrinsics)

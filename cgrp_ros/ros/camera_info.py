@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from ..core.camera import Intrinsics
 from ..core.errors import InputError
-from .diagnostics import STREAM_NAMES
-from .sync import THERMAL, VISIBLE
+from .sync import STREAM_NAMES, THERMAL, VISIBLE
 
 FIELDS = ("header", "height", "width", "distortion_model", "d", "k", "r", "p", "binning_x", "binning_y", "roi")
 
@@ -37,6 +36,20 @@ def intrinsics_from_camera_info(msg) -> Intrinsics:
         k[4], k[5] = k[4] / by, (k[5] - y0) / by
     return Intrinsics(tuple(k), tuple(float(v) for v in msg.d), msg.distortion_model or "plumb_bob",
                       (int(height) // by, int(width) // bx))
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """Where image_transport's camera subscribers look for an image topic's CameraInfo:
+    `/cam/image_raw` (or its `/compressed`) -> `/cam/camera_info`."""
+    return image_topic.removesuffix("/compressed").rsplit("/", 1)[0] + "/camera_info"
+
+
+def size_mismatch(name: str, camera: Intrinsics, shape) -> str | None:
+    """Why `camera` (of the `name` camera) does not describe an image of `shape`, or None."""
+    if tuple(camera.size) == tuple(shape[:2]):
+        return None
+    (h, w) = camera.size
+    return f"{name}/camera_info is for {w}x{h} images but the {name} image is {shape[1]}x{shape[0]}"
 
 
 def rectified_camera_info(camera: Intrinsics, message_type):
@@ -108,7 +121,4 @@ class CameraInfos:
     @staticmethod
     def _mismatch(stream: int, entry, shape) -> str | None:
         """Why the stream's CameraInfo does not describe an image of `shape`, or None."""
-        if entry is None or tuple(entry[1].size) == tuple(shape[:2]):
-            return None
-        (h, w), name = entry[1].size, STREAM_NAMES[stream]
-        return f"{name}/camera_info is for {w}x{h} images but the {name} image is {shape[1]}x{shape[0]}"
+        return None if entry is None else size_mismatch(STREAM_NAMES[stream], entry[1], shape)

@@ -14,9 +14,8 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from .sync import describe_offset
+from .sync import STREAM_NAMES, describe_offset
 
-STREAM_NAMES = ("visible", "thermal")
 
 
 class Stats:

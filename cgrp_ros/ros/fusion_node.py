@@ -50,16 +50,17 @@ from ..core.pipeline import working_size_problem
 from ..core.stream import StreamPipeline
 from . import diagnostics
 from .alignment_check import AlignmentCheck
-from .camera_info import CameraInfos, with_header
+from .camera_info import CameraInfos, camera_info_topic, with_header
 from .compressed import encode_compressed
-from .diagnostics import STREAM_NAMES, Stats
+from .diagnostics import Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
                          pipeline_config, stream_settings)
 from .process import RosLogHandler, release_free_memory, spin_until_signal
-from .sync import STAMP_CLOCK_LIMIT_S, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer, stamp_seconds
+from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
+                   stamp_seconds)
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
@@ -321,7 +322,7 @@ class FusionNode(LifecycleNode):
         resolved = self.resolve_topic_name(name)
         if resolved != self.resolve_topic_name(name, only_expand=True):
             return resolved
-        return self.resolve_topic_name(f"{STREAM_NAMES[stream]}/image").rsplit("/", 1)[0] + "/camera_info"
+        return camera_info_topic(self.resolve_topic_name(f"{STREAM_NAMES[stream]}/image"))
 
     def _update_camera_info_inputs(self):
         """Subscribe both cameras' CameraInfo while use_camera_info is true and the images are subscribed

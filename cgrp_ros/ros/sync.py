@@ -23,6 +23,7 @@ except ImportError:  # the pip runtime has no message_filters wheel
     message_filters = None
 
 VISIBLE, THERMAL = 0, 1
+STREAM_NAMES = ("visible", "thermal")  # by index
 DEFAULT_SLOP = 0.05       # s: cgrp_fusion's `slop` default (also cgrp fuse --bag's)
 DEFAULT_QUEUE_SIZE = 10   # cgrp_fusion's `queue_size` default
 # s: two clocks further apart than this count from different epochs (time since boot, an unset stamp, sim
