@@ -202,3 +202,20 @@ def test_a_self_calibration_that_cannot_settle_says_why_and_is_not_saved(tmp_pat
         response = node._save_calibration(Trigger.Request(), Trigger.Response())
         assert not response.success and "converging" in response.message, response.message
         assert not (tmp_path / "rig.yaml").exists()
+
+
+def test_stamps_that_never_meet_with_large_best_effort_images_hint_at_lost_messages():
+    """Large images on best-effort inputs are mostly lost over shared memory: the pairs that would meet go
+    missing, and /diagnostics says so beside the stamp offset, not only 'raise slop'."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with in_process_node(Parameter("stream_timeout", value=0.3)) as (node, *_):
+        now = time.monotonic()
+        node.stats.last_message = [now + 60.0] * 2  # both streams arriving
+        node.stats.last_pair = now - 1.0
+        node.stats.largest_message = [2_764_800, 655_360]  # a 1280x720 bgr8 image beside a 640x512 mono16
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN and "no synchronized pair" in message, message
+        assert "2.8 MB on best-effort inputs are often lost" in message and "reliability: reliable" in message
+        node.stats.largest_message = [76_800, 38_400]  # small images: no such hint
+        assert "lost" not in node.diagnose()[1]

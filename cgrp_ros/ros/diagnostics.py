@@ -39,6 +39,7 @@ class Stats:
         self.last_bad_message = [None, None]  # per stream: (monotonic time, why it was skipped)
         self.last_failed_pair = None        # (monotonic time, why a synchronized pair was not fused)
         self.stamp_clock_offset = None      # (monotonic time, s): a pair stamped on another clock than the node's
+        self.largest_message = [0, 0]       # per stream: bytes of the largest image received
 
     def reset_times(self) -> None:
         """At activation: the streams and the outputs are judged from now on."""
@@ -59,6 +60,20 @@ class Stats:
             return 0, None, None
         p50, p95 = np.percentile(recent, [50, 95])
         return len(recent), float(p50), float(p95)
+
+
+LOSSY_MESSAGE_BYTES = 500_000  # best-effort messages above this are mostly lost over Fast DDS shared memory
+
+
+def lossy(node) -> str:
+    """A hint where stamps that never meet may be messages lost in transport: large images on best-effort
+    inputs arrive with gaps, and the partners of those that do arrive are missing."""
+    reliability = node.input_reliability() if hasattr(node, "input_reliability") else ""
+    largest = max(node.stats.largest_message)
+    if "best_effort" not in reliability or largest <= LOSSY_MESSAGE_BYTES:
+        return ""
+    return (f"; images of {largest / 1e6:.1f} MB on best-effort inputs are often lost in transport: if the topics "
+            "are published reliable, set qos_overrides./<topic>.subscription.reliability: reliable")
 
 
 def low_confidence(stats: Stats, threshold: float) -> str | None:
@@ -103,7 +118,7 @@ def diagnose(node):
     if now - stats.last_pair > timeout:
         why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
                or f"stamps further apart than slop {node.values['slop']} s?")
-        return DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s ({why})"
+        return DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s ({why}){lossy(node)}"
     failed = stats.last_failed_pair
     if failed and failed[0] > stats.last_fused and now - stats.last_fused > timeout:
         return DiagnosticStatus.ERROR, f"no pair fused for {now - stats.last_fused:.1f} s: {failed[1]}"

@@ -365,7 +365,7 @@ class FusionNode(LifecycleNode):
             f"device {getattr(backend, 'device', self.values['device'])}, "
             f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
-            f"inputs {self._input_reliability()} ({self.values['image_transport']}), camera_info "
+            f"inputs {self.input_reliability()} ({self.values['image_transport']}), camera_info "
             f"{', '.join(s.topic_name for s in self.camera_info_subscriptions) or 'not used'}, "
             f"outputs {', '.join(self.values['outputs'])}; {self._prior_description()}")
 
@@ -382,7 +382,7 @@ class FusionNode(LifecycleNode):
             return f"{prior}, self-calibration on (registrations at {self.values['registration_rate']:g} Hz once converged)"
         return f"{prior}, self-calibration off (every pair registered)"
 
-    def _input_reliability(self) -> str:
+    def input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
         policies = [s.qos_profile.reliability.name.lower() for s in self.subscriptions_]
         if policies[0] == policies[1]:
@@ -455,6 +455,8 @@ class FusionNode(LifecycleNode):
 
     def _on_image(self, stream: int, msg):
         name = STREAM_NAMES[stream]
+        largest = self.stats.largest_message
+        largest[stream] = max(largest[stream], len(msg.data))  # (for /diagnostics: best-effort loss)
         try:
             msg = prepare_input(msg, isinstance(msg, CompressedImage))  # a corrupt payload is a bad message
         except Exception as exc:  # also a decoder's failure nobody foresaw: a bad message, not the node's end
