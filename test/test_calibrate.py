@@ -436,3 +436,16 @@ def test_a_calibration_a_few_pixels_off_is_corrected(aligned_pairs):
         after.append(float(np.linalg.norm(error, axis=1).mean()))
     assert np.mean(after) <= 0.6 * np.mean(before), after
     assert max(a - b for a, b in zip(after, before)) <= 0.5, after
+
+
+def test_eval_refuses_a_calibration_of_cameras_with_another_aspect_ratio(tmp_path, sample_dir, capsys):
+    """cgrp eval feeds aligned pairs with the thermal at the visible image's size: a rig.yaml of a 640x512
+    thermal beside a 1280x720 colour camera cannot apply, which it says before evaluating (it used to fail
+    every pair with sizes the files do not have)."""
+    save_calibration(Calibration(np.diag([2.0, 1.40625, 1.0]), (720, 1280), (512, 640), pairs_used=30),
+                     tmp_path / "rig.yaml")
+    code = cgrp(["eval", "--data", sample_dir, "--calibration", tmp_path / "rig.yaml", "--preset", "none",
+                 "--methods", "cgrp,none", "--no-fusion-metrics", "--limit", "1", "--out", tmp_path / "eval"])
+    err = capsys.readouterr().err
+    assert code == 2 and "maps a 640x512 thermal onto a 1280x720 visible image" in err, err
+    assert "edge check" in err and not (tmp_path / "eval").exists()

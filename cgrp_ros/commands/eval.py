@@ -248,6 +248,24 @@ def run_rig(args, datasets, pipeline) -> int:
     return 0
 
 
+def refuse_a_rigs_calibration(args) -> None:
+    """cgrp eval feeds each pair's thermal at its visible image's size (the pairs are aligned): a calibration
+    of two cameras of different aspect ratios cannot apply there, and would fail on every pair."""
+    from ..core.calibrate import load_rig
+
+    if not getattr(args, "calibration", None):
+        return
+    _, sizes = load_rig(args.calibration)
+    if sizes is None:
+        return
+    (vh, vw), (th, tw) = sizes
+    if abs((vw / vh) / (tw / th) - 1.0) > 0.01:
+        raise CgrpError(f"--calibration {args.calibration} maps a {tw}x{th} thermal onto a {vw}x{vh} visible image; "
+                        "cgrp eval misaligns aligned pairs on purpose and feeds the thermal at the visible image's "
+                        "size, where this calibration cannot apply. Judge your own rig's calibration by its edge "
+                        "check instead: cgrp fuse --calibration (registration.csv) or cgrp calibrate's")
+
+
 def run(args) -> int:
     from ..evaluation import report
     from ..evaluation.evaluate import evaluate_datasets, load_datasets, select_methods
@@ -266,6 +284,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.rig and args.calibrate:
         return run_rig_calibration(args, datasets)
+    refuse_a_rigs_calibration(args)
     pipeline = pipeline_from_args(args)
     if args.rig:
         return run_rig(args, datasets, pipeline)
