@@ -293,3 +293,18 @@ def test_a_config_is_copied_checked_and_named_in_its_errors(cpu_pipeline, sample
     # a flow of float64 (numpy's default) to fuse with is taken as float32
     flow = np.zeros(visible.shape[:2] + (2,), np.float64)
     assert small(visible, thermal, outputs={"fused"}, registration=Registration(flow)).flow.dtype == np.float32
+
+
+def test_a_black_hot_thermal_fuses_like_the_white_hot_one(cpu_pipeline, sample_pairs):
+    """A camera set to a black-hot palette delivers the inverted image: with black_hot the fused image is
+    the white-hot one's (hot is bright), and without it clearly not; registered_thermal keeps the
+    camera's own values."""
+    name, visible, thermal = sample_pairs[0]
+    white = cpu_pipeline(visible, thermal)
+    inverted = (255 - thermal).astype(np.uint8)
+    black = Pipeline(PipelineConfig(backend="torch", device="cpu", black_hot=True))(visible, inverted)
+    plain = cpu_pipeline(visible, inverted)
+    difference = lambda a, b: float(np.abs(a.astype(float) - b.astype(float)).mean())  # noqa: E731
+    assert difference(black.fused_image, white.fused_image) < 1.0
+    assert difference(plain.fused_image, white.fused_image) > 10 * max(difference(black.fused_image, white.fused_image), 0.5)
+    assert difference(black.registered_thermal, inverted) < difference(black.registered_thermal, thermal)

@@ -89,6 +89,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                        help="rig calibration written by cgrp calibrate (its thermal->visible homography)")
     g.add_argument("--thermal-percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
                    help="robust gain control for 16-bit/float thermal (default: 1 99)")
+    g.add_argument("--black-hot", action="store_true",
+                   help="the thermal camera shows hot as dark (a black-hot palette): inverted for fusion, so hot "
+                        "is bright in the fused image (registered/ keeps the camera's values)")
 
 
 def load_homography(path) -> np.ndarray:
@@ -111,6 +114,7 @@ def pipeline_from_args(args):
 
     cfg = PipelineConfig(backend=args.backend, device=args.device, fp16=args.fp16, working_size=args.working_size,
                          thermal_percentiles=tuple(args.thermal_percentiles), fusion_scale=args.fusion_scale,
+                         black_hot=getattr(args, "black_hot", False),
                          onnx_dir=str(args.onnx_dir) if args.onnx_dir else None,
                          **(model_files(args.models) if args.models else {}))
     if args.homography:

@@ -95,6 +95,9 @@ class PipelineConfig:
     onnx_providers: tuple | None = None    # onnxruntime provider order on GPU (default TensorRT -> CUDA -> CPU)
     thermal_percentiles: tuple = (1.0, 99.0)  # robust AGC for 16-bit / float thermal
     agc_8bit: bool = False                 # also apply the AGC to 8-bit thermal
+    black_hot: bool = False                # the thermal shows hot as dark (a "black hot" palette): inverted after
+                                           # the AGC, so the fused image shows hot as bright (registered_thermal
+                                           # keeps the camera's values)
     homography: object = None              # 3x3, thermal pixel -> visible pixel (rig calibration)
     homography_sizes: tuple | None = None  # ((visible H, W), (thermal H, W)) it was made at (None: any);
                                            # other sizes of the same aspects: rescaled, else InputError
@@ -263,6 +266,8 @@ class Pipeline:
         if thermal is not None:
             f.thermal = check_image(thermal, "thermal")
             f.th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
+            if c.black_hot:
+                f.th01 = 1.0 - f.th01
             f.v2t = self.visible_to_thermal((f.hv, f.wv), f.th01.shape[:2])
             if self.homography is None:
                 f.th_in = self._nchw(resize(f.th01, (f.h, f.w)), f.padded)

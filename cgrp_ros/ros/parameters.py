@@ -61,6 +61,8 @@ PARAMETERS = (
     Param("thermal_percentiles", [1.0, 99.0], "[low, high] percentiles of the robust gain control for "
           "16-bit and float thermal", range=(0.0, 100.0)),
     Param("agc_8bit", False, "apply the gain control to 8-bit thermal too"),
+    Param("black_hot", False, "the thermal camera shows hot as dark (a black-hot palette): inverted for fusion, so "
+                              "hot is bright in ~/fused (~/registered_thermal keeps the camera's values)"),
     Param("slop", DEFAULT_SLOP, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
     Param("queue_size", DEFAULT_QUEUE_SIZE, "messages per stream kept for pairing", range=(1, 1000)),
     Param("reliability", "best_effort", "deprecated alias: the inputs' default QoS reliability; prefer the standard "
@@ -161,6 +163,7 @@ def pipeline_config(values: dict, prior: dict | None = None):
         generator=values["generator_model"] or None, registration=values["registration_model"] or None,
         fusion=values["fusion_model"] or None, onnx_dir=values["onnx_dir"] or None,
         thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"],
+        black_hot=values["black_hot"],
         fusion_scale=float(values["fusion_scale"]),
         **(calibration_prior(values["calibration_file"]) if prior is None else prior))
 

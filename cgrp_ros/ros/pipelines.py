@@ -19,7 +19,7 @@ import time
 
 from ..core.errors import CgrpError
 
-LIGHT = ("working_size", "thermal_percentiles", "agc_8bit", "fusion_scale")  # PipelineConfig fields read per pair
+LIGHT = ("working_size", "thermal_percentiles", "agc_8bit", "black_hot", "fusion_scale")  # PipelineConfig fields read per pair
 
 
 def heavy_key(config) -> tuple:
