@@ -97,9 +97,54 @@ def test_an_offset_beyond_the_slop_is_described():
     assert describe_offset(1.7e9, 0.05).endswith(": the cameras stamp from different clocks")
 
 
-def test_active_implementation_is_reported():
-    s, _ = collect(None)
-    assert s.implementation == ("message_filters" if sync.message_filters is not None else "builtin")
+class _StubMessageFilters:
+    """message_filters' interface as PairSynchronizer uses it (SimpleFilter, ApproximateTimeSynchronizer):
+    its synchronizer records how it was built and pairs each message with the other stream's latest."""
+
+    class SimpleFilter:
+        def __init__(self):
+            self.listeners = []
+
+        def signalMessage(self, msg):  # noqa: N802 - message_filters' name
+            for listener in self.listeners:
+                listener(self, msg)
+
+    class ApproximateTimeSynchronizer:
+        built = []
+
+        def __init__(self, inputs, queue_size, slop):
+            self.latest, self.callbacks = [None, None], []
+            type(self).built.append((len(inputs), queue_size, slop))
+            for f in inputs:
+                f.listeners.append(lambda source, msg, i=inputs.index(f): self._add(i, msg))
+
+        def registerCallback(self, callback):  # noqa: N802
+            self.callbacks.append(callback)
+
+        def _add(self, index, msg):
+            self.latest[index] = msg
+            if all(m is not None for m in self.latest):
+                for callback in self.callbacks:
+                    callback(*self.latest)
+                self.latest = [None, None]
+
+
+def test_message_filters_is_used_where_importable_and_fed_each_stream(monkeypatch):
+    """Where message_filters is importable (an apt-installed ROS), the node pairs with its
+    ApproximateTimeSynchronizer, built with the node's queue size and slop, each stream on its own input,
+    and says so; where it is not (this pip runtime), with the builtin policy."""
+    monkeypatch.setattr(sync, "message_filters", None)
+    assert collect(None)[0].implementation == "builtin"
+    monkeypatch.setattr(sync, "message_filters", _StubMessageFilters)
+    _StubMessageFilters.ApproximateTimeSynchronizer.built = []
+    s, pairs = collect(None, queue_size=7, slop=0.03)
+    assert s.implementation == "message_filters"
+    assert _StubMessageFilters.ApproximateTimeSynchronizer.built == [(2, 7, 0.03)]
+    s.add(THERMAL, msg(10.01, "t0"))
+    s.add(VISIBLE, msg(10.00, "v0"))
+    assert pairs == [("v0", "t0")]  # (visible, thermal) whichever arrived first
+    s.add(VISIBLE, msg(9.0, "v-back"))  # a stamp that jumps back: a fresh synchronizer, as with the builtin
+    assert len(_StubMessageFilters.ApproximateTimeSynchronizer.built) == 2
 
 
 def test_invalid_arguments():
