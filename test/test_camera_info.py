@@ -277,3 +277,47 @@ def test_two_cameras_with_different_lenses_register_within_1_5_px_with_camera_in
     else:
         assert with_info.mean() < 0.4 * np.hypot(*shift), report  # the network corrected most of it
         assert without_info.mean() > 1.5 and without_info.mean() > 1.5 * with_info.mean(), report
+
+
+def test_camera_files_undistort_folders_for_fuse_and_calibrate(tmp_path, sample_dir, capsys):
+    """Folders of a rig with a distorting thermal lens: --visible/--thermal-camera-info (camera_calibration's
+    YAML) undistort each image first, as the node does with camera_info; a file of another size, or one of
+    the two files alone, is a clear error."""
+    import yaml
+
+    from cgrp_ros.cli import main
+    from cgrp_ros.commands.calibrate import _loader
+    from cgrp_ros.core.camera import Intrinsics, distort, load_camera_yaml, undistort
+
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible = cv2.resize(cv2.imread(str(sample_dir / "visible" / f"{name}.jpg")), (128, 96))
+    thermal = cv2.resize(cv2.imread(str(sample_dir / "thermal" / f"{name}.jpg"), 0), (128, 96))
+    k = [[110.0, 0, 64], [0, 110.0, 48], [0, 0, 1]]
+    cameras = (Intrinsics.from_matrix(k, [0] * 5, size=(96, 128)),
+               Intrinsics.from_matrix(k, [-0.35, 0.1, 0, 0, 0], size=(96, 128)))
+    for sub, image in (("visible", visible), ("thermal", distort(thermal, cameras[1]))):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / f"{name}.png"), image)
+    for side, camera in zip(("visible", "thermal"), cameras):  # as camera_calibration writes ost.yaml
+        (tmp_path / f"{side}.yaml").write_text(yaml.safe_dump({
+            "image_width": 128, "image_height": 96, "camera_name": side, "distortion_model": "plumb_bob",
+            "camera_matrix": {"rows": 3, "cols": 3, "data": list(camera.K)},
+            "distortion_coefficients": {"rows": 1, "cols": 5, "data": list(camera.D)}}))
+    assert load_camera_yaml(tmp_path / "thermal.yaml") == cameras[1]
+    files = ["--visible-camera-info", tmp_path / "visible.yaml", "--thermal-camera-info", tmp_path / "thermal.yaml"]
+    run = lambda out, *extra: main([str(a) for a in ["fuse", "--visible", tmp_path / "visible", "--thermal",  # noqa: E731
+                                                     tmp_path / "thermal", "--out", tmp_path / out, "--device", "cpu",
+                                                     "--working-size", "96x128", *extra]])
+    assert run("with", *files) == 0 and run("without") == 0
+    registered = {out: cv2.imread(str(tmp_path / out / "registered" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+                  for out in ("with", "without")}
+    error = {out: np.abs(image[12:-12, 16:-16].astype(float) - thermal[12:-12, 16:-16]).mean()
+             for out, image in registered.items()}
+    assert error["with"] < 0.6 * error["without"], error  # the thermal where the pinhole camera sees it
+    # cgrp calibrate reads the same undistorted images
+    np.testing.assert_array_equal(_loader(tmp_path / "thermal" / f"{name}.png", cameras[1])(),
+                                  undistort(distort(thermal, cameras[1]), cameras[1]))
+    capsys.readouterr()
+    assert run("one", files[2], files[3]) == 2 and "give both" in capsys.readouterr().err
+    (tmp_path / "thermal.yaml").write_text("image_width: 640\n")
+    assert run("bad", *files) == 2 and "no 'camera_matrix' field" in capsys.readouterr().err

@@ -17,10 +17,11 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from ..core.camera import undistort
 from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
 from ..ros.sync import DEFAULT_SLOP, describe_offset
-from .common import non_negative, positive, size_arg, unwritable_reason
+from .common import add_camera_file_arguments, cameras_from_args, non_negative, positive, size_arg, unwritable_reason
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -53,6 +54,7 @@ def add_arguments(p):
                    help="with --bag: every N-th pair (consecutive video frames add little; default 1)")
     p.add_argument("--list", type=Path, default=None, metavar="FILE", help="only the names listed in FILE")
     p.add_argument("--limit", type=positive(int), default=None, metavar="N", help="only the first N pairs (by name)")
+    add_camera_file_arguments(p)
     p.add_argument("--scales", default=",".join(f"{s:.4g}" for s in DEFAULT_SCALES), metavar="S[,S]",
                    help="thermal placement scales to try (thermal field of view / visible field of view; "
                    "default: %(default)s)")
@@ -69,8 +71,11 @@ def add_arguments(p):
     p.add_argument("--models", type=Path, help="folder with registration.pt (default: shipped)")
 
 
-def _loader(path, flags):
-    return lambda: read_image(path, flags)
+def _loader(path, camera=None):
+    """A pair's image, read when needed; undistorted with `camera` (core.camera.Intrinsics) if given."""
+    if camera is None:
+        return lambda: read_image(path, cv2.IMREAD_UNCHANGED)
+    return lambda: undistort(read_image(path, cv2.IMREAD_UNCHANGED), camera)
 
 
 def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP,
@@ -79,7 +84,6 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
     visible message with the nearest thermal, if stamped within `slop` seconds; with `camera_info`, each
     image undistorted with its camera's camera_info from the bag where both cameras have one (the node
     undistorts before it applies a calibration, so the calibration must see the same images)."""
-    from ..core.camera import undistort
     from ..ros.bag import BagTopics
     from ..ros.sources import BagSource
 
@@ -191,6 +195,10 @@ def input_pairs(args) -> list | None:
             print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
                   "--visible/--thermal", file=sys.stderr)
             return None
+        if args.visible_camera_info or args.thermal_camera_info:
+            print("cgrp calibrate: error: --visible/--thermal-camera-info are for folders: a bag's camera_info "
+                  "topics are used", file=sys.stderr)
+            return None
         pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop, args.camera_info)
     else:
         if args.visible is None or args.thermal is None:
@@ -202,7 +210,8 @@ def input_pairs(args) -> list | None:
             print(f"cgrp calibrate: {problem}", file=sys.stderr)
         for warning in listing.warnings():
             print(f"cgrp calibrate: warning: {warning}", file=sys.stderr)
-        pairs = [(name, _loader(v, cv2.IMREAD_UNCHANGED), _loader(t, cv2.IMREAD_UNCHANGED))
+        cameras = cameras_from_args(args)
+        pairs = [(name, _loader(v, cameras and cameras[0]), _loader(t, cameras and cameras[1]))
                  for name, v, t in listing.pairs]
         if pairs:
             warn_if_swapped(pairs[0][0], lambda: (pairs[0][1](), pairs[0][2]()))
@@ -262,6 +271,9 @@ def command_line(args) -> str:
         parts.append(f"--list {q(args.list)}")
     if args.limit:
         parts.append(f"--limit {args.limit}")
+    for option in ("visible_camera_info", "thermal_camera_info"):  # the images it saw were undistorted
+        if getattr(args, option, None):
+            parts.append(f"--{option.replace('_', '-')} {q(getattr(args, option))}")
     parts += [f"--scales {args.scales}", f"--refinements {args.refinements}", f"--min-pairs {args.min_pairs}",
               "--working-size {}x{}".format(*args.working_size), f"--device {args.device}"]
     if args.min_confidence is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.errors import CgrpError, InputError
 
 
 def size_arg(text: str):
@@ -92,6 +92,28 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--black-hot", action="store_true",
                    help="the thermal camera shows hot as dark (a black-hot palette): inverted for fusion, so hot "
                         "is bright in the fused image (registered/ keeps the camera's values)")
+
+
+def add_camera_file_arguments(g) -> None:
+    """--visible-camera-info / --thermal-camera-info: lens calibrations for folders of images."""
+    g.add_argument("--visible-camera-info", type=Path, metavar="YAML",
+                   help="folders: the visible camera's calibration (camera_calibration's ost.yaml, camera_info_manager's "
+                        "file); with --thermal-camera-info each image is undistorted first, as cgrp_fusion does with "
+                        "camera_info")
+    g.add_argument("--thermal-camera-info", type=Path, metavar="YAML", help="folders: the thermal camera's, likewise")
+
+
+def cameras_from_args(args):
+    """(visible, thermal) core.camera.Intrinsics from --visible/--thermal-camera-info, or None."""
+    from ..core.camera import load_camera_yaml
+
+    files = (getattr(args, "visible_camera_info", None), getattr(args, "thermal_camera_info", None))
+    if not any(files):
+        return None
+    if not all(files):
+        raise CgrpError("give both --visible-camera-info and --thermal-camera-info (cgrp_fusion, too, undistorts "
+                        "only with both cameras' camera_info)")
+    return tuple(load_camera_yaml(f) for f in files)
 
 
 def load_homography(path) -> np.ndarray:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..core.camera import undistort
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
 from ..core.image import swapped_cameras_hint
@@ -32,7 +33,7 @@ from ..evaluation.alignment import ReceivedAndRegistered, received_and_registere
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel, stretched_uint8
 from ..evaluation.video import FusionVideo, video_frame
-from .common import add_pipeline_arguments, pipeline_from_args, positive
+from .common import add_camera_file_arguments, add_pipeline_arguments, cameras_from_args, pipeline_from_args, positive
 
 HELP = "fuse a visible/thermal pair, two folders of same-named pairs (extensions may differ), or a bag"
 log = logging.getLogger("cgrp_ros")
@@ -47,6 +48,7 @@ def add_arguments(p):
     p.add_argument("--list", type=Path, metavar="FILE", help="folders: only the names listed in FILE (one per line, "
                    "like a data set's val.txt)")
     p.add_argument("--limit", type=positive(int), metavar="N", help="folders: only the first N pairs (by name)")
+    add_camera_file_arguments(p)
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 to fuse (bag folder, .db3 or .mcap); writes an MCAP bag "
                    "at --out with both inputs and /cgrp_fusion/{fused,registered_thermal,deformation,pseudo_thermal}")
@@ -161,6 +163,8 @@ def run_bag(args) -> int:
         raise CgrpError("--bag replaces --visible/--thermal: give one or the other")
     if args.list or args.limit:
         raise CgrpError("--list and --limit select pairs of folders; a bag's pairs are all fused")
+    if args.visible_camera_info or args.thermal_camera_info:
+        raise CgrpError("--visible/--thermal-camera-info are for folders: a bag's camera_info topics are used")
     if not args.visible_topic or not args.thermal_topic:
         raise CgrpError("--bag needs --visible-topic and --thermal-topic")
     slop = DEFAULT_SLOP if args.slop is None else args.slop
@@ -228,6 +232,7 @@ def run(args) -> int:
         return 2
     if args.registration_rate < 0 or args.fps <= 0:
         raise CgrpError("--registration-rate must be >= 0 and --fps > 0")
+    cameras = cameras_from_args(args)  # an unreadable camera file: before the models load
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
     stream = StreamPipeline(pipeline, args.registration_rate)
@@ -241,6 +246,8 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
+                if cameras is not None:  # another size than its calibration: InputError, this pair only
+                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
                 swapped = swapped_cameras_hint(visible, thermal) if index == 0 else None
                 if swapped:
                     tqdm.write(f"cgrp fuse: warning: {name}: {swapped}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Lens intrinsics and undistortion (ROS-free): each camera's image onto its own ideal pinhole grid.
 
     camera = Intrinsics.from_matrix(K, D, "plumb_bob", size=(480, 640))
+    camera = load_camera_yaml("ost.yaml")         # or camera_calibration's / camera_info_manager's file
     rectified = undistort(image, camera)          # same size, same K, no lens distortion
 
 The rectified image keeps the camera's own camera matrix K (no new camera matrix, no alpha): the
@@ -81,6 +82,25 @@ class Intrinsics:
     def rectified(self) -> "Intrinsics":
         """The intrinsics of `undistort`'s output: the same K and size, no distortion (plumb_bob, D = 0)."""
         return Intrinsics(self.K, (0.0,) * 5, "plumb_bob", self.size)
+
+
+def load_camera_yaml(path) -> Intrinsics:
+    """The Intrinsics of a camera calibration file as ROS' camera_calibration and camera_info_manager
+    write it (image_width, image_height, camera_matrix, distortion_model, distortion_coefficients).
+    InputError naming the file when it cannot be read or lacks a field."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path).read())
+        return Intrinsics.from_matrix(data["camera_matrix"]["data"], data["distortion_coefficients"]["data"],
+                                      data.get("distortion_model", "plumb_bob"),
+                                      (data["image_height"], data["image_width"]))
+    except InputError as exc:
+        raise InputError(f"camera file {path}: {exc}") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc} field" if isinstance(exc, KeyError) else (getattr(exc, "strerror", None) or str(exc))
+        raise InputError(f"camera file {path}: not a camera calibration YAML (image_width, image_height, "
+                         f"camera_matrix, distortion_coefficients): {what}") from None
 
 
 @functools.lru_cache(maxsize=MAP_CACHE_SIZE)
