@@ -104,6 +104,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
     if len(within) < len(source):
         print(f"cgrp calibrate: {len(source) - len(within)} visible message(s) without a thermal within --slop "
               f"{slop:g} s skipped", file=sys.stderr)
+
     def load(index: int, stream: int):
         images = source.arrays(index)
         if not use:

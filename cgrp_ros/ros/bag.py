@@ -146,7 +146,7 @@ class BagCameras:
 
     def describe(self) -> str:
         """One line: what the images get, as the node would do with the same camera_info."""
-        found = [f"{t}" for t, c in zip(self.topics, self.intrinsics) if c is not None]
+        found = [t for t, c in zip(self.topics, self.intrinsics) if c is not None]
         if self.both:
             return f"undistorting each image with its camera_info ({', '.join(found)}), as cgrp_fusion does"
         if found:

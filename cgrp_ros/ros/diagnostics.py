@@ -17,7 +17,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from .sync import STREAM_NAMES, describe_offset
 
 
-
 class Stats:
     """Counters and latencies, shared by the executor and the worker thread."""
 
