@@ -183,9 +183,24 @@ def publish_for(h, seconds, visible=True, thermal=True, rate=4.0, thermal_offset
         h.spinner.spin(1.0 / rate)
 
 
+def publish_until(h, text, what, publish=None, timeout=STREAM_TIMEOUT + 8.0, **publishing):
+    """Publish (publish(), or as publish_for does) until the last /diagnostics status says `text`, and
+    return it: waited for, not read once after a fixed time (the 1 s diagnostics timer may run late)."""
+    end = time.monotonic() + timeout
+    while True:
+        if publish is None:
+            publish_for(h, 0.25, **publishing)
+        else:
+            publish()
+            h.spinner.spin(0.25)
+        status = h.last_diagnostic()
+        if status is not None and text in status.message:
+            return status
+        assert time.monotonic() < end, f"timed out waiting for {what}; last: {status.message if status else None}"
+
+
 def test_one_stream_stops_warns_then_ok_when_it_resumes(harness):
-    publish_for(harness, STREAM_TIMEOUT + 1.5, thermal=False)
-    status = harness.last_diagnostic()
+    status = publish_until(harness, "thermal/image silent", "the silent thermal", thermal=False)
     assert status.level == DiagnosticStatus.WARN and "thermal/image silent for more than 1 s" in status.message
     end = time.monotonic() + 6.0
     while harness.last_diagnostic().level != DiagnosticStatus.OK and time.monotonic() < end:
@@ -197,11 +212,8 @@ def test_one_stream_stops_warns_then_ok_when_it_resumes(harness):
 def test_a_stream_of_unreadable_messages_is_an_error_naming_why_not_silence(harness):
     """Every visible message arrives but none can be read: /diagnostics says so with the reason (not
     'silent', which points at a topic or QoS problem), and is OK again once readable ones come."""
-    end = time.monotonic() + STREAM_TIMEOUT + 1.5
-    while time.monotonic() < end:
-        harness.publish_pair(visible_msg=raw_image("nv12", 160, 120, 160, 28800))
-        harness.spinner.spin(0.25)
-    status = harness.last_diagnostic()
+    status = publish_until(harness, "every message", "the unreadable visible stream",
+                           publish=lambda: harness.publish_pair(visible_msg=raw_image("nv12", 160, 120, 160, 28800)))
     assert status.level == DiagnosticStatus.ERROR, status.message
     assert "visible/image: every message for more than 1 s skipped: unsupported encoding 'nv12'" in status.message
     end = time.monotonic() + 6.0
@@ -213,9 +225,8 @@ def test_a_stream_of_unreadable_messages_is_an_error_naming_why_not_silence(harn
 def test_stamps_that_never_meet_are_reported_with_their_offset(harness):
     """A thermal driver stamping 0.12 s late (beyond the slop of 0.05 s): both streams arrive, nothing
     pairs, and /diagnostics says by how much, so the fix (slop, or the driver) is obvious."""
-    publish_for(harness, STREAM_TIMEOUT + 1.5, thermal_offset=0.12)
-    status = harness.last_diagnostic()
-    assert status.level == DiagnosticStatus.WARN and "no synchronized pair for" in status.message, status.message
+    status = publish_until(harness, "no synchronized pair for", "pairs that never meet", thermal_offset=0.12)
+    assert status.level == DiagnosticStatus.WARN, status.message
     values = {kv.key: kv.value for kv in status.values}
     assert 0.11 <= float(values["stamp offset s"]) <= 0.13, values["stamp offset s"]  # thermal later
     assert re.search(r"the closest stamps are 0\.1[123]\d s apart \(thermal later; slop 0\.05 s\)", status.message)
@@ -225,9 +236,9 @@ def test_stamps_that_never_meet_are_reported_with_their_offset(harness):
 
 
 def test_both_streams_stop_node_idles(harness):
-    harness.spinner.spin(STREAM_TIMEOUT + 1.2)
-    status = harness.last_diagnostic()
-    assert status.level == DiagnosticStatus.WARN and "no input on visible/image or thermal/image" in status.message
+    harness.wait_for(lambda: "no input on" in getattr(harness.last_diagnostic(), "message", ""),
+                     STREAM_TIMEOUT + 8.0, "the idle warning")
+    assert harness.last_diagnostic().level == DiagnosticStatus.WARN
     before, start = cpu_seconds(harness.proc.pid), time.monotonic()
     harness.spinner.spin(3.0)
     busy = (cpu_seconds(harness.proc.pid) - before) / (time.monotonic() - start)

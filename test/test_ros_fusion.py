@@ -162,12 +162,12 @@ def test_burst_of_100_pairs_drops_stale_pairs_and_ends_on_a_recent_one(harness):
 
 
 def test_one_silent_stream_warns(harness):
-    end = time.monotonic() + 2.5
-    while time.monotonic() < end:                      # visible only, thermal silent
+    end = time.monotonic() + 12.0
+    while "thermal/image silent" not in getattr(harness.last_diagnostic(), "message", ""):  # visible only
+        assert time.monotonic() < end, f"no warning; last: {getattr(harness.last_diagnostic(), 'message', None)}"
         harness.visible_pub.publish(numpy_to_image(harness.visible, "bgr8", Image, Header(stamp=harness.stamp())))
         harness.spinner.spin(0.1)
-    status = harness.last_diagnostic()
-    assert status.level == DiagnosticStatus.WARN and "thermal/image silent" in status.message, status.message
+    assert harness.last_diagnostic().level == DiagnosticStatus.WARN
 
 
 def test_stats_are_logged(harness):
