@@ -355,7 +355,6 @@ def test_bag_pairs_like_the_node_slop_and_a_looping_bag(tmp_path, sample_pairs):
     assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == expected
 
 
-
 def test_a_bags_camera_info_undistorts_like_the_node(tmp_path, sample_pairs):
     """A bag with both cameras' camera_info beside their image topics (the thermal lens distorts strongly):
     cgrp fuse --bag and cgrp calibrate --bag undistort each image with it first, as cgrp_fusion does, and

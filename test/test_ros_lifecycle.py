@@ -10,7 +10,6 @@ rclpy = pytest.importorskip("rclpy")
 from ros_helpers import STARTUP_TIMEOUT, Harness, start_node, stop_node  # noqa: E402
 
 
-
 def has_cuda() -> bool:
     import torch
 

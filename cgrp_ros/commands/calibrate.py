@@ -84,12 +84,10 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
     visible message with the nearest thermal, if stamped within `slop` seconds; with `camera_info`, each
     image undistorted with its camera's camera_info from the bag where both cameras have one (the node
     undistorts before it applies a calibration, so the calibration must see the same images)."""
-    from ..ros.bag import BagTopics
     from ..ros.sources import BagSource
 
-    source = BagSource(bag, visible_topic, thermal_topic)  # bag/topic problems: BagError/CgrpError, exit 2
-    with BagTopics(bag, visible_topic, thermal_topic) as topics:
-        cameras = topics.cameras()
+    source = BagSource(bag, visible_topic, thermal_topic, read_cameras=True)  # bag/topic problems: exit 2
+    cameras = source.cameras
     for note in cameras.notes:
         print(f"cgrp calibrate: {note}", file=sys.stderr)
     print(f"cgrp calibrate: {cameras.describe() if camera_info else 'camera_info ignored (--no-camera-info)'}")

@@ -153,10 +153,8 @@ def no_pair_reason(args, summary, slop: float) -> str:
 
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
-    from ..core.camera import undistort
     from ..core.stream import StreamPipeline
     from ..ros.bag import BagTopics, fuse_bag
-    from ..ros.fusion_outputs import message_arrays
     from ..ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 
     if args.visible or args.thermal:
@@ -172,7 +170,7 @@ def run_bag(args) -> int:
     if slop < 0 or queue_size < 1:
         raise CgrpError("--slop must be >= 0 and --queue-size >= 1")
     with BagTopics(args.bag, args.visible_topic, args.thermal_topic):  # bag and topic problems before the models load
-        pass  # (camera_info is read with the messages)
+        pass
     if args.out.exists():
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     if args.registration_rate < 0:
@@ -182,10 +180,8 @@ def run_bag(args) -> int:
     stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
     registration = []
 
-    def record(visible_msg, thermal_msg, outputs, intrinsics):  # registration.csv: a row per pair, named by its stamp
-        visible, thermal = message_arrays(visible_msg, thermal_msg)
-        if intrinsics is not None:  # the images the flow was computed on
-            visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
+    def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
+        visible, thermal = outputs.inputs  # the images the flow was computed on (no second conversion)
         flow = outputs.images["deformation"][0]
         pair = received_and_registered(pipeline, visible, thermal, flow)
         name = f"{outputs.stamp:.6f}"

@@ -272,8 +272,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     Outputs are stamped with the visible image's header (as cgrp_fusion publishes them) and logged
     at the log time of the message that completed the pair. `progress(total=N)` -> an object with
     update(n) and close() (tqdm); `warn(text)` gets one line per skipped message or pair;
-    `on_pair(visible_msg, thermal_msg, outputs, intrinsics)` is called for every fused pair
-    (fusion_outputs.PairOutputs; intrinsics: what the pair was undistorted with, or None).
+    `on_pair(visible_msg, thermal_msg, outputs)` is called for every fused pair (fusion_outputs.PairOutputs,
+    whose `inputs` are the arrays fused: undistorted where the bag's camera_info was used).
     `use_camera_info`: where the bag has both cameras' camera_info (beside their image topics), each image
     is undistorted with it first and `/cgrp_fusion/camera_info` written, as cgrp_fusion does; the
     camera_info topics are copied either way.
@@ -360,4 +360,4 @@ def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_m
         writer.write_camera_info(output_topic("camera_info"), timestamp, intrinsics[0], visible_msg.header)
     summary.pairs += 1
     if on_pair is not None:
-        on_pair(visible_msg, thermal_msg, out, intrinsics)
+        on_pair(visible_msg, thermal_msg, out)

@@ -67,9 +67,8 @@ LOSSY_MESSAGE_BYTES = 500_000  # best-effort messages above this are mostly lost
 def lossy(node) -> str:
     """A hint where stamps that never meet may be messages lost in transport: large images on best-effort
     inputs arrive with gaps, and the partners of those that do arrive are missing."""
-    reliability = node.input_reliability() if hasattr(node, "input_reliability") else ""
     largest = max(node.stats.largest_message)
-    if "best_effort" not in reliability or largest <= LOSSY_MESSAGE_BYTES:
+    if largest <= LOSSY_MESSAGE_BYTES or "best_effort" not in node.input_reliability():
         return ""
     return (f"; images of {largest / 1e6:.1f} MB on best-effort inputs are often lost in transport: if the topics "
             "are published reliable, set qos_overrides./<topic>.subscription.reliability: reliable")

@@ -79,7 +79,6 @@ def output_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
 
 
-
 def _same_prior(a, b) -> bool:
     """Whether two Pipelines' homographies (None: the resize prior) are the same mapping."""
     if a is None or b is None:
@@ -631,7 +630,6 @@ class FusionNode(LifecycleNode):
             stopped = self.stream.wait_idle(left) and stopped
         logging.getLogger("cgrp_ros").removeHandler(self._core_log)
         return stopped
-
 
 
 def main(args=None) -> int:

@@ -35,6 +35,7 @@ class PairOutputs:
     warnings: list = field(default_factory=list)  # (counter, throttle key, text): fused, but worth a warning
     confidence: float = 1.0                     # registration confidence of the pair
     fallback: bool = False                      # registered with the prior (too little evidence)
+    inputs: tuple = ()                          # (visible, thermal) arrays as fused (undistorted where asked)
 
 
 def prepare_input(msg, compressed: bool):
@@ -124,4 +125,4 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
         if image is not None:
             images[name] = image
     return PairOutputs(stamp, images, warnings, float(result.registration_confidence),
-                       bool(result.registration_fallback))
+                       bool(result.registration_fallback), (visible, thermal))

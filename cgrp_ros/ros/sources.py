@@ -76,7 +76,8 @@ class BagSource(PairSource):
     """
 
     def __init__(self, bag, visible_topic: str, thermal_topic: str, deform: str = "none", seed: int = 0,
-                 max_width: int = 0, fixed_rig: bool = False):
+                 max_width: int = 0, fixed_rig: bool = False, read_cameras: bool = False):
+        """`read_cameras`: also read the cameras' camera_info topics into `cameras` (bag.BagCameras; else None)."""
         from .bag import BagTopics
         from .fusion_outputs import prepare_input
         from .image_conversions import ImageConversionError
@@ -89,6 +90,7 @@ class BagSource(PairSource):
         self.skipped = 0
         with BagTopics(bag, visible_topic, thermal_topic) as reader:
             self.types, self.msgtypes, self.compressed = reader.types, reader.msgtypes, reader.compressed
+            self.cameras = reader.cameras() if read_cameras else None
             for stream, _, raw, msg in reader.messages():
                 try:
                     if msg is None:
