@@ -4,12 +4,16 @@ from pathlib import Path
 
 import pytest
 
+from cgrp_ros.ros.node_processes import free_domain
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample"
 
 # Every test run gets its own ROS domain and talks over shared memory only (no sockets):
-# parallel runs on one machine never see each other and nothing leaves the machine.
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+# parallel runs on one machine never see each other (each holds its domain's lock) and nothing leaves
+# the machine.
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(free_domain(100))
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("CGRP_CACHE", str(REPO / ".pytest_cache" / "cgrp"))

@@ -139,3 +139,22 @@ def test_a_soak_shorter_than_its_warm_up_is_refused_before_it_starts(tmp_path, c
     assert main(["soak", "--minutes", "0.2", "--out", str(tmp_path / "o")]) == 2
     assert "--warmup 20 s" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["soak", "--warmup", "-1", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_two_runs_on_one_machine_get_different_ros_domains():
+    """A test run beside a demo (or a second test run) must not share a DDS domain, whatever their pids."""
+    from cgrp_ros.ros.node_processes import free_domain
+
+    # another process holds the domain this one would try first; it prints once it holds the lock
+    holder = subprocess.Popen([sys.executable, "-c", "import time\n"
+                               "from cgrp_ros.ros.node_processes import free_domain\n"
+                               "print(free_domain(150, count=1), flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "150"
+        mine = free_domain(150, count=3)
+        assert mine in (151, 152)
+        assert free_domain(150, count=3) not in (150, mine)  # a second claim in this process too
+    finally:
+        holder.kill()
+        holder.wait()

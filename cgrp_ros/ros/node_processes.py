@@ -3,10 +3,12 @@ command lines, a private shared-memory DDS domain, the sequence the player plays
 them, the tail of a log."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +26,31 @@ def private_dds() -> None:
     """Shared memory on this machine only, on a domain of our own, unless the caller set these variables."""
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    if "ROS_DOMAIN_ID" not in os.environ:
+        os.environ["ROS_DOMAIN_ID"] = str(free_domain(1))
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+_DOMAIN_LOCKS = []  # open lock files: each holds this process's claim on a domain until it exits
+
+
+def free_domain(first: int, count: int = 100) -> int:
+    """A ROS domain id in [first, first + count) that no other process using this helper holds (two
+    test runs or a demo beside a soak would otherwise see each other's nodes): the first whose lock file in
+    the temporary folder this process can lock, searching from its pid. The lock lasts until the process
+    exits; its children (the nodes) share the domain. If all are held, the pid's own."""
+    start = os.getpid() % count
+    for offset in range(count):
+        domain = first + (start + offset) % count
+        handle = open(Path(tempfile.gettempdir()) / f"cgrp_ros_domain_{domain}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _DOMAIN_LOCKS.append(handle)
+        return domain
+    return first + start
 
 
 def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
