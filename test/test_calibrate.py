@@ -269,6 +269,24 @@ def test_swapped_cameras_are_named_as_such(tmp_path, sample_dir, capsys):
     assert "the two sizes the other way round" in err and "swapped?" in err, err
 
 
+def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) while rig.yaml is written leaves the old file whole, not a truncated one."""
+    path = tmp_path / "rig.yaml"
+    old = Calibration(np.diag([2.0, 2.0, 1.0]), (640, 960), (320, 480), pairs_used=30)
+    save_calibration(old, path)
+    before = path.read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(yaml, "safe_dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_calibration(Calibration(np.eye(3), (640, 960), (320, 480), pairs_used=3), path)
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.yaml"]
+    np.testing.assert_allclose(load_calibration(path), old.homography)
+
+
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 0}\n"])

@@ -41,6 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .data import replaced_on_success
 from .errors import InputError
 from .image import resize_homography
 
@@ -98,15 +99,14 @@ def save_calibration(calibration: Calibration, path) -> None:
         raise CalibrationError(f"{path} is a folder: give the file to write, e.g. {Path(path) / 'rig.yaml'}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     data = calibration.to_dict()
     # matrix rows inline, one skipped pair (name: reason) per line
     head = {k: v for k, v in data.items() if k not in ("skipped", "date", "command")}
     tail = {k: data[k] for k in ("skipped", "date", "command")}
-    tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
-                   + yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=120)
-                   + yaml.safe_dump(tail, sort_keys=False, default_flow_style=False, width=120))
-    tmp.replace(path)
+    with replaced_on_success(path) as tmp:
+        tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
+                       + yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=120)
+                       + yaml.safe_dump(tail, sort_keys=False, default_flow_style=False, width=120))
 
 
 def load_calibration(path) -> np.ndarray:

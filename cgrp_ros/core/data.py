@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def sample_dir() -> Path:
         return Path(get_package_share_directory("cgrp_ros")) / "sample"
     except Exception:
         return repo_sample
+
+
+@contextmanager
+def replaced_on_success(path: Path):
+    """Yields a temporary path beside `path` to write to; moves it over `path` when the block ends without
+    an exception (and removes it otherwise): an interruption leaves the old file, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .data import replaced_on_success
 from .errors import ModelLoadError
 from .networks import NETWORKS
 
@@ -42,7 +43,8 @@ def save_model(path, network: str, model: torch.nn.Module, config: dict, meta: d
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     meta = json.loads(json.dumps(meta, default=str))  # plain types only: loadable with weights_only
-    torch.save({"network": network, "config": config, "state_dict": state, "meta": meta}, path)
+    with replaced_on_success(path) as tmp:  # an interrupted save leaves the shipped weights intact
+        torch.save({"network": network, "config": config, "state_dict": state, "meta": meta}, tmp)
 
 
 def load_model(path, network: str, new_modules: tuple = ()) -> torch.nn.Module:

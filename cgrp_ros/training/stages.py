@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import losses
 from ..core.backends import resolve_device
-from ..core.data import default_dataset_root, load_split
+from ..core.data import default_dataset_root, load_split, replaced_on_success
 from ..core.deform import PRESETS, Preset, random_displacement
 from ..core.errors import CgrpError, InputError
 from ..core.filters import gradient_magnitude
@@ -214,12 +214,11 @@ class Stage:
         saving leaves the previous checkpoint, not a truncated file."""
         path = self.checkpoint_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"iteration": iteration, "elapsed": elapsed,
-                    "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                    "rng": self.rng.bit_generator.state}, tmp)
-        tmp.replace(path)
+        with replaced_on_success(path) as tmp:
+            torch.save({"iteration": iteration, "elapsed": elapsed,
+                        "modules": {k: m.state_dict() for k, m in self.modules.items()},
+                        "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                        "rng": self.rng.bit_generator.state}, tmp)
 
     def load_checkpoint(self, path: Path) -> tuple:
         """Restore modules, optimizers and the sampling RNG from `path` -> (iteration, elapsed s).
