@@ -10,6 +10,7 @@ calibration removes (the prior is off by 15-45 px at the corners).
 import contextlib
 import csv
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -276,10 +277,13 @@ def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatc
     save_calibration(old, path)
     before = path.read_text()
 
-    def interrupted(*args, **kwargs):
+    write_text = Path.write_text
+
+    def interrupted(self, text, *args, **kwargs):  # half the file written, then Ctrl-C
+        write_text(self, text[:len(text) // 2], *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(yaml, "safe_dump", interrupted)
+    monkeypatch.setattr(Path, "write_text", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_calibration(Calibration(np.eye(3), (640, 960), (320, 480), pairs_used=3), path)
     assert path.read_text() == before
