@@ -145,6 +145,9 @@ def resize_homography(from_size, to_size) -> np.ndarray:
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
+SWAPPED_QUESTION = "are the visible and the thermal camera (folders, topics) swapped?"
+
+
 def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None:
     """A warning where the inputs look swapped: a single-channel 16-bit "visible" image (as thermal cores
     deliver) beside a colour "thermal" one whose channels differ (a palette thermal has a grey visible
@@ -154,5 +157,4 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
     sample = thermal[::8, ::8, :3].astype(np.int32)
     if np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0:
         return None  # grey stored as BGR
-    return ("the visible image is 16-bit single channel and the thermal image is in colour: are the visible and "
-            "the thermal camera (folders, topics) swapped?")
+    return f"the visible image is 16-bit single channel and the thermal image is in colour: {SWAPPED_QUESTION}"

@@ -23,8 +23,8 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (bgr_to_ycrcb, check_image, check_percentiles, normalize_thermal, pad_to, resize, resize_homography,
-                    to_uint8, visible_to_bgr01, working_shape)
+from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, normalize_thermal, pad_to, resize,
+                    resize_homography, to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -243,8 +243,7 @@ class Pipeline:
                 if (tuple(sizes[1]), tuple(sizes[0])) == (visible_shape, thermal_shape):
                     raise InputError(
                         f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
-                        "this pair has the two sizes the other way round: are the visible and the thermal "
-                        "camera (folders, topics) swapped?")
+                        f"this pair has the two sizes the other way round: {SWAPPED_QUESTION}")
                 raise InputError(
                     f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
                     f"this pair is {visible_shape[1]}x{visible_shape[0]} and {thermal_shape[1]}x{thermal_shape[0]}, "
