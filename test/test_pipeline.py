@@ -98,6 +98,31 @@ def test_thermal_of_another_resolution_lands_in_the_visible_frame(cpu_pipeline, 
     assert np.abs(result.registered_thermal.astype(float) - resized).mean() < 2.0
 
 
+def test_where_the_thermal_does_not_see_the_fused_image_is_the_visible_one(sample_pairs):
+    """A calibrated thermal that sees the central 70 % of the visible view: outside its footprint the
+    fused picture is the visible one (it was darkened, 8-9 grey levels on these pairs, with a seam),
+    and inside the thermal still shows (measured 2026-12-07: mean |fused - visible| 9 or more grey levels)."""
+    from cgrp_ros.core.calibrate import centred_placement
+
+    for _, visible, thermal in sample_pairs:
+        hv, wv = visible.shape[:2]
+        to_visible = centred_placement(thermal.shape, (hv, wv), 0.7)  # thermal px -> visible px
+        narrow = cv2.warpPerspective(cv2.resize(thermal, (wv, hv)), to_visible, thermal.shape[::-1],
+                                     flags=cv2.WARP_INVERSE_MAP)  # what the narrower thermal camera sees
+        result = Pipeline(PipelineConfig(backend="torch", device="cpu", homography=to_visible,
+                                         homography_sizes=((hv, wv), thermal.shape)))(visible, narrow)
+        (x0, y0), (x1, y1) = to_visible[:2, 2], to_visible[:2, :2] @ (np.array(thermal.shape[::-1]) - 1) + to_visible[:2, 2]
+        outside = np.ones((hv, wv), bool)
+        outside[int(y0) - 8:int(y1) + 9, int(x0) - 8:int(x1) + 9] = False  # (the fusion runs at a quarter of the pixels)
+        inside = np.zeros((hv, wv), bool)
+        inside[int(y0) + 8:int(y1) - 8, int(x0) + 8:int(x1) - 8] = True
+        luminance = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY).astype(float)
+        fused = result.fused.astype(float)
+        assert np.abs(fused[outside] - luminance[outside]).max() <= 1.0
+        assert np.abs(fused[inside] - luminance[inside]).mean() > 5.0
+        assert result.registered_thermal[outside].max() == 0  # documented: 0 where the thermal has no data
+
+
 def test_only_requested_outputs_are_computed(cpu_pipeline, sample_pairs):
     _, visible, thermal = sample_pairs[0]
     result = cpu_pipeline(visible, thermal, outputs={"flow"})

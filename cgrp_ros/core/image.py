@@ -145,6 +145,32 @@ def resize_homography(from_size, to_size) -> np.ndarray:
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
+HOMOGRAPHY_LIMIT = 1e6  # largest |entry| of a usable pixel homography scaled to h[2, 2] = 1 (pixels, scales)
+
+
+def homography_problem(matrix) -> str | None:
+    """Why `matrix` is no usable thermal -> visible pixel homography, or None where it is: a 3x3 of finite
+    numbers, invertible, with h[2, 2] != 0 and, scaled to h[2, 2] = 1, entries within +-HOMOGRAPHY_LIMIT and
+    perspective terms within +-1 per pixel (larger ones overflow the float32 sampling maps: a NaN flow)."""
+    try:
+        h = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "is not a 3x3 matrix of numbers"
+    if h.shape != (3, 3):
+        return f"must be a 3x3 matrix, got shape {h.shape}"
+    if not np.all(np.isfinite(h)):
+        return "must be finite (it holds NaN or inf)"
+    if h[2, 2] == 0:
+        return "maps the thermal's first pixel to infinity (h[2][2] is 0)"
+    h = h / h[2, 2]
+    if np.abs(h[:2]).max() > HOMOGRAPHY_LIMIT or np.abs(h[2, :2]).max() > 1.0:
+        return (f"has entries too large for a camera rig (scaled to h[2][2] = 1: |entries| up to "
+                f"{HOMOGRAPHY_LIMIT:g}, perspective terms up to 1)")
+    if abs(np.linalg.det(h)) < 1e-12:
+        return "must be invertible"
+    return None
+
+
 SWAPPED_QUESTION = "are the visible and the thermal camera (folders, topics) swapped?"
 
 

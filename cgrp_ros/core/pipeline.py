@@ -23,8 +23,8 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, normalize_thermal, pad_to, resize,
-                    resize_homography, to_uint8, visible_to_bgr01, working_shape)
+from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, homography_problem,
+                    normalize_thermal, pad_to, resize, resize_homography, to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -32,6 +32,8 @@ from .warp import remap, resize_flow, sample_maps, warp_numpy
 log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
+COVERED = 0.999  # _coverage: a registered thermal with at least this coverage everywhere counts as complete
+FADE_SIGMA = 1.5  # fusion pixels over which the fused image fades to the visible one at the thermal's border
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
 # The share of matches that agree with one affine by chance grows as the grid of 8 x 8 cells shrinks,
 # about as 1/sqrt(cells) (a binomial share): featureless pairs (a black or noisy visible image, both
@@ -196,10 +198,10 @@ class Pipeline:
         check_percentiles(percentiles)  # a configuration error: said once, now, not per image
         self.homography = None
         if c.homography is not None:
-            hm = np.asarray(c.homography, dtype=np.float64)
-            if hm.shape != (3, 3) or not np.all(np.isfinite(hm)) or abs(np.linalg.det(hm)) < 1e-12:
-                raise InputError("homography must be a finite, invertible 3x3 matrix")
-            self.homography = hm
+            problem = homography_problem(c.homography)
+            if problem:
+                raise InputError(f"the homography {problem}")
+            self.homography = np.asarray(c.homography, dtype=np.float64)
         self.model_paths = c.model_paths()
         # registration confidence below which the registration falls back to the prior
         self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
@@ -296,16 +298,31 @@ class Pipeline:
         valid_h, valid_w = round(height * f.h / ph), round(width * f.w / pw)
         return cv2.resize(image[0, 0, :valid_h, :valid_w], (f.wv, f.hv), interpolation=cv2.INTER_LINEAR)
 
-    def _fusion(self, f, registered_w):
+    def _fusion(self, f, registered_w, coverage=None):
         """The fusion network at the working resolution x config.fusion_scale:
-        (fused luminance, the visible luminance it saw), both 1 x 1 x pH' x pW'."""
+        (fused luminance, the visible luminance it saw), both 1 x 1 x pH' x pW'.
+
+        `coverage` (H x W, see _coverage): where the thermal has no data the fused luminance is the
+        visible one. The network would read the missing thermal as the coldest scene and darken the
+        picture there, with a seam along the thermal's border; it sees the visible luminance in the
+        missing share of each pixel instead."""
         visible_y, thermal = f.y_in, registered_w
+        if coverage is not None:
+            coverage = self._nchw(coverage, f.padded)
+            thermal = thermal + (1.0 - coverage) * visible_y
         scale = float(self.config.fusion_scale)
         if scale < 1.0:
             (ph, pw) = f.padded
             size = (max(8, round(ph * scale)), max(8, round(pw * scale)))
-            visible_y, thermal = (np.ascontiguousarray(resize(x[0, 0], size)[None, None]) for x in (visible_y, thermal))
-        return self.backend("fusion", visible_y, thermal), visible_y
+            visible_y, thermal, coverage = (None if x is None else np.ascontiguousarray(resize(x[0, 0], size)[None, None])
+                                            for x in (visible_y, thermal, coverage))
+        fused = self.backend("fusion", visible_y, thermal)
+        if coverage is None:
+            return fused, visible_y
+        # faded in over a few pixels inside the thermal's border: the network answers the step at the border
+        # with a dark line (measured on a narrower calibrated thermal)
+        weight = np.clip(2.0 * cv2.GaussianBlur(coverage[0, 0], (0, 0), FADE_SIGMA) - 1.0, 0.0, 1.0) * coverage[0, 0]
+        return visible_y + weight[None, None] * (fused - visible_y), visible_y
 
     def _fused_outputs(self, f, fused_w, visible_y):
         """(fused uint8, fused_color uint8 or None): the network's fused luminance plus the visible
@@ -348,7 +365,8 @@ class Pipeline:
 
     def _run_registration(self, f):
         """Registration on a prepared frame: (pseudo-thermal 1 x 1 x pH x pW, or None where the generator
-        did not run, Registration at the visible resolution, registered thermal 1 x 1 x pH x pW).
+        did not run, Registration at the visible resolution, registered thermal 1 x 1 x pH x pW, the flow
+        at the working resolution H x W x 2 in working pixels).
 
         The affine stages first; the generator and the dense levels only where they moved the pair: a
         pair that keeps its prior (an aligned one, a calibrated rig's usual frame, a fallback) would drop
@@ -378,18 +396,35 @@ class Pipeline:
         t2 = time.perf_counter()
         confidence = float(np.clip(confidence.reshape(-1)[0], 0.0, 1.0))
         fallback = bool(fallback.reshape(-1)[0] > 0.5)
-        flow = resize_flow(flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0), (f.hv, f.wv))  # visible pixels
-        if calibrated:  # fuse the thermal without its replicated border
-            flow_working = flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0)
-            registered_w = self._nchw(warp_numpy(f.th_in[0, 0, :f.h, :f.w], flow_working), f.padded)
+        if not (np.isfinite(flow_w).all() and np.isfinite(confidence)):  # never published: the prior, as without evidence
+            flow_w, registered_w, confidence, fallback = np.zeros_like(flow_w), thermal, 0.0, True
+        flow_working = flow_w[0, :, :f.h, :f.w].transpose(1, 2, 0)
+        flow = resize_flow(flow_working, (f.hv, f.wv))  # visible pixels
         registration = Registration(flow, confidence, fallback,
                                     dict(generator=generator_ms, registration=(t2 - t0) * 1e3 - generator_ms))
-        return pseudo, registration, registered_w
+        return pseudo, registration, registered_w, flow_working
 
-    def _registered_working(self, f, flow):
-        """The working-resolution thermal (1 x 1 x pH x pW) resampled with a visible-resolution flow."""
-        th_w = f.th_in[0, 0, :f.h, :f.w]
-        return self._nchw(warp_numpy(th_w, resize_flow(flow, (f.h, f.w))), f.padded)
+    def _registered_working(self, f, flow_working):
+        """The working thermal (1 x 1 x pH x pW) resampled with a working-resolution flow; 0 where the
+        sample falls outside the thermal (as _coverage says)."""
+        return self._nchw(warp_numpy(f.th_in[0, 0, :f.h, :f.w], flow_working), f.padded)
+
+    def _coverage(self, f, flow_working):
+        """H x W float32 on the working grid: the share of real thermal in each registered thermal pixel's
+        bilinear sample; 0 where the sample falls outside the thermal (a narrower thermal view, a border
+        the registration moved in), where the registered thermal is 0. None where it is 1 everywhere."""
+        moved = np.any(flow_working)
+        if self.homography is None:
+            if not moved:
+                return None
+            footprint = np.ones((f.h, f.w), np.float32)
+        else:  # where the calibration places the thermal on the working grid
+            work_to_vis = resize_homography((f.h, f.w), (f.hv, f.wv))
+            footprint = cv2.warpPerspective(np.ones(f.th01.shape[:2], np.float32), f.v2t @ work_to_vis, (f.w, f.h),
+                                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                            borderMode=cv2.BORDER_CONSTANT)
+        coverage = warp_numpy(footprint, flow_working) if moved else footprint
+        return None if coverage.min() >= COVERED else coverage
 
     def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
         """Registration only: where this pair's thermal lands in the visible camera."""
@@ -414,14 +449,14 @@ class Pipeline:
         f = self._prepare(visible, _required(thermal))
         t1 = time.perf_counter()
         if registration is None:
-            pseudo, registration, registered_w = self._run_registration(f)
+            pseudo, registration, registered_w, flow_working = self._run_registration(f)
         else:
             flow = np.asarray(registration.flow)
             if flow.shape != (f.hv, f.wv, 2):
                 raise InputError(f"the registration's flow is {flow.shape[:2]}, the visible image {(f.hv, f.wv)}")
             flow = flow.astype(np.float32, copy=False)  # (OpenCV's remap takes float32 maps only)
-            registered_w = self._registered_working(f, flow)
-            pseudo = None
+            flow_working = resize_flow(flow, (f.h, f.w))
+            registered_w = pseudo = None
             # this pair's registration cost is the resample of the thermal
             registration = Registration(flow, registration.confidence, registration.fallback,
                                         dict(generator=0.0, registration=(time.perf_counter() - t1) * 1e3))
@@ -431,7 +466,14 @@ class Pipeline:
             self.backend.synchronize()
             registration.timings["generator"] += (time.perf_counter() - t_generator) * 1e3
         t2 = time.perf_counter()
-        fused_w, fusion_y = self._fusion(f, registered_w) if "fused" in outputs else (None, None)
+        fused_w = fusion_y = None
+        if "fused" in outputs:
+            coverage = self._coverage(f, flow_working)
+            # the graphs' registered thermal has the padding's reflection, or the calibrated placement's
+            # replicated border, where the thermal has no data
+            if registered_w is None or coverage is not None:
+                registered_w = self._registered_working(f, flow_working)
+            fused_w, fusion_y = self._fusion(f, registered_w, coverage)
         self.backend.synchronize()
         t3 = time.perf_counter()
         flow = registration.flow
