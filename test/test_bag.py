@@ -393,3 +393,40 @@ def test_a_bags_camera_info_undistorts_like_the_node(tmp_path, sample_pairs):
     np.testing.assert_array_equal(loaded[0][2](), undistort(recorded[0][1], cameras[1]))
     loaded = bag_pairs(tmp_path / "in", visible_topic, thermal_topic, camera_info=False)
     np.testing.assert_array_equal(loaded[0][2](), recorded[0][1])
+
+
+def test_a_bags_unusable_camera_info_is_one_line_per_camera_and_the_summary_says_so(tmp_path, sample_pairs):
+    """A driver that publishes a zero K with every image got one warning per message and a closing
+    "no camera_info in the bag"; a camera_info of another size got "undistorting each image" after the
+    warning that the pairs were used without undistortion."""
+    from types import SimpleNamespace
+
+    pairs = small_pairs(sample_pairs)
+    zero = SimpleNamespace(K=[0.0] * 9, D=[0.0] * 5, size=(96, 128), model="plumb_bob")
+    k = [110, 0, 64, 0, 110, 48, 0, 0, 1]
+    other_size = SimpleNamespace(K=k, D=[-0.2, 0, 0, 0, 0], size=(48, 64), model="plumb_bob")
+    for name, cameras, expected in (("zero", (zero, zero), "no usable camera_info in the bag"),
+                                    ("size", (other_size, other_size), "pairs whose size does not fit it used as "
+                                                                       "recorded")):
+        topics = write_bag(tmp_path / name, pairs, "sqlite3", False, cameras=cameras)[:2]
+        r = cgrp("fuse", "--bag", tmp_path / name, "--visible-topic", topics[0], "--thermal-topic", topics[1],
+                 "--out", tmp_path / f"{name}_out", "--device", "cpu", "--working-size", "96x128")
+        assert r.returncode == 0, r.stderr
+        output = r.stdout + r.stderr
+        assert expected in output, output
+        if name == "zero":
+            ignored = [line for line in output.splitlines() if "ignored" in line]
+            assert len(ignored) == 2 and all(f"{PAIRS} message(s) ignored" in line for line in ignored), ignored
+        else:
+            assert sum("used without undistortion" in line for line in output.splitlines()) == 1, output
+
+
+def test_a_recording_cut_off_is_refused_with_what_to_do(tmp_path, sample_pairs):
+    """An MCAP file whose recorder died (no footer): one line naming the likely cause and the repair tool."""
+    topics = write_bag(tmp_path / "in", small_pairs(sample_pairs), "mcap", False)[:2]
+    (mcap,) = (tmp_path / "in").glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[:mcap.stat().st_size * 6 // 10])
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", topics[0], "--thermal-topic", topics[1],
+             "--out", tmp_path / "out", "--device", "cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot read bag" in r.stderr and "mcap recover" in r.stderr, r.stderr

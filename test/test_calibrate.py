@@ -270,6 +270,17 @@ def test_swapped_cameras_are_named_as_such(tmp_path, sample_dir, capsys):
     assert "the two sizes the other way round" in err and "swapped?" in err, err
 
 
+def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):
+    """What the node's calibration_file and ~/save_calibration answer (they said "no such file" for a folder
+    and "[Errno 17] File exists" for a path under a file)."""
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CalibrationError, match=f"cannot write {tmp_path / 'a_file' / 'rig.yaml'}: "
+                                               f"{tmp_path / 'a_file'} is not a folder"):
+        save_calibration(Calibration(np.eye(3), (64, 64), (64, 64), pairs_used=3), tmp_path / "a_file" / "rig.yaml")
+    with pytest.raises(CalibrationError, match="is a folder, not a rig.yaml"):
+        load_calibration(tmp_path)
+
+
 def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatch):
     """Ctrl-C (or a full disk) while rig.yaml is written leaves the old file whole, not a truncated one."""
     path = tmp_path / "rig.yaml"
@@ -293,6 +304,7 @@ def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n",
+                                     "homography: [[1, 0, 1.0e+300], [0, 1, 0], [0, 0, 1]]\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 0}\n"])
 def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, content):
     (tmp_path / "rig.yaml").write_text(content)

@@ -1,10 +1,11 @@
-"""Reconfiguration without an outage (issue 11): 19 parameter changes in 20 s, valid and invalid,
+"""Reconfiguration without an outage (issue 11): 21 parameter changes in 20 s, valid and invalid,
 backend switches (torch <-> onnxruntime, warm ONNX cache) and working sizes among them, while pairs
 stream in at 10 Hz. Fused output never stops for more than 3 s and goes on after the last change;
 working-size and gain-control changes build no Pipeline."""
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,9 @@ CHANGES = [
     ("working_size", [128, 160], True),
     ("slop", -1.0, False),
     ("generator_model", "/no/such/generator.pt", False),
+    # a file, but not fusion weights: accepted, it failed every rebuild after it
+    ("fusion_model", str(Path(__file__).resolve().parents[1] / "models" / "registration.pt"), False),
+    ("stats_period", 1e-9, False),  # in range, but 5000 log lines a second
     ("agc_8bit", True, True),
     ("working_size", [64, 96], True),
     ("backend", "torch", True),

@@ -18,10 +18,10 @@ import cv2
 from tqdm import tqdm
 
 from ..core.camera import undistort
-from ..core.data import find_pairs, read_image
+from ..core.data import find_pairs, read_image, unwritable_reason
 from ..core.errors import CgrpError
 from ..ros.sync import DEFAULT_SLOP, describe_offset
-from .common import add_camera_file_arguments, cameras_from_args, non_negative, positive, size_arg, unwritable_reason
+from .common import add_camera_file_arguments, cameras_from_args, non_negative, positive, size_arg
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -230,8 +230,8 @@ def write_pictures(out: Path, pairs, calibration, best: str) -> str:
     _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
     visible, thermal = load_visible(), load_thermal()
     picture = out.with_suffix(".png")
-    cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography))
-    edges = calibration_edges_picture(visible, thermal, calibration, f"{best}: the thermal's edges")
+    cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography, name=f"pair {best}"))
+    edges = calibration_edges_picture(visible, thermal, calibration, f"pair {best}")
     if edges is None:
         return str(picture)
     edges_path = out.with_name(out.stem + "_edges.jpg")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +33,6 @@ def cameras_arg(text: str):
     return sizes[0], sizes[-1]
 
 
-def unwritable_reason(path: Path) -> str | None:
-    """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
-    is created: a command refused before its work leaves no trace."""
-    folder = path.parent.resolve()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
-
-
 def positive(kind):
     """An argparse type: `kind` (int or float) of the text, refused unless > 0."""
     return _bounded(kind, lambda value: value > 0, "> 0")
@@ -71,8 +59,10 @@ def _bounded(kind, accept, bound: str):
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
-    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="inference backend (default: torch; onnxruntime runs the graphs of cgrp export)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when available, else CPU (default: auto)")
     g.add_argument("--fp16", action="store_true", help="half precision (torch on CUDA; onnxruntime TensorRT)")
     g.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="largest resolution the networks run at (default: 256x320)")
@@ -118,15 +108,18 @@ def cameras_from_args(args):
 
 def load_homography(path) -> np.ndarray:
     """--homography: a 3 x 3 matrix from a .npy file or a text file of numbers. InputError naming the file
-    when it cannot be read; the Pipeline checks that it is a finite, invertible 3 x 3."""
+    when it cannot be read or is no usable homography (core.image.homography_problem)."""
+    from ..core.image import homography_problem
+
     path = Path(path)
     try:
         matrix = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"homography file {path}: cannot read a 3x3 matrix ({getattr(exc, 'strerror', None) or exc})") \
             from None
-    if np.shape(matrix) != (3, 3):
-        raise InputError(f"homography file {path}: expected a 3x3 matrix, got shape {np.shape(matrix)}")
+    problem = homography_problem(matrix)
+    if problem:
+        raise InputError(f"homography file {path}: the matrix {problem}")
     return matrix
 
 

@@ -41,9 +41,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import replaced_on_success
+from .data import replaced_on_success, unwritable_reason
 from .errors import InputError
-from .image import resize_homography
+from .image import homography_problem, resize_homography
 
 log = logging.getLogger("cgrp_ros")
 
@@ -98,6 +98,9 @@ def save_calibration(calibration: Calibration, path) -> None:
     if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() would drop the slash: a file 'dir'
         raise CalibrationError(f"{path} is a folder: give the file to write, e.g. {Path(path) / 'rig.yaml'}")
     path = Path(path)
+    unwritable = unwritable_reason(path)
+    if unwritable:
+        raise CalibrationError(f"cannot write {path}: {unwritable}")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = calibration.to_dict()
     # matrix rows inline, one skipped pair (name: reason) per line
@@ -121,6 +124,8 @@ def load_rig(path) -> tuple:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise CalibrationError(f"calibration file {path}: is a folder, not a rig.yaml")
     if not path.is_file():
         raise CalibrationError(f"calibration file {path}: no such file")
     try:
@@ -130,12 +135,10 @@ def load_rig(path) -> tuple:
     if not isinstance(data, dict) or "homography" not in data:
         raise CalibrationError(f"calibration file {path}: no 'homography' key (expected a rig.yaml written "
                                "by cgrp calibrate)")
-    try:
-        h = np.asarray(data["homography"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"calibration file {path}: 'homography' is not a 3x3 matrix of numbers") from None
-    if h.shape != (3, 3) or not np.all(np.isfinite(h)) or abs(np.linalg.det(h)) < 1e-12:
-        raise CalibrationError(f"calibration file {path}: 'homography' must be a finite, invertible 3x3 matrix")
+    problem = homography_problem(data["homography"])
+    if problem:
+        raise CalibrationError(f"calibration file {path}: 'homography' {problem}")
+    h = np.asarray(data["homography"], dtype=np.float64)
     if "visible_size" not in data and "thermal_size" not in data:
         return h, None
     try:
@@ -407,7 +410,7 @@ class RigCalibrator:
         h = None
         for round_ in range(1 + self.refinements):
             src, dst, used, low, confidences = [], [], [], {}, {}
-            desc = f"calibrate: matches {round_ + 1}/{1 + self.refinements}"
+            desc = f"calibrate: matching, pass {round_ + 1} of {1 + self.refinements}"
             for i in progress(usable, len(usable), desc):
                 name = pairs[i][0]
                 v, t = load(i)
@@ -501,9 +504,10 @@ def homography_from_flow(flow: np.ndarray, visible_to_thermal: np.ndarray, therm
 
 # -- picture ---------------------------------------------------------------------------------------
 def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width: int = 1400,
-                         thermal_percentiles=(1.0, 99.0)) -> np.ndarray:
+                         thermal_percentiles=(1.0, 99.0), name: str = "") -> np.ndarray:
     """BGR uint8 picture: visible/thermal checkerboard with the resize prior (left) and with
-    `homography` (right), each at the visible resolution, side by side with a caption."""
+    `homography` (right), each at the visible resolution, side by side, titled, over a key that names
+    the pair `name`."""
     from .image import bgr_to_ycrcb, check_image, normalize_thermal, to_uint8, visible_to_bgr01
 
     y = bgr_to_ycrcb(visible_to_bgr01(check_image(visible, "visible")))[:, :, 0]
@@ -525,7 +529,11 @@ def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width
     if picture.shape[1] > max_width:
         f = max_width / picture.shape[1]
         picture = cv2.resize(picture, (max_width, round(picture.shape[0] * f)), interpolation=cv2.INTER_AREA)
-    return picture
+    key = (f"{name + ': ' if name else ''}grey squares: visible camera, orange squares: thermal camera. "
+           "Aligned where edges run on straight across the squares' borders.")
+    strip = np.full((28, picture.shape[1], 3), 32, np.uint8)
+    cv2.putText(strip, key, (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack((picture, strip))
 
 
 # -- synthetic rigs (tests, measurements) ------------------------------------------------------------

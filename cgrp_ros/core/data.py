@@ -33,6 +33,17 @@ def sample_dir() -> Path:
         return repo_sample
 
 
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
+    is created: a command refused before its work leaves no trace."""
+    folder = Path(path).parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
+
+
 @contextmanager
 def replaced_on_success(path: Path):
     """Yields a temporary path beside `path` to write to; moves it over `path` when the block ends without

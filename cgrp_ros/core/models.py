@@ -73,6 +73,15 @@ def load_model(path, network: str, new_modules: tuple = ()) -> torch.nn.Module:
     return model.eval()
 
 
+def model_file_problem(path, network: str) -> str | None:
+    """Why `path` holds no usable `network` weights (ModelLoadError's reason), or None where it does."""
+    try:
+        load_model(path, network)
+    except ModelLoadError as exc:
+        return exc.reason
+    return None
+
+
 def model_config(path) -> dict:
     """The constructor arguments stored with the weights ({} if unreadable)."""
     try:

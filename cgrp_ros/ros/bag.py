@@ -68,7 +68,11 @@ class BagTopics:
             self.reader = Reader(self.path)
             self.reader.open()
         except Exception as exc:  # rosbags' ReaderError, a bad metadata.yaml, a foreign file
-            raise BagError(f"cannot read bag '{self.path}': {exc}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # (YAML errors span lines)
+            if "magic" in reason.lower():
+                reason += (" (an MCAP file cut off before the recorder closed it? the mcap CLI's `mcap recover` "
+                           "writes a readable copy)")
+            raise BagError(f"cannot read bag '{self.path}': {reason}") from None
         topics = {c.topic: c.msgtype for c in self.reader.connections}
         self.connections, self.compressed = [], []
         for name, topic in zip(STREAM_NAMES, (visible_topic, thermal_topic)):
@@ -94,7 +98,8 @@ class BagTopics:
     def cameras(self) -> "BagCameras":
         """Each camera's intrinsics from its camera_info topic in the bag (the first usable message: a
         driver publishes the same one with every image), and every such message to copy."""
-        cameras, notes, copies = [None, None], [], []
+        cameras, copies = [None, None], []
+        ignored = [[], []]  # per camera: (log time ns, why) of each unusable message before a usable one
         wanted = [c for conns in self.info_connections for c in conns]
         stream_of = {id(c): s for s, conns in enumerate(self.info_connections) for c in conns}
         for connection, timestamp, raw in (self.reader.messages(connections=wanted) if wanted else ()):
@@ -105,7 +110,11 @@ class BagTopics:
             try:
                 cameras[stream] = intrinsics_from_camera_info(self.types.deserialize_cdr(raw, CAMERA_INFO))
             except Exception as exc:  # noqa: BLE001 - garbled CDR or an unusable K: the next one may do
-                notes.append(f"{self.info_topics[stream]} at log time {timestamp * 1e-9:.3f} ignored: {exc}")
+                ignored[stream].append((timestamp, exc))
+        # one line per camera: a driver repeats the same faulty message with every image
+        notes = [f"{topic}: {len(faults)} message(s) ignored{'' if camera is None else ' before a usable one'}, "
+                 f"the first (log time {faults[0][0] * 1e-9:.3f}): {faults[0][1]}"
+                 for topic, camera, faults in zip(self.info_topics, cameras, ignored) if faults]
         return BagCameras(tuple(cameras), self.info_topics, notes, copies)
 
     def messages(self):
@@ -152,6 +161,8 @@ class BagCameras:
         if found:
             return (f"only {found[0]} in the bag: images used as recorded (cgrp_fusion undistorts only "
                     "with both cameras' camera_info)")
+        if self.notes:
+            return "no usable camera_info in the bag (see the warnings): images used as recorded"
         return "no camera_info in the bag: images used as recorded"
 
     def for_pair(self, visible_shape, thermal_shape):
@@ -322,6 +333,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
         summary.written = dict(writer.counts)
         summary.resets = sync.resets
         summary.stamp_offset = sync.offset.closest()
+        if "camera_info size" in summary.warned:  # the line above promised undistortion
+            summary.cameras += "; pairs whose size does not fit it used as recorded (see the warning)"
     return summary
 
 

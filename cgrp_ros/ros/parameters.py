@@ -18,6 +18,9 @@ from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 OUTPUTS = ("fused", "registered_thermal", "deformation", "deformation_vis", "alignment_vis", "pseudo_thermal")
 
 
+MIN_STATS_PERIOD = 1.0  # s: stats lines any more often would flood the log
+
+
 @dataclass(frozen=True)
 class Param:
     """One node parameter: default, meaning and the values it accepts."""
@@ -81,7 +84,7 @@ PARAMETERS = (
           choices=OUTPUTS),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
     Param("drop_rate_warn", 0.5, "fraction of dropped pairs that makes diagnostics warn", range=(0.0, 1.0)),
-    Param("stats_period", 10.0, "s between statistics log lines; 0 turns them off", range=(0.0, 3600.0)),
+    Param("stats_period", 10.0, "s between statistics log lines (at least 1); 0 turns them off", range=(0.0, 3600.0)),
 )
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -139,8 +142,15 @@ def check_parameter(name: str, value) -> str | None:
         return "thermal_percentiles: expected [low, high] with low < high"
     if name == "outputs" and len(set(values)) != len(values):
         return "outputs: duplicate names"
-    if name.endswith("_model") and value and not os.path.isfile(value):
-        return f"{name}: no such file '{value}'"
+    if name.endswith("_model") and value:
+        if not os.path.isfile(value):
+            return f"{name}: no such file '{value}'"
+        from ..core.models import model_file_problem  # (a rebuild with a file it cannot load would fail later)
+        problem = model_file_problem(value, name[:-len("_model")])
+        if problem:
+            return f"{name}: '{value}' {problem}"
+    if name == "stats_period" and 0.0 < value < MIN_STATS_PERIOD:
+        return f"stats_period: {value} s would flood the log: 0 (off) or at least {MIN_STATS_PERIOD:g} s"
     if name == "calibration_file" and value and os.path.exists(value):
         from ..core.calibrate import CalibrationError, load_calibration
         try:
