@@ -279,15 +279,20 @@ def test_a_missing_list_file_is_one_clear_line(sample_dir, tmp_path, command):
 
 
 def test_bad_homography_and_unwritable_output_are_one_clear_line(sample_dir, tmp_path):
-    """No traceback for what a user gets wrong: a .npy that is no matrix, a text file of 5 numbers, an
-    output folder under a file."""
+    """No traceback for what a user gets wrong: a .npy that is no matrix, a text file of 5 numbers, a
+    matrix of strings, a translation that overflows (it fused with a NaN flow and exit 0), an output
+    folder under a file."""
     n = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
     pair = ["--visible", sample_dir / "visible" / f"{n}.jpg", "--thermal", sample_dir / "thermal" / f"{n}.jpg"]
     (tmp_path / "h.npy").write_bytes(b"not a numpy file")
     (tmp_path / "h.txt").write_text("1 0 0 0 1\n")
+    np.save(tmp_path / "strings.npy", np.full((3, 3), "a"))
+    (tmp_path / "far.txt").write_text("1 0 1e300\n0 1 0\n0 0 1\n")
     (tmp_path / "a_file").write_text("x")
     cases = [(["--homography", tmp_path / "h.npy", "--out", tmp_path / "o1"], "cannot read a 3x3 matrix"),
-             (["--homography", tmp_path / "h.txt", "--out", tmp_path / "o2"], "expected a 3x3 matrix, got shape (5,)"),
+             (["--homography", tmp_path / "h.txt", "--out", tmp_path / "o2"], "must be a 3x3 matrix, got shape (5,)"),
+             (["--homography", tmp_path / "strings.npy", "--out", tmp_path / "o3"], "not a 3x3 matrix of numbers"),
+             (["--homography", tmp_path / "far.txt", "--out", tmp_path / "o4"], "too large for a camera rig"),
              (["--out", tmp_path / "a_file" / "out"], f"{tmp_path / 'a_file'}")]
     for extra, words in cases:
         proc = cgrp("fuse", *pair, *extra, "--working-size", "96x128")
@@ -366,3 +371,24 @@ def test_folders_named_differently_are_summarised_with_an_example_of_each(sample
         err = capsys.readouterr().err
         assert err.count("no partner") == 10 and "... and 20 more" in err, err
         assert "'f00.jpg'" in err and "'f00_ir.jpg'" in err and "no visible/thermal pairs found" in err
+
+
+def test_flow_pictures_carry_their_scale_and_a_colour_key():
+    """flow_vis/ and the demo's flow pictures were scaled to each one's own maximum with no key: a 0.1 px
+    flow looked like 60 px, and no flow was a blank white image."""
+    from cgrp_ros.core.warp import flow_to_color
+    from cgrp_ros.evaluation.report import flow_picture
+
+    flow = np.zeros((120, 160, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 3.0, -4.0  # 5 px, right and up
+    picture = flow_picture(flow)
+    plain = flow_to_color(flow)
+    assert picture.shape == plain.shape and picture.dtype == np.uint8
+    assert picture[2:10, 2:40].mean() < 100 < plain[2:10, 2:40].mean()  # the label's dark box, top left
+    # the key: the wheel's rim in the flow's direction has the flow's colour; its centre is white (no motion)
+    radius, margin = 10, 2
+    centre = np.array([160 - margin - radius - 1, 120 - margin - radius - 1])
+    rim = np.round(centre + 0.9 * radius * np.array([3.0, -4.0]) / 5.0).astype(int)
+    assert np.abs(picture[rim[1], rim[0]].astype(int) - plain[60, 80]).max() <= 40
+    assert picture[centre[1], centre[0]].min() >= 230
+    assert flow_picture(np.zeros((120, 160, 2), np.float32))[:12, :60].mean() < 200  # "0 px" said, not blank

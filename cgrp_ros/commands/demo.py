@@ -134,14 +134,13 @@ def too_slow(frames: int, waited: float, args) -> str | None:
 
 def save_frames(out: Path, frames) -> None:
     """fused_NNN.png, registered_NNN.png, flow_NNN.png and edges_NNN.png of each frame ({output name: Image})."""
-    from ..core.warp import flow_to_color
-    from ..evaluation.report import stretched_uint8
+    from ..evaluation.report import flow_picture, stretched_uint8
     from ..ros.image_conversions import image_to_numpy
 
     for index, frame in enumerate(frames):
         cv2.imwrite(str(out / f"fused_{index:03d}.png"), image_to_numpy(frame["fused"]))
         cv2.imwrite(str(out / f"registered_{index:03d}.png"), stretched_uint8(image_to_numpy(frame["registered_thermal"])))
-        cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_to_color(image_to_numpy(frame["deformation"])))
+        cv2.imwrite(str(out / f"flow_{index:03d}.png"), flow_picture(image_to_numpy(frame["deformation"])))
         cv2.imwrite(str(out / f"edges_{index:03d}.png"), image_to_numpy(frame["alignment_vis"]))
 
 
@@ -150,8 +149,7 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
     last complete frame whose input pair this process also received (the thermal: the one nearest in
     stamp). complete: visible stamps in arrival order; outputs: stamp -> {output: Image}; inputs:
     {'visible'|'thermal': stamp -> Image}. -> whether a panel was written."""
-    from ..core.warp import flow_to_color
-    from ..evaluation.report import labelled_tile, stretched_uint8
+    from ..evaluation.report import flow_picture, labelled_tile, stretched_uint8
     from ..ros.image_conversions import image_to_numpy, to_bgr
 
     def nearest(stream, stamp):
@@ -170,7 +168,7 @@ def save_panel(path: Path, complete, outputs, inputs, deform: str) -> bool:
                  labelled_tile(stretched_uint8(image_to_numpy(thermal_msg)), f"thermal ({deform} misalignment)", height),
                  labelled_tile(stretched_uint8(image_to_numpy(frame["registered_thermal"])), "registered thermal", height),
                  labelled_tile(fused, "fused", height),
-                 labelled_tile(flow_to_color(image_to_numpy(frame["deformation"])), "flow", height),
+                 labelled_tile(flow_picture(image_to_numpy(frame["deformation"])), "flow", height),
                  labelled_tile(image_to_numpy(frame["alignment_vis"]), "edges (green visible, magenta thermal)", height)]
         cv2.imwrite(str(path), np.hstack(tiles))
         return True

@@ -10,11 +10,10 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ..core.data import default_dataset_root
+from ..core.data import default_dataset_root, unwritable_reason
 from ..core.deform import PRESETS
 from ..core.errors import CgrpError
-from .common import (add_pipeline_arguments, non_negative, pipeline_from_args, positive, size_arg,
-                     unwritable_reason)
+from .common import add_pipeline_arguments, non_negative, pipeline_from_args, positive, size_arg
 
 HELP = "misalign aligned pairs on purpose, register + fuse with CGRP and baselines, write metrics and a report"
 
@@ -78,7 +77,7 @@ def add_arguments(p):
     p.add_argument("--methods", default=",".join(METHODS), metavar="M[,M]",
                    help=f"methods to run, comma-separated, of {', '.join(METHODS)}; cgrp and none always run "
                    "(default: all; ECC is slow on large images: --methods cgrp,none)")
-    p.add_argument("--seed", type=non_negative(int), default=0, help="misalignment seed; each image's warp depends on (seed, name)")
+    p.add_argument("--seed", type=non_negative(int), default=0, help="misalignment seed; each image's warp depends on (seed, name) (default: 0)")
     p.add_argument("--limit", type=positive(int), default=None, metavar="N",
                    help="only the first N pairs (by name) of each data set")
     p.add_argument("--figures", type=int, default=3, metavar="N",
@@ -288,7 +287,7 @@ def run(args) -> int:
     pipeline = pipeline_from_args(args)
     if args.rig:
         return run_rig(args, datasets, pipeline)
-    info = dict(command=command_line(args), working_size="{}x{}".format(*args.working_size))
+    info = dict(command=command_line(args), working_size="{}x{}".format(*args.working_size), limit=args.limit)
     result = evaluate_datasets(pipeline, datasets, args.presets, args.out, args.seed, args.figures, methods, info,
                                fusion=not args.no_fusion_metrics)
     for evaluation in result.evaluations:

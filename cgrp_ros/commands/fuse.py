@@ -28,10 +28,9 @@ from ..core.camera import undistort
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
 from ..core.image import swapped_cameras_hint
-from ..core.warp import flow_to_color
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
-from ..evaluation.report import alignment_panel, stretched_uint8
+from ..evaluation.report import alignment_panel, flow_picture, stretched_uint8
 from ..evaluation.video import FusionVideo, video_frame
 from .common import add_camera_file_arguments, add_pipeline_arguments, cameras_from_args, pipeline_from_args, positive
 
@@ -88,7 +87,7 @@ def write_result(out: Path, name: str, result) -> None:
     cv2.imwrite(str(out / "registered" / f"{name}.png"), registered)
     cv2.imwrite(str(out / "pseudo" / f"{name}.png"), result.pseudo_thermal)
     np.save(out / "flow" / f"{name}.npy", result.flow)
-    cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_to_color(result.flow))
+    cv2.imwrite(str(out / "flow_vis" / f"{name}.png"), flow_picture(result.flow))
 
 
 def write_alignment(out: Path, name: str, pair: ReceivedAndRegistered, edges, result) -> None:
@@ -117,9 +116,12 @@ def edge_summary(rows: list) -> str:
                         [float(r["edge_agreement_registered"]) for r in rows])
     if not c["scored"]:
         return "edge agreement: no pair had enough overlap to score"
+    unscored = len(rows) - c["scored"]
+    unscored = f"; {unscored} pair(s) without edges to score (nan: a constant image, too little overlap)" \
+        if unscored else ""
     return (f"edge agreement with the visible image (registration.csv), input -> registered: mean "
             f"{c['before']:.3f} -> {c['after']:.3f}; better on {c['better']}, worse on {c['worse']} of "
-            f"{c['scored']} pair(s) (by more than {EDGE_MARGIN_OF_DIFFERENCE})")
+            f"{c['scored']} pair(s) (by more than {EDGE_MARGIN_OF_DIFFERENCE}){unscored}")
 
 
 def low_confidence_warning(name: str, result, threshold: float) -> str | None:
@@ -274,6 +276,7 @@ def run(args) -> int:
         print(f"cgrp fuse: {f}", file=sys.stderr)
     if len(failures) > MAX_PROBLEM_LINES:
         print(f"cgrp fuse: ... and {len(failures) - MAX_PROBLEM_LINES} more problem(s)", file=sys.stderr)
-    low = f", {low_confidence} with low registration confidence (registration.csv)" if low_confidence else ""
+    low = (f", {low_confidence} with low registration confidence (below {pipeline.confidence_threshold:.2f}, or fell "
+           "back to the prior: registration.csv)") if low_confidence else ""
     print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
     return 1 if failures else 0

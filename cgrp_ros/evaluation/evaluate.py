@@ -54,7 +54,8 @@ METHOD_DESCRIPTIONS = {
     "cgrp": "CGRP pipeline: registration network + fusion network",
     "none": "no registration, fusion network on the misaligned pair",
     "ecc": "OpenCV ECC affine on gradient magnitudes + fusion network",
-    "dis": "OpenCV DIS flow pseudo-thermal -> thermal + fusion network",
+    "dis": "OpenCV DIS flow pseudo-thermal -> thermal + fusion network (an optical flow made for one "
+           "modality: across modalities it often moves pairs further off than no registration does)",
     "cgrp_avg": "CGRP registration + plain averaging fusion",
 }
 ALWAYS = ("cgrp", "none")  # run whatever `methods` says
@@ -602,7 +603,7 @@ def row_targets(row: dict) -> list:
     if preset == "severe" and in_domain:
         targets.append(_at_most("EPE ratio cgrp / unregistered", row["ratio"], 0.25))
     if preset == "moderate" and dataset == "roadscene":
-        targets.append(_at_most("EPE not worse than before issue 9", row["epe_cgrp"], 4.0, " px"))
+        targets.append(_at_most("EPE not worse than the first release's 4.0 px", row["epe_cgrp"], 4.0, " px"))
     return targets
 
 

@@ -93,7 +93,7 @@ def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
         lines.append(f"- {'**holds**' if holds else '**MISSED**'}: {target} ({detail})")
     if not evaluation.targets:
         where = "cross-domain [report](../../report.md)" if links else "cross-domain table"
-        lines.append(f"- none of this report's targets applies to this preset (issue 9's targets: the {where})")
+        lines.append(f"- none of this report's targets applies to this preset (the cross-domain targets: the {where})")
     confidence = [r["registration_confidence"] for r in evaluation.rows if r["method"] == "cgrp"]
     fallbacks = sum(bool(r["registration_fallback"]) for r in evaluation.rows if r["method"] == "cgrp")
     if confidence:
@@ -145,6 +145,32 @@ def labelled_tile(image: np.ndarray, label: str, height: int = TILE_HEIGHT, widt
     width = width or max(1, round(image.shape[1] * height / image.shape[0]))
     interpolation = cv2.INTER_AREA if height < image.shape[0] else cv2.INTER_LINEAR
     return np.vstack((_label(label, width), cv2.resize(image, (width, height), interpolation=interpolation)))
+
+
+def flow_picture(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """flow_to_color with its key drawn in, for people: the scale in pixels at the top left and a colour
+    wheel at the bottom right (a flow pointing from the wheel's centre to a spot has that spot's colour;
+    the rim is the scale). H x W x 2 flow (pixels) -> H x W x 3 BGR uint8."""
+    if max_magnitude is None:
+        max_magnitude = float(np.hypot(flow[:, :, 0], flow[:, :, 1]).max()) if flow.size else 0.0
+    picture = flow_to_color(flow, max_magnitude)
+    height, width = picture.shape[:2]
+    radius = max(10, min(height, width) // 12)
+    margin = max(2, radius // 4)
+    if 2 * (radius + margin) < min(height, width):
+        ys, xs = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(np.float32)
+        wheel = flow_to_color(np.dstack((xs, ys)) * (max(max_magnitude, 1e-6) / radius), max(max_magnitude, 1e-6))
+        disc = xs ** 2 + ys ** 2 <= radius ** 2
+        corner = picture[height - margin - 2 * radius - 1:height - margin, width - margin - 2 * radius - 1:width - margin]
+        corner[disc] = wheel[disc]
+        cv2.circle(picture, (width - margin - radius - 1, height - margin - radius - 1), radius, (96, 96, 96), 1,
+                   cv2.LINE_AA)
+    text = f"flow: 0 to {max_magnitude:.1f} px" if max_magnitude > 0 else "flow: 0 px (white: no motion)"
+    scale = max(0.35, min(1.0, width / 900))
+    (text_w, text_h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(picture, (0, 0), (text_w + 8, text_h + base + 8), (32, 32, 32), -1)
+    cv2.putText(picture, text, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return picture
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, square: int = CHECKER_TILE) -> np.ndarray:
@@ -309,9 +335,12 @@ def histogram_figure(counts: dict, edges: np.ndarray, title: str, xlabel: str,
     peak = max([float(s.max()) for s in shares.values()] + [1e-6])
     centres = (edges[:-1] + edges[1:]) / 2
     colors = {m: METHOD_COLORS.get(m, (0, 0, 0)) for m in shares}
-    return line_figure([(centres, share, colors[m], 2) for m, share in shares.items()], (edges[0], edges[-1]),
-                       (0.0, peak), title, xlabel + " (last bin: and above)", size=size,
-                       legend=[(m, colors[m]) for m in shares])
+    # dashed-looking overlaps are hard to draw with OpenCV: thinner lines for the later methods instead, so
+    # one lying on another (none under dis on aligned input) still shows
+    thickness = {m: max(1, 4 - i) for i, m in enumerate(shares)}
+    return line_figure([(centres, share, colors[m], thickness[m]) for m, share in shares.items()],
+                       (edges[0], edges[-1]), (0.0, peak), title, xlabel + " (last bin: and above)",
+                       "share of pixels", size=size, legend=[(m, colors[m]) for m in shares])
 
 
 # -- files -----------------------------------------------------------------------------------------------
@@ -363,10 +392,11 @@ def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
                     per_image=evaluation.rows)
     paths["metrics.json"].write_text(json.dumps(_json_safe(document), indent=1))
     paths["report.md"].write_text(report_markdown(evaluation))
+    where = f"{evaluation.dataset}, preset {evaluation.preset}" if evaluation.dataset else f"preset {evaluation.preset}"
     cv2.imwrite(str(paths["hist_epe.png"]), histogram_figure(
-        epe_hist, EPE_BINS, f"per-pixel flow end-point error, {evaluation.preset}", "EPE (px)"))
+        epe_hist, EPE_BINS, f"{where}: per-pixel flow end-point error", "EPE (px)"))
     cv2.imwrite(str(paths["hist_abs_error.png"]), histogram_figure(
-        err_hist, ABS_ERROR_BINS, f"per-pixel |registered - aligned| thermal, {evaluation.preset}",
+        err_hist, ABS_ERROR_BINS, f"{where}: per-pixel |registered - aligned| thermal",
         "absolute error (grey levels)"))
     return list(paths.values())
 
@@ -399,11 +429,12 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
     h2 = "#" * (level + 1)
     lines = _cross_domain_header(result, level)
     lines += ["", f"{h2} Results", "", _cross_domain_table(result.info, result.rows), ""]
-    lines += [f"{h2} Targets (issue 9, \"Done when\")", ""] + _targets_section(result, links)
+    lines += [f"{h2} Targets (registration across cameras)", ""] + _targets_section(result, links)
     lines += ["", f"{h2} Confidence", ""] + _confidence_section(result.confidence)
     if links:
         lines += [f"{h2} Per-run reports", "",
-                  "Figures, histograms, fusion metrics and per-pair rows of each data set x preset:", ""]
+                  "Figures, histograms and fusion metrics of each data set x preset (per-pair rows in each "
+                  "run's metrics.csv):", ""]
         lines += [f"- [`{e.dataset}` `{e.preset}`]({e.dataset}/{e.preset}/report.md)" for e in result.evaluations]
         lines.append("")
     return "\n".join(lines)
@@ -414,8 +445,10 @@ def _cross_domain_header(result, level: int) -> list:
     from .evaluate import WORSE_MARGIN_PX
 
     info = result.info
+    # a --limit run scores the first pairs in name order: one camera of a folder of rigs may stand for all
+    subset = f", the first {info['limit']} in name order only (--limit)" if info.get("limit") else ""
     data = "; ".join(f"`{d['name']}` = `{d['data']}`"
-                     + (f" (`{Path(d['list']).name}`)" if d["list"] else " (every pair)")
+                     + (f" (`{Path(d['list']).name}`{subset})" if d["list"] else f" (every pair{subset})")
                      + f", {d['pairs']} pairs" for d in info["datasets"])
     single = single_dataset(result)
     title = f"`{single}`" if single else "cross-domain"
