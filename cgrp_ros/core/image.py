@@ -32,6 +32,9 @@ def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
     return image
 
 
+FLOAT_VISIBLE_LIMIT = 1.5  # a float visible brighter than this (99th percentile) is on another scale, not [0, 1]
+
+
 def visible_to_bgr01(visible: np.ndarray) -> np.ndarray:
     """Visible image (H x W, H x W x 3 BGR or H x W x 4 BGRA; uint8/uint16/float) -> H x W x 3 float32 in [0, 1]."""
     visible = check_image(visible, "visible")
@@ -39,6 +42,10 @@ def visible_to_bgr01(visible: np.ndarray) -> np.ndarray:
         out = np.divide(visible, np.float32(np.iinfo(visible.dtype).max), dtype=np.float32)
     else:
         out = np.nan_to_num(visible.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        brightest = float(np.percentile(out[::4, ::4], 99))
+        if brightest > FLOAT_VISIBLE_LIMIT:  # clipped to [0, 1] it would be a white image
+            raise InputError(f"visible: a float image is expected in [0, 1], this one reaches {brightest:.4g} "
+                             "(99th percentile): divide it by its full scale (255 for 8-bit values)")
         out = np.clip(out, 0.0, 1.0)
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
