@@ -189,7 +189,8 @@ def run_bag(args) -> int:
         name = f"{outputs.stamp:.6f}"
         registration.append(registration_row(name, outputs.confidence, outputs.fallback, flow, pair.edges()))
         if video and "fused" in outputs.images:
-            video.add(video_frame(name, pair, visible, outputs.images["fused"][0]), outputs.stamp)
+            video.add(video_frame(name, pair, visible, outputs.images["fused"][0], outputs.confidence, outputs.fallback),
+                      outputs.stamp)
 
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
@@ -255,7 +256,8 @@ def run(args) -> int:
                 edges = pair.edges()
                 write_alignment(args.out, name, pair, edges, result)
                 if video:
-                    video.add(video_frame(name, pair, visible, result.fused_image), index / args.fps)
+                    video.add(video_frame(name, pair, visible, result.fused_image, result.registration_confidence,
+                                          result.registration_fallback), index / args.fps)
                 registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
                                                      result.flow, edges))
                 warning = low_confidence_warning(name, result, pipeline.confidence_threshold)

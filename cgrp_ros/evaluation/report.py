@@ -218,14 +218,14 @@ def thermal_view(images, seen: np.ndarray) -> list:
 
 
 def fusion_frame(visible: np.ndarray, visible_y: np.ndarray, received: np.ndarray, registered: np.ndarray,
-                 seen: np.ndarray, fused: np.ndarray, title: str) -> np.ndarray:
+                 seen: np.ndarray, fused: np.ndarray, title: str, registered_label: str = "registered thermal") -> np.ndarray:
     """One frame of `cgrp fuse --video` (BGR uint8): visible | thermal as it came (through the prior alone) |
     registered thermal | fused | edges after registration (visible green, thermal magenta), each
     VIDEO_TILE_HEIGHT px high. All inputs in the visible camera's pixels (H x W): `received` and
     `registered` float thermal (alignment.ReceivedAndRegistered), `seen` where the thermal sees."""
     received_view, registered_view = thermal_view((received, registered), seen)
     tiles = [(to_uint8(visible_to_bgr01(visible)), title), (received_view, "thermal as received"),
-             (registered_view, "registered thermal"), (fused, "fused"),
+             (registered_view, registered_label), (fused, "fused"),
              (edge_overlay(visible_y, registered, seen), "edges: visible green, thermal magenta")]
     return np.hstack([labelled_tile(image, label, VIDEO_TILE_HEIGHT) for image, label in tiles])
 

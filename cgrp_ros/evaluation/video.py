@@ -2,7 +2,7 @@
 open image by image.
 
     video = FusionVideo(Path("out/fused.mp4"), fps=10.0)   # fps None: from the first frames' stamps
-    video.add(video_frame(name, pair, visible, fused), stamp)
+    video.add(video_frame(name, pair, visible, fused, confidence, fallback), stamp)
     print(video.summary())                                # closes the file
 """
 from __future__ import annotations
@@ -73,6 +73,10 @@ class FusionVideo:
         self.pending = []
 
 
-def video_frame(name: str, pair: ReceivedAndRegistered, visible: np.ndarray, fused: np.ndarray) -> np.ndarray:
-    """The --video frame of one pair (`pair`: alignment.received_and_registered of it)."""
-    return fusion_frame(visible, pair.visible_y, pair.received, pair.registered, pair.seen, fused, name)
+def video_frame(name: str, pair: ReceivedAndRegistered, visible: np.ndarray, fused: np.ndarray,
+                confidence: float, fallback: bool) -> np.ndarray:
+    """The --video frame of one pair (`pair`: alignment.received_and_registered of it), the registration's
+    confidence and fallback on the registered thermal's tile (what a person scans a recording for)."""
+    status = "fell back to the prior" if fallback else "registered"
+    return fusion_frame(visible, pair.visible_y, pair.received, pair.registered, pair.seen, fused, name,
+                        f"{status}, confidence {float(confidence):.2f}")
