@@ -136,6 +136,8 @@ def test_only_requested_outputs_are_computed(cpu_pipeline, sample_pairs):
     (np.zeros((10, 10, 3), np.int64), np.zeros((10, 10), np.uint8), "dtype"),
     (np.zeros((10, 10, 3), np.uint8), "not an image", "numpy array"),
     (np.zeros((10, 10, 3), np.uint8), np.full((10, 10), np.nan, np.float32), "no finite pixel"),
+    # 60 MP (a broken driver, a hostile publisher): refused before outputs of several GB are allocated
+    (np.zeros((6000, 10000), np.uint8), np.zeros((10, 10), np.uint8), "above 50 MP"),
     # a float visible of 8-bit values (a TIFF, a conversion forgotten): clipped to [0, 1] it fused as white
     (np.linspace(0, 255, 300, dtype=np.float64).reshape(10, 10, 3), np.zeros((10, 10), np.uint8), "expected in"),
 ])

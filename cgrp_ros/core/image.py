@@ -12,6 +12,7 @@ from .errors import InputError
 
 MIN_SIDE = 2  # smaller images carry no usable structure; they are rejected, not upsampled
 MAX_SIDE = 32766  # OpenCV's remap and resize address pixels with 16-bit signed coordinates
+MAX_PIXELS = 50_000_000  # above this the full-resolution outputs need several GB: refused, not run out of memory
 
 
 def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
@@ -27,6 +28,9 @@ def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
     if max(image.shape[:2]) > MAX_SIDE:
         raise InputError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too large (a side above "
                          f"{MAX_SIDE} px, which OpenCV's resampling cannot address)")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise InputError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too large (above "
+                         f"{MAX_PIXELS // 1_000_000} MP, whose outputs at its resolution would need several GB)")
     if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise InputError(f"{name}: unsupported dtype {image.dtype}")
     return image

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..core.image import MAX_PIXELS
 from .image_conversions import ImageConversionError
 
 # decoded (dtype, channels) -> encoding
@@ -25,7 +26,7 @@ DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4
 # an original encoding named in `format` that the decoded image may keep (same dtype and channels)
 SAME_AS = {"8UC1": "mono8", "16UC1": "mono16", "mono8": "mono8", "mono16": "mono16", "bgr8": "bgr8", "bgra8": "bgra8"}
 # the largest image a payload may declare: above an 8K camera (33 MP), far below what OpenCV would allocate
-MAX_DECODED_PIXELS = 50_000_000
+MAX_DECODED_PIXELS = MAX_PIXELS  # the core refuses larger images anyway
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (they carry the size); 0xC4, 0xC8 and 0xCC are other segments
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
