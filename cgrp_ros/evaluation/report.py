@@ -104,7 +104,8 @@ def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
               f"Scored region: {info['region']}. Intensities in grey levels (0-255); EPE in pixels "
               "against the exact inverse of the applied displacement; `edge_agreement` against the visible image "
               "instead (no ground truth; the published alignment's: "
-              f"{_published_edges(evaluation.rows)}). `cgrp_avg` shares `cgrp`'s registration.",
+              f"{_published_edges(evaluation.rows)}, on this preset's scored region, so it differs a little "
+              "between presets). `cgrp_avg` shares `cgrp`'s registration.",
               "", summary_table(summary, registrars, M.REGISTRATION_COLUMNS), "",
               f"{h2} Fusion (fused luminance vs visible luminance and the aligned thermal)", "",
               "fmi and vif are sums over the two sources, cc and ssim their means (see docs/metrics.md).", "",
