@@ -305,6 +305,9 @@ def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatc
 @pytest.mark.parametrize("content", ["homography: [[1, 0], [0, 1]]\n", "pairs_used: 3\n", "homography: [1, 2\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 0]]\n",
                                      "homography: [[1, 0, 1.0e+300], [0, 1, 0], [0, 0, 1]]\n",
+                                     # sizes that do not belong to the cameras: the thermal a speck of the view
+                                     "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 351000000, "
+                                     "width: 502000000}\nthermal_size: {height: 351, width: 502}\n",
                                      "homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nvisible_size: {height: 0}\n"])
 def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, content):
     (tmp_path / "rig.yaml").write_text(content)

@@ -123,6 +123,24 @@ def test_where_the_thermal_does_not_see_the_fused_image_is_the_visible_one(sampl
         assert result.registered_thermal[outside].max() == 0  # documented: 0 where the thermal has no data
 
 
+def test_a_homography_that_folds_the_thermal_over_or_loses_it_is_refused(sample_pairs):
+    """Hand-written homographies a new user may get wrong: a perspective term that puts the horizon
+    inside the thermal image, a scale that shrinks it to a dot. They fused without a word (an image
+    folded over; nothing of the thermal to see); a rotated mount (180 degrees) stays accepted."""
+    _, visible, thermal = sample_pairs[0]
+    (h, w) = visible.shape[:2]
+    cases = ((np.array([[1, 0, 0], [0, 1, 0], [-0.02, 0, 1.0]]), "beyond the horizon"),
+             (np.diag([1e-4, 1e-4, 1.0]), "wholly outside"),
+             (np.array([[-1, 0, w - 1], [0, -1, h - 1], [0, 0, 1.0]]), None))
+    for homography, words in cases:
+        pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu", working_size=(96, 128), homography=homography))
+        if words is None:
+            assert pipeline(visible, thermal, outputs={"fused"}).fused.shape == (h, w)
+        else:
+            with pytest.raises(InputError, match=words):
+                pipeline(visible, thermal, outputs={"fused"})
+
+
 def test_only_requested_outputs_are_computed(cpu_pipeline, sample_pairs):
     _, visible, thermal = sample_pairs[0]
     result = cpu_pipeline(visible, thermal, outputs={"flow"})

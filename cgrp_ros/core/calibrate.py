@@ -43,7 +43,7 @@ import numpy as np
 
 from .data import replaced_on_success, unwritable_reason
 from .errors import InputError
-from .image import homography_problem, resize_homography
+from .image import footprint_problem, homography_problem, resize_homography
 
 log = logging.getLogger("cgrp_ros")
 
@@ -148,6 +148,9 @@ def load_rig(path) -> tuple:
     if sizes is None or min(min(size) for size in sizes) < 1:
         raise CalibrationError(f"calibration file {path}: 'visible_size' and 'thermal_size' must each hold a "
                                "positive height and width")
+    problem = footprint_problem(h, *sizes)
+    if problem:
+        raise CalibrationError(f"calibration file {path}: 'homography' {problem} at the sizes it names")
     return h, sizes
 
 

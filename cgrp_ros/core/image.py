@@ -182,6 +182,29 @@ def homography_problem(matrix) -> str | None:
     return None
 
 
+MIN_FOOTPRINT = 0.01  # share of the visible image a calibrated thermal must cover to be of use
+
+
+def footprint_problem(homography, visible_shape, thermal_shape) -> str | None:
+    """Why the thermal image (thermal_shape, H x W) mapped into the visible one (visible_shape) by
+    `homography` (thermal px -> visible px) gives no usable view, or None: part of it beyond the horizon
+    (a perspective term that large folds the image over), or under MIN_FOOTPRINT of the visible image
+    covered (a scale or shift far off, sizes that do not belong to these cameras)."""
+    (hv, wv), (ht, wt) = visible_shape[:2], thermal_shape[:2]
+    corners = np.array([[0, wt - 1, wt - 1, 0], [0, 0, ht - 1, ht - 1], [1, 1, 1, 1]], np.float64)
+    mapped = np.asarray(homography, np.float64) @ corners
+    if not (np.all(mapped[2] > 0) or np.all(mapped[2] < 0)):
+        return "maps part of the thermal image beyond the horizon (it folds the image over)"
+    points = np.ascontiguousarray((mapped[:2] / mapped[2]).T, np.float32)
+    frame = np.array([[0, 0], [wv, 0], [wv, hv], [0, hv]], np.float32)
+    hull = cv2.convexHull(np.clip(points, -4.0 * max(hv, wv), 5.0 * max(hv, wv)))
+    covered = cv2.intersectConvexConvex(hull, frame)[0] / float(hv * wv)
+    if covered < MIN_FOOTPRINT:
+        return (f"places the thermal image almost wholly outside the visible one ({100 * covered:.2g} % of it "
+                "covered)")
+    return None
+
+
 SWAPPED_QUESTION = "are the visible and the thermal camera (folders, topics) swapped?"
 
 

@@ -23,8 +23,9 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, homography_problem,
-                    normalize_thermal, pad_to, resize, resize_homography, to_uint8, visible_to_bgr01, working_shape)
+from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, footprint_problem,
+                    homography_problem, normalize_thermal, pad_to, resize, resize_homography, to_uint8,
+                    visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -229,7 +230,11 @@ class Pipeline:
     def visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
         """3x3 map from visible pixel coordinates to thermal pixel coordinates (the prior alignment)."""
         if self.homography is not None:
-            return np.linalg.inv(self._homography_at(tuple(visible_shape[:2]), tuple(thermal_shape[:2])))
+            homography = self._homography_at(tuple(visible_shape[:2]), tuple(thermal_shape[:2]))
+            problem = footprint_problem(homography, visible_shape, thermal_shape)
+            if problem:
+                raise InputError(f"the calibration {problem}")
+            return np.linalg.inv(homography)
         return resize_homography(visible_shape, thermal_shape)  # same field of view
 
     def _homography_at(self, visible_shape, thermal_shape) -> np.ndarray:
