@@ -282,13 +282,17 @@ class Pipeline:
         return f
 
     @staticmethod
-    def _placed_thermal(f, border) -> np.ndarray:
-        """The thermal on the padded working grid through the calibration (working px -> visible px ->
-        thermal px), 1 x 1 x pH x pW; outside its footprint `border` (an OpenCV border mode)."""
+    def _placed(f, image, border) -> np.ndarray:
+        """A thermal-sized image on the working grid through the calibration (working px -> visible px ->
+        thermal px), H x W; outside its footprint `border` (an OpenCV border mode)."""
         work_to_vis = resize_homography((f.h, f.w), (f.hv, f.wv))
-        placed = cv2.warpPerspective(f.th01, f.v2t @ work_to_vis, (f.w, f.h),
-                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
-        return Pipeline._nchw(placed, f.padded)
+        return cv2.warpPerspective(image, f.v2t @ work_to_vis, (f.w, f.h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=border)
+
+    @staticmethod
+    def _placed_thermal(f, border) -> np.ndarray:
+        """The thermal on the padded working grid through the calibration, 1 x 1 x pH x pW (see _placed)."""
+        return Pipeline._nchw(Pipeline._placed(f, f.th01, border), f.padded)
 
     @staticmethod
     def _nchw(image, padded):
@@ -424,10 +428,7 @@ class Pipeline:
                 return None
             footprint = np.ones((f.h, f.w), np.float32)
         else:  # where the calibration places the thermal on the working grid
-            work_to_vis = resize_homography((f.h, f.w), (f.hv, f.wv))
-            footprint = cv2.warpPerspective(np.ones(f.th01.shape[:2], np.float32), f.v2t @ work_to_vis, (f.w, f.h),
-                                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                            borderMode=cv2.BORDER_CONSTANT)
+            footprint = self._placed(f, np.ones(f.th01.shape[:2], np.float32), cv2.BORDER_CONSTANT)
         coverage = warp_numpy(footprint, flow_working) if moved else footprint
         return None if coverage.min() >= COVERED else coverage
 
