@@ -333,7 +333,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
         summary.written = dict(writer.counts)
         summary.resets = sync.resets
         summary.stamp_offset = sync.offset.closest()
-        if "camera_info size" in summary.warned:  # the line above promised undistortion
+        if "camera_info size" in summary.warned:  # describe() said every image is undistorted
             summary.cameras += "; pairs whose size does not fit it used as recorded (see the warning)"
     return summary
 
