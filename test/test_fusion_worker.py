@@ -5,6 +5,7 @@ CUDA out-of-memory or a backend bug would. The pair is logged and counted, the n
 A second wrapper sets the registration confidence: low confidence is a diagnostics WARN, never an ERROR."""
 import contextlib
 import dataclasses
+import re
 import time
 
 import pytest
@@ -170,7 +171,9 @@ def test_pairs_that_all_fail_and_stamps_on_another_clock_are_said_in_diagnostics
         node.stats.last_message = [time.monotonic()] * 2
         node.stats.last_pair = time.monotonic()
         level, message = node.diagnose()
-        assert level == DiagnosticStatus.WARN and "input stamps are -1700000 s from this node's clock" in message, \
+        # (-1700001 s and more where the pair took seconds to arrive on a loaded machine)
+        assert level == DiagnosticStatus.WARN and re.search(r"input stamps are -17000\d\d s from this node's clock",
+                                                            message), \
             message
         assert node.diagnostic_values()["latency p50 ms"] == "n/a"
 

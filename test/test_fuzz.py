@@ -133,10 +133,11 @@ def assert_valid_outputs(result, visible):
 
 
 @st.composite
-def valid_arrays(draw, channels):
+def valid_arrays(draw, channels, unit_floats=False):
     """An image the Pipeline takes by its shape and dtype: H x W or H x W x C (C from `channels`), sides
     2..40, uint8, uint16, float32 or float64; values random, constant, or with NaN / inf (sometimes
-    everywhere)."""
+    everywhere). Floats around 300 (a thermal in kelvin), or with `unit_floats` in 0..1.2 (a visible
+    image in [0, 1], a little beyond it clipped: one on another scale is refused, test_pipeline)."""
     shape = [draw(st.integers(2, 40)), draw(st.integers(2, 40))]
     c = draw(st.sampled_from(channels))
     if c:
@@ -145,7 +146,7 @@ def valid_arrays(draw, channels):
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     kind = draw(st.sampled_from(["random", "random", "constant", "special"]))
     if dtype.kind == "f":
-        values = rng.normal(300, 50, shape)
+        values = rng.uniform(0.0, 1.2, shape) if unit_floats else rng.normal(300, 50, shape)
         if kind == "special":
             mask = rng.random(shape) < draw(st.sampled_from([0.1, 1.0]))
             values[mask] = rng.choice([np.nan, np.inf, -np.inf], size=int(mask.sum()))
@@ -157,7 +158,7 @@ def valid_arrays(draw, channels):
 
 
 @settings(BOUNDED, max_examples=40)
-@given(visible=valid_arrays((0, 3, 4)), thermal=valid_arrays((0, 1)))
+@given(visible=valid_arrays((0, 3, 4), unit_floats=True), thermal=valid_arrays((0, 1)))
 def test_pipeline_fuses_every_image_of_a_valid_shape_and_dtype(small_pipeline, visible, thermal):
     """Unlike the test above, whose inputs are mostly refused, these all reach the networks: the only
     refusal left is a thermal with no finite pixel."""

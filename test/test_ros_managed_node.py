@@ -102,12 +102,19 @@ def set_parameter(h, name, value) -> bool:
 
 def test_a_failed_activation_is_an_error_in_diagnostics(harness, tmp_path):
     """A lifecycle manager that activates a node whose model cannot load sees the reason in /diagnostics,
-    not 'inactive: OK'; a later successful activation clears it."""
+    not 'inactive: OK'; a later successful activation clears it. (A file that is no model is refused when
+    the parameter is set; this one breaks on disk afterwards, e.g. a copy cut short.)"""
+    import shutil
+
+    from cgrp_ros.core.models import default_model_path
+
     h = harness
     broken = tmp_path / "broken_generator.pt"
-    broken.write_bytes(b"not a model")
+    shutil.copy(default_model_path("generator"), broken)
     assert transition(h, Transition.TRANSITION_CONFIGURE)
     assert set_parameter(h, "generator_model", str(broken))
+    assert not set_parameter(h, "fusion_model", str(broken))  # a generator's weights: refused, said why
+    broken.write_bytes(b"not a model")
     assert not transition(h, Transition.TRANSITION_ACTIVATE) and state(h) == State.PRIMARY_STATE_INACTIVE
     h.wait_for(lambda: (s := h.last_diagnostic()) is not None and s.level == DiagnosticStatus.ERROR, 5.0,
                "an ERROR in /diagnostics")
