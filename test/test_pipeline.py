@@ -164,13 +164,15 @@ def test_unusable_input_raises_input_error(cpu_pipeline, visible, thermal, match
         cpu_pipeline(visible, thermal)
 
 
-def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
+def test_torch_and_onnxruntime_backends_agree(sample_pairs):
+    """(The graphs come from the test run's ONNX cache, $CGRP_CACHE, shared with the node tests: exported
+    once per run. test_cli's export test checks a fresh export.)"""
     name, visible, aligned = sample_pairs[3]
     # misaligned, so that the search, both local starts, the fine pass and the dense levels all move
     # the flow (on an aligned pair both backends keep the identity: zeros against zeros)
     thermal = misalign(aligned, "moderate", rng_for(0, name)).misaligned
     torch_pipe = Pipeline(PipelineConfig(backend="torch", device="cpu"))
-    ort_pipe = Pipeline(PipelineConfig(backend="onnxruntime", device="cpu", onnx_dir=str(tmp_path)))
+    ort_pipe = Pipeline(PipelineConfig(backend="onnxruntime", device="cpu"))
     assert ort_pipe.backend.providers == ["CPUExecutionProvider"]
     for shape in [(180, 250), visible.shape[:2]]:  # two sizes: the ONNX graphs have dynamic H/W
         v = cv2.resize(visible, shape[::-1])
@@ -195,7 +197,7 @@ def test_torch_and_onnxruntime_backends_agree(sample_pairs, tmp_path):
     # with a calibration no pair searches: onnxruntime runs the graph without the global stage, and the
     # local stage starts from the prior
     shift = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
-    torch_pipe, ort_pipe = (Pipeline(PipelineConfig(backend=b, device="cpu", homography=shift, onnx_dir=str(tmp_path)))
+    torch_pipe, ort_pipe = (Pipeline(PipelineConfig(backend=b, device="cpu", homography=shift))
                             for b in ("torch", "onnxruntime"))
     a, b = torch_pipe(visible, thermal), ort_pipe(visible, thermal)
     assert flow_agreement(a.flow, b.flow)["ok"]
