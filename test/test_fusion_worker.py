@@ -176,6 +176,8 @@ def test_pairs_that_all_fail_and_stamps_on_another_clock_are_said_in_diagnostics
                                                             message), \
             message
         assert node.diagnostic_values()["latency p50 ms"] == "n/a"
+        # ... but the pair counts in the frame rate (it read 0 fps while fusing such stamps)
+        assert node.diagnostic_values()["fps (10 s)"] == "0.10"
 
 
 class AlwaysFails(FailsOnce):

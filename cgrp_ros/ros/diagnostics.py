@@ -32,6 +32,8 @@ class Stats:
         self.last_confidence = None  # registration confidence of the last fused pair, 0..1
         self.last_fallback = None   # whether that pair was registered with the prior
         self.latencies = collections.deque(maxlen=500)  # (monotonic time, input stamp -> publish, s)
+        # monotonic times of the published pairs: the frame rate, also where stamps give no latency
+        self.published_times = collections.deque(maxlen=2000)
         self.last_message = [time.monotonic(), time.monotonic()]  # per stream
         self.last_pair = time.monotonic()
         self.last_fused = time.monotonic()  # a pair's outputs published (or activation)
@@ -51,6 +53,11 @@ class Stats:
     def count(self, counter: str) -> None:
         with self.lock:
             setattr(self, counter, getattr(self, counter) + 1)
+
+    def published_since(self, since: float) -> int:
+        """Pairs published at monotonic time `since` or later."""
+        with self.lock:
+            return sum(t >= since for t in self.published_times)
 
     def latency_percentiles(self, since: float):
         with self.lock:
@@ -164,10 +171,11 @@ def backend_description(node) -> str:
 def diagnostic_values(node) -> dict:
     """The key/values of the /diagnostics status."""
     s = node.stats
-    count, p50, p95 = s.latency_percentiles(time.monotonic() - 10.0)
+    since = time.monotonic() - 10.0
+    count, p50, p95 = s.latency_percentiles(since)
     return {
         "lifecycle state": getattr(node, "state", "active"),
-        "backend": backend_description(node), "fps (10 s)": f"{count / 10.0:.2f}",
+        "backend": backend_description(node), "fps (10 s)": f"{s.published_since(since) / 10.0:.2f}",
         "latency p50 ms": f"{p50 * 1e3:.0f}" if count else "n/a",
         "latency p95 ms": f"{p95 * 1e3:.0f}" if count else "n/a",
         "pairs": str(node.slot.received), "dropped pairs": str(node.slot.dropped),
@@ -218,7 +226,7 @@ def stats_line(node, seconds: float, since: float) -> str:
     s = node.stats
     count, p50, p95 = s.latency_percentiles(since)
     latency = f"latency p50 {p50 * 1e3:.0f} ms p95 {p95 * 1e3:.0f} ms" if count else "latency n/a"
-    return (f"stats: {count / max(seconds, 1e-9):.2f} fps, {latency}, pairs {node.slot.received}, "
+    return (f"stats: {s.published_since(since) / max(seconds, 1e-9):.2f} fps, {latency}, pairs {node.slot.received}, "
             f"dropped {node.slot.dropped}, published {s.published}, bad messages {s.bad_messages}, "
             f"bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, non-finite thermal "
             f"{s.non_finite_thermal}, constant images {s.constant_images}, fallback pairs {s.fallback_pairs}")

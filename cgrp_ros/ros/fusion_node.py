@@ -547,6 +547,7 @@ class FusionNode(LifecycleNode):
         now = time.monotonic()
         with self.stats.lock:
             self.stats.published += 1
+            self.stats.published_times.append(now)
             self.stats.last_fused = now
             if abs(latency) <= STAMP_CLOCK_LIMIT_S:
                 self.stats.latencies.append((now, latency))
