@@ -97,3 +97,28 @@ def test_missing_model_parameter_exits_with_one_line(tmp_path):
 def test_require_gpu_without_gpu_exits_with_one_line(tmp_path):
     code, lines = startup_error(tmp_path, "-p", "device:=cuda", "-p", "require_gpu:=true")
     assert code == 2 and lines == ["cgrp_fusion: error: require_gpu is set but no CUDA GPU is available"], lines
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_models_load_stops_the_node_cleanly(tmp_path, signum):
+    """Ctrl-C (or the launch system's SIGTERM) while the node builds its Pipeline, which takes seconds: one
+    line and exit 0. It was a KeyboardInterrupt traceback, a model reported as not loadable (the start-up's
+    `except Exception` caught it), or death by SIGTERM (exit -15). The signal arrives, deterministically,
+    from inside the Pipeline's construction."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys, time\n"
+              "import cgrp_ros.core.pipeline as pipeline\n"
+              "import cgrp_ros.ros.fusion_node as node\n"
+              "build = pipeline.Pipeline.__init__\n"
+              "def slow_build(self, *args, **kwargs):\n"
+              f"    os.kill(os.getpid(), {int(signum)})\n"
+              "    time.sleep(0.5)\n"
+              "    build(self, *args, **kwargs)\n"
+              "pipeline.Pipeline.__init__ = slow_build\n"
+              "sys.exit(node.main(['cgrp_fusion']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "cannot load model" not in proc.stderr, proc.stderr[-2000:]
+    assert f"cgrp_fusion: {signal.Signals(signum).name} during start-up: stopped" in proc.stderr

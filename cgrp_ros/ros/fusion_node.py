@@ -58,7 +58,7 @@ from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
                          pipeline_config, stream_settings)
-from .process import RosLogHandler, release_free_memory, spin_until_signal
+from .process import Interrupted, RosLogHandler, interrupt_start_on_signals, release_free_memory, spin_until_signal
 from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
                    stamp_seconds)
 
@@ -634,7 +634,18 @@ class FusionNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    interrupt_start_on_signals()
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        return _start_and_spin()
+    except Interrupted as exc:  # Ctrl-C while the models load: stopped, not a traceback
+        print(f"cgrp_fusion: {exc} during start-up: stopped", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.stderr.flush()
+        os._exit(0)  # the start-up was cut anywhere: do not wait for threads it may have started
+
+
+def _start_and_spin() -> int:
     try:
         node = FusionNode()
     except CgrpError as exc:  # missing/corrupt model, bad parameter, no GPU: one line, no traceback
@@ -655,7 +666,8 @@ def main(args=None) -> int:
             return 2
     else:
         node.get_logger().info("waiting in state 'unconfigured' (autostart is false): configure and activate "
-                               "through the lifecycle services, e.g. ros2 lifecycle set /cgrp_fusion configure")
+                               f"through the lifecycle services, e.g. ros2 lifecycle set "
+                               f"{node.get_fully_qualified_name()} configure")
     spin_until_signal(node, until=lambda: node.finalized)
     node.get_logger().info("shutting down")
     stopped = node.stop()
