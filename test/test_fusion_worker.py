@@ -224,3 +224,20 @@ def test_stamps_that_never_meet_with_large_best_effort_images_hint_at_lost_messa
         assert "2.8 MB on best-effort inputs are often lost" in message and "reliability: reliable" in message
         node.stats.largest_message = [76_800, 38_400]  # small images: no such hint
         assert "lost" not in node.diagnose()[1]
+
+
+def test_deactivate_keeps_the_rig_estimate_and_cleanup_resets_it():
+    """A paused node resumes with its converged rig estimate; cleanup (a lifecycle manager's reset, e.g.
+    after a camera was re-mounted) starts it again. Cleanup kept it before."""
+    import numpy as np
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from cgrp_ros.core.pipeline import Registration
+
+    with in_process_node(Parameter("self_calibrate", value=True)) as (node, *_):
+        identity = np.zeros((48, 64, 2), np.float32)
+        for _ in range(10):
+            node.stream.rig.update(Registration(identity, 0.5, False))
+        assert node.stream.rig.state == "converged"
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "converged"
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "waiting"

@@ -206,9 +206,14 @@ class FusionNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Remove the publishers and forget the rig estimate: deactivate keeps it (the rig does not change
+        while the node pauses), cleanup returns the node to its first state, as before a re-mounted camera."""
         self._destroy_publishers()
+        if self.stream is not None:
+            self.stream.rig.reset()
+            self.alignment_check.reset()
         self.state = "unconfigured"
-        self.get_logger().info("cleaned up")
+        self.get_logger().info("cleaned up: publishers removed, rig estimate reset")
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
