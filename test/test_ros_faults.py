@@ -170,6 +170,7 @@ def test_stamps_jumping_backwards_recover_without_restart(harness):
     wait_counter(harness, "synchronizer resets", resets + 2)
     still_fusing(harness)                      # and forwards to the live clock again
     assert harness.proc.pid == pid and harness.proc.poll() is None
+    assert "stamps went back in time" in harness.log()  # said in the log too, not only counted
 
 
 # -- stream faults ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class Stats:
         self.inference_errors = 0   # unexpected failures inside the pipeline
         self.non_finite_thermal = 0  # pairs fused although the thermal had NaN/inf pixels
         self.constant_images = 0    # pairs fused although an input had no contrast
+        self.synchronizer_resets = 0  # input stamps that jumped backwards (the pairing started again)
         self.fallback_pairs = 0     # pairs the registration fell back to the prior for (too little evidence)
         self.last_confidence = None  # registration confidence of the last fused pair, 0..1
         self.last_fallback = None   # whether that pair was registered with the prior
@@ -181,7 +182,7 @@ def diagnostic_values(node) -> dict:
         "pairs": str(node.slot.received), "dropped pairs": str(node.slot.dropped),
         "published": str(s.published), "bad messages": str(s.bad_messages), "bad pairs": str(s.bad_pairs),
         "inference errors": str(s.inference_errors), "non-finite thermal": str(s.non_finite_thermal),
-        "constant images": str(s.constant_images), "synchronizer resets": str(node.sync.resets),
+        "constant images": str(s.constant_images), "synchronizer resets": str(s.synchronizer_resets),
         "synchronizer": node.sync.implementation, "stamp offset s": stamp_offset_value(node.sync.offset.closest()),
         "registration confidence": "n/a" if s.last_confidence is None else f"{s.last_confidence:.3f}",
         "registration fallback": "n/a" if s.last_fallback is None else str(s.last_fallback).lower(),

@@ -471,7 +471,12 @@ class FusionNode(LifecycleNode):
             self._log_throttled((name, getattr(exc, "kind", "unexpected")), f"skipping {name} image: {why}")
             return
         self.stats.last_message[stream] = time.monotonic()
+        resets = self.sync.resets
         self.sync.add(stream, msg)
+        if self.sync.resets != resets:  # counted here: the synchronizer is rebuilt on configure and slop changes
+            self.stats.count("synchronizer_resets")
+            self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
+                                "a clock reset?): pairing starts again from this message", warning=True)
 
     def _on_camera_info(self, stream: int, msg):
         name = STREAM_NAMES[stream]
