@@ -233,6 +233,7 @@ def test_deactivate_keeps_the_rig_estimate_and_cleanup_resets_it():
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from cgrp_ros.core.pipeline import Registration
+    from cgrp_ros.ros.diagnostics import diagnostic_array
 
     with in_process_node(Parameter("self_calibrate", value=True)) as (node, *_):
         identity = np.zeros((48, 64, 2), np.float32)
@@ -240,4 +241,7 @@ def test_deactivate_keeps_the_rig_estimate_and_cleanup_resets_it():
             node.stream.rig.update(Registration(identity, 0.5, False))
         assert node.stream.rig.state == "converged"
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "converged"
+        # /diagnostics' hardware_id names the node in every state (it was the backend: "not loaded" when inactive)
+        status = diagnostic_array(node, node.get_clock().now().to_msg()).status[0]
+        assert status.hardware_id == "/cgrp_fusion" and status.name == "cgrp_fusion: fusion"
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "waiting"

@@ -212,10 +212,12 @@ def rig_values(node) -> dict:
 
 
 def diagnostic_array(node, stamp) -> DiagnosticArray:
-    """The /diagnostics message: one status `<node name>: fusion`."""
+    """The /diagnostics message: one status `<node name>: fusion` (diagnostic_updater's naming), its
+    hardware_id the node's full name, which stays put across states and tells two namespaced instances
+    of one node name apart (the backend, which changes, is a value)."""
     level, message = diagnose(node)
     status = DiagnosticStatus(level=level, name=f"{node.get_name()}: fusion", message=message,
-                              hardware_id=backend_description(node),
+                              hardware_id=node.get_fully_qualified_name(),
                               values=[KeyValue(key=k, value=v) for k, v in diagnostic_values(node).items()])
     array = DiagnosticArray(status=[status])
     array.header.stamp = stamp
