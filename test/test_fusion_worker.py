@@ -245,3 +245,20 @@ def test_deactivate_keeps_the_rig_estimate_and_cleanup_resets_it():
         status = diagnostic_array(node, node.get_clock().now().to_msg()).status[0]
         assert status.hardware_id == "/cgrp_fusion" and status.name == "cgrp_fusion: fusion"
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "waiting"
+
+
+def test_the_first_large_image_on_a_best_effort_input_is_a_warning_with_the_override(capfd):
+    """Best effort over shared memory loses most images above 0.5 MB, and /diagnostics said so only once
+    no pair formed at all: a node that formed half of its pairs said nothing. Now the first such image
+    on a best-effort input is a log warning naming the override; once per stream."""
+    import numpy as np
+
+    with in_process_node() as (node, *_):
+        large = numpy_to_image(np.zeros((480, 640, 3), np.uint8), "bgr8", Image, Header(frame_id="camera"))
+        for _ in range(3):
+            node._on_image(0, large)
+        node._on_image(1, numpy_to_image(np.zeros((120, 160), np.uint8), "mono8", Image, Header()))
+        log = capfd.readouterr().err
+        assert log.count("visible images of 0.9 MB on a best-effort subscription") == 1, log
+        assert "qos_overrides./visible/image.subscription.reliability: reliable" in log
+        assert "thermal images of" not in log  # a small image: nothing to say

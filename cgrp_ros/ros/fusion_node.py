@@ -52,7 +52,7 @@ from . import diagnostics
 from .alignment_check import AlignmentCheck
 from .camera_info import CameraInfos, camera_info_topic, with_header
 from .compressed import encode_compressed
-from .diagnostics import Stats
+from .diagnostics import LOSSY_MESSAGE_BYTES, Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
@@ -386,6 +386,10 @@ class FusionNode(LifecycleNode):
             return f"{prior}, self-calibration on (registrations at {self.values['registration_rate']:g} Hz once converged)"
         return f"{prior}, self-calibration off (every pair registered)"
 
+    def _best_effort(self, stream: int) -> bool:
+        subscriptions = self.subscriptions_
+        return len(subscriptions) > stream and subscriptions[stream].qos_profile.reliability.name == "BEST_EFFORT"
+
     def input_reliability(self) -> str:
         """The inputs' reliability after qos_overrides, e.g. 'best_effort' or 'visible reliable, thermal best_effort'."""
         policies = [s.qos_profile.reliability.name.lower() for s in self.subscriptions_]
@@ -460,6 +464,11 @@ class FusionNode(LifecycleNode):
     def _on_image(self, stream: int, msg):
         name = STREAM_NAMES[stream]
         largest = self.stats.largest_message
+        if largest[stream] <= LOSSY_MESSAGE_BYTES < len(msg.data) and self._best_effort(stream):
+            self.get_logger().warning(
+                f"{name} images of {len(msg.data) / 1e6:.1f} MB on a best-effort subscription: over shared memory "
+                "most messages this large are lost (pairs go missing). If the topic is published reliable, set "
+                f"qos_overrides.{self.subscriptions_[stream].topic_name}.subscription.reliability: reliable")
         largest[stream] = max(largest[stream], len(msg.data))  # (for /diagnostics: best-effort loss)
         try:
             msg = prepare_input(msg, isinstance(msg, CompressedImage))  # a corrupt payload is a bad message
