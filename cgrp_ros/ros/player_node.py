@@ -54,8 +54,8 @@ class PlayerNode(Node):
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
         max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
                             integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
-        self.visible_frame = declare("visible_frame_id", "visible_camera", "frame_id of the visible images")
-        self.thermal_frame = declare("thermal_frame_id", "thermal_camera", "frame_id of the thermal images")
+        self.visible_frame = declare("visible_frame_id", "visible_camera_optical_frame", "frame_id of the visible images")
+        self.thermal_frame = declare("thermal_frame_id", "thermal_camera_optical_frame", "frame_id of the thermal images")
         bag = declare("bag", "", "rosbag2 to play instead of the folders (bag folder, .db3 or .mcap)")
         visible_topic = declare("visible_topic", "", "with bag: the visible topic (Image or CompressedImage)")
         thermal_topic = declare("thermal_topic", "", "with bag: the thermal topic (Image or CompressedImage)")
