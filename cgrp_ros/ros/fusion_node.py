@@ -685,7 +685,7 @@ def _start_and_spin() -> int:
             return 2
     else:
         node.get_logger().info("waiting in state 'unconfigured' (autostart is false): configure and activate "
-                               f"through the lifecycle services, e.g. ros2 lifecycle set "
+                               "through the lifecycle services, e.g. ros2 lifecycle set "
                                f"{node.get_fully_qualified_name()} configure")
     spin_until_signal(node, until=lambda: node.finalized)
     node.get_logger().info("shutting down")
