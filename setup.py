@@ -33,7 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cgrp = cgrp_ros.cli:main",
-            "cgrp_fusion = cgrp_ros.ros.fusion_node:main",
+            "cgrp_fusion = cgrp_ros.ros.startup:fusion_main",
             "cgrp_player = cgrp_ros.ros.player_node:main",
         ],
     },

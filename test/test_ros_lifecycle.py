@@ -122,3 +122,20 @@ def test_a_signal_while_the_models_load_stops_the_node_cleanly(tmp_path, signum)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "cannot load model" not in proc.stderr, proc.stderr[-2000:]
     assert f"cgrp_fusion: {signal.Signals(signum).name} during start-up: stopped" in proc.stderr
+
+
+def test_a_signal_while_the_node_imports_stops_it_cleanly():
+    """The console script (cgrp_fusion, what ros2 run and launch files start) handles SIGINT from its
+    first instant: importing the node takes seconds (torch, OpenCV, rclpy), and a Ctrl-C then ended in a
+    KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cgrp_ros.ros.startup import fusion_main; "
+                             "sys.exit(fusion_main(['cgrp_fusion']))"], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # the light module is in, the node's imports (or its models) are not yet done
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "cgrp_fusion: SIGINT during start-up: stopped" in stderr

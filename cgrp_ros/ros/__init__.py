@@ -12,6 +12,7 @@ sync               approximate-time pairing of the two streams, the latest-pair 
 player_node        the cgrp_player node; FolderSource / BagSource: image folders or a bag as two camera streams
 bag                rosbag2 without ROS (rosbags): read two topics, fuse them like the node, write MCAP (cgrp fuse --bag)
 process            spinning until a signal, the core's log in the ROS log
+startup            the console-script entry points, light: SIGINT/SIGTERM handled from the first instant
 node_processes     the nodes as child processes of a tool (demo, soak, bench): commands, private DDS, stop
 bench              `cgrp bench --ros`: player -> node -> subscriber
 soak               `cgrp soak`: player -> node for minutes, every output checked, memory watched

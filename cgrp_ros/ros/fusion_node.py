@@ -58,7 +58,8 @@ from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
                          pipeline_config, stream_settings)
-from .process import Interrupted, RosLogHandler, interrupt_start_on_signals, release_free_memory, spin_until_signal
+from .process import RosLogHandler, release_free_memory, spin_until_signal
+from .startup import Interrupted, interrupt_start_on_signals
 from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
                    stamp_seconds)
 

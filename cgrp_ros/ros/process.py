@@ -53,23 +53,6 @@ class RosLogHandler(logging.Handler):
             self.ros_logger.debug(text)
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM while a node starts up (loading the models takes seconds, more with CUDA). A
-    BaseException, as KeyboardInterrupt: the start-up's `except Exception` (a model that cannot load)
-    must not turn it into an error."""
-
-
-def interrupt_start_on_signals() -> None:
-    """Until spin_until_signal installs its handlers, SIGINT and SIGTERM raise Interrupted in the main thread:
-    the node's main ends cleanly (one line, exit 0) instead of with a KeyboardInterrupt traceback or
-    killed by SIGTERM's default action."""
-    def interrupted(signum, frame):
-        raise Interrupted(signal.Signals(signum).name)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, interrupted)
-
-
 def spin_until_signal(node: Node, until=lambda: False) -> None:
     """Spin `node` until SIGINT, SIGTERM or `until()` is true.
 
