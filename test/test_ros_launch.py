@@ -12,7 +12,7 @@ LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 
 
 def console_scripts():
-    return set(re.findall(r'"(\w+) = cgrp_ros\.[\w.]+:main"', (REPO / "setup.py").read_text()))
+    return set(re.findall(r'"(\w+) = cgrp_ros\.[\w.]+:\w+"', (REPO / "setup.py").read_text()))
 
 
 def test_both_launch_files_exist():
