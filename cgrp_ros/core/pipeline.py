@@ -34,6 +34,7 @@ log = logging.getLogger("cgrp_ros")
 
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
 COVERED = 0.999  # _coverage: a registered thermal with at least this coverage everywhere counts as complete
+SHAPE_CACHE_SIZE = 16  # Pipeline._per_shapes: entries kept (a rig has one or two image sizes)
 FADE_SIGMA = 1.5  # fusion pixels over which the fused image fades to the visible one at the thermal's border
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
 # The share of matches that agree with one affine by chance grows as the grid of 8 x 8 cells shrinks,
@@ -203,6 +204,7 @@ class Pipeline:
             if problem:
                 raise InputError(f"the homography {problem}")
             self.homography = np.asarray(c.homography, dtype=np.float64)
+        self._shape_cache = {}  # _per_shapes
         self.model_paths = c.model_paths()
         # registration confidence below which the registration falls back to the prior
         self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
@@ -229,13 +231,29 @@ class Pipeline:
     # -- geometry ----------------------------------------------------------------------------------
     def visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
         """3x3 map from visible pixel coordinates to thermal pixel coordinates (the prior alignment)."""
-        if self.homography is not None:
-            homography = self._homography_at(tuple(visible_shape[:2]), tuple(thermal_shape[:2]))
-            problem = footprint_problem(homography, visible_shape, thermal_shape)
-            if problem:
-                raise InputError(f"the calibration {problem}")
-            return np.linalg.inv(homography)
-        return resize_homography(visible_shape, thermal_shape)  # same field of view
+        if self.homography is None:
+            return resize_homography(visible_shape, thermal_shape)  # same field of view
+        shapes = (tuple(visible_shape[:2]), tuple(thermal_shape[:2]))
+        return self._per_shapes(("visible_to_thermal", shapes), lambda: self._calibrated_visible_to_thermal(*shapes))
+
+    def _calibrated_visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
+        homography = self._homography_at(visible_shape, thermal_shape)
+        problem = footprint_problem(homography, visible_shape, thermal_shape)
+        if problem:
+            raise InputError(f"the calibration {problem}")
+        return np.linalg.inv(homography)
+
+    def _per_shapes(self, key, make) -> np.ndarray:
+        """make() once per key (image sizes): what depends on the cameras' sizes alone is not worked out
+        again for every frame. Read-only arrays; a stream whose sizes keep changing starts the cache over."""
+        value = self._shape_cache.get(key)
+        if value is None:
+            if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
+                self._shape_cache.clear()
+            value = make()
+            value.setflags(write=False)
+            self._shape_cache[key] = value
+        return value
 
     def _homography_at(self, visible_shape, thermal_shape) -> np.ndarray:
         """The calibration for images of these sizes: as made, or rescaled where a camera delivers the
@@ -428,7 +446,9 @@ class Pipeline:
                 return None
             footprint = np.ones((f.h, f.w), np.float32)
         else:  # where the calibration places the thermal on the working grid
-            footprint = self._placed(f, np.ones(f.th01.shape[:2], np.float32), cv2.BORDER_CONSTANT)
+            key = ("footprint", (f.h, f.w), (f.hv, f.wv), f.th01.shape[:2])
+            footprint = self._per_shapes(key, lambda: self._placed(f, np.ones(f.th01.shape[:2], np.float32),
+                                                                   cv2.BORDER_CONSTANT))
         coverage = warp_numpy(footprint, flow_working) if moved else footprint
         return None if coverage.min() >= COVERED else coverage
 
