@@ -127,3 +127,55 @@ def test_parameter_changes_while_streaming_never_stop_the_output(harness):
     h.wait_for(lambda: (h.diagnostic_value("backend") or "").startswith("torch"), 5.0,
                "/diagnostics naming the torch backend of the last change")
     assert "Traceback" not in log
+
+
+def test_outputs_can_be_emptied_and_refilled_at_start_and_while_running(tmp_path):
+    """`outputs:=[]` publishes nothing: rclpy hands an empty list over as no value at start-up, and an
+    empty array as set at run time has no element type (bytes from rclpy, booleans from a YAML `[]`), so a
+    string-array parameter refused it ("Wrong parameter type, expected '9' got '5'")."""
+    rclpy.init()
+    h = Harness(tmp_path / "cgrp_fusion.log", "-p", "outputs:=[]", outputs=("fused",))
+    try:
+        h.wait_for(lambda: "outputs none;" in h.log(), 30.0, "the start-up line naming no outputs")
+
+        def set_outputs(type_, value):
+            parameter = Parameter("outputs", type_, value).to_parameter_msg()
+            reply = h.call(h.set_parameters, SetParameters.Request(parameters=[parameter]), f"outputs := {value}")
+            return reply.results[0]
+
+        def pairs_received():
+            return int(h.diagnostic_value("pairs") or 0)
+
+        def publish_until_received(count):  # at 10 Hz, until /diagnostics (1 Hz) counts `count` more pairs
+            target, due = pairs_received() + count, [0.0]
+
+            def received():
+                if time.monotonic() >= due[0]:
+                    h.publish_pair()
+                    due[0] = time.monotonic() + 1.0 / RATE
+                return pairs_received() >= target
+
+            h.wait_for(received, 20.0, f"{count} more pairs")
+
+        publish_until_received(3)
+        assert h.received["fused"] == []
+
+        assert set_outputs(Parameter.Type.STRING_ARRAY, ["fused"]).successful
+        h.wait_first_output("the fused output once enabled")
+        for type_ in (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY):
+            assert set_outputs(type_, []).successful, type_
+        refused = set_outputs(Parameter.Type.INTEGER_ARRAY, [3])
+        assert not refused.successful and "expected a list of names" in refused.reason
+        refused = set_outputs(Parameter.Type.STRING_ARRAY, ["fused", "thermal"])
+        assert not refused.successful and "'thermal' is not one of" in refused.reason
+
+        publish_until_received(2)  # a pair the node saw after the change: nothing fused from here on
+        h.received["fused"].clear()
+        publish_until_received(3)
+        assert h.received["fused"] == [], "fused published with outputs []"
+        assert h.proc.poll() is None and "Traceback" not in h.log()
+    finally:
+        if h.proc.poll() is None:
+            stop_node(h.proc, signal.SIGINT, timeout=5.0)
+        h.spinner.node.destroy_node()
+        rclpy.try_shutdown()

@@ -57,7 +57,7 @@ from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
-                         pipeline_config, stream_settings)
+                         pipeline_config, stream_settings, used_value)
 from .process import RosLogHandler, release_free_memory, spin_until_signal
 from .startup import Interrupted, interrupt_start_on_signals
 from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
@@ -99,7 +99,7 @@ class FusionNode(LifecycleNode):
         super().__init__("cgrp_fusion", **kwargs)
         for param in PARAMETERS:
             self.declare_parameter(param.name, param.default, describe(param))
-        self.values = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
+        self.values = {p.name: used_value(p.name, self.get_parameter(p.name).value) for p in PARAMETERS}
         for name, value in self.values.items():
             reason = check_parameter(name, value)
             if reason:
@@ -372,7 +372,7 @@ class FusionNode(LifecycleNode):
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
             f"inputs {self.input_reliability()} ({self.values['image_transport']}), camera_info "
             f"{', '.join(s.topic_name for s in self.camera_info_subscriptions) or 'not used'}, "
-            f"outputs {', '.join(self.values['outputs'])}; {self._prior_description()}")
+            f"outputs {', '.join(self.values['outputs']) or 'none'}; {self._prior_description()}")
 
     def _prior_description(self) -> str:
         """What the registration starts from and how often it runs, for the start-up line."""
@@ -418,7 +418,7 @@ class FusionNode(LifecycleNode):
         changed = {p.name for p in parameters if p.name in PARAMETERS_BY_NAME}
         for p in parameters:
             if p.name in PARAMETERS_BY_NAME:
-                self.values[p.name] = p.value
+                self.values[p.name] = used_value(p.name, p.value)
         if changed & {"slop", "queue_size"}:
             self.sync = self._make_synchronizer()
         if "stats_period" in changed:

@@ -31,6 +31,7 @@ class Param:
     range: tuple = ()          # (min, max) for numbers and number arrays
     rebuild: bool = False      # changing it builds a new Pipeline (beside the running one)
     read_only: bool = False    # fixed at startup (e.g. QoS)
+    any_type: bool = False     # rclpy does not check the type: `used_value` and `check_parameter` do
 
 
 PARAMETERS = (
@@ -80,8 +81,10 @@ PARAMETERS = (
     Param("jpeg_quality", 90, "JPEG quality of ~/fused/compressed", range=(1, 100)),
     Param("deformation_vis_max", 0.0, "flow magnitude (px) shown at full colour in ~/deformation_vis; 0: each "
           "image's own maximum (as cgrp fuse's flow_vis)", range=(0.0, 10000.0)),
-    Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers",
-          choices=OUTPUTS),
+    # any_type: `outputs:=[]` reaches rclpy as no value or an empty byte array, which a string-array
+    # parameter would refuse with "Wrong parameter type, expected '9' got '5'"
+    Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers; "
+          "[] publishes nothing", choices=OUTPUTS, any_type=True),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
     Param("drop_rate_warn", 0.5, "fraction of dropped pairs that makes diagnostics warn", range=(0.0, 1.0)),
     Param("stats_period", 10.0, "s between statistics log lines (at least 1); 0 turns them off", range=(0.0, 3600.0)),
@@ -109,7 +112,7 @@ def describe(param: Param) -> ParameterDescriptor:
     text = param.description
     if param.choices:
         text += f" (one of: {', '.join(param.choices)})"
-    descriptor = ParameterDescriptor(description=text, read_only=param.read_only)
+    descriptor = ParameterDescriptor(description=text, read_only=param.read_only, dynamic_typing=param.any_type)
     if param.range and isinstance(param.default, (int, float)) and not isinstance(param.default, bool):
         low, high = param.range
         if isinstance(param.default, int):
@@ -121,11 +124,23 @@ def describe(param: Param) -> ParameterDescriptor:
     return descriptor
 
 
+def used_value(name: str, raw):
+    """Parameter `name`'s value as the node uses it: `outputs` as a list of names ([] for an empty array of
+    any type, or for no value); `raw` otherwise."""
+    if name == "outputs":
+        if raw is None or (isinstance(raw, (list, tuple, array.array, bytes, np.ndarray)) and len(raw) == 0):
+            return []
+    return raw
+
+
 def check_parameter(name: str, value) -> str | None:
     """Why `value` is not acceptable for parameter `name`, or None when it is."""
     param = PARAMETERS_BY_NAME.get(name)
     if param is None:
         return None
+    value = used_value(name, value)
+    if name == "outputs" and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        return f"outputs: expected a list of names such as [fused, deformation], or [], not {value!r}"
     values = list(value) if isinstance(value, (list, tuple, array.array, np.ndarray)) else [value]
     if param.choices:
         bad = [v for v in values if v not in param.choices]
