@@ -7,7 +7,8 @@ import pytest
 
 from cgrp_ros.cli import main
 from cgrp_ros.evaluation.bench import PEERS, bench_input, bench_markdown, bench_targets, ecc_blend, homography_blend
-from cgrp_ros.evaluation.evaluate import luminance, misaligned_sample
+from cgrp_ros.core.image import luminance
+from cgrp_ros.evaluation.evaluate import misaligned_sample
 from cgrp_ros.ros.bench import ros_markdown
 from cgrp_ros.ros.node_processes import camera_sequence
 
@@ -34,6 +35,7 @@ def test_bench_measures_the_peers_beside_cgrp(tmp_path):
     assert "| `torch-cpu, aligned` | 64x96 |" in text and "| `torch-cpu, frame` | 64x96 |" in text
     assert document["input"].startswith("bundled pair FLIR_00233") and "misaligned `moderate`" in document["input"]
     assert "\nInput: bundled pair FLIR_00233" in text
+    assert document["startup"] == [] and "Start-up" not in text  # --no-startup
 
 
 def test_the_bench_times_a_real_pair_misaligned_as_asked():

@@ -98,9 +98,17 @@ def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bo
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def bgr_to_ycrcb(bgr01: np.ndarray) -> np.ndarray:
-    """H x W x 3 BGR float [0, 1] -> H x W x 3 YCrCb float [0, 1] (OpenCV's definition)."""
-    return cv2.cvtColor(bgr01.astype(np.float32), cv2.COLOR_BGR2YCrCb)
+def luminance(bgr: np.ndarray) -> np.ndarray:
+    """H x W luminance, the Y of OpenCV's YCrCb (0.299 R + 0.587 G + 0.114 B), of an H x W x 3 BGR image
+    (x 4: the alpha is ignored) in its own scale: uint8, uint16, or float32 [0, 1]. An H x W image is
+    grey already and comes back as it is. The one luminance of the package: what the registration,
+    the calibration, the fusion and the evaluation's baselines see of the visible image."""
+    if bgr.ndim == 2:
+        return bgr
+    if bgr.dtype.kind == "f" and bgr.dtype != np.float32:
+        bgr = bgr.astype(np.float32)
+    # YCrCb, not GRAY: OpenCV's two round differently (1 grey level of 8-bit images, 1 ulp of floats)
+    return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(bgr[:, :, :3]), cv2.COLOR_BGR2YCrCb)[:, :, 0])
 
 
 def to_uint8(image01: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -218,3 +226,30 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
     if np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0:
         return None  # grey stored as BGR
     return f"the visible image is 16-bit single channel and the thermal image is in colour: {SWAPPED_QUESTION}"
+
+
+def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") -> list:
+    """[(kind, text)] for a pair that is fused but carries little or no information, or looks swapped;
+    kind: 'non_finite_thermal', 'swapped', 'constant_visible' or 'constant_thermal'. `where` (e.g.
+    'at 12.300', a stamp) follows "image" / "pair" in the texts.
+
+    NaN/inf thermal pixels are treated as missing (coldest) by the gain control; a thermal with no
+    finite pixel at all is refused by the Pipeline (InputError), so it is not warned of here. A constant
+    image (zero variance) is fused as it is: a lens cap or a camera's flat-field correction produces
+    it, and the other camera still counts.
+    """
+    at = f" {where}" if where else ""
+    warnings = []
+    if thermal.dtype.kind == "f":
+        finite = np.isfinite(thermal)
+        if finite.any() and not finite.all():
+            warnings.append(("non_finite_thermal", f"thermal image{at} has {finite.size - finite.sum()} NaN/inf "
+                             "pixels: fused with them treated as missing"))
+    swapped = swapped_cameras_hint(visible, thermal)
+    if swapped:
+        warnings.append(("swapped", f"pair{at}: {swapped}" if at else swapped))
+    for name, image in (("visible", visible), ("thermal", thermal)):
+        if image.size and image.min() == image.max():
+            warnings.append((f"constant_{name}", f"{name} image{at} is constant (value {image.flat[0]}): fused, but "
+                             "it carries no information"))
+    return warnings

@@ -23,8 +23,8 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (SWAPPED_QUESTION, bgr_to_ycrcb, check_image, check_percentiles, footprint_problem,
-                    homography_problem, normalize_thermal, pad_to, resize, resize_homography, to_uint8,
+from .image import (SWAPPED_QUESTION, check_image, check_percentiles, footprint_problem,
+                    homography_problem, luminance, normalize_thermal, pad_to, resize, resize_homography, to_uint8,
                     visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
@@ -285,7 +285,7 @@ class Pipeline:
         f.hv, f.wv = f.vis01.shape[:2]
         (f.h, f.w), f.padded = working_shape(f.hv, f.wv, c.working_size, SIZE_MULTIPLE)
         vis_w = resize(f.vis01, (f.h, f.w))
-        f.y_w = bgr_to_ycrcb(vis_w)[:, :, 0]
+        f.y_w = luminance(vis_w)
         f.vis_in, f.y_in = self._nchw(vis_w, f.padded), self._nchw(f.y_w, f.padded)
         if thermal is not None:
             f.thermal = check_image(thermal, "thermal")
@@ -358,7 +358,7 @@ class Pipeline:
         The colour image is the visible one with its luminance changed: in YCrCb every channel of
         B, G, R moves by the luminance's change, so it is added to them (no round trip through
         YCrCb: a full-resolution frame path costs half as much)."""
-        y = cv2.cvtColor(f.vis01, cv2.COLOR_BGR2GRAY)  # the Y of YCrCb (same weights)
+        y = luminance(f.vis01)
         fused_y = y + self._to_visible(f, fused_w - visible_y)
         np.clip(fused_y, 0.0, 1.0, out=fused_y)
         fused_color = None

@@ -26,13 +26,14 @@ import numpy as np
 
 from .image import check_image
 from .pipeline import ALL_OUTPUTS, FusionResult, Pipeline, Registration
+from .warp import endpoint_error
 
 WAITING, CONVERGING, CONVERGED, DRIFTING = "waiting", "converging", "converged", "drifting"
 
 
 def flow_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean end-point distance (px) between two H x W x 2 flows."""
-    return float(np.mean(np.linalg.norm(a - b, axis=-1)))
+    return float(endpoint_error(a, b).mean())
 
 
 def mean_flow(flows: list) -> np.ndarray:

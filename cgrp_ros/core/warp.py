@@ -69,6 +69,12 @@ def resize_flow(flow: np.ndarray, shape) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def endpoint_error(flow, reference_flow) -> np.ndarray:
+    """Per-pixel end-point error |flow - reference_flow| of two H x W x 2 flows (px), H x W float64 px."""
+    diff = np.asarray(flow, np.float64) - np.asarray(reference_flow, np.float64)
+    return np.hypot(diff[..., 0], diff[..., 1])
+
+
 def valid_mask(flow: np.ndarray, source_shape=None) -> np.ndarray:
     """H x W bool: where p + flow(p) lands inside the source image (default: same size as flow)."""
     height, width = flow.shape[:2]

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.image import bgr_to_ycrcb, check_image, visible_to_bgr01
-from .evaluate import luminance
+from ..core.image import check_image, luminance, visible_to_bgr01
 from .metrics import edge_agreement
 from .report import edge_overlay
 
@@ -57,7 +56,7 @@ def visible_luminance(visible: np.ndarray) -> np.ndarray:
     """H x W luminance of a visible image (H x W, or x3 BGR / x4 BGRA)."""
     visible = check_image(visible, "visible")  # (H x W x 1 -> H x W)
     integer = visible.dtype in (np.uint8, np.uint16)  # OpenCV's conversion: ~20x faster than the float path
-    return luminance(visible) if integer else bgr_to_ycrcb(visible_to_bgr01(visible))[:, :, 0]
+    return luminance(visible if integer else visible_to_bgr01(visible))
 
 
 def thermal_seen(pipeline, thermal_shape, flow: np.ndarray) -> np.ndarray:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..core.warp import endpoint_error
+
 GREY_LEVELS = 256
 _EPS = 1e-10
 
@@ -100,12 +102,6 @@ def mutual_information(a, b, mask=None, bins: int = GREY_LEVELS) -> float:
         return float("nan")
     joint = np.bincount(_levels(a, bins) * bins + _levels(b, bins), minlength=bins * bins).reshape(bins, bins)
     return max(0.0, _entropy_of(joint.sum(axis=1)) + _entropy_of(joint.sum(axis=0)) - _entropy_of(joint))
-
-
-def endpoint_error(flow, reference_flow) -> np.ndarray:
-    """Per-pixel end-point error |flow - reference_flow|, H x W float64 pixels."""
-    diff = np.asarray(flow, np.float64) - np.asarray(reference_flow, np.float64)
-    return np.hypot(diff[..., 0], diff[..., 1])
 
 
 def flow_errors(flow, reference_flow, mask=None) -> dict:

@@ -25,7 +25,7 @@ from ..core.data import default_dataset_root, load_split, replaced_on_success
 from ..core.deform import PRESETS, Preset, random_displacement
 from ..core.errors import CgrpError, InputError
 from ..core.filters import gradient_magnitude
-from ..core.image import pad_to, resize, working_shape
+from ..core.image import luminance, pad_to, resize, working_shape
 from ..core.models import default_model_path, load_model, model_config, save_model
 from ..core.align import affine_flow, window_offsets
 from ..core.networks import SIZE_MULTIPLE, FusionNet, Generator, PatchDiscriminator, RegistrationNet
@@ -137,12 +137,6 @@ class TrainConfig:
 def bgr_to_luma(bgr: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W BGR -> N x 1 x H x W luminance (ITU-R BT.601, as OpenCV's YCrCb)."""
     return 0.114 * bgr[:, 0:1] + 0.587 * bgr[:, 1:2] + 0.299 * bgr[:, 2:3]
-
-
-def bgr_to_luma_numpy(bgr: np.ndarray) -> np.ndarray:
-    """H x W x 3 float32 BGR -> H x W luminance (as :func:`bgr_to_luma`)."""
-    return np.ascontiguousarray(bgr[:, :, 0] * 0.114 + bgr[:, :, 1] * 0.587 + bgr[:, :, 2] * 0.299,
-                                dtype=np.float32)
 
 
 def prepare(pairs, working_size):
@@ -391,7 +385,7 @@ class RegistrationStage(Stage):
             i = int(self.rng.integers(len(self.images)))
             _, v, t = self.images[i]
             v, t, p = augment_pair(self.rng, v, t, self.pseudo[i])
-            v = bgr_to_luma_numpy(v)
+            v = luminance(v)
             if self.rng.random() < share:  # mono-modal
                 v = p = t
             if self.rng.random() < 0.5:
@@ -480,7 +474,7 @@ class GlobalStage(Stage):
     def sample(self, rng, crop):
         _, visible, thermal = self.images[int(rng.integers(len(self.images)))]
         visible, thermal = augment_pair(rng, visible, thermal)
-        visible_y = bgr_to_luma_numpy(visible)
+        visible_y = luminance(visible)
         if rng.random() < 0.5:
             visible_y, thermal = visible_y[:, ::-1], thermal[:, ::-1]
         return misaligned_crop(rng, visible_y, thermal, self.cfg.preset, crop)
@@ -539,7 +533,7 @@ class GlobalStage(Stage):
             _, visible, thermal = self.images[int(rng.integers(len(self.images)))]
             visible, thermal = augment_pair(rng, visible, thermal)
             crop = tuple(SIZE_MULTIPLE * (n // SIZE_MULTIPLE) for n in thermal.shape)
-            visible_y, moving, flow, valid = misaligned_crop(rng, bgr_to_luma_numpy(visible), thermal,
+            visible_y, moving, flow, valid = misaligned_crop(rng, luminance(visible), thermal,
                                                              "mix", crop)
             params, confidence = self.estimate(self.t(visible_y), self.t(moving))
             predicted = affine_flow(params, self.t(moving))[0].numpy().transpose(1, 2, 0)
@@ -548,7 +542,7 @@ class GlobalStage(Stage):
             fitted.append(float(np.linalg.norm(predicted - flow, axis=2)[inside].mean()))
             identity.append(float(np.linalg.norm(flow, axis=2)[inside].mean()))
             _, other, _ = self.images[int(rng.integers(len(self.images)))]
-            other_y = resize(bgr_to_luma_numpy(other), moving.shape)
+            other_y = resize(luminance(other), moving.shape)
             mismatched.append(float(self.estimate(self.t(other_y), self.t(moving))[1]))
         conf, fitted, identity = map(np.array, (conf, fitted, identity))
         candidates = np.concatenate(([0.0], np.sort(conf)))
