@@ -34,7 +34,7 @@ setup(
         "console_scripts": [
             "cgrp = cgrp_ros.cli:main",
             "cgrp_fusion = cgrp_ros.ros.startup:fusion_main",
-            "cgrp_player = cgrp_ros.ros.player_node:main",
+            "cgrp_player = cgrp_ros.ros.startup:player_main",
         ],
     },
 )

@@ -23,9 +23,8 @@ from cgrp_ros.cli import main
 def cgrp(args):
     return main([str(a) for a in args])
 from cgrp_ros.core.calibrate import (Calibration, CalibrationError, RigCalibrator, apply_homography,
-                                     centred_placement, corner_error,
-                                     load_calibration, load_rig, save_calibration, similarity_about_centre,
-                                     synthetic_rig)
+                                     centred_placement, load_calibration, load_rig, save_calibration)
+from cgrp_ros.evaluation.rig import corner_error, similarity_about_centre, synthetic_rig
 
 SIZE = (240, 320)  # the synthetic rig's thermal (H, W)
 
@@ -333,8 +332,12 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
                  "--out", out, "--scales", "1", "--refinements", "1", "--device", "cpu"]) == 0
     assert corner_error(load_calibration(out), rig[0][2], SIZE) < 3.0
-    assert yaml.safe_load(out.read_text())["command"].startswith("cgrp calibrate --bag")
+    command = yaml.safe_load(out.read_text())["command"]
+    assert command.startswith("cgrp calibrate --bag") and " --slop 0.05 " in command  # the run, reproducible
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
+    (tmp_path / "list.txt").write_text("nothing\n")  # a list of folder names: refused, not silently ignored
+    assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,
+                 "--out", out, "--list", tmp_path / "list.txt"]) == 2
 
 
 def test_calibrate_bag_skips_pairs_stamped_apart(aligned_pairs, tmp_path, capsys):
@@ -486,3 +489,11 @@ def test_eval_refuses_a_calibration_of_cameras_with_another_aspect_ratio(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "maps a 640x512 thermal onto a 1280x720 visible image" in err, err
     assert "edge check" in err and not (tmp_path / "eval").exists()
+    # one camera's size on both sides, but the data set's pairs (cropped to different sizes) have other aspect
+    # ratios: refused before the models load, naming them (it failed at the first such pair, after the others)
+    save_calibration(Calibration(np.eye(3), (351, 502), (351, 502), pairs_used=30), tmp_path / "rig.yaml")
+    code = cgrp(["eval", "--data", sample_dir, "--calibration", tmp_path / "rig.yaml", "--preset", "none",
+                 "--methods", "cgrp,none", "--no-fusion-metrics", "--out", tmp_path / "eval"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was made for a 502x351 visible image; " in err and "have another aspect ratio (" in err, err
+    assert "/FLIR_01415 543x358" in err and "edge check" in err and not (tmp_path / "eval").exists()

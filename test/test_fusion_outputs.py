@@ -129,7 +129,7 @@ def test_alignment_vis_draws_no_thermal_edge_where_the_thermal_does_not_see(samp
     is not drawn as a thermal edge: no magenta outside the footprint."""
     import cv2
 
-    from cgrp_ros.core.calibrate import synthetic_rig
+    from cgrp_ros.evaluation.rig import synthetic_rig
     from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
     from cgrp_ros.core.stream import StreamPipeline
 

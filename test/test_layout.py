@@ -52,3 +52,31 @@ def test_the_command_line_and_the_player_do_not_load_torch():
     code = f"import sys; from cgrp_ros.cli import build_parser; {player}build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle between the package's modules, counting the imports inside functions: a cycle
+    means two modules that are one job, or a piece of one that belongs in a third (the evaluation and
+    its reports shared their constants that way; the entry point and the node a signal handler)."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {n for n in imported(p) if n in paths and n != m} for m, p in paths.items()}
+    cycles, state = [], {}
+
+    def visit(module, stack):
+        state[module] = "open"
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                cycles.append(stack[stack.index(other):] + [other])
+            elif other not in state:
+                visit(other, stack + [other])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

@@ -124,18 +124,36 @@ def test_a_signal_while_the_models_load_stops_the_node_cleanly(tmp_path, signum)
     assert f"cgrp_fusion: {signal.Signals(signum).name} during start-up: stopped" in proc.stderr
 
 
-def test_a_signal_while_the_node_imports_stops_it_cleanly():
-    """The console script (cgrp_fusion, what ros2 run and launch files start) handles SIGINT from its
-    first instant: importing the node takes seconds (torch, OpenCV, rclpy), and a Ctrl-C then ended in a
-    KeyboardInterrupt traceback."""
+# The child sends the signal to itself when the node's module first imports `trigger`, i.e. in the
+# middle of the imports that take seconds, whatever this machine's speed.
+SIGNAL_DURING_IMPORT = """
+import os, signal, sys
+class Trip:
+    def find_spec(self, name, path=None, target=None):
+        if name == {trigger!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{signal})
+        return None
+from cgrp_ros.ros import startup
+sys.meta_path.insert(0, Trip())
+sys.exit(startup.{entry}([{name!r}]))
+"""
+
+
+@pytest.mark.parametrize("name, entry, trigger, signum", [
+    ("cgrp_fusion", "fusion_main", "torch", "SIGINT"),
+    ("cgrp_fusion", "fusion_main", "rclpy", "SIGTERM"),
+    ("cgrp_player", "player_main", "rclpy", "SIGTERM"),
+])
+def test_a_signal_while_the_node_imports_stops_it_cleanly(name, entry, trigger, signum):
+    """The console scripts (what ros2 run and launch files start) handle SIGINT and SIGTERM from their
+    first instant: importing a node takes seconds (torch, OpenCV, rclpy), and a Ctrl-C then ended in a
+    KeyboardInterrupt traceback, a SIGTERM (cgrp_player's, before it went through ros.startup) in death
+    by signal (exit -15)."""
     import subprocess
     import sys
-    import time
 
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cgrp_ros.ros.startup import fusion_main; "
-                             "sys.exit(fusion_main(['cgrp_fusion']))"], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.8)  # the light module is in, the node's imports (or its models) are not yet done
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=STARTUP_TIMEOUT)
-    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
-    assert "cgrp_fusion: SIGINT during start-up: stopped" in stderr
+    code = SIGNAL_DURING_IMPORT.format(trigger=trigger, signal=signum, entry=entry, name=name)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr[-2000:])
+    assert f"{name}: {signum} during start-up: stopped" in proc.stderr, proc.stderr

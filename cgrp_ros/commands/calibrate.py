@@ -1,8 +1,9 @@
 """cgrp calibrate: the rig's thermal -> visible homography from many pairs (cgrp_ros.core.calibrate).
 
 Writes OUT (rig.yaml: the homography, both image sizes, pairs used, each skipped pair with its
-reason, the median residual, the edge check, the date, the command) and OUT with .png
-(visible/thermal checkerboard before and after, on the most confident pair). The edge check scores
+reason, the median residual, the edge check, the date, the command), OUT with .png (visible/thermal
+checkerboard before and after, on the most confident pair) and rig_edges.jpg beside it (both cameras'
+edges on that pair). The edge check scores
 how well the thermal's edges meet the visible image's on every pair used, with the plain resize and
 with the calibration (no ground truth needed); a calibration that scores clearly worse warns. With
 too little evidence nothing is written and the exit code is 2; with fewer than FEW_PAIRS pairs used
@@ -198,6 +199,10 @@ def input_pairs(args) -> list | None:
             print("cgrp calibrate: error: --visible/--thermal-camera-info are for folders: a bag's camera_info "
                   "topics are used", file=sys.stderr)
             return None
+        if args.list:
+            print("cgrp calibrate: error: --list names pairs of folders; for a bag, --every and --limit pick "
+                  "the pairs", file=sys.stderr)
+            return None
         pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop, args.camera_info)
     else:
         if args.visible is None or args.thermal is None:
@@ -224,7 +229,7 @@ def input_pairs(args) -> list | None:
 def write_pictures(out: Path, pairs, calibration, best: str) -> str:
     """rig.png (checkerboard) and rig_edges.jpg (both cameras' edges) next to `out`, drawn on pair
     `best`; -> the paths written, for the summary line."""
-    from ..core.calibrate import checkerboard_picture
+    from ..evaluation.report import checkerboard_picture
     from ..evaluation.rig import calibration_edges_picture
 
     _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
@@ -260,7 +265,8 @@ def command_line(args) -> str:
     q = lambda v: shlex.quote(str(v))  # noqa: E731
     if getattr(args, "bag", None) is not None:
         parts = ["cgrp calibrate", f"--bag {q(args.bag)}", f"--visible-topic {q(args.visible_topic)}",
-                 f"--thermal-topic {q(args.thermal_topic)}", f"--every {args.every}", f"--out {q(args.out)}"]
+                 f"--thermal-topic {q(args.thermal_topic)}", f"--every {args.every}", f"--slop {args.slop:g}",
+                 f"--out {q(args.out)}"]
         if not getattr(args, "camera_info", True):
             parts.append("--no-camera-info")
     else:

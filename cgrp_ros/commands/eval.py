@@ -58,7 +58,7 @@ class _PresetAction(argparse.Action):
 
 
 def add_arguments(p):
-    from ..evaluation.evaluate import METHODS
+    from ..evaluation.protocol import METHODS
 
     p.add_argument("--data", type=Path, action=_DataAction, dest="datasets", default=None, metavar="DIR",
                    help="folder with visible/ and thermal/ aligned pairs, or whose subfolders each hold them "
@@ -142,7 +142,7 @@ def dataset_specs(args) -> list:
 
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed options (also right when called from Python)."""
-    from ..evaluation.evaluate import METHODS, select_methods
+    from ..evaluation.protocol import METHODS, select_methods
 
     parts = ["cgrp eval"]
     for data, list_file in dataset_specs(args):
@@ -247,10 +247,20 @@ def run_rig(args, datasets, pipeline) -> int:
     return 0
 
 
-def refuse_a_rigs_calibration(args) -> None:
+JUDGE_YOUR_RIG = ("cgrp eval misaligns aligned pairs on purpose and feeds the thermal at the visible image's size, "
+                  "where this calibration cannot apply. Judge your own rig's calibration by its edge check instead: "
+                  "cgrp fuse --calibration (registration.csv) or cgrp calibrate's")
+
+
+def refuse_a_rigs_calibration(args, datasets) -> None:
     """cgrp eval feeds each pair's thermal at its visible image's size (the pairs are aligned): a calibration
-    of two cameras of different aspect ratios cannot apply there, and would fail on every pair."""
+    of two cameras of different aspect ratios cannot apply there, nor one made for another aspect ratio
+    than a pair's (the Pipeline refuses such a pair): refused before the models load, not at that pair."""
+    import cv2
+
     from ..core.calibrate import load_rig
+    from ..core.data import read_image
+    from ..core.pipeline import ASPECT_TOLERANCE
 
     if not getattr(args, "calibration", None):
         return
@@ -258,16 +268,25 @@ def refuse_a_rigs_calibration(args) -> None:
     if sizes is None:
         return
     (vh, vw), (th, tw) = sizes
-    if abs((vw / vh) / (tw / th) - 1.0) > 0.01:
+    if abs((vw / vh) / (tw / th) - 1.0) > ASPECT_TOLERANCE:
         raise CgrpError(f"--calibration {args.calibration} maps a {tw}x{th} thermal onto a {vw}x{vh} visible image; "
-                        "cgrp eval misaligns aligned pairs on purpose and feeds the thermal at the visible image's "
-                        "size, where this calibration cannot apply. Judge your own rig's calibration by its edge "
-                        "check instead: cgrp fuse --calibration (registration.csv) or cgrp calibrate's")
+                        + JUDGE_YOUR_RIG)
+    other = []
+    for dataset in datasets:
+        for name, visible_path, _ in dataset.pairs:
+            h, w = read_image(visible_path, cv2.IMREAD_GRAYSCALE).shape[:2]
+            if abs((w / vw) / (h / vh) - 1.0) > ASPECT_TOLERANCE:
+                other.append(f"{dataset.name}/{name} {w}x{h}")
+    if other:
+        raise CgrpError(f"--calibration {args.calibration} was made for a {vw}x{vh} visible image; {len(other)} pair(s) "
+                        f"have another aspect ratio ({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}). "
+                        + JUDGE_YOUR_RIG)
 
 
 def run(args) -> int:
     from ..evaluation import report
-    from ..evaluation.evaluate import evaluate_datasets, load_datasets, select_methods
+    from ..evaluation.evaluate import evaluate_datasets, load_datasets
+    from ..evaluation.protocol import select_methods
 
     methods = select_methods(args.methods)  # bad names, data problems: raise before the models load
     calibration_only = [f"--{judge}-fit" for judge in requested_fits(args)] + \
@@ -283,7 +302,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.rig and args.calibrate:
         return run_rig_calibration(args, datasets)
-    refuse_a_rigs_calibration(args)
+    refuse_a_rigs_calibration(args, datasets)
     pipeline = pipeline_from_args(args)
     if args.rig:
         return run_rig(args, datasets, pipeline)

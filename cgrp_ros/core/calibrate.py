@@ -43,7 +43,7 @@ import numpy as np
 
 from .data import replaced_on_success, unwritable_reason
 from .errors import InputError
-from .image import footprint_problem, homography_problem, resize_homography
+from .image import footprint_problem, homography_problem
 
 log = logging.getLogger("cgrp_ros")
 
@@ -171,15 +171,6 @@ def apply_homography(h: np.ndarray, points: np.ndarray) -> np.ndarray:
     return q[:, :2] / q[:, 2:3]
 
 
-def corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size) -> float:
-    """Mean distance, in thermal pixels, between the thermal frame's corners and where they land when
-    mapped to the visible image by `estimate` and back by `truth`."""
-    ht, wt = thermal_size
-    corners = np.array([[0, 0], [wt - 1, 0], [wt - 1, ht - 1], [0, ht - 1]], np.float64)
-    back = apply_homography(np.linalg.inv(truth) @ estimate, corners)
-    return float(np.linalg.norm(back - corners, axis=1).mean())
-
-
 def _snap(size: float) -> int:
     return max(2 * CELL, int(round(size / CELL)) * CELL)
 
@@ -221,10 +212,9 @@ class RigCalibrator:
 
     # one pair, one placement ------------------------------------------------------------------
     def _prepare(self, visible, thermal):
-        from .image import bgr_to_ycrcb, check_image, normalize_thermal, visible_to_bgr01
+        from .image import check_image, luminance, normalize_thermal, visible_to_bgr01
 
-        vis = visible_to_bgr01(check_image(visible, "visible"))
-        y = np.ascontiguousarray(bgr_to_ycrcb(vis)[:, :, 0], dtype=np.float32)
+        y = luminance(visible_to_bgr01(check_image(visible, "visible")))
         th = normalize_thermal(check_image(thermal, "thermal"), self.thermal_percentiles).astype(np.float32)
         return y, th
 
@@ -432,7 +422,7 @@ class RigCalibrator:
                     f"{self.min_confidence:.2f} ({sum(len(s) for s in src)} matches; need {self.min_pairs} pair(s) "
                     f"and {self.min_matches} matches); the pairs carry too little structure both cameras see")
             src, dst = np.concatenate(src), np.concatenate(dst)
-            fit = fit_homography(src, dst, visible_size, placement, thermal_size, self.working_size)
+            fit = fit_homography(src, dst, placement, thermal_size, self.working_size)
             if fit is None:
                 if h is not None:
                     break
@@ -447,9 +437,11 @@ class RigCalibrator:
         return h, inliers, residual, used_final
 
 
-def fit_homography(src, dst, visible_size, placement, thermal_size, working_size):
-    """Robust homography src (thermal px) -> dst (visible px): USAC (RANSAC where OpenCV lacks it),
-    then least squares on the inliers. -> (H, inlier mask, inlier residuals in visible px) or None."""
+def fit_homography(src, dst, placement, thermal_size, working_size):
+    """Robust homography src (N x 2 thermal px) -> dst (N x 2 visible px): USAC (RANSAC where OpenCV lacks
+    it), then least squares on the inliers; `placement` (3x3, thermal px -> visible px), `thermal_size` and
+    `working_size` ((H, W) each) set the threshold: half a working cell in visible px.
+    -> (3x3 H, N bool inlier mask, inlier residuals in visible px) or None."""
     if len(src) < 8:
         return None
     # one working cell, in visible pixels, at the current placement: the matches' noise scale
@@ -503,70 +495,3 @@ def homography_from_flow(flow: np.ndarray, visible_to_thermal: np.ndarray, therm
     h = h / h[2, 2]
     residual = np.linalg.norm(apply_homography(h, thermal[inside]) - visible[inside], axis=1)
     return h, float(np.median(residual))
-
-
-# -- picture ---------------------------------------------------------------------------------------
-def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width: int = 1400,
-                         thermal_percentiles=(1.0, 99.0), name: str = "") -> np.ndarray:
-    """BGR uint8 picture: visible/thermal checkerboard with the resize prior (left) and with
-    `homography` (right), each at the visible resolution, side by side, titled, over a key that names
-    the pair `name`."""
-    from .image import bgr_to_ycrcb, check_image, normalize_thermal, to_uint8, visible_to_bgr01
-
-    y = bgr_to_ycrcb(visible_to_bgr01(check_image(visible, "visible")))[:, :, 0]
-    th = normalize_thermal(check_image(thermal, "thermal"), thermal_percentiles)
-    hv, wv = y.shape
-    ht, wt = th.shape
-    prior = resize_homography((ht, wt), (hv, wv))
-    yy, xx = np.mgrid[0:hv, 0:wv]
-    board = ((yy * tiles // hv + xx * tiles // wv) % 2).astype(bool)
-    panels = []
-    for title, m in (("before (resize)", prior), ("after (calibration)", np.asarray(homography, np.float64))):
-        warped = cv2.warpPerspective(th.astype(np.float32), m, (wv, hv), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        panel = cv2.cvtColor(to_uint8(np.where(board, warped, y)), cv2.COLOR_GRAY2BGR)
-        panel[board] = (panel[board] * np.array([0.55, 0.75, 1.0])).astype(np.uint8)  # thermal tiles warm-tinted
-        cv2.putText(panel, title, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, max(0.6, wv / 900), (0, 255, 255), 2)
-        panels.append(panel)
-    picture = np.concatenate((panels[0], np.full((hv, 8, 3), 255, np.uint8), panels[1]), axis=1)
-    if picture.shape[1] > max_width:
-        f = max_width / picture.shape[1]
-        picture = cv2.resize(picture, (max_width, round(picture.shape[0] * f)), interpolation=cv2.INTER_AREA)
-    key = (f"{name + ': ' if name else ''}grey squares: visible camera, orange squares: thermal camera. "
-           "Aligned where edges run on straight across the squares' borders.")
-    strip = np.full((28, picture.shape[1], 3), 32, np.uint8)
-    cv2.putText(strip, key, (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack((picture, strip))
-
-
-# -- synthetic rigs (tests, measurements) ------------------------------------------------------------
-def similarity_about_centre(size, rotation_deg=0.0, scale=1.0, shift=(0.0, 0.0)) -> np.ndarray:
-    """3x3 pixel map of an image of `size` (H, W): rotate and scale about its centre, then shift (px)."""
-    h, w = size
-    c = np.array([(w - 1) / 2, (h - 1) / 2])
-    a = math.radians(rotation_deg)
-    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    m = np.eye(3)
-    m[:2, :2] = r
-    m[:2, 2] = c - r @ c + np.asarray(shift, np.float64)
-    return m
-
-
-def synthetic_rig(visible, thermal, misalignment=None, fov: float = 1.0, visible_pixels: float = 1.0, size=None):
-    """Turn an aligned pair into a pair of a synthetic rig with a known thermal -> visible homography.
-
-    Both images are first resized to `size` (H, W; default the thermal's). The rig's thermal sees the
-    central 1/`fov` of that view at `size` pixels, moved by `misalignment` (3x3: rig thermal px ->
-    px of that central view); the rig's visible camera sees the whole view at `visible_pixels` times
-    `size`. Returns (visible, thermal, truth: 3x3 rig thermal px -> rig visible px)."""
-    size = tuple(size or thermal.shape[:2])
-    h, w = size
-    vb = cv2.resize(visible, (w, h), interpolation=cv2.INTER_AREA)
-    tb = cv2.resize(thermal, (w, h), interpolation=cv2.INTER_AREA)
-    g = np.eye(3) if misalignment is None else np.asarray(misalignment, np.float64)
-    crop = similarity_about_centre(size, 0.0, 1.0 / fov)        # central view px -> base px
-    th = cv2.warpPerspective(tb, crop @ g, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    hv, wv = round(h * visible_pixels), round(w * visible_pixels)
-    vis = cv2.resize(vb, (wv, hv), interpolation=cv2.INTER_AREA if visible_pixels < 1 else cv2.INTER_LINEAR)
-    return vis, th, resize_homography((h, w), (hv, wv)) @ crop @ g

@@ -255,7 +255,7 @@ PEER_STAGES = ("preprocess", "registration", "fusion", "total")
 def prior_homography(size) -> np.ndarray:
     """3 x 3 float64 thermal pixel -> visible pixel for working size `size` (H, W): a fixed rig
     calibration's kind of mapping, 1 degree of rotation and 2 % of scale about the centre, then (4, -3) px."""
-    from ..core.calibrate import similarity_about_centre
+    from .rig import similarity_about_centre
 
     return similarity_about_centre(size, 1.0, 1.02, (4.0, -3.0))
 
@@ -281,7 +281,8 @@ def homography_blend(visible: np.ndarray, thermal: np.ndarray, homography: np.nd
     """Peer `homography+blend`: (fused H x W uint8, {stage: ms}).
 
     visible H x W x 3 BGR uint8; thermal h x w uint8; homography 3 x 3, thermal px -> visible px."""
-    from .evaluate import average_fusion, luminance
+    from ..core.image import luminance
+    from .evaluate import average_fusion
 
     laps = Laps()
     visible_y = luminance(visible)
@@ -297,7 +298,8 @@ def ecc_blend(visible: np.ndarray, thermal: np.ndarray):
     """Peer `ecc+blend`: (fused H x W uint8, {stage: ms}); the ECC affine of `cgrp eval`'s `ecc` baseline.
 
     visible H x W x 3 BGR uint8; thermal H x W uint8 (same grid: the affine maps visible px -> thermal px)."""
-    from .evaluate import average_fusion, ecc_affine, luminance
+    from ..core.image import luminance
+    from .evaluate import average_fusion, ecc_affine
     from .metrics import gradient_magnitude
 
     laps = Laps()

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 
 from . import metrics as M
-from ..core.image import to_uint8, visible_to_bgr01
+from .protocol import ABS_ERROR_BINS, COLUMNS, EPE_BINS, METHOD_DESCRIPTIONS, METHODS, REGISTRARS, WORSE_MARGIN_PX
+from ..core.image import check_image, luminance, normalize_thermal, resize_homography, to_uint8, visible_to_bgr01
 from ..core.warp import flow_to_color
 
 TILE_HEIGHT = 200                       # px, height of every tile in an example panel
@@ -73,7 +74,6 @@ def report_markdown(evaluation, level: int = 1, links: bool = True) -> str:
     """One data set x preset run's report. `level`: markdown level of the title (sections one below);
     `links`: refer to the run's figures and the cross-domain report.md beside it (False: the text stands
     alone, e.g. in docs/benchmarks.md)."""
-    from .evaluate import METHOD_DESCRIPTIONS, REGISTRARS
 
     info, summary = evaluation.info, evaluation.summary
     methods = [m for m in evaluation.methods]
@@ -183,6 +183,37 @@ def checkerboard(a: np.ndarray, b: np.ndarray, square: int = CHECKER_TILE) -> np
     return np.where(pick_a, a, b)
 
 
+def checkerboard_picture(visible, thermal, homography, tiles: int = 8, max_width: int = 1400,
+                         thermal_percentiles=(1.0, 99.0), name: str = "") -> np.ndarray:
+    """BGR uint8 picture: visible/thermal checkerboard with the resize prior (left) and with
+    `homography` (right), each at the visible resolution, side by side, titled, over a key that names
+    the pair `name`."""
+    y = luminance(visible_to_bgr01(check_image(visible, "visible")))
+    th = normalize_thermal(check_image(thermal, "thermal"), thermal_percentiles)
+    hv, wv = y.shape
+    ht, wt = th.shape
+    prior = resize_homography((ht, wt), (hv, wv))
+    yy, xx = np.mgrid[0:hv, 0:wv]
+    board = ((yy * tiles // hv + xx * tiles // wv) % 2).astype(bool)
+    panels = []
+    for title, m in (("before (resize)", prior), ("after (calibration)", np.asarray(homography, np.float64))):
+        warped = cv2.warpPerspective(th.astype(np.float32), m, (wv, hv), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        panel = cv2.cvtColor(to_uint8(np.where(board, warped, y)), cv2.COLOR_GRAY2BGR)
+        panel[board] = (panel[board] * np.array([0.55, 0.75, 1.0])).astype(np.uint8)  # thermal tiles warm-tinted
+        cv2.putText(panel, title, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, max(0.6, wv / 900), (0, 255, 255), 2)
+        panels.append(panel)
+    picture = np.concatenate((panels[0], np.full((hv, 8, 3), 255, np.uint8), panels[1]), axis=1)
+    if picture.shape[1] > max_width:
+        f = max_width / picture.shape[1]
+        picture = cv2.resize(picture, (max_width, round(picture.shape[0] * f)), interpolation=cv2.INTER_AREA)
+    key = (f"{name + ': ' if name else ''}grey squares: visible camera, orange squares: thermal camera. "
+           "Aligned where edges run on straight across the squares' borders.")
+    strip = np.full((28, picture.shape[1], 3), 32, np.uint8)
+    cv2.putText(strip, key, (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack((picture, strip))
+
+
 def edge_overlay(visible_y: np.ndarray, thermal: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
     """BGR picture of where two same-size grey images have edges: the visible image's green, the
     thermal's magenta, both white. Each gradient magnitude is scaled by its own 98th percentile, so the
@@ -286,7 +317,6 @@ def example_panel(panel: dict) -> np.ndarray:
 def comparison_panel(panel: dict) -> np.ndarray:
     """Two rows over the methods: checkerboards of visible and registered thermal (the aligned
     thermal first, as the ideal), then each method's fused image (the aligned-pair row left blank)."""
-    from .evaluate import METHODS
 
     methods = [m for m in METHODS if m in panel["fused_by_method"]]  # the methods that ran
     registrar = lambda m: "cgrp" if m == "cgrp_avg" else m  # noqa: E731
@@ -371,7 +401,6 @@ def _csv_cell(value):
 
 def write_all(evaluation, out: Path, epe_hist: dict, err_hist: dict) -> list:
     """report.md, metrics.csv, metrics.json, hist_epe.png, hist_abs_error.png; returns their paths."""
-    from .evaluate import ABS_ERROR_BINS, COLUMNS, EPE_BINS
 
     paths = {name: out / name for name in ("report.md", "metrics.csv", "metrics.json", "hist_epe.png",
                                            "hist_abs_error.png")}
@@ -443,7 +472,6 @@ def cross_domain_markdown(result, level: int = 1, links: bool = True) -> str:
 
 def _cross_domain_header(result, level: int) -> list:
     """Title, how the run was made (command, date, data, pipeline, weights, machine) and the columns' legend."""
-    from .evaluate import WORSE_MARGIN_PX
 
     info = result.info
     # a --limit run scores the first pairs in name order: one camera of a folder of rigs may stand for all

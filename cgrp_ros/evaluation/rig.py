@@ -21,6 +21,7 @@ Sequences are the names' common prefix before a trailing frame number (``val_011
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import defaultdict
@@ -30,17 +31,59 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..core.calibrate import (RigCalibrator, apply_homography, centred_placement, corner_error,
-                              similarity_about_centre, synthetic_rig)
+from ..core.calibrate import RigCalibrator, apply_homography, centred_placement
 from ..core.data import read_image
 from ..core.deform import misalign, rng_for
 from ..core.errors import InputError
+from ..core.image import luminance, normalize_thermal, resize_homography
 from ..core.stream import CONVERGED, StreamPipeline
 from ..core.warp import valid_mask, warp_numpy
 from . import metrics as M
-from .evaluate import luminance, thermal_to_uint8
+from .evaluate import thermal_to_uint8
 
 MODES = ("per-frame", "amortised")
+
+
+# -- synthetic rigs: one data set seen by a rig of known geometry ---------------------------------------
+def corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size) -> float:
+    """Mean distance, in thermal pixels, between the thermal frame's corners and where they land when
+    mapped to the visible image by `estimate` and back by `truth`."""
+    ht, wt = thermal_size
+    corners = np.array([[0, 0], [wt - 1, 0], [wt - 1, ht - 1], [0, ht - 1]], np.float64)
+    back = apply_homography(np.linalg.inv(truth) @ estimate, corners)
+    return float(np.linalg.norm(back - corners, axis=1).mean())
+
+
+def similarity_about_centre(size, rotation_deg=0.0, scale=1.0, shift=(0.0, 0.0)) -> np.ndarray:
+    """3x3 pixel map of an image of `size` (H, W): rotate and scale about its centre, then shift (px)."""
+    h, w = size
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    a = math.radians(rotation_deg)
+    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    m = np.eye(3)
+    m[:2, :2] = r
+    m[:2, 2] = c - r @ c + np.asarray(shift, np.float64)
+    return m
+
+
+def synthetic_rig(visible, thermal, misalignment=None, fov: float = 1.0, visible_pixels: float = 1.0, size=None):
+    """Turn an aligned pair into a pair of a synthetic rig with a known thermal -> visible homography.
+
+    Both images are first resized to `size` (H, W; default the thermal's). The rig's thermal sees the
+    central 1/`fov` of that view at `size` pixels, moved by `misalignment` (3x3: rig thermal px ->
+    px of that central view); the rig's visible camera sees the whole view at `visible_pixels` times
+    `size`. Returns (visible, thermal, truth: 3x3 rig thermal px -> rig visible px)."""
+    size = tuple(size or thermal.shape[:2])
+    h, w = size
+    vb = cv2.resize(visible, (w, h), interpolation=cv2.INTER_AREA)
+    tb = cv2.resize(thermal, (w, h), interpolation=cv2.INTER_AREA)
+    g = np.eye(3) if misalignment is None else np.asarray(misalignment, np.float64)
+    crop = similarity_about_centre(size, 0.0, 1.0 / fov)        # central view px -> base px
+    th = cv2.warpPerspective(tb, crop @ g, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    hv, wv = round(h * visible_pixels), round(w * visible_pixels)
+    vis = cv2.resize(vb, (wv, hv), interpolation=cv2.INTER_AREA if visible_pixels < 1 else cv2.INTER_LINEAR)
+    return vis, th, resize_homography((h, w), (hv, wv)) @ crop @ g
 
 
 def sequences(pairs) -> dict:
@@ -99,7 +142,7 @@ def run_mode(pipeline, frames, truth, registration_rate: float, fps: float) -> M
         region = truth.valid & valid_mask(flow)
         result.epe.append(float(M.endpoint_error(flow, truth.flow)[region].mean()) if region.any() else float("nan"))
         if previous is not None:
-            result.changes.append(float(np.mean(np.linalg.norm(flow - previous, axis=-1))))
+            result.changes.append(float(M.endpoint_error(flow, previous).mean()))
         previous = flow
         if result.converged_s is None and registration_rate > 0 and stream.rig.state == CONVERGED:
             result.converged_s = stamp
@@ -243,15 +286,12 @@ def _edge_scores(visible_y, warped, seen) -> list:
 def resize_and_calibration(calibration) -> tuple:
     """The two thermal -> visible homographies `cgrp calibrate`'s edge check compares: the plain resize
     (what an uncalibrated run assumes) and the calibration's."""
-    from ..core.image import resize_homography
-
     return resize_homography(calibration.thermal_size, calibration.visible_size), calibration.homography
 
 
 def calibration_edges_picture(visible: np.ndarray, thermal: np.ndarray, calibration, title: str):
     """report.alignment_panel of one pair through the plain resize and through the calibration, on the
     box where both see (BGR uint8; None where they share no pixel): `cgrp calibrate`'s rig_edges.jpg."""
-    from ..core.image import normalize_thermal
     from .report import alignment_panel
 
     mapped = thermal_through(visible, normalize_thermal(thermal), resize_and_calibration(calibration))
@@ -269,7 +309,6 @@ def calibration_edge_check(pairs, calibration, progress=None) -> dict:
     footprint_edge_agreement of the plain resize and of the calibration's homography. Returns the two
     means (`resize`, `calibration`), on how many pairs the calibration scored better / worse by more
     than metrics.EDGE_MARGIN_OF_DIFFERENCE, and how many pairs were scored."""
-    from ..core.image import normalize_thermal
 
     progress = progress or (lambda it, total, desc: it)
     used = [p for p in pairs if p[0] not in calibration.skipped]
@@ -294,7 +333,6 @@ def footprint_mutual_information(visible: np.ndarray, thermal: np.ndarray, homog
     homography, on thermal_through's box less its outer 2 px (where the warp blends in the black beyond
     the thermal's frame): a judge of the mapping that reads grey levels, not edges, so it shares no
     bias with the edge check or the networks' matchers."""
-    from ..core.image import normalize_thermal
 
     mapped = thermal_through(visible, normalize_thermal(thermal) * 255.0, homographies)
     if mapped is None:

@@ -59,7 +59,7 @@ from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
                          pipeline_config, stream_settings, used_value)
 from .process import RosLogHandler, release_free_memory, spin_until_signal
-from .startup import Interrupted, interrupt_start_on_signals
+from .interrupt import Interrupted, interrupt_start_on_signals
 from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
                    stamp_seconds)
 
