@@ -37,11 +37,13 @@ def generate_launch_description():
         package="cgrp_ros",
         executable="cgrp_fusion",
         name="cgrp_fusion",
-        # sample images are ~0.5 MB: reliable inputs so shared-memory transport delivers them whole
+        # sample images are ~0.5 MB: reliable inputs so shared-memory transport delivers them whole; the
+        # sample is unrelated pictures, each misaligned its own way, not one rig: every pair registered alone
+        # (as `cgrp demo` does; the default self-calibration would stay 'converging')
         parameters=[os.path.join(share, "config", "cgrp_fusion.yaml"),
                     {f"qos_overrides./{stream}/image.subscription.reliability": "reliable"
                      for stream in ("visible", "thermal")},
-                    {"autostart": LaunchConfiguration("autostart")}],
+                    {"autostart": LaunchConfiguration("autostart"), "self_calibrate": False}],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
         emulate_tty=True,

@@ -21,13 +21,21 @@ def test_startup_times_per_backend_and_cache_state():
         assert bench_targets(dict(results=[], unavailable=[], startup=[row]))[-1][1] == expected
 
 
-def test_bench_json_has_startup(tmp_path):
+def test_bench_writes_every_stage_and_the_startup_and_names_what_it_could_not_run(tmp_path):
+    """`cgrp bench` with the start-up timed (the default): bench.json has each stage's percentiles, the
+    start-up per backend, and the backends this machine cannot run with the reason (torch-cuda without a
+    GPU); bench.md has the tables. (`--no-startup`: test_bench.py.)"""
     out = tmp_path / "bench"
-    assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
+    assert main(["bench", "--runs", "2", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu,torch-cuda",
                  "--out", str(out)]) == 0
     document = json.loads((out / "bench.json").read_text())
-    assert [(r["config"], r["cache"]) for r in document["startup"]] == [("torch-cpu", "n/a")]
-    assert "Start-up" in (out / "bench.md").read_text()
-    assert main(["bench", "--runs", "1", "--warmup", "0", "--sizes", "64x96", "--backends", "torch-cpu",
-                 "--no-startup", "--out", str(out)]) == 0
-    assert json.loads((out / "bench.json").read_text())["startup"] == []
+    measured = {r["config"] for r in document["results"]}
+    assert "torch-cpu" in measured
+    assert measured | {u["config"] for u in document["unavailable"]} == {"torch-cpu", "torch-cuda"}
+    assert all(u["reason"] for u in document["unavailable"])
+    stages = document["results"][0]["stages_ms"]
+    assert set(stages) == {"preprocess", "generator", "registration", "fusion", "postprocess", "total"}
+    assert stages["total"]["p95"] >= stages["total"]["p50"] > 0
+    assert [r["config"] for r in document["startup"]] == sorted(measured)
+    text = (out / "bench.md").read_text()
+    assert "| `torch-cpu` | 64x96 |" in text and "Start-up" in text and "| `torch-cpu` | n/a |" in text

@@ -392,3 +392,28 @@ def test_flow_pictures_carry_their_scale_and_a_colour_key():
     assert np.abs(picture[rim[1], rim[0]].astype(int) - plain[60, 80]).max() <= 40
     assert picture[centre[1], centre[0]].min() >= 230
     assert flow_picture(np.zeros((120, 160, 2), np.float32))[:12, :60].mean() < 200  # "0 px" said, not blank
+
+
+def test_fuse_warns_of_pairs_that_carry_no_information_as_the_node_does(sample_dir, tmp_path):
+    """A constant thermal (a lens cap) and a float thermal with NaN pixels are fused, each with the warning the
+    node logs (core.image.content_warnings); on folders `cgrp fuse` said nothing of them."""
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible = cv2.imread(str(sample_dir / "visible" / f"{name}.jpg"))
+    thermal = cv2.imread(str(sample_dir / "thermal" / f"{name}.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    thermal[:10, :10] = np.nan
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub).mkdir()
+    for pair in ("capped", "nan"):
+        cv2.imwrite(str(tmp_path / "visible" / f"{pair}.png"), visible)
+    cv2.imwrite(str(tmp_path / "thermal" / "capped.png"), np.full(thermal.shape, 30, np.uint8))
+    cv2.imwrite(str(tmp_path / "thermal" / "nan.tiff"), thermal)
+    proc = cgrp("fuse", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", tmp_path / "out",
+                "--working-size", "64x96")
+    assert proc.returncode == 0, proc.stderr
+    assert ("cgrp fuse: warning: capped: thermal image is constant (value 30): fused, but it carries no "
+            "information") in proc.stderr, proc.stderr
+    assert "cgrp fuse: warning: nan: thermal image has 100 NaN/inf pixels: fused with them treated as missing" \
+        in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == ["capped.png", "nan.png"]
+    closing = proc.stdout.strip().splitlines()[-1]  # names the confidence threshold, whatever the count
+    assert closing.startswith("cgrp fuse: 2 pair(s) written to") and "low registration confidence (below 0." in closing

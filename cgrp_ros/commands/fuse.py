@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..core.camera import undistort
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
-from ..core.image import swapped_cameras_hint
+from ..core.image import content_warnings
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel, flow_picture, stretched_uint8
@@ -184,13 +184,9 @@ def run_bag(args) -> int:
 
     def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
         visible, thermal = outputs.inputs  # the images the flow was computed on (no second conversion)
-        flow = outputs.images["deformation"][0]
-        pair = received_and_registered(pipeline, visible, thermal, flow)
-        name = f"{outputs.stamp:.6f}"
-        registration.append(registration_row(name, outputs.confidence, outputs.fallback, flow, pair.edges()))
-        if video and "fused" in outputs.images:
-            video.add(video_frame(name, pair, visible, outputs.images["fused"][0], outputs.confidence, outputs.fallback),
-                      outputs.stamp)
+        fused = outputs.images["fused"][0] if "fused" in outputs.images else None
+        record_pair(pipeline, f"{outputs.stamp:.6f}", visible, thermal, outputs.images["deformation"][0], fused,
+                    outputs.confidence, outputs.fallback, outputs.stamp, registration, video)
 
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
@@ -208,6 +204,19 @@ def run_bag(args) -> int:
         print(f"cgrp fuse: error: {no_pair_reason(args, summary, slop)}", file=sys.stderr)
         return 1
     return 1 if summary.skipped else 0
+
+
+def record_pair(pipeline, name: str, visible, thermal, flow, fused, confidence: float, fallback: bool, stamp: float,
+                registration: list, video) -> tuple:
+    """What `cgrp fuse` keeps of one fused pair besides its images (folders and bags alike): the edge check,
+    the pair's registration.csv row (appended to `registration`) and its `--video` frame (`video`: a
+    FusionVideo or None; `fused` None: no frame). -> (ReceivedAndRegistered, its edge scores)."""
+    pair = received_and_registered(pipeline, visible, thermal, flow)
+    edges = pair.edges()
+    registration.append(registration_row(name, confidence, fallback, flow, edges))
+    if video and fused is not None:
+        video.add(video_frame(name, pair, visible, fused, confidence, fallback), stamp)
+    return pair, edges
 
 
 MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
@@ -247,19 +256,15 @@ def run(args) -> int:
                 thermal = read_image(thermal_path)
                 if cameras is not None:  # another size than its calibration: InputError, this pair only
                     visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
-                swapped = swapped_cameras_hint(visible, thermal) if index == 0 else None
-                if swapped:
-                    tqdm.write(f"cgrp fuse: warning: {name}: {swapped}", file=sys.stderr)
+                for kind, text in content_warnings(visible, thermal):
+                    if kind != "swapped" or index == 0:  # (swapped folders: said once)
+                        tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
                 result = stream(visible, thermal, stamp=index / args.fps)
                 write_result(args.out, name, result)
-                pair = received_and_registered(pipeline, visible, thermal, result.flow)
-                edges = pair.edges()
+                pair, edges = record_pair(pipeline, name, visible, thermal, result.flow, result.fused_image,
+                                          result.registration_confidence, result.registration_fallback,
+                                          index / args.fps, registration, video)
                 write_alignment(args.out, name, pair, edges, result)
-                if video:
-                    video.add(video_frame(name, pair, visible, result.fused_image, result.registration_confidence,
-                                          result.registration_fallback), index / args.fps)
-                registration.append(registration_row(name, result.registration_confidence, result.registration_fallback,
-                                                     result.flow, edges))
                 warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
                 if warning:
                     low_confidence += 1
@@ -278,7 +283,7 @@ def run(args) -> int:
         print(f"cgrp fuse: {f}", file=sys.stderr)
     if len(failures) > MAX_PROBLEM_LINES:
         print(f"cgrp fuse: ... and {len(failures) - MAX_PROBLEM_LINES} more problem(s)", file=sys.stderr)
-    low = (f", {low_confidence} with low registration confidence (below {pipeline.confidence_threshold:.2f}, or fell "
-           "back to the prior: registration.csv)") if low_confidence else ""
-    print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s){low}")
+    print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s), "
+          f"{low_confidence} with low registration confidence (below {pipeline.confidence_threshold:.2f}, or fell "
+          "back to the prior: registration.csv)")
     return 1 if failures else 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.camera import undistort
-from ..core.image import swapped_cameras_hint
+from ..core.image import content_warnings as core_content_warnings
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
@@ -61,29 +61,15 @@ def message_arrays(visible_msg, thermal_msg):
     return to_bgr(as_array(visible_msg), visible_msg.encoding), to_bgr(as_array(thermal_msg), thermal_msg.encoding)
 
 
-def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
-    """[(counter or None, throttle key, text)] for inputs that are fused but carry little or no information,
-    or look swapped.
+# core.image.content_warnings' kinds -> (Stats counter or None, throttle key of the log line)
+WARNING_COUNTERS = {"non_finite_thermal": ("non_finite_thermal", "non-finite"), "swapped": (None, "swapped"),
+                    "constant_visible": ("constant_images", ("constant", "visible")),
+                    "constant_thermal": ("constant_images", ("constant", "thermal"))}
 
-    NaN/inf thermal pixels are treated as missing (coldest) by the core's gain control; a thermal
-    with no finite pixel at all is rejected by the core (InputError). A constant image (zero variance) is fused
-    as it is: a lens cap or a camera's flat-field correction produces it, and the other camera still
-    counts. The warnings are meant for pairs that the pipeline then fuses.
-    """
-    warnings = []
-    if thermal.dtype.kind == "f":
-        finite = np.isfinite(thermal)
-        if finite.any() and not finite.all():  # none finite: the core rejects the pair
-            warnings.append(("non_finite_thermal", "non-finite", f"thermal image at {stamp:.3f} has "
-                             f"{finite.size - finite.sum()} NaN/inf pixels: fused with them treated as missing"))
-    swapped = swapped_cameras_hint(visible, thermal)
-    if swapped:
-        warnings.append((None, "swapped", f"pair at {stamp:.3f}: {swapped}"))
-    for name, image in (("visible", visible), ("thermal", thermal)):
-        if image.size and image.min() == image.max():
-            warnings.append(("constant_images", ("constant", name), f"{name} image at {stamp:.3f} is "
-                             f"constant (value {image.flat[0]}): fused, but it carries no information"))
-    return warnings
+
+def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
+    """[(Stats counter or None, throttle key, text)]: core.image.content_warnings of a pair, by its stamp."""
+    return [(*WARNING_COUNTERS[kind], text) for kind, text in core_content_warnings(visible, thermal, f"at {stamp:.3f}")]
 
 
 def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0,
