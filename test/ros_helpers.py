@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from cgrp_ros.ros import node_processes
-from cgrp_ros.ros.soak import cpu_seconds, rss_mb  # noqa: F401  (for the tests)
 
 try:  # the ROS test modules skip themselves when rclpy is missing; this keeps the helpers importable
     import rclpy
@@ -110,6 +109,17 @@ class Spinner:
                 return future.result()
             client.remove_pending_request(future)
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log_tail(log_path)}")
+
+
+def exit_and_log(module: str, log_path, *ros_args: str, env: dict | None = None, timeout: float = 60.0):
+    """Start a node that should exit on its own: (exit code, its non-empty log lines)."""
+    proc = start_node(module, log_path, *ros_args, env=env)
+    try:
+        code = proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            stop_node(proc, signal.SIGKILL)
+    return code, [line for line in Path(log_path).read_text().splitlines() if line.strip()]
 
 
 def play_until_exit(log_path, *player_args: str, timeout: float = 30.0):
@@ -278,6 +288,14 @@ class Harness:
 
     def log(self):
         return open(self.log_path, errors="replace").read()
+
+    def close(self, signum=signal.SIGINT, timeout: float = 5.0):
+        """Stop the node if it still runs (SIGINT: a clean exit leaves no stale endpoints behind), then this
+        side's node and rclpy."""
+        if self.proc.poll() is None:
+            stop_node(self.proc, signum, timeout=timeout)
+        self.spinner.node.destroy_node()
+        rclpy.try_shutdown()
 
     def last_diagnostic(self):
         statuses = [s for array in self.diagnostics for s in array.status if s.name.startswith("cgrp_fusion")]

@@ -2,7 +2,6 @@
 PNG (mono16) from <topic>/compressed, skips a corrupt payload like a broken raw message (throttled
 error, counter) and offers ~/fused/compressed (JPEG) while someone subscribes."""
 import re
-import signal
 
 import cv2
 import numpy as np
@@ -12,7 +11,7 @@ rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from cgrp_ros.ros.image_conversions import image_to_numpy  # noqa: E402
-from ros_helpers import RELIABLE, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
+from ros_helpers import RELIABLE, STARTUP_TIMEOUT, Harness  # noqa: E402
 from test_compressed import declaring  # noqa: E402
 
 
@@ -26,10 +25,7 @@ def harness(tmp_path_factory):
     h.wait_for(lambda: h.spinner.node.count_publishers("cgrp_fusion/fused/compressed"), STARTUP_TIMEOUT,
                "the ~/fused/compressed publisher")
     yield h
-    if h.proc.poll() is None:
-        stop_node(h.proc, signal.SIGINT, timeout=5.0)  # a clean exit leaves no stale endpoints behind
-    h.spinner.node.destroy_node()
-    rclpy.try_shutdown()
+    h.close()
 
 
 def stamp_of(msg) -> int:

@@ -15,8 +15,9 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from cgrp_ros.evaluation.bench import cpu_seconds, rss_mb  # noqa: E402
 from cgrp_ros.ros.image_conversions import image_to_numpy, numpy_to_image  # noqa: E402
-from ros_helpers import Harness, cpu_seconds, rss_mb, stop_node  # noqa: E402
+from ros_helpers import Harness  # noqa: E402
 
 STREAM_TIMEOUT = 1.0
 
@@ -28,10 +29,7 @@ def harness(tmp_path_factory):
                 outputs=("fused",))
     h.wait_first_output("the first output")
     yield h
-    if h.proc.poll() is None:
-        stop_node(h.proc, signal.SIGKILL)
-    h.spinner.node.destroy_node()
-    rclpy.try_shutdown()
+    h.close(signal.SIGKILL)
 
 
 def counter(h, key) -> int:

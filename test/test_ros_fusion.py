@@ -22,10 +22,7 @@ def harness(tmp_path_factory):
     rclpy.init()
     h = Harness(tmp_path_factory.mktemp("fusion") / "cgrp_fusion.log", "-p", "stream_timeout:=1.0")
     yield h
-    if h.proc.poll() is None:
-        stop_node(h.proc, signal.SIGKILL)
-    h.spinner.node.destroy_node()
-    rclpy.try_shutdown()
+    h.close(signal.SIGKILL)
 
 
 def test_all_four_outputs_with_encodings_sizes_and_stamps(harness):

@@ -98,7 +98,9 @@ def test_launch_arguments_override_the_parameter_file_only_when_given(monkeypatc
 
 def test_demo_launch_hands_the_player_a_float_rate(monkeypatch):
     """`rate:=4` is typed as an integer by launch; the player's `rate` is a double, so the launch file
-    must say float (under the same stand-ins for launch and launch_ros)."""
+    must say float (under the same stand-ins for launch and launch_ros). And the sample's unrelated pairs
+    are registered alone, as `cgrp demo` does: with the default self-calibration /diagnostics said
+    'converging' for as long as it ran."""
     import importlib.util
     import sys
     import types
@@ -119,6 +121,9 @@ def test_demo_launch_hands_the_player_a_float_rate(monkeypatch):
     player = next(e for e in module.generate_launch_description()
                   if isinstance(e, dict) and e.get("executable") == "cgrp_player")
     assert player["parameters"][0]["rate"] == (("config", "rate"), float)
+    fusion = next(e for e in module.generate_launch_description()
+                  if isinstance(e, dict) and e.get("executable") == "cgrp_fusion")
+    assert fusion["parameters"][-1]["self_calibrate"] is False
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)

@@ -7,7 +7,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_helpers import STARTUP_TIMEOUT, Harness, start_node, stop_node  # noqa: E402
+from ros_helpers import STARTUP_TIMEOUT, Harness, exit_and_log, stop_node  # noqa: E402
 
 
 def has_cuda() -> bool:
@@ -43,22 +43,13 @@ def test_cuda_without_gpu_falls_back_stops_on_signals_and_restarts(tmp_path):
         assert code == 0, f"SIGINT: exit {code} after {seconds:.2f} s\n{h.log()[-2000:]}"
         assert_clean_log(h.log())
     finally:
-        if h.proc.poll() is None:
-            stop_node(h.proc, signal.SIGKILL)
-        h.spinner.node.destroy_node()
-        rclpy.try_shutdown()
+        h.close(signal.SIGKILL)
 
 
 def startup_error(tmp_path, *ros_args, env=None):
     """Start the node expecting it to fail: (exit code, non-empty log lines)."""
-    log = tmp_path / "fusion.log"
-    proc = start_node("cgrp_ros.ros.fusion_node", log, *ros_args, env=env)
-    try:
-        code = proc.wait(STARTUP_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            stop_node(proc, signal.SIGKILL)
-    return code, [line for line in log.read_text().splitlines() if line.strip()]
+    return exit_and_log("cgrp_ros.ros.fusion_node", tmp_path / "fusion.log", *ros_args, env=env,
+                        timeout=STARTUP_TIMEOUT)
 
 
 def models_copy(tmp_path, corrupt=None, missing=None):

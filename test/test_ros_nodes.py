@@ -1,21 +1,8 @@
 """Process-level behaviour: a corrupt model exits with one line; the player publishes and stops at `count`."""
-import signal
-
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from ros_helpers import play_until_exit, ros_doc, start_node, stop_node  # noqa: E402
-
-
-def exit_and_log(module: str, log, *ros_args: str):
-    """Start a node that should exit on its own: (exit code, its non-empty log lines)."""
-    proc = start_node(module, log, *ros_args)
-    try:
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            stop_node(proc, signal.SIGKILL)
-    return code, [line for line in log.read_text().splitlines() if line.strip()]
+from ros_helpers import exit_and_log, play_until_exit, ros_doc  # noqa: E402
 
 
 def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):

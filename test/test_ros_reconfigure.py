@@ -3,7 +3,6 @@ backend switches (torch <-> onnxruntime, warm ONNX cache) and working sizes amon
 stream in at 10 Hz. Fused output never stops for more than 3 s and goes on after the last change;
 working-size and gain-control changes build no Pipeline."""
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ pytest.importorskip("onnxruntime")
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_helpers import Harness, stop_node  # noqa: E402
+from ros_helpers import Harness  # noqa: E402
 
 RATE = 10.0
 SPAN = 20.0      # seconds over which the changes are spread
@@ -64,10 +63,7 @@ def harness(tmp_path):
     rclpy.init()
     h = Harness(tmp_path / "cgrp_fusion.log", "-p", "stream_timeout:=30.0", outputs=("fused",))
     yield h
-    if h.proc.poll() is None:
-        stop_node(h.proc, signal.SIGINT, timeout=5.0)  # a clean exit leaves no stale endpoints behind
-    h.spinner.node.destroy_node()
-    rclpy.try_shutdown()
+    h.close()
 
 
 def test_parameter_changes_while_streaming_never_stop_the_output(harness):
@@ -175,7 +171,4 @@ def test_outputs_can_be_emptied_and_refilled_at_start_and_while_running(tmp_path
         assert h.received["fused"] == [], "fused published with outputs []"
         assert h.proc.poll() is None and "Traceback" not in h.log()
     finally:
-        if h.proc.poll() is None:
-            stop_node(h.proc, signal.SIGINT, timeout=5.0)
-        h.spinner.node.destroy_node()
-        rclpy.try_shutdown()
+        h.close()

@@ -51,7 +51,7 @@ CI_RUN_SAMPLES = [
 
 
 def test_memory_growth_reads_registration_spikes_as_no_growth_and_a_leak_as_growth():
-    from cgrp_ros.ros.soak import memory_growth
+    from cgrp_ros.evaluation.soak import memory_growth
 
     baseline, growth = memory_growth(CI_RUN_SAMPLES, warmup=20.0, window=10.0)
     assert baseline == 383.5 and abs(growth) < 5, growth

@@ -96,8 +96,8 @@ def add_arguments(p):
                         "preset, frames played in order; compares per-frame registration with the amortised "
                         "stream (EPE, shimmer = mean frame-to-frame flow change, time to converge); writes "
                         "rig.md / rig.json")
-    g.add_argument("--fps", type=float, default=10.0, help="--rig: frame rate the sequences are played at (default 10)")
-    g.add_argument("--registration-rate", type=float, default=0.5, metavar="HZ",
+    g.add_argument("--fps", type=positive(float), default=10.0, help="--rig: frame rate the sequences are played at (default 10)")
+    g.add_argument("--registration-rate", type=positive(float), default=0.5, metavar="HZ",
                    help="--rig: full registrations per second of the amortised mode once converged (default 0.5, "
                         "as cgrp_fusion)")
     g.add_argument("--calibrate", action="store_true",
@@ -232,8 +232,6 @@ def run_rig(args, datasets, pipeline) -> int:
     from ..evaluation import report
     from ..evaluation.rig import epe_over_time_figure, evaluate_rig, rig_markdown
 
-    if args.fps <= 0 or args.registration_rate <= 0:
-        raise CgrpError("--fps and --registration-rate must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
     sections, documents = [], {}
     for dataset in datasets:

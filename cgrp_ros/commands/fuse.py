@@ -32,7 +32,8 @@ from ..evaluation.alignment import ReceivedAndRegistered, received_and_registere
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel, flow_picture, stretched_uint8
 from ..evaluation.video import FusionVideo, video_frame
-from .common import add_camera_file_arguments, add_pipeline_arguments, cameras_from_args, pipeline_from_args, positive
+from .common import (add_camera_file_arguments, add_pipeline_arguments, cameras_from_args, non_negative,
+                     pipeline_from_args, positive)
 
 HELP = "fuse a visible/thermal pair, two folders of same-named pairs (extensions may differ), or a bag"
 log = logging.getLogger("cgrp_ros")
@@ -53,19 +54,19 @@ def add_arguments(p):
                    "at --out with both inputs and /cgrp_fusion/{fused,registered_thermal,deformation,pseudo_thermal}")
     g.add_argument("--visible-topic", help="visible topic in the bag (sensor_msgs/Image or CompressedImage)")
     g.add_argument("--thermal-topic", help="thermal topic in the bag (sensor_msgs/Image or CompressedImage)")
-    g.add_argument("--slop", type=float, default=None, help="largest stamp difference of a pair, s "
+    g.add_argument("--slop", type=non_negative(float), default=None, help="largest stamp difference of a pair, s "
                    "(default: cgrp_fusion's, 0.05)")
     g.add_argument("--no-camera-info", dest="camera_info", action="store_false",
                    help="ignore the bag's camera_info topics (by default, where both cameras have one beside their "
                         "image topic, each image is undistorted with it first, as cgrp_fusion does)")
-    g.add_argument("--queue-size", type=int, default=None, help="messages per stream kept for pairing "
+    g.add_argument("--queue-size", type=positive(int), default=None, help="messages per stream kept for pairing "
                    "(default: cgrp_fusion's, 10)")
     g = p.add_argument_group("sequences (folders in name order, or a bag)")
-    g.add_argument("--registration-rate", type=float, default=0.0, metavar="HZ",
+    g.add_argument("--registration-rate", type=non_negative(float), default=0.0, metavar="HZ",
                    help="treat the input as one rig's stream: register at most HZ times per second of stream time "
                         "(or on a scene change) and fuse every pair with the running rig estimate, as cgrp_fusion "
                         "does (default 0: every pair registered alone, for unrelated pairs)")
-    g.add_argument("--fps", type=float, default=10.0,
+    g.add_argument("--fps", type=positive(float), default=10.0,
                    help="frame rate of folder sequences, for --registration-rate and --video (default 10; bags use "
                         "their stamps)")
     g.add_argument("--video", type=Path, metavar="FILE",
@@ -169,14 +170,10 @@ def run_bag(args) -> int:
         raise CgrpError("--bag needs --visible-topic and --thermal-topic")
     slop = DEFAULT_SLOP if args.slop is None else args.slop
     queue_size = DEFAULT_QUEUE_SIZE if args.queue_size is None else args.queue_size
-    if slop < 0 or queue_size < 1:
-        raise CgrpError("--slop must be >= 0 and --queue-size >= 1")
     with BagTopics(args.bag, args.visible_topic, args.thermal_topic):  # bag and topic problems before the models load
         pass
     if args.out.exists():
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
-    if args.registration_rate < 0:
-        raise CgrpError("--registration-rate must be >= 0")
     video = FusionVideo(args.video) if args.video else None  # at the bag's own rate
     pipeline = pipeline_from_args(args)
     stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
@@ -238,8 +235,6 @@ def run(args) -> int:
             print(f"cgrp fuse: {f}", file=sys.stderr)
         print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
-    if args.registration_rate < 0 or args.fps <= 0:
-        raise CgrpError("--registration-rate must be >= 0 and --fps > 0")
     cameras = cameras_from_args(args)  # an unreadable camera file: before the models load
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written

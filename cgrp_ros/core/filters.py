@@ -11,6 +11,8 @@ def sobel(x: torch.Tensor):
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W -> N x 1 x H x W Sobel gradient magnitude (in the input's units per pixel; a 1e-8
+    floor under the square root keeps its gradient finite on flat regions)."""
     gx, gy = sobel(x)
     return torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
 

@@ -36,6 +36,7 @@ class ResidualBlock(nn.Module):
             nn.InstanceNorm2d(channels, affine=True))
 
     def forward(self, x):
+        """N x C x H x W -> the same shape."""
         return x + self.body(x)
 
 
@@ -76,6 +77,8 @@ class PatchDiscriminator(nn.Module):
         self.head = nn.Conv2d(4 * w, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
+        """N x 1 x H x W -> logits N x 1 x ~H/8 x ~W/8 (real vs generated, per patch); with
+        `return_features` also each stage's features, fine -> coarse."""
         features = []
         for stage in self.stages:
             x = stage(x)
@@ -106,11 +109,12 @@ class FeaturePyramid(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor):
+        """N x in_channels x H x W -> [N x channels[k] x H/2^(k+1) x W/2^(k+1)], fine -> coarse."""
         features = []
         for stage in self.stages:
             x = stage(x)
             features.append(x)
-        return features  # fine -> coarse
+        return features
 
 
 class LevelEstimator(nn.Module):
@@ -320,6 +324,7 @@ class DenseBlock(nn.Module):
         self.fuse = nn.Conv2d(channels + layers * growth, channels, 1)
 
     def forward(self, x):
+        """N x C x H x W -> the same shape."""
         features = [x]
         for layer in self.layers:
             features.append(layer(torch.cat(features, dim=1)))
@@ -339,6 +344,7 @@ class InteractionFusion(nn.Module):
         self.merge = conv(2 * channels, channels)
 
     def forward(self, visible_feat, thermal_feat):
+        """Two N x C x H x W feature maps -> one N x C x H x W."""
         attention = torch.sigmoid(self.key_v(visible_feat) * self.key_t(thermal_feat))
         paths = []
         for feat, blend in ((visible_feat, self.blend_v), (thermal_feat, self.blend_t)):

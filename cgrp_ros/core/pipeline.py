@@ -453,7 +453,10 @@ class Pipeline:
         return None if coverage.min() >= COVERED else coverage
 
     def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
-        """Registration only: where this pair's thermal lands in the visible camera."""
+        """Registration only: where this pair's thermal lands in the visible camera (the inputs as for
+        __call__). -> Registration: its flow is H x W x 2 float32 visible px at the visible image's size
+        (core convention: the thermal, mapped by the prior, is sampled at p + flow(p)), with confidence
+        0..1, fallback and per-stage timings (ms)."""
         t0 = time.perf_counter()
         f = self._prepare(visible, _required(thermal))
         t1 = time.perf_counter()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
 import tempfile
 import time
@@ -107,14 +108,32 @@ def bench_input(size, deform: str = "moderate", seed: int = 0, cameras=None):
     return resize(visible, visible_size), resize(thermal, thermal_size), description
 
 
-def _proc_status_kib(field: str):
+def proc_status_kib(field: str, pid="self") -> int | None:
+    """A kB field of /proc/<pid>/status (e.g. VmRSS, VmHWM) of this process or of `pid`; None where
+    there is no such file (not Linux, or the process is gone)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of `pid` in MB from /proc/<pid>/status; None once the process is gone."""
+    kib = proc_status_kib("VmRSS", pid)
+    return None if kib is None else kib / 1024.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` from /proc/<pid>/stat; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
 
 
 def _reset_peak_rss() -> bool:
@@ -140,12 +159,12 @@ class MemoryProbe:
             torch.cuda.reset_peak_memory_stats()
             self.cuda_start = torch.cuda.memory_allocated()
         self.resettable = _reset_peak_rss()
-        self.rss_start = _proc_status_kib("VmRSS") if self.resettable else \
+        self.rss_start = proc_status_kib("VmRSS") if self.resettable else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return self
 
     def __exit__(self, *exc):
-        peak = _proc_status_kib("VmHWM") if self.resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = proc_status_kib("VmHWM") if self.resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.rss_mib = max(0, (peak or 0) - (self.rss_start or 0)) / 1024.0
         self.cuda_mib = None
         if self.cuda:
@@ -155,7 +174,10 @@ class MemoryProbe:
 
 
 def percentiles(values) -> dict:
+    """{p50, p95, mean} of `values` (in their own unit); None for none."""
     values = np.asarray(values, np.float64)
+    if not values.size:
+        return None
     return dict(p50=float(np.percentile(values, 50)), p95=float(np.percentile(values, 95)),
                 mean=float(values.mean()))
 

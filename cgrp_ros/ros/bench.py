@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CgrpError
+from ..evaluation.bench import percentiles
 from ..evaluation.report import markdown_table
 from .node_processes import camera_sequence, node_command, node_exit, private_dds, start_nodes, stop_processes
 
@@ -94,14 +95,12 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
         raise CgrpError(failure)
     window = window_end - window_start
     latencies = np.array([lat for _, lat in fused]) * 1e3
-    stats = lambda a: dict(p50=float(np.percentile(a, 50)), p95=float(np.percentile(a, 95)),  # noqa: E731
-                           mean=float(a.mean())) if a.size else None
     input_hz, output_hz = len(inputs) / window, len(fused) / window
     return dict(config=config.label, size="{}x{}".format(*size), player_rate_hz=rate, deform=deform, played=played,
                 cameras=None if cameras is None else ["{}x{}".format(*c) for c in cameras],
                 measured_s=window, input_rate_hz=input_hz, output_rate_hz=output_hz,
                 output_input_ratio=output_hz / input_hz if input_hz else None,
-                first_output_s=first_output[0] - launched, outputs=len(fused), latency_ms=stats(latencies),
+                first_output_s=first_output[0] - launched, outputs=len(fused), latency_ms=percentiles(latencies),
                 subscribed=["/cgrp_fusion/fused"], commands=[" ".join(node_command(s, p)) for s, p in
                                                              (("cgrp_fusion", node_params), ("cgrp_player", player_params))])
 

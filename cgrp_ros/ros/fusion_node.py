@@ -67,7 +67,7 @@ INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
 
 
-def release_memory() -> None:
+def free_model_caches() -> None:
     """Give freed models back: a garbage collection and, when torch uses CUDA, its cached blocks."""
     gc.collect()
     torch = sys.modules.get("torch")
@@ -291,7 +291,7 @@ class FusionNode(LifecycleNode):
         stopped = self._stop_worker()
         self.builder = None
         self.pipeline = None
-        release_memory()
+        free_model_caches()
         self.state = "inactive" if self.state == "active" else self.state
         return stopped
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..evaluation.bench import cpu_seconds, rss_mb
+from ..evaluation.soak import latency_p50_p99_ms, memory_growth, soak_figure
 from .node_processes import camera_sequence, log_tail, node_exit, private_dds, start_nodes, stop_processes
 from .sync import stamp_ns
 
@@ -59,70 +61,6 @@ class SoakConfig:
 RSS_PROBE_S = 0.1
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of `pid` in MB from /proc/<pid>/status; None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def memory_growth(samples, warmup: float, window: float) -> tuple:
-    """(baseline MB, growth MB) of [(t s, RSS MB)] samples, or (None, None) before the warm-up ends.
-
-    Growth is the floor (lowest sample) of the last `window` s minus the floor of the last window
-    before `warmup`. Floors, not single samples or medians: each background registration of the
-    self-calibrating node allocates for a moment (spikes of 40-160 MB above the floor, every 2 s),
-    and they can be most of a window's samples (a CI run read a median growth of 52.6 MB while the
-    floor moved 383.5 -> 386.4 MB). A leak lifts the floor. run_soak's samples are each second's
-    lowest of ten probes (RSS_PROBE_S)."""
-    after = [rss for t, rss in samples if t >= warmup]
-    if not after:
-        return None, None
-    before = [rss for t, rss in samples if warmup - window <= t < warmup] or after[:1]
-    last = [rss for t, rss in samples if t >= samples[-1][0] - window]
-    baseline = float(min(before))
-    return baseline, round(float(min(last)) - baseline, 1)
-
-
-def soak_figure(memory, highs, windows, warmup: float, baseline) -> np.ndarray:
-    """soak.png (BGR uint8): the node's RSS over the run (each second's lowest and highest probe, the
-    baseline from the warm-up on) above the fused frames per second of each window."""
-    from ..evaluation.report import line_figure
-
-    end = 10.0 * np.ceil(max([t for t, _ in memory] + [w["t"] for w in windows] + [1.0]) / 10.0)  # round ticks
-    rss = [v for _, v in memory + highs]
-    low, high = (min(rss), max(rss)) if rss else (0.0, 1.0)
-    margin = max(10.0, 0.1 * (high - low))
-    blue, grey, red, green = (200, 80, 0), (170, 170, 170), (40, 40, 220), (60, 150, 40)
-    lines = [([t for t, _ in highs], [v for _, v in highs], grey, 1),
-             ([t for t, _ in memory], [v for _, v in memory], blue, 2)]
-    if baseline is not None:
-        lines.append(([warmup, end], [baseline, baseline], red, 1))
-    top = line_figure(lines, (0.0, end), (low - margin, high + margin), "cgrp_fusion resident memory",
-                      "time since the first output (s)", "MB", size=(900, 360), y_format="{:.0f}",
-                      legend=[("lowest of the second", blue), ("highest", grey), ("baseline", red)])
-    fps = [w["fps_out"] for w in windows]
-    bottom = line_figure([([w["t"] for w in windows], fps, green, 2)], (0.0, end), (0.0, max(fps + [1.0]) * 1.15),
-                         "fused frames per second (per window)", "time since the first output (s)", "fps",
-                         size=(900, 300), y_format="{:.1f}")
-    return np.vstack((top, bottom))
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` from /proc/<pid>/stat; None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return None
-
-
 def output_problem(name: str, msg, visible_size) -> str | None:
     """Why output `name` is malformed, or None. visible_size: (height, width) of its input, if known."""
     from .image_conversions import image_to_numpy
@@ -140,14 +78,6 @@ def output_problem(name: str, msg, visible_size) -> str | None:
     if name == "deformation" and not np.isfinite(image).all():
         return "deformation: non-finite flow"
     return None
-
-
-def percentiles(values) -> tuple:
-    """(p50, p99) in ms of latencies in s, or (None, None)."""
-    if not len(values):
-        return None, None
-    p50, p99 = np.percentile(np.asarray(values) * 1e3, [50, 99])
-    return round(float(p50), 1), round(float(p99), 1)
 
 
 def _cell(value):
@@ -221,7 +151,7 @@ class Observations:
 
     def close_window(self, t: float, span: float, deltas: dict) -> dict:
         """The row of the window that ends now (t s after the first output, span s long)."""
-        p50, p99 = percentiles(self.window["latency"])
+        p50, p99 = latency_p50_p99_ms(self.window["latency"])
         row = {"t": round(t, 1), "frames_in": self.window["in"], "pairs": deltas["pairs"],
                "dropped": deltas["dropped pairs"], "out": self.window["out"],
                "fps_out": round(self.window["out"] / span, 2), "latency_p50_ms": p50, "latency_p99_ms": p99,
@@ -339,7 +269,7 @@ def write_report(config: SoakConfig, seen: Observations, served: bool) -> int:
         failures.append(f"malformed outputs: {'; '.join(seen.malformed[:5])}")
     if served and totals["out"] == 0 and not failures:
         failures.append("no output after the first one")
-    p50, p99 = percentiles(totals["latency"])
+    p50, p99 = latency_p50_p99_ms(totals["latency"])
     cpu = (round(seen.cpu_end - seen.cpu_start, 1) if seen.cpu_start is not None and seen.cpu_end else None)
     report = {
         "config": {"minutes": config.minutes, "rate": config.rate, "window_s": config.window, "warmup_s": config.warmup,
