@@ -194,7 +194,13 @@ def test_fuse_single_files(sample_dir, tmp_path):
     proc = cgrp("fuse", "--visible", sample_dir / "visible" / f"{n}.jpg",
                 "--thermal", sample_dir / "thermal" / f"{n}.jpg", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "fused" / f"{n}.png").is_file()
+    visible = cv2.imread(str(sample_dir / "visible" / f"{n}.jpg"))
+    fused = cv2.imread(str(tmp_path / "fused" / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+    # at the visible camera's resolution, and not the visible image passed through: the thermal is in it
+    assert fused.shape[:2] == visible.shape[:2]
+    grey = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY).astype(float)
+    fused_grey = (fused if fused.ndim == 2 else cv2.cvtColor(fused, cv2.COLOR_BGR2GRAY)).astype(float)
+    assert np.abs(fused_grey - grey).mean() > 5.0
 
 
 def test_missing_model_is_one_clear_line(sample_dir, tmp_path):

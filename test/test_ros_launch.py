@@ -96,7 +96,7 @@ def test_launch_arguments_override_the_parameter_file_only_when_given(monkeypatc
         "image_transport": "image_transport", "autostart": "autostart", "use_sim_time": "use_sim_time"}
 
 
-def test_demo_launch_hands_the_player_a_float_rate(monkeypatch):
+def test_demo_launch_hands_the_player_a_float_rate_and_registers_its_pairs_alone(monkeypatch):
     """`rate:=4` is typed as an integer by launch; the player's `rate` is a double, so the launch file
     must say float (under the same stand-ins for launch and launch_ros). And the sample's unrelated pairs
     are registered alone, as `cgrp demo` does: with the default self-calibration /diagnostics said

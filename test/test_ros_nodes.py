@@ -1,8 +1,14 @@
-"""Process-level behaviour: a corrupt model exits with one line; the player publishes and stops at `count`."""
+"""Process-level behaviour: a corrupt model exits with one line; the player publishes and stops at `count`;
+`outputs:=[]` publishes nothing."""
+import time
+
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from ros_helpers import exit_and_log, play_until_exit, ros_doc  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ros_helpers import Harness, exit_and_log, play_until_exit, ros_doc  # noqa: E402
 
 
 def test_corrupt_model_exits_with_one_line_naming_the_file(tmp_path):
@@ -64,3 +70,55 @@ def test_every_player_parameter_is_documented():
     finally:
         rclpy.shutdown()
     assert declared and declared <= documented, declared - documented
+
+
+def test_outputs_can_be_emptied_and_refilled_at_start_and_while_running(tmp_path):
+    """`outputs:=[]` publishes nothing: rclpy hands an empty list over as no value at start-up, and an
+    empty array as set at run time has no element type (bytes from rclpy, booleans from a YAML `[]`), so a
+    string-array parameter refused it ("Wrong parameter type, expected '9' got '5'")."""
+    rclpy.init()
+    h = Harness(tmp_path / "cgrp_fusion.log", "-p", "outputs:=[]", outputs=("fused",))
+    try:
+        h.wait_for(lambda: "outputs none;" in h.log(), 30.0, "the start-up line naming no outputs")
+
+        def set_outputs(type_, value):
+            parameter = Parameter("outputs", type_, value).to_parameter_msg()
+            reply = h.call(h.set_parameters, SetParameters.Request(parameters=[parameter]), f"outputs := {value}")
+            return reply.results[0]
+
+        def pairs_received():
+            return int(h.diagnostic_value("pairs") or 0)
+
+        def publish_until_received(count):  # at 10 Hz, until /diagnostics (1 Hz) counts `count` more pairs
+            target, due = pairs_received() + count, [0.0]
+
+            def received():
+                if time.monotonic() >= due[0]:
+                    h.publish_pair()
+                    due[0] = time.monotonic() + 0.1
+                return pairs_received() >= target
+
+            h.wait_for(received, 20.0, f"{count} more pairs")
+
+        publish_until_received(3)
+        assert h.received["fused"] == []
+
+        assert set_outputs(Parameter.Type.STRING_ARRAY, ["fused"]).successful
+        h.wait_first_output("the fused output once enabled")
+        for type_ in (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY):
+            assert set_outputs(type_, []).successful, type_
+        refused = set_outputs(Parameter.Type.INTEGER_ARRAY, [3])
+        assert not refused.successful and "expected a list of names" in refused.reason
+        refused = set_outputs(Parameter.Type.STRING_ARRAY, ["fused", "thermal"])
+        assert not refused.successful and "'thermal' is not one of" in refused.reason
+        # `ros2 param delete`: with dynamic typing rclpy would have undeclared it for good
+        refused = set_outputs(Parameter.Type.NOT_SET, None)
+        assert not refused.successful and "outputs cannot be deleted; [] publishes nothing" in refused.reason
+
+        publish_until_received(2)  # a pair the node saw after the change: nothing fused from here on
+        h.received["fused"].clear()
+        publish_until_received(3)
+        assert h.received["fused"] == [], "fused published with outputs []"
+        assert h.proc.poll() is None and "Traceback" not in h.log()
+    finally:
+        h.close()

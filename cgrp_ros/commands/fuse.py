@@ -249,11 +249,11 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
-                if cameras is not None:  # another size than its calibration: InputError, this pair only
-                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
-                for kind, text in content_warnings(visible, thermal):
+                for kind, text in content_warnings(visible, thermal):  # as received (the node's order too)
                     if kind != "swapped" or index == 0:  # (swapped folders: said once)
                         tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
+                if cameras is not None:  # another size than its calibration: InputError, this pair only
+                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
                 result = stream(visible, thermal, stamp=index / args.fps)
                 write_result(args.out, name, result)
                 pair, edges = record_pair(pipeline, name, visible, thermal, result.flow, result.fused_image,

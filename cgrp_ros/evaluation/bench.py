@@ -173,7 +173,7 @@ class MemoryProbe:
         return False
 
 
-def percentiles(values) -> dict:
+def percentiles(values) -> dict | None:
     """{p50, p95, mean} of `values` (in their own unit); None for none."""
     values = np.asarray(values, np.float64)
     if not values.size:

@@ -383,7 +383,7 @@ def alignment_fit(rig, start: np.ndarray, thermal_size, judge: str = "edge", pro
 
 def synthetic_rig_frames(pairs, size, fov: float, visible_pixels: float, one_modality: bool = False) -> tuple:
     """pairs [(name, visible path, thermal path)] -> ([(name, visible BGR, thermal)], truth 3x3): every
-    pair a frame of one core.calibrate.synthetic_rig moved by synthetic_rig_misalignment. one_modality:
+    pair a frame of one synthetic_rig moved by synthetic_rig_misalignment. one_modality:
     the thermal image on both sides (as BGR for the visible camera), so the data set's own alignment
     plays no part and the truth is exact: what is left is the estimator's own error."""
     misalignment = synthetic_rig_misalignment(size)
@@ -400,7 +400,7 @@ def synthetic_rig_frames(pairs, size, fov: float, visible_pixels: float, one_mod
 def evaluate_calibration(pairs, size=(320, 480), fov: float = 1.6, visible_pixels: float = 2.0, device: str = "cpu",
                          models=None, working_size=(256, 320), progress: bool = True,
                          fits=(), one_modality: bool = False) -> dict:
-    """Every aligned pair of `pairs` becomes a frame of one synthetic rig (core.calibrate.synthetic_rig):
+    """Every aligned pair of `pairs` becomes a frame of one synthetic rig (synthetic_rig):
     the thermal (`size`) sees the central 1/`fov` of the view moved by synthetic_rig_misalignment, the
     visible camera the whole view at `visible_pixels` x the pixels. `cgrp calibrate`'s estimator runs
     on all of them; scored: the mean corner error (thermal px) of its homography against the truth,

@@ -38,6 +38,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
@@ -401,6 +402,10 @@ class FusionNode(LifecycleNode):
     # -- parameters ----------------------------------------------------------------------------------
     def _check_new_parameters(self, parameters) -> SetParametersResult:
         for p in parameters:
+            if p.name in PARAMETERS_BY_NAME and p.type_ == Parameter.Type.NOT_SET:  # `ros2 param delete`
+                # (rclpy refuses it for statically typed parameters itself; `outputs` is dynamically typed)
+                return SetParametersResult(successful=False, reason=f"{p.name} cannot be deleted"
+                                           + ("; [] publishes nothing" if p.name == "outputs" else ""))
             try:
                 reason = check_parameter(p.name, p.value)
                 # the memory check needs the device: the running Pipeline's, or while inactive device:=cpu
