@@ -81,8 +81,8 @@ PARAMETERS = (
     Param("jpeg_quality", 90, "JPEG quality of ~/fused/compressed", range=(1, 100)),
     Param("deformation_vis_max", 0.0, "flow magnitude (px) shown at full colour in ~/deformation_vis; 0: each "
           "image's own maximum (as cgrp fuse's flow_vis)", range=(0.0, 10000.0)),
-    # any_type: `outputs:=[]` reaches rclpy as no value or an empty byte array, which a string-array
-    # parameter would refuse with "Wrong parameter type, expected '9' got '5'"
+    # any_type: `outputs:=[]` reaches rclpy as no value (at start-up) or as an empty array of bytes or booleans
+    # (at run time), which a string-array parameter would refuse ("Wrong parameter type, expected '9' got '5'")
     Param("outputs", list(OUTPUTS), "outputs to publish; each is computed only while it has subscribers; "
           "[] publishes nothing", choices=OUTPUTS, any_type=True),
     Param("stream_timeout", 2.0, "s without a message or pair before diagnostics warn", range=(0.1, 3600.0)),
