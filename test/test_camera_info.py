@@ -317,7 +317,20 @@ def test_camera_files_undistort_folders_for_fuse_and_calibrate(tmp_path, sample_
     # cgrp calibrate reads the same undistorted images
     np.testing.assert_array_equal(_loader(tmp_path / "thermal" / f"{name}.png", cameras[1])(),
                                   undistort(distort(thermal, cameras[1]), cameras[1]))
+    # a lens-capped thermal (constant) is warned of as received: undistorted with a pincushion lens (k1 > 0),
+    # its black border hid it
+    for sub, image in (("visible", visible), ("thermal", np.full_like(thermal, 30))):
+        (tmp_path / "capped" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "capped" / sub / "capped.png"), image)
+    pincushion = yaml.safe_load((tmp_path / "thermal.yaml").read_text())
+    pincushion["distortion_coefficients"]["data"] = [0.3, 0.0, 0.0, 0.0, 0.0]
+    (tmp_path / "pincushion.yaml").write_text(yaml.safe_dump(pincushion))
     capsys.readouterr()
+    assert main([str(a) for a in ["fuse", "--visible", tmp_path / "capped" / "visible", "--thermal",
+                                  tmp_path / "capped" / "thermal", "--out", tmp_path / "capped_out", "--device", "cpu",
+                                  "--working-size", "96x128", files[0], files[1], files[2],
+                                  tmp_path / "pincushion.yaml"]]) == 0
+    assert "warning: capped: thermal image is constant (value 30)" in capsys.readouterr().err
     assert run("one", files[2], files[3]) == 2 and "give both" in capsys.readouterr().err
     (tmp_path / "thermal.yaml").write_text("image_width: 640\n")
     assert run("bad", *files) == 2 and "no 'camera_matrix' field" in capsys.readouterr().err
