@@ -384,11 +384,7 @@ class Pipeline:
             pts = v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
             map_x = (pts[0] / pts[2]).reshape(hv, wv).astype(np.float32)
             map_y = (pts[1] / pts[2]).reshape(hv, wv).astype(np.float32)
-        raw = thermal
-        if raw.ndim == 3:  # a colour-mapped thermal: its luminance (cvtColor has no float64)
-            raw = raw[:, :, :3].astype(np.float32) if raw.dtype == np.float64 else raw[:, :, :3]
-            raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
-        return remap(raw, map_x, map_y)
+        return remap(luminance(thermal), map_x, map_y)  # a colour-mapped thermal: its luminance
 
     def _run_registration(self, f):
         """Registration on a prepared frame: (pseudo-thermal 1 x 1 x pH x pW, or None where the generator

@@ -438,7 +438,7 @@ def startup_markdown(rows) -> str:
 
 STAGE_CONTENTS = {
     "preprocess": "input checks, float conversion, thermal gain control, resize to the working size (a no-op "
-                  "for inputs at the working size), BGR -> YCrCb, padding to the networks' multiple",
+                  "for inputs at the working size), BGR -> luminance, padding to the networks' multiple",
     "generator": "pseudo-thermal network (it runs only where the affine stages moved the pair, for the dense "
                  "levels, or for a pseudo_thermal output)",
     "registration": "global and local affine stages + dense levels (skipped where the pair keeps its prior), "

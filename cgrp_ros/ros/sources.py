@@ -12,6 +12,7 @@ import numpy as np
 from ..core.data import find_pairs, read_image, sample_dir
 from ..core.deform import PRESETS, misalign, rng_for
 from ..core.errors import CgrpError
+from ..core.image import luminance
 
 
 class PairSource:
@@ -36,7 +37,7 @@ class PairSource:
     def _finish(self, visible: np.ndarray, thermal: np.ndarray, name: str):
         visible, thermal = self._shrink(visible), self._shrink(thermal)
         if thermal.ndim == 3:  # a thermal camera is single channel
-            thermal = cv2.cvtColor(thermal[:, :, :3], cv2.COLOR_BGR2GRAY)
+            thermal = luminance(thermal)
         if self.deform != "none":
             # a rigid rig: one misalignment for every frame (of one size); else one per image
             thermal = misalign(thermal, self.deform, rng_for(self.seed, "rig" if self.fixed_rig else name)).misaligned

@@ -80,7 +80,7 @@ def augment_pair(rng: np.random.Generator, visible: np.ndarray, thermal: np.ndar
     visible, thermal, *others = (cv2.resize(a, size, interpolation=cv2.INTER_AREA)
                                  for a in (visible, thermal) + others)
     if rng.random() < 0.2:
-        visible = np.repeat(cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2)
+        visible = np.repeat(luminance(visible)[:, :, None], 3, axis=2)
     if rng.random() < 0.15:
         thermal = 1.0 - thermal
     if rng.random() < 0.3:
@@ -135,7 +135,7 @@ class TrainConfig:
 
 
 def bgr_to_luma(bgr: torch.Tensor) -> torch.Tensor:
-    """N x 3 x H x W BGR -> N x 1 x H x W luminance (ITU-R BT.601, as OpenCV's YCrCb)."""
+    """N x 3 x H x W BGR -> N x 1 x H x W luminance (ITU-R BT.601, as core.image.luminance)."""
     return 0.114 * bgr[:, 0:1] + 0.587 * bgr[:, 1:2] + 0.299 * bgr[:, 2:3]
 
 
