@@ -172,6 +172,23 @@ def test_fuse_bag_video_runs_at_the_bags_rate(tmp_path, sample_pairs):
     assert f"video of {PAIRS} pair(s) at 5 fps" in r.stdout
 
 
+def test_fuse_bag_limit_stops_early_and_low_confidence_pairs_are_warned_of(tmp_path, sample_pairs):
+    # a lens-capped thermal (constant): nothing to register, every pair falls back to the prior
+    pairs = [(visible, np.full_like(thermal, 90)) for visible, thermal in small_pairs(sample_pairs)]
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", False)
+    out = tmp_path / "out"
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", out, "--device", "cpu", "--working-size", "96x128", "--limit", "2")
+    assert r.returncode == 0, r.stderr
+    assert "2 pair(s) fused from 2 visible and 2 thermal message(s); skipped: none (stopped at --limit 2)" in r.stdout
+    assert "2 with low registration confidence" in r.stdout
+    for stamp in stamps[:2]:
+        assert f"warning: {stamp * 1e-9:.6f}: low registration confidence" in r.stderr
+    messages, _ = read_bag(out)
+    assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == stamps[:2]
+    assert len(messages[visible_topic]) == 2  # the new bag ends where the fusion stopped
+
+
 def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pairs):
     pairs = small_pairs(sample_pairs)
     visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", True, corrupt_visible=1)
@@ -287,6 +304,13 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
 
 class FakePipeline:
     """fuse_pair's view of a StreamPipeline: outputs of the visible image's size, no inference."""
+
+    @property
+    def pipeline(self):  # the core Pipeline's checks of a pair's sizes: none to warn of
+        return self
+
+    def stretch_warning(self, visible_shape, thermal_shape):
+        return None
 
     def __call__(self, visible, thermal, outputs=None, stamp=None):
         from cgrp_ros.core.pipeline import FusionResult

@@ -157,6 +157,7 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
         confidence_threshold = 0.3
         homography = None
         visible_to_thermal, thermal_in_visible = Pipeline.visible_to_thermal, Pipeline.thermal_in_visible
+        stretch_warning = Pipeline.stretch_warning
 
         def __call__(self, visible, thermal, outputs=None):
             h, w = visible.shape[:2]
@@ -427,3 +428,23 @@ def test_fuse_warns_of_pairs_that_carry_no_information_as_the_node_does(sample_d
     assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == ["capped.png", "nan.png"]
     closing = proc.stdout.strip().splitlines()[-1]  # names the confidence threshold, whatever the count
     assert closing.startswith("cgrp fuse: 2 pair(s) written to") and "low registration confidence (below 0." in closing
+
+
+def test_fuse_warns_once_of_cameras_of_different_aspect_ratio_without_a_calibration(sample_dir, tmp_path):
+    """A 5:4 thermal beside a 4:3 visible camera is stretched onto the visible frame, which the registration
+    does not undo: one warning for the folders (the cameras' fault, not a pair's), naming both sizes."""
+    names = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[:2]
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub).mkdir()
+    for name in names:
+        visible = cv2.resize(cv2.imread(str(sample_dir / "visible" / f"{name}.jpg")), (160, 120))
+        thermal = cv2.imread(str(sample_dir / "thermal" / f"{name}.jpg"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(tmp_path / "visible" / f"{name}.png"), visible)
+        cv2.imwrite(str(tmp_path / "thermal" / f"{name}.png"), cv2.resize(thermal, (160, 128)))
+    proc = cgrp("fuse", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", tmp_path / "out",
+                "--working-size", "64x96")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "differ in aspect ratio" in line]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"cgrp fuse: warning: {names[0]}: the visible camera's 160x120 and the thermal's "
+                               "160x128") and "cgrp calibrate" in lines[0]

@@ -47,7 +47,8 @@ def add_arguments(p):
     p.add_argument("--out", type=Path, required=True, help="output folder (with --bag: the new MCAP bag)")
     p.add_argument("--list", type=Path, metavar="FILE", help="folders: only the names listed in FILE (one per line, "
                    "like a data set's val.txt)")
-    p.add_argument("--limit", type=positive(int), metavar="N", help="folders: only the first N pairs (by name)")
+    p.add_argument("--limit", type=positive(int), metavar="N", help="only the first N pairs (folders: by name; a bag: "
+                   "in time, the new bag ending there), for a first look at a long recording")
     add_camera_file_arguments(p)
     g = p.add_argument_group("rosbag2 (instead of --visible/--thermal)")
     g.add_argument("--bag", type=Path, help="rosbag2 to fuse (bag folder, .db3 or .mcap); writes an MCAP bag "
@@ -125,14 +126,21 @@ def edge_summary(rows: list) -> str:
             f"{c['scored']} pair(s) (by more than {EDGE_MARGIN_OF_DIFFERENCE}){unscored}")
 
 
-def low_confidence_warning(name: str, result, threshold: float) -> str | None:
+def low_confidence_warning(name: str, confidence: float, fallback: bool, threshold: float) -> str | None:
     """The warning line for a pair registered with low confidence, or None."""
-    confidence = float(result.registration_confidence)
-    if not result.registration_fallback and confidence >= threshold:
+    confidence = float(confidence)
+    if not fallback and confidence >= threshold:
         return None
     what = ("registered with the prior (identity, or --calibration / --homography) instead"
-            if result.registration_fallback else f"below {threshold:.2f}, the registration may be wrong")
+            if fallback else f"below {threshold:.2f}, the registration may be wrong")
     return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f}: {what}"
+
+
+def low_confidence_summary(rows: list, threshold: float) -> str:
+    """The closing line's count of the pairs in `rows` (registration.csv) that got low_confidence_warning."""
+    low = sum(1 for r in rows if r["registration_fallback"] or float(r["registration_confidence"]) < threshold)
+    return (f"{low} with low registration confidence (below {threshold:.2f}, or fell back to the prior: "
+            "registration.csv)")
 
 
 def write_registration_csv(path: Path, rows: list) -> None:
@@ -162,8 +170,8 @@ def run_bag(args) -> int:
 
     if args.visible or args.thermal:
         raise CgrpError("--bag replaces --visible/--thermal: give one or the other")
-    if args.list or args.limit:
-        raise CgrpError("--list and --limit select pairs of folders; a bag's pairs are all fused")
+    if args.list:
+        raise CgrpError("--list selects pairs of folders by name; a bag's pairs have none (--limit N: the first N)")
     if args.visible_camera_info or args.thermal_camera_info:
         raise CgrpError("--visible/--thermal-camera-info are for folders: a bag's camera_info topics are used")
     if not args.visible_topic or not args.thermal_topic:
@@ -189,14 +197,16 @@ def run_bag(args) -> int:
                        slop=slop, queue_size=queue_size,
                        progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
                        warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record,
-                       use_camera_info=args.camera_info)
+                       use_camera_info=args.camera_info, limit=args.limit)
     print(f"cgrp fuse: {summary.cameras}")
     if registration:
         write_registration_csv(args.out / "registration.csv", registration)
         print(f"cgrp fuse: {edge_summary(registration)}")
     if video:
         print(f"cgrp fuse: {video.summary()}")
-    print(f"cgrp fuse: {summary.line()}; written to {args.out}")
+    limited = f" (stopped at --limit {args.limit})" if args.limit and summary.pairs >= args.limit else ""
+    print(f"cgrp fuse: {summary.line()}{limited}, {low_confidence_summary(registration, pipeline.confidence_threshold)}; "
+          f"written to {args.out}")
     if not summary.pairs:
         print(f"cgrp fuse: error: {no_pair_reason(args, summary, slop)}", file=sys.stderr)
         return 1
@@ -206,16 +216,21 @@ def run_bag(args) -> int:
 def record_pair(pipeline, name: str, visible, thermal, flow, fused, confidence: float, fallback: bool, stamp: float,
                 registration: list, video) -> tuple:
     """What `cgrp fuse` keeps of one fused pair besides its images (folders and bags alike): the edge check,
-    the pair's registration.csv row (appended to `registration`) and its `--video` frame (`video`: a
-    FusionVideo or None; `fused` None: no frame). -> (ReceivedAndRegistered, its edge scores)."""
+    the pair's registration.csv row (appended to `registration`), its `--video` frame (`video`: a
+    FusionVideo or None; `fused` None: no frame) and the low-confidence warning, if any.
+    -> (ReceivedAndRegistered, its edge scores)."""
     pair = received_and_registered(pipeline, visible, thermal, flow)
     edges = pair.edges()
     registration.append(registration_row(name, confidence, fallback, flow, edges))
     if video and fused is not None:
         video.add(video_frame(name, pair, visible, fused, confidence, fallback), stamp)
+    warning = low_confidence_warning(name, confidence, fallback, pipeline.confidence_threshold)
+    if warning:
+        tqdm.write(warning, file=sys.stderr)
     return pair, edges
 
 
+ONCE = ("swapped", "stretched")  # warnings of the cameras, not of a pair: said for the first pair only
 MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
 
 
@@ -239,7 +254,8 @@ def run(args) -> int:
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
     stream = StreamPipeline(pipeline, args.registration_rate)
-    registration, low_confidence = [], 0
+    registration, said_once = [], set()
+    reported = report_problems(failures, 0)  # missing partners, names of --list in neither folder
     if (args.out / "registration.csv").is_file():
         print(f"cgrp fuse: warning: {args.out} holds an earlier run's results: this run's pairs are written "
               "over, the others stay (registration.csv lists this run's)", file=sys.stderr)
@@ -249,9 +265,14 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
-                for kind, text in content_warnings(visible, thermal):  # as received (the node's order too)
-                    if kind != "swapped" or index == 0:  # (swapped folders: said once)
+                warnings = content_warnings(visible, thermal)  # as received (the node's order too)
+                stretch = pipeline.stretch_warning(visible.shape, thermal.shape)
+                warnings += [("stretched", stretch)] if stretch else []
+                for kind, text in warnings:
+                    if kind not in said_once:
                         tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
+                    if kind in ONCE:  # the cameras' fault, not this pair's: one line for the folders
+                        said_once.add(kind)
                 if cameras is not None:  # another size than its calibration: InputError, this pair only
                     visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
                 result = stream(visible, thermal, stamp=index / args.fps)
@@ -260,13 +281,10 @@ def run(args) -> int:
                                           result.registration_confidence, result.registration_fallback,
                                           index / args.fps, registration, video)
                 write_alignment(args.out, name, pair, edges, result)
-                warning = low_confidence_warning(name, result, pipeline.confidence_threshold)
-                if warning:
-                    low_confidence += 1
-                    tqdm.write(warning, file=sys.stderr)
             except CgrpError as exc:
                 failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
                                 else f"{name}: {exc}")
+            reported = report_problems(failures, reported)  # as they come, not after an hour of pairs
     finally:  # also on Ctrl-C: the rows of the pairs already written
         if registration:
             write_registration_csv(args.out / "registration.csv", registration)
@@ -274,11 +292,16 @@ def run(args) -> int:
         print(f"cgrp fuse: {edge_summary(registration)}")
     if video:
         print(f"cgrp fuse: {video.summary()}")
-    for f in failures[:MAX_PROBLEM_LINES]:
-        print(f"cgrp fuse: {f}", file=sys.stderr)
+    report_problems(failures, reported)
     if len(failures) > MAX_PROBLEM_LINES:
         print(f"cgrp fuse: ... and {len(failures) - MAX_PROBLEM_LINES} more problem(s)", file=sys.stderr)
     print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s), "
-          f"{low_confidence} with low registration confidence (below {pipeline.confidence_threshold:.2f}, or fell "
-          "back to the prior: registration.csv)")
+          f"{low_confidence_summary(registration, pipeline.confidence_threshold)}")
     return 1 if failures else 0
+
+
+def report_problems(failures: list, reported: int) -> int:
+    """Print the problems not yet printed (the first MAX_PROBLEM_LINES of them); -> how many are printed."""
+    for f in failures[reported:MAX_PROBLEM_LINES]:
+        tqdm.write(f"cgrp fuse: {f}", file=sys.stderr)
+    return max(reported, min(len(failures), MAX_PROBLEM_LINES))

@@ -236,6 +236,20 @@ class Pipeline:
         shapes = (tuple(visible_shape[:2]), tuple(thermal_shape[:2]))
         return self._per_shapes(("visible_to_thermal", shapes), lambda: self._calibrated_visible_to_thermal(*shapes))
 
+    def stretch_warning(self, visible_shape, thermal_shape) -> str | None:
+        """Why a pair of these sizes will stay misaligned, or None: without a calibration the thermal is
+        stretched onto the visible frame, and the registration corrects rotation, one scale and shifts but
+        not a stretch of one axis (align.py), so cameras of another aspect ratio need `cgrp calibrate`."""
+        if self.homography is not None:
+            return None
+        (hv, wv), (ht, wt) = visible_shape[:2], thermal_shape[:2]
+        if abs((wv / hv) / (wt / ht) - 1.0) <= ASPECT_TOLERANCE:
+            return None
+        return (f"the visible camera's {wv}x{hv} and the thermal's {wt}x{ht} differ in aspect ratio ({wv / hv:.3f} "
+                f"against {wt / ht:.3f}): without a calibration the thermal is stretched onto the visible frame, a "
+                "distortion the registration does not undo; calibrate the rig once (cgrp calibrate) and give the "
+                "calibration")
+
     def _calibrated_visible_to_thermal(self, visible_shape, thermal_shape) -> np.ndarray:
         homography = self._homography_at(visible_shape, thermal_shape)
         problem = footprint_problem(homography, visible_shape, thermal_shape)

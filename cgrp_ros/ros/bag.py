@@ -273,7 +273,7 @@ class BagSummary:
 
 def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
              slop: float = DEFAULT_SLOP, queue_size: int = DEFAULT_QUEUE_SIZE, progress=None,
-             warn=None, on_pair=None, use_camera_info: bool = True) -> BagSummary:
+             warn=None, on_pair=None, use_camera_info: bool = True, limit: int | None = None) -> BagSummary:
     """Fuse the pairs of a bag into a new MCAP bag at `out_path` (inputs copied, outputs added).
 
     stream_pipeline: a core StreamPipeline (one rig: registrations paced by the visible stamps, the rig
@@ -287,7 +287,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     whose `inputs` are the arrays fused: undistorted where the bag's camera_info was used).
     `use_camera_info`: where the bag has both cameras' camera_info (beside their image topics), each image
     is undistorted with it first and `/cgrp_fusion/camera_info` written, as cgrp_fusion does; the
-    camera_info topics are copied either way.
+    camera_info topics are copied either way. `limit`: stop after that many pairs (the new bag holds the
+    messages read until then).
     """
     summary = BagSummary()
     warn = warn or (lambda text: None)
@@ -323,8 +324,10 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     warn(text)
                     continue
                 sync.add(stream, msg)
-                while pairs:
+                while pairs and not (limit and summary.pairs >= limit):
                     _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
+                if limit and summary.pairs >= limit:
+                    break
         finally:
             if bar is not None:
                 bar.close()

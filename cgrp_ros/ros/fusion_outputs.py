@@ -85,6 +85,9 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
     stamp = stamp_seconds(visible_msg.header.stamp)
     visible, thermal = message_arrays(visible_msg, thermal_msg)
     warnings = content_warnings(visible, thermal, stamp)
+    stretch = stream_pipeline.pipeline.stretch_warning(visible.shape, thermal.shape)
+    if stretch:
+        warnings.append((None, "stretched", f"pair at {stamp:.3f}: {stretch}"))
     if intrinsics is not None:
         visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
     # the core always computes the flow; the rest only when an output needs it
