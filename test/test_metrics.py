@@ -154,3 +154,12 @@ def test_edge_agreement_properties(texture):
     assert math.isnan(M.edge_agreement(texture, texture, np.zeros(texture.shape, bool)))
     with pytest.raises(ValueError):
         M.edge_agreement(texture, texture[:, :-1])
+
+
+def test_edge_agreement_of_a_sliver_is_nan_at_a_bounded_size(texture):
+    """A 1200 x 2 px image (a hostile or broken camera) was scored at 400 px wide, 240000 px tall: 9 s and
+    2.6 GB in the node's worker. Its height is capped, and too thin a sliver has no region to score."""
+    sliver = np.ascontiguousarray(np.tile(texture[:, :2], (1200 // texture.shape[0] + 1, 1))[:1200])
+    assert math.isnan(M.edge_agreement(sliver, sliver))
+    tall = np.ascontiguousarray(np.tile(texture, (6, 1)))  # taller than 4:1: scored at 1600 px tall, still scored
+    assert tall.shape[0] > 4 * tall.shape[1] and M.edge_agreement(tall, tall) == pytest.approx(1.0)

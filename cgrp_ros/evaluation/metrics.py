@@ -117,6 +117,8 @@ EDGE_WIDTH = 400        # px: edge agreement is computed at this width, so a pix
 EDGE_SIGMA = 1.0        # px at EDGE_WIDTH: smoothing before the Sobel gradients
 EDGE_LOCAL_SIGMA = 8.0  # px at EDGE_WIDTH: the neighbourhood an edge's strength is normalised by
 EDGE_MARGIN = 12        # px at EDGE_WIDTH cut from the scored region's border (the filters' support)
+EDGE_MAX_HEIGHT = 4 * EDGE_WIDTH  # px: a taller image is scored at this height, narrower than EDGE_WIDTH (a
+                                  # 2 x 1200 px image at 400 px wide would be 240000 px tall: gigabytes, seconds)
 # the smallest difference of two edge_agreement scores of one pair read as a difference: the smoothing
 # of two half-pixel bilinear warps moves it further on 1 of 137 training pairs (docs/metrics.md)
 EDGE_MARGIN_OF_DIFFERENCE = 0.01
@@ -140,7 +142,8 @@ def normalised_edges(image: np.ndarray) -> np.ndarray:
 def edge_agreement(a, b, mask=None) -> float:
     """How well the edges of two images of different modalities coincide, no ground truth needed:
     the correlation ([-1, 1], higher = better aligned) of their normalised gradient magnitudes, both
-    resized to EDGE_WIDTH px wide, over `mask` shrunk by EDGE_MARGIN px. NaN on too small an overlap.
+    resized to EDGE_WIDTH px wide (at most EDGE_MAX_HEIGHT tall), over `mask` shrunk by EDGE_MARGIN px. NaN
+    on too small an overlap.
 
     A judge between given alignments of one pair (e.g. a data set's published alignment against a
     registration), not an objective to optimise: searched over warps, a hand-made cross-modal score
@@ -148,11 +151,11 @@ def edge_agreement(a, b, mask=None) -> float:
     a, b = _grey(a), _grey(b)
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    height = max(1, round(a.shape[0] * EDGE_WIDTH / a.shape[1]))
-    resize = lambda image: cv2.resize(image.astype(np.float32), (EDGE_WIDTH, height),  # noqa: E731
-                                      interpolation=cv2.INTER_AREA)
-    inside = np.ones((height, EDGE_WIDTH), bool) if mask is None else \
-        cv2.resize(np.asarray(mask, np.uint8), (EDGE_WIDTH, height), interpolation=cv2.INTER_NEAREST) > 0
+    scale = min(EDGE_WIDTH / a.shape[1], EDGE_MAX_HEIGHT / a.shape[0])
+    size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+    resize = lambda image: cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)  # noqa: E731
+    inside = np.ones(size[::-1], bool) if mask is None else \
+        cv2.resize(np.asarray(mask, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     inside = cv2.erode(np.pad(inside, 1).astype(np.uint8), np.ones((2 * EDGE_MARGIN + 1,) * 2, np.uint8))[1:-1, 1:-1]
     if inside.sum() < 100:
         return float("nan")
