@@ -5,8 +5,9 @@
 
 `format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
 "jpeg" / "png" is read too. The payload decides what the image is (OpenCV reads its header): a JPEG
-is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that cannot be decoded, or whose
-header declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes), raises
+is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that is neither JPEG nor PNG (OpenCV
+would decode a WebP or a TIFF too, whose size is not checked first), that cannot be decoded, or whose
+header declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes) raises
 ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
 header in front of the PNG) is not supported.
 """
@@ -30,6 +31,7 @@ MAX_DECODED_PIXELS = MAX_PIXELS  # the core refuses larger images anyway
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (they carry the size); 0xC4, 0xC8 and 0xCC are other segments
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+MAX_JPEG_SEGMENTS = 1000  # read before the frame header; a camera writes a handful (EXIF, ICC, XMP)
 
 
 @dataclass
@@ -47,15 +49,16 @@ def _payload(data) -> np.ndarray:
 
 
 def declared_size(payload: np.ndarray):
-    """(height, width) a PNG or JPEG header declares, or None where the header does not say."""
-    data = payload[:65536].tobytes()  # a frame header comes after the metadata segments, if at all
-    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+    """(height, width) a PNG or JPEG header declares, or None where the header does not say (not a PNG
+    or JPEG, cut short, or a JPEG frame header after MAX_JPEG_SEGMENTS segments)."""
+    data = memoryview(np.ascontiguousarray(payload))  # no copy: a JPEG's segments are skipped, not read
+    if bytes(data[:8]) == PNG_SIGNATURE and bytes(data[12:16]) == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
-    if not data.startswith(b"\xff\xd8"):
+    if bytes(data[:2]) != b"\xff\xd8":
         return None
     at = 2
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if at + 4 > len(data) or data[at] != 0xFF:
             return None
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
@@ -83,7 +86,12 @@ def decode_compressed(msg) -> tuple:
         raise ImageConversionError("payload", "empty compressed payload")
     kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
     size = declared_size(payload)
-    if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
+    if size is None:  # decoding it would be the only way to learn its size
+        what = "neither JPEG nor PNG" if bytes(payload[:2]) != b"\xff\xd8" and \
+            bytes(payload[:8]) != PNG_SIGNATURE else "a JPEG or PNG whose header gives no image size"
+        raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
+                                              f"(format '{fmt}'): not decoded")
+    if size[0] * size[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image, more "
                                               f"than {MAX_DECODED_PIXELS // 1_000_000} MP: not decoded")
     try:
@@ -93,6 +101,9 @@ def decode_compressed(msg) -> tuple:
     if image is None or image.size == 0:
         raise ImageConversionError("payload", f"cannot decode the {kind} payload of {payload.size} bytes "
                                               f"(format '{fmt}')")
+    if image.shape[:2] != tuple(size):  # a second frame header, or one the decoder read otherwise
+        raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image and "
+                                              f"decodes to {image.shape[1]}x{image.shape[0]}: not used")
     channels = 1 if image.ndim == 2 else image.shape[2]
     encoding = DECODED_ENCODINGS.get((image.dtype.type, channels))
     if encoding is None:
