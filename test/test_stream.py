@@ -356,3 +356,16 @@ def test_a_rejected_frame_leaves_the_saved_calibration_as_it_was(cpu_pipeline, r
     assert after.thermal_size == before.thermal_size and np.allclose(after.homography, before.homography)
     with pytest.raises(InputError):
         stream([[1, 2], [3, 4]], thermal)
+
+
+def test_in_the_background_a_rejected_frame_costs_only_itself(cpu_pipeline, rig_pair):
+    """A thermal with no finite pixel (a camera's flat-field frame) due for a registration: refused, and the
+    next good frame is fused (the refused frame's background registration failed too, and the next frame
+    raised that stale error)."""
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=10.0, background=True)
+    stream(visible, thermal, stamp=0.0)                  # inline: the first estimate
+    with pytest.raises(InputError, match="no finite pixel"):
+        stream(visible, np.full(thermal.shape, np.inf, np.float32), stamp=0.5)  # due for a registration
+    assert stream.wait_idle(30.0)
+    assert stream(visible, thermal, stamp=0.6).fused is not None

@@ -307,9 +307,12 @@ class StreamPipeline:
         self.registrations += 1
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
-        if self.background and fits:  # (copies: the caller may reuse its buffers)
+        if self.background and fits:
+            # fused first: a pair the Pipeline rejects (InputError) never reaches the background, whose error
+            # the next, good pair would raise (copies: the caller may reuse its buffers)
+            result = self.pipeline(visible, thermal, outputs, registration=current)
             self._register_in_background(np.array(visible), np.array(thermal))
-            return self._report(self.pipeline(visible, thermal, outputs, registration=current))
+            return self._report(result)
         registration = self.pipeline.register(visible, thermal)  # inline: the first, or a new image size
         with self._lock:
             self._generation += 1
