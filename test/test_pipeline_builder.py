@@ -95,3 +95,17 @@ def test_a_failed_build_keeps_the_running_pipeline_and_reports_until_the_config_
         assert builder.error is None
     finally:
         builder.close()
+
+
+def test_close_says_whether_a_build_in_progress_stopped():
+    """The node must not wait for a build still inside an ONNX export at exit, nor let the interpreter exit
+    under it (SIGINT during a backend change aborted the process): close() tells it which."""
+    build = GatedBuild()
+    builder = PipelineBuilder(build, PipelineConfig(backend="torch"))
+    builder.request(PipelineConfig(backend="onnxruntime"))
+    assert build.started.acquire(timeout=10)
+    assert builder.close(timeout=0.05) is False   # held in the build
+    build.release()
+    wait(lambda: builder.close(timeout=0.05), "the abandoned build to end")
+    idle = PipelineBuilder(GatedBuild(), PipelineConfig(backend="torch"))
+    assert idle.close() is True

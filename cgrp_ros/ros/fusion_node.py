@@ -643,14 +643,13 @@ class FusionNode(LifecycleNode):
             state_machine.destroy_when_not_in_use()
 
     def stop(self, timeout: float = 1.5) -> bool:
-        """Stop the worker (it finishes the pair in hand); False if it, or a background registration,
-        did not stop in time (the worker within `timeout` s, a registration within 0.5 s of what is left):
-        the process must then not wait for them, since a thread still inside torch when the interpreter
-        exits aborts it."""
-        if self.builder is not None:
-            self.builder.close()
+        """Stop the worker (it finishes the pair in hand); False if it, a background registration or a
+        pipeline rebuild did not stop in time (the worker within `timeout` s, a registration within 0.5 s
+        of what is left, a rebuild within 0.5 s): the process must then not wait for them, since a thread
+        still inside torch when the interpreter exits aborts it."""
+        rebuilt = self.builder is None or self.builder.close()
         started = time.monotonic()
-        stopped = self._stop_worker(timeout)
+        stopped = self._stop_worker(timeout) and rebuilt
         if self.stream is not None:
             left = min(0.5, max(0.0, timeout - (time.monotonic() - started)))
             stopped = self.stream.wait_idle(left) and stopped

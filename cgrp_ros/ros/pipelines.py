@@ -121,9 +121,11 @@ class PipelineBuilder:
                 self.builds += 1
             self._on_built(pipeline, time.monotonic() - start)
 
-    def close(self, timeout: float = 0.5) -> None:
-        """Stop; a build in progress is abandoned (its thread is a daemon and drops the result)."""
+    def close(self, timeout: float = 0.5) -> bool:
+        """Stop; a build in progress is abandoned (its thread is a daemon and drops the result). False if
+        that build is still running after `timeout` s (e.g. inside an ONNX export)."""
         with self._cond:
             self._closed, self._ready = True, None
             self._cond.notify_all()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
