@@ -54,6 +54,38 @@ def test_player_publishes_count_pairs_then_exits(tmp_path):
         rclpy.try_shutdown()
 
 
+def test_player_skips_a_pair_it_cannot_read_and_plays_the_others(tmp_path, sample_dir):
+    """A truncated JPEG among the folders' pairs: one error line naming it, the other pairs played; it ended
+    the player with a traceback. Only unreadable pairs: exit code 1 with a line saying so."""
+    import shutil
+
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub).mkdir()
+    names = sorted(p.name for p in (sample_dir / "visible").glob("*.jpg"))[:3]
+    for name in names:
+        shutil.copy(sample_dir / "visible" / name, tmp_path / "visible" / name)
+        shutil.copy(sample_dir / "thermal" / name, tmp_path / "thermal" / name)
+    cut = tmp_path / "visible" / names[1]
+    cut.write_bytes(cut.read_bytes()[:300])
+    rclpy.init()
+    try:
+        log = tmp_path / "player.log"
+        code, got = play_until_exit(log, "-p", f"visible_dir:={tmp_path / 'visible'}", "-p",
+                                    f"thermal_dir:={tmp_path / 'thermal'}", "-p", "count:=6", "-p", "rate:=20.0",
+                                    "-p", "max_width:=160")
+        text = log.read_text()
+        assert code == 0, text
+        assert text.count("skipping pair 1 from now on") == 1 and "truncated JPEG" in text and "Traceback" not in text
+        assert "published 6 pairs (count 6): done" in text
+        for other in names[:1] + names[2:]:
+            (tmp_path / "visible" / other).write_bytes(b"not an image")
+        code, _ = play_until_exit(log, "-p", f"visible_dir:={tmp_path / 'visible'}", "-p",
+                                  f"thermal_dir:={tmp_path / 'thermal'}", "-p", "count:=6")
+        assert code == 1 and "no pair could be loaded: stopping" in log.read_text()
+    finally:
+        rclpy.try_shutdown()
+
+
 def test_every_player_parameter_is_documented():
     """docs/ros.md's cgrp_player table names every parameter the player declares."""
     import re

@@ -68,7 +68,10 @@ class PlayerNode(Node):
         self._messages = {}               # index -> (visible msg, thermal msg), built on first use
         self._rng = np.random.default_rng(self.seed)
         self.published = 0
+        self._next = 0                    # the next pair's index, counted on through the loops
+        self._unreadable = set()          # indices of pairs that failed to load: skipped from then on
         self.done = False
+        self.failed = False               # no pair could be loaded: stopped, exit code 1
 
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
@@ -93,11 +96,30 @@ class PlayerNode(Node):
             self._messages[index] = messages
         return messages
 
+    def _next_messages(self):
+        """(index, (visible msg, thermal msg)) of the next pair that loads, or None when none does: a pair
+        that fails (an unreadable or truncated file) is logged once and skipped from then on."""
+        while len(self._unreadable) < len(self.source):
+            index = self._next % len(self.source)
+            self._next += 1
+            if index in self._unreadable:
+                continue
+            try:
+                return index, self._messages_for(index)
+            except CgrpError as exc:
+                self._unreadable.add(index)
+                self.get_logger().error(f"skipping pair {index} from now on: {exc}")
+        return None
+
     def _publish_next(self):
         if self.done:
             return
-        index = self.published % len(self.source)
-        visible_msg, thermal_msg = self._messages_for(index)
+        following = self._next_messages()
+        if following is None:
+            self.get_logger().error("no pair could be loaded: stopping")
+            self.done = self.failed = True
+            return
+        index, (visible_msg, thermal_msg) = following
         stamps = self.source.stamps(index) if self.bag_stamps else None
         if stamps is None:
             now = self.get_clock().now().nanoseconds
@@ -123,12 +145,12 @@ def main(args=None) -> int:
         rclpy.try_shutdown()
         return 2
     spin_until_signal(node, until=lambda: node.done)
-    if node.done:
+    if node.done and not node.failed:
         time.sleep(0.5)  # let reliable subscribers fetch the last pair
         node.get_logger().info(f"cgrp_player: published {node.published} pairs (count {node.count}): done")
     node.destroy_node()
     rclpy.try_shutdown()
-    return 0
+    return 1 if node.failed else 0
 
 
 if __name__ == "__main__":
