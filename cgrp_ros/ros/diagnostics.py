@@ -69,6 +69,9 @@ class Stats:
         return len(recent), float(p50), float(p95)
 
 
+# why a pair's stamp may be hours from the node's clock (the pair is fused; its latency is not counted)
+OTHER_EPOCH = ("unset stamps, time since boot, a recording replayed with its own stamps, or sim time without "
+               "use_sim_time?")
 LOSSY_MESSAGE_BYTES = 500_000  # best-effort messages above this are mostly lost over Fast DDS shared memory
 
 
@@ -135,8 +138,8 @@ def diagnose(node):
             return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
     clock = stats.stamp_clock_offset
     if clock and now - clock[0] <= timeout:
-        return DiagnosticStatus.WARN, (f"input stamps are {clock[1]:+.0f} s from this node's clock (unset stamps, "
-                                       "time since boot, or sim time without use_sim_time?): latency unknown")
+        return DiagnosticStatus.WARN, (f"input stamps are {clock[1]:+.0f} s from this node's clock ({OTHER_EPOCH}): "
+                                       "latency unknown")
     unsettled = rig_unsettled(node)
     if unsettled:
         return DiagnosticStatus.WARN, unsettled

@@ -580,8 +580,8 @@ class FusionNode(LifecycleNode):
                 self.stats.stamp_clock_offset = (now, -latency)
         if abs(latency) > STAMP_CLOCK_LIMIT_S:
             self._log_throttled("stamp clock", f"pair at {stamp:.3f}: its stamp is {-latency:+.0f} s from this "
-                                "node's clock (unset stamps, time since boot, or sim time without use_sim_time?): "
-                                "no latency measured", period=60.0, warning=True)
+                                f"node's clock ({diagnostics.OTHER_EPOCH}): no latency measured", period=60.0,
+                                warning=True)
 
     def _pair_failed(self, counter: str, why: str) -> None:
         with self.stats.lock:
