@@ -262,3 +262,27 @@ def test_the_first_large_image_on_a_best_effort_input_is_a_warning_with_the_over
         assert log.count("visible images of 0.9 MB on a best-effort subscription") == 1, log
         assert "qos_overrides./visible/image.subscription.reliability: reliable" in log
         assert "thermal images of" not in log  # a small image: nothing to say
+
+
+def test_without_a_subscriber_the_node_says_it_computes_nothing(tmp_path):
+    """Pairs arrive, no enabled output is subscribed (here: only pseudo_thermal, which nobody listens to): nothing
+    is computed, so the self-calibration never starts. /diagnostics, the stats line and ~/save_calibration's
+    refusal say so; they read 'fusing', published 0 and 'waiting (0 of the last 0)' (user audit)."""
+    from std_srvs.srv import Trigger
+
+    from cgrp_ros.ros import diagnostics
+    from cgrp_ros.ros.diagnostics import DiagnosticStatus
+
+    overrides = (Parameter("outputs", value=["pseudo_thermal"]), Parameter("self_calibrate", value=True),
+                 Parameter("calibration_file", value=str(tmp_path / "rig.yaml")),
+                 Parameter("stream_timeout", value=3600.0))
+    with in_process_node(*overrides) as (node, fused, spin_until, executor):
+        visible, thermal = make_images()
+        header = Header(stamp=node.get_clock().now().to_msg())
+        node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+        spin_until(lambda: node.slot.received >= 1, 10.0, "the pair to reach the worker")
+        assert node.diagnose() == (DiagnosticStatus.OK, f"idle: {diagnostics.UNSUBSCRIBED}")
+        assert diagnostics.stats_line(node, 1.0, 0.0).endswith(f"({diagnostics.UNSUBSCRIBED})")
+        response = node._save_calibration(Trigger.Request(), Trigger.Response())
+        assert not response.success and response.message.endswith(diagnostics.UNSUBSCRIBED), response.message
+        assert node.stats.published == 0 and not (tmp_path / "rig.yaml").exists()

@@ -72,6 +72,8 @@ class Stats:
 # why a pair's stamp may be hours from the node's clock (the pair is fused; its latency is not counted)
 OTHER_EPOCH = ("unset stamps, time since boot, a recording replayed with its own stamps, or sim time without "
                "use_sim_time?")
+UNSUBSCRIBED = ("no output is subscribed, so nothing is computed: the node fuses (and self-calibrates) only while "
+                "one of its outputs has a subscriber")
 LOSSY_MESSAGE_BYTES = 500_000  # best-effort messages above this are mostly lost over Fast DDS shared memory
 
 
@@ -131,6 +133,8 @@ def diagnose(node):
     failed = stats.last_failed_pair
     if failed and failed[0] > stats.last_fused and now - stats.last_fused > timeout:
         return DiagnosticStatus.ERROR, f"no pair fused for {now - stats.last_fused:.1f} s: {failed[1]}"
+    if getattr(node, "unsubscribed", False):  # not a fault: nobody asked for an output
+        return DiagnosticStatus.OK, f"idle: {UNSUBSCRIBED}"
     old_received, old_dropped = node.drop_history[0]
     if received - old_received >= 5:
         rate = (dropped - old_dropped) / (received - old_received)
@@ -235,4 +239,5 @@ def stats_line(node, seconds: float, since: float) -> str:
     return (f"stats: {s.published_since(since) / max(seconds, 1e-9):.2f} fps, {latency}, pairs {node.slot.received}, "
             f"dropped {node.slot.dropped}, published {s.published}, bad messages {s.bad_messages}, "
             f"bad pairs {s.bad_pairs}, inference errors {s.inference_errors}, non-finite thermal "
-            f"{s.non_finite_thermal}, constant images {s.constant_images}, fallback pairs {s.fallback_pairs}")
+            f"{s.non_finite_thermal}, constant images {s.constant_images}, fallback pairs {s.fallback_pairs}"
+            + (f" ({UNSUBSCRIBED})" if getattr(node, "unsubscribed", False) else ""))

@@ -268,8 +268,9 @@ class FusionNode(LifecycleNode):
             rig = self.stream.rig
             if rig.state != "converged":  # a file is used for good: only an estimate that has settled
                 used, seen = rig.recent_usable()
+                idle = f"; {diagnostics.UNSUBSCRIBED}" if self.unsubscribed else ""
                 raise CgrpError(f"the rig estimate is {rig.state} ({used} of the last {seen} registration(s) "
-                                "usable): save once /diagnostics says converged")
+                                f"usable): save once /diagnostics says converged{idle}")
             calibration = self.stream.calibration()
             save_calibration(calibration, path)
         except (CgrpError, OSError) as exc:
@@ -527,6 +528,11 @@ class FusionNode(LifecycleNode):
         if "fused" in outputs and self.compressed_pub.get_subscription_count() > 0:
             wanted.add("fused/compressed")
         return wanted
+
+    @property
+    def unsubscribed(self) -> bool:
+        """Active, and no enabled output has a subscriber: pairs are received and nothing is computed."""
+        return self.state == "active" and self.pipeline is not None and not self._wanted_outputs()
 
     def _process(self, visible_msg, thermal_msg):
         pipeline = self.pipeline
