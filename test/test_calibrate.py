@@ -321,6 +321,28 @@ def test_malformed_calibration_is_a_clear_error(tmp_path, sample_dir, capsys, co
     assert not (tmp_path / "out").exists()
 
 
+def test_calibrate_writes_its_file_but_exits_1_after_unreadable_or_unpaired_files(aligned_pairs, tmp_path, capsys):
+    """As cgrp fuse: the good pairs are used, each bad file is named, and the exit code says the input had
+    faults (it was 0). Asked for more pairs than given: the error says so, not that the scenes lack structure."""
+    g = similarity_about_centre(SIZE, 3.0, 1.03, (12.0, -8.0))
+    write_rig(tmp_path, [(n, *synthetic_rig(v, t, g, size=SIZE)[:2]) for n, v, t in aligned_pairs[:4]])
+    (tmp_path / "visible" / "orphan.png").write_bytes((tmp_path / "visible" / f"{aligned_pairs[0][0]}.png").read_bytes())
+    (tmp_path / "visible" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "thermal" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "rig.yaml"
+    args = ["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", out,
+            "--scales", "1", "--refinements", "1", "--device", "cpu"]
+    assert cgrp(args) == 1
+    printed = capsys.readouterr()
+    assert "orphan.png: no partner" in printed.err and "skipped broken: unreadable" in printed.out
+    assert "2 problem(s) in the input" in printed.err
+    assert yaml.safe_load(out.read_text())["pairs_used"] >= 3
+    out.unlink()
+    assert cgrp(args + ["--min-pairs", "8"]) == 2
+    assert "5 pair(s) to calibrate from, fewer than the 8 it needs" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     """The same shifted rig recorded as a rosbag2 (raw Image topics): --bag gives the folder's result."""
     from test_bag import THERMAL, VISIBLE, write_bag
@@ -334,6 +356,11 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     assert corner_error(load_calibration(out), rig[0][2], SIZE) < 3.0
     command = yaml.safe_load(out.read_text())["command"]
     assert command.startswith("cgrp calibrate --bag") and " --slop 0.05 " in command  # the run, reproducible
+    from cgrp_ros.commands.calibrate import bag_pairs
+    from test_bag import PERIOD, T0
+    # named by the visible stamp, as cgrp fuse --bag's registration.csv names them (it was the message's index)
+    assert [name for name, _, _ in bag_pairs(tmp_path / "rig_bag", VISIBLE, THERMAL)] == \
+        [f"{(T0 + i * PERIOD) * 1e-9:.6f}" for i in range(len(rig))]
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
     (tmp_path / "list.txt").write_text("nothing\n")  # a list of folder names: refused, not silently ignored
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,

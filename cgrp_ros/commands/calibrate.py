@@ -113,7 +113,8 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
             raise CgrpError(f"{problem}: calibrate with --no-camera-info, or fix the camera_info")
         return undistort(images[stream], intrinsics[stream])
 
-    pairs = [(f"{bag.stem}#{index:06d}", lambda i=index: load(i, 0), lambda i=index: load(i, 1))
+    # named by the visible stamp (s), as cgrp fuse --bag's registration.csv names them
+    pairs = [(f"{source.stamps(index)[0] * 1e-9:.6f}", lambda i=index: load(i, 0), lambda i=index: load(i, 1))
              for index in within[::every]]
     # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
     warn_if_swapped(pairs[0][0], lambda: source.recorded_arrays(within[0]))
@@ -121,7 +122,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
 
 
 def run(args) -> int:
-    from ..core.calibrate import RigCalibrator, save_calibration
+    from ..core.calibrate import UNREADABLE, RigCalibrator, save_calibration
     from ..evaluation.rig import calibration_edge_check
 
     try:
@@ -139,7 +140,7 @@ def run(args) -> int:
     if unwritable:  # before minutes of work, not after
         print(f"cgrp calibrate: error: cannot write {args.out}: {unwritable}", file=sys.stderr)
         return 2
-    pairs = input_pairs(args)
+    pairs, problems = input_pairs(args)
     if pairs is None:
         return 2
     calibrator = RigCalibrator(str(args.models / "registration.pt") if args.models else None, args.device,
@@ -168,6 +169,11 @@ def run(args) -> int:
         print(f"  skipped {name}: {why}")
     if len(skipped) > SHOWN_SKIPPED:
         print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
+    unreadable = sum(why.startswith(UNREADABLE) for _, why in skipped)
+    if problems or unreadable:  # written, but the input had faults: as cgrp fuse, a non-zero exit
+        print(f"cgrp calibrate: {problems + unreadable} problem(s) in the input (named above): exit code 1",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -185,31 +191,34 @@ def warn_if_swapped(name: str, load) -> None:
         print(f"cgrp calibrate: warning: {name}: {hint}", file=sys.stderr)
 
 
-def input_pairs(args) -> list | None:
-    """[(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied);
-    None after printing why there are none to use."""
+def input_pairs(args) -> tuple:
+    """([(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied), how
+    many files had no partner or --list names were in neither folder); pairs None after printing why there
+    are none to use."""
     from ..core.data import read_split
 
     if args.bag is not None:
         if args.visible or args.thermal or not args.visible_topic or not args.thermal_topic:
             print("cgrp calibrate: error: --bag needs --visible-topic and --thermal-topic, and replaces "
                   "--visible/--thermal", file=sys.stderr)
-            return None
+            return None, 0
         if args.visible_camera_info or args.thermal_camera_info:
             print("cgrp calibrate: error: --visible/--thermal-camera-info are for folders: a bag's camera_info "
                   "topics are used", file=sys.stderr)
-            return None
+            return None, 0
         if args.list:
             print("cgrp calibrate: error: --list names pairs of folders; for a bag, --every and --limit pick "
                   "the pairs", file=sys.stderr)
-            return None
+            return None, 0
         pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop, args.camera_info)
+        problems = 0  # (unreadable messages are skipped and said; the bag itself is not at fault)
     else:
         if args.visible is None or args.thermal is None:
             print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
-            return None
+            return None, 0
         names = read_split(args.list) if args.list else None
         listing = find_pairs(args.visible, args.thermal, names)
+        problems = len(listing.problems())
         for problem in listing.report():
             print(f"cgrp calibrate: {problem}", file=sys.stderr)
         for warning in listing.warnings():
@@ -222,8 +231,8 @@ def input_pairs(args) -> list | None:
     pairs = pairs[:args.limit] if args.limit else pairs
     if not pairs:
         print("cgrp calibrate: error: no visible/thermal pairs found", file=sys.stderr)
-        return None
-    return pairs
+        return None, problems
+    return pairs, problems
 
 
 def write_pictures(out: Path, pairs, calibration, best: str) -> str:

@@ -176,6 +176,9 @@ def _snap(size: float) -> int:
 
 
 # -- estimation ------------------------------------------------------------------------------------
+UNREADABLE = "unreadable"  # the start of a skipped pair's reason when its images could not be read
+
+
 class RigCalibrator:
     """calibrate(pairs) with pairs = [(name, visible, thermal)] (arrays, or callables returning them)."""
 
@@ -322,6 +325,9 @@ class RigCalibrator:
         pairs = list(pairs)
         if not pairs:
             raise CalibrationError("no visible/thermal pairs to calibrate from")
+        if len(pairs) < self.min_pairs:  # not the scenes' fault: too few were given
+            raise CalibrationError(f"{len(pairs)} pair(s) to calibrate from, fewer than the {self.min_pairs} it needs "
+                                   "(min_pairs): give more pairs")
         self.history = []  # the fitted homography of every round
         self.best_pair = None  # name of the most confident pair of the last round
         load = self._loader(pairs)
@@ -361,7 +367,7 @@ class RigCalibrator:
             try:
                 v, t = load(i)
             except InputError as exc:
-                skipped[name] = f"unreadable: {exc}"
+                skipped[name] = f"{UNREADABLE}: {exc}"
                 continue
             sizes[i] = (v.shape, t.shape)
         if not sizes:
