@@ -152,6 +152,31 @@ def test_a_camera_info_of_another_size_warns_and_the_pair_is_fused_without_undis
     harness.wait_for(says_ignored, 10.0, "/diagnostics 'camera_info' naming the ignored CameraInfo")
 
 
+def test_a_camera_info_that_keeps_changing_is_one_warning_not_a_line_per_pair(harness):
+    """A stale static publisher beside the driver on thermal/camera_info: undistortion goes on and off with every
+    pair. It was an INFO line per pair; now the first changes are said, then one warning naming likely causes."""
+    good = (camera_info(VISIBLE_CAMERA), camera_info(THERMAL_CAMERA))
+    stale = (good[0], camera_info(THERMAL_CAMERA, height=240, width=320))
+    said = lambda: harness.log().count("camera_info of both cameras known")  # noqa: E731
+    before, sent = said(), []
+
+    def flip():
+        infos = (good, stale)[len(sent) % 2]
+        sent.append(infos)
+        for publisher, info in zip(harness.info_pubs, infos):
+            publisher.publish(info)
+        harness.spinner.spin(0.05)
+        harness.publish_pair()
+        harness.spinner.spin(0.3)
+        return "undistortion switched on and off" in harness.log()
+
+    harness.wait_for(flip, 60.0, "the warning of a camera_info that keeps changing")
+    for _ in range(6):
+        flip()
+    assert said() - before <= 2, harness.log()          # the first changes only, not one per pair
+    assert harness.log().count("undistortion switched on and off") == 1  # at most every 30 s
+
+
 def test_use_camera_info_false_unsubscribes_at_run_time(harness):
     request = SetParameters.Request(parameters=[Parameter("use_camera_info", value=False).to_parameter_msg()])
     assert harness.call(harness.set_parameters, request, "the answer to setting use_camera_info").results[0].successful

@@ -129,6 +129,7 @@ class FusionNode(LifecycleNode):
         self.camera_info_subscriptions = []
         self.camera_info_pub = None
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
+        self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
@@ -610,7 +611,14 @@ class FusionNode(LifecycleNode):
             self.camera_info_state = "not used"
         if rectifying != self._rectifying:
             self._rectifying = rectifying
-            if rectifying:
+            now = time.monotonic()
+            self._rectification_changes = [t for t in self._rectification_changes if now - t < 10.0] + [now]
+            if len(self._rectification_changes) > 3:  # not a line per pair: one warning naming the likely cause
+                self._log_throttled("camera_info flapping", f"undistortion switched on and off "
+                                    f"{len(self._rectification_changes)} times in 10 s (pair at {stamp:.3f}): two "
+                                    "publishers of one camera_info topic, or a camera changing resolution?",
+                                    period=30.0, warning=True)
+            elif rectifying:
                 visible, thermal = plan.intrinsics
                 self.get_logger().info(
                     f"camera_info of both cameras known: undistorting each image with its own intrinsics "
