@@ -418,6 +418,10 @@ def test_fuse_warns_of_pairs_that_carry_no_information_as_the_node_does(sample_d
         cv2.imwrite(str(tmp_path / "visible" / f"{pair}.png"), visible)
     cv2.imwrite(str(tmp_path / "thermal" / "capped.png"), np.full(thermal.shape, 30, np.uint8))
     cv2.imwrite(str(tmp_path / "thermal" / "nan.tiff"), thermal)
+    visible01 = visible.astype(np.float32) / 255  # a float visible with a NaN corner: fused, now said
+    visible01[:4, :5] = np.nan
+    cv2.imwrite(str(tmp_path / "visible" / "nanvis.tiff"), visible01)
+    cv2.imwrite(str(tmp_path / "thermal" / "nanvis.png"), (np.nan_to_num(thermal) * 255).astype(np.uint8))
     proc = cgrp("fuse", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", tmp_path / "out",
                 "--working-size", "64x96")
     assert proc.returncode == 0, proc.stderr
@@ -425,9 +429,11 @@ def test_fuse_warns_of_pairs_that_carry_no_information_as_the_node_does(sample_d
             "information") in proc.stderr, proc.stderr
     assert "cgrp fuse: warning: nan: thermal image has 100 NaN/inf pixels: fused with them treated as missing" \
         in proc.stderr, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == ["capped.png", "nan.png"]
+    assert "cgrp fuse: warning: nanvis: visible image has 60 NaN/inf values: fused with NaN as black" \
+        in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == ["capped.png", "nan.png", "nanvis.png"]
     closing = proc.stdout.strip().splitlines()[-1]  # names the confidence threshold, whatever the count
-    assert closing.startswith("cgrp fuse: 2 pair(s) written to") and "low registration confidence (below 0." in closing
+    assert closing.startswith("cgrp fuse: 3 pair(s) written to") and "low registration confidence (below 0." in closing
 
 
 def test_fuse_warns_once_of_cameras_of_different_aspect_ratio_without_a_calibration(sample_dir, tmp_path):

@@ -230,7 +230,8 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
 
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") -> list:
     """[(kind, text)] for a pair that is fused but carries little or no information, or looks swapped;
-    kind: 'non_finite_thermal', 'swapped', 'constant_visible' or 'constant_thermal'. `where` (e.g.
+    kind: 'non_finite_thermal', 'non_finite_visible', 'swapped', 'constant_visible' or 'constant_thermal'.
+    `where` (e.g.
     'at 12.300', a stamp) follows "image" / "pair" in the texts.
 
     NaN/inf thermal pixels are treated as missing (coldest) by the gain control; a thermal with no
@@ -245,6 +246,11 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") 
         if finite.any() and not finite.all():
             warnings.append(("non_finite_thermal", f"thermal image{at} has {finite.size - finite.sum()} NaN/inf "
                              "pixels: fused with them treated as missing"))
+    if visible.dtype.kind == "f":
+        bad = visible.size - int(np.isfinite(visible).sum())
+        if bad:  # visible_to_bgr01: NaN and -inf black, +inf white
+            warnings.append(("non_finite_visible", f"visible image{at} has {bad} NaN/inf values: fused with NaN "
+                             "as black"))
     swapped = swapped_cameras_hint(visible, thermal)
     if swapped:
         warnings.append(("swapped", f"pair{at}: {swapped}" if at else swapped))

@@ -62,7 +62,8 @@ def message_arrays(visible_msg, thermal_msg):
 
 
 # core.image.content_warnings' kinds -> (Stats counter or None, throttle key of the log line)
-WARNING_COUNTERS = {"non_finite_thermal": ("non_finite_thermal", "non-finite"), "swapped": (None, "swapped"),
+WARNING_COUNTERS = {"non_finite_thermal": ("non_finite_thermal", "non-finite"),
+                    "non_finite_visible": (None, "non-finite visible"), "swapped": (None, "swapped"),
                     "constant_visible": ("constant_images", ("constant", "visible")),
                     "constant_thermal": ("constant_images", ("constant", "thermal"))}
 
