@@ -10,6 +10,7 @@ calibration removes (the prior is off by 15-45 px at the corners).
 import contextlib
 import csv
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -278,6 +279,20 @@ def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):
         save_calibration(Calibration(np.eye(3), (64, 64), (64, 64), pairs_used=3), tmp_path / "a_file" / "rig.yaml")
     with pytest.raises(CalibrationError, match="is a folder, not a rig.yaml"):
         load_calibration(tmp_path)
+    os.mkfifo(tmp_path / "fifo")  # it exists: "no such file" sent the user looking for a typo
+    with pytest.raises(CalibrationError, match="fifo: not a regular file"):
+        load_calibration(tmp_path / "fifo")
+
+
+def test_a_failed_save_names_the_file_asked_for(tmp_path, monkeypatch):
+    """Where the folder takes no new file (/proc) the error named rig.yaml.tmp, a file the user never chose."""
+    def refused(self, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    with pytest.raises(CalibrationError) as err:
+        save_calibration(Calibration(np.eye(3), (64, 64), (64, 64), pairs_used=3), tmp_path / "rig.yaml")
+    assert str(err.value) == f"cannot write {tmp_path / 'rig.yaml'}: No such file or directory"
 
 
 def test_an_interrupted_save_keeps_the_previous_calibration(tmp_path, monkeypatch):

@@ -55,6 +55,11 @@ def test_an_input_in_the_deformation_outputs_encoding_is_an_unsupported_encoding
     assert err.value.kind == "encoding" and "unsupported encoding '32FC2'" in str(err.value)
     assert "32FC2" not in str(err.value).split("supported:")[1] and "32FC1" in str(err.value)
     assert prepare_input(numpy_to_image(pair[1], "mono16", SimpleNamespace, header(1)), compressed=False)
+    long = numpy_to_image(pair[1], "mono16", SimpleNamespace, header(1))
+    long.encoding = "x" * 200_000  # logged every 5 s and put into /diagnostics: cut, not 200 kB each time
+    with pytest.raises(ImageConversionError) as err:
+        prepare_input(long, compressed=False)
+    assert len(str(err.value)) < 400 and "(200000 characters)" in str(err.value)
 
 
 def test_only_the_wanted_outputs_and_content_warnings(small_pipeline, pair):

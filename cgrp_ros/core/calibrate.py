@@ -106,10 +106,13 @@ def save_calibration(calibration: Calibration, path) -> None:
     # matrix rows inline, one skipped pair (name: reason) per line
     head = {k: v for k, v in data.items() if k not in ("skipped", "date", "command")}
     tail = {k: data[k] for k in ("skipped", "date", "command")}
-    with replaced_on_success(path) as tmp:
-        tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
-                       + yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=120)
-                       + yaml.safe_dump(tail, sort_keys=False, default_flow_style=False, width=120))
+    try:
+        with replaced_on_success(path) as tmp:
+            tmp.write_text("# cgrp calibrate: rig calibration (thermal pixel -> visible pixel)\n"
+                           + yaml.safe_dump(head, sort_keys=False, default_flow_style=None, width=120)
+                           + yaml.safe_dump(tail, sort_keys=False, default_flow_style=False, width=120))
+    except OSError as exc:  # named by the file asked for, not by the temporary one beside it
+        raise CalibrationError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def load_calibration(path) -> np.ndarray:
@@ -127,7 +130,8 @@ def load_rig(path) -> tuple:
     if path.is_dir():
         raise CalibrationError(f"calibration file {path}: is a folder, not a rig.yaml")
     if not path.is_file():
-        raise CalibrationError(f"calibration file {path}: no such file")
+        raise CalibrationError(f"calibration file {path}: " + ("not a regular file (a device, a pipe?)"
+                                                               if path.exists() else "no such file"))
     try:
         data = yaml.safe_load(path.read_text())
     except Exception as exc:

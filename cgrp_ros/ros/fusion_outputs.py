@@ -19,7 +19,8 @@ from ..core.image import content_warnings as core_content_warnings
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
-from .image_conversions import INPUT_ENCODINGS, ImageConversionError, encoding_for, image_to_numpy, to_bgr
+from .image_conversions import (INPUT_ENCODINGS, encoding_for, image_to_numpy, to_bgr,
+                                unsupported_encoding)
 from .sync import stamp_seconds
 
 # output name -> the core output it needs ('fused/compressed' is the JPEG of 'fused'), in publishing order
@@ -44,8 +45,7 @@ def prepare_input(msg, compressed: bool):
     if compressed:
         return decode_message(msg)
     if msg.encoding not in INPUT_ENCODINGS:
-        raise ImageConversionError("encoding", f"unsupported encoding '{msg.encoding}' "
-                                               f"(supported: {', '.join(INPUT_ENCODINGS)})")
+        raise unsupported_encoding(msg.encoding, INPUT_ENCODINGS)
     image_to_numpy(msg)  # validation only: a cheap view, converted again by fuse_pair
     return msg
 

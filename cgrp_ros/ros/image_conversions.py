@@ -59,6 +59,13 @@ class ImageConversionError(InputError):
         super().__init__(message)
 
 
+def unsupported_encoding(encoding: str, supported) -> ImageConversionError:
+    """The error for a message of an encoding not in `supported`; a long string is cut (it is logged and
+    put into /diagnostics: a 200 kB 'encoding' must not be, every 5 s)."""
+    shown = encoding if len(encoding) <= 40 else f"{encoding[:40]}... ({len(encoding)} characters)"
+    return ImageConversionError("encoding", f"unsupported encoding '{shown}' (supported: {', '.join(supported)})")
+
+
 def image_to_numpy(msg) -> np.ndarray:
     """Image message -> H x W (one channel) or H x W x C array in the message's channel order.
 
@@ -67,8 +74,7 @@ def image_to_numpy(msg) -> np.ndarray:
     """
     encoding = msg.encoding
     if encoding not in ENCODINGS:
-        raise ImageConversionError("encoding", f"unsupported encoding '{encoding}' "
-                                               f"(supported: {', '.join(ENCODINGS)})")
+        raise unsupported_encoding(encoding, ENCODINGS)
     dtype, channels = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
