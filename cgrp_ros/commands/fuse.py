@@ -117,7 +117,7 @@ def edge_summary(rows: list) -> str:
     c = edge_comparison([float(r["edge_agreement_input"]) for r in rows],
                         [float(r["edge_agreement_registered"]) for r in rows])
     if not c["scored"]:
-        return "edge agreement: no pair had enough overlap to score"
+        return "edge agreement: no pair could be scored (a constant image has no edges, or too little overlap)"
     unscored = len(rows) - c["scored"]
     unscored = f"; {unscored} pair(s) without edges to score (nan: a constant image, too little overlap)" \
         if unscored else ""

@@ -214,7 +214,8 @@ class Pipeline:
         problem = working_size_problem(c.working_size, self.backend.device)
         if problem:
             raise InputError(problem)
-        log.info("cgrp pipeline: %s, working size %dx%d, models %s", self.backend.description, h, w,
+        log.info("cgrp pipeline: %s, working size %dx%d, %s %s", self.backend.description, h, w,
+                 "models" if c.backend == "torch" else "graphs exported from",
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 
     @property
