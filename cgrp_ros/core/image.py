@@ -219,8 +219,13 @@ SWAPPED_QUESTION = "are the visible and the thermal camera (folders, topics) swa
 def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None:
     """A warning where the inputs look swapped: a single-channel 16-bit "visible" image (as thermal cores
     deliver) beside a colour "thermal" one whose channels differ (a palette thermal has a grey visible
-    partner only on the rarest rigs). None otherwise."""
-    if visible.ndim != 2 or visible.dtype != np.uint16 or thermal.ndim != 3 or thermal.shape[2] < 3:
+    partner only on the rarest rigs), or beside an 8-bit grey one (a 16-bit visible camera is rare, an
+    8-bit thermal common). None otherwise."""
+    if visible.ndim != 2 or visible.dtype != np.uint16:
+        return None
+    if thermal.dtype == np.uint8 and (thermal.ndim == 2 or thermal.shape[2] == 1):
+        return f"the visible image is 16-bit single channel and the thermal image 8-bit grey: {SWAPPED_QUESTION}"
+    if thermal.ndim != 3 or thermal.shape[2] < 3:
         return None
     sample = thermal[::8, ::8, :3].astype(np.int32)
     if np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0:
@@ -231,8 +236,7 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") -> list:
     """[(kind, text)] for a pair that is fused but carries little or no information, or looks swapped;
     kind: 'non_finite_thermal', 'non_finite_visible', 'swapped', 'constant_visible' or 'constant_thermal'.
-    `where` (e.g.
-    'at 12.300', a stamp) follows "image" / "pair" in the texts.
+    `where` (e.g. 'at 12.300', a stamp) follows "image" / "pair" in the texts.
 
     NaN/inf thermal pixels are treated as missing (coldest) by the gain control; a thermal with no
     finite pixel at all is refused by the Pipeline (InputError), so it is not warned of here. A constant
