@@ -268,10 +268,6 @@ def test_swapped_cameras_are_named_as_such(tmp_path, sample_dir, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "16-bit single channel and the thermal image is in colour" in err, err
     assert "the two sizes the other way round" in err and "swapped?" in err, err
-    from cgrp_ros.core.image import swapped_cameras_hint
-    grey = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)  # a grey visible camera: the 16-bit one is the thermal
-    assert "16-bit single channel and the thermal image 8-bit grey" in swapped_cameras_hint(thermal, grey)
-    assert swapped_cameras_hint(grey, thermal) is None and swapped_cameras_hint(visible, thermal) is None
 
 
 def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):

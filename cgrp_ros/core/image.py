@@ -219,13 +219,8 @@ SWAPPED_QUESTION = "are the visible and the thermal camera (folders, topics) swa
 def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None:
     """A warning where the inputs look swapped: a single-channel 16-bit "visible" image (as thermal cores
     deliver) beside a colour "thermal" one whose channels differ (a palette thermal has a grey visible
-    partner only on the rarest rigs), or beside an 8-bit grey one (a 16-bit visible camera is rare, an
-    8-bit thermal common). None otherwise."""
-    if visible.ndim != 2 or visible.dtype != np.uint16:
-        return None
-    if thermal.dtype == np.uint8 and (thermal.ndim == 2 or thermal.shape[2] == 1):
-        return f"the visible image is 16-bit single channel and the thermal image 8-bit grey: {SWAPPED_QUESTION}"
-    if thermal.ndim != 3 or thermal.shape[2] < 3:
+    partner only on the rarest rigs). None otherwise."""
+    if visible.ndim != 2 or visible.dtype != np.uint16 or thermal.ndim != 3 or thermal.shape[2] < 3:
         return None
     sample = thermal[::8, ::8, :3].astype(np.int32)
     if np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0:
