@@ -367,5 +367,6 @@ def test_in_the_background_a_rejected_frame_costs_only_itself(cpu_pipeline, rig_
     stream(visible, thermal, stamp=0.0)                  # inline: the first estimate
     with pytest.raises(InputError, match="no finite pixel"):
         stream(visible, np.full(thermal.shape, np.inf, np.float32), stamp=0.5)  # due for a registration
-    assert stream.wait_idle(30.0)
-    assert stream(visible, thermal, stamp=0.6).fused is not None
+    assert stream.wait_idle(30.0) and stream.registrations == 1
+    assert stream(visible, thermal, stamp=0.55).fused is not None  # the registration it was due is run now
+    assert stream.wait_idle(30.0) and stream.registrations == 2 and stream.rig.accepted == 2

@@ -304,16 +304,16 @@ class StreamPipeline:
         busy = not self._idle.is_set()
         if fits and (busy or not self._due(visible, stamp, current)):
             return self._report(self.pipeline(visible, thermal, outputs, registration=current))
-        self.registrations += 1
-        self.last_registration = stamp
-        self._thumbnail = scene_thumbnail(visible)
         if self.background and fits:
-            # fused first: a pair the Pipeline rejects (InputError) never reaches the background, whose error
-            # the next, good pair would raise (copies: the caller may reuse its buffers)
+            # fused first: a pair the Pipeline rejects (InputError) neither reaches the background, whose error
+            # the next, good pair would raise, nor counts as the registration due (copies: the caller may reuse
+            # its buffers)
             result = self.pipeline(visible, thermal, outputs, registration=current)
+            self._registration_started(visible, stamp)
             self._register_in_background(np.array(visible), np.array(thermal))
             return self._report(result)
         registration = self.pipeline.register(visible, thermal)  # inline: the first, or a new image size
+        self._registration_started(visible, stamp)
         with self._lock:
             self._generation += 1
         self._fold(registration)
@@ -326,6 +326,11 @@ class StreamPipeline:
         timings["total"] = result.timings["total"] + sum(registration.timings.values())
         return replace(result, timings=timings, registration_confidence=registration.confidence,
                        registration_fallback=registration.fallback)
+
+    def _registration_started(self, visible, stamp: float) -> None:
+        self.registrations += 1
+        self.last_registration = stamp
+        self._thumbnail = scene_thumbnail(visible)
 
     def calibration(self):
         """The rig estimate as a calibration (core.calibrate.Calibration: thermal px -> visible px,

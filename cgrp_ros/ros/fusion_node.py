@@ -129,6 +129,7 @@ class FusionNode(LifecycleNode):
         self.camera_info_subscriptions = []
         self.camera_info_pub = None
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
+        self._left_running = False          # a deactivation left the worker or a rebuild running (see stop)
         self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
@@ -289,9 +290,9 @@ class FusionNode(LifecycleNode):
             self.destroy_subscription(subscription)
         self.subscriptions_ = []
         self._update_camera_info_inputs()
-        if self.builder is not None:
-            self.builder.close()
-        stopped = self._stop_worker()
+        rebuilt = self.builder is None or self.builder.close()
+        stopped = self._stop_worker() and rebuilt
+        self._left_running |= not stopped  # a thread inside torch: the process must not wait for it at exit
         self.builder = None
         self.pipeline = None
         free_model_caches()
@@ -659,11 +660,11 @@ class FusionNode(LifecycleNode):
     def stop(self, timeout: float = 1.5) -> bool:
         """Stop the worker (it finishes the pair in hand); False if it, a background registration or a
         pipeline rebuild did not stop in time (the worker within `timeout` s, a registration within 0.5 s
-        of what is left, a rebuild within 0.5 s): the process must then not wait for them, since a thread
-        still inside torch when the interpreter exits aborts it."""
+        of what is left, a rebuild within 0.5 s), or an earlier deactivation left one running: the process
+        must then not wait for them, since a thread still inside torch when the interpreter exits aborts it."""
         rebuilt = self.builder is None or self.builder.close()
         started = time.monotonic()
-        stopped = self._stop_worker(timeout) and rebuilt
+        stopped = self._stop_worker(timeout) and rebuilt and not self._left_running
         if self.stream is not None:
             left = min(0.5, max(0.0, timeout - (time.monotonic() - started)))
             stopped = self.stream.wait_idle(left) and stopped
