@@ -72,13 +72,43 @@ def test_a_payload_declaring_a_huge_image_is_refused_not_decoded(ext, padding):
     assert image.shape == (8, 8)
 
 
-@pytest.mark.parametrize("ext", [".webp", ".tiff", ".bmp"])
-def test_a_payload_that_is_neither_jpeg_nor_png_is_refused(ext):
+@pytest.mark.parametrize("ext", [".webp", ".bmp"])
+def test_a_payload_that_is_neither_jpeg_png_nor_tiff_is_refused(ext):
     # OpenCV decodes these too, but their size is not known before: a 5 KB WebP decoded to 12000 x 12000 x 3
     data = cv2.imencode(ext, np.zeros((8, 8, 3), np.uint8))[1].tobytes()
     with pytest.raises(ImageConversionError) as err:
         decode_compressed(CompressedImage(format="bgr8; jpeg compressed bgr8", data=data))
-    assert err.value.kind == "payload" and "neither JPEG nor PNG" in str(err.value)
+    assert err.value.kind == "payload" and "neither JPEG, PNG nor TIFF" in str(err.value)
+
+
+def tiff_declaring(image, height, width):
+    """A TIFF of `image` whose first directory declares height x width (the pixels stay those of `image`)."""
+    data = bytearray(cv2.imencode(".tiff", image)[1].tobytes())
+    order = "little" if data[:2] == b"II" else "big"
+    at = int.from_bytes(data[4:8], order)
+    for entry in range(int.from_bytes(data[at:at + 2], order)):
+        field = at + 2 + 12 * entry
+        tag, kind = int.from_bytes(data[field:field + 2], order), int.from_bytes(data[field + 2:field + 4], order)
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[field + 8:field + 8 + (2 if kind == 3 else 4)] = value.to_bytes(2 if kind == 3 else 4, order)
+    return bytes(data)
+
+
+def test_tiff_as_compressed_image_transport_publishes_it_is_read_with_its_size_checked_first():
+    thermal = (np.arange(60 * 80).reshape(60, 80) * 7).astype(np.uint16)
+    image, encoding = decode_compressed(CompressedImage(format="mono16; tiff compressed mono16",
+                                                        data=cv2.imencode(".tiff", thermal)[1].tobytes()))
+    assert encoding == "mono16" and np.array_equal(image, thermal)
+    with pytest.raises(ImageConversionError, match="declares a 40000x30000 image"):
+        decode_compressed(CompressedImage(format="tiff", data=tiff_declaring(thermal, 30000, 40000)))
+
+
+def test_a_jpeg_with_stray_bytes_between_segments_is_read_as_libjpeg_reads_it():
+    data = cv2.imencode(".jpg", np.full((8, 8), 90, np.uint8))[1].tobytes()
+    frame = data.find(b"\xff\xc0")
+    image, _ = decode_compressed(CompressedImage(format="jpeg", data=data[:frame] + b"\x00\x00" + data[frame:]))
+    assert image.shape == (8, 8)
 
 
 def test_encode_is_a_jpeg_of_the_same_size():

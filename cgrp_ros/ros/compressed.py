@@ -4,10 +4,10 @@
     msg = encode_compressed(array, "bgr8", CompressedImage, header, quality=90)   # JPEG
 
 `format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
-"jpeg" / "png" is read too. The payload decides what the image is (OpenCV reads its header): a JPEG
-is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8. A payload that is neither JPEG nor PNG (OpenCV
-would decode a WebP or a TIFF too, whose size is not checked first), that cannot be decoded, or whose
-header declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes) raises
+"jpeg" / "png" / "tiff" is read too. The payload decides what the image is (OpenCV reads its header): a
+JPEG is mono8 or bgr8, a PNG or TIFF mono8, mono16, bgr8 or bgra8. A payload of another kind (OpenCV
+would decode a WebP too, whose size is not checked first), that cannot be decoded, or whose header
+declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes) raises
 ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
 header in front of the PNG) is not supported.
 """
@@ -32,6 +32,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (they carry the size); 0xC4, 0xC8 and 0xCC are other segments
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 MAX_JPEG_SEGMENTS = 1000  # read before the frame header; a camera writes a handful (EXIF, ICC, XMP)
+MAX_JPEG_STRAY_BYTES = 65536  # skipped between segments, as libjpeg does ("extraneous bytes before marker")
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian (compressed_image_transport's 'tiff')
+TIFF_WIDTH, TIFF_LENGTH = 256, 257  # the IFD tags of the image's size
+MAX_TIFF_TAGS = 1000
 
 
 @dataclass
@@ -49,16 +53,23 @@ def _payload(data) -> np.ndarray:
 
 
 def declared_size(payload: np.ndarray):
-    """(height, width) a PNG or JPEG header declares, or None where the header does not say (not a PNG
-    or JPEG, cut short, or a JPEG frame header after MAX_JPEG_SEGMENTS segments)."""
+    """(height, width) a PNG, JPEG or TIFF header declares, or None where the header does not say (another
+    kind of payload, cut short, or a JPEG frame header after MAX_JPEG_SEGMENTS segments)."""
     data = memoryview(np.ascontiguousarray(payload))  # no copy: a JPEG's segments are skipped, not read
     if bytes(data[:8]) == PNG_SIGNATURE and bytes(data[12:16]) == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if bytes(data[:4]) in TIFF_SIGNATURES:
+        return _tiff_size(data)
     if bytes(data[:2]) != b"\xff\xd8":
         return None
     at = 2
     for _ in range(MAX_JPEG_SEGMENTS):
-        if at + 4 > len(data) or data[at] != 0xFF:
+        if at < len(data) and data[at] != 0xFF:  # stray bytes: on to the next marker
+            skip = bytes(data[at:at + MAX_JPEG_STRAY_BYTES]).find(b"\xff")
+            if skip < 0:
+                return None
+            at += skip
+        if at + 4 > len(data):
             return None
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
@@ -75,6 +86,26 @@ def declared_size(payload: np.ndarray):
     return None
 
 
+def _tiff_size(data: memoryview):
+    """(height, width) from a TIFF's first image file directory, or None."""
+    order = "little" if bytes(data[:2]) == b"II" else "big"
+    number = lambda at, size: int.from_bytes(data[at:at + size], order)  # noqa: E731
+    at = number(4, 4)
+    if at + 2 > len(data):
+        return None
+    size = {}
+    for entry in range(min(number(at, 2), MAX_TIFF_TAGS)):
+        field = at + 2 + 12 * entry
+        if field + 12 > len(data):
+            return None
+        tag, kind = number(field, 2), number(field + 2, 2)
+        if tag in (TIFF_WIDTH, TIFF_LENGTH) and kind in (3, 4):  # SHORT or LONG, held in the entry itself
+            size[tag] = number(field + 8, 2 if kind == 3 else 4)
+    if len(size) < 2:
+        return None
+    return size[TIFF_LENGTH], size[TIFF_WIDTH]
+
+
 def decode_compressed(msg) -> tuple:
     """CompressedImage -> (H x W or H x W x C array, encoding)."""
     fmt = (msg.format or "").strip()
@@ -87,8 +118,9 @@ def decode_compressed(msg) -> tuple:
     kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
     size = declared_size(payload)
     if size is None:  # decoding it would be the only way to learn its size
-        what = "neither JPEG nor PNG" if bytes(payload[:2]) != b"\xff\xd8" and \
-            bytes(payload[:8]) != PNG_SIGNATURE else "a JPEG or PNG whose header gives no image size"
+        known = bytes(payload[:2]) == b"\xff\xd8" or bytes(payload[:8]) == PNG_SIGNATURE or \
+            bytes(payload[:4]) in TIFF_SIGNATURES
+        what = "a JPEG, PNG or TIFF whose header gives no image size" if known else "neither JPEG, PNG nor TIFF"
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
                                               f"(format '{fmt}'): not decoded")
     if size[0] * size[1] > MAX_DECODED_PIXELS:
