@@ -117,8 +117,8 @@ EDGE_WIDTH = 400        # px: edge agreement is computed at this width, so a pix
 EDGE_SIGMA = 1.0        # px at EDGE_WIDTH: smoothing before the Sobel gradients
 EDGE_LOCAL_SIGMA = 8.0  # px at EDGE_WIDTH: the neighbourhood an edge's strength is normalised by
 EDGE_MARGIN = 12        # px at EDGE_WIDTH cut from the scored region's border (the filters' support)
-EDGE_MAX_HEIGHT = 4 * EDGE_WIDTH  # px: a taller image is scored at this height, narrower than EDGE_WIDTH (a
-                                  # 2 x 1200 px image at 400 px wide would be 240000 px tall: gigabytes, seconds)
+EDGE_MAX_HEIGHT = 4 * EDGE_WIDTH  # px: a taller image is scored at this height, narrower than EDGE_WIDTH (an
+                                  # image of H x W = 1200 x 2 px at 400 px wide: 240000 px tall, gigabytes, seconds)
 # the smallest difference of two edge_agreement scores of one pair read as a difference: the smoothing
 # of two half-pixel bilinear warps moves it further on 1 of 137 training pairs (docs/metrics.md)
 EDGE_MARGIN_OF_DIFFERENCE = 0.01
@@ -151,8 +151,9 @@ def edge_agreement(a, b, mask=None) -> float:
     a, b = _grey(a), _grey(b)
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    scale = min(EDGE_WIDTH / a.shape[1], EDGE_MAX_HEIGHT / a.shape[0])
-    size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+    size = (EDGE_WIDTH, max(1, round(a.shape[0] * EDGE_WIDTH / a.shape[1])))
+    if size[1] > EDGE_MAX_HEIGHT:
+        size = (max(1, round(a.shape[1] * EDGE_MAX_HEIGHT / a.shape[0])), EDGE_MAX_HEIGHT)
     resize = lambda image: cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)  # noqa: E731
     inside = np.ones(size[::-1], bool) if mask is None else \
         cv2.resize(np.asarray(mask, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
