@@ -187,6 +187,10 @@ def test_fuse_bag_limit_stops_early_and_low_confidence_pairs_are_warned_of(tmp_p
     messages, _ = read_bag(out)
     assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == stamps[:2]
     assert len(messages[visible_topic]) == 2  # the new bag ends where the fusion stopped
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "all", "--device", "cpu", "--working-size", "96x128", "--limit", str(PAIRS))
+    assert f"{PAIRS} pair(s) fused from {PAIRS} visible and {PAIRS} thermal message(s); skipped: none," in r.stdout
+    assert "stopped at" not in r.stdout  # nothing was left
 
 
 def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pairs):

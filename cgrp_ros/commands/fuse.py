@@ -136,11 +136,6 @@ def low_confidence_warning(name: str, confidence: float, fallback: bool, thresho
     return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f}: {what}"
 
 
-def low_confidence_summary(rows: list, threshold: float) -> str:
-    """The closing line's count of the pairs in `rows` (registration.csv) that got low_confidence_warning."""
-    low = sum(1 for r in rows if r["registration_fallback"] or float(r["registration_confidence"]) < threshold)
-    return (f"{low} with low registration confidence (below {threshold:.2f}, or fell back to the prior: "
-            "registration.csv)")
 
 
 def write_registration_csv(path: Path, rows: list) -> None:
@@ -185,13 +180,13 @@ def run_bag(args) -> int:
     video = FusionVideo(args.video) if args.video else None  # at the bag's own rate
     pipeline = pipeline_from_args(args)
     stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
-    registration = []
+    records = PairRecords(pipeline, video)
 
     def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp
         visible, thermal = outputs.inputs  # the images the flow was computed on (no second conversion)
         fused = outputs.images["fused"][0] if "fused" in outputs.images else None
-        record_pair(pipeline, f"{outputs.stamp:.6f}", visible, thermal, outputs.images["deformation"][0], fused,
-                    outputs.confidence, outputs.fallback, outputs.stamp, registration, video)
+        records.add(f"{outputs.stamp:.6f}", visible, thermal, outputs.images["deformation"][0], fused,
+                    outputs.confidence, outputs.fallback, outputs.stamp)
 
     summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
                        slop=slop, queue_size=queue_size,
@@ -199,38 +194,56 @@ def run_bag(args) -> int:
                        warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record,
                        use_camera_info=args.camera_info, limit=args.limit)
     print(f"cgrp fuse: {summary.cameras}")
-    if registration:
-        write_registration_csv(args.out / "registration.csv", registration)
-        print(f"cgrp fuse: {edge_summary(registration)}")
-    if video:
-        print(f"cgrp fuse: {video.summary()}")
-    limited = f" (stopped at --limit {args.limit})" if args.limit and summary.pairs >= args.limit else ""
-    print(f"cgrp fuse: {summary.line()}{limited}, {low_confidence_summary(registration, pipeline.confidence_threshold)}; "
-          f"written to {args.out}")
+    records.write_csv(args.out)
+    records.print_summary()
+    limited = f" (stopped at --limit {args.limit})" if summary.stopped else ""
+    print(f"cgrp fuse: {summary.line()}{limited}, {records.low_confidence_line()}; written to {args.out}")
     if not summary.pairs:
         print(f"cgrp fuse: error: {no_pair_reason(args, summary, slop)}", file=sys.stderr)
         return 1
     return 1 if summary.skipped else 0
 
 
-def record_pair(pipeline, name: str, visible, thermal, flow, fused, confidence: float, fallback: bool, stamp: float,
-                registration: list, video) -> tuple:
-    """What `cgrp fuse` keeps of one fused pair besides its images (folders and bags alike): the edge check,
-    the pair's registration.csv row (appended to `registration`), its `--video` frame (`video`: a
-    FusionVideo or None; `fused` None: no frame) and the low-confidence warning, if any.
-    -> (ReceivedAndRegistered, its edge scores)."""
-    pair = received_and_registered(pipeline, visible, thermal, flow)
-    edges = pair.edges()
-    registration.append(registration_row(name, confidence, fallback, flow, edges))
-    if video and fused is not None:
-        video.add(video_frame(name, pair, visible, fused, confidence, fallback), stamp)
-    warning = low_confidence_warning(name, confidence, fallback, pipeline.confidence_threshold)
-    if warning:
-        tqdm.write(warning, file=sys.stderr)
-    return pair, edges
+class PairRecords:
+    """What `cgrp fuse` keeps of the fused pairs besides their images (folders and bags alike): the rows of
+    registration.csv, the `--video` (a FusionVideo or None) and the low-confidence warnings and their count."""
+
+    def __init__(self, pipeline, video=None):
+        self.pipeline, self.video = pipeline, video
+        self.rows, self.low_confidence = [], 0
+
+    def add(self, name: str, visible, thermal, flow, fused, confidence: float, fallback: bool, stamp: float) -> tuple:
+        """One fused pair: its edge check, row, video frame (`fused` None: no frame) and warning, if any.
+        -> (ReceivedAndRegistered, its edge scores)."""
+        pair = received_and_registered(self.pipeline, visible, thermal, flow)
+        edges = pair.edges()
+        self.rows.append(registration_row(name, confidence, fallback, flow, edges))
+        if self.video and fused is not None:
+            self.video.add(video_frame(name, pair, visible, fused, confidence, fallback), stamp)
+        warning = low_confidence_warning(name, confidence, fallback, self.pipeline.confidence_threshold)
+        if warning:
+            self.low_confidence += 1
+            tqdm.write(warning, file=sys.stderr)
+        return pair, edges
+
+    def low_confidence_line(self) -> str:
+        return (f"{self.low_confidence} with low registration confidence (below "
+                f"{self.pipeline.confidence_threshold:.2f}, or fell back to the prior: registration.csv)")
+
+    def write_csv(self, out: Path) -> None:
+        """OUT/registration.csv, if any pair was fused."""
+        if self.rows:
+            write_registration_csv(out / "registration.csv", self.rows)
+
+    def print_summary(self) -> None:
+        """The lines on the edge check and the video (which it closes)."""
+        if self.rows:
+            print(f"cgrp fuse: {edge_summary(self.rows)}")
+        if self.video:
+            print(f"cgrp fuse: {self.video.summary()}")
 
 
-ONCE = ("swapped", "stretched")  # warnings of the cameras, not of a pair: said for the first pair only
+CAMERA_WARNINGS = ("swapped", "stretched")  # of the cameras, not of a pair: said for the first pair only
 MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
 
 
@@ -254,7 +267,7 @@ def run(args) -> int:
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
     stream = StreamPipeline(pipeline, args.registration_rate)
-    registration, said_once = [], set()
+    records, said_once = PairRecords(pipeline, video), set()
     reported = report_problems(failures, 0)  # missing partners, names of --list in neither folder
     if (args.out / "registration.csv").is_file():
         print(f"cgrp fuse: warning: {args.out} holds an earlier run's results: this run's pairs are written "
@@ -271,32 +284,28 @@ def run(args) -> int:
                 for kind, text in warnings:
                     if kind not in said_once:
                         tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
-                    if kind in ONCE:  # the cameras' fault, not this pair's: one line for the folders
+                    if kind in CAMERA_WARNINGS:  # one line for the folders
                         said_once.add(kind)
                 if cameras is not None:  # another size than its calibration: InputError, this pair only
                     visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
                 result = stream(visible, thermal, stamp=index / args.fps)
                 write_result(args.out, name, result)
-                pair, edges = record_pair(pipeline, name, visible, thermal, result.flow, result.fused_image,
+                pair, edges = records.add(name, visible, thermal, result.flow, result.fused_image,
                                           result.registration_confidence, result.registration_fallback,
-                                          index / args.fps, registration, video)
+                                          index / args.fps)
                 write_alignment(args.out, name, pair, edges, result)
             except CgrpError as exc:
                 failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
                                 else f"{name}: {exc}")
             reported = report_problems(failures, reported)  # as they come, not after an hour of pairs
     finally:  # also on Ctrl-C: the rows of the pairs already written
-        if registration:
-            write_registration_csv(args.out / "registration.csv", registration)
-    if registration:
-        print(f"cgrp fuse: {edge_summary(registration)}")
-    if video:
-        print(f"cgrp fuse: {video.summary()}")
+        records.write_csv(args.out)
+    records.print_summary()
     report_problems(failures, reported)
     if len(failures) > MAX_PROBLEM_LINES:
         print(f"cgrp fuse: ... and {len(failures) - MAX_PROBLEM_LINES} more problem(s)", file=sys.stderr)
-    print(f"cgrp fuse: {len(registration)} pair(s) written to {args.out}, {len(failures)} problem(s), "
-          f"{low_confidence_summary(registration, pipeline.confidence_threshold)}")
+    print(f"cgrp fuse: {len(records.rows)} pair(s) written to {args.out}, {len(failures)} problem(s), "
+          f"{records.low_confidence_line()}")
     return 1 if failures else 0
 
 

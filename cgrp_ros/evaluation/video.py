@@ -48,7 +48,7 @@ class FusionVideo:
     def summary(self) -> str:
         """Closes the video; one line on what was written."""
         frames = self.close()
-        return (f"video of {frames} pair(s) at {self.fps:.3g} fps: {self.path}" if frames else
+        return (f"video of {frames} pair(s) at {self.fps:.4g} fps: {self.path}" if frames else
                 f"no video written ({self.path}): no pair was fused")
 
     def _flush(self) -> None:

@@ -254,6 +254,7 @@ class BagSummary:
     stamp_offset: float | None = None  # s, thermal - visible at the end of the bag (sync.StampOffset)
     warned: set = field(default_factory=set)  # kinds of content warning already given (fusion_outputs)
     cameras: str = ""              # what the images got of the bag's camera_info (BagCameras.describe)
+    stopped: bool = False          # stopped at `limit` with messages left unread
 
     def count(self, kind: str, text: str):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -308,6 +309,9 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
         read = [0, 0]
         try:
             for stream, timestamp, raw, msg in bag.messages():
+                if limit and summary.pairs >= limit:  # a message after the last pair wanted: stop before it
+                    summary.stopped = True
+                    break
                 read[stream] += 1
                 if msg is not None:  # one that cannot even be deserialised would break the new bag's readers
                     writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
@@ -326,8 +330,6 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                 sync.add(stream, msg)
                 while pairs and not (limit and summary.pairs >= limit):
                     _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
-                if limit and summary.pairs >= limit:
-                    break
         finally:
             if bar is not None:
                 bar.close()
