@@ -417,9 +417,9 @@ def test_a_bags_camera_info_undistorts_like_the_node(tmp_path, sample_pairs):
               for name, msgs in registered.items()}
     assert errors["with"] < 0.6 * errors["without"], errors
     # cgrp calibrate --bag loads the same undistorted images (the node undistorts before a calibration)
-    loaded = bag_pairs(tmp_path / "in", visible_topic, thermal_topic)
+    loaded, _ = bag_pairs(tmp_path / "in", visible_topic, thermal_topic)
     np.testing.assert_array_equal(loaded[0][2](), undistort(recorded[0][1], cameras[1]))
-    loaded = bag_pairs(tmp_path / "in", visible_topic, thermal_topic, camera_info=False)
+    loaded, _ = bag_pairs(tmp_path / "in", visible_topic, thermal_topic, camera_info=False)
     np.testing.assert_array_equal(loaded[0][2](), recorded[0][1])
 
 

@@ -374,7 +374,7 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     from cgrp_ros.commands.calibrate import bag_pairs
     from test_bag import PERIOD, T0
     # named by the visible stamp, as cgrp fuse --bag's registration.csv names them (it was the message's index)
-    assert [name for name, _, _ in bag_pairs(tmp_path / "rig_bag", VISIBLE, THERMAL)] == \
+    assert [name for name, _, _ in bag_pairs(tmp_path / "rig_bag", VISIBLE, THERMAL)[0]] == \
         [f"{(T0 + i * PERIOD) * 1e-9:.6f}" for i in range(len(rig))]
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
     (tmp_path / "list.txt").write_text("nothing\n")  # a list of folder names: refused, not silently ignored

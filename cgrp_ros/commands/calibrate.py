@@ -80,8 +80,9 @@ def _loader(path, camera=None):
 
 
 def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP,
-              camera_info: bool = True) -> list:
-    """[(name, load visible, load thermal)] of a bag's pairs (cgrp_player's BagSource, no rclpy): each
+              camera_info: bool = True) -> tuple:
+    """([(name, load visible, load thermal)], how many messages could not be read) of a bag's pairs
+    (cgrp_player's BagSource, no rclpy): each
     visible message with the nearest thermal, if stamped within `slop` seconds; with `camera_info`, each
     image undistorted with its camera's camera_info from the bag where both cameras have one (the node
     undistorts before it applies a calibration, so the calibration must see the same images)."""
@@ -113,12 +114,15 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
             raise CgrpError(f"{problem}: calibrate with --no-camera-info, or fix the camera_info")
         return undistort(images[stream], intrinsics[stream])
 
-    # named by the visible stamp (s), as cgrp fuse --bag's registration.csv names them
-    pairs = [(f"{source.stamps(index)[0] * 1e-9:.6f}", lambda i=index: load(i, 0), lambda i=index: load(i, 1))
-             for index in within[::every]]
+    # named by the visible stamp (s), as cgrp fuse --bag's registration.csv names them; a stamp that
+    # repeats gets its message's index too (the names key rig.yaml's skipped pairs)
+    stamps = [f"{source.stamps(index)[0] * 1e-9:.6f}" for index in within[::every]]
+    names = [stamp if stamps.count(stamp) == 1 else f"{stamp}#{index}" for stamp, index in zip(stamps, within[::every])]
+    pairs = [(name, lambda i=index: load(i, 0), lambda i=index: load(i, 1))
+             for name, index in zip(names, within[::every])]
     # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
     warn_if_swapped(pairs[0][0], lambda: source.recorded_arrays(within[0]))
-    return pairs
+    return pairs, source.skipped
 
 
 def run(args) -> int:
@@ -210,8 +214,8 @@ def input_pairs(args) -> tuple:
             print("cgrp calibrate: error: --list names pairs of folders; for a bag, --every and --limit pick "
                   "the pairs", file=sys.stderr)
             return None, 0
-        pairs = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop, args.camera_info)
-        problems = 0  # (unreadable messages are skipped and said; the bag itself is not at fault)
+        pairs, problems = bag_pairs(args.bag, args.visible_topic, args.thermal_topic, args.every, args.slop,
+                                    args.camera_info)  # (unreadable messages: said, skipped, exit 1 as fuse --bag)
     else:
         if args.visible is None or args.thermal is None:
             print("cgrp calibrate: error: give --visible and --thermal (or --bag with its topics)", file=sys.stderr)
