@@ -71,6 +71,24 @@ def test_only_the_wanted_outputs_and_content_warnings(small_pipeline, pair):
     assert [w[0] for w in out.warnings] == ["constant_images"]
 
 
+def test_a_nan_visible_and_cameras_of_another_aspect_are_warned_of_as_the_node_logs_them(small_pipeline, pair):
+    """README's fault table: a 32FC1 visible with NaN values, and a 5:4 thermal beside a 4:3 visible without a
+    calibration, are fused, each with its warning (the node logs each at most every 5 s by its key)."""
+    import cv2
+
+    visible, thermal = pair
+    grey = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255
+    grey[:3, :4] = np.nan
+    wide = cv2.resize(thermal, (160, 128))
+    out = fuse_pair(small_pipeline, DecodedImage(header(2), grey, "32FC1"), DecodedImage(header(2), wide, "mono16"),
+                    {"fused"})
+    assert set(out.images) == {"fused"}
+    (counter, key, text), (counter2, key2, text2) = out.warnings
+    assert (counter, key) == (None, "non-finite visible") and "visible image at 2.500 has 12 NaN/inf values" in text
+    assert (counter2, key2) == (None, "stretched") and text2.startswith(
+        "pair at 2.500: the visible camera's 160x120 and the thermal's 160x128 differ in aspect ratio")
+
+
 def white(picture):
     """Pixels where both cameras' edges are strong in an edge picture (green + magenta = white)."""
     return int((picture.min(axis=2) > 128).sum())
