@@ -160,14 +160,13 @@ def test_a_camera_info_that_keeps_changing_is_one_warning_not_a_line_per_pair(ha
     said = lambda: harness.log().count("camera_info of both cameras known")  # noqa: E731
     before, sent = said(), []
 
-    def flip():
+    def flip():  # one pair at a time, each fused before the next (the node's slot keeps only the latest)
         infos = (good, stale)[len(sent) % 2]
         sent.append(infos)
         for publisher, info in zip(harness.info_pubs, infos):
             publisher.publish(info)
         harness.spinner.spin(0.05)
-        harness.publish_pair()
-        harness.spinner.spin(0.3)
+        harness.wait_outputs(harness.publish_pair(), what="the pair after a camera_info change")
         return "undistortion switched on and off" in harness.log()
 
     harness.wait_for(flip, 60.0, "the warning of a camera_info that keeps changing")

@@ -66,6 +66,9 @@ from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPa
 
 INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
+# undistortion switched on and off more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (two
+# publishers of one camera_info topic): one warning every 30 s instead of a line per change
+FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
 
 
 def free_model_caches() -> None:
@@ -86,6 +89,7 @@ def _same_prior(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return bool(np.allclose(a, b))
+
 
 class FusionNode(LifecycleNode):
     """Node `cgrp_fusion`, a managed (lifecycle) node: see the module docstring.
@@ -613,10 +617,12 @@ class FusionNode(LifecycleNode):
         if rectifying != self._rectifying:
             self._rectifying = rectifying
             now = time.monotonic()
-            self._rectification_changes = [t for t in self._rectification_changes if now - t < 10.0] + [now]
-            if len(self._rectification_changes) > 3:  # not a line per pair: one warning naming the likely cause
+            self._rectification_changes = [t for t in self._rectification_changes
+                                           if now - t < FLAPPING_WINDOW_S] + [now]
+            if len(self._rectification_changes) > FLAPPING_CHANGES:  # not a line per pair: one warning instead
                 self._log_throttled("camera_info flapping", f"undistortion switched on and off "
-                                    f"{len(self._rectification_changes)} times in 10 s (pair at {stamp:.3f}): two "
+                                    f"{len(self._rectification_changes)} times in {FLAPPING_WINDOW_S:g} s (pair at "
+                                    f"{stamp:.3f}): two "
                                     "publishers of one camera_info topic, or a camera changing resolution?",
                                     period=30.0, warning=True)
             elif rectifying:
