@@ -354,7 +354,7 @@ def test_calibrate_writes_its_file_but_exits_1_after_unreadable_or_unpaired_file
     assert yaml.safe_load(out.read_text())["pairs_used"] >= 3
     out.unlink()
     assert cgrp(args + ["--min-pairs", "8"]) == 2
-    assert "5 pair(s) to calibrate from, fewer than the 8 it needs" in capsys.readouterr().err
+    assert "5 pair(s) to calibrate from, fewer than the 8 asked for" in capsys.readouterr().err
     assert not out.exists()
 
 

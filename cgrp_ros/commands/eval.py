@@ -258,7 +258,7 @@ def refuse_a_rigs_calibration(args, datasets) -> None:
 
     from ..core.calibrate import load_rig
     from ..core.data import read_image
-    from ..core.pipeline import ASPECT_TOLERANCE
+    from ..core.image import same_aspect
 
     if not getattr(args, "calibration", None):
         return
@@ -266,14 +266,14 @@ def refuse_a_rigs_calibration(args, datasets) -> None:
     if sizes is None:
         return
     (vh, vw), (th, tw) = sizes
-    if abs((vw / vh) / (tw / th) - 1.0) > ASPECT_TOLERANCE:
+    if not same_aspect((vh, vw), (th, tw)):
         raise CgrpError(f"--calibration {args.calibration} maps a {tw}x{th} thermal onto a {vw}x{vh} visible image; "
                         + JUDGE_YOUR_RIG)
     other = []
     for dataset in datasets:
         for name, visible_path, _ in dataset.pairs:
             h, w = read_image(visible_path, cv2.IMREAD_GRAYSCALE).shape[:2]
-            if abs((w / vw) / (h / vh) - 1.0) > ASPECT_TOLERANCE:
+            if not same_aspect((h, w), (vh, vw)):
                 other.append(f"{dataset.name}/{name} {w}x{h}")
     if other:
         raise CgrpError(f"--calibration {args.calibration} was made for a {vw}x{vh} visible image; {len(other)} pair(s) "

@@ -288,7 +288,7 @@ class OnnxBackend:
             log.warning("fp16 needs onnxruntime's TensorRT provider: running in float32 on %s", self.providers[0])
         if require_gpu and self.device != "cuda":
             raise BackendError("require_gpu is set but onnxruntime found no usable GPU provider")
-        self.description = f"onnxruntime {ort.__version__} providers {self.providers}, graphs in {self.onnx_dir}"
+        self.description = f"onnxruntime {ort.__version__} providers {self.providers}"
 
     def session(self, graph: str):
         """The onnxruntime session of ONNX_GRAPHS[graph], exported and created on first use."""

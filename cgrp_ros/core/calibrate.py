@@ -330,8 +330,8 @@ class RigCalibrator:
         if not pairs:
             raise CalibrationError("no visible/thermal pairs to calibrate from")
         if len(pairs) < self.min_pairs:  # not the scenes' fault: too few were given
-            raise CalibrationError(f"{len(pairs)} pair(s) to calibrate from, fewer than the {self.min_pairs} it needs "
-                                   "(min_pairs): give more pairs")
+            raise CalibrationError(f"{len(pairs)} pair(s) to calibrate from, fewer than the {self.min_pairs} asked "
+                                   "for (min_pairs, cgrp calibrate --min-pairs): give more pairs")
         self.history = []  # the fitted homography of every round
         self.best_pair = None  # name of the most confident pair of the last round
         load = self._loader(pairs)

@@ -36,6 +36,17 @@ def check_image(image, name: str, channels=(1, 3, 4)) -> np.ndarray:
     return image
 
 
+# two sizes whose width and height ratios differ by more than this (relative) differ in aspect: a crop, or
+# another camera (1920x1080 -> 854x480, a driver's binning mode, is 0.1 %)
+ASPECT_TOLERANCE = 0.01
+
+
+def same_aspect(shape_a, shape_b) -> bool:
+    """Whether two image sizes ((H, W, ...) each) have the same aspect ratio within ASPECT_TOLERANCE."""
+    (ha, wa), (hb, wb) = shape_a[:2], shape_b[:2]
+    return abs((wa / ha) / (wb / hb) - 1.0) <= ASPECT_TOLERANCE
+
+
 FLOAT_VISIBLE_LIMIT = 1.5  # a float visible brighter than this (99th percentile) is on another scale, not [0, 1]
 
 

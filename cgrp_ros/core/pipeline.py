@@ -24,8 +24,8 @@ import numpy as np
 from .backends import make_backend
 from .errors import InputError
 from .image import (SWAPPED_QUESTION, check_image, check_percentiles, footprint_problem,
-                    homography_problem, luminance, normalize_thermal, pad_to, resize, resize_homography, to_uint8,
-                    visible_to_bgr01, working_shape)
+                    homography_problem, luminance, normalize_thermal, pad_to, resize, resize_homography, same_aspect,
+                    to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -45,9 +45,6 @@ MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) to
 # featureless frames moved by 6-45 px; a confidence below CHANCE_CONFIDENCE / sqrt(cells) is therefore a
 # fallback too. Above 600 cells this bound is below the threshold: nothing changes there.
 CHANCE_CONFIDENCE = 2.8
-# a camera whose width and height scale by factors this far apart (relative) from its calibration's changed
-# its aspect (a crop): 1920x1080 -> 854x480 is 0.1 %
-ASPECT_TOLERANCE = 0.01
 # The global search compares every 8 x 8 cell of the visible image with every cell of the thermal, so its
 # memory grows with the square of the working area: a working size too large for the machine would have
 # the kernel kill the process (a GPU refuses the allocation instead: an error of that pair). Measured on
@@ -214,8 +211,8 @@ class Pipeline:
         problem = working_size_problem(c.working_size, self.backend.device)
         if problem:
             raise InputError(problem)
-        log.info("cgrp pipeline: %s, working size %dx%d, %s %s", self.backend.description, h, w,
-                 "models" if c.backend == "torch" else "graphs exported from",
+        weights = "models" if c.backend == "torch" else f"graphs in {self.backend.onnx_dir} exported from"
+        log.info("cgrp pipeline: %s, working size %dx%d, %s %s", self.backend.description, h, w, weights,
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 
     @property
@@ -244,7 +241,7 @@ class Pipeline:
         if self.homography is not None:
             return None
         (hv, wv), (ht, wt) = visible_shape[:2], thermal_shape[:2]
-        if abs((wv / hv) / (wt / ht) - 1.0) <= ASPECT_TOLERANCE:
+        if same_aspect(visible_shape, thermal_shape):
             return None
         return (f"the visible camera's {wv}x{hv} and the thermal's {wt}x{ht} differ in aspect ratio ({wv / hv:.3f} "
                 f"against {wt / ht:.3f}): without a calibration the thermal is stretched onto the visible frame, a "
@@ -279,7 +276,7 @@ class Pipeline:
             return self.homography
         (vh, vw), (th, tw) = sizes
         for (h0, w0), (h1, w1) in ((sizes[0], visible_shape), (sizes[1], thermal_shape)):
-            if abs((w1 / w0) / (h1 / h0) - 1.0) > ASPECT_TOLERANCE:
+            if not same_aspect((h1, w1), (h0, w0)):
                 if (tuple(sizes[1]), tuple(sizes[0])) == (visible_shape, thermal_shape):
                     raise InputError(
                         f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
