@@ -136,8 +136,6 @@ def low_confidence_warning(name: str, confidence: float, fallback: bool, thresho
     return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f}: {what}"
 
 
-
-
 def write_registration_csv(path: Path, rows: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
