@@ -619,12 +619,12 @@ class FusionNode(LifecycleNode):
             now = time.monotonic()
             self._rectification_changes = [t for t in self._rectification_changes
                                            if now - t < FLAPPING_WINDOW_S] + [now]
-            if len(self._rectification_changes) > FLAPPING_CHANGES:  # not a line per pair: one warning instead
-                self._log_throttled("camera_info flapping", f"undistortion switched on and off "
-                                    f"{len(self._rectification_changes)} times in {FLAPPING_WINDOW_S:g} s (pair at "
-                                    f"{stamp:.3f}): two "
-                                    "publishers of one camera_info topic, or a camera changing resolution?",
-                                    period=30.0, warning=True)
+            changes = len(self._rectification_changes)
+            if changes > FLAPPING_CHANGES:  # not a line per pair: one warning instead
+                self._log_throttled(
+                    "camera_info flapping", f"undistortion switched on and off {changes} times in "
+                    f"{FLAPPING_WINDOW_S:g} s (pair at {stamp:.3f}): two publishers of one camera_info topic, or a "
+                    "camera changing resolution?", period=30.0, warning=True)
             elif rectifying:
                 visible, thermal = plan.intrinsics
                 self.get_logger().info(
