@@ -104,11 +104,27 @@ def test_tiff_as_compressed_image_transport_publishes_it_is_read_with_its_size_c
         decode_compressed(CompressedImage(format="tiff", data=tiff_declaring(thermal, 30000, 40000)))
 
 
+def test_a_32bit_float_and_a_16bit_colour_tiff_are_read_and_a_float64_rgba_one_is_refused_undecoded():
+    # compressed_image_transport's TIFF is mostly for 32FC1 (a radiometric thermal); float64 x 4 would allocate
+    # 8x what a 16-bit mono PNG of the same size does before being refused as no input encoding
+    kelvin = (290 + np.arange(60 * 80, dtype=np.float32).reshape(60, 80) / 100).astype(np.float32)
+    image, encoding = decode_compressed(CompressedImage(format="32FC1; tiff compressed 32FC1",
+                                                        data=cv2.imencode(".tiff", kelvin)[1].tobytes()))
+    assert encoding == "32FC1" and np.array_equal(image, kelvin)
+    colour16 = np.full((60, 80, 3), 40000, np.uint16)
+    assert decode_compressed(CompressedImage(format="tiff", data=cv2.imencode(".tiff", colour16)[1].tobytes()))[1] \
+        == "bgr16"
+    rgba64 = np.zeros((60, 80, 4), np.float64)
+    with pytest.raises(ImageConversionError, match="whose header gives no image size"):
+        decode_compressed(CompressedImage(format="tiff", data=cv2.imencode(".tiff", rgba64)[1].tobytes()))
+
+
 def test_a_jpeg_with_stray_bytes_between_segments_is_read_as_libjpeg_reads_it():
     data = cv2.imencode(".jpg", np.full((8, 8), 90, np.uint8))[1].tobytes()
     frame = data.find(b"\xff\xc0")
-    image, _ = decode_compressed(CompressedImage(format="jpeg", data=data[:frame] + b"\x00\x00" + data[frame:]))
-    assert image.shape == (8, 8)
+    for stray in (b"\x00\x00", b"\x12\xff\x00\x34"):  # the second with a stuffed FF 00 among them
+        image, _ = decode_compressed(CompressedImage(format="jpeg", data=data[:frame] + stray + data[frame:]))
+        assert image.shape == (8, 8)
 
 
 def test_encode_is_a_jpeg_of_the_same_size():

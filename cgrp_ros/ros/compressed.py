@@ -1,6 +1,6 @@
 """sensor_msgs/CompressedImage <-> numpy, as image_transport's `compressed` plugin writes them.
 
-    image, encoding = decode_compressed(msg)     # JPEG or PNG (8- or 16-bit), BGR order for colour
+    image, encoding = decode_compressed(msg)     # JPEG, PNG or TIFF (8- or 16-bit; TIFF float), BGR order
     msg = encode_compressed(array, "bgr8", CompressedImage, header, quality=90)   # JPEG
 
 `format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
@@ -23,9 +23,12 @@ from ..core.image import MAX_PIXELS
 from .image_conversions import ImageConversionError
 
 # decoded (dtype, channels) -> encoding
-DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16"}
+DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16",
+                     (np.uint16, 3): "bgr16", (np.uint16, 4): "bgra16", (np.float32, 1): "32FC1"}  # (16-bit colour,
+                     # float: TIFF)
 # an original encoding named in `format` that the decoded image may keep (same dtype and channels)
-SAME_AS = {"8UC1": "mono8", "16UC1": "mono16", "mono8": "mono8", "mono16": "mono16", "bgr8": "bgr8", "bgra8": "bgra8"}
+SAME_AS = {"8UC1": "mono8", "16UC1": "mono16", "mono8": "mono8", "mono16": "mono16", "bgr8": "bgr8", "bgra8": "bgra8",
+           "bgr16": "bgr16", "bgra16": "bgra16", "32FC1": "32FC1"}
 # the largest image a payload may declare: above an 8K camera (33 MP), far below what OpenCV would allocate
 MAX_DECODED_PIXELS = MAX_PIXELS  # the core refuses larger images anyway
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,8 +37,9 @@ JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 MAX_JPEG_SEGMENTS = 1000  # read before the frame header; a camera writes a handful (EXIF, ICC, XMP)
 MAX_JPEG_STRAY_BYTES = 65536  # skipped between segments, as libjpeg does ("extraneous bytes before marker")
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian (compressed_image_transport's 'tiff')
-TIFF_WIDTH, TIFF_LENGTH = 256, 257  # the IFD tags of the image's size
+TIFF_WIDTH, TIFF_LENGTH, TIFF_BITS, TIFF_SAMPLES = 256, 257, 258, 277  # IFD tags: size, bits per sample, samples
 MAX_TIFF_TAGS = 1000
+MAX_TIFF_PIXEL_BITS = 64  # bgra16; a float32 mono is 32: more (float64 RGBA: 256) is no input, refused undecoded
 
 
 @dataclass
@@ -54,8 +58,10 @@ def _payload(data) -> np.ndarray:
 
 def declared_size(payload: np.ndarray):
     """(height, width) a PNG, JPEG or TIFF header declares, or None where the header does not say (another
-    kind of payload, cut short, or a JPEG frame header after MAX_JPEG_SEGMENTS segments)."""
-    data = memoryview(np.ascontiguousarray(payload))  # no copy: a JPEG's segments are skipped, not read
+    kind of payload, cut short, a JPEG frame header after MAX_JPEG_SEGMENTS segments, or a TIFF of more
+    than MAX_TIFF_PIXEL_BITS per pixel)."""
+    payload = np.ascontiguousarray(payload)
+    data = memoryview(payload)  # no copy: a JPEG's segments are skipped, not read
     if bytes(data[:8]) == PNG_SIGNATURE and bytes(data[12:16]) == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if bytes(data[:4]) in TIFF_SIGNATURES:
@@ -64,11 +70,13 @@ def declared_size(payload: np.ndarray):
         return None
     at = 2
     for _ in range(MAX_JPEG_SEGMENTS):
-        if at < len(data) and data[at] != 0xFF:  # stray bytes: on to the next marker
-            skip = bytes(data[at:at + MAX_JPEG_STRAY_BYTES]).find(b"\xff")
-            if skip < 0:
+        if at + 1 < len(data) and (data[at] != 0xFF or data[at + 1] == 0x00):
+            # stray bytes: on to the next marker, an FF not followed by 00 (a stuffed byte), as libjpeg's next_marker
+            window = payload[at:at + MAX_JPEG_STRAY_BYTES]
+            markers = np.flatnonzero((window[:-1] == 0xFF) & (window[1:] != 0x00))
+            if not markers.size:
                 return None
-            at += skip
+            at += int(markers[0])
         if at + 4 > len(data):
             return None
         marker = data[at + 1]
@@ -93,17 +101,22 @@ def _tiff_size(data: memoryview):
     at = number(4, 4)
     if at + 2 > len(data):
         return None
-    size = {}
+    tags = {TIFF_BITS: 1, TIFF_SAMPLES: 1}  # (the TIFF defaults)
     for entry in range(min(number(at, 2), MAX_TIFF_TAGS)):
         field = at + 2 + 12 * entry
         if field + 12 > len(data):
             return None
-        tag, kind = number(field, 2), number(field + 2, 2)
-        if tag in (TIFF_WIDTH, TIFF_LENGTH) and kind in (3, 4):  # SHORT or LONG, held in the entry itself
-            size[tag] = number(field + 8, 2 if kind == 3 else 4)
-    if len(size) < 2:
+        tag, kind, count = number(field, 2), number(field + 2, 2), number(field + 4, 4)
+        if tag in tags or tag in (TIFF_WIDTH, TIFF_LENGTH) and kind in (3, 4):  # SHORT or LONG
+            value = field + 8  # held in the entry, or (more than 4 bytes) where it points: the first of them
+            if count * (2 if kind == 3 else 4) > 4:
+                value = number(field + 8, 4)
+            if value + 4 > len(data):
+                return None
+            tags[tag] = number(value, 2 if kind == 3 else 4)
+    if TIFF_WIDTH not in tags or TIFF_LENGTH not in tags or tags[TIFF_BITS] * tags[TIFF_SAMPLES] > MAX_TIFF_PIXEL_BITS:
         return None
-    return size[TIFF_LENGTH], size[TIFF_WIDTH]
+    return tags[TIFF_LENGTH], tags[TIFF_WIDTH]
 
 
 def decode_compressed(msg) -> tuple:
@@ -120,7 +133,8 @@ def decode_compressed(msg) -> tuple:
     if size is None:  # decoding it would be the only way to learn its size
         known = bytes(payload[:2]) == b"\xff\xd8" or bytes(payload[:8]) == PNG_SIGNATURE or \
             bytes(payload[:4]) in TIFF_SIGNATURES
-        what = "a JPEG, PNG or TIFF whose header gives no image size" if known else "neither JPEG, PNG nor TIFF"
+        what = (f"a JPEG, PNG or TIFF whose header gives no image size (or a TIFF of more than {MAX_TIFF_PIXEL_BITS} "
+                "bits per pixel, no input encoding)") if known else "neither JPEG, PNG nor TIFF"
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
                                               f"(format '{fmt}'): not decoded")
     if size[0] * size[1] > MAX_DECODED_PIXELS:
