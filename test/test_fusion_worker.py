@@ -286,3 +286,25 @@ def test_without_a_subscriber_the_node_says_it_computes_nothing(tmp_path):
         response = node._save_calibration(Trigger.Request(), Trigger.Response())
         assert not response.success and response.message.endswith(diagnostics.UNSUBSCRIBED), response.message
         assert node.stats.published == 0 and not (tmp_path / "rig.yaml").exists()
+
+
+def test_a_thread_a_deactivation_left_inside_inference_is_waited_for_at_exit_or_reported():
+    """A deactivation (lifecycle shutdown) whose worker is still inside inference returns without it; the
+    exit then waits for it within stop()'s time, and says so when it did not end (main then leaves with
+    os._exit: a thread inside torch at interpreter exit aborted the process)."""
+    import threading
+
+    with in_process_node() as (node, fused, spin_until, executor):
+        assert node._stop_worker()  # the real worker ends with its slot; a stand-in held inside "inference"
+        release = threading.Event()
+        node._worker = threading.Thread(target=release.wait, daemon=True)
+        node._worker.start()
+        assert node._deactivate() is False
+        release.set()
+        assert node.stop() is True  # it ended meanwhile: a normal exit
+        held = threading.Event()
+        node._worker = threading.Thread(target=held.wait, daemon=True)
+        node._worker.start()
+        assert node._deactivate() is False
+        assert node.stop(timeout=0.2) is False  # still inside: the process must not wait for it
+        held.set()

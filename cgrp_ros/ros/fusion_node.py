@@ -133,7 +133,7 @@ class FusionNode(LifecycleNode):
         self.camera_info_subscriptions = []
         self.camera_info_pub = None
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
-        self._left_running = False          # a deactivation left the worker or a rebuild running (see stop)
+        self._left_behind = []              # threads a deactivation left running inside torch (see stop)
         self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
@@ -294,9 +294,8 @@ class FusionNode(LifecycleNode):
             self.destroy_subscription(subscription)
         self.subscriptions_ = []
         self._update_camera_info_inputs()
-        rebuilt = self.builder is None or self.builder.close()
+        rebuilt = self._close_builder()
         stopped = self._stop_worker() and rebuilt
-        self._left_running |= not stopped  # a thread inside torch: the process must not wait for it at exit
         self.builder = None
         self.pipeline = None
         free_model_caches()
@@ -304,12 +303,23 @@ class FusionNode(LifecycleNode):
         return stopped
 
     def _stop_worker(self, timeout: float = 1.5) -> bool:
+        """Close the slot and join the worker for `timeout` s; False (and the thread kept in _left_behind)
+        if it is still inside inference."""
         self.slot.close()
         worker, self._worker = self._worker, None
         if worker is None:
             return True
         worker.join(timeout)
+        if worker.is_alive():
+            self._left_behind.append(worker)
         return not worker.is_alive()
+
+    def _close_builder(self) -> bool:
+        """Stop the builder; False (and its thread kept in _left_behind) if a build is still running."""
+        if self.builder is None or self.builder.close():
+            return True
+        self._left_behind.append(self.builder.thread)
+        return False
 
     def _destroy_publishers(self):
         for publisher in [*self.publishers_.values(), self.compressed_pub, self.camera_info_pub]:
@@ -668,9 +678,12 @@ class FusionNode(LifecycleNode):
         pipeline rebuild did not stop in time (the worker within `timeout` s, a registration within 0.5 s
         of what is left, a rebuild within 0.5 s), or an earlier deactivation left one running: the process
         must then not wait for them, since a thread still inside torch when the interpreter exits aborts it."""
-        rebuilt = self.builder is None or self.builder.close()
         started = time.monotonic()
-        stopped = self._stop_worker(timeout) and rebuilt and not self._left_running
+        self._close_builder()
+        self._stop_worker(timeout)
+        for thread in self._left_behind:  # (also those an earlier deactivation left): the time that is left
+            thread.join(max(0.0, timeout - (time.monotonic() - started)))
+        stopped = not any(thread.is_alive() for thread in self._left_behind)
         if self.stream is not None:
             left = min(0.5, max(0.0, timeout - (time.monotonic() - started)))
             stopped = self.stream.wait_idle(left) and stopped

@@ -121,6 +121,11 @@ class PipelineBuilder:
                 self.builds += 1
             self._on_built(pipeline, time.monotonic() - start)
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread that builds (a daemon): still alive after close() while a build finishes."""
+        return self._thread
+
     def close(self, timeout: float = 0.5) -> bool:
         """Stop; a build in progress is abandoned (its thread is a daemon and drops the result). False if
         that build is still running after `timeout` s (e.g. inside an ONNX export)."""
