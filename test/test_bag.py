@@ -201,7 +201,7 @@ def test_corrupt_compressed_message_is_skipped_and_counted(tmp_path, sample_pair
              "--out", out, "--backend", "torch", "--device", "cpu", "--working-size", "96x128")
     assert r.returncode == 1, r.stderr  # a skipped message is a problem, like an unreadable file
     assert "Traceback" not in r.stderr
-    assert "skipping visible message" in r.stderr and "cannot decode the jpeg payload" in r.stderr
+    assert "skipping visible message" in r.stderr and "payload of 113 bytes is a JPEG whose header gives no image size" in r.stderr
     assert f"{PAIRS - 1} pair(s) fused from {PAIRS} visible and {PAIRS} thermal message(s); skipped: 1 bad messages" in r.stdout
     messages, _ = read_bag(out)
     assert len(messages[visible_topic]) == PAIRS  # the inputs stay as recorded

@@ -11,6 +11,7 @@ it warns.
 """
 from __future__ import annotations
 
+import collections
 import shlex
 import sys
 from pathlib import Path
@@ -115,9 +116,10 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
         return undistort(images[stream], intrinsics[stream])
 
     # named by the visible stamp (s), as cgrp fuse --bag's registration.csv names them; a stamp that
-    # repeats gets its message's index too (the names key rig.yaml's skipped pairs)
+    # repeats gets its message's index too (the names key rig.yaml's skipped pairs, so they must differ)
     stamps = [f"{source.stamps(index)[0] * 1e-9:.6f}" for index in within[::every]]
-    names = [stamp if stamps.count(stamp) == 1 else f"{stamp}#{index}" for stamp, index in zip(stamps, within[::every])]
+    repeated = {stamp for stamp, n in collections.Counter(stamps).items() if n > 1}
+    names = [f"{stamp}#{index}" if stamp in repeated else stamp for stamp, index in zip(stamps, within[::every])]
     pairs = [(name, lambda i=index: load(i, 0), lambda i=index: load(i, 1))
              for name, index in zip(names, within[::every])]
     # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
@@ -175,7 +177,7 @@ def run(args) -> int:
         print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
     unreadable = sum(why.startswith(UNREADABLE) for _, why in skipped)
     if problems or unreadable:  # written, but the input had faults: as cgrp fuse, a non-zero exit
-        print(f"cgrp calibrate: {problems + unreadable} problem(s) in the input (named above): exit code 1",
+        print(f"cgrp calibrate: {problems + unreadable} problem(s) in the input (reported above): exit code 1",
               file=sys.stderr)
         return 1
     return 0
@@ -196,9 +198,9 @@ def warn_if_swapped(name: str, load) -> None:
 
 
 def input_pairs(args) -> tuple:
-    """([(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied), how
-    many files had no partner or --list names were in neither folder); pairs None after printing why there
-    are none to use."""
+    """([(name, load visible, load thermal)] from --bag or --visible/--thermal (--list, --limit applied), the
+    number of problems already reported: files without a partner and --list names in neither folder, or a
+    bag's unreadable messages); pairs None after printing why there are none to use."""
     from ..core.data import read_split
 
     if args.bag is not None:

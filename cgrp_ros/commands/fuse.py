@@ -186,13 +186,15 @@ def run_bag(args) -> int:
         records.add(f"{outputs.stamp:.6f}", visible, thermal, outputs.images["deformation"][0], fused,
                     outputs.confidence, outputs.fallback, outputs.stamp)
 
-    summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
-                       slop=slop, queue_size=queue_size,
-                       progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
-                       warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record,
-                       use_camera_info=args.camera_info, limit=args.limit)
+    try:
+        summary = fuse_bag(stream, args.bag, args.visible_topic, args.thermal_topic, args.out,
+                           slop=slop, queue_size=queue_size,
+                           progress=lambda total: tqdm(total=total, desc="fuse bag", unit="msg"),
+                           warn=lambda text: tqdm.write(f"cgrp fuse: {text}", file=sys.stderr), on_pair=record,
+                           use_camera_info=args.camera_info, limit=args.limit)
+    finally:  # also on Ctrl-C: the rows of the pairs already fused (the bag itself is closed by fuse_bag)
+        records.close(args.out)
     print(f"cgrp fuse: {summary.cameras}")
-    records.write_csv(args.out)
     records.print_summary()
     limited = f" (stopped at --limit {args.limit})" if summary.stopped else ""
     print(f"cgrp fuse: {summary.line()}{limited}, {records.low_confidence_line()}; written to {args.out}")
@@ -228,10 +230,13 @@ class PairRecords:
         return (f"{self.low_confidence} with low registration confidence (below "
                 f"{self.pipeline.confidence_threshold:.2f}, or fell back to the prior: registration.csv)")
 
-    def write_csv(self, out: Path) -> None:
-        """OUT/registration.csv, if any pair was fused."""
+    def close(self, out: Path) -> None:
+        """OUT/registration.csv, if any pair was fused, and the video closed (also on Ctrl-C: an unclosed .mp4
+        has no index and does not play)."""
         if self.rows:
             write_registration_csv(out / "registration.csv", self.rows)
+        if self.video:
+            self.video.close()
 
     def print_summary(self) -> None:
         """The lines on the edge check and the video (which it closes)."""
@@ -297,7 +302,7 @@ def run(args) -> int:
                                 else f"{name}: {exc}")
             reported = report_problems(failures, reported)  # as they come, not after an hour of pairs
     finally:  # also on Ctrl-C: the rows of the pairs already written
-        records.write_csv(args.out)
+        records.close(args.out)
     records.print_summary()
     report_problems(failures, reported)
     if len(failures) > MAX_PROBLEM_LINES:

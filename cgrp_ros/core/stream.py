@@ -296,9 +296,10 @@ class StreamPipeline:
 
     def _fuse(self, visible, thermal, outputs, stamp: float) -> FusionResult:
         if self.registration_rate <= 0:
+            result = self.pipeline(visible, thermal, outputs)  # (a rejected frame counts no registration)
             self.registrations += 1
             self.last_registration = stamp
-            return self.pipeline(visible, thermal, outputs)
+            return result
         current = self.current()
         fits = current is not None and current.flow.shape[:2] == visible.shape[:2]
         busy = not self._idle.is_set()

@@ -330,6 +330,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                 sync.add(stream, msg)
                 while pairs and not (limit and summary.pairs >= limit):
                     _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
+            summary.stopped = summary.stopped or bool(pairs)  # pairs left: the limit stopped them
         finally:
             if bar is not None:
                 bar.close()

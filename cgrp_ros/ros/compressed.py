@@ -131,10 +131,12 @@ def decode_compressed(msg) -> tuple:
     kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
     size = declared_size(payload)
     if size is None:  # decoding it would be the only way to learn its size
-        known = bytes(payload[:2]) == b"\xff\xd8" or bytes(payload[:8]) == PNG_SIGNATURE or \
-            bytes(payload[:4]) in TIFF_SIGNATURES
-        what = (f"a JPEG, PNG or TIFF whose header gives no image size (or a TIFF of more than {MAX_TIFF_PIXEL_BITS} "
-                "bits per pixel, no input encoding)") if known else "neither JPEG, PNG nor TIFF"
+        if bytes(payload[:4]) in TIFF_SIGNATURES:
+            what = f"a TIFF whose first directory gives no image size, or more than {MAX_TIFF_PIXEL_BITS} bits a pixel"
+        elif bytes(payload[:2]) == b"\xff\xd8" or bytes(payload[:8]) == PNG_SIGNATURE:
+            what = f"a {'PNG' if payload[0] == 0x89 else 'JPEG'} whose header gives no image size (cut short or corrupt)"
+        else:
+            what = "neither JPEG, PNG nor TIFF"
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
                                               f"(format '{fmt}'): not decoded")
     if size[0] * size[1] > MAX_DECODED_PIXELS:
