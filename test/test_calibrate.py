@@ -371,11 +371,14 @@ def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):
     assert corner_error(load_calibration(out), rig[0][2], SIZE) < 3.0
     command = yaml.safe_load(out.read_text())["command"]
     assert command.startswith("cgrp calibrate --bag") and " --slop 0.05 " in command  # the run, reproducible
-    from cgrp_ros.commands.calibrate import bag_pairs
+    from cgrp_ros.commands.calibrate import bag_pairs, stamp_names
     from test_bag import PERIOD, T0
     # named by the visible stamp, as cgrp fuse --bag's registration.csv names them (it was the message's index)
     assert [name for name, _, _ in bag_pairs(tmp_path / "rig_bag", VISIBLE, THERMAL)[0]] == \
         [f"{(T0 + i * PERIOD) * 1e-9:.6f}" for i in range(len(rig))]
+    # a stamp that repeats (a driver's bug) keeps the names apart: they key rig.yaml's skipped pairs
+    assert stamp_names([T0, T0, T0 + PERIOD], [4, 5, 6]) == [f"{T0 * 1e-9:.6f}#4", f"{T0 * 1e-9:.6f}#5",
+                                                             f"{(T0 + PERIOD) * 1e-9:.6f}"]
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--out", out]) == 2  # topics missing: a clear error
     (tmp_path / "list.txt").write_text("nothing\n")  # a list of folder names: refused, not silently ignored
     assert cgrp(["calibrate", "--bag", tmp_path / "rig_bag", "--visible-topic", VISIBLE, "--thermal-topic", THERMAL,

@@ -80,6 +80,15 @@ def _loader(path, camera=None):
     return lambda: undistort(read_image(path, cv2.IMREAD_UNCHANGED), camera)
 
 
+def stamp_names(stamps_ns, indices) -> list:
+    """A bag's pairs named by their visible stamps (ns -> s with 6 decimals), as cgrp fuse --bag's
+    registration.csv names them; a stamp that repeats gets its message's index (`indices`) too, since the
+    names key rig.yaml's skipped pairs and must differ."""
+    stamps = [f"{stamp * 1e-9:.6f}" for stamp in stamps_ns]
+    repeated = {stamp for stamp, n in collections.Counter(stamps).items() if n > 1}
+    return [f"{stamp}#{index}" if stamp in repeated else stamp for stamp, index in zip(stamps, indices)]
+
+
 def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop: float = DEFAULT_SLOP,
               camera_info: bool = True) -> tuple:
     """([(name, load visible, load thermal)], how many messages could not be read) of a bag's pairs
@@ -115,20 +124,16 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
             raise CgrpError(f"{problem}: calibrate with --no-camera-info, or fix the camera_info")
         return undistort(images[stream], intrinsics[stream])
 
-    # named by the visible stamp (s), as cgrp fuse --bag's registration.csv names them; a stamp that
-    # repeats gets its message's index too (the names key rig.yaml's skipped pairs, so they must differ)
-    stamps = [f"{source.stamps(index)[0] * 1e-9:.6f}" for index in within[::every]]
-    repeated = {stamp for stamp, n in collections.Counter(stamps).items() if n > 1}
-    names = [f"{stamp}#{index}" if stamp in repeated else stamp for stamp, index in zip(stamps, within[::every])]
-    pairs = [(name, lambda i=index: load(i, 0), lambda i=index: load(i, 1))
-             for name, index in zip(names, within[::every])]
+    chosen = within[::every]
+    names = stamp_names([source.stamps(index)[0] for index in chosen], chosen)
+    pairs = [(name, lambda i=index: load(i, 0), lambda i=index: load(i, 1)) for name, index in zip(names, chosen)]
     # as recorded: the source makes the thermal single channel, which would hide a colour "thermal"
     warn_if_swapped(pairs[0][0], lambda: source.recorded_arrays(within[0]))
     return pairs, source.skipped
 
 
 def run(args) -> int:
-    from ..core.calibrate import UNREADABLE, RigCalibrator, save_calibration
+    from ..core.calibrate import RigCalibrator, save_calibration
     from ..evaluation.rig import calibration_edge_check
 
     try:
@@ -175,7 +180,7 @@ def run(args) -> int:
         print(f"  skipped {name}: {why}")
     if len(skipped) > SHOWN_SKIPPED:
         print(f"  ... {len(skipped) - SHOWN_SKIPPED} more skipped pair(s), each with its reason in {args.out}")
-    unreadable = sum(why.startswith(UNREADABLE) for _, why in skipped)
+    unreadable = len(calibrator.unreadable)
     if problems or unreadable:  # written, but the input had faults: as cgrp fuse, a non-zero exit
         print(f"cgrp calibrate: {problems + unreadable} problem(s) in the input (reported above): exit code 1",
               file=sys.stderr)

@@ -180,9 +180,6 @@ def _snap(size: float) -> int:
 
 
 # -- estimation ------------------------------------------------------------------------------------
-UNREADABLE = "unreadable"  # the start of a skipped pair's reason when its images could not be read
-
-
 class RigCalibrator:
     """calibrate(pairs) with pairs = [(name, visible, thermal)] (arrays, or callables returning them)."""
 
@@ -334,6 +331,7 @@ class RigCalibrator:
                                    "for (min_pairs, cgrp calibrate --min-pairs): give more pairs")
         self.history = []  # the fitted homography of every round
         self.best_pair = None  # name of the most confident pair of the last round
+        self.unreadable = []   # names of the pairs whose images could not be read (also in `skipped`)
         load = self._loader(pairs)
         skipped = {}
         usable, visible_size, thermal_size = self._rig_pairs(pairs, load, skipped)
@@ -371,7 +369,8 @@ class RigCalibrator:
             try:
                 v, t = load(i)
             except InputError as exc:
-                skipped[name] = f"{UNREADABLE}: {exc}"
+                skipped[name] = f"unreadable: {exc}"
+                self.unreadable.append(name)
                 continue
             sizes[i] = (v.shape, t.shape)
         if not sizes:
