@@ -310,11 +310,13 @@ class FakePipeline:
     """fuse_pair's view of a StreamPipeline: outputs of the visible image's size, no inference."""
 
     @property
-    def pipeline(self):  # the core Pipeline's checks of a pair's sizes: none to warn of
+    def pipeline(self):  # the core Pipeline's checks of a pair as received
         return self
 
-    def stretch_warning(self, visible_shape, thermal_shape):
-        return None
+    def input_warnings(self, visible, thermal, where=""):
+        from cgrp_ros.core.image import content_warnings
+
+        return content_warnings(visible, thermal, where)
 
     def __call__(self, visible, thermal, outputs=None, stamp=None):
         from cgrp_ros.core.pipeline import FusionResult

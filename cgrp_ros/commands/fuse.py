@@ -27,7 +27,6 @@ from tqdm import tqdm
 from ..core.camera import undistort
 from ..core.data import find_pairs, read_image, read_split
 from ..core.errors import CgrpError
-from ..core.image import content_warnings
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
 from ..evaluation.report import alignment_panel, flow_picture, stretched_uint8
@@ -281,10 +280,7 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
-                warnings = content_warnings(visible, thermal)  # as received (the node's order too)
-                stretch = pipeline.stretch_warning(visible.shape, thermal.shape)
-                warnings += [("stretched", stretch)] if stretch else []
-                for kind, text in warnings:
+                for kind, text in pipeline.input_warnings(visible, thermal):  # as received (the node's order too)
                     if kind not in said_once:
                         tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
                     if kind in CAMERA_WARNINGS:  # one line for the folders

@@ -23,7 +23,7 @@ import numpy as np
 
 from .backends import make_backend
 from .errors import InputError
-from .image import (SWAPPED_QUESTION, check_image, check_percentiles, footprint_problem,
+from .image import (SWAPPED_QUESTION, check_image, check_percentiles, content_warnings, footprint_problem,
                     homography_problem, luminance, normalize_thermal, pad_to, resize, resize_homography, same_aspect,
                     to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
@@ -233,6 +233,15 @@ class Pipeline:
             return resize_homography(visible_shape, thermal_shape)  # same field of view
         shapes = (tuple(visible_shape[:2]), tuple(thermal_shape[:2]))
         return self._per_shapes(("visible_to_thermal", shapes), lambda: self._calibrated_visible_to_thermal(*shapes))
+
+    def input_warnings(self, visible: np.ndarray, thermal: np.ndarray, where: str = "") -> list:
+        """[(kind, text)] for a pair as received: core.image.content_warnings, and ('stretched', ...) where
+        stretch_warning says the cameras' aspect ratios need a calibration (`where` as there)."""
+        warnings = content_warnings(visible, thermal, where)
+        stretch = self.stretch_warning(visible.shape, thermal.shape)
+        if stretch:
+            warnings.append(("stretched", f"pair {where}: {stretch}" if where else stretch))
+        return warnings
 
     def stretch_warning(self, visible_shape, thermal_shape) -> str | None:
         """Why a pair of these sizes will stay misaligned, or None: without a calibration the thermal is

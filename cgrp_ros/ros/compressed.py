@@ -5,7 +5,7 @@
 
 `format` follows image_transport: "<original encoding>; <jpeg|png> compressed <encoding>"; a bare
 "jpeg" / "png" / "tiff" is read too. The payload decides what the image is (OpenCV reads its header): a
-JPEG is mono8 or bgr8, a PNG or TIFF mono8, mono16, bgr8 or bgra8. A payload of another kind (OpenCV
+JPEG is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8, a TIFF also 32FC1 or bgr16. A payload of another kind (OpenCV
 would decode a WebP too, whose size is not checked first), that cannot be decoded, or whose header
 declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes) raises
 ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
@@ -56,17 +56,29 @@ def _payload(data) -> np.ndarray:
     return np.asarray(data, np.uint8)
 
 
+def payload_kind(payload: np.ndarray) -> str | None:
+    """'PNG', 'JPEG' or 'TIFF' by the payload's signature; None for anything else."""
+    head = bytes(payload[:8])
+    if head == PNG_SIGNATURE:
+        return "PNG"
+    if head[:4] in TIFF_SIGNATURES:
+        return "TIFF"
+    return "JPEG" if head[:2] == b"\xff\xd8" else None
+
+
 def declared_size(payload: np.ndarray):
     """(height, width) a PNG, JPEG or TIFF header declares, or None where the header does not say (another
     kind of payload, cut short, a JPEG frame header after MAX_JPEG_SEGMENTS segments, or a TIFF of more
     than MAX_TIFF_PIXEL_BITS per pixel)."""
     payload = np.ascontiguousarray(payload)
     data = memoryview(payload)  # no copy: a JPEG's segments are skipped, not read
-    if bytes(data[:8]) == PNG_SIGNATURE and bytes(data[12:16]) == b"IHDR" and len(data) >= 24:
-        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
-    if bytes(data[:4]) in TIFF_SIGNATURES:
+    kind = payload_kind(payload)
+    if kind == "PNG":
+        return (int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")) \
+            if bytes(data[12:16]) == b"IHDR" and len(data) >= 24 else None
+    if kind == "TIFF":
         return _tiff_size(data)
-    if bytes(data[:2]) != b"\xff\xd8":
+    if kind is None:
         return None
     at = 2
     for _ in range(MAX_JPEG_SEGMENTS):
@@ -131,12 +143,10 @@ def decode_compressed(msg) -> tuple:
     kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
     size = declared_size(payload)
     if size is None:  # decoding it would be the only way to learn its size
-        if bytes(payload[:4]) in TIFF_SIGNATURES:
-            what = f"a TIFF whose first directory gives no image size, or more than {MAX_TIFF_PIXEL_BITS} bits a pixel"
-        elif bytes(payload[:2]) == b"\xff\xd8" or bytes(payload[:8]) == PNG_SIGNATURE:
-            what = f"a {'PNG' if payload[0] == 0x89 else 'JPEG'} whose header gives no image size (cut short or corrupt)"
-        else:
-            what = "neither JPEG, PNG nor TIFF"
+        found = payload_kind(payload)
+        what = ("neither JPEG, PNG nor TIFF" if found is None else
+                f"a TIFF whose first directory gives no image size, or more than {MAX_TIFF_PIXEL_BITS} bits a pixel"
+                if found == "TIFF" else f"a {found} whose header gives no image size (cut short or corrupt)")
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
                                               f"(format '{fmt}'): not decoded")
     if size[0] * size[1] > MAX_DECODED_PIXELS:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.camera import undistort
-from ..core.image import content_warnings as core_content_warnings
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
 from .compressed import DecodedImage, decode_message
@@ -61,16 +60,18 @@ def message_arrays(visible_msg, thermal_msg):
     return to_bgr(as_array(visible_msg), visible_msg.encoding), to_bgr(as_array(thermal_msg), thermal_msg.encoding)
 
 
-# core.image.content_warnings' kinds -> (Stats counter or None, throttle key of the log line)
+# Pipeline.input_warnings' kinds -> (Stats counter or None, throttle key of the log line)
 WARNING_COUNTERS = {"non_finite_thermal": ("non_finite_thermal", "non-finite"),
                     "non_finite_visible": (None, "non-finite visible"), "swapped": (None, "swapped"),
+                    "stretched": (None, "stretched"),
                     "constant_visible": ("constant_images", ("constant", "visible")),
                     "constant_thermal": ("constant_images", ("constant", "thermal"))}
 
 
-def content_warnings(visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
-    """[(Stats counter or None, throttle key, text)]: core.image.content_warnings of a pair, by its stamp."""
-    return [(*WARNING_COUNTERS[kind], text) for kind, text in core_content_warnings(visible, thermal, f"at {stamp:.3f}")]
+def input_warnings(pipeline, visible: np.ndarray, thermal: np.ndarray, stamp: float) -> list:
+    """[(Stats counter or None, throttle key, text)]: Pipeline.input_warnings of a pair, by its stamp."""
+    return [(*WARNING_COUNTERS[kind], text)
+            for kind, text in pipeline.input_warnings(visible, thermal, f"at {stamp:.3f}")]
 
 
 def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis_max: float = 0.0,
@@ -85,10 +86,7 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
     """
     stamp = stamp_seconds(visible_msg.header.stamp)
     visible, thermal = message_arrays(visible_msg, thermal_msg)
-    warnings = content_warnings(visible, thermal, stamp)
-    stretch = stream_pipeline.pipeline.stretch_warning(visible.shape, thermal.shape)
-    if stretch:
-        warnings.append((None, "stretched", f"pair at {stamp:.3f}: {stretch}"))
+    warnings = input_warnings(stream_pipeline.pipeline, visible, thermal, stamp)
     if intrinsics is not None:
         visible, thermal = undistort(visible, intrinsics[0]), undistort(thermal, intrinsics[1])
     # the core always computes the flow; the rest only when an output needs it
