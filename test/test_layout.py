@@ -55,6 +55,22 @@ def test_the_command_line_and_the_player_do_not_load_torch():
     assert out.strip() == "False"
 
 
+def test_the_command_line_does_not_load_rclpy_through_message_filters(tmp_path):
+    """On an apt-installed ROS, message_filters imports rclpy; `cgrp calibrate` pairs bags with this
+    package's synchroniser module, so that module looks message_filters up only when a node pairs with it:
+    `cgrp --help` must not start ROS's client library."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "message_filters").mkdir()
+    (tmp_path / "message_filters" / "__init__.py").write_text("raise RuntimeError('message_filters imported')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    code = "import sys; from cgrp_ros.cli import build_parser; build_parser(); print('rclpy' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

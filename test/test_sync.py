@@ -12,7 +12,7 @@ from cgrp_ros.ros.sync import (THERMAL, VISIBLE, ApproximateTimePairs, LatestPai
 # a second time, so it skips and the report shows the gap
 IMPLEMENTATIONS = [
     pytest.param(None, id="active", marks=pytest.mark.skipif(
-        sync.message_filters is None, reason="message_filters is not importable: only the built-in synchroniser "
+        sync.message_filters_module() is None, reason="message_filters is not importable: only the built-in synchroniser "
                                              "is tested")),
     pytest.param(False, id="builtin"),
 ]
@@ -139,7 +139,11 @@ def test_message_filters_is_used_where_importable_and_fed_each_stream(monkeypatc
     _StubMessageFilters.ApproximateTimeSynchronizer.built = []
     s, pairs = collect(None, queue_size=7, slop=0.03)
     assert s.implementation == "message_filters"
-    assert _StubMessageFilters.ApproximateTimeSynchronizer.built == [(2, 7, 0.03)]
+    [(inputs, queue_size, slop)] = _StubMessageFilters.ApproximateTimeSynchronizer.built
+    assert (inputs, queue_size) == (2, 7)
+    # message_filters pairs stamps *less* than its slop apart (its slop truncated to whole nanoseconds), this
+    # package's policy at most `slop` apart: given 1 ns more, both pair the same messages
+    assert int(slop * 1e9) - 1 == round(0.03 * 1e9)
     s.add(THERMAL, msg(10.01, "t0"))
     s.add(VISIBLE, msg(10.00, "v0"))
     assert pairs == [("v0", "t0")]  # (visible, thermal) whichever arrived first

@@ -17,10 +17,10 @@ from __future__ import annotations
 import collections
 import threading
 
-try:
-    import message_filters
-except ImportError:  # the pip runtime has no message_filters wheel
-    message_filters = None
+# message_filters is imported on first use (`message_filters_module`): it imports rclpy, which the
+# command line (`cgrp calibrate` uses this module's pairing for bags) must not load
+_NOT_LOOKED_UP = object()
+message_filters = _NOT_LOOKED_UP
 
 VISIBLE, THERMAL = 0, 1
 STREAM_NAMES = ("visible", "thermal")  # by index
@@ -29,6 +29,19 @@ DEFAULT_QUEUE_SIZE = 10   # cgrp_fusion's `queue_size` default
 # s: two clocks further apart than this count from different epochs (time since boot, an unset stamp, sim
 # time on one side), not a delay
 STAMP_CLOCK_LIMIT_S = 3600.0
+SLOP_EPSILON_S = 1.5e-9  # s: above 1 ns, as rclpy's Duration(seconds=) truncates to whole nanoseconds
+
+
+def message_filters_module():
+    """The message_filters module, or None where it is not importable (the pip runtime has no wheel)."""
+    global message_filters
+    if message_filters is _NOT_LOOKED_UP:
+        try:
+            import message_filters as module
+        except ImportError:
+            module = None
+        message_filters = module
+    return message_filters
 
 
 def stamp_seconds(stamp) -> float:
@@ -124,8 +137,12 @@ class _MessageFiltersPairs:
     """The same interface over message_filters.ApproximateTimeSynchronizer."""
 
     def __init__(self, queue_size: int, slop: float, callback):
-        self.inputs = (message_filters.SimpleFilter(), message_filters.SimpleFilter())
-        self.sync = message_filters.ApproximateTimeSynchronizer(list(self.inputs), queue_size, slop)
+        module = message_filters_module()
+        self.inputs = (module.SimpleFilter(), module.SimpleFilter())
+        # message_filters pairs stamps less than `slop` apart, this package's policy (and its docs) at most
+        # `slop`: one nanosecond more makes both pair the same messages (a 10 Hz pair of cameras half a
+        # frame apart sits exactly at the default 0.05 s)
+        self.sync = module.ApproximateTimeSynchronizer(list(self.inputs), queue_size, slop + SLOP_EPSILON_S)
         self.sync.registerCallback(callback)
 
     def add(self, stream: int, msg) -> None:
@@ -142,8 +159,8 @@ class PairSynchronizer:
 
     def __init__(self, queue_size: int, slop: float, callback, use_message_filters: bool | None = None):
         if use_message_filters is None:
-            use_message_filters = message_filters is not None
-        if use_message_filters and message_filters is None:
+            use_message_filters = message_filters_module() is not None
+        if use_message_filters and message_filters_module() is None:
             raise ImportError("message_filters is not importable")
         self.implementation = "message_filters" if use_message_filters else "builtin"
         self._make = lambda: (_MessageFiltersPairs if use_message_filters else ApproximateTimePairs)(
