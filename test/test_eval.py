@@ -10,6 +10,7 @@ import pytest
 from cgrp_ros.cli import main
 from cgrp_ros.evaluation import evaluate as E
 from cgrp_ros.evaluation import protocol
+from cgrp_ros.core.errors import InputError
 from cgrp_ros.core.warp import warp_numpy
 
 
@@ -109,6 +110,9 @@ def test_a_folder_of_rigs_is_one_data_set_with_prefixed_names(multi_rig, tmp_pat
     split.write_text(f"a/{names[1]}.jpg\n{names[2]}\n")  # rig-prefixed or bare names
     assert [p[0] for p in E.list_pairs(root, split)] == [f"a/{names[1]}", f"b/{names[2]}"]
     assert len(E.list_pairs(root, limit=2)) == 2
+    split.write_text(f"a/{names[1]}\nb/TYPO_1\n{names[2]}\n")  # a typo is refused, as in a flat folder
+    with pytest.raises(InputError, match=f"1 name\\(s\\) of {split} have no pair: b/TYPO_1"):
+        E.list_pairs(root, split)
     assert E.dataset_names([root, root.parent / "x" / "other_cameras", Path("/d/roadscene")]) == \
         ["other_cameras", "other_cameras_2", "roadscene"]
 

@@ -249,19 +249,23 @@ def list_pairs(data, list_file=None, limit=None):
     file may name them that way or by stem alone.
     """
     names = read_split(list_file) if list_file else None
-    pairs = []
+    wanted = None if names is None else {str(Path(n).with_suffix("")) for n in names}
+    pairs, missing, matched = [], [], set()
     for prefix, folder in dataset_parts(data):
         if not prefix:
             listing = find_pairs(folder / "visible", folder / "thermal", names)
             missing = [] if names is None else listing.not_found + [path.stem for path in listing.unpaired]
-            if missing:  # a typo would shrink the evaluation unseen
-                raise InputError(f"{data}: {len(missing)} name(s) of {list_file} have no pair: "
-                                 f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
             pairs += listing.pairs
             continue
-        wanted = None if names is None else {str(Path(n).with_suffix("")) for n in names}
-        pairs += [(prefix + stem, v, t) for stem, v, t in find_pairs(folder / "visible", folder / "thermal").pairs
-                  if wanted is None or stem in wanted or prefix + stem in wanted]
+        for stem, v, t in find_pairs(folder / "visible", folder / "thermal").pairs:
+            hits = set() if wanted is None else wanted & {stem, prefix + stem}
+            if wanted is None or hits:
+                pairs.append((prefix + stem, v, t))
+                matched |= hits
+        missing = [] if wanted is None else sorted(wanted - matched)
+    if missing:  # a typo would shrink the evaluation unseen
+        raise InputError(f"{data}: {len(missing)} name(s) of {list_file} have no pair: "
+                         f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
     if limit:
         pairs = pairs[:limit]
     if not pairs:
