@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -70,6 +71,22 @@ def test_calibrate_recovers_a_shifted_rotated_rig(shifted_rig):
     prior = centred_placement(SIZE, SIZE)
     assert corner_error(prior, truth, SIZE) > 15.0
     assert corner_error(estimate, truth, SIZE) < 3.0
+
+
+def test_a_black_hot_rig_calibrated_with_black_hot_gets_the_white_hot_rigs_calibration(shifted_rig, tmp_path):
+    """`cgrp calibrate --black-hot` normalises the thermal as `cgrp fuse --black-hot` does: the same rig with
+    its thermal shown hot-dark comes out with the same homography."""
+    code, out, truth, _ = shifted_rig
+    rig = out.parent.parent
+    shutil.copytree(rig / "visible", tmp_path / "visible")
+    (tmp_path / "thermal").mkdir()
+    for path in sorted((rig / "thermal").glob("*.png")):
+        cv2.imwrite(str(tmp_path / "thermal" / path.name), 255 - cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cgrp(["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out",
+                     tmp_path / "rig.yaml", "--scales", "1", "--refinements", "1", "--device", "cpu",
+                     "--black-hot"]) == 0
+    assert corner_error(load_calibration(tmp_path / "rig.yaml"), load_calibration(out), SIZE) < 0.05
 
 
 def test_calibration_file_and_picture(shifted_rig):

@@ -23,7 +23,8 @@ from ..core.camera import undistort
 from ..core.data import find_pairs, read_image, unwritable_reason
 from ..core.errors import CgrpError
 from ..ros.sync import DEFAULT_SLOP, describe_offset
-from .common import add_camera_file_arguments, cameras_from_args, non_negative, positive, size_arg
+from .common import (add_camera_file_arguments, add_thermal_arguments, cameras_from_args, non_negative, positive,
+                     size_arg)
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -71,6 +72,7 @@ def add_arguments(p):
     p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="resolution the matcher runs at, at least 256x320 in area (default: 256x320)")
     p.add_argument("--models", type=Path, help="folder with registration.pt (default: shipped)")
+    add_thermal_arguments(p.add_argument_group("thermal (as you give them to cgrp fuse)"))
 
 
 def _loader(path, camera=None):
@@ -156,7 +158,8 @@ def run(args) -> int:
         return 2
     calibrator = RigCalibrator(str(args.models / "registration.pt") if args.models else None, args.device,
                                args.working_size, scales, args.min_confidence, args.min_pairs,
-                               refinements=args.refinements)
+                               refinements=args.refinements, thermal_percentiles=tuple(args.thermal_percentiles),
+                               black_hot=args.black_hot)
     progress = lambda it, total, desc: tqdm(it, total=total, desc=desc, unit="pair", leave=False)  # noqa: E731
     calibration = calibrator.calibrate(pairs, progress, command_line(args))
     # (not enough evidence raises CalibrationError: one line, exit 2, no file)

@@ -185,15 +185,17 @@ class RigCalibrator:
 
     def __init__(self, model_path=None, device: str = "cpu", working_size=(256, 320), scales=DEFAULT_SCALES,
                  min_confidence: float | None = None, min_pairs: int = 1, min_matches: int = 40,
-                 search_pairs: int = 8, refinements: int = 2, thermal_percentiles=(1.0, 99.0)):
+                 search_pairs: int = 8, refinements: int = 2, thermal_percentiles=(1.0, 99.0),
+                 agc_8bit: bool = False, black_hot: bool = False):
+        """thermal_percentiles, agc_8bit, black_hot: the thermal's normalisation, as PipelineConfig's (a rig
+        is calibrated on the thermal it is fused with)."""
         import torch
 
+        from .backends import resolve_device
+        from .image import check_percentiles
         from .models import default_model_path, load_model
 
-        if device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            log.warning("cgrp calibrate: no CUDA GPU: running on the CPU")
+        check_percentiles(thermal_percentiles)
         if working_size[0] * working_size[1] < MIN_WORKING_AREA:
             # the match confidence that rejects lens-cap and featureless pairs was chosen at 256x320; with
             # fewer cells chance agreement passes it (measured: black frames 0.40-0.45 at 128x160, 0.06 at
@@ -201,7 +203,7 @@ class RigCalibrator:
             raise InputError(f"working size {working_size[0]}x{working_size[1]} is too small to calibrate: use at "
                              "least 256x320 (or the same area)")
         self.torch = torch
-        self.device = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+        self.device = torch.device(resolve_device(device))  # 'cuda' without a GPU: the CPU, with a warning
         path = model_path or default_model_path("registration")
         network = load_model(path, "registration").to(self.device).eval()
         self.matcher, self.local_matcher = network.global_stage, network.local_stage
@@ -211,16 +213,14 @@ class RigCalibrator:
         self.scales = tuple(scales)
         self.min_pairs, self.min_matches = int(min_pairs), int(min_matches)
         self.search_pairs, self.refinements = int(search_pairs), int(refinements)
-        self.thermal_percentiles = tuple(thermal_percentiles)
-        self.direct_refinement = True
+        self.thermal_normalization = (tuple(thermal_percentiles), bool(agc_8bit), bool(black_hot))
 
     # one pair, one placement ------------------------------------------------------------------
     def _prepare(self, visible, thermal):
-        from .image import check_image, luminance, normalize_thermal, visible_to_bgr01
+        from .image import check_image, luminance, thermal_for_networks, visible_to_bgr01
 
         y = luminance(visible_to_bgr01(check_image(visible, "visible")))
-        th = normalize_thermal(check_image(thermal, "thermal"), self.thermal_percentiles).astype(np.float32)
-        return y, th
+        return y, thermal_for_networks(check_image(thermal, "thermal"), *self.thermal_normalization)
 
     def _view(self, vis_y, th, placement):
         """Resample the visible region inside the thermal placed by `placement` (thermal px -> visible px) and the thermal
@@ -416,7 +416,7 @@ class RigCalibrator:
             for i in progress(usable, len(usable), desc):
                 name = pairs[i][0]
                 v, t = load(i)
-                conf, tp, vp = self._match(v, t, placement, direct=round_ > 0 and self.direct_refinement)
+                conf, tp, vp = self._match(v, t, placement, direct=round_ > 0)
                 if conf < self.min_confidence or len(tp) < 4:
                     low[name] = f"match confidence {conf:.2f} below {self.min_confidence:.2f}"
                     continue

@@ -76,6 +76,15 @@ def check_percentiles(percentiles) -> None:
         raise InputError(f"thermal percentiles must satisfy 0 <= low < high <= 100, got {tuple(percentiles)}")
 
 
+def thermal_for_networks(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bool = False,
+                         black_hot: bool = False) -> np.ndarray:
+    """The thermal as the networks see it, H x W float32 in [0, 1] with hot bright: normalize_thermal,
+    inverted for a black-hot camera. One place for the Pipeline and the rig calibration, so a rig is
+    calibrated on the thermal it is then fused with."""
+    th01 = normalize_thermal(thermal, percentiles, agc_8bit)
+    return 1.0 - th01 if black_hot else th01
+
+
 def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bool = False) -> np.ndarray:
     """Thermal image (H x W; uint8, uint16 or float) -> H x W float32 in [0, 1].
 

@@ -24,8 +24,8 @@ import numpy as np
 from .backends import make_backend
 from .errors import InputError
 from .image import (SWAPPED_QUESTION, check_image, check_percentiles, content_warnings, footprint_problem,
-                    homography_problem, luminance, normalize_thermal, pad_to, resize, resize_homography, same_aspect,
-                    to_uint8, visible_to_bgr01, working_shape)
+                    homography_problem, luminance, pad_to, resize, resize_homography, same_aspect,
+                    thermal_for_networks, to_uint8, visible_to_bgr01, working_shape)
 from .models import STAGES, default_model_path, model_config
 from .networks import SIZE_MULTIPLE, RegistrationNet
 from .warp import remap, resize_flow, sample_maps, warp_numpy
@@ -310,9 +310,7 @@ class Pipeline:
         f.vis_in, f.y_in = self._nchw(vis_w, f.padded), self._nchw(f.y_w, f.padded)
         if thermal is not None:
             f.thermal = check_image(thermal, "thermal")
-            f.th01 = normalize_thermal(f.thermal, c.thermal_percentiles, c.agc_8bit)
-            if c.black_hot:
-                f.th01 = 1.0 - f.th01
+            f.th01 = thermal_for_networks(f.thermal, c.thermal_percentiles, c.agc_8bit, c.black_hot)
             f.v2t = self.visible_to_thermal((f.hv, f.wv), f.th01.shape[:2])
             if self.homography is None:
                 f.th_in = self._nchw(resize(f.th01, (f.h, f.w)), f.padded)
