@@ -20,17 +20,22 @@ def default_dataset_root() -> Path:
     return Path(os.environ.get("CGRP_DATA", REPO_ROOT.parent / "shared" / "datasets" / "roadscene"))
 
 
-def sample_dir() -> Path:
-    """The bundled sample pairs (sample/README.md): the source tree's sample/, else the installed
-    share/cgrp_ros/sample (colcon)."""
-    repo_sample = REPO_ROOT / "sample"
-    if repo_sample.is_dir():
-        return repo_sample
+def shipped_folder(name: str) -> Path:
+    """A folder the package ships (sample/, models/): the source tree's, else the installed
+    share/cgrp_ros/NAME (colcon); the source tree's path when neither exists."""
+    in_repo = REPO_ROOT / name
+    if in_repo.is_dir():
+        return in_repo
     try:
         from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cgrp_ros")) / "sample"
+        return Path(get_package_share_directory("cgrp_ros")) / name
     except Exception:
-        return repo_sample
+        return in_repo
+
+
+def sample_dir() -> Path:
+    """The bundled sample pairs (sample/README.md)."""
+    return shipped_folder("sample")
 
 
 def unwritable_reason(path: Path) -> str | None:

@@ -17,15 +17,9 @@ STAGES = ("generator", "registration", "fusion")
 
 def models_dir() -> Path:
     """Where the shipped weights are: $CGRP_MODELS, the repo's models/, or the ament share dir."""
-    if os.environ.get("CGRP_MODELS"):
-        return Path(os.environ["CGRP_MODELS"])
-    if REPO_MODELS.is_dir():
-        return REPO_MODELS
-    try:  # colcon install: share/cgrp_ros/models
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cgrp_ros")) / "models"
-    except Exception:
-        return REPO_MODELS
+    from .data import shipped_folder
+
+    return Path(os.environ["CGRP_MODELS"]) if os.environ.get("CGRP_MODELS") else shipped_folder("models")
 
 
 def default_model_path(stage: str) -> Path:

@@ -177,9 +177,9 @@ def check_parameter(name: str, value) -> str | None:
     return None
 
 
-def pipeline_config(values: dict, prior: dict | None = None):
+def pipeline_config(values: dict, prior: dict):
     """PipelineConfig from the node's parameter values (a dict name -> value); `prior`: the calibration
-    as calibration_prior read it (default: read calibration_file now)."""
+    as calibration_prior read it (the node reads the file once, when the parameter is set)."""
     from ..core.pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -190,7 +190,7 @@ def pipeline_config(values: dict, prior: dict | None = None):
         thermal_percentiles=tuple(float(v) for v in values["thermal_percentiles"]), agc_8bit=values["agc_8bit"],
         black_hot=values["black_hot"],
         fusion_scale=float(values["fusion_scale"]),
-        **(calibration_prior(values["calibration_file"]) if prior is None else prior))
+        **prior)
 
 
 def calibration_prior(path: str) -> dict:
