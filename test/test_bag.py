@@ -59,7 +59,7 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
               thermal_offset: int = THERMAL_OFFSET, cameras=None):
     """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed, stamped `thermal_offset` ns after the
     visible) pairs and a chatter topic; returns (visible topic, thermal topic, visible stamps).
-    `cameras`: (visible, thermal) core.camera.Intrinsics, published beside each image as drivers do."""
+    `cameras`: (visible, thermal) core.camera.Intrinsics (or None), published beside each image as drivers do."""
     types = typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(path, version=9, storage_plugin=plugin)
@@ -87,6 +87,8 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
             v = _raw(types, visible, "bgr8", stamp, "visible_camera")
             t = _raw(types, thermal, "mono8", stamp + thermal_offset, "thermal_camera")
         for connection, camera, offset in zip(infos, cameras or (), (0, thermal_offset)):
+            if camera is None:  # a camera whose driver publishes no camera_info
+                continue
             info = _camera_info(types, camera, stamp + offset, connection.topic)
             writer.write(connection, stamp + offset + 500_000, types.serialize_cdr(info, CAMERA_INFO))
         writer.write(vis, stamp + 1_000_000, types.serialize_cdr(v, msgtype))
@@ -423,6 +425,25 @@ def test_a_bags_camera_info_undistorts_like_the_node(tmp_path, sample_pairs):
     np.testing.assert_array_equal(loaded[0][2](), undistort(recorded[0][1], cameras[1]))
     loaded, _ = bag_pairs(tmp_path / "in", visible_topic, thermal_topic, camera_info=False)
     np.testing.assert_array_equal(loaded[0][2](), recorded[0][1])
+
+
+def test_a_bag_with_only_the_visible_camera_info_gets_it_for_its_outputs_as_recorded(tmp_path, sample_pairs):
+    """As the node publishes ~/camera_info: with only the visible camera's camera_info the images are used as
+    recorded, and the outputs are described by that camera's own model (its distortion kept)."""
+    from cgrp_ros.core.camera import Intrinsics
+
+    visible_camera = Intrinsics.from_matrix([[110, 0, 64], [0, 110, 48], [0, 0, 1]], [-0.2, 0.05, 0, 0, 0],
+                                            size=(96, 128))
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", small_pairs(sample_pairs), "mcap", False,
+                                                     cameras=(visible_camera, None))
+    r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "out", "--device", "cpu", "--working-size", "96x128")
+    assert r.returncode == 0, r.stderr
+    assert "images used as recorded" in r.stdout, r.stdout
+    messages, _ = read_bag(tmp_path / "out")
+    info = [m for _, m in messages[output_topic("camera_info")]]
+    assert [stamp_of(m) for m in info] == stamps
+    assert np.allclose(info[0].k, visible_camera.K) and np.allclose(info[0].d, visible_camera.D)
 
 
 def test_a_bags_unusable_camera_info_is_one_line_per_camera_and_the_summary_says_so(tmp_path, sample_pairs):

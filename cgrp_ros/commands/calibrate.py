@@ -121,7 +121,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
         images = source.arrays(index)
         if not use:
             return images[stream]
-        intrinsics, problem = cameras.for_pair(images[0].shape, images[1].shape)
+        intrinsics, _, problem = cameras.for_pair(images[0].shape, images[1].shape)
         if problem:  # the same sizes for the whole bag, as a rule: once is enough
             raise CgrpError(f"{problem}: calibrate with --no-camera-info, or fix the camera_info")
         return undistort(images[stream], intrinsics[stream])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CgrpError, InputError
-from .camera_info import camera_info_topic, intrinsics_from_camera_info, rectified_camera_info, size_mismatch
+from .camera_info import RECTIFIED, camera_info_message, camera_info_topic, intrinsics_from_camera_info, pair_plan
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP, STREAM_NAMES, PairSynchronizer, stamp_ns
@@ -166,12 +166,11 @@ class BagCameras:
         return "no camera_info in the bag: images used as recorded"
 
     def for_pair(self, visible_shape, thermal_shape):
-        """(visible, thermal) Intrinsics to undistort this pair with, or None; and why not, or None."""
-        if not self.both:
-            return None, None
-        problems = [p for p in (size_mismatch(name, camera, shape) for name, camera, shape in
-                                zip(STREAM_NAMES, self.intrinsics, (visible_shape, thermal_shape))) if p]
-        return (None, "; ".join(problems) + ": used without undistortion") if problems else (self.intrinsics, None)
+        """What the node would do with this pair (camera_info.pair_plan): ((visible, thermal) Intrinsics
+        to undistort it with, or None; how the outputs are described, or None; why a camera_info does not
+        fit its image, or None)."""
+        undistort, outputs, problem = pair_plan(self.intrinsics, (visible_shape, thermal_shape))
+        return (self.intrinsics if undistort else None), outputs, problem and f"{problem}: used without undistortion"
 
 
 class _Fields:
@@ -225,10 +224,11 @@ class BagWriter:
         raw = self.types.serialize_cdr(self.image_message(image, encoding, header), IMAGE)
         self.copy(topic, IMAGE, timestamp, raw)
 
-    def write_camera_info(self, topic: str, timestamp: int, camera, header):
-        """A sensor_msgs/CameraInfo of `undistort`'s output of `camera` (core.camera.Intrinsics), as the
-        node's ~/camera_info: D = 0, R = identity, P = [K | 0], with a copy of `header`."""
-        fields = rectified_camera_info(camera, _Fields)
+    def write_camera_info(self, topic: str, timestamp: int, camera, header, rectified: bool = True):
+        """A sensor_msgs/CameraInfo of `camera` (core.camera.Intrinsics) as the node's ~/camera_info, with
+        a copy of `header`: of `undistort`'s output (D = 0), or of the images as recorded
+        (camera_info.camera_info_message)."""
+        fields = camera_info_message(camera, _Fields, rectified)
         stamp = self._time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
         roi = self.types.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
                                                                   do_rectify=False)
@@ -354,9 +354,9 @@ def _warn_once(summary: BagSummary, warn, key, text: str) -> None:
 def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_msg, thermal_msg, timestamp, warn,
               on_pair=None, cameras=None):
     stamp = stamp_ns(visible_msg) * 1e-9
-    intrinsics = None
+    intrinsics = outputs = None
     if cameras is not None:
-        intrinsics, problem = cameras.for_pair(as_array(visible_msg).shape, as_array(thermal_msg).shape)
+        intrinsics, outputs, problem = cameras.for_pair(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         if problem:
             _warn_once(summary, warn, "camera_info size", f"pair at {stamp:.3f}: {problem}")
     try:
@@ -375,8 +375,9 @@ def _fuse_one(stream_pipeline, writer: BagWriter, summary: BagSummary, visible_m
         _warn_once(summary, warn, key, text)
     for name, (image, encoding) in out.images.items():
         writer.write_image(output_topic(name), timestamp, image, encoding, visible_msg.header)
-    if intrinsics is not None:  # the outputs' camera model: the visible camera's, rectified
-        writer.write_camera_info(output_topic("camera_info"), timestamp, intrinsics[0], visible_msg.header)
+    if outputs is not None:  # the outputs' camera model: the visible camera's, as the node publishes it
+        writer.write_camera_info(output_topic("camera_info"), timestamp, cameras.intrinsics[0], visible_msg.header,
+                                 rectified=outputs == RECTIFIED)
     summary.pairs += 1
     if on_pair is not None:
         on_pair(visible_msg, thermal_msg, out)

@@ -52,13 +52,36 @@ def size_mismatch(name: str, camera: Intrinsics, shape) -> str | None:
     return f"{name}/camera_info is for {w}x{h} images but the {name} image is {shape[1]}x{shape[0]}"
 
 
-def rectified_camera_info(camera: Intrinsics, message_type):
-    """A `message_type` (sensor_msgs/CameraInfo, empty header) for `undistort`'s output of `camera`:
-    the same K, D = 0 (plumb_bob), R = identity, P = [K | 0], no binning, no ROI, the image's size."""
-    k, rectified = camera.K, camera.rectified()
-    return message_type(height=camera.size[0], width=camera.size[1], distortion_model=rectified.model,
-                        d=list(rectified.D), k=list(k), r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+def camera_info_message(camera: Intrinsics, message_type, rectified: bool = True):
+    """A `message_type` (sensor_msgs/CameraInfo, empty header) describing `camera`'s images: K, R =
+    identity, P = [K | 0], no binning, no ROI, the image's size; D = 0 (plumb_bob) for `undistort`'s
+    output (`rectified`), else the camera's own model and D (its images as recorded)."""
+    k, described = camera.K, camera.rectified() if rectified else camera
+    return message_type(height=camera.size[0], width=camera.size[1], distortion_model=described.model,
+                        d=list(described.D), k=list(k), r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
                         p=[*k[0:3], 0.0, *k[3:6], 0.0, *k[6:9], 0.0])
+
+
+RECTIFIED, AS_RECORDED = "rectified", "as recorded"  # pair_plan's ways of describing the outputs
+
+
+def pair_plan(cameras, shapes) -> tuple:
+    """The rule for one pair, the node's and `cgrp fuse/calibrate --bag`'s alike.
+
+    cameras: (visible, thermal) Intrinsics, None where a camera has no usable CameraInfo; shapes: the
+    two images' shapes. -> (undistort, outputs, problem): undistort both images when both are known
+    and fit them; describe the outputs with the visible camera's CameraInfo, RECTIFIED when undistorted,
+    AS_RECORDED when only it is known and fits (None: no description); problem: why a known CameraInfo
+    does not fit its image (the pair is then fused as it is), or None."""
+    visible, thermal = cameras
+    if visible is None:
+        return False, None, None
+    visible_problem = size_mismatch(STREAM_NAMES[VISIBLE], visible, shapes[0])
+    thermal_problem = None if thermal is None else size_mismatch(STREAM_NAMES[THERMAL], thermal, shapes[1])
+    if visible_problem or thermal_problem:
+        return False, None if visible_problem else AS_RECORDED, "; ".join(
+            problem for problem in (visible_problem, thermal_problem) if problem)
+    return (False, AS_RECORDED, None) if thermal is None else (True, RECTIFIED, None)
 
 
 def with_header(msg, header):
@@ -93,7 +116,7 @@ class CameraInfos:
             raise
         previous = self._latest[stream]
         rectified = previous[2] if previous is not None and previous[1] == camera else \
-            rectified_camera_info(camera, type(msg))
+            camera_info_message(camera, type(msg))
         self._latest[stream] = (msg, camera, rectified)
         return camera
 
@@ -104,21 +127,10 @@ class CameraInfos:
         return self._latest[stream] is not None
 
     def plan(self, visible_shape, thermal_shape) -> Plan:
-        """Undistort when both are known and fit their images; otherwise fuse as they are, and publish
-        the visible camera's own CameraInfo when it fits (it then describes the unrectified outputs)."""
+        """pair_plan with the latest CameraInfo of each camera; the outputs as recorded are described
+        by the visible camera's own message."""
         visible, thermal = self._latest
-        if visible is None:
-            return Plan()
-        visible_problem = self._mismatch(VISIBLE, visible, visible_shape)
-        thermal_problem = self._mismatch(THERMAL, thermal, thermal_shape)
-        if visible_problem or thermal_problem:
-            text = "; ".join(problem for problem in (visible_problem, thermal_problem) if problem)
-            return Plan(None, None if visible_problem else visible[0], f"{text}: fused without undistortion")
-        if thermal is None:
-            return Plan(None, visible[0])
-        return Plan((visible[1], thermal[1]), visible[2])
-
-    @staticmethod
-    def _mismatch(stream: int, entry, shape) -> str | None:
-        """Why the stream's CameraInfo does not describe an image of `shape`, or None."""
-        return None if entry is None else size_mismatch(STREAM_NAMES[stream], entry[1], shape)
+        cameras = tuple(None if entry is None else entry[1] for entry in (visible, thermal))
+        undistort, outputs, problem = pair_plan(cameras, (visible_shape, thermal_shape))
+        return Plan(cameras if undistort else None, {RECTIFIED: visible and visible[2], AS_RECORDED: visible and visible[0]}
+                    .get(outputs), problem and f"{problem}: fused without undistortion")
