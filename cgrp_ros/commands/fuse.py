@@ -252,7 +252,6 @@ MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must 
 def run(args) -> int:
     if args.bag is not None:
         return run_bag(args)
-    from ..core.stream import StreamPipeline  # here: it loads torch, which `cgrp --help` does without
     if args.visible is None or args.thermal is None:
         raise CgrpError("give --visible and --thermal (or --bag with --visible-topic and --thermal-topic)")
     listing = find_pairs(args.visible, args.thermal, read_split(args.list) if args.list else None)
@@ -268,6 +267,8 @@ def run(args) -> int:
     cameras = cameras_from_args(args)  # an unreadable camera file: before the models load
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
+    from ..core.stream import StreamPipeline  # here: torch loads with the models, not before the checks above
+
     stream = StreamPipeline(pipeline, args.registration_rate)
     records, said_once = PairRecords(pipeline, video), set()
     reported = report_problems(failures, 0)  # missing partners, names of --list in neither folder

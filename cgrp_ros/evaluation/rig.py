@@ -36,7 +36,6 @@ from ..core.data import read_image
 from ..core.deform import misalign, rng_for
 from ..core.errors import InputError
 from ..core.image import luminance, normalize_thermal, resize_homography
-from ..core.stream import CONVERGED, StreamPipeline
 from ..core.warp import valid_mask, warp_numpy
 from . import metrics as M
 from .evaluate import thermal_to_uint8
@@ -132,6 +131,8 @@ def _load_sequence(frames, preset: str, seed: int, key: str):
 
 def run_mode(pipeline, frames, truth, registration_rate: float, fps: float) -> ModeResult:
     """Play `frames` [(visible, thermal)] at `fps` through a StreamPipeline; score every frame."""
+    from ..core.stream import CONVERGED, StreamPipeline  # here: it loads torch, which `cgrp eval`'s checks do without
+
     stream = StreamPipeline(pipeline, registration_rate)
     result = ModeResult()
     previous = None
