@@ -244,7 +244,48 @@ def test_deactivate_keeps_the_rig_estimate_and_cleanup_resets_it():
         # /diagnostics' hardware_id names the node in every state (it was the backend: "not loaded" when inactive)
         status = diagnostic_array(node, node.get_clock().now().to_msg()).status[0]
         assert status.hardware_id == "/cgrp_fusion" and status.name == "cgrp_fusion: fusion"
+        assert node.stream.pipeline is None  # the models are let go (the stream held them: "pipeline released")
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.stream.rig.state == "waiting"
+
+
+def test_a_pair_still_in_inference_when_the_publishers_go_is_dropped_without_an_error():
+    """A deactivation waits 1.5 s for the worker; a slower pair (a CPU at a large working size) finishes
+    after cleanup or shutdown removed the publishers: it is dropped, where the worker thread died with a
+    KeyError on the removed publisher."""
+    import threading
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    class Slow:  # the real pipeline, 2.5 s per pair
+        def __init__(self, pipeline):
+            self.pipeline, self.inside = pipeline, threading.Event()
+
+        def __call__(self, *args, **kwargs):
+            self.inside.set()
+            time.sleep(2.5)
+            return self.pipeline(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.pipeline, name)
+
+    errors, hook = [], threading.excepthook
+    threading.excepthook = lambda args: errors.append(f"{args.thread.name}: {args.exc_type.__name__}")
+    try:
+        with in_process_node() as (node, fused, spin_until, executor):
+            node.stream.pipeline = slow = Slow(node.pipeline)
+            visible, thermal = make_images()
+            spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+            header = Header(stamp=rclpy.time.Time(seconds=1).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            assert slow.inside.wait(30.0)
+            worker = node._worker
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and worker.is_alive()
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            worker.join(10.0)
+            assert not worker.is_alive() and node.stats.published == 0
+    finally:
+        threading.excepthook = hook
+    assert errors == []
 
 
 def test_the_first_large_image_on_a_best_effort_input_is_a_warning_with_the_override(capfd):

@@ -277,6 +277,9 @@ def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_p
                 assert self.release.wait(30.0)
             return self.pipeline.register(visible, thermal)
 
+        def __getattr__(self, name):
+            return getattr(self.pipeline, name)
+
         def __call__(self, *args, **kwargs):
             return self.pipeline(*args, **kwargs)
 
@@ -292,6 +295,64 @@ def test_in_the_background_no_frame_waits_for_a_registration(cpu_pipeline, rig_p
     held.release.set()
     assert stream.wait_idle(30.0)
     assert stream.rig.accepted == 2 and held.registrations == 2
+
+
+def test_a_reset_starts_over_and_drops_a_registration_still_in_flight(cpu_pipeline, rig_pair):
+    """What cgrp_fusion does when its calibration changes (or on cleanup): the next frame registers inline
+    with the new prior instead of being fused with the old registration, and a background registration
+    started before the reset (made over the old prior) is neither folded in nor reported."""
+    import threading
+
+    class Marked:  # the real Pipeline, registering a constant flow of `mark` px; the background one held
+        def __init__(self, pipeline, mark):
+            self.pipeline, self.mark = pipeline, mark
+            self.release, self.started = threading.Event(), threading.Event()
+
+        def register(self, visible, thermal):
+            if threading.current_thread().name == "cgrp_registration":
+                self.started.set()
+                assert self.release.wait(30.0)
+            return Registration(np.full(visible.shape[:2] + (2,), self.mark, np.float32), 0.9, False, {})
+
+        def __getattr__(self, name):
+            return getattr(self.pipeline, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.pipeline(*args, **kwargs)
+
+    visible, thermal, _ = rig_pair
+    old, new = Marked(cpu_pipeline, 5.0), Marked(cpu_pipeline, 2.0)
+    stream = StreamPipeline(old, registration_rate=10.0, background=True)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)        # inline
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.1)        # due: a held background registration
+    assert old.started.wait(30.0)
+    stream.pipeline = new
+    stream.reset()
+    result = stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.15)
+    assert np.allclose(result.flow, 2.0) and stream.rig.accepted == 1       # registered inline, over the new prior
+    old.release.set()
+    assert stream.wait_idle(30.0)
+    assert stream.rig.accepted == 1 and np.allclose(stream.current().flow, 2.0)  # the old one was dropped
+    assert stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.16).registration_confidence == 0.9
+
+
+def test_a_saved_calibration_is_the_converged_estimate_at_the_sizes_it_was_made_at(cpu_pipeline, rig_pair):
+    """calibration(converged_only=True), as ~/save_calibration asks: refused while the estimate is not
+    converged, read together with the sizes the estimate is of, and still available with no Pipeline held
+    (a deactivated node keeps its estimate)."""
+    from cgrp_ros.core.calibrate import CalibrationError
+
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=10.0, converging_rate=10.0, scene_change=0)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)
+    with pytest.raises(CalibrationError, match="converging, not converged"):
+        stream.calibration(converged_only=True)
+    for index in range(1, 8):
+        stream(visible, thermal, outputs=frozenset({"flow"}), stamp=index / 10)
+    assert stream.rig.state == CONVERGED
+    stream.pipeline = None
+    calibration = stream.calibration(converged_only=True)
+    assert calibration.visible_size == visible.shape[:2] and calibration.thermal_size == thermal.shape[:2]
 
 
 @pytest.mark.parametrize("background", [False, True])

@@ -204,7 +204,9 @@ class StreamPipeline:
         self.registrations = 0
         self._thumbnail = None
         self._last = None               # the last registration (used while the rig has no estimate)
-        self.shapes = None              # (visible H x W, thermal H x W) of the last frame
+        # (visible H x W, thermal H x W, the prior's 3x3 visible px -> thermal px) of the last registration
+        # folded in: what calibration() maps the estimate with, also while no Pipeline is held
+        self._estimate_geometry = None
         self.background = background
         self.on_registration = on_registration
         self._lock = threading.Lock()   # guards the estimate between the caller and the background thread
@@ -221,14 +223,29 @@ class StreamPipeline:
         with self._lock:
             return self.rig.registration() if self.rig.flow is not None else self._last
 
-    def _fold(self, registration: Registration, generation: int | None = None) -> None:
-        """A finished registration into the estimate (not one started before the last inline one:
-        that may be of an image size no longer streamed)."""
+    def _fold(self, registration: Registration, pipeline: Pipeline, shapes: tuple,
+              generation: int | None = None) -> bool:
+        """A finished registration, by `pipeline`, of a frame of `shapes` (visible, thermal H x W) into the
+        estimate, unless it started before the last inline registration (that may be of an image size no
+        longer streamed) or the last reset (made with another calibration). -> whether it was folded in."""
+        prior = pipeline.visible_to_thermal(*shapes)
         with self._lock:
             if generation is not None and generation != self._generation:
-                return
+                return False
             self._last = registration
+            self._estimate_geometry = (*shapes, prior)
             self.last_update = self.rig.update(registration)
+            return True
+
+    def reset(self) -> None:
+        """Forget the estimate and everything learnt with it (another calibration, a re-mounted camera): the
+        next frame registers inline, as the first one did, and a registration still running in the
+        background is dropped when it finishes."""
+        with self._lock:
+            self.rig.reset()
+            self._generation += 1
+            self._last = self._finished = self.last_update = self._estimate_geometry = None
+            self.last_registration = self._thumbnail = None
 
     def _register_in_background(self, visible, thermal) -> None:
         """Hand one registration to the background thread (one thread for the stream's life: threads
@@ -238,14 +255,16 @@ class StreamPipeline:
             self._thread = threading.Thread(target=self._serve, name="cgrp_registration", daemon=True)
             self._thread.start()
         self._idle.clear()
-        self._jobs.put((visible, thermal, self._generation))
+        self._jobs.put((visible, thermal, (visible.shape[:2], thermal.shape[:2]), self._generation))
 
     def _serve(self) -> None:
         while True:
-            visible, thermal, generation = self._jobs.get()
+            visible, thermal, shapes, generation = self._jobs.get()
             try:
-                registration = self.pipeline.register(visible, thermal)
-                self._fold(registration, generation)
+                pipeline = self.pipeline
+                registration = pipeline.register(visible, thermal)
+                if not self._fold(registration, pipeline, shapes, generation):
+                    continue  # of an image size or a calibration that is gone: not reported either
                 if self.on_registration is not None:
                     self.on_registration(visible, thermal)
                 self._finished = registration
@@ -290,9 +309,7 @@ class StreamPipeline:
         (default: the clock). The result's flow (H x W x 2 float32, visible px) is the rig estimate; its
         confidence/fallback are the last registration's when this frame ran one."""
         visible, thermal = check_image(visible, "visible"), check_image(thermal, "thermal")
-        result = self._fuse(visible, thermal, outputs, self.clock() if stamp is None else float(stamp))
-        self.shapes = (visible.shape[:2], thermal.shape[:2])  # of a frame that was fused: what calibration() maps
-        return result
+        return self._fuse(visible, thermal, outputs, self.clock() if stamp is None else float(stamp))
 
     def _fuse(self, visible, thermal, outputs, stamp: float) -> FusionResult:
         if self.registration_rate <= 0:
@@ -317,7 +334,7 @@ class StreamPipeline:
         self._registration_started(visible, stamp)
         with self._lock:
             self._generation += 1
-        self._fold(registration)
+        self._fold(registration, self.pipeline, (visible.shape[:2], thermal.shape[:2]))
         if self.on_registration is not None:
             self.on_registration(visible, thermal)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())
@@ -333,21 +350,25 @@ class StreamPipeline:
         self.last_registration = stamp
         self._thumbnail = scene_thumbnail(visible)
 
-    def calibration(self):
+    def calibration(self, converged_only: bool = False):
         """The rig estimate as a calibration (core.calibrate.Calibration: thermal px -> visible px,
-        the prior included), for `cgrp fuse --calibration`; CalibrationError while there is none."""
+        the prior included), for `cgrp fuse --calibration`; CalibrationError while there is none, or
+        with `converged_only` while it has not converged (the state, the flow and the image sizes it was
+        made at are read together: a registration of a new image size may be folded in meanwhile)."""
         from datetime import datetime, timezone
 
         from .calibrate import Calibration, CalibrationError, homography_from_flow
 
         with self._lock:
-            flow, state = self.rig.flow, self.rig.state
-        if flow is None or self.shapes is None:
+            flow, state, geometry = self.rig.flow, self.rig.state, self._estimate_geometry
+            accepted, rejected = self.rig.accepted, self.rig.rejected
+        if flow is None or geometry is None:
             raise CalibrationError(f"no rig estimate yet (state {state}: no registration accepted)")
-        visible_shape, thermal_shape = self.shapes
-        homography, residual = homography_from_flow(
-            flow, self.pipeline.visible_to_thermal(visible_shape, thermal_shape), thermal_shape)
-        return Calibration(homography, tuple(visible_shape), tuple(thermal_shape), pairs_used=self.rig.accepted,
-                           pairs_skipped=self.rig.rejected, median_residual_px=residual,
+        if converged_only and state != CONVERGED:
+            raise CalibrationError(f"the rig estimate is {state}, not converged")
+        visible_shape, thermal_shape, visible_to_thermal = geometry
+        homography, residual = homography_from_flow(flow, visible_to_thermal, thermal_shape)
+        return Calibration(homography, tuple(visible_shape), tuple(thermal_shape), pairs_used=accepted,
+                           pairs_skipped=rejected, median_residual_px=residual,
                            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           command=f"self-calibration ({self.rig.state})")
+                           command=f"self-calibration ({state})")

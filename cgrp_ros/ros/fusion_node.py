@@ -69,6 +69,9 @@ OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
 # undistortion switched on and off more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (two
 # publishers of one camera_info topic): one warning every 30 s instead of a line per change
 FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
+# s a deactivation waits for a background registration in flight before it lets the models go (a longer one
+# keeps them referenced until it ends; the rig estimate is kept either way)
+BACKGROUND_WAIT_S = 2.0
 
 
 def free_model_caches() -> None:
@@ -134,6 +137,8 @@ class FusionNode(LifecycleNode):
         self.camera_info_pub = None
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
         self._left_behind = []              # threads a deactivation left running inside torch (see stop)
+        self._publishing = threading.Lock()  # the outputs' publishers: held while publishing and removing them
+        self._estimate_prior = None          # the calibration homography the rig estimate was made over
         self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
@@ -195,6 +200,7 @@ class FusionNode(LifecycleNode):
             # registrations in a thread of their own: no frame waits for one
             self.stream = StreamPipeline(self.pipeline, background=True, **stream_settings(self.values),
                                          on_registration=lambda v, t: self.alignment_check.check(self.stream, v, t))
+            self._estimate_prior = self.pipeline.homography
         self._use_pipeline(self.pipeline)
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
@@ -218,7 +224,7 @@ class FusionNode(LifecycleNode):
         while the node pauses), cleanup returns the node to its first state, as before a re-mounted camera."""
         self._destroy_publishers()
         if self.stream is not None:
-            self.stream.rig.reset()
+            self.stream.reset()
             self.alignment_check.reset()
         self.state = "unconfigured"
         self.get_logger().info("cleaned up: publishers removed, rig estimate reset")
@@ -253,12 +259,11 @@ class FusionNode(LifecycleNode):
 
     def _use_pipeline(self, pipeline) -> None:
         """Fuse with `pipeline` from the next pair on; a different prior (calibration) restarts the rig estimate."""
-        old = self.stream.pipeline
-        if old is not pipeline and not _same_prior(old.homography, pipeline.homography):
-            self.stream.rig.reset()
+        if not _same_prior(self._estimate_prior, pipeline.homography):
+            self.stream.reset()
             self.alignment_check.reset()
             self.get_logger().info("calibration changed: the rig estimate starts again")
-        self.stream.pipeline = pipeline
+        self.stream.pipeline, self._estimate_prior = pipeline, pipeline.homography
 
     def _save_calibration(self, request, response):
         """~/save_calibration (std_srvs/Trigger): the rig estimate -> calibration_file (a rig.yaml)."""
@@ -277,7 +282,7 @@ class FusionNode(LifecycleNode):
                 idle = f"; {diagnostics.UNSUBSCRIBED}" if self.unsubscribed else ""
                 raise CgrpError(f"the rig estimate is {rig.state} ({used} of the last {seen} registration(s) "
                                 f"usable): save once /diagnostics says converged{idle}")
-            calibration = self.stream.calibration()
+            calibration = self.stream.calibration(converged_only=True)  # (checked again with the estimate it maps)
             save_calibration(calibration, path)
         except (CgrpError, OSError) as exc:
             response.success, response.message = False, f"not saved: {exc}"
@@ -298,6 +303,8 @@ class FusionNode(LifecycleNode):
         stopped = self._stop_worker() and rebuilt
         self.builder = None
         self.pipeline = None
+        if stopped and self.stream is not None and self.stream.wait_idle(BACKGROUND_WAIT_S):
+            self.stream.pipeline = None  # the stream (and its rig estimate) stays; its models go
         free_model_caches()
         self.state = "inactive" if self.state == "active" else self.state
         return stopped
@@ -322,10 +329,11 @@ class FusionNode(LifecycleNode):
         return False
 
     def _destroy_publishers(self):
-        for publisher in [*self.publishers_.values(), self.compressed_pub, self.camera_info_pub]:
-            if publisher is not None:
-                self.destroy_lifecycle_publisher(publisher)
-        self.publishers_, self.compressed_pub, self.camera_info_pub = {}, None, None
+        with self._publishing:  # not while a worker left behind by a deactivation publishes its last pair
+            for publisher in [*self.publishers_.values(), self.compressed_pub, self.camera_info_pub]:
+                if publisher is not None:
+                    self.destroy_lifecycle_publisher(publisher)
+            self.publishers_, self.compressed_pub, self.camera_info_pub = {}, None, None
 
     # -- setup ---------------------------------------------------------------------------------------
     def _create_input(self, stream: int):
@@ -538,11 +546,13 @@ class FusionNode(LifecycleNode):
                 self._process(*pair)
 
     def _wanted_outputs(self) -> set:
-        """The enabled outputs that someone subscribes to right now ('fused/compressed' with 'fused')."""
-        outputs = self.values["outputs"]
-        wanted = {name for name in outputs if self.publishers_[name].get_subscription_count() > 0}
-        if "fused" in outputs and self.compressed_pub.get_subscription_count() > 0:
-            wanted.add("fused/compressed")
+        """The enabled outputs that someone subscribes to right now ('fused/compressed' with 'fused');
+        none once the publishers are gone (cleanup, shutdown)."""
+        with self._publishing:
+            outputs, publishers, compressed = self.values["outputs"], self.publishers_, self.compressed_pub
+            wanted = {name for name in outputs if name in publishers and publishers[name].get_subscription_count() > 0}
+            if "fused" in outputs and compressed is not None and compressed.get_subscription_count() > 0:
+                wanted.add("fused/compressed")
         return wanted
 
     @property
@@ -582,14 +592,16 @@ class FusionNode(LifecycleNode):
         if low_confidence:
             self._log_throttled("low confidence", f"pair at {stamp:.3f}: {low_confidence}", warning=True)
         header = visible_msg.header
-        for name, (image, encoding) in out.images.items():
-            if name == "fused/compressed":
-                self.compressed_pub.publish(encode_compressed(image, encoding, CompressedImage, header,
-                                                              self.values["jpeg_quality"]))
-            else:
-                self.publishers_[name].publish(numpy_to_image(image, encoding, Image, header))
-        if plan.camera_info is not None:
-            self.camera_info_pub.publish(with_header(plan.camera_info, header))
+        messages = {name: encode_compressed(image, encoding, CompressedImage, header, self.values["jpeg_quality"])
+                    if name == "fused/compressed" else numpy_to_image(image, encoding, Image, header)
+                    for name, (image, encoding) in out.images.items()}
+        with self._publishing:
+            if not self.publishers_:  # removed while this pair was in inference (cleanup, shutdown)
+                return
+            for name, message in messages.items():
+                (self.compressed_pub if name == "fused/compressed" else self.publishers_[name]).publish(message)
+            if plan.camera_info is not None:
+                self.camera_info_pub.publish(with_header(plan.camera_info, header))
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(header.stamp)
         now = time.monotonic()
         with self.stats.lock:
