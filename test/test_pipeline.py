@@ -10,7 +10,7 @@ from cgrp_ros.core.deform import misalign, rng_for
 from cgrp_ros.core.errors import InputError, ModelLoadError
 from cgrp_ros.core.image import working_shape
 from cgrp_ros.core.networks import SIZE_MULTIPLE
-from cgrp_ros.core.pipeline import Pipeline, PipelineConfig
+from cgrp_ros.core.pipeline import Pipeline, PipelineConfig, Registration
 from cgrp_ros.core.warp import valid_mask
 
 
@@ -121,6 +121,32 @@ def test_where_the_thermal_does_not_see_the_fused_image_is_the_visible_one(sampl
         assert np.abs(fused[outside] - luminance[outside]).max() <= 1.0
         assert np.abs(fused[inside] - luminance[inside]).mean() > 5.0
         assert result.registered_thermal[outside].max() == 0  # documented: 0 where the thermal has no data
+
+
+def test_frames_fused_with_a_rig_estimate_are_those_of_a_fresh_flow(sample_pairs):
+    """A rig's running estimate is one read-only flow frame after frame; what derives from it alone (its
+    working-size copy, the resampling maps, the coverage of a calibrated thermal) is worked out once. The
+    outputs are those of the same flow given afresh, and a writable flow changed in place is followed."""
+    from cgrp_ros.core.calibrate import centred_placement
+
+    _, visible, thermal = sample_pairs[0]
+    hv, wv = visible.shape[:2]
+    to_visible = centred_placement(thermal.shape, (hv, wv), 0.8)
+    pipeline = Pipeline(PipelineConfig(device="cpu", working_size=(96, 128), homography=to_visible,
+                                       homography_sizes=((hv, wv), thermal.shape)))
+    yy, xx = np.mgrid[0:hv, 0:wv].astype(np.float32)
+    estimate = np.stack([2.0 + 0.01 * xx, -1.5 + 0.005 * yy], -1).astype(np.float32)
+    estimate.setflags(write=False)
+    fresh = pipeline(visible, thermal, registration=Registration(estimate.copy(), 0.5, False))
+    for _ in range(2):
+        cached = pipeline(visible, thermal, registration=Registration(estimate, 0.5, False))
+        for name in ("fused", "fused_color", "registered_thermal"):
+            np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name), err_msg=name)
+    writable = estimate.copy()
+    before = pipeline(visible, thermal, registration=Registration(writable, 0.5, False)).registered_thermal
+    writable += 6.0
+    after = pipeline(visible, thermal, registration=Registration(writable, 0.5, False)).registered_thermal
+    assert np.abs(after.astype(float) - before).mean() > 1.0
 
 
 def test_a_homography_that_folds_the_thermal_over_or_loses_it_is_refused(sample_pairs):

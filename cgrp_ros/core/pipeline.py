@@ -202,6 +202,7 @@ class Pipeline:
                 raise InputError(f"the homography {problem}")
             self.homography = np.asarray(c.homography, dtype=np.float64)
         self._shape_cache = {}  # _per_shapes
+        self._flow_cache = (None, {})  # per_flow: (the flow, {key: value})
         self.model_paths = c.model_paths()
         # registration confidence below which the registration falls back to the prior
         self.confidence_threshold = float(model_config(self.model_paths["registration"]).get(
@@ -275,6 +276,24 @@ class Pipeline:
             value.setflags(write=False)
             self._shape_cache[key] = value
         return value
+
+    def per_flow(self, flow: np.ndarray, key, make):
+        """make() once per key for a read-only `flow` (a rig's running estimate: the same array frame
+        after frame), what derives from the flow alone (its working-size copy, resampling maps) is not
+        worked out again between registrations. A writable flow (its owner may change it in place) is
+        not cached. Thread-safe: a value is only ever stored with the flow it was made from."""
+        if flow.flags.writeable:
+            return make()
+        entry = self._flow_cache
+        if entry[0] is not flow:  # a new estimate: the old one's values go
+            entry = self._flow_cache = (flow, {})
+        if key not in entry[1]:
+            value = make()
+            for array in value if isinstance(value, tuple) else (value,):
+                if isinstance(array, np.ndarray):
+                    array.setflags(write=False)
+            entry[1][key] = value
+        return entry[1][key]
 
     def _homography_at(self, visible_shape, thermal_shape) -> np.ndarray:
         """The calibration for images of these sizes: as made, or rescaled where a camera delivers the
@@ -391,8 +410,14 @@ class Pipeline:
         camera with one bilinear sample per pixel: visible p -> p + flow(p) -> the prior map -> thermal
         pixel. flow: H x W x 2 visible pixels (zeros: the prior alone). Returns H x W in the thermal's
         dtype, 0 where the sample falls outside the thermal."""
+        maps = self.per_flow(flow, ("thermal maps", thermal.shape[:2]),
+                              lambda: self._thermal_maps(flow, thermal.shape[:2]))
+        return remap(luminance(thermal), *maps)  # a colour-mapped thermal: its luminance
+
+    def _thermal_maps(self, flow: np.ndarray, thermal_shape) -> tuple:
+        """cv2.remap maps (map_x, map_y), H x W float32 thermal px, of thermal_in_visible."""
         hv, wv = flow.shape[:2]
-        v2t = self.visible_to_thermal((hv, wv), thermal.shape[:2])
+        v2t = self.visible_to_thermal((hv, wv), thermal_shape)
         map_x, map_y = sample_maps(flow)
         if self.homography is None:  # axis-aligned scale: two multiply-adds, no 3 x N product (in place)
             map_x *= np.float32(v2t[0, 0])
@@ -403,7 +428,7 @@ class Pipeline:
             pts = v2t @ np.stack((map_x.ravel(), map_y.ravel(), np.ones(map_x.size, np.float32)))
             map_x = (pts[0] / pts[2]).reshape(hv, wv).astype(np.float32)
             map_y = (pts[1] / pts[2]).reshape(hv, wv).astype(np.float32)
-        return remap(luminance(thermal), map_x, map_y)  # a colour-mapped thermal: its luminance
+        return map_x, map_y
 
     def _run_registration(self, f):
         """Registration on a prepared frame: (pseudo-thermal 1 x 1 x pH x pW, or None where the generator
@@ -445,11 +470,6 @@ class Pipeline:
         registration = Registration(flow, confidence, fallback,
                                     dict(generator=generator_ms, registration=(t2 - t0) * 1e3 - generator_ms))
         return pseudo, registration, registered_w, flow_working
-
-    def _registered_working(self, f, flow_working):
-        """The working thermal (1 x 1 x pH x pW) resampled with a working-resolution flow; 0 where the
-        sample falls outside the thermal (as _coverage says)."""
-        return self._nchw(warp_numpy(f.th_in[0, 0, :f.h, :f.w], flow_working), f.padded)
 
     def _coverage(self, f, flow_working):
         """H x W float32 on the working grid: the share of real thermal in each registered thermal pixel's
@@ -499,7 +519,7 @@ class Pipeline:
             if flow.shape != (f.hv, f.wv, 2):
                 raise InputError(f"the registration's flow is {flow.shape[:2]}, the visible image {(f.hv, f.wv)}")
             flow = flow.astype(np.float32, copy=False)  # (OpenCV's remap takes float32 maps only)
-            flow_working = resize_flow(flow, (f.h, f.w))
+            flow_working = self.per_flow(flow, ("working", f.h, f.w), lambda: resize_flow(flow, (f.h, f.w)))
             registered_w = pseudo = None
             # this pair's registration cost is the resample of the thermal
             registration = Registration(flow, registration.confidence, registration.fallback,
@@ -512,18 +532,21 @@ class Pipeline:
         t2 = time.perf_counter()
         fused_w = fusion_y = None
         if "fused" in outputs:
-            coverage = self._coverage(f, flow_working)
+            flow = registration.flow
+            shapes = (f.h, f.w, f.hv, f.wv, f.th01.shape[:2])
+            coverage = self.per_flow(flow, ("coverage", shapes), lambda: self._coverage(f, flow_working))
             # the graphs' registered thermal has the padding's reflection, or the calibrated placement's
             # replicated border, where the thermal has no data
-            if registered_w is None or coverage is not None:
-                registered_w = self._registered_working(f, flow_working)
+            if registered_w is None or coverage is not None:  # (0 where the sample falls outside the thermal)
+                maps = self.per_flow(flow, ("working maps", f.h, f.w), lambda: sample_maps(flow_working))
+                registered_w = self._nchw(remap(f.th_in[0, 0, :f.h, :f.w], *maps), f.padded)
             fused_w, fusion_y = self._fusion(f, registered_w, coverage)
         self.backend.synchronize()
         t3 = time.perf_counter()
         flow = registration.flow
         registered = self.thermal_in_visible(f.thermal, flow) if "registered_thermal" in outputs else None
         fused, fused_color = self._fused_outputs(f, fused_w, fusion_y) if fused_w is not None else (None, None)
-        pseudo_full = to_uint8(self._to_visible(f, pseudo)) if "pseudo_thermal" in outputs else None
+        pseudo_full = to_uint8(self._to_visible(f, pseudo), overwrite=True) if "pseudo_thermal" in outputs else None
         t4 = time.perf_counter()
         timings = dict(preprocess=(t1 - t0) * 1e3, generator=registration.timings["generator"],
                        registration=registration.timings["registration"], fusion=(t3 - t2) * 1e3,

@@ -123,6 +123,7 @@ class RigFlow:
         self.rejected += not accepted
         self._record(accepted)
         flow = mean_flow([r.flow for r in consensus])
+        flow.setflags(write=False)  # the same array frame after frame: the Pipeline caches what derives from it
         change = 0.0 if first else flow_distance(flow[::8, ::8], self.flow[::8, ::8])
         self.flow, self.confidence = flow, float(np.mean([r.confidence for r in consensus]))
         self.support = len(consensus)

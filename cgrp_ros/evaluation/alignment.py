@@ -61,8 +61,11 @@ def visible_luminance(visible: np.ndarray) -> np.ndarray:
 
 def thermal_seen(pipeline, thermal_shape, flow: np.ndarray) -> np.ndarray:
     """H x W bool: the visible pixels that `flow` (and the pipeline's prior) map inside the thermal."""
-    coverage = np.ones(thermal_shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
-    return pipeline.thermal_in_visible(coverage, flow) > 0.999
+    def seen():
+        coverage = np.ones(thermal_shape[:2], np.float32)  # resampled: 1 wherever the thermal is seen
+        return pipeline.thermal_in_visible(coverage, flow) > 0.999
+
+    return pipeline.per_flow(flow, ("thermal seen", tuple(thermal_shape[:2])), seen)
 
 
 def prior_and_registered_edges(pipeline, visible: np.ndarray, thermal: np.ndarray, flow: np.ndarray):

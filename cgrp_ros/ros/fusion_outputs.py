@@ -100,7 +100,9 @@ def fuse_pair(stream_pipeline, visible_msg, thermal_msg, wanted, deformation_vis
         "registered_thermal": lambda: (registered, encoding_for(registered, thermal_msg.encoding))
         if registered is not None else None,
         "deformation": lambda: (result.flow, "32FC2"),
-        "deformation_vis": lambda: (flow_to_color(result.flow, deformation_vis_max or None), "bgr8"),
+        "deformation_vis": lambda: (stream_pipeline.pipeline.per_flow(  # (a rig estimate's: once per estimate)
+            result.flow, ("flow picture", deformation_vis_max),
+            lambda: flow_to_color(result.flow, deformation_vis_max or None)), "bgr8"),
         "alignment_vis": lambda: (registered_edges_picture(stream_pipeline.pipeline, visible, registered, thermal.shape,
                                                            result.flow), "bgr8") if registered is not None else None,
         "pseudo_thermal": lambda: (result.pseudo_thermal, "mono8") if result.pseudo_thermal is not None else None,
