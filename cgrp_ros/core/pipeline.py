@@ -279,9 +279,10 @@ class Pipeline:
 
     def per_flow(self, flow: np.ndarray, key, make):
         """make() once per key for a read-only `flow` (a rig's running estimate: the same array frame
-        after frame), what derives from the flow alone (its working-size copy, resampling maps) is not
-        worked out again between registrations. A writable flow (its owner may change it in place) is
-        not cached. Thread-safe: a value is only ever stored with the flow it was made from."""
+        after frame), so that what derives from the flow alone (its working-size copy, resampling maps)
+        is not worked out again between registrations; the value is returned read-only. A writable flow
+        (its owner may change it in place) is not cached. Thread-safe: a value is only ever stored with
+        the flow it was made from."""
         if flow.flags.writeable:
             return make()
         entry = self._flow_cache
@@ -530,9 +531,9 @@ class Pipeline:
             self.backend.synchronize()
             registration.timings["generator"] += (time.perf_counter() - t_generator) * 1e3
         t2 = time.perf_counter()
+        flow = registration.flow
         fused_w = fusion_y = None
         if "fused" in outputs:
-            flow = registration.flow
             shapes = (f.h, f.w, f.hv, f.wv, f.th01.shape[:2])
             coverage = self.per_flow(flow, ("coverage", shapes), lambda: self._coverage(f, flow_working))
             # the graphs' registered thermal has the padding's reflection, or the calibrated placement's
@@ -543,7 +544,6 @@ class Pipeline:
             fused_w, fusion_y = self._fusion(f, registered_w, coverage)
         self.backend.synchronize()
         t3 = time.perf_counter()
-        flow = registration.flow
         registered = self.thermal_in_visible(f.thermal, flow) if "registered_thermal" in outputs else None
         fused, fused_color = self._fused_outputs(f, fused_w, fusion_y) if fused_w is not None else (None, None)
         pseudo_full = to_uint8(self._to_visible(f, pseudo), overwrite=True) if "pseudo_thermal" in outputs else None
