@@ -307,9 +307,9 @@ class StreamPipeline:
     def __call__(self, visible: np.ndarray, thermal: np.ndarray, outputs=ALL_OUTPUTS,
                  stamp: float | None = None) -> FusionResult:
         """Fuse one frame (visible, thermal and outputs as for Pipeline.__call__); `stamp` in seconds
-        (default: the clock). The result's flow (H x W x 2 float32, visible px) is the rig estimate (read-only:
-        the frames share it until the estimate changes); its
-        confidence/fallback are the last registration's when this frame ran one."""
+        (default: the clock). The result's flow (H x W x 2 float32, visible px) is the rig estimate
+        (read-only: the frames share it until the estimate changes); its confidence/fallback are the last
+        registration's when this frame ran one."""
         visible, thermal = check_image(visible, "visible"), check_image(thermal, "thermal")
         return self._fuse(visible, thermal, outputs, self.clock() if stamp is None else float(stamp))
 
