@@ -157,6 +157,7 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
         confidence_threshold = 0.3
         homography = None
         visible_to_thermal, thermal_in_visible = Pipeline.visible_to_thermal, Pipeline.thermal_in_visible
+        per_flow, _thermal_maps = Pipeline.per_flow, Pipeline._thermal_maps
         input_warnings, stretch_warning = Pipeline.input_warnings, Pipeline.stretch_warning
 
         def __call__(self, visible, thermal, outputs=None):
