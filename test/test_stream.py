@@ -1,5 +1,6 @@
 """A stream from one rig: amortised registration (core.stream) and the fixed-rig evaluation (--rig)."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -334,6 +335,71 @@ def test_a_reset_starts_over_and_drops_a_registration_still_in_flight(cpu_pipeli
     assert stream.wait_idle(30.0)
     assert stream.rig.accepted == 1 and np.allclose(stream.current().flow, 2.0)  # the old one was dropped
     assert stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.16).registration_confidence == 0.9
+
+
+def test_what_a_reset_leaves_running_is_neither_reported_nor_folded_in_and_release_waits_for_it(cpu_pipeline,
+                                                                                               rig_pair):
+    """Three threads meet a reset: a background registration whose result was folded in but is still in the
+    node's edge check (on_registration) is not reported on the next frame; an inline registration running
+    when another thread resets is not folded into the new estimate; release() during a background
+    registration lets the Pipeline go when it ends (a paused node's models)."""
+    import threading
+
+    visible, thermal, _ = rig_pair
+    in_check, go_on = threading.Event(), threading.Event()
+
+    def slow_check(v, t):  # the node's edge check, held while the test resets
+        if threading.current_thread().name == "cgrp_registration":
+            in_check.set()
+            assert go_on.wait(30.0)
+
+    class Marked:
+        def __init__(self, pipeline, confidence, fallback, hold=None):
+            self.pipeline, self.confidence, self.fallback, self.hold = pipeline, confidence, fallback, hold
+
+        def register(self, visible, thermal):
+            if self.hold is not None:
+                self.hold()
+            return Registration(np.zeros(visible.shape[:2] + (2,), np.float32), self.confidence, self.fallback, {})
+
+        def __getattr__(self, name):
+            return getattr(self.pipeline, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.pipeline(*args, **kwargs)
+
+    stream = StreamPipeline(Marked(cpu_pipeline, 0.02, True), registration_rate=10.0, background=True,
+                            on_registration=slow_check)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)       # inline
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.1)       # background, then held in the check
+    assert in_check.wait(30.0)
+    stream.pipeline = Marked(cpu_pipeline, 0.9, False)
+    stream.reset()
+    assert stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.15).registration_confidence == 0.9
+    go_on.set()
+    assert stream.wait_idle(30.0)
+    late = stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.16)
+    assert (late.registration_confidence, late.registration_fallback) == (0.9, False)
+
+    reset_now = threading.Event()
+    stream = StreamPipeline(Marked(cpu_pipeline, 0.9, False, hold=lambda: (reset_now.set(), time.sleep(0.5))),
+                            registration_rate=10.0)
+    resetter = threading.Thread(target=lambda: (reset_now.wait(30.0), stream.reset()))
+    resetter.start()
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)       # inline, reset from another thread
+    resetter.join()
+    assert stream.rig.accepted == 0 and stream.rig.flow is None
+
+    started, release = threading.Event(), threading.Event()
+    hold = lambda: threading.current_thread().name == "cgrp_registration" and (started.set(), release.wait(30.0))  # noqa: E731
+    stream = StreamPipeline(Marked(cpu_pipeline, 0.9, False, hold=hold), registration_rate=10.0, background=True)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.1)
+    assert started.wait(30.0)
+    stream.release()
+    assert stream.pipeline is not None                                     # still registering with it
+    release.set()
+    assert stream.wait_idle(30.0) and stream.pipeline is None
 
 
 def test_a_saved_calibration_is_the_converged_estimate_at_the_sizes_it_was_made_at(cpu_pipeline, rig_pair):

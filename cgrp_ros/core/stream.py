@@ -193,7 +193,8 @@ class StreamPipeline:
                  clock=time.monotonic, background: bool = False, on_registration=None):
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
-        self.pipeline = pipeline
+        self._pipeline = pipeline
+        self._release_when_idle = False  # release(): let the Pipeline go when the background registration ends
         self.registration_rate = float(registration_rate)
         self.scene_change = float(scene_change)
         self.converging_rate = float(converging_rate)
@@ -217,6 +218,25 @@ class StreamPipeline:
         self._idle.set()
         self._finished = None           # (registration or exception) of a background run, not yet reported
         self._generation = 0            # counts inline registrations (see _fold)
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The Pipeline the stream fuses and registers with (None once released)."""
+        return self._pipeline
+
+    @pipeline.setter
+    def pipeline(self, pipeline: Pipeline | None) -> None:
+        with self._lock:
+            self._pipeline, self._release_when_idle = pipeline, False
+
+    def release(self) -> None:
+        """Let the Pipeline go (a paused node frees its models; the estimate stays): at once, or when the
+        background registration in flight ends. Setting `pipeline` again takes one back."""
+        with self._lock:
+            if self._idle.is_set():
+                self._pipeline = None
+            else:
+                self._release_when_idle = True
 
     def current(self) -> Registration | None:
         """What frames between registrations are fused with: the rig estimate, or while there is
@@ -261,6 +281,7 @@ class StreamPipeline:
     def _serve(self) -> None:
         while True:
             visible, thermal, shapes, generation = self._jobs.get()
+            finished = None
             try:
                 pipeline = self.pipeline
                 registration = pipeline.register(visible, thermal)
@@ -268,11 +289,16 @@ class StreamPipeline:
                     continue  # of an image size or a calibration that is gone: not reported either
                 if self.on_registration is not None:
                     self.on_registration(visible, thermal)
-                self._finished = registration
+                finished = registration
             except Exception as exc:  # reported by the next frame, which raises it
-                self._finished = exc
+                finished = exc
             finally:
-                self._idle.set()
+                with self._lock:
+                    if finished is not None and generation == self._generation:  # (not after a reset)
+                        self._finished = finished
+                    if self._release_when_idle:
+                        self._pipeline, self._release_when_idle = None, False
+                    self._idle.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no background registration is in flight; False on timeout."""
@@ -332,11 +358,15 @@ class StreamPipeline:
             self._registration_started(visible, stamp)
             self._register_in_background(np.array(visible), np.array(thermal))
             return self._report(result)
+        generation = self._generation
         registration = self.pipeline.register(visible, thermal)  # inline: the first, or a new image size
         self._registration_started(visible, stamp)
-        with self._lock:
-            self._generation += 1
-        self._fold(registration, self.pipeline, (visible.shape[:2], thermal.shape[:2]))
+        with self._lock:  # a reset from another thread meanwhile: the registration is of the old calibration
+            unchanged = generation == self._generation
+            if unchanged:
+                self._generation += 1
+            generation = self._generation if unchanged else -1  # (-1: dropped)
+        self._fold(registration, self.pipeline, (visible.shape[:2], thermal.shape[:2]), generation)
         if self.on_registration is not None:
             self.on_registration(visible, thermal)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())

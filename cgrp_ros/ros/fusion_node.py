@@ -69,9 +69,6 @@ OUTPUT_DEPTH = 2   # publishers: reliable, keep last, small
 # undistortion switched on and off more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (two
 # publishers of one camera_info topic): one warning every 30 s instead of a line per change
 FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
-# s a deactivation waits for a background registration in flight before it lets the models go (a longer one
-# keeps them referenced until it ends; the rig estimate is kept either way)
-BACKGROUND_WAIT_S = 2.0
 
 
 def free_model_caches() -> None:
@@ -303,8 +300,8 @@ class FusionNode(LifecycleNode):
         stopped = self._stop_worker() and rebuilt
         self.builder = None
         self.pipeline = None
-        if stopped and self.stream is not None and self.stream.wait_idle(BACKGROUND_WAIT_S):
-            self.stream.pipeline = None  # the stream (and its rig estimate) stays; its models go
+        if stopped and self.stream is not None:
+            self.stream.release()  # the stream (and its rig estimate) stays; its models go
         free_model_caches()
         self.state = "inactive" if self.state == "active" else self.state
         return stopped
