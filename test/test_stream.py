@@ -402,6 +402,20 @@ def test_what_a_reset_leaves_running_is_neither_reported_nor_folded_in_and_relea
     assert stream.wait_idle(30.0) and stream.pipeline is None
 
 
+def test_a_new_pipeline_keeps_the_estimate_unless_its_calibration_differs(cpu_pipeline, rig_pair):
+    """What cgrp_fusion's rebuilds do (a new working size, backend or calibration_file): the estimate is
+    relative to the prior, so only another calibration homography restarts it."""
+    from types import SimpleNamespace
+
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=10.0)
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)
+    assert stream.rig.accepted == 1
+    rebuilt = SimpleNamespace(homography=None)  # the same prior (the resize)
+    assert stream.use(rebuilt) is False and stream.rig.accepted == 1 and stream.pipeline is rebuilt
+    assert stream.use(SimpleNamespace(homography=np.eye(3))) is True and stream.rig.flow is None
+
+
 def test_a_saved_calibration_is_the_converged_estimate_at_the_sizes_it_was_made_at(cpu_pipeline, rig_pair):
     """calibration(converged_only=True), as ~/save_calibration asks: refused while the estimate is not
     converged, read together with the sizes the estimate is of, and still available with no Pipeline held

@@ -135,6 +135,9 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
 
 
 def run(args) -> int:
+    from ..core.calibrate import RigCalibrator, save_calibration
+    from ..evaluation.rig import calibration_edge_check
+
     try:
         scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
     except ValueError:
@@ -153,9 +156,6 @@ def run(args) -> int:
     pairs, problems = input_pairs(args)
     if pairs is None:
         return 2
-    from ..core.calibrate import RigCalibrator, save_calibration  # here: the networks load torch, which the
-    from ..evaluation.rig import calibration_edge_check          # checks above do without (a typo: at once)
-
     calibrator = RigCalibrator(str(args.models / "registration.pt") if args.models else None, args.device,
                                args.working_size, scales, args.min_confidence, args.min_pairs,
                                refinements=args.refinements, thermal_percentiles=tuple(args.thermal_percentiles),

@@ -155,6 +155,13 @@ class RigFlow:
         return Registration(self.flow, float(self.confidence), False)
 
 
+def same_prior(a, b) -> bool:
+    """Whether two Pipelines' homographies (None: the resize prior) are the same mapping."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b))
+
+
 def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
     """12 x 16 float32 mean luminance in [0, 1] of a visible image: cheap enough for every frame."""
     visible = check_image(visible, "visible")
@@ -194,6 +201,7 @@ class StreamPipeline:
         if registration_rate < 0:
             raise ValueError("registration_rate must be >= 0")
         self._pipeline = pipeline
+        self._prior = pipeline.homography  # the calibration (None: the resize) the estimate is made over
         self._release_when_idle = False  # release(): let the Pipeline go when the background registration ends
         self.registration_rate = float(registration_rate)
         self.scene_change = float(scene_change)
@@ -228,6 +236,15 @@ class StreamPipeline:
     def pipeline(self, pipeline: Pipeline | None) -> None:
         with self._lock:
             self._pipeline, self._release_when_idle = pipeline, False
+
+    def use(self, pipeline: Pipeline) -> bool:
+        """Fuse and register with `pipeline` from the next frame on (a rebuilt one, or one after a
+        release); an estimate made over another prior (calibration homography) is reset. -> whether it was."""
+        changed = not same_prior(self._prior, pipeline.homography)
+        if changed:
+            self.reset()
+        self.pipeline, self._prior = pipeline, pipeline.homography
+        return changed
 
     def release(self) -> None:
         """Let the Pipeline go (a paused node frees its models; the estimate stays): at once, or when the

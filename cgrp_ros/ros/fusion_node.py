@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -84,13 +83,6 @@ def output_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def _same_prior(a, b) -> bool:
-    """Whether two Pipelines' homographies (None: the resize prior) are the same mapping."""
-    if a is None or b is None:
-        return a is None and b is None
-    return bool(np.allclose(a, b))
-
-
 class FusionNode(LifecycleNode):
     """Node `cgrp_fusion`, a managed (lifecycle) node: see the module docstring.
 
@@ -135,7 +127,6 @@ class FusionNode(LifecycleNode):
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
         self._left_behind = []              # threads a deactivation left running inside torch (see stop)
         self._publishing = threading.Lock()  # the outputs' publishers: held while publishing and removing them
-        self._estimate_prior = None          # the calibration homography the rig estimate was made over
         self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         self.camera_info_state = "not used"  # for /diagnostics: what the last pair did with camera_info, and why
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
@@ -197,7 +188,6 @@ class FusionNode(LifecycleNode):
             # registrations in a thread of their own: no frame waits for one
             self.stream = StreamPipeline(self.pipeline, background=True, **stream_settings(self.values),
                                          on_registration=lambda v, t: self.alignment_check.check(self.stream, v, t))
-            self._estimate_prior = self.pipeline.homography
         self._use_pipeline(self.pipeline)
         self.builder = PipelineBuilder(Pipeline, self.pipeline.config, self._on_built, self._on_build_failed)
         self.slot = LatestPairSlot.following(self.slot)  # a fresh slot for this worker, counters kept
@@ -256,11 +246,9 @@ class FusionNode(LifecycleNode):
 
     def _use_pipeline(self, pipeline) -> None:
         """Fuse with `pipeline` from the next pair on; a different prior (calibration) restarts the rig estimate."""
-        if not _same_prior(self._estimate_prior, pipeline.homography):
-            self.stream.reset()
+        if self.stream.use(pipeline):
             self.alignment_check.reset()
             self.get_logger().info("calibration changed: the rig estimate starts again")
-        self.stream.pipeline, self._estimate_prior = pipeline, pipeline.homography
 
     def _save_calibration(self, request, response):
         """~/save_calibration (std_srvs/Trigger): the rig estimate -> calibration_file (a rig.yaml)."""
