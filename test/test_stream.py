@@ -464,7 +464,8 @@ def test_the_nodes_edge_check_tells_a_good_estimate_from_a_wrong_one(cpu_pipelin
     cases = {"misaligned, true estimate": (truth.misaligned, truth.flow), "aligned, wrong estimate": (thermal, shift)}
     checks = {}
     for name, (received, flow) in cases.items():
-        stream = SimpleNamespace(pipeline=cpu_pipeline, current=lambda f=flow: Registration(f, 1.0, False, {}))
+        stream = SimpleNamespace(pipeline=cpu_pipeline, current=lambda f=flow: Registration(f, 1.0, False, {}),
+                                 generation=0)
         checks[name] = check = AlignmentCheck()
         for _ in range(3):
             check.check(stream, visible, received)
@@ -472,6 +473,31 @@ def test_the_nodes_edge_check_tells_a_good_estimate_from_a_wrong_one(cpu_pipelin
     assert good.means()[1] > good.means()[0] + 0.1 and good.worse() is None
     assert bad.means()[1] < bad.means()[0] - 0.05 and "edges up worse" in bad.worse()
     assert "(last 3 registrations)" in good.values()["edge agreement received / rig estimate"]
+
+
+def test_an_edge_check_a_reset_overtakes_is_not_counted(cpu_pipeline, rig_pair, monkeypatch):
+    """A calibration change (a reset) while the registration thread scores the old estimate's edges: that
+    score is of the old estimate and must not enter the new calibration's window (it could warn for it)."""
+    from cgrp_ros.ros import alignment_check
+
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(cpu_pipeline, registration_rate=1.0)
+    stream(visible, thermal, stamp=0.0)
+    check = alignment_check.AlignmentCheck()
+    check.check(stream, visible, thermal)
+    assert check.means()[2] == 1
+    score = alignment_check.prior_and_registered_edges
+
+    def reset_while_scoring(*args):
+        scores = score(*args)
+        stream.reset()
+        check.reset()  # what the node does after stream.reset()
+        stream(visible, thermal, stamp=1.0)  # the new calibration's first estimate is in before the score
+        return scores
+
+    monkeypatch.setattr(alignment_check, "prior_and_registered_edges", reset_while_scoring)
+    check.check(stream, visible, thermal)
+    assert check.means() is None
 
 
 def test_a_new_image_size_registers_inline_even_in_the_background(cpu_pipeline, sample_pairs):

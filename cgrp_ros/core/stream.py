@@ -275,6 +275,13 @@ class StreamPipeline:
             self.last_update = self.rig.update(registration)
             return True
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the estimate starts again (a reset, an inline registration): a caller that
+        derives something from current() checks it is unchanged before keeping the result."""
+        with self._lock:
+            return self._generation
+
     def reset(self) -> None:
         """Forget the estimate and everything learnt with it (another calibration, a re-mounted camera): the
         next frame registers inline, as the first one did, and a registration still running in the
@@ -383,8 +390,8 @@ class StreamPipeline:
             if unchanged:
                 self._generation += 1
             generation = self._generation if unchanged else -1  # (-1: dropped)
-        self._fold(registration, self.pipeline, (visible.shape[:2], thermal.shape[:2]), generation)
-        if self.on_registration is not None:
+        folded = self._fold(registration, self.pipeline, (visible.shape[:2], thermal.shape[:2]), generation)
+        if folded and self.on_registration is not None:
             self.on_registration(visible, thermal)
         result = self.pipeline(visible, thermal, outputs, registration=self.current())
         spent = {k: result.timings.get(k, 0.0) + registration.timings.get(k, 0.0)

@@ -30,6 +30,7 @@ class AlignmentCheck:
         self.error = None  # why the last check failed (it never stops the fusion)
 
     def check(self, stream, visible: np.ndarray, thermal: np.ndarray) -> None:
+        generation = stream.generation
         current = stream.current()
         if current is None or current.flow.shape[:2] != visible.shape[:2]:
             return
@@ -38,7 +39,8 @@ class AlignmentCheck:
         except Exception as exc:  # a diagnostic: report it, never fail the registration for it
             self.error = f"{type(exc).__name__}: {exc}"
             return
-        if np.all(np.isfinite(scores)):
+        # a reset while scoring (another calibration, cleanup) cleared the window: this score is of the old estimate
+        if np.all(np.isfinite(scores)) and stream.generation == generation:
             with self._lock:
                 self._scores.append(scores)
 
