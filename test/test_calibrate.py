@@ -232,6 +232,30 @@ def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):
     assert float(row["edge_agreement_input"]) < 0.3
 
 
+def test_a_refusal_names_the_pairs_it_could_not_read_and_an_out_the_picture_would_overwrite(tmp_path, capsys):
+    """Two of three pairs unreadable, the third featureless: the error says which files were never matched
+    (not only that the scenes carry too little structure); --out rig.png (where the checkerboard picture
+    goes) and a confidence above 1 are refused before any work."""
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub).mkdir()
+        for name in ("broken", "empty"):
+            (tmp_path / sub / f"{name}.png").write_bytes(b"" if name == "empty" else b"not an image")
+    cv2.imwrite(str(tmp_path / "visible" / "flat.png"), np.full((120, 160, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "thermal" / "flat.png"), np.full((120, 160), 160, np.uint8))
+    folders = ["--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--device", "cpu"]
+    out = tmp_path / "out" / "rig.yaml"
+    assert cgrp(["calibrate", *folders, "--out", out, "--scales", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough evidence" in err and "Not matched at all, 2 of 3 pair(s): broken: unreadable" in err, err
+    assert "empty: unreadable" in err and not out.exists()
+    picture_out = tmp_path / "out" / "rig.png"
+    assert cgrp(["calibrate", *folders, "--out", picture_out]) == 2
+    assert "checkerboard picture is written to" in capsys.readouterr().err and not picture_out.exists()
+    with pytest.raises(SystemExit):
+        cgrp(["calibrate", *folders, "--out", out, "--min-confidence", "1.5"])
+    assert "must be in 0..1" in capsys.readouterr().err
+
+
 def test_a_calibration_follows_a_camera_to_another_resolution_and_refuses_a_crop(tmp_path, sample_dir, capsys):
     """A rig.yaml says which sizes it was made at: a camera that delivers the same view at another
     resolution (binning) gets the calibration rescaled; a cropped one a clear error, not a wrong warp."""

@@ -455,3 +455,39 @@ def test_fuse_warns_once_of_cameras_of_different_aspect_ratio_without_a_calibrat
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"cgrp fuse: warning: {names[0]}: the visible camera's 160x120 and the thermal's "
                                "160x128") and "cgrp calibrate" in lines[0]
+
+
+def test_an_output_folder_behind_a_symlink_loop_is_a_reason_not_a_crash(tmp_path):
+    """~/save_calibration and every command check their output path with unwritable_reason: a link to
+    itself made Path.resolve raise RuntimeError, which ended the node."""
+    from cgrp_ros.core.data import unwritable_reason
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert "cannot be resolved" in unwritable_reason(loop / "rig.yaml")
+    assert unwritable_reason(tmp_path / "new" / "rig.yaml") is None
+
+
+def test_a_file_that_is_no_image_says_what_it_is_and_an_unread_type_is_named(tmp_path, sample_dir):
+    """An empty file or text saved as .jpg is not "a truncated JPEG"; a partner of a type not read (x.gif
+    beside x.jpg) is named with the types that are; WebP is read."""
+    from cgrp_ros.core.data import find_pairs, read_image
+    from cgrp_ros.core.errors import InputError
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(InputError, match="empty.jpg: an empty file"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(InputError, match="text.jpg: not a JPEG"):
+        read_image(tmp_path / "text.jpg")
+    vis, th = tmp_path / "visible", tmp_path / "thermal"
+    vis.mkdir(), th.mkdir()
+    visible = cv2.imread(str(next((sample_dir / "visible").glob("*.jpg"))))
+    for name in ("a", "b"):
+        cv2.imwrite(str(vis / f"{name}.jpg"), visible)
+    cv2.imwrite(str(th / "a.webp"), visible[..., 0])
+    (th / "b.gif").write_bytes(b"GIF89a")
+    listing = find_pairs(vis, th)
+    assert [name for name, _, _ in listing.pairs] == ["a"] and read_image(th / "a.webp").shape[:2] == visible.shape[:2]
+    problem, = listing.problems()
+    assert problem.startswith(f"{vis / 'b.jpg'}: no partner") and f"({th / 'b.gif'} is there, of a type not read" in problem

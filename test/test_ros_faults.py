@@ -265,3 +265,30 @@ def test_burst_keeps_the_latest_pair_and_memory_bounded(harness):
     assert growth < 60, f"resident memory grew by {growth:.0f} MB over the burst"
     wait_counter(harness, "dropped pairs", dropped_before + 1)
     still_fusing(harness)
+
+
+def test_an_exception_in_a_callback_is_logged_and_the_node_goes_on(harness):
+    """With use_sim_time on, a /clock message of negative time (any process may publish /clock) raises in
+    rclpy's own time source; rclpy would end the node with it."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    def use_sim_time(on: bool):
+        request = SetParameters.Request(parameters=[Parameter("use_sim_time", value=on).to_parameter_msg()])
+        assert harness.call(harness.set_parameters, request, "the answer to setting use_sim_time").results[0].successful
+
+    clock = harness.spinner.node.create_publisher(Clock, "/clock", 10)
+    use_sim_time(True)
+    try:
+        harness.wait_for(lambda: clock.get_subscription_count() > 0, 10.0, "the node's /clock subscription")
+        clock.publish(Clock(clock=rclpy.time.Time(seconds=5).to_msg()))
+        bad = Clock()
+        bad.clock.sec = -1
+        clock.publish(bad)
+        wait_log(harness, r"a callback failed, the node goes on: ValueError: .*negative")
+        assert harness.proc.poll() is None
+    finally:
+        use_sim_time(False)
+        harness.spinner.node.destroy_publisher(clock)
+    still_fusing(harness)

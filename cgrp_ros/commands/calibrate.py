@@ -24,7 +24,7 @@ from ..core.data import find_pairs, read_image, unwritable_reason
 from ..core.errors import CgrpError
 from ..ros.sync import DEFAULT_SLOP, describe_offset
 from .common import (add_camera_file_arguments, add_thermal_arguments, cameras_from_args, non_negative, positive,
-                     size_arg)
+                     size_arg, unit_interval)
 
 HELP = "estimate the rig's thermal->visible homography from many pairs (two folders or a bag), write rig.yaml"
 SHOWN_SKIPPED = 10  # skipped pairs named on the terminal; rig.yaml lists them all
@@ -61,14 +61,15 @@ def add_arguments(p):
     p.add_argument("--scales", default=",".join(f"{s:.4g}" for s in DEFAULT_SCALES), metavar="S[,S]",
                    help="thermal placement scales to try (thermal field of view / visible field of view; "
                    "default: %(default)s)")
-    p.add_argument("--min-confidence", type=float, default=None,
+    p.add_argument("--min-confidence", type=unit_interval, default=None,
                    help="skip pairs whose match confidence (the registration network's global search, 0..1; "
                    "not the per-pair registration confidence of cgrp fuse) is below this (default: the "
                    "larger of 0.15 and the global search's own threshold, 0.28 with the shipped weights)")
     p.add_argument("--min-pairs", type=positive(int), default=1, help="fail unless at least this many pairs are used (default 1)")
     p.add_argument("--refinements", type=non_negative(int), default=2,
                    help="passes with the fitted homography as the placement (default 2)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when available, else CPU (default: auto)")
     p.add_argument("--working-size", type=size_arg, default=(256, 320), metavar="HxW",
                    help="resolution the matcher runs at, at least 256x320 in area (default: 256x320)")
     p.add_argument("--models", type=Path, help="folder with registration.pt (default: shipped)")
@@ -150,6 +151,9 @@ def run(args) -> int:
     unwritable = unwritable_reason(args.out)
     if args.out.is_dir():
         unwritable = f"it is a folder: give the file to write, e.g. {args.out / 'rig.yaml'}"
+    elif args.out in picture_paths(args.out):  # the picture would overwrite the calibration
+        unwritable = f"the checkerboard picture is written to {args.out}: give a .yaml name, e.g. " \
+                     f"{args.out.with_suffix('.yaml')}"
     if unwritable:  # before minutes of work, not after
         print(f"cgrp calibrate: error: cannot write {args.out}: {unwritable}", file=sys.stderr)
         return 2
@@ -249,6 +253,11 @@ def input_pairs(args) -> tuple:
     return pairs, problems
 
 
+def picture_paths(out: Path) -> tuple:
+    """(checkerboard, edges) pictures written next to the calibration file `out`."""
+    return out.with_suffix(".png"), out.with_name(out.stem + "_edges.jpg")
+
+
 def write_pictures(out: Path, pairs, calibration, best: str) -> str:
     """rig.png (checkerboard) and rig_edges.jpg (both cameras' edges) next to `out`, drawn on pair
     `best`; -> the paths written, for the summary line."""
@@ -257,12 +266,11 @@ def write_pictures(out: Path, pairs, calibration, best: str) -> str:
 
     _, load_visible, load_thermal = next(p for p in pairs if p[0] == best)
     visible, thermal = load_visible(), load_thermal()
-    picture = out.with_suffix(".png")
+    picture, edges_path = picture_paths(out)
     cv2.imwrite(str(picture), checkerboard_picture(visible, thermal, calibration.homography, name=f"pair {best}"))
     edges = calibration_edges_picture(visible, thermal, calibration, f"pair {best}")
     if edges is None:
         return str(picture)
-    edges_path = out.with_name(out.stem + "_edges.jpg")
     cv2.imwrite(str(edges_path), edges, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return f"{picture} and {edges_path}"
 

@@ -43,6 +43,11 @@ def non_negative(kind):
     return _bounded(kind, lambda value: value >= 0, ">= 0")
 
 
+def unit_interval(text: str) -> float:
+    """An argparse type: a number in 0..1 (a confidence)."""
+    return _bounded(float, lambda value: 0.0 <= value <= 1.0, "in 0..1")(text)
+
+
 def _bounded(kind, accept, bound: str):
     def parse(text: str):
         try:

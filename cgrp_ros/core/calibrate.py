@@ -335,10 +335,19 @@ class RigCalibrator:
         load = self._loader(pairs)
         skipped = {}
         usable, visible_size, thermal_size = self._rig_pairs(pairs, load, skipped)
-        best_scale = self._placement_scale(usable, load, visible_size, thermal_size, progress)
-        placement = centred_placement(thermal_size, visible_size, best_scale)
-        h, inliers, residual, used = self._fit(pairs, usable, load, placement, visible_size, thermal_size, skipped,
-                                               progress)
+        try:
+            best_scale = self._placement_scale(usable, load, visible_size, thermal_size, progress)
+            placement = centred_placement(thermal_size, visible_size, best_scale)
+            h, inliers, residual, used = self._fit(pairs, usable, load, placement, visible_size, thermal_size,
+                                                   skipped, progress)
+        except CalibrationError as exc:
+            if not skipped:
+                raise
+            # the evidence may be missing because pairs were never matched: say which and why
+            reasons = "; ".join(f"{name}: {why}" for name, why in list(skipped.items())[:3])
+            more = f"; ... {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            raise CalibrationError(f"{exc}. Not matched at all, {len(skipped)} of {len(pairs)} pair(s): "
+                                   f"{reasons}{more}") from None
         return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used), len(pairs) - len(used),
                            float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
                            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
@@ -426,10 +435,12 @@ class RigCalibrator:
             if len(used) < self.min_pairs or sum(len(s) for s in src) < self.min_matches:
                 if h is not None:  # a refinement lost its evidence: keep the previous round's fit
                     break
+                why = ("the pairs carry too little structure both cameras see" if len(used) < len(usable) else
+                       f"each of the {len(usable)} usable pair(s) matched: give more pairs")
                 raise CalibrationError(
                     f"not enough evidence: {len(used)} of {len(pairs)} pair(s) matched with confidence >= "
                     f"{self.min_confidence:.2f} ({sum(len(s) for s in src)} matches; need {self.min_pairs} pair(s) "
-                    f"and {self.min_matches} matches); the pairs carry too little structure both cameras see")
+                    f"and {self.min_matches} matches); {why}")
             src, dst = np.concatenate(src), np.concatenate(dst)
             fit = fit_homography(src, dst, placement, thermal_size, self.working_size)
             if fit is None:

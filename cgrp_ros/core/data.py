@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".npy"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".webp", ".npy"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,7 +41,10 @@ def sample_dir() -> Path:
 def unwritable_reason(path: Path) -> str | None:
     """Why `path` cannot be written (its nearest existing folder is a file or is read-only), or None. Nothing
     is created: a command refused before its work leaves no trace."""
-    folder = Path(path).parent.resolve()
+    try:
+        folder = Path(path).parent.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (Python 3.11)
+        return f"its folder cannot be resolved ({exc})"
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
@@ -72,9 +75,15 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except Exception as exc:  # numpy raises several types for corrupt files
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    if path.suffix.lower() in (".jpg", ".jpeg") and not _ends_like_a_jpeg(path):
-        # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
-        raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: an empty file")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                raise InputError(f"{path}: not a JPEG (no start-of-image marker)")
+        if not _ends_like_a_jpeg(path):
+            # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
+            raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
     image = cv2.imread(str(path), flags)
     if image is None:
         raise InputError(f"{path}: not a readable image")
@@ -105,11 +114,19 @@ class PairListing:
     unpaired: list       # [path] with no partner in the other folder
     not_found: list = field(default_factory=list)  # [name] listed in `names` but in neither folder
     duplicates: list = field(default_factory=list)  # [(path used, [paths of the same stem left out])]
+    unsupported: dict = field(default_factory=dict)  # {stem: path} of files of a type not read, by name stem
 
     def problems(self) -> list:
         """One line per file left out or listed name missing: what cgrp fuse and calibrate report."""
-        return ([f"{path}: no partner with the same name in the other folder" for path in self.unpaired]
+        return ([f"{path}: no partner with the same name in the other folder{self._why_unpaired(path)}"
+                 for path in self.unpaired]
                 + [f"{name}: listed, but in neither folder" for name in self.not_found])
+
+    def _why_unpaired(self, path) -> str:
+        other = self.unsupported.get(Path(path).stem)
+        if other is None:
+            return ""
+        return f" ({other} is there, of a type not read: use one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
 
     def warnings(self) -> list:
         return [f"{', '.join(str(p) for p in left)}: the same name as {used}, which is used"
@@ -166,7 +183,12 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
         duplicates = [(used, left) for used, left in duplicates if used.stem in wanted]
     pairs = [(stem, vis[stem], th[stem]) for stem in sorted(vis) if stem in th]
     unpaired = [vis[s] for s in sorted(vis) if s not in th] + [th[s] for s in sorted(th) if s not in vis]
-    return PairListing(pairs, unpaired, not_found, duplicates)
+    unsupported = {}
+    if unpaired:  # a partner of a type not read (x.jpg beside x.gif) is worth naming
+        for folder in (visible, thermal):
+            unsupported.update({p.stem: p for p in sorted(folder.iterdir())
+                                if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS})
+    return PairListing(pairs, unpaired, not_found, duplicates, unsupported)
 
 
 def load_split(root=None, split: str = "train"):

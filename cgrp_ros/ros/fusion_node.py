@@ -272,6 +272,9 @@ class FusionNode(LifecycleNode):
         except (CgrpError, OSError) as exc:
             response.success, response.message = False, f"not saved: {exc}"
             return response
+        except Exception as exc:  # a path nothing above foresaw: the caller gets the reason, the node goes on
+            response.success, response.message = False, f"not saved: {type(exc).__name__}: {exc}"
+            return response
         response.success = True
         response.message = (f"saved {path}: rig estimate {self.stream.rig.state}, {calibration.pairs_used} "
                             f"registration(s) used, median residual {calibration.median_residual_px:.2f} px")

@@ -6,6 +6,8 @@ import ctypes.util
 import logging
 import signal
 import threading
+import time
+import traceback
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -53,19 +55,36 @@ class RosLogHandler(logging.Handler):
             self.ros_logger.debug(text)
 
 
+CALLBACK_ERROR_LOG_PERIOD = 5.0  # s between two log lines of the same failure
+
+
 def spin_until_signal(node: Node, until=lambda: False) -> None:
     """Spin `node` until SIGINT, SIGTERM or `until()` is true.
 
     Our signal handlers replace rclpy's, so a Ctrl-C ends the loop without a KeyboardInterrupt traceback.
+    An exception out of a callback (ours, or rclpy's own, e.g. its /clock subscription given a negative
+    time) is logged and the node goes on: rclpy would end the process with it, and another process's
+    message or service call must not be able to do that.
     """
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    logged = {}  # failure -> when it was last logged
     try:
         while not stop.is_set() and not until() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:
+                raise
+            except Exception as exc:
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                failure = f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
+                now = time.monotonic()
+                if now - logged.get(failure, -CALLBACK_ERROR_LOG_PERIOD) >= CALLBACK_ERROR_LOG_PERIOD:
+                    logged[failure] = now
+                    node.get_logger().error(f"a callback failed, the node goes on: {failure}")
     except ExternalShutdownException:
         pass
     finally:
