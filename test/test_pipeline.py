@@ -149,6 +149,21 @@ def test_frames_fused_with_a_rig_estimate_are_those_of_a_fresh_flow(sample_pairs
     assert np.abs(after.astype(float) - before).mean() > 1.0
 
 
+def test_a_thermal_of_a_new_size_every_frame_keeps_the_rig_estimates_cache_bounded(sample_pairs):
+    """What per_flow keeps is keyed by the thermal's size too: a sender that changes it with every pair
+    (the estimate unchanged) grew the node's memory by 2.4 MB a pair, without end."""
+    from cgrp_ros.core.pipeline import FLOW_CACHE_SIZE
+
+    _, visible, thermal = sample_pairs[0]
+    pipeline = Pipeline(PipelineConfig(device="cpu", working_size=(96, 128)))
+    estimate = np.zeros(visible.shape[:2] + (2,), np.float32)
+    estimate.setflags(write=False)
+    for extra in range(3 * FLOW_CACHE_SIZE):
+        resized = cv2.resize(thermal, (thermal.shape[1] + extra, thermal.shape[0]))
+        pipeline(visible, resized, outputs={"registered_thermal"}, registration=Registration(estimate, 0.5, False))
+        assert len(pipeline._flow_cache[1]) <= FLOW_CACHE_SIZE
+
+
 def test_a_homography_that_folds_the_thermal_over_or_loses_it_is_refused(sample_pairs):
     """Hand-written homographies a new user may get wrong: a perspective term that puts the horizon
     inside the thermal image, a scale that shrinks it to a dot. They fused without a word (an image

@@ -35,6 +35,7 @@ log = logging.getLogger("cgrp_ros")
 ALL_OUTPUTS = frozenset({"fused", "registered_thermal", "flow", "pseudo_thermal"})
 COVERED = 0.999  # _coverage: a registered thermal with at least this coverage everywhere counts as complete
 SHAPE_CACHE_SIZE = 16  # Pipeline._per_shapes: entries kept (a rig has one or two image sizes)
+FLOW_CACHE_SIZE = 12  # Pipeline.per_flow: values kept per estimate (a rig's frames need about six)
 FADE_SIGMA = 1.5  # fusion pixels over which the fused image fades to the visible one at the thermal's border
 MIN_WORKING_SIDE = 32  # pixels: fewer leave the global matcher (8 x 8 cells) too few cells to fit an affine
 # The share of matches that agree with one affine by chance grows as the grid of 8 x 8 cells shrinks,
@@ -281,7 +282,8 @@ class Pipeline:
         """make() once per key for a read-only `flow` (a rig's running estimate: the same array frame
         after frame), so that what derives from the flow alone (its working-size copy, resampling maps)
         is not worked out again between registrations; the value is returned read-only. A writable flow
-        (its owner may change it in place) is not cached. Thread-safe: a value is only ever stored with
+        (its owner may change it in place) is not cached; keys beyond FLOW_CACHE_SIZE (a thermal whose size,
+        or a setting, changes with every frame) start the cache over, so memory stays bounded. Thread-safe: a value is only ever stored with
         the flow it was made from."""
         if flow.flags.writeable:
             return make()
@@ -289,6 +291,8 @@ class Pipeline:
         if entry[0] is not flow:  # a new estimate: the old one's values go
             entry = self._flow_cache = (flow, {})
         if key not in entry[1]:
+            if len(entry[1]) >= FLOW_CACHE_SIZE:  # keys of sizes or settings that keep changing: start over
+                entry[1].clear()
             value = make()
             for array in value if isinstance(value, tuple) else (value,):
                 if isinstance(array, np.ndarray):
