@@ -72,6 +72,20 @@ def test_a_payload_declaring_a_huge_image_is_refused_not_decoded(ext, padding):
     assert image.shape == (8, 8)
 
 
+def test_a_jpeg_too_short_for_the_size_it_declares_is_refused_and_flat_jpegs_are_read():
+    # an 8x8 JPEG whose header says 7000x7000: libjpeg filled the rest with grey (a warning on stderr only)
+    # and 600 bytes became a 147 MB image held in the pairing queue, 10 per stream
+    with pytest.raises(ImageConversionError) as err:
+        decode_compressed(CompressedImage(format="bgr8; jpeg compressed bgr8", data=declaring(".jpg", 7000, 7000)))
+    assert err.value.kind == "payload" and "too short for the 7000x7000 image its header declares" in str(err.value)
+    # the least a real encoder spends: a flat image, optimised Huffman tables, progressive or not
+    flat = np.full((3072, 4096), 128, np.uint8)
+    for options in ([cv2.IMWRITE_JPEG_OPTIMIZE, 1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_OPTIMIZE, 1]):
+        data = cv2.imencode(".jpg", flat, options)[1].tobytes()
+        image, _ = decode_compressed(CompressedImage(format="jpeg", data=data))
+        assert image.shape == flat.shape
+
+
 @pytest.mark.parametrize("ext", [".webp", ".bmp"])
 def test_a_payload_that_is_neither_jpeg_png_nor_tiff_is_refused(ext):
     # OpenCV decodes these too, but their size is not known before: a 5 KB WebP decoded to 12000 x 12000 x 3

@@ -7,7 +7,8 @@
 "jpeg" / "png" / "tiff" is read too. The payload decides what the image is (OpenCV reads its header): a
 JPEG is mono8 or bgr8, a PNG mono8, mono16, bgr8 or bgra8, a TIFF also 32FC1 or bgr16. A payload of another kind (OpenCV
 would decode a WebP too, whose size is not checked first), that cannot be decoded, or whose header
-declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes) raises
+declares more than MAX_DECODED_PIXELS (a few bytes can declare gigabytes), or a JPEG too short for the
+size it declares (`jpeg_least_bytes`), raises
 ImageConversionError (kind 'payload'), like a broken raw message. `compressedDepth` (a different
 header in front of the PNG) is not supported.
 """
@@ -34,6 +35,7 @@ MAX_DECODED_PIXELS = MAX_PIXELS  # the core refuses larger images anyway
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (they carry the size); 0xC4, 0xC8 and 0xCC are other segments
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_ARITHMETIC_MARKERS = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 MAX_JPEG_SEGMENTS = 1000  # read before the frame header; a camera writes a handful (EXIF, ICC, XMP)
 MAX_JPEG_STRAY_BYTES = 65536  # skipped between segments, as libjpeg does ("extraneous bytes before marker")
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian (compressed_image_transport's 'tiff')
@@ -80,6 +82,12 @@ def declared_size(payload: np.ndarray):
         return _tiff_size(data)
     if kind is None:
         return None
+    frame = _jpeg_frame(payload, data)
+    return None if frame is None else frame[1:]
+
+
+def _jpeg_frame(payload: np.ndarray, data: memoryview):
+    """(start-of-frame marker, height, width) of a JPEG, or None (see declared_size)."""
     at = 2
     for _ in range(MAX_JPEG_SEGMENTS):
         if at + 1 < len(data) and (data[at] != 0xFF or data[at + 1] == 0x00):
@@ -99,7 +107,7 @@ def declared_size(payload: np.ndarray):
             at += 2
             continue
         if marker in JPEG_FRAME_MARKERS and at + 9 <= len(data):
-            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+            return marker, int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
         if marker == 0xDA:  # the scan starts: no frame header before it
             return None
         at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
@@ -131,6 +139,21 @@ def _tiff_size(data: memoryview):
     return tags[TIFF_LENGTH], tags[TIFF_WIDTH]
 
 
+def jpeg_least_bytes(payload: np.ndarray, size) -> int:
+    """The fewest bytes a complete Huffman-coded JPEG of `size` (H, W) can have: one bit for each 8x8 block
+    of its full-resolution component (its DC difference, a Huffman code of at least one bit, in a
+    sequential and a progressive frame alike). 0 for another payload or an arithmetic-coded JPEG (which
+    can spend less). A JPEG declaring millions of pixels in a few hundred bytes would otherwise be
+    decoded, grey-filled, to a full-size image held in the pairing queue."""
+    if payload_kind(payload) != "JPEG":
+        return 0
+    payload = np.ascontiguousarray(payload)
+    frame = _jpeg_frame(payload, memoryview(payload))
+    if frame is None or frame[0] in JPEG_ARITHMETIC_MARKERS:
+        return 0
+    return -(-size[0] // 8) * -(-size[1] // 8) // 8
+
+
 def decode_compressed(msg) -> tuple:
     """CompressedImage -> (H x W or H x W x C array, encoding)."""
     fmt = (msg.format or "").strip()
@@ -152,6 +175,11 @@ def decode_compressed(msg) -> tuple:
     if size[0] * size[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image, more "
                                               f"than {MAX_DECODED_PIXELS // 1_000_000} MP: not decoded")
+    least = jpeg_least_bytes(payload, size)
+    if payload.size < least:  # libjpeg would fill the rest with grey, saying so only on stderr
+        raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is too short for the "
+                                              f"{size[1]}x{size[0]} image its header declares (at least {least} "
+                                              "bytes): cut short or corrupt, not decoded")
     try:
         image = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. a header OpenCV refuses (its own pixel limit)
