@@ -115,6 +115,14 @@ def test_a_folder_of_rigs_is_one_data_set_with_prefixed_names(multi_rig, tmp_pat
         E.list_pairs(root, split)
     assert E.dataset_names([root, root.parent / "x" / "other_cameras", Path("/d/roadscene")]) == \
         ["other_cameras", "other_cameras_2", "roadscene"]
+    # a file without its partner would shrink the evaluation unseen too, in a flat folder and in a rig's
+    stray = root / "b" / "thermal" / "stray.jpg"
+    shutil.copy(root / "b" / "thermal" / f"{names[2]}.jpg", stray)
+    for data in (root, root / "b"):
+        with pytest.raises(InputError, match=f"1 file\\(s\\) have no partner .*{stray}.*--list"):
+            E.list_pairs(data)
+    split.write_text(f"b/{names[2]}\n")  # the way out the message names
+    assert [p[0] for p in E.list_pairs(root, split)] == [f"b/{names[2]}"]
 
 
 def test_each_list_belongs_to_the_data_before_it():

@@ -251,21 +251,30 @@ def list_pairs(data, list_file=None, limit=None):
     names = read_split(list_file) if list_file else None
     wanted = None if names is None else {str(Path(n).with_suffix("")) for n in names}
     pairs, missing, matched = [], [], set()
+    unpaired = []
     for prefix, folder in dataset_parts(data):
         if not prefix:
             listing = find_pairs(folder / "visible", folder / "thermal", names)
             missing = [] if names is None else listing.not_found + [path.stem for path in listing.unpaired]
+            unpaired = listing.unpaired if names is None else []
             pairs += listing.pairs
             continue
-        for stem, v, t in find_pairs(folder / "visible", folder / "thermal").pairs:
+        listing = find_pairs(folder / "visible", folder / "thermal")
+        for stem, v, t in listing.pairs:
             hits = set() if wanted is None else wanted & {stem, prefix + stem}
             if wanted is None or hits:
                 pairs.append((prefix + stem, v, t))
                 matched |= hits
+        if wanted is None:
+            unpaired += listing.unpaired
         missing = [] if wanted is None else sorted(wanted - matched)
     if missing:  # a typo would shrink the evaluation unseen
         raise InputError(f"{data}: {len(missing)} name(s) of {list_file} have no pair: "
                          f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unpaired:  # so would a file whose partner is missing
+        raise InputError(f"{data}: {len(unpaired)} file(s) have no partner of the same name in the other folder: "
+                         f"{', '.join(str(p) for p in unpaired[:5])}{' ...' if len(unpaired) > 5 else ''} "
+                         "(evaluate the others with --list FILE of their names)")
     if limit:
         pairs = pairs[:limit]
     if not pairs:

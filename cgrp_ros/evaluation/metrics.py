@@ -143,7 +143,7 @@ def edge_agreement(a, b, mask=None) -> float:
     """How well the edges of two images of different modalities coincide, no ground truth needed:
     the correlation ([-1, 1], higher = better aligned) of their normalised gradient magnitudes, both
     resized to EDGE_WIDTH px wide (at most EDGE_MAX_HEIGHT tall), over `mask` shrunk by EDGE_MARGIN px. NaN
-    on too small an overlap.
+    on too small an overlap, or where either image is constant there.
 
     A judge between given alignments of one pair (e.g. a data set's published alignment against a
     registration), not an objective to optimise: searched over warps, a hand-made cross-modal score
@@ -160,7 +160,15 @@ def edge_agreement(a, b, mask=None) -> float:
     inside = cv2.erode(np.pad(inside, 1).astype(np.uint8), np.ones((2 * EDGE_MARGIN + 1,) * 2, np.uint8))[1:-1, 1:-1]
     if inside.sum() < 100:
         return float("nan")
-    return correlation(normalised_edges(resize(a)), normalised_edges(resize(b)), inside > 0)
+    a, b = resize(a), resize(b)
+    if _flat(a[inside > 0]) or _flat(b[inside > 0]):  # a constant image: its "edges" would be rounding noise
+        return float("nan")
+    return correlation(normalised_edges(a), normalised_edges(b), inside > 0)
+
+
+def _flat(values: np.ndarray) -> bool:
+    """Whether `values` hold no structure: their spread within float rounding of their size."""
+    return float(np.ptp(values)) <= 1e-5 * (float(np.abs(values).max()) + 1.0)
 
 
 def edge_comparison(before, after) -> dict:
