@@ -171,7 +171,7 @@ def test_low_registration_confidence_is_a_warning_not_an_error(sample_dir, tmp_p
     assert main(["fuse", "--visible", str(sample_dir / "visible" / f"{n}.jpg"),
                  "--thermal", str(sample_dir / "thermal" / f"{n}.jpg"), "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert f"warning: {n}: low registration confidence 0.12: registered with the prior" in captured.err
+    assert f"warning: {n}: low registration confidence 0.120: registered with the prior" in captured.err
     assert "1 with low registration confidence" in captured.out
     with open(tmp_path / "registration.csv") as f:
         row, = csv.DictReader(f)
@@ -423,18 +423,31 @@ def test_fuse_warns_of_pairs_that_carry_no_information_as_the_node_does(sample_d
     visible01[:4, :5] = np.nan
     cv2.imwrite(str(tmp_path / "visible" / "nanvis.tiff"), visible01)
     cv2.imwrite(str(tmp_path / "thermal" / "nanvis.png"), (np.nan_to_num(thermal) * 255).astype(np.uint8))
+    # a thermal camera set to a colour palette, and the visible folder given for the thermal too: fused, said
+    grey = (np.nan_to_num(thermal) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "visible" / "palette.png"), visible)
+    cv2.imwrite(str(tmp_path / "thermal" / "palette.png"), cv2.applyColorMap(grey, cv2.COLORMAP_JET))
+    cv2.imwrite(str(tmp_path / "visible" / "twice.png"), visible)
+    cv2.imwrite(str(tmp_path / "thermal" / "twice.png"), visible)
+    # a 1x1 constant thermal is refused: its error alone, not first a warning that it is constant
+    cv2.imwrite(str(tmp_path / "visible" / "tiny.png"), visible)
+    cv2.imwrite(str(tmp_path / "thermal" / "tiny.png"), np.full((1, 1), 19, np.uint8))
     proc = cgrp("fuse", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", tmp_path / "out",
                 "--working-size", "64x96")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "tiny" in proc.stderr and "too small" in proc.stderr and "value 19" not in proc.stderr, proc.stderr
+    assert "cgrp fuse: warning: palette: thermal image is in colour (a false-colour palette?)" in proc.stderr
+    assert "cgrp fuse: warning: twice: the visible and the thermal image are the same picture" in proc.stderr
     assert ("cgrp fuse: warning: capped: thermal image is constant (value 30): fused, but it carries no "
             "information") in proc.stderr, proc.stderr
     assert "cgrp fuse: warning: nan: thermal image has 100 NaN/inf pixels: fused with them treated as missing" \
         in proc.stderr, proc.stderr
     assert "cgrp fuse: warning: nanvis: visible image has 60 NaN/inf values: fused with NaN as black" \
         in proc.stderr, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == ["capped.png", "nan.png", "nanvis.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "fused").iterdir()) == \
+        ["capped.png", "nan.png", "nanvis.png", "palette.png", "twice.png"]
     closing = proc.stdout.strip().splitlines()[-1]  # names the confidence threshold, whatever the count
-    assert closing.startswith("cgrp fuse: 3 pair(s) written to") and "low registration confidence (below 0." in closing
+    assert closing.startswith("cgrp fuse: 5 pair(s) written to") and "low registration confidence (below 0." in closing
 
 
 def test_fuse_warns_once_of_cameras_of_different_aspect_ratio_without_a_calibration(sample_dir, tmp_path):
@@ -455,6 +468,22 @@ def test_fuse_warns_once_of_cameras_of_different_aspect_ratio_without_a_calibrat
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"cgrp fuse: warning: {names[0]}: the visible camera's 160x120 and the thermal's "
                                "160x128") and "cgrp calibrate" in lines[0]
+
+
+def test_fuse_checks_a_missing_file_a_list_of_files_and_an_output_that_is_a_file_before_the_models(
+        sample_dir, tmp_path):
+    name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
+    visible, thermal = sample_dir / "visible" / f"{name}.jpg", sample_dir / "thermal" / f"{name}.jpg"
+    (tmp_path / "list.txt").write_text("other\n")
+    (tmp_path / "afile").write_text("")
+    cases = {"nope.jpg: no such file": ("--visible", visible, "--thermal", tmp_path / "nope.jpg"),
+             "selects pairs of two folders": ("--visible", visible, "--thermal", thermal, "--list", tmp_path / "list.txt"),
+             f"cannot write to --out {tmp_path / 'afile'}": ("--visible", visible, "--thermal", thermal)}
+    for words, arguments in cases.items():
+        out = tmp_path / "afile" if "afile" in words else tmp_path / "out"
+        proc = cgrp("fuse", *arguments, "--out", out, "--device", "cpu")
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "loading" not in proc.stderr.lower()
 
 
 def test_an_output_folder_behind_a_symlink_loop_is_a_reason_not_a_crash(tmp_path):

@@ -129,7 +129,7 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
 
         fuse(1)  # too little evidence: fused with the prior, a warning
         level, message = node.diagnose()
-        assert level == DiagnosticStatus.WARN and "low registration confidence 0.02" in message, message
+        assert level == DiagnosticStatus.WARN and "low registration confidence 0.020" in message, message
         values = node.diagnostic_values()
         assert (values["registration confidence"], values["registration fallback"], values["fallback pairs"]) == \
             ("0.020", "true", "1")
@@ -138,7 +138,7 @@ def test_low_registration_confidence_is_a_diagnostics_warning_and_fallbacks_are_
         values = node.diagnostic_values()
         assert (values["registration fallback"], values["fallback pairs"]) == ("false", "1")
         executor.spin_once(timeout_sec=0.1)
-        assert f"pair at {start + 1}.000: low registration confidence 0.02" in capfd.readouterr().err
+        assert f"pair at {start + 1}.000: low registration confidence 0.020" in capfd.readouterr().err
 
 
 def test_pairs_that_all_fail_and_stamps_on_another_clock_are_said_in_diagnostics():

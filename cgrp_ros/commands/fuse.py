@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.camera import undistort
-from ..core.data import find_pairs, read_image, read_split
+from ..core.confidence import low_confidence_text
+from ..core.data import find_pairs, read_image, read_split, unwritable_reason
 from ..core.errors import CgrpError
 from ..evaluation.alignment import ReceivedAndRegistered, received_and_registered
 from ..evaluation.metrics import EDGE_MARGIN_OF_DIFFERENCE, edge_comparison
@@ -127,12 +128,8 @@ def edge_summary(rows: list) -> str:
 
 def low_confidence_warning(name: str, confidence: float, fallback: bool, threshold: float) -> str | None:
     """The warning line for a pair registered with low confidence, or None."""
-    confidence = float(confidence)
-    if not fallback and confidence >= threshold:
-        return None
-    what = ("registered with the prior (identity, or --calibration / --homography) instead"
-            if fallback else f"below {threshold:.2f}, the registration may be wrong")
-    return f"cgrp fuse: warning: {name}: low registration confidence {confidence:.2f}: {what}"
+    text = low_confidence_text(confidence, fallback, threshold, "identity, or --calibration / --homography")
+    return None if text is None else f"cgrp fuse: warning: {name}: {text}"
 
 
 def write_registration_csv(path: Path, rows: list) -> None:
@@ -227,7 +224,7 @@ class PairRecords:
 
     def low_confidence_line(self) -> str:
         return (f"{self.low_confidence} with low registration confidence (below "
-                f"{self.pipeline.confidence_threshold:.2f}, or fell back to the prior: registration.csv)")
+                f"{self.pipeline.confidence_threshold:.3f}, or fell back to the prior: registration.csv)")
 
     def close(self, out: Path) -> None:
         """OUT/registration.csv, if any pair was fused, and the video closed (also on Ctrl-C: an unclosed .mp4
@@ -245,7 +242,7 @@ class PairRecords:
             print(f"cgrp fuse: {self.video.summary()}")
 
 
-CAMERA_WARNINGS = ("swapped", "stretched")  # of the cameras, not of a pair: said for the first pair only
+CAMERA_WARNINGS = ("swapped", "stretched", "colour_thermal")  # of the cameras, not of a pair: said for the first pair only
 MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
 
 
@@ -264,6 +261,9 @@ def run(args) -> int:
             print(f"cgrp fuse: {f}", file=sys.stderr)
         print("cgrp fuse: error: no visible/thermal pairs found", file=sys.stderr)
         return 2
+    unwritable = unwritable_reason(args.out / "registration.csv")
+    if unwritable:
+        raise CgrpError(f"cannot write to --out {args.out}: {unwritable}")
     cameras = cameras_from_args(args)  # an unreadable camera file: before the models load
     video = FusionVideo(args.video, args.fps) if args.video else None  # a bad name fails before the models load
     pipeline = pipeline_from_args(args)  # model problems raise here, before any file is written
@@ -281,14 +281,15 @@ def run(args) -> int:
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
-                for kind, text in pipeline.input_warnings(visible, thermal):  # as received (the node's order too)
+                warnings = pipeline.input_warnings(visible, thermal)  # as received (the node's order too)
+                if cameras is not None:  # another size than its calibration: InputError, this pair only
+                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
+                result = stream(visible, thermal, stamp=index / args.fps)
+                for kind, text in warnings:  # said once fused: a pair refused is told by its error alone
                     if kind not in said_once:
                         tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
                     if kind in CAMERA_WARNINGS:  # one line for the folders
                         said_once.add(kind)
-                if cameras is not None:  # another size than its calibration: InputError, this pair only
-                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
-                result = stream(visible, thermal, stamp=index / args.fps)
                 write_result(args.out, name, result)
                 pair, edges = records.add(name, visible, thermal, result.flow, result.fused_image,
                                           result.registration_confidence, result.registration_fallback,

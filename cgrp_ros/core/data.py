@@ -168,6 +168,11 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
         raise InputError(f"{visible} is a {'file' if visible.is_file() else 'folder'} and {thermal} a "
                          f"{'file' if thermal.is_file() else 'folder'}: give two files or two folders")
     if visible.is_file() or thermal.is_file():
+        missing = thermal if visible.is_file() else visible
+        if not missing.is_file():
+            raise InputError(f"{missing}: no such file")
+        if names is not None:
+            raise InputError(f"a list of names selects pairs of two folders; {visible} and {thermal} are files")
         return PairListing([(visible.stem, visible, thermal)], [])
     for folder in (visible, thermal):
         if not folder.is_dir():

@@ -240,17 +240,31 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
     """A warning where the inputs look swapped: a single-channel 16-bit "visible" image (as thermal cores
     deliver) beside a colour "thermal" one whose channels differ (a palette thermal has a grey visible
     partner only on the rarest rigs). None otherwise."""
-    if visible.ndim != 2 or visible.dtype != np.uint16 or thermal.ndim != 3 or thermal.shape[2] < 3:
+    if visible.ndim != 2 or visible.dtype != np.uint16 or not in_colour(thermal):
         return None
-    sample = thermal[::8, ::8, :3].astype(np.int32)
-    if np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0:
-        return None  # grey stored as BGR
     return f"the visible image is 16-bit single channel and the thermal image is in colour: {SWAPPED_QUESTION}"
+
+
+def in_colour(image: np.ndarray) -> bool:
+    """Whether an image has three channels that differ (not grey stored as BGR), judged on every 8th pixel."""
+    if image.ndim != 3 or image.shape[2] < 3:
+        return False
+    sample = image[::8, ::8, :3].astype(np.float64)
+    spread = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
+    return spread >= 2.0 * (257.0 if image.dtype == np.uint16 else 1.0 / 255.0 if image.dtype.kind == "f" else 1.0)
+
+
+def same_picture(visible: np.ndarray, thermal: np.ndarray) -> bool:
+    """Whether the two images are one and the same (a topic or folder given for both cameras)."""
+    if visible.shape != thermal.shape or visible.dtype != thermal.dtype:
+        return False
+    return np.array_equal(visible[::16, ::16], thermal[::16, ::16]) and np.array_equal(visible, thermal)
 
 
 def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") -> list:
     """[(kind, text)] for a pair that is fused but carries little or no information, or looks swapped;
-    kind: 'non_finite_thermal', 'non_finite_visible', 'swapped', 'constant_visible' or 'constant_thermal'.
+    kind: 'non_finite_thermal', 'non_finite_visible', 'swapped', 'same_picture', 'colour_thermal',
+    'constant_visible' or 'constant_thermal'.
     `where` (e.g. 'at 12.300', a stamp) follows "image" / "pair" in the texts.
 
     NaN/inf thermal pixels are treated as missing (coldest) by the gain control; a thermal with no
@@ -273,6 +287,13 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") 
     swapped = swapped_cameras_hint(visible, thermal)
     if swapped:
         warnings.append(("swapped", f"pair{at}: {swapped}" if at else swapped))
+    elif same_picture(visible, thermal):
+        same = "the visible and the thermal image are the same picture: is one camera's folder or topic given for both?"
+        warnings.append(("same_picture", f"pair{at}: {same}" if at else same))
+    elif in_colour(thermal):
+        warnings.append(("colour_thermal", f"thermal image{at} is in colour (a false-colour palette?): fused from "
+                         "its luminance, which does not order temperatures; set the camera to a grey (white-hot) "
+                         "palette or record its raw values"))
     for name, image in (("visible", visible), ("thermal", thermal)):
         if image.size and image.min() == image.max():
             warnings.append((f"constant_{name}", f"{name} image{at} is constant (value {image.flat[0]}): fused, but "

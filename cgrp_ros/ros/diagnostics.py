@@ -14,6 +14,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from ..core.confidence import low_confidence_text
 from .sync import STREAM_NAMES, describe_offset
 
 
@@ -90,12 +91,9 @@ def lossy(node) -> str:
 def low_confidence(stats: Stats, threshold: float) -> str | None:
     """Why the last fused pair's registration is doubtful, or None (also when nothing was fused yet)."""
     confidence, fallback = stats.last_confidence, stats.last_fallback
-    if confidence is None or (not fallback and confidence >= threshold):
+    if confidence is None:
         return None
-    # (a fallback's bar may be above `threshold`: at small working sizes, Pipeline.chance_confidence)
-    return (f"low registration confidence {confidence:.2f}: "
-            + ("registered with the prior (identity or homography)" if fallback
-               else f"below {threshold:.2f}, the registration may be wrong"))
+    return low_confidence_text(confidence, fallback, threshold, "identity or homography")
 
 
 def confidence_threshold(node) -> float | None:

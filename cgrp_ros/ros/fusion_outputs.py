@@ -63,7 +63,8 @@ def message_arrays(visible_msg, thermal_msg):
 # Pipeline.input_warnings' kinds -> (Stats counter or None, throttle key of the log line)
 WARNING_COUNTERS = {"non_finite_thermal": ("non_finite_thermal", "non-finite"),
                     "non_finite_visible": (None, "non-finite visible"), "swapped": (None, "swapped"),
-                    "stretched": (None, "stretched"),
+                    "stretched": (None, "stretched"), "same_picture": (None, "same picture"),
+                    "colour_thermal": (None, "colour thermal"),
                     "constant_visible": ("constant_images", ("constant", "visible")),
                     "constant_thermal": ("constant_images", ("constant", "thermal"))}
 
