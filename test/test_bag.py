@@ -244,9 +244,11 @@ def test_a_bag_whose_stamps_never_meet_says_by_how_much(tmp_path, sample_pairs):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert ("never came within --slop 0.05 s: the closest stamps are 0.070 s apart (thermal later; --slop 0.05 s)"
             in r.stderr), r.stderr
+    assert "skipped: none; without a partner within the slop: 2 visible, 2 thermal" in r.stdout, r.stdout
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
              "--out", tmp_path / "out2", "--slop", "0.08")
     assert r.returncode == 0 and "2 pair(s) fused" in r.stdout, r.stderr  # a slop above the offset it named pairs them
+    assert "without a partner" not in r.stdout
 
 
 def test_the_same_topic_for_both_cameras_is_refused(tmp_path, sample_pairs):

@@ -255,6 +255,7 @@ class BagSummary:
     warned: set = field(default_factory=set)  # kinds of content warning already given (fusion_outputs)
     cameras: str = ""              # what the images got of the bag's camera_info (BagCameras.describe)
     stopped: bool = False          # stopped at `limit` with messages left unread
+    unpaired: tuple = (0, 0)       # readable messages per stream that found no partner within slop
 
     def count(self, kind: str, text: str):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -268,8 +269,10 @@ class BagSummary:
     def line(self) -> str:
         counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(self.counts.items())) or "none"
         resets = f"; {self.resets} synchronizer reset(s) (stamps jumped back)" if self.resets else ""
+        unpaired = (f"; without a partner within the slop: {self.unpaired[0]} visible, {self.unpaired[1]} thermal "
+                    "(cameras at different rates leave some)" if any(self.unpaired) else "")
         return (f"{self.pairs} pair(s) fused from {self.messages[0]} visible and {self.messages[1]} thermal "
-                f"message(s); skipped: {counts}{resets}")
+                f"message(s); skipped: {counts}{resets}{unpaired}")
 
 
 def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, out_path, *,
@@ -304,9 +307,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
             warn(note)
         summary.cameras = cameras.describe()
         bar = progress(total=sum(bag.counts)) if progress else None
-        pairs = []
+        pairs, read, usable = [], [0, 0], [0, 0]
         sync = PairSynchronizer(queue_size, slop, lambda v, t: pairs.append((v, t)))
-        read = [0, 0]
         try:
             for stream, timestamp, raw, msg in bag.messages():
                 if limit and summary.pairs >= limit:  # a message after the last pair wanted: stop before it
@@ -327,6 +329,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     summary.count("bad_messages", text)
                     warn(text)
                     continue
+                usable[stream] += 1
                 sync.add(stream, msg)
                 while pairs and not (limit and summary.pairs >= limit):
                     _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
@@ -336,6 +339,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                 bar.close()
             writer.close()
         summary.messages = tuple(read)
+        summary.unpaired = tuple(n - sync.pairs for n in usable)
         summary.written = dict(writer.counts)
         summary.resets = sync.resets
         summary.stamp_offset = sync.offset.closest()

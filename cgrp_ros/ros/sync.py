@@ -163,8 +163,14 @@ class PairSynchronizer:
         if use_message_filters and message_filters_module() is None:
             raise ImportError("message_filters is not importable")
         self.implementation = "message_filters" if use_message_filters else "builtin"
+        self.pairs = 0  # pairs made so far
+
+        def paired(visible_msg, thermal_msg):
+            self.pairs += 1
+            callback(visible_msg, thermal_msg)
+
         self._make = lambda: (_MessageFiltersPairs if use_message_filters else ApproximateTimePairs)(
-            queue_size, slop, callback)
+            queue_size, slop, paired)
         ApproximateTimePairs(queue_size, slop, callback)  # validates the arguments for both
         self._policy = self._make()
         self._last_stamp = [None, None]
