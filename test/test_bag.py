@@ -214,6 +214,9 @@ def test_missing_bag_and_missing_topic_are_one_clear_line(tmp_path, sample_pairs
     r = cgrp("fuse", "--bag", tmp_path / "nothing", "--visible-topic", "/a", "--thermal-topic", "/b", "--out", tmp_path / "o")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"cgrp fuse: error: bag '{tmp_path / 'nothing'}' does not exist" in r.stderr
+    (tmp_path / "pictures").mkdir()  # a folder, but no bag
+    r = cgrp("fuse", "--bag", tmp_path / "pictures", "--visible-topic", "/a", "--thermal-topic", "/b", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "a folder without metadata.yaml, so no rosbag2" in r.stderr, r.stderr
     write_bag(tmp_path / "in", small_pairs(sample_pairs)[:1], "sqlite3", False)
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", VISIBLE, "--thermal-topic", "/thermal/wrong",
              "--out", tmp_path / "o")

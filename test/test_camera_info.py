@@ -82,6 +82,8 @@ def test_undistort_keeps_dtype_channels_and_size_and_skips_a_lens_without_distor
     image = np.zeros(SIZE, np.uint8)
     assert undistort(image, plain) is image
     assert camera.rectified() == Intrinsics(camera.K, (0.0,) * 5, "plumb_bob", SIZE)
+    with pytest.raises(InputError, match="thermal image is .* but its camera_info is for"):  # which camera's
+        undistort(np.zeros((SIZE[0] + 1, SIZE[1]), np.uint8), camera, "thermal")
 
 
 def test_maps_are_cached_per_intrinsics():

@@ -297,7 +297,9 @@ def test_bad_homography_and_unwritable_output_are_one_clear_line(sample_dir, tmp
     np.save(tmp_path / "strings.npy", np.full((3, 3), "a"))
     (tmp_path / "far.txt").write_text("1 0 1e300\n0 1 0\n0 0 1\n")
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "rig.yaml").write_text("homography: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\n")
     cases = [(["--homography", tmp_path / "h.npy", "--out", tmp_path / "o1"], "cannot read a 3x3 matrix"),
+             (["--homography", tmp_path / "rig.yaml", "--out", tmp_path / "o5"], "cgrp calibrate goes to --calibration"),
              (["--homography", tmp_path / "h.txt", "--out", tmp_path / "o2"], "must be a 3x3 matrix, got shape (5,)"),
              (["--homography", tmp_path / "strings.npy", "--out", tmp_path / "o3"], "not a 3x3 matrix of numbers"),
              (["--homography", tmp_path / "far.txt", "--out", tmp_path / "o4"], "too large for a camera rig"),

@@ -22,7 +22,8 @@ def add_arguments(p):
                         "onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt")
     p.add_argument("--no-startup", action="store_true",
                    help="skip the start-up times (seconds to build a Pipeline per backend, ONNX cache warm and cold)")
-    p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.md")
+    p.add_argument("--out", type=Path, default=Path("out/bench"),
+                   help="folder for bench.json and bench.md (default: out/bench in the current folder)")
     p.add_argument("--threads", type=non_negative(int), default=0,
                    help="torch and OpenCV CPU threads (default 0: their own choice); also OMP_NUM_THREADS of the "
                         "--ros node")

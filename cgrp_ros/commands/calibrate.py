@@ -76,11 +76,12 @@ def add_arguments(p):
     add_thermal_arguments(p.add_argument_group("thermal (as you give them to cgrp fuse)"))
 
 
-def _loader(path, camera=None):
-    """A pair's image, read when needed; undistorted with `camera` (core.camera.Intrinsics) if given."""
+def _loader(path, camera=None, name: str = ""):
+    """A pair's image, read when needed; undistorted with `camera` (core.camera.Intrinsics, of the `name`
+    camera) if given."""
     if camera is None:
         return lambda: read_image(path, cv2.IMREAD_UNCHANGED)
-    return lambda: undistort(read_image(path, cv2.IMREAD_UNCHANGED), camera)
+    return lambda: undistort(read_image(path, cv2.IMREAD_UNCHANGED), camera, name)
 
 
 def stamp_names(stamps_ns, indices) -> list:
@@ -242,7 +243,7 @@ def input_pairs(args) -> tuple:
         for warning in listing.warnings():
             print(f"cgrp calibrate: warning: {warning}", file=sys.stderr)
         cameras = cameras_from_args(args)
-        pairs = [(name, _loader(v, cameras and cameras[0]), _loader(t, cameras and cameras[1]))
+        pairs = [(name, _loader(v, cameras and cameras[0], "visible"), _loader(t, cameras and cameras[1], "thermal"))
                  for name, v, t in listing.pairs]
         if pairs:
             warn_if_swapped(pairs[0][0], lambda: (pairs[0][1](), pairs[0][2]()))

@@ -126,8 +126,10 @@ def load_homography(path) -> np.ndarray:
     try:
         matrix = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
     except (OSError, ValueError) as exc:
-        raise InputError(f"homography file {path}: cannot read a 3x3 matrix ({getattr(exc, 'strerror', None) or exc})") \
-            from None
+        hint = ("; a rig.yaml of cgrp calibrate goes to --calibration" if path.suffix.lower() in (".yaml", ".yml")
+                else "")
+        raise InputError(f"homography file {path}: cannot read a 3x3 matrix ({getattr(exc, 'strerror', None) or exc})"
+                         f"{hint}") from None
     problem = homography_problem(matrix)
     if problem:
         raise InputError(f"homography file {path}: the matrix {problem}")

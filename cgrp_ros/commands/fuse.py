@@ -283,7 +283,7 @@ def run(args) -> int:
                 thermal = read_image(thermal_path)
                 warnings = pipeline.input_warnings(visible, thermal)  # as received (the node's order too)
                 if cameras is not None:  # another size than its calibration: InputError, this pair only
-                    visible, thermal = undistort(visible, cameras[0]), undistort(thermal, cameras[1])
+                    visible, thermal = undistort(visible, cameras[0], "visible"), undistort(thermal, cameras[1], "thermal")
                 result = stream(visible, thermal, stamp=index / args.fps)
                 for kind, text in warnings:  # said once fused: a pair refused is told by its error alone
                     if kind not in said_once:

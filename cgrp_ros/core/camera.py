@@ -98,7 +98,8 @@ def load_camera_yaml(path) -> Intrinsics:
     except InputError as exc:
         raise InputError(f"camera file {path}: {exc}") from None
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        what = f"no {exc} field" if isinstance(exc, KeyError) else (getattr(exc, "strerror", None) or str(exc))
+        what = (f"no {exc} field" if isinstance(exc, KeyError) else "its fields are not of that form"
+                if isinstance(exc, TypeError) else (getattr(exc, "strerror", None) or str(exc)))
         raise InputError(f"camera file {path}: not a camera calibration YAML (image_width, image_height, "
                          f"camera_matrix, distortion_coefficients): {what}") from None
 
@@ -113,12 +114,14 @@ def undistortion_maps(camera: Intrinsics):
     return cv2.initUndistortRectifyMap(K, D, np.eye(3), K, (w, h), cv2.CV_16SC2)
 
 
-def undistort(image: np.ndarray, camera: Intrinsics) -> np.ndarray:
+def undistort(image: np.ndarray, camera: Intrinsics, name: str = "") -> np.ndarray:
     """`image` (H x W [x C], uint8 / uint16 / float32 / float64) resampled onto its camera's ideal
     pinhole grid with the same K and size (bilinear, zero outside the raw image). Returned unchanged
-    when the camera has no distortion. InputError when the image is not of `camera.size`."""
+    when the camera has no distortion. InputError when the image is not of `camera.size` (naming the
+    camera `name`, e.g. "visible")."""
     if image.shape[:2] != tuple(camera.size):
-        raise InputError(f"image is {image.shape[1]}x{image.shape[0]} but its camera_info is for "
+        which = f"{name} " if name else ""
+        raise InputError(f"{which}image is {image.shape[1]}x{image.shape[0]} but its camera_info is for "
                          f"{camera.size[1]}x{camera.size[0]}")
     if not camera.distorted:
         return image

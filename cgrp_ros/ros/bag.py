@@ -69,7 +69,10 @@ class BagTopics:
             self.reader.open()
         except Exception as exc:  # rosbags' ReaderError, a bad metadata.yaml, a foreign file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # (YAML errors span lines)
-            if "magic" in reason.lower():
+            if self.path.is_dir() and not (self.path / "metadata.yaml").exists():
+                reason = ("a folder without metadata.yaml, so no rosbag2 (give the folder `ros2 bag record` made, "
+                          "or its .db3 / .mcap file)")
+            elif "magic" in reason.lower():
                 reason += (" (an MCAP file cut off before the recorder closed it? the mcap CLI's `mcap recover` "
                            "writes a readable copy)")
             raise BagError(f"cannot read bag '{self.path}': {reason}") from None
