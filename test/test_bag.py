@@ -252,6 +252,13 @@ def test_a_bag_whose_stamps_never_meet_says_by_how_much(tmp_path, sample_pairs):
              "--out", tmp_path / "out2", "--slop", "0.08")
     assert r.returncode == 0 and "2 pair(s) fused" in r.stdout, r.stderr  # a slop above the offset it named pairs them
     assert "without a partner" not in r.stdout
+    # a bad message besides does not hide why the others never paired
+    visible_topic, thermal_topic, _ = write_bag(tmp_path / "in_bad", small_pairs(sample_pairs)[:3], "mcap", True,
+                                                corrupt_visible=0, thermal_offset=70_000_000)
+    r = cgrp("fuse", "--bag", tmp_path / "in_bad", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
+             "--out", tmp_path / "out3")
+    assert r.returncode == 1 and "skipping visible message" in r.stderr
+    assert "the closest stamps are 0.070 s apart" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def test_the_same_topic_for_both_cameras_is_refused(tmp_path, sample_pairs):

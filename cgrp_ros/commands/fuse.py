@@ -144,9 +144,9 @@ def no_pair_reason(args, summary, slop: float) -> str:
     """Why a bag gave no pair: its messages were bad, or its stamps never met (by how much)."""
     from ..ros.sync import describe_offset
 
-    if summary.skipped:
-        return "no pair fused"
     why = describe_offset(summary.stamp_offset, slop, "--slop")
+    if summary.skipped and why is None:  # the bad messages (listed above) are the reason
+        return "no pair fused"
     return (f"no pair fused: the stamps of '{args.visible_topic}' and '{args.thermal_topic}' never came within "
             f"--slop {slop:g} s" + (f": {why}" if why else ""))
 
