@@ -282,14 +282,15 @@ def run(args) -> int:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
                 warnings = pipeline.input_warnings(visible, thermal)  # as received (the node's order too)
-                if cameras is not None:  # another size than its calibration: InputError, this pair only
-                    visible, thermal = undistort(visible, cameras[0], "visible"), undistort(thermal, cameras[1], "thermal")
-                result = stream(visible, thermal, stamp=index / args.fps)
-                for kind, text in warnings:  # said once fused: a pair refused is told by its error alone
-                    if kind not in said_once:
-                        tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
-                    if kind in CAMERA_WARNINGS:  # one line for the folders
-                        said_once.add(kind)
+                try:
+                    if cameras is not None:  # another size than its calibration: InputError, this pair only
+                        visible = undistort(visible, cameras[0], "visible")
+                        thermal = undistort(thermal, cameras[1], "thermal")
+                    result = stream(visible, thermal, stamp=index / args.fps)
+                except CgrpError:  # a refused pair is told by its error, and by swapped cameras, which may explain it
+                    say_warnings(name, [w for w in warnings if w[0] == "swapped"], said_once)
+                    raise
+                say_warnings(name, warnings, said_once)
                 write_result(args.out, name, result)
                 pair, edges = records.add(name, visible, thermal, result.flow, result.fused_image,
                                           result.registration_confidence, result.registration_fallback,
@@ -308,6 +309,15 @@ def run(args) -> int:
     print(f"cgrp fuse: {len(records.rows)} pair(s) written to {args.out}, {len(failures)} problem(s), "
           f"{records.low_confidence_line()}")
     return 1 if failures else 0
+
+
+def say_warnings(name: str, warnings, said_once: set) -> None:
+    """Print a pair's input warnings; those of the cameras (CAMERA_WARNINGS) once for the folders."""
+    for kind, text in warnings:
+        if kind not in said_once:
+            tqdm.write(f"cgrp fuse: warning: {name}: {text}", file=sys.stderr)
+        if kind in CAMERA_WARNINGS:
+            said_once.add(kind)
 
 
 def report_problems(failures: list, reported: int) -> int:
