@@ -2,6 +2,7 @@
 `outputs:=[]` publishes nothing."""
 import time
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -67,6 +68,9 @@ def test_player_skips_a_pair_it_cannot_read_and_plays_the_others(tmp_path, sampl
         shutil.copy(sample_dir / "thermal" / name, tmp_path / "thermal" / name)
     cut = tmp_path / "visible" / names[1]
     cut.write_bytes(cut.read_bytes()[:300])
+    # an array that is no image (it ended the player with a ValueError, or kept it logging for ever)
+    shutil.copy(sample_dir / "visible" / names[0], tmp_path / "visible" / "zz_flat.jpg")
+    np.save(tmp_path / "thermal" / "zz_flat.npy", np.zeros(5, np.float32))
     rclpy.init()
     try:
         log = tmp_path / "player.log"
@@ -76,6 +80,7 @@ def test_player_skips_a_pair_it_cannot_read_and_plays_the_others(tmp_path, sampl
         text = log.read_text()
         assert code == 0, text
         assert text.count("skipping pair 1 from now on") == 1 and "truncated JPEG" in text and "Traceback" not in text
+        assert text.count("skipping pair 3 from now on") == 1 and "expected H x W" in text
         assert "published 6 pairs (count 6): done" in text
         for other in names[:1] + names[2:]:
             (tmp_path / "visible" / other).write_bytes(b"not an image")

@@ -114,7 +114,7 @@ class PairListing:
     unpaired: list       # [path] with no partner in the other folder
     not_found: list = field(default_factory=list)  # [name] listed in `names` but in neither folder
     duplicates: list = field(default_factory=list)  # [(path used, [paths of the same stem left out])]
-    unsupported: dict = field(default_factory=dict)  # {stem: path} of files of a type not read, by name stem
+    unsupported: dict = field(default_factory=dict)  # {unpaired path: its namesake in the other folder of a type not read}
 
     def problems(self) -> list:
         """One line per file left out or listed name missing: what cgrp fuse and calibrate report."""
@@ -123,7 +123,7 @@ class PairListing:
                 + [f"{name}: listed, but in neither folder" for name in self.not_found])
 
     def _why_unpaired(self, path) -> str:
-        other = self.unsupported.get(Path(path).stem)
+        other = self.unsupported.get(path)
         if other is None:
             return ""
         return f" ({other} is there, of a type not read: use one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -189,10 +189,10 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
     pairs = [(stem, vis[stem], th[stem]) for stem in sorted(vis) if stem in th]
     unpaired = [vis[s] for s in sorted(vis) if s not in th] + [th[s] for s in sorted(th) if s not in vis]
     unsupported = {}
-    if unpaired:  # a partner of a type not read (x.jpg beside x.gif) is worth naming
-        for folder in (visible, thermal):
-            unsupported.update({p.stem: p for p in sorted(folder.iterdir())
-                                if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS})
+    if unpaired:  # a partner of a type not read (x.jpg beside x.gif in the other folder) is worth naming
+        for own, other in ((vis, thermal), (th, visible)):
+            others = {p.stem: p for p in sorted(other.iterdir()) if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS}
+            unsupported.update({own[stem]: others[stem] for stem in own if stem in others and own[stem] in unpaired})
     return PairListing(pairs, unpaired, not_found, duplicates, unsupported)
 
 

@@ -39,9 +39,9 @@ class AlignmentCheck:
         except Exception as exc:  # a diagnostic: report it, never fail the registration for it
             self.error = f"{type(exc).__name__}: {exc}"
             return
-        # a reset while scoring (another calibration, cleanup) cleared the window: this score is of the old estimate
-        if np.all(np.isfinite(scores)) and stream.generation == generation:
-            with self._lock:
+        with self._lock:  # (the node resets the stream, then this window: compared and appended under the lock)
+            # a reset while scoring (another calibration, cleanup) cleared the window: this score is of the old estimate
+            if np.all(np.isfinite(scores)) and stream.generation == generation:
                 self._scores.append(scores)
 
     def reset(self) -> None:

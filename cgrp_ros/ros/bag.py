@@ -342,7 +342,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                 bar.close()
             writer.close()
         summary.messages = tuple(read)
-        summary.unpaired = tuple(n - sync.pairs for n in usable)
+        if not summary.stopped:  # (at --limit a message's partner may simply not have been read yet)
+            summary.unpaired = tuple(n - sync.pairs for n in usable)
         summary.written = dict(writer.counts)
         summary.resets = sync.resets
         summary.stamp_offset = sync.offset.closest()

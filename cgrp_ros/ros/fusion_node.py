@@ -726,7 +726,7 @@ def _start_and_spin() -> int:
         node.get_logger().info("waiting in state 'unconfigured' (autostart is false): configure and activate "
                                "through the lifecycle services, e.g. ros2 lifecycle set "
                                f"{node.get_fully_qualified_name()} configure")
-    spin_until_signal(node, until=lambda: node.finalized)
+    spin_until_signal(node, until=lambda: node.finalized, survive_callback_errors=True)
     node.get_logger().info("shutting down")
     stopped = node.stop()
     node.destroy_node()

@@ -58,20 +58,21 @@ class RosLogHandler(logging.Handler):
 CALLBACK_ERROR_LOG_PERIOD = 5.0  # s between two log lines of the same failure
 
 
-def spin_until_signal(node: Node, until=lambda: False) -> None:
+def spin_until_signal(node: Node, until=lambda: False, survive_callback_errors: bool = False) -> None:
     """Spin `node` until SIGINT, SIGTERM or `until()` is true.
 
     Our signal handlers replace rclpy's, so a Ctrl-C ends the loop without a KeyboardInterrupt traceback.
-    An exception out of a callback (ours, or rclpy's own, e.g. its /clock subscription given a negative
-    time) is logged and the node goes on: rclpy would end the process with it, and another process's
-    message or service call must not be able to do that.
+    `survive_callback_errors` (cgrp_fusion): an exception out of a callback (ours, or rclpy's own, e.g.
+    its /clock subscription given a negative time) is logged, at most every CALLBACK_ERROR_LOG_PERIOD s
+    per place it came from, and the node goes on: another process's message or service call must not
+    end a node that serves others. Otherwise (cgrp_player, whose work is its own) it ends the process.
     """
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    logged = {}  # failure -> when it was last logged
+    logged = {}  # (exception type, file, line) -> when it was last logged
     try:
         while not stop.is_set() and not until() and rclpy.ok():
             try:
@@ -79,12 +80,15 @@ def spin_until_signal(node: Node, until=lambda: False) -> None:
             except ExternalShutdownException:
                 raise
             except Exception as exc:
+                if not survive_callback_errors:
+                    raise
                 where = traceback.extract_tb(exc.__traceback__)[-1]
-                failure = f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
+                place = (type(exc).__name__, where.filename, where.lineno)  # (finitely many: the text may vary)
                 now = time.monotonic()
-                if now - logged.get(failure, -CALLBACK_ERROR_LOG_PERIOD) >= CALLBACK_ERROR_LOG_PERIOD:
-                    logged[failure] = now
-                    node.get_logger().error(f"a callback failed, the node goes on: {failure}")
+                if now - logged.get(place, -CALLBACK_ERROR_LOG_PERIOD) >= CALLBACK_ERROR_LOG_PERIOD:
+                    logged[place] = now
+                    node.get_logger().error(f"a callback failed, the node goes on: {type(exc).__name__}: {exc} "
+                                            f"({where.filename}:{where.lineno})")
     except ExternalShutdownException:
         pass
     finally:

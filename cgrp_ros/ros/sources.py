@@ -12,7 +12,7 @@ import numpy as np
 from ..core.data import find_pairs, read_image, sample_dir
 from ..core.deform import PRESETS, misalign, rng_for
 from ..core.errors import CgrpError
-from ..core.image import luminance
+from ..core.image import check_image, luminance
 
 
 class PairSource:
@@ -65,7 +65,9 @@ class FolderSource(PairSource):
     def arrays(self, index: int):
         """(visible, thermal) of pair `index`: the thermal single channel, misaligned by `deform`."""
         name, visible_path, thermal_path = self.pairs[index]
-        return self._finish(read_image(visible_path), read_image(thermal_path), name)
+        # a file the player cannot send as an image (e.g. a 1-D .npy) is an unreadable pair, not the player's end
+        return self._finish(check_image(read_image(visible_path), str(visible_path)),
+                            check_image(read_image(thermal_path), str(thermal_path)), name)
 
 
 class BagSource(PairSource):
