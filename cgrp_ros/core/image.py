@@ -245,13 +245,17 @@ def swapped_cameras_hint(visible: np.ndarray, thermal: np.ndarray) -> str | None
     return f"the visible image is 16-bit single channel and the thermal image is in colour: {SWAPPED_QUESTION}"
 
 
-def in_colour(image: np.ndarray) -> bool:
-    """Whether an image has three channels that differ (not grey stored as BGR), judged on every 8th pixel."""
+def in_colour(image: np.ndarray, spread: float = 2.0) -> bool:
+    """Whether an image has three channels that differ (not grey stored as BGR), judged on every 8th pixel:
+    the mean of |B - G| + |G - R| at least `spread` grey levels of 8 bits."""
     if image.ndim != 3 or image.shape[2] < 3:
         return False
     sample = image[::8, ::8, :3].astype(np.float64)
-    spread = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
-    return spread >= 2.0 * (257.0 if image.dtype == np.uint16 else 1.0 / 255.0 if image.dtype.kind == "f" else 1.0)
+    found = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
+    return found >= spread * (257.0 if image.dtype == np.uint16 else 1.0 / 255.0 if image.dtype.kind == "f" else 1.0)
+
+
+PALETTE_SPREAD = 8.0  # in_colour's spread for a false-colour thermal: above a grey camera's channel noise
 
 
 def same_picture(visible: np.ndarray, thermal: np.ndarray) -> bool:
@@ -290,7 +294,7 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") 
     elif same_picture(visible, thermal):
         same = "the visible and the thermal image are the same picture: is one camera's folder or topic given for both?"
         warnings.append(("same_picture", f"pair{at}: {same}" if at else same))
-    elif in_colour(thermal):
+    elif in_colour(thermal, PALETTE_SPREAD):
         warnings.append(("colour_thermal", f"thermal image{at} is in colour (a false-colour palette?): fused from "
                          "its luminance, which does not order temperatures; set the camera to a grey (white-hot) "
                          "palette or record its raw values"))
