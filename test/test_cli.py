@@ -509,8 +509,11 @@ def test_a_file_that_is_no_image_says_what_it_is_and_an_unread_type_is_named(tmp
     (tmp_path / "text.jpg").write_text("hello")
     with pytest.raises(InputError, match="empty.jpg: an empty file"):
         read_image(tmp_path / "empty.jpg")
-    with pytest.raises(InputError, match="text.jpg: not a JPEG"):
+    with pytest.raises(InputError, match=r"text.jpg: not a readable image \(named .jpg, but not a JPEG\)"):
         read_image(tmp_path / "text.jpg")
+    png = cv2.imencode(".png", np.full((4, 6), 9, np.uint8))[1].tobytes()
+    (tmp_path / "png.jpg").write_bytes(png)  # named .jpg, read by its content
+    assert read_image(tmp_path / "png.jpg").shape == (4, 6)
     vis, th = tmp_path / "visible", tmp_path / "thermal"
     vis.mkdir(), th.mkdir()
     visible = cv2.imread(str(next((sample_dir / "visible").glob("*.jpg"))))

@@ -242,7 +242,8 @@ class PairRecords:
             print(f"cgrp fuse: {self.video.summary()}")
 
 
-CAMERA_WARNINGS = ("swapped", "stretched", "colour_thermal", "same_picture")  # of the cameras, not of a pair: said for the first pair only
+# of the cameras, not of a pair: said for the first pair only
+CAMERA_WARNINGS = ("swapped", "stretched", "colour_thermal", "same_picture")
 MAX_PROBLEM_LINES = 20  # the rest are counted: a folder of misnamed files must not flood the terminal
 
 

@@ -77,16 +77,15 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: an empty file")
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        with open(path, "rb") as f:
-            if f.read(2) != b"\xff\xd8":
-                raise InputError(f"{path}: not a JPEG (no start-of-image marker)")
-        if not _ends_like_a_jpeg(path):
-            # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
-            raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
+    with open(path, "rb") as f:
+        jpeg = f.read(2) == b"\xff\xd8"  # (by content: OpenCV reads a PNG named .jpg as a PNG)
+    if jpeg and not _ends_like_a_jpeg(path):
+        # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
+        raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
     image = cv2.imread(str(path), flags)
     if image is None:
-        raise InputError(f"{path}: not a readable image")
+        named = path.suffix.lower() in (".jpg", ".jpeg") and not jpeg
+        raise InputError(f"{path}: not a readable image" + (" (named .jpg, but not a JPEG)" if named else ""))
     return image
 
 
@@ -114,7 +113,7 @@ class PairListing:
     unpaired: list       # [path] with no partner in the other folder
     not_found: list = field(default_factory=list)  # [name] listed in `names` but in neither folder
     duplicates: list = field(default_factory=list)  # [(path used, [paths of the same stem left out])]
-    unsupported: dict = field(default_factory=dict)  # {unpaired path: its namesake in the other folder of a type not read}
+    unsupported: dict = field(default_factory=dict)  # {unpaired path: its namesake of a type not read, other folder}
 
     def problems(self) -> list:
         """One line per file left out or listed name missing: what cgrp fuse and calibrate report."""
@@ -191,8 +190,10 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
     unsupported = {}
     if unpaired:  # a partner of a type not read (x.jpg beside x.gif in the other folder) is worth naming
         for own, other in ((vis, thermal), (th, visible)):
-            others = {p.stem: p for p in sorted(other.iterdir()) if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS}
-            unsupported.update({own[stem]: others[stem] for stem in own if stem in others and own[stem] in unpaired})
+            others = {p.stem: p for p in sorted(other.iterdir())
+                      if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS}
+            unsupported.update({own[stem]: others[stem] for stem in own
+                                if stem in others and own[stem] in unpaired})
     return PairListing(pairs, unpaired, not_found, duplicates, unsupported)
 
 

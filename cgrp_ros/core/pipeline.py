@@ -283,8 +283,8 @@ class Pipeline:
         after frame), so that what derives from the flow alone (its working-size copy, resampling maps)
         is not worked out again between registrations; the value is returned read-only. A writable flow
         (its owner may change it in place) is not cached; keys beyond FLOW_CACHE_SIZE (a thermal whose size,
-        or a setting, changes with every frame) start the cache over, so memory stays bounded. Thread-safe: a value is only ever stored with
-        the flow it was made from."""
+        or a setting, changes with every frame) start the cache over, so memory stays bounded. Thread-safe:
+        a value is only ever stored with the flow it was made from."""
         if flow.flags.writeable:
             return make()
         entry = self._flow_cache
