@@ -194,7 +194,7 @@ def test_featureless_pairs_are_refused(tmp_path, capsys):
     # 128x160 and were used): refused before any work, nothing written
     code = cgrp(["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", out,
                  "--working-size", "128x160", "--device", "cpu"])
-    assert code == 2 and "working size 128x160 is too small to calibrate" in capsys.readouterr().err
+    assert code == 2 and "working size 128x160 (HxW) is too small to calibrate" in capsys.readouterr().err
     assert not out.exists()
 
 

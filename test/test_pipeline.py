@@ -61,7 +61,7 @@ def test_a_working_size_too_large_for_the_machine_is_refused_with_one_that_fits(
     gib8 = 8 * 2**30
     assert working_size_problem((720, 1280), "cpu", gib8) is None      # ~5 GB of 8
     problem = working_size_problem((1024, 1280), "cpu", gib8)            # ~10 GB of 8
-    assert problem.startswith("working_size 1024x1280 needs about 10 GB") and "this machine's 9 GB" in problem
+    assert problem.startswith("working_size 1024x1280 (HxW) needs about 10 GB") and "this machine's 9 GB" in problem
     fits = tuple(int(v) for v in problem.rsplit(" ", 1)[1].split("x"))
     assert working_size_problem(fits, "cpu", gib8) is None and search_memory_bytes(fits) > 0.5 * 0.75 * gib8
     assert working_size_problem((4096, 4096), "cuda", gib8) is None

@@ -200,7 +200,7 @@ class RigCalibrator:
             # the match confidence that rejects lens-cap and featureless pairs was chosen at 256x320; with
             # fewer cells chance agreement passes it (measured: black frames 0.40-0.45 at 128x160, 0.06 at
             # 256x320, against the 0.28 minimum), and a wrong rig.yaml would be written
-            raise InputError(f"working size {working_size[0]}x{working_size[1]} is too small to calibrate: use at "
+            raise InputError(f"working size {working_size[0]}x{working_size[1]} (HxW) is too small to calibrate: use at "
                              "least 256x320 (or the same area)")
         self.torch = torch
         self.device = torch.device(resolve_device(device))  # 'cuda' without a GPU: the CPU, with a warning

@@ -78,7 +78,7 @@ def working_size_problem(working_size, device: str, total_bytes: int | None = No
     h, w = working_size
     shrink = (MEMORY_SHARE * total / need) ** 0.25  # memory grows with the fourth power of the side
     fits = (int(h * shrink) // 8 * 8, int(w * shrink) // 8 * 8)
-    return (f"working_size {h}x{w} needs about {need / 1e9:.0f} GB for the registration's global search on the "
+    return (f"working_size {h}x{w} (HxW) needs about {need / 1e9:.0f} GB for the registration's global search on the "
             f"CPU (it grows with the square of the area), more than {MEMORY_SHARE:.0%} of this machine's "
             f"{total / 1e9:.0f} GB: use at most about {fits[0]}x{fits[1]}")
 
@@ -214,7 +214,7 @@ class Pipeline:
         if problem:
             raise InputError(problem)
         weights = "models" if c.backend == "torch" else f"graphs in {self.backend.onnx_dir} exported from"
-        log.info("cgrp pipeline: %s, working size %dx%d, %s %s", self.backend.description, h, w, weights,
+        log.info("cgrp pipeline: %s, working size %dx%d (HxW), %s %s", self.backend.description, h, w, weights,
                  ", ".join(Path(p).name for p in self.model_paths.values()))
 
     @property

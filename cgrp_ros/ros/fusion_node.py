@@ -382,7 +382,7 @@ class FusionNode(LifecycleNode):
         self.get_logger().info(
             f"cgrp_fusion ready: backend {self.pipeline.config.backend} ({self.pipeline.description}), "
             f"device {getattr(backend, 'device', self.values['device'])}, "
-            f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w}, models: {models}; "
+            f"providers {getattr(backend, 'providers', 'n/a')}, working size {h}x{w} (HxW), models: {models}; "
             f"sync {self.sync.implementation} (slop {self.values['slop']} s, queue {self.values['queue_size']}), "
             f"inputs {self.input_reliability()} ({self.values['image_transport']}), camera_info "
             f"{', '.join(s.topic_name for s in self.camera_info_subscriptions) or 'not used'}, "
