@@ -178,6 +178,11 @@ def test_pairs_that_all_fail_and_stamps_on_another_clock_are_said_in_diagnostics
         assert node.diagnostic_values()["latency p50 ms"] == "n/a"
         # ... but the pair counts in the frame rate (it read 0 fps while fusing such stamps)
         assert node.diagnostic_values()["fps (10 s)"] == "0.10"
+        # a registration problem is not hidden behind the clock (a replayed recording's stamps hid a
+        # self-calibration that never settled): it comes first, the clock after it
+        node.stats.last_confidence, node.stats.last_fallback = 0.02, True
+        level, message = node.diagnose()
+        assert message.startswith("last pair: low registration confidence 0.020") and "; input stamps are" in message
 
 
 class AlwaysFails(FailsOnce):

@@ -139,21 +139,25 @@ def diagnose(node):
         if rate > node.values["drop_rate_warn"]:
             return DiagnosticStatus.WARN, f"high drop rate: {rate:.0%} of pairs dropped (inference too slow)"
     clock = stats.stamp_clock_offset
-    if clock and now - clock[0] <= timeout:
-        return DiagnosticStatus.WARN, (f"input stamps are {clock[1]:+.0f} s from this node's clock ({OTHER_EPOCH}): "
-                                       "latency unknown")
+    clock = (f"input stamps are {clock[1]:+.0f} s from this node's clock ({OTHER_EPOCH}): latency unknown"
+             if clock and now - clock[0] <= timeout else None)
+    # the registration's problems first, the clock's after them: a replayed recording's stamps would
+    # otherwise hide a self-calibration that never settles
+    also = f"; {clock}" if clock else ""
     unsettled = rig_unsettled(node)
     if unsettled:
-        return DiagnosticStatus.WARN, unsettled
+        return DiagnosticStatus.WARN, unsettled + also
     threshold = confidence_threshold(node)
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused
-        return DiagnosticStatus.WARN, f"last pair: {doubtful}"
+        return DiagnosticStatus.WARN, f"last pair: {doubtful}{also}"
     check, stream = getattr(node, "alignment_check", None), getattr(node, "stream", None)
     amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
     worse = check.worse() if check is not None and amortised else None
     if worse:
-        return DiagnosticStatus.WARN, worse
+        return DiagnosticStatus.WARN, worse + also
+    if clock:
+        return DiagnosticStatus.WARN, clock
     return DiagnosticStatus.OK, "fusing"
 
 
