@@ -317,6 +317,9 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
         assert visible_stamps <= set(stamps) and thermal_stamps <= {s + THERMAL_OFFSET for s in stamps}
         assert got["visible"][-1].encoding == "bgr8" and got["thermal"][-1].encoding == "mono8"
         assert (got["visible"][-1].height, got["visible"][-1].width) == (96, 128)
+        # the recording's frame_ids, which the node's outputs carry on (they were the player's defaults)
+        assert (got["visible"][-1].header.frame_id, got["thermal"][-1].header.frame_id) == \
+            ("visible_camera", "thermal_camera")
     finally:
         rclpy.try_shutdown()
 

@@ -27,6 +27,8 @@ from .image_conversions import encoding_for, numpy_to_image
 from .process import spin_until_signal
 from .sources import BagSource, FolderSource
 
+DEFAULT_FRAMES = ("visible_camera_optical_frame", "thermal_camera_optical_frame")  # (REP 103 optical frames)
+
 
 def _float_range(low, high):
     return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
@@ -54,8 +56,10 @@ class PlayerNode(Node):
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
         max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
                             integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
-        self.visible_frame = declare("visible_frame_id", "visible_camera_optical_frame", "frame_id of the visible images")
-        self.thermal_frame = declare("thermal_frame_id", "thermal_camera_optical_frame", "frame_id of the thermal images")
+        self.visible_frame = declare("visible_frame_id", DEFAULT_FRAMES[0], "frame_id of the visible images (with "
+                                     "bag and this default: each message's recorded one)")
+        self.thermal_frame = declare("thermal_frame_id", DEFAULT_FRAMES[1], "frame_id of the thermal images (with "
+                                     "bag and this default: each message's recorded one)")
         bag = declare("bag", "", "rosbag2 to play instead of the folders (bag folder, .db3 or .mcap)")
         visible_topic = declare("visible_topic", "", "with bag: the visible topic (Image or CompressedImage)")
         thermal_topic = declare("thermal_topic", "", "with bag: the thermal topic (Image or CompressedImage)")
@@ -125,10 +129,13 @@ class PlayerNode(Node):
             now = self.get_clock().now().nanoseconds
             offset = self.stamp_offset + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter > 0 else 0.0)
             stamps = (now, now + int(round(offset * 1e9)))
-        for msg, stamp, frame in ((visible_msg, stamps[0], self.visible_frame),
-                                  (thermal_msg, stamps[1], self.thermal_frame)):
+        recorded = self.source.frame_ids(index) or ("", "")
+        frames = (self.visible_frame, self.thermal_frame)
+        for stream, (msg, stamp) in enumerate(((visible_msg, stamps[0]), (thermal_msg, stamps[1]))):
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(max(stamp, 0), 1_000_000_000)
-            msg.header.frame_id = frame
+            # a bag's own frame_id, unless one other than the default is given
+            keep = recorded[stream] and frames[stream] == DEFAULT_FRAMES[stream]
+            msg.header.frame_id = recorded[stream] if keep else frames[stream]
         self.visible_pub.publish(visible_msg)
         self.thermal_pub.publish(thermal_msg)
         self.published += 1

@@ -17,7 +17,8 @@ from ..core.image import check_image, luminance
 
 class PairSource:
     """What the player needs of a source of pairs: `len(source)`, `source.arrays(index)` ->
-    (visible, thermal) arrays, and `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now).
+    (visible, thermal) arrays, `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now), and
+    `source.frame_ids(index)` -> (visible, thermal) frame_id as recorded, or None.
 
     The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
     """
@@ -44,6 +45,10 @@ class PairSource:
         return visible, thermal
 
     def stamps(self, index: int):
+        return None
+
+    def frame_ids(self, index: int):
+        """(visible, thermal) header frame_id as recorded, or None (folders: none recorded)."""
         return None
 
 
@@ -90,6 +95,7 @@ class BagSource(PairSource):
         if not visible_topic or not thermal_topic:
             raise CgrpError("bag: give visible_topic and thermal_topic too")
         self.streams = ([], [])  # per stream: [(header stamp ns, CDR bytes)]
+        self.frames = ([], [])   # per stream: the messages' header frame_id, in the same order
         self.skipped = 0
         with BagTopics(bag, visible_topic, thermal_topic) as reader:
             self.types, self.msgtypes, self.compressed = reader.types, reader.msgtypes, reader.compressed
@@ -103,6 +109,7 @@ class BagSource(PairSource):
                     self.skipped += 1
                     continue
                 self.streams[stream].append((stamp_ns(msg), raw))
+                self.frames[stream].append(msg.header.frame_id)
         visible, thermal = self.streams
         if not visible or not thermal:
             raise CgrpError(f"bag '{bag}': no readable messages on "
@@ -139,3 +146,7 @@ class BagSource(PairSource):
     def stamps(self, index: int):
         visible_index, thermal_index = self.pairs[index]
         return self.streams[0][visible_index][0], self.streams[1][thermal_index][0]
+
+    def frame_ids(self, index: int):
+        visible_index, thermal_index = self.pairs[index]
+        return self.frames[0][visible_index], self.frames[1][thermal_index]
