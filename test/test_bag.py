@@ -175,9 +175,12 @@ def test_fuse_bag_video_runs_at_the_bags_rate(tmp_path, sample_pairs):
 
 
 def test_fuse_bag_limit_stops_early_and_low_confidence_pairs_are_warned_of(tmp_path, sample_pairs):
+    from cgrp_ros.core.camera import Intrinsics
+
     # a lens-capped thermal (constant): nothing to register, every pair falls back to the prior
     pairs = [(visible, np.full_like(thermal, 90)) for visible, thermal in small_pairs(sample_pairs)]
-    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", False)
+    camera = Intrinsics.from_matrix([[110, 0, 64], [0, 110, 48], [0, 0, 1]], [0] * 5, size=(96, 128))
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", pairs, "mcap", False, cameras=(camera, camera))
     out = tmp_path / "out"
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
              "--out", out, "--device", "cpu", "--working-size", "96x128", "--limit", "2")
@@ -190,6 +193,7 @@ def test_fuse_bag_limit_stops_early_and_low_confidence_pairs_are_warned_of(tmp_p
     messages, _ = read_bag(out)
     assert [stamp_of(m) for _, m in messages[output_topic("fused")]] == stamps[:2]
     assert len(messages[visible_topic]) == 2  # the new bag ends where the fusion stopped
+    assert len(messages["/camera/camera_info"]) == len(messages["/thermal/camera_info"]) == 2  # (all of them, before)
     r = cgrp("fuse", "--bag", tmp_path / "in", "--visible-topic", visible_topic, "--thermal-topic", thermal_topic,
              "--out", tmp_path / "all", "--device", "cpu", "--working-size", "96x128", "--limit", str(PAIRS))
     assert f"{PAIRS} pair(s) fused from {PAIRS} visible and {PAIRS} thermal message(s); skipped: none," in r.stdout

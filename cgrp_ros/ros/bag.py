@@ -14,6 +14,7 @@ module imports nothing from rclpy.
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,8 +303,15 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
     with BagTopics(bag_path, visible_topic, thermal_topic) as bag:
         cameras = bag.cameras()
         writer = BagWriter(out_path)
-        for topic, timestamp, raw in cameras.copies:
-            writer.copy(topic, CAMERA_INFO, timestamp, raw)
+        # the camera_info messages go in at their log times, as the images are read: a bag cut at `limit`
+        # ends there for them too
+        infos = collections.deque(sorted(cameras.copies, key=lambda copy: copy[1]))
+
+        def copy_infos(until=None):
+            while infos and (until is None or infos[0][1] <= until):
+                topic, log_time, raw = infos.popleft()
+                writer.copy(topic, CAMERA_INFO, log_time, raw)
+
         if not use_camera_info:
             cameras = BagCameras((None, None), cameras.topics, [], [])
         for note in cameras.notes:
@@ -318,6 +326,7 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                     summary.stopped = True
                     break
                 read[stream] += 1
+                copy_infos(timestamp)
                 if msg is not None:  # one that cannot even be deserialised would break the new bag's readers
                     writer.copy(bag.topics[stream], bag.msgtypes[stream], timestamp, raw)
                 if bar is not None:
@@ -337,6 +346,8 @@ def fuse_bag(stream_pipeline, bag_path, visible_topic: str, thermal_topic: str, 
                 while pairs and not (limit and summary.pairs >= limit):
                     _fuse_one(stream_pipeline, writer, summary, *pairs.pop(0), timestamp, warn, on_pair, cameras)
             summary.stopped = summary.stopped or bool(pairs)  # pairs left: the limit stopped them
+            if not summary.stopped:
+                copy_infos()
         finally:
             if bar is not None:
                 bar.close()
