@@ -277,7 +277,8 @@ class FusionNode(LifecycleNode):
             return response
         response.success = True
         response.message = (f"saved {path}: rig estimate {self.stream.rig.state}, {calibration.pairs_used} "
-                            f"registration(s) used, median residual {calibration.median_residual_px:.2f} px")
+                            f"registration(s) used; the homography fits the estimate's flow to "
+                            f"{calibration.median_residual_px:.2f} px (median)")
         self.get_logger().info(response.message)
         return response
 
