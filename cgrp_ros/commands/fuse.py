@@ -279,25 +279,24 @@ def run(args) -> int:
     try:
         for index, (name, visible_path, thermal_path) in enumerate(
                 tqdm(listing.pairs, desc="fuse", unit="pair", disable=len(listing.pairs) < 2)):
+            warnings = []
             try:
                 visible = read_image(visible_path)
                 thermal = read_image(thermal_path)
                 warnings = pipeline.input_warnings(visible, thermal)  # as received (the node's order too)
-                try:
-                    if cameras is not None:  # another size than its calibration: InputError, this pair only
-                        visible = undistort(visible, cameras[0], "visible")
-                        thermal = undistort(thermal, cameras[1], "thermal")
-                    result = stream(visible, thermal, stamp=index / args.fps)
-                except CgrpError:  # a refused pair is told by its error, and by swapped cameras, which may explain it
-                    say_warnings(name, [w for w in warnings if w[0] == "swapped"], said_once)
-                    raise
-                say_warnings(name, warnings, said_once)
+                if cameras is not None:  # another size than its calibration: InputError, this pair only
+                    visible = undistort(visible, cameras[0], "visible")
+                    thermal = undistort(thermal, cameras[1], "thermal")
+                result = stream(visible, thermal, stamp=index / args.fps)
+                say_warnings(name, warnings, said_once)  # once fused: a refused pair is told by its error
                 write_result(args.out, name, result)
                 pair, edges = records.add(name, visible, thermal, result.flow, result.fused_image,
                                           result.registration_confidence, result.registration_fallback,
                                           index / args.fps)
                 write_alignment(args.out, name, pair, edges, result)
             except CgrpError as exc:
+                # ... and by swapped cameras, which may explain it (said once, as when fused)
+                say_warnings(name, [w for w in warnings if w[0] == "swapped"], said_once)
                 failures.append(str(exc) if str(visible_path) in str(exc) or str(thermal_path) in str(exc)
                                 else f"{name}: {exc}")
             reported = report_problems(failures, reported)  # as they come, not after an hour of pairs

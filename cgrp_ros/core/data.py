@@ -77,9 +77,8 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: an empty file")
-    with open(path, "rb") as f:
-        jpeg = f.read(2) == b"\xff\xd8"  # (by content: OpenCV reads a PNG named .jpg as a PNG)
-    if jpeg and not _ends_like_a_jpeg(path):
+    jpeg, complete = _jpeg_ends(path)
+    if jpeg and not complete:
         # libjpeg decodes the part that is there and fills the rest with grey, saying so only on stderr
         raise InputError(f"{path}: a truncated JPEG (no end-of-image marker): not read")
     image = cv2.imread(str(path), flags)
@@ -89,12 +88,15 @@ def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
     return image
 
 
-def _ends_like_a_jpeg(path: Path) -> bool:
-    """Whether the file's last 4 KB hold a JPEG end-of-image marker (some writers pad after it)."""
+def _jpeg_ends(path: Path) -> tuple:
+    """(whether the file is a JPEG by its content: OpenCV reads a PNG named .jpg as a PNG, whether its
+    last 4 KB hold a JPEG end-of-image marker: some writers pad after it), in one opening."""
     with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False, False
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 4096))
-        return b"\xff\xd9" in f.read()
+        return True, b"\xff\xd9" in f.read()
 
 
 def read_split(path) -> list[str]:

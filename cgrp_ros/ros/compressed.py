@@ -69,21 +69,23 @@ def payload_kind(payload: np.ndarray) -> str | None:
 
 
 def declared_size(payload: np.ndarray):
-    """(height, width) a PNG, JPEG or TIFF header declares, or None where the header does not say (another
-    kind of payload, cut short, a JPEG frame header after MAX_JPEG_SEGMENTS segments, or a TIFF of more
-    than MAX_TIFF_PIXEL_BITS per pixel)."""
+    """((height, width), least bytes) a PNG, JPEG or TIFF header declares, or None where the header does
+    not say (another kind of payload, cut short, a JPEG frame header after MAX_JPEG_SEGMENTS segments, or
+    a TIFF of more than MAX_TIFF_PIXEL_BITS per pixel). `least bytes`: the fewest a complete payload of
+    that size can have (jpeg_least_bytes; 0 for PNG and TIFF)."""
     payload = np.ascontiguousarray(payload)
     data = memoryview(payload)  # no copy: a JPEG's segments are skipped, not read
     kind = payload_kind(payload)
     if kind == "PNG":
-        return (int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")) \
+        return ((int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")), 0) \
             if bytes(data[12:16]) == b"IHDR" and len(data) >= 24 else None
     if kind == "TIFF":
-        return _tiff_size(data)
+        size = _tiff_size(data)
+        return None if size is None else (size, 0)
     if kind is None:
         return None
     frame = _jpeg_frame(payload, data)
-    return None if frame is None else frame[1:]
+    return None if frame is None else (frame[1:], jpeg_least_bytes(*frame))
 
 
 def _jpeg_frame(payload: np.ndarray, data: memoryview):
@@ -139,19 +141,15 @@ def _tiff_size(data: memoryview):
     return tags[TIFF_LENGTH], tags[TIFF_WIDTH]
 
 
-def jpeg_least_bytes(payload: np.ndarray, size) -> int:
-    """The fewest bytes a complete Huffman-coded JPEG of `size` (H, W) can have: one bit for each 8x8 block
-    of its full-resolution component (its DC difference, a Huffman code of at least one bit, in a
-    sequential and a progressive frame alike). 0 for another payload or an arithmetic-coded JPEG (which
+def jpeg_least_bytes(marker: int, height: int, width: int) -> int:
+    """The fewest bytes a complete Huffman-coded JPEG (start-of-frame `marker`) of height x width can have:
+    one bit for each 8x8 block of its full-resolution component (its DC difference, a Huffman code of at
+    least one bit, in a sequential and a progressive frame alike); 0 for an arithmetic-coded one (which
     can spend less). A JPEG declaring millions of pixels in a few hundred bytes would otherwise be
     decoded, grey-filled, to a full-size image held in the pairing queue."""
-    if payload_kind(payload) != "JPEG":
+    if marker in JPEG_ARITHMETIC_MARKERS:
         return 0
-    payload = np.ascontiguousarray(payload)
-    frame = _jpeg_frame(payload, memoryview(payload))
-    if frame is None or frame[0] in JPEG_ARITHMETIC_MARKERS:
-        return 0
-    return -(-size[0] // 8) * -(-size[1] // 8) // 8
+    return -(-height // 8) * -(-width // 8) // 8
 
 
 def decode_compressed(msg) -> tuple:
@@ -164,18 +162,18 @@ def decode_compressed(msg) -> tuple:
     if payload.size == 0:
         raise ImageConversionError("payload", "empty compressed payload")
     kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
-    size = declared_size(payload)
-    if size is None:  # decoding it would be the only way to learn its size
+    declared = declared_size(payload)
+    if declared is None:  # decoding it would be the only way to learn its size
         found = payload_kind(payload)
         what = ("neither JPEG, PNG nor TIFF" if found is None else
                 f"a TIFF whose first directory gives no image size, or more than {MAX_TIFF_PIXEL_BITS} bits a pixel"
                 if found == "TIFF" else f"a {found} whose header gives no image size (cut short or corrupt)")
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
                                               f"(format '{fmt}'): not decoded")
+    size, least = declared
     if size[0] * size[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image, more "
                                               f"than {MAX_DECODED_PIXELS // 1_000_000} MP: not decoded")
-    least = jpeg_least_bytes(payload, size)
     if payload.size < least:  # libjpeg would fill the rest with grey, saying so only on stderr
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is too short for the "
                                               f"{size[1]}x{size[0]} image its header declares (at least {least} "
