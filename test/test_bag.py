@@ -56,10 +56,11 @@ def _compressed(types, payload: bytes, fmt, stamp_ns, frame):
 
 
 def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int | None = None,
-              thermal_offset: int = THERMAL_OFFSET, cameras=None):
+              thermal_offset: int = THERMAL_OFFSET, cameras=None, thermal_every: int = 1):
     """A bag with VISIBLE (+ /compressed) and THERMAL (+ /compressed, stamped `thermal_offset` ns after the
     visible) pairs and a chatter topic; returns (visible topic, thermal topic, visible stamps).
-    `cameras`: (visible, thermal) core.camera.Intrinsics (or None), published beside each image as drivers do."""
+    `cameras`: (visible, thermal) core.camera.Intrinsics (or None), published beside each image as drivers do.
+    `thermal_every`: a thermal message beside every n-th visible one only (a slower thermal camera)."""
     types = typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(path, version=9, storage_plugin=plugin)
@@ -92,7 +93,8 @@ def write_bag(path, pairs, storage: str, compressed: bool, corrupt_visible: int 
             info = _camera_info(types, camera, stamp + offset, connection.topic)
             writer.write(connection, stamp + offset + 500_000, types.serialize_cdr(info, CAMERA_INFO))
         writer.write(vis, stamp + 1_000_000, types.serialize_cdr(v, msgtype))
-        writer.write(th, stamp + thermal_offset + 1_000_000, types.serialize_cdr(t, msgtype))
+        if i % thermal_every == 0:
+            writer.write(th, stamp + thermal_offset + 1_000_000, types.serialize_cdr(t, msgtype))
         String = types.types["std_msgs/msg/String"]
         writer.write(chatter, stamp + 2_000_000, types.serialize_cdr(String(data="hi"), "std_msgs/msg/String"))
     writer.close()
@@ -324,6 +326,37 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
         # the recording's frame_ids, which the node's outputs carry on (they were the player's defaults)
         assert (got["visible"][-1].header.frame_id, got["thermal"][-1].header.frame_id) == \
             ("visible_camera", "thermal_camera")
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_player_sends_a_slower_thermal_cameras_frames_once_per_loop(tmp_path, sample_pairs):
+    """A thermal frame shared by two visible frames went out twice, and the node fused it twice: twice the
+    thermal camera's rate."""
+    rclpy = pytest.importorskip("rclpy")
+    from ros_helpers import play_until_exit
+
+    from cgrp_ros.ros.sources import BagSource
+
+    visible_topic, thermal_topic, stamps = write_bag(tmp_path / "in", small_pairs(sample_pairs), "mcap", False,
+                                                     thermal_every=2)
+    thermal_stamps = [s + THERMAL_OFFSET for s in stamps[::2]]  # 2 thermal frames beside 4 visible ones
+    source = BagSource(tmp_path / "in", visible_topic, thermal_topic)
+    assert [source.thermal_frame(i) for i in range(len(source))] == [0, 0, 1, 1]
+    rclpy.init()
+    try:
+        log = tmp_path / "player.log"
+        code, got = play_until_exit(log, "-p", f"bag:={tmp_path / 'in'}", "-p", f"visible_topic:={visible_topic}",
+                                    "-p", f"thermal_topic:={thermal_topic}", "-p", "count:=40",
+                                    "-p", "rate:=10.0", timeout=60.0)  # 10 loops: time for discovery
+        assert code == 0, log.read_text()
+        visible = [stamp_of(m) for m in got["visible"]]
+        thermal = [stamp_of(m) for m in got["thermal"]]
+        assert len(visible) >= 2 * PAIRS and set(visible) == set(stamps), "too little received from the player"
+        assert set(thermal) == set(thermal_stamps)
+        # each frame once (2 of them a loop, in turn), and again in each loop
+        assert all(a != b for a, b in zip(thermal, thermal[1:])), thermal
+        assert abs(len(thermal) - len(visible) / 2) <= 1, (len(thermal), len(visible))
     finally:
         rclpy.try_shutdown()
 

@@ -1,8 +1,8 @@
 """Where cgrp_player's pairs come from, without rclpy: two folders of same-named images, or a bag.
 
-A source has `len(source)`, `source.arrays(index)` -> (visible, thermal) arrays and
-`source.stamps(index)` -> (visible ns, thermal ns) or None. `cgrp calibrate --bag` reads bags through
-the same BagSource.
+A source has `len(source)`, `source.arrays(index)` -> (visible, thermal) arrays,
+`source.stamps(index)` -> (visible ns, thermal ns) or None and `source.thermal_frame(index)`, which says
+when two pairs share a thermal frame. `cgrp calibrate --bag` reads bags through the same BagSource.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ..core.image import check_image, luminance
 class PairSource:
     """What the player needs of a source of pairs: `len(source)`, `source.arrays(index)` ->
     (visible, thermal) arrays, `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now), and
-    `source.frame_ids(index)` -> (visible, thermal) frame_id as recorded, or None.
+    `source.frame_ids(index)` -> (visible, thermal) frame_id as recorded, or None, and
+    `source.thermal_frame(index)` -> which thermal frame pair `index` holds (pairs that share one say so).
 
     The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
     """
@@ -51,6 +52,11 @@ class PairSource:
         """(visible, thermal) header frame_id as recorded, or None (folders: none recorded)."""
         return None
 
+    def thermal_frame(self, index: int) -> int:
+        """Which thermal frame pair `index` holds: equal for pairs that share one (a bag's slower thermal
+        camera), so that the player sends each thermal frame once, as the camera did."""
+        return index
+
 
 class FolderSource(PairSource):
     """Same-named visible/thermal image pairs from two folders, as (visible, thermal) arrays."""
@@ -79,7 +85,8 @@ class BagSource(PairSource):
     """The visible and thermal topics of a rosbag2 (sqlite3 or MCAP; Image or CompressedImage).
 
     Every good visible message of the bag, in the bag's order, makes one pair with the thermal message
-    whose header stamp is closest to it; messages that cannot be read are skipped (and counted in
+    whose header stamp is closest to it (with a slower thermal camera, several pairs share one:
+    `thermal_frame`); messages that cannot be read are skipped (and counted in
     `skipped`). The bag's serialised messages are kept in memory, decoded when a pair is played.
     """
 
@@ -150,3 +157,6 @@ class BagSource(PairSource):
     def frame_ids(self, index: int):
         visible_index, thermal_index = self.pairs[index]
         return self.frames[0][visible_index], self.frames[1][thermal_index]
+
+    def thermal_frame(self, index: int) -> int:
+        return self.pairs[index][1]
