@@ -331,8 +331,8 @@ def test_player_replays_a_bag_with_its_stamps(tmp_path, sample_pairs):
 
 
 def test_player_sends_a_slower_thermal_cameras_frames_once_per_loop(tmp_path, sample_pairs):
-    """A thermal frame shared by two visible frames went out twice, and the node fused it twice: twice the
-    thermal camera's rate."""
+    """A thermal frame nearest to two visible frames went out with both, and the node fused it twice: twice
+    the thermal camera's rate."""
     rclpy = pytest.importorskip("rclpy")
     from ros_helpers import play_until_exit
 
@@ -342,7 +342,13 @@ def test_player_sends_a_slower_thermal_cameras_frames_once_per_loop(tmp_path, sa
                                                      thermal_every=2)
     thermal_stamps = [s + THERMAL_OFFSET for s in stamps[::2]]  # 2 thermal frames beside 4 visible ones
     source = BagSource(tmp_path / "in", visible_topic, thermal_topic)
-    assert [source.thermal_frame(i) for i in range(len(source))] == [0, 0, 1, 1]
+    assert [source.pairs[i][1] for i in range(PAIRS)] == [0, 0, 1, 1]
+    assert [source.sends_thermal(i) for i in range(PAIRS)] == [True, False, True, False]
+    # a thermal frame stamped 0.8 frame after a visible one goes out with the next, its nearest, as live
+    late = write_bag(tmp_path / "late", small_pairs(sample_pairs), "mcap", False, thermal_every=2,
+                     thermal_offset=PERIOD * 4 // 5)
+    source = BagSource(tmp_path / "late", *late[:2])
+    assert [source.sends_thermal(i) for i in range(PAIRS)] == [False, True, False, True]
     rclpy.init()
     try:
         log = tmp_path / "player.log"

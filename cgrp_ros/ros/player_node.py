@@ -4,8 +4,8 @@ Publishes visible/image and thermal/image (sensor_msgs/Image) at `rate` Hz. The 
 is the current time; the thermal stamp is offset by `stamp_offset` plus uniform noise of
 +-`jitter` seconds, like two free-running cameras. With `bag` (+ `visible_topic`, `thermal_topic`)
 the pairs come from a rosbag2 (cgrp_ros.ros.sources.BagSource, read with rosbags: no ROS installation needed) and keep
-the bag's header stamps unless `bag_stamps` is false; a thermal frame that several visible frames share (a slower
-thermal camera) is sent once, with the first of them, as the camera sent it. With `deform` the thermal is misaligned on the
+the bag's header stamps unless `bag_stamps` is false; a thermal frame that several visible frames are nearest to (a
+slower thermal camera) goes out once, with its own nearest visible frame, as the camera sent it. With `deform` the thermal is misaligned on the
 fly by cgrp_ros.core.deform (deterministic per image and `seed`), as an uncalibrated rig would be.
 """
 from __future__ import annotations
@@ -53,8 +53,8 @@ class PlayerNode(Node):
         fixed_rig = declare("fixed_rig", False, "with deform: ONE misalignment for every frame, as a rigid rig "
                             "(frames of one size); false: one per image")
         reliable = declare("reliable", True, "reliable QoS (needed for large images over shared memory)")
-        self.count = declare("count", 0, "pairs to publish before exiting (with bag: visible frames, each with its "
-                             "thermal frame when that was not sent yet); 0: loop forever",
+        self.count = declare("count", 0, "pairs to publish before exiting (with bag: visible frames, each with "
+                             "the thermal frame nearest it if not sent with another); 0: loop forever",
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
         max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
                             integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])
@@ -75,8 +75,6 @@ class PlayerNode(Node):
         self._rng = np.random.default_rng(self.seed)
         self.published = 0
         self._next = 0                    # the next pair's index, counted on through the loops
-        self._last_index = None           # the last pair's index: a smaller next one starts a loop
-        self._sent_thermal = set()        # source.thermal_frame of the thermal frames sent in this loop
         self._unreadable = set()          # indices of pairs that failed to load: skipped from then on
         self.done = False
         self.failed = False               # no pair could be loaded: stopped, exit code 1
@@ -128,12 +126,6 @@ class PlayerNode(Node):
             self.done = self.failed = True
             return
         index, (visible_msg, thermal_msg) = following
-        if self._last_index is not None and index <= self._last_index:
-            self._sent_thermal.clear()  # a new loop sends every frame again
-        self._last_index = index
-        thermal_frame = self.source.thermal_frame(index)
-        send_thermal = thermal_frame not in self._sent_thermal
-        self._sent_thermal.add(thermal_frame)
         stamps = self.source.stamps(index) if self.bag_stamps else None
         if stamps is None:
             now = self.get_clock().now().nanoseconds
@@ -147,7 +139,7 @@ class PlayerNode(Node):
             keep = recorded[stream] and frames[stream] == DEFAULT_FRAMES[stream]
             msg.header.frame_id = recorded[stream] if keep else frames[stream]
         self.visible_pub.publish(visible_msg)
-        if send_thermal:  # a frame shared with the previous pair went out with it
+        if self.source.sends_thermal(index):
             self.thermal_pub.publish(thermal_msg)
         self.published += 1
         if self.count and self.published >= self.count:

@@ -1,8 +1,8 @@
 """Where cgrp_player's pairs come from, without rclpy: two folders of same-named images, or a bag.
 
-A source has `len(source)`, `source.arrays(index)` -> (visible, thermal) arrays,
-`source.stamps(index)` -> (visible ns, thermal ns) or None and `source.thermal_frame(index)`, which says
-when two pairs share a thermal frame. `cgrp calibrate --bag` reads bags through the same BagSource.
+A source has `len(source)`, `source.arrays(index)` -> (visible, thermal) arrays and
+`source.stamps(index)` -> (visible ns, thermal ns) or None, and `source.sends_thermal(index)`.
+`cgrp calibrate --bag` reads bags through the same BagSource.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class PairSource:
     """What the player needs of a source of pairs: `len(source)`, `source.arrays(index)` ->
     (visible, thermal) arrays, `source.stamps(index)` -> (visible ns, thermal ns) or None (stamp now), and
     `source.frame_ids(index)` -> (visible, thermal) frame_id as recorded, or None, and
-    `source.thermal_frame(index)` -> which thermal frame pair `index` holds (pairs that share one say so).
+    `source.sends_thermal(index)`: False where the pair's thermal frame goes out with another pair.
 
     The arrays are shrunk to `max_width`, the thermal made single channel and misaligned by `deform`.
     """
@@ -52,10 +52,10 @@ class PairSource:
         """(visible, thermal) header frame_id as recorded, or None (folders: none recorded)."""
         return None
 
-    def thermal_frame(self, index: int) -> int:
-        """Which thermal frame pair `index` holds: equal for pairs that share one (a bag's slower thermal
-        camera), so that the player sends each thermal frame once, as the camera did."""
-        return index
+    def sends_thermal(self, index: int) -> bool:
+        """Whether pair `index`'s thermal image goes out with its visible one (a thermal frame shared by
+        several pairs goes out with one of them, as its camera sent it once)."""
+        return True
 
 
 class FolderSource(PairSource):
@@ -81,13 +81,26 @@ class FolderSource(PairSource):
                             check_image(read_image(thermal_path), str(thermal_path)), name)
 
 
+def _nearest(stream):
+    """stamp (ns) -> the index in `stream` ([(stamp ns, ...)]) of the message stamped nearest it."""
+    stamps = np.array([stamp for stamp, *_ in stream], np.int64)
+    order = np.argsort(stamps, kind="stable")
+    sorted_stamps = stamps[order]
+
+    def nearest(stamp: int) -> int:
+        at = int(np.searchsorted(sorted_stamps, stamp))
+        near = [i for i in (at - 1, at) if 0 <= i < len(sorted_stamps)]
+        return int(order[min(near, key=lambda i: abs(int(sorted_stamps[i]) - stamp))])
+    return nearest
+
+
 class BagSource(PairSource):
     """The visible and thermal topics of a rosbag2 (sqlite3 or MCAP; Image or CompressedImage).
 
     Every good visible message of the bag, in the bag's order, makes one pair with the thermal message
-    whose header stamp is closest to it (with a slower thermal camera, several pairs share one:
-    `thermal_frame`); messages that cannot be read are skipped (and counted in
-    `skipped`). The bag's serialised messages are kept in memory, decoded when a pair is played.
+    whose header stamp is closest to it (a slower thermal camera's message with several: `sends_thermal`
+    tells the one it goes out with); messages that cannot be read are skipped (and counted in `skipped`).
+    The bag's serialised messages are kept in memory, decoded when a pair is played.
     """
 
     def __init__(self, bag, visible_topic: str, thermal_topic: str, deform: str = "none", seed: int = 0,
@@ -121,15 +134,11 @@ class BagSource(PairSource):
         if not visible or not thermal:
             raise CgrpError(f"bag '{bag}': no readable messages on "
                             f"{visible_topic if not visible else thermal_topic}")
-        thermal_stamps = np.array([stamp for stamp, _ in thermal], np.int64)
-        order = np.argsort(thermal_stamps, kind="stable")
-        sorted_stamps = thermal_stamps[order]
-        self.pairs = []  # (visible index, thermal index)
-        for index, (stamp, _) in enumerate(visible):
-            at = int(np.searchsorted(sorted_stamps, stamp))
-            near = [i for i in (at - 1, at) if 0 <= i < len(sorted_stamps)]
-            best = min(near, key=lambda i: abs(int(sorted_stamps[i]) - stamp))
-            self.pairs.append((index, int(order[best])))
+        nearest_thermal, nearest_visible = _nearest(thermal), _nearest(visible)
+        self.pairs = [(index, nearest_thermal(stamp)) for index, (stamp, _) in enumerate(visible)]
+        # pair i sends its thermal frame only if visible i is that frame's own nearest: a slower thermal
+        # camera's frame is nearest to several visible frames, and the camera sent it once
+        self.thermal_sent = [nearest_visible(thermal[t][0]) == v for v, t in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -158,5 +167,5 @@ class BagSource(PairSource):
         visible_index, thermal_index = self.pairs[index]
         return self.frames[0][visible_index], self.frames[1][thermal_index]
 
-    def thermal_frame(self, index: int) -> int:
-        return self.pairs[index][1]
+    def sends_thermal(self, index: int) -> bool:
+        return self.thermal_sent[index]
