@@ -7,7 +7,7 @@ package_name = "cgrp_ros"
 setup(
     name=package_name,
     version="0.1.0",
-    # namespace-aware: cgrp_ros/core has no __init__.py and must be installed too
+    # every subpackage, also one without an __init__.py (cgrp_ros/core had none, and colcon left it out)
     packages=find_namespace_packages(include=["cgrp_ros", "cgrp_ros.*"], exclude=["*.__pycache__"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),

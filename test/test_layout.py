@@ -74,9 +74,9 @@ def test_a_command_refused_on_its_inputs_says_so_before_loading_torch(tmp_path):
 
 
 def test_the_command_line_does_not_load_rclpy_through_message_filters(tmp_path):
-    """On an apt-installed ROS, message_filters imports rclpy; `cgrp calibrate` pairs bags with this
-    package's synchroniser module, so that module looks message_filters up only when a node pairs with it:
-    `cgrp --help` must not start ROS's client library."""
+    """On an apt-installed ROS, message_filters imports rclpy; the command line imports this package's
+    synchroniser module (`cgrp fuse --bag` pairs with it), so that module looks message_filters up only
+    when something pairs with it: `cgrp --help` must not start ROS's client library."""
     import os
     import subprocess
     import sys

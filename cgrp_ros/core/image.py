@@ -86,7 +86,8 @@ def thermal_for_networks(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit:
 
 
 def normalize_thermal(thermal: np.ndarray, percentiles=(1.0, 99.0), agc_8bit: bool = False) -> np.ndarray:
-    """Thermal image (H x W; uint8, uint16 or float) -> H x W float32 in [0, 1].
+    """Thermal image (H x W, or H x W x 3|4 whose luminance is taken; uint8, uint16 or float) -> H x W
+    float32 in [0, 1].
 
     8-bit thermal is already display-scaled by the camera, so it is divided by 255 unless
     `agc_8bit`. 16-bit radiometric and float thermal get a robust automatic gain control: the
@@ -167,7 +168,7 @@ def pad_to(image: np.ndarray, shape) -> np.ndarray:
 
 
 def resize(image: np.ndarray, shape, interpolation=None) -> np.ndarray:
-    """Resize to `shape` (H, W); area averaging when shrinking, bilinear when enlarging."""
+    """Resize to `shape` (H, W); area averaging when both sides shrink, else bilinear."""
     if image.shape[:2] == tuple(shape):
         return image
     if interpolation is None:

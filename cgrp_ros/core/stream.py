@@ -163,7 +163,8 @@ def same_prior(a, b) -> bool:
 
 
 def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
-    """12 x 16 float32 mean luminance in [0, 1] of a visible image: cheap enough for every frame."""
+    """12 x 16 float32 in [0, 1]: a visible image shrunk, its colour channels averaged (not weighted as
+    luminance: only changes of the scene matter); cheap enough for every frame."""
     visible = check_image(visible, "visible")
     small = cv2.resize(visible if visible.dtype != np.float64 else visible.astype(np.float32), (16, 12),
                        interpolation=cv2.INTER_AREA).astype(np.float32)

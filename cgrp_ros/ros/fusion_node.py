@@ -6,7 +6,8 @@ Subscribes  visible/image, thermal/image                 (sensor_msgs/Image; ima
 Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/fused/compressed    JPEG of ~/fused (sensor_msgs/CompressedImage)
             ~/registered_thermal  the input thermal's encoding (mono8/8UC1, mono16/16UC1, 32FC1)
-            ~/deformation         32FC2, flow in pixels: registered[y, x] = thermal[y + fy, x + fx]
+            ~/deformation         32FC2, flow in visible px: registered[y, x] = thermal[y + fy, x + fx], the
+                                  thermal as mapped onto the visible frame by the prior (resize, calibration)
             ~/deformation_vis     bgr8, the flow colour-coded (hue: direction, saturation: magnitude) for rviz
             ~/alignment_vis       bgr8, both cameras' edges after registration (visible green, thermal magenta,
                                   white where they coincide) for rviz

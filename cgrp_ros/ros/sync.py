@@ -18,7 +18,7 @@ import collections
 import threading
 
 # message_filters is imported on first use (`message_filters_module`): it imports rclpy, which the
-# command line (`cgrp calibrate` uses this module's pairing for bags) must not load
+# command line (`cgrp fuse --bag` pairs with this module) must not load
 _NOT_LOOKED_UP = object()
 message_filters = _NOT_LOOKED_UP
 
