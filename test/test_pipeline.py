@@ -385,6 +385,25 @@ def test_a_config_is_copied_checked_and_named_in_its_errors(cpu_pipeline, sample
     assert small(visible, thermal, outputs={"fused"}, registration=Registration(flow)).flow.dtype == np.float32
 
 
+def test_reconfigure_swaps_a_checked_copy_of_the_config(sample_pairs):
+    """The node changes working_size and the thermal's gain between pairs while a registration may run in
+    the background: the change is checked as at construction, and a call holding the old config keeps it."""
+    pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu"), working_size=(64, 96))
+    before = pipeline.config
+    assert pipeline.reconfigure(working_size=[96, 128], agc_8bit=True)
+    assert (pipeline.config.working_size, pipeline.config.agc_8bit) == ((96, 128), True)
+    assert (before.working_size, before.agc_8bit) == ((64, 96), False)  # not changed in place
+    assert not pipeline.reconfigure(working_size=(96, 128))
+    for changes, words in ((dict(fusion_scale=3.0), "fusion_scale must be a number in [0.1, 1]"),
+                           (dict(working_size=(8, 8)), "working_size"),
+                           (dict(backend="onnxruntime"), "not changeable without a new Pipeline: backend")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            pipeline.reconfigure(**changes)
+        assert pipeline.config.working_size == (96, 128) and pipeline.config.fusion_scale == 0.5
+    _, visible, thermal = sample_pairs[0]
+    assert pipeline(visible, thermal).fused_image.shape[:2] == visible.shape[:2]
+
+
 def test_a_black_hot_thermal_fuses_like_the_white_hot_one(cpu_pipeline, sample_pairs):
     """A camera set to a black-hot palette delivers the inverted image: with black_hot the fused image is
     the white-hot one's (hot is bright), and without it clearly not; registered_thermal keeps the

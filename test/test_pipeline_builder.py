@@ -3,7 +3,7 @@ Pipeline until a new one is ready, only the latest request is built, LIGHT chang
 import dataclasses
 import threading
 
-from cgrp_ros.core.errors import ModelLoadError
+from cgrp_ros.core.errors import InputError, ModelLoadError
 from cgrp_ros.core.pipeline import PipelineConfig
 from cgrp_ros.ros.pipelines import PipelineBuilder
 
@@ -11,6 +11,11 @@ from cgrp_ros.ros.pipelines import PipelineBuilder
 @dataclasses.dataclass
 class FakePipeline:
     config: PipelineConfig
+
+    def reconfigure(self, **changes):  # (the real one checks every field: test_pipeline)
+        if min(changes.get("working_size", (32, 32))) < 32:
+            raise InputError("working_size too small")
+        self.config = dataclasses.replace(self.config, **changes)
 
 
 class GatedBuild:
@@ -73,6 +78,19 @@ def test_light_changes_are_applied_without_a_build():
         assert (running.config.working_size, running.config.agc_8bit, running.config.thermal_percentiles) == \
             ((96, 128), True, (2.0, 98.0))
         assert not build.started.acquire(timeout=0.2) and not builder.busy
+    finally:
+        builder.close()
+
+
+def test_a_refused_light_change_keeps_the_running_values_and_is_reported():
+    running = FakePipeline(PipelineConfig(backend="torch", working_size=(96, 128)))
+    failures = []
+    builder = PipelineBuilder(GatedBuild(), running.config, on_failed=failures.append)
+    try:
+        builder.request(PipelineConfig(backend="torch", working_size=(8, 8), agc_8bit=True))
+        assert builder.take(running) == (running, False)  # the worker goes on
+        assert running.config.working_size == (96, 128) and not running.config.agc_8bit
+        assert [str(exc) for exc in failures] == ["working_size too small"]
     finally:
         builder.close()
 

@@ -165,12 +165,35 @@ class FusionResult:
         return self.fused_color if self.fused_color is not None else self.fused
 
 
+# PipelineConfig fields that every call reads afresh: `Pipeline.reconfigure` changes them without a rebuild
+PER_CALL_FIELDS = ("working_size", "thermal_percentiles", "agc_8bit", "black_hot", "fusion_scale")
+
+
+def _check_per_call_fields(c: PipelineConfig) -> None:
+    """Check (and normalise, in place) `c`'s PER_CALL_FIELDS that can be wrong; InputError says which."""
+    c.working_size = _pair_of_ints(c.working_size, "working_size", MIN_WORKING_SIDE)
+    try:
+        scale_ok = 0.1 <= float(c.fusion_scale) <= 1.0
+    except (TypeError, ValueError):
+        scale_ok = False
+    if not scale_ok:
+        raise InputError(f"fusion_scale must be a number in [0.1, 1], got {c.fusion_scale!r}")
+    try:
+        percentiles = tuple(float(v) for v in c.thermal_percentiles)
+    except (TypeError, ValueError):
+        percentiles = ()
+    if len(percentiles) != 2:
+        raise InputError(f"thermal_percentiles must be (low, high), got {c.thermal_percentiles!r}")
+    check_percentiles(percentiles)  # a configuration error: said once, now, not per image
+
+
 class Pipeline:
     """Generation -> registration -> fusion on one backend.
 
     Inference calls may overlap (StreamPipeline registers in a thread of its own while frames are
-    fused): the networks run in inference mode and keep no state between calls. Changing the
-    config while calls run is not safe."""
+    fused): the networks run in inference mode and keep no state between calls. The config is not
+    changed in place: `reconfigure` swaps in a changed copy, and each call works with the config it
+    started with."""
 
     def __init__(self, config: PipelineConfig | None = None, **overrides):
         """`overrides`: PipelineConfig fields that replace those of `config` (a copy: `config` is kept)."""
@@ -179,23 +202,10 @@ class Pipeline:
             raise InputError(f"unknown PipelineConfig field(s): {', '.join(sorted(unknown))}")
         self.config = replace(config or PipelineConfig(), **overrides)
         c = self.config
-        h, w = _pair_of_ints(c.working_size, "working_size", MIN_WORKING_SIDE)
-        c.working_size = (h, w)
-        try:
-            scale_ok = 0.1 <= float(c.fusion_scale) <= 1.0
-        except (TypeError, ValueError):
-            scale_ok = False
-        if not scale_ok:
-            raise InputError(f"fusion_scale must be a number in [0.1, 1], got {c.fusion_scale!r}")
+        _check_per_call_fields(c)
+        h, w = c.working_size
         if c.homography_sizes is not None:
             c.homography_sizes = _homography_sizes(c.homography_sizes)
-        try:
-            percentiles = tuple(float(v) for v in c.thermal_percentiles)
-        except (TypeError, ValueError):
-            percentiles = ()
-        if len(percentiles) != 2:
-            raise InputError(f"thermal_percentiles must be (low, high), got {c.thermal_percentiles!r}")
-        check_percentiles(percentiles)  # a configuration error: said once, now, not per image
         self.homography = None
         if c.homography is not None:
             problem = homography_problem(c.homography)
@@ -220,6 +230,23 @@ class Pipeline:
     @property
     def description(self) -> str:
         return self.backend.description
+
+    def reconfigure(self, **changes) -> bool:
+        """Change PER_CALL_FIELDS (e.g. working_size=(H, W)) without a rebuild, checked as at construction
+        (InputError; nothing changes then). The changed config is a copy swapped in whole, so a call in
+        flight (a background registration) goes on with the values it started with. True if one changed."""
+        unknown = set(changes) - set(PER_CALL_FIELDS)
+        if unknown:
+            raise InputError(f"not changeable without a new Pipeline: {', '.join(sorted(unknown))}")
+        c = replace(self.config, **changes)
+        _check_per_call_fields(c)
+        if all(getattr(c, name) == getattr(self.config, name) for name in PER_CALL_FIELDS):
+            return False
+        problem = working_size_problem(c.working_size, self.backend.device)
+        if problem:
+            raise InputError(problem)
+        self.config = c
+        return True
 
 
     @staticmethod
@@ -325,6 +352,7 @@ class Pipeline:
         """Validate, normalise and resize the inputs to the padded working resolution."""
         c = self.config
         f = _Frame()
+        f.config = c  # this call's config, to the end (`reconfigure` swaps in another)
         f.visible = check_image(visible, "visible")
         f.vis01 = visible_to_bgr01(f.visible)
         f.hv, f.wv = f.vis01.shape[:2]
@@ -380,7 +408,7 @@ class Pipeline:
         if coverage is not None:
             coverage = self._nchw(coverage, f.padded)
             thermal = thermal + (1.0 - coverage) * visible_y
-        scale = float(self.config.fusion_scale)
+        scale = float(f.config.fusion_scale)
         if scale < 1.0:
             (ph, pw) = f.padded
             size = (max(8, round(ph * scale)), max(8, round(pw * scale)))

@@ -4,11 +4,13 @@ cgrp_fusion's worker keeps fusing with the running Pipeline while `PipelineBuild
 requested configuration in a background thread; the worker swaps the new one in between two pairs
 (`take`). Several requests in a row build only the latest: a build that a newer request made stale
 is thrown away when it ends, and the latest is built next. What the running Pipeline can take as it
-is (`LIGHT`: read by the core on every pair) is applied without a build, so a `working_size` change
-keeps onnxruntime's sessions (the exported models have dynamic height and width). A build that fails
-leaves the running Pipeline in place and is not retried until the configuration changes again.
+is (`LIGHT`: read by the core on every pair) is applied without a build (`Pipeline.reconfigure`), so a
+`working_size` change keeps onnxruntime's sessions (the exported models have dynamic height and
+width). A build that fails leaves the running Pipeline in place and is not retried until the
+configuration changes again.
 
-ROS-free: `build` is any callable config -> Pipeline (cgrp_ros.core.pipeline.Pipeline).
+ROS-free: `build` is any callable config -> Pipeline (cgrp_ros.core.pipeline.Pipeline, or anything with
+its `config` and `reconfigure`).
 """
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ import threading
 import time
 
 from ..core.errors import CgrpError
-
-LIGHT = ("working_size", "thermal_percentiles", "agc_8bit", "black_hot", "fusion_scale")  # PipelineConfig fields read per pair
+from ..core.pipeline import PER_CALL_FIELDS as LIGHT  # PipelineConfig fields read per pair
 
 
 def heavy_key(config) -> tuple:
@@ -27,21 +28,11 @@ def heavy_key(config) -> tuple:
     return tuple((f.name, repr(getattr(config, f.name))) for f in dataclasses.fields(config) if f.name not in LIGHT)
 
 
-def apply_light(config, wanted) -> bool:
-    """Copy the LIGHT fields of `wanted` onto `config` (a running Pipeline's); True if one changed."""
-    changed = False
-    for name in LIGHT:
-        value = getattr(wanted, name)
-        if getattr(config, name) != value:
-            setattr(config, name, value)
-            changed = True
-    return changed
-
-
 class PipelineBuilder:
     """Builds requested configurations in a background thread; the worker takes them between pairs.
 
-    on_built(pipeline, seconds) and on_failed(exc) are called from the builder thread.
+    on_built(pipeline, seconds) and on_failed(exc) are called from the builder thread (on_failed also from the
+    worker's, in `take`, for LIGHT values the running Pipeline refuses).
     """
 
     def __init__(self, build, running_config, on_built=None, on_failed=None):
@@ -77,7 +68,10 @@ class PipelineBuilder:
         if ready is not None:
             pipeline, light = ready, True
         if light and wanted is not None and pipeline is not None:
-            apply_light(pipeline.config, wanted)
+            try:
+                pipeline.reconfigure(**{name: getattr(wanted, name) for name in LIGHT})
+            except CgrpError as exc:  # (the node checks values before it asks): the running ones stay
+                self._on_failed(exc)
         return pipeline, ready is not None
 
     @property
