@@ -59,7 +59,7 @@ from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
 from .parameters import (OUTPUTS, PARAMETERS, PARAMETERS_BY_NAME, calibration_prior, check_parameter, describe,
                          pipeline_config, stream_settings, used_value)
-from .process import RosLogHandler, release_free_memory, spin_until_signal
+from .process import LogThrottle, RosLogHandler, release_free_memory, spin_until_signal
 from .interrupt import Interrupted, interrupt_start_on_signals
 from .sync import (STAMP_CLOCK_LIMIT_S, STREAM_NAMES, THERMAL, VISIBLE, LatestPairSlot, PairSynchronizer,
                    stamp_seconds)
@@ -115,7 +115,7 @@ class FusionNode(LifecycleNode):
         self.activation_error = None  # why the last activation failed (main() prints it at autostart)
         self.builder = None           # PipelineBuilder while active: rebuilds beside the running Pipeline
         self.stats = Stats()
-        self._log_times = {}          # throttled log key -> last time
+        self._log_throttle = LogThrottle(5.0)
         self.drop_history = collections.deque(maxlen=6)  # (received, dropped) per diagnostics tick
         self.slot = LatestPairSlot()
         self.sync = self._make_synchronizer()
@@ -472,11 +472,9 @@ class FusionNode(LifecycleNode):
         self.get_logger().error(f"pipeline rebuild failed, still running the previous one: {exc}")
 
     # -- input ---------------------------------------------------------------------------------------
-    def _log_throttled(self, key, text: str, period: float = 5.0, warning: bool = False):
-        """An error (or warning) line at most every `period` s per key (one key per stream and kind of problem)."""
-        now = time.monotonic()
-        if now - self._log_times.get(key, -period) >= period:
-            self._log_times[key] = now
+    def _log_throttled(self, key, text: str, warning: bool = False):
+        """An error (or warning) line at most every 5 s per key (one key per stream and kind of problem)."""
+        if self._log_throttle(key):
             if warning:  # separate call sites: rclpy refuses two severities from one
                 self.get_logger().warning(text)
             else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 
-from ..core.data import sample_dir
+from ..core.data import read_image, sample_dir
 from ..core.image import resize
 
 MODULES = {"cgrp_fusion": "cgrp_ros.ros.fusion_node", "cgrp_player": "cgrp_ros.ros.player_node"}
@@ -65,8 +65,7 @@ def camera_sequence(out: Path, cameras) -> tuple[Path, str]:
     for stream, size in zip(("visible", "thermal"), cameras):
         (target / stream).mkdir(parents=True, exist_ok=True)
         for path in sorted((sequence / stream).iterdir()):
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(image, size))
+            cv2.imwrite(str(target / stream / f"{path.stem}.png"), resize(read_image(path), size))
     (vh, vw), (th, tw) = cameras
     return target, f"the bundled sequence resized to the cameras (HxW, as --cameras): visible {vh}x{vw}, thermal {th}x{tw}"
 

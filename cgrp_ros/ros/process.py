@@ -58,6 +58,22 @@ class RosLogHandler(logging.Handler):
 CALLBACK_ERROR_LOG_PERIOD = 5.0  # s between two log lines of the same failure
 
 
+class LogThrottle:
+    """`throttle(key)`: whether to log now, at most once per key every `period` s (a camera repeats its
+    fault every frame; the log must not)."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self._last = {}  # key -> time.monotonic() of its last line
+
+    def __call__(self, key) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.period) < self.period:
+            return False
+        self._last[key] = now
+        return True
+
+
 def spin_until_signal(node: Node, until=lambda: False, survive_callback_errors: bool = False) -> None:
     """Spin `node` until SIGINT, SIGTERM or `until()` is true.
 
@@ -72,7 +88,7 @@ def spin_until_signal(node: Node, until=lambda: False, survive_callback_errors: 
         signal.signal(signum, lambda *_: stop.set())
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    logged = {}  # (exception type, file, line) -> when it was last logged
+    throttle = LogThrottle(CALLBACK_ERROR_LOG_PERIOD)
     try:
         while not stop.is_set() and not until() and rclpy.ok():
             try:
@@ -84,9 +100,7 @@ def spin_until_signal(node: Node, until=lambda: False, survive_callback_errors: 
                     raise
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 place = (type(exc).__name__, where.filename, where.lineno)  # (finitely many: the text may vary)
-                now = time.monotonic()
-                if now - logged.get(place, -CALLBACK_ERROR_LOG_PERIOD) >= CALLBACK_ERROR_LOG_PERIOD:
-                    logged[place] = now
+                if throttle(place):
                     node.get_logger().error(f"a callback failed, the node goes on: {type(exc).__name__}: {exc} "
                                             f"({where.filename}:{where.lineno})")
     except ExternalShutdownException:
