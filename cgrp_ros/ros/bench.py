@@ -23,7 +23,7 @@ import numpy as np
 from ..core.errors import CgrpError
 from ..evaluation.bench import percentiles
 from ..evaluation.report import markdown_table
-from .node_processes import camera_sequence, node_command, node_exit, private_dds, start_nodes, stop_processes
+from .node_processes import NodeRun, camera_sequence, node_command
 
 # issue 12, "Done when" (defaults, 256x320, 2 CPU cores)
 RATE_RATIO_TARGET = 0.8      # fused output Hz / input Hz
@@ -36,13 +36,12 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     """Play the bundled sequence at `rate` Hz through the node (at the cameras' resolutions with
     `cameras`, see node_processes.camera_sequence): latency (ms), output rate (Hz) and its ratio to the input rate,
     seconds from launching the node to its first fused message."""
-    private_dds()
     try:
         import rclpy
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from .parameters import RELIABLE_INPUTS
+        from .sync import stamp_seconds
     except ImportError as exc:
         raise CgrpError(f"ROS 2 Python packages are not available ({exc})") from None
 
@@ -54,43 +53,33 @@ def run_ros_bench(config, size, rate: float = 30.0, duration: float = 20.0, defo
     sequence, played = camera_sequence(out, cameras)
     player_params = {"rate": rate, "deform": deform, "fixed_rig": "true", "reliable": "true", "seed": 0,
                      "visible_dir": str(sequence / "visible"), "thermal_dir": str(sequence / "thermal")}
-    rclpy.init()
-    node = rclpy.create_node("cgrp_bench")
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
     fused, inputs = [], []   # (arrival monotonic s, latency s); arrival times of visible inputs
     first_output = []        # arrival monotonic s of the first fused message (kept when `fused` is cleared)
+    with NodeRun("cgrp_bench", out, log_prefix="ros_") as run:
+        def on_fused(msg):
+            latency = run.node.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(msg.header.stamp)
+            fused.append((time.monotonic(), latency))
+            if not first_output:
+                first_output.append(fused[-1][0])
 
-    def on_fused(msg):
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        fused.append((time.monotonic(), node.get_clock().now().nanoseconds * 1e-9 - stamp))
-        if not first_output:
-            first_output.append(fused[-1][0])
-
-    node.create_subscription(Image, "cgrp_fusion/fused", on_fused, qos)
-    node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), qos)
-    launched = time.monotonic()
-    fusion, player, logs = start_nodes(out, node_params, player_params, log_prefix="ros_")
-    failure, start, window_start = None, launched, None
-    try:
+        run.node.create_subscription(Image, "cgrp_fusion/fused", on_fused, run.qos)
+        run.node.create_subscription(Image, "visible/image", lambda _: inputs.append(time.monotonic()), run.qos)
+        launched = time.monotonic()
+        run.start(node_params, player_params)
+        failure, window_start = None, None
         while True:
-            rclpy.spin_once(node, timeout_sec=0.05)
+            rclpy.spin_once(run.node, timeout_sec=0.05)
             now = time.monotonic()
-            failure = node_exit(fusion, player, out, log_prefix="ros_")
+            failure = run.exited()
             if window_start is None and len(fused) >= 3:  # the first outputs include model warm-up
                 window_start = now
                 fused.clear()
                 inputs.clear()
-            if window_start is None and now - start > startup_timeout:
+            if window_start is None and now - launched > startup_timeout:
                 failure = f"no output from cgrp_fusion within {startup_timeout:g} s; see {out / 'ros_fusion.log'}"
             if failure or (window_start is not None and now - window_start >= duration):
                 window_end = now
                 break
-    finally:
-        stop_processes([player, fusion])
-        for f in logs:
-            f.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
     if failure:
         raise CgrpError(failure)
     window = window_end - window_start

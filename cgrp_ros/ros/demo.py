@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import ModelLoadError
-from .node_processes import log_tail, node_exit, private_dds, start_nodes, stop_processes
+from .node_processes import NodeRun, log_tail, private_dds
 
 OUTPUTS = ("fused", "registered_thermal", "deformation", "alignment_vis")
 
@@ -38,7 +38,6 @@ def run_demo(config: DemoConfig) -> int:
     """Run the demo; print what it measured. -> exit code (0: every frame saved)."""
     private_dds()  # the demo is self-contained
     import rclpy
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     from .parameters import RELIABLE_INPUTS, model_parameters
@@ -58,57 +57,45 @@ def run_demo(config: DemoConfig) -> int:
     print(f"cgrp demo: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, {config.frames} frames, thermal misaligned "
           f"'{config.deform}', logs in {out}/", flush=True)
 
-    rclpy.init()
-    node = rclpy.create_node("cgrp_demo")
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
     inputs = {"visible": {}, "thermal": {}}    # stamp -> msg, the last few of each stream
     outputs = {}                               # visible stamp -> {output name: msg}
     arrival = {}                               # visible stamp -> (monotonic time, latency s) of the first output
-
-    def keep_input(stream, msg):
-        queue = inputs[stream]
-        queue[stamp_ns(msg)] = msg
-        while len(queue) > 40:
-            del queue[min(queue)]
-
-    def keep_output(name, msg):
-        stamp = stamp_ns(msg)
-        outputs.setdefault(stamp, {})[name] = msg
-        if stamp not in arrival:
-            arrival[stamp] = (time.monotonic(), node.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9)
-
-    for stream in inputs:
-        node.create_subscription(Image, f"{stream}/image", lambda m, s=stream: keep_input(s, m), qos)
-    for name in OUTPUTS:
-        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: keep_output(n, m), qos)
-
-    fusion, player, logs = start_nodes(out, fusion_params, player_params)
-    complete = []  # visible stamps with every output, in arrival order
-    started = time.monotonic()
+    complete = []                              # visible stamps with every output, in arrival order
     failure = None
-    try:
-        while len(complete) < config.frames:
-            rclpy.spin_once(node, timeout_sec=0.1)
-            complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
-            failure = node_exit(fusion, player, out) or too_slow(len(complete), time.monotonic() - started, config)
-            if failure:
-                break
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    finally:
-        stop_processes([player, fusion])
-        for f in logs:
-            f.close()
+    with NodeRun("cgrp_demo", out) as run:
+        def keep_input(stream, msg):
+            queue = inputs[stream]
+            queue[stamp_ns(msg)] = msg
+            while len(queue) > 40:
+                del queue[min(queue)]
+
+        def keep_output(name, msg):
+            stamp = stamp_ns(msg)
+            outputs.setdefault(stamp, {})[name] = msg
+            if stamp not in arrival:
+                arrival[stamp] = (time.monotonic(), run.node.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9)
+
+        for stream in inputs:
+            run.node.create_subscription(Image, f"{stream}/image", lambda m, s=stream: keep_input(s, m), run.qos)
+        for name in OUTPUTS:
+            run.node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: keep_output(n, m), run.qos)
+        run.start(fusion_params, player_params)
+        started = time.monotonic()
+        try:
+            while len(complete) < config.frames:
+                rclpy.spin_once(run.node, timeout_sec=0.1)
+                complete = sorted((s for s, o in outputs.items() if len(o) == len(OUTPUTS)), key=lambda s: arrival[s][0])
+                failure = run.exited() or too_slow(len(complete), time.monotonic() - started, config)
+                if failure:
+                    break
+        except KeyboardInterrupt:
+            failure = "interrupted"
     if failure:
-        node.destroy_node()
-        rclpy.try_shutdown()
         print(f"cgrp demo: error: {failure}", file=sys.stderr)
         return 1
 
     save_frames(out, [outputs[stamp] for stamp in complete])
     save_panel(out / "panel.png", complete, outputs, inputs, config.deform)
-    node.destroy_node()
-    rclpy.try_shutdown()
 
     times = [arrival[s][0] for s in complete]
     latencies = np.array([arrival[s][1] for s in complete]) * 1e3

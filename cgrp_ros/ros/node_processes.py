@@ -1,6 +1,6 @@
 """The cgrp nodes as child processes of a tool (`cgrp demo`, `cgrp soak`, `cgrp bench --ros`): their
 command lines, a private shared-memory DDS domain, the sequence the player plays, starting and stopping
-them, the tail of a log."""
+them beside a listener node of the tool's own (`NodeRun`), the tail of a log."""
 from __future__ import annotations
 
 import fcntl
@@ -111,6 +111,57 @@ def node_exit(fusion, player, out: Path, log_prefix: str = "") -> str | None:
         if proc.poll() is not None:
             return f"cgrp_{name} exited ({proc.returncode}):\n{log_tail(out / f'{log_prefix}{name}.log')}"
     return None
+
+
+class NodeRun:
+    """cgrp_fusion and cgrp_player as child processes beside a listener node of the tool's own, on a private
+    DDS domain (private_dds)::
+
+        with NodeRun("cgrp_demo", out) as run:
+            run.node.create_subscription(Image, "cgrp_fusion/fused", on_fused, run.qos)
+            run.start(fusion_params, player_params)
+            while not run.exited(): rclpy.spin_once(run.node, timeout_sec=0.1) ...
+
+    `exited()`: why the run must stop (node_exit), None while both nodes run. Leaving the block stops the
+    nodes (`stop`, which may come earlier), closes their logs (out/<log_prefix>fusion.log, player.log) and
+    shuts the listener down."""
+
+    def __init__(self, name: str, out: Path, log_prefix: str = ""):
+        self.name, self.out, self.log_prefix = name, out, log_prefix
+        self.node = self.qos = None
+        self.fusion = self.player = None
+        self._logs = []
+
+    def __enter__(self) -> "NodeRun":
+        private_dds()
+        import rclpy
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        rclpy.init()
+        self.node = rclpy.create_node(self.name)
+        # reliable: the outputs are large images, which best effort over shared memory mostly loses
+        self.qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        return self
+
+    def start(self, fusion_params: dict, player_params: dict) -> None:
+        self.fusion, self.player, self._logs = start_nodes(self.out, fusion_params, player_params, self.log_prefix)
+
+    def exited(self) -> str | None:
+        return node_exit(self.fusion, self.player, self.out, self.log_prefix) if self.fusion else None
+
+    def stop(self) -> None:
+        """Stop both nodes and close their logs (once)."""
+        stop_processes([proc for proc in (self.player, self.fusion) if proc is not None])
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+    def __exit__(self, *exc) -> None:
+        import rclpy
+
+        self.stop()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
 
 
 def log_tail(path: Path, lines: int = 5) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..evaluation.bench import cpu_seconds, rss_mb
 from ..evaluation.soak import latency_p50_p99_ms, memory_growth, soak_figure
-from .node_processes import camera_sequence, log_tail, node_exit, private_dds, start_nodes, stop_processes
+from .node_processes import NodeRun, camera_sequence, log_tail, private_dds
 from .sync import stamp_ns
 
 OUTPUTS = {  # output -> encodings it may have
@@ -175,79 +175,70 @@ def run_soak(config: SoakConfig) -> int:
     private_dds()
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     fusion_params, player_params = soak_parameters(config)
-    rclpy.init()
-    node = rclpy.create_node("cgrp_soak")
-    clock = node.get_clock()
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    seen = Observations(now=lambda: clock.now().nanoseconds * 1e-9)
-    node.create_subscription(Image, "visible/image", seen.on_visible, qos)
-    for name in OUTPUTS:
-        node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: seen.on_output(n, m), qos)
-    node.create_subscription(DiagnosticArray, "/diagnostics", seen.on_diagnostics, 10)
-
     print(f"cgrp soak: {config.minutes:g} min at {config.rate:g} Hz, ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
           f"logs and report in {out}/", flush=True)
-    fusion, player, logs = start_nodes(out, fusion_params, player_params)
-    print("  ".join(f"{h:>14}" for h in WINDOW_HEADER), flush=True)
     started = None              # monotonic time of the first output
-    launched = time.monotonic()
-    last_sample = last_window = last_probe = 0.0
-    second = []                 # RSS probes of the current second
-    previous = dict.fromkeys(COUNTERS, 0)
-    try:
-        while True:
-            rclpy.spin_once(node, timeout_sec=0.05)
-            now = time.monotonic()
-            exited = node_exit(fusion, player, out)
-            if exited:
-                seen.failures.append(exited)
-                break
-            if started is None:
-                if seen.window["out"]:
-                    started = last_sample = last_window = now
-                    seen.cpu_start = cpu_seconds(fusion.pid)
-                    previous = {k: seen.counters.get(k, 0) for k in COUNTERS}  # windows count from here
-                    seen.reset_window()
-                elif now - launched > config.startup_timeout:
-                    seen.failures.append(f"no output within {config.startup_timeout:g} s:\n"
-                                         f"{log_tail(out / 'fusion.log')}")
+    with NodeRun("cgrp_soak", out) as run:
+        clock = run.node.get_clock()
+        seen = Observations(now=lambda: clock.now().nanoseconds * 1e-9)
+        run.node.create_subscription(Image, "visible/image", seen.on_visible, run.qos)
+        for name in OUTPUTS:
+            run.node.create_subscription(Image, f"cgrp_fusion/{name}", lambda m, n=name: seen.on_output(n, m), run.qos)
+        run.node.create_subscription(DiagnosticArray, "/diagnostics", seen.on_diagnostics, 10)
+        run.start(fusion_params, player_params)
+        print("  ".join(f"{h:>14}" for h in WINDOW_HEADER), flush=True)
+        launched = time.monotonic()
+        last_sample = last_window = last_probe = 0.0
+        second = []                 # RSS probes of the current second
+        previous = dict.fromkeys(COUNTERS, 0)
+        try:
+            while True:
+                rclpy.spin_once(run.node, timeout_sec=0.05)
+                now = time.monotonic()
+                exited = run.exited()
+                if exited:
+                    seen.failures.append(exited)
                     break
-                continue
-            if now - last_probe >= RSS_PROBE_S:
-                last_probe = now
-                rss = rss_mb(fusion.pid)
-                if rss is not None:
-                    second.append(rss)
-            if now - last_sample >= 1.0 and second:
-                last_sample = now
-                seen.memory.append((round(now - started, 1), round(min(second), 1)))
-                seen.highs.append((seen.memory[-1][0], round(max(second), 1)))
-                second.clear()
-            if now - last_window >= config.window:
-                deltas = {k: seen.counters.get(k, 0) - previous[k] for k in COUNTERS}
-                previous = {k: seen.counters.get(k, 0) for k in COUNTERS}
-                row = seen.close_window(now - started, now - last_window, deltas)
-                last_window = now
-                print("  ".join(f"{_cell(v):>14}" for v in row.values()), flush=True)
-            if now - started >= config.minutes * 60.0:
-                break
-    except KeyboardInterrupt:
-        seen.failures.append("interrupted")
-    finally:
-        if started is not None:  # the unfinished last window counts in the totals (it gets no row)
-            seen.fold_window()
-        seen.cpu_end = cpu_seconds(fusion.pid)
-        stop_processes([player, fusion])
-        for f in logs:
-            f.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+                if started is None:
+                    if seen.window["out"]:
+                        started = last_sample = last_window = now
+                        seen.cpu_start = cpu_seconds(run.fusion.pid)
+                        previous = {k: seen.counters.get(k, 0) for k in COUNTERS}  # windows count from here
+                        seen.reset_window()
+                    elif now - launched > config.startup_timeout:
+                        seen.failures.append(f"no output within {config.startup_timeout:g} s:\n"
+                                             f"{log_tail(out / 'fusion.log')}")
+                        break
+                    continue
+                if now - last_probe >= RSS_PROBE_S:
+                    last_probe = now
+                    rss = rss_mb(run.fusion.pid)
+                    if rss is not None:
+                        second.append(rss)
+                if now - last_sample >= 1.0 and second:
+                    last_sample = now
+                    seen.memory.append((round(now - started, 1), round(min(second), 1)))
+                    seen.highs.append((seen.memory[-1][0], round(max(second), 1)))
+                    second.clear()
+                if now - last_window >= config.window:
+                    deltas = {k: seen.counters.get(k, 0) - previous[k] for k in COUNTERS}
+                    previous = {k: seen.counters.get(k, 0) for k in COUNTERS}
+                    row = seen.close_window(now - started, now - last_window, deltas)
+                    last_window = now
+                    print("  ".join(f"{_cell(v):>14}" for v in row.values()), flush=True)
+                if now - started >= config.minutes * 60.0:
+                    break
+        except KeyboardInterrupt:
+            seen.failures.append("interrupted")
+        finally:
+            if started is not None:  # the unfinished last window counts in the totals (it gets no row)
+                seen.fold_window()
+            seen.cpu_end = cpu_seconds(run.fusion.pid)
     return write_report(config, seen, started is not None)
 
 
