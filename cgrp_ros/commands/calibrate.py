@@ -20,7 +20,7 @@ import cv2
 from tqdm import tqdm
 
 from ..core.camera import undistort
-from ..core.data import find_pairs, read_image, unwritable_reason
+from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
 from ..ros.sync import DEFAULT_SLOP, describe_offset
 from .common import (add_camera_file_arguments, add_thermal_arguments, cameras_from_args, non_negative, positive,
@@ -137,7 +137,7 @@ def bag_pairs(bag, visible_topic: str, thermal_topic: str, every: int = 1, slop:
 
 
 def run(args) -> int:
-    from ..core.calibrate import RigCalibrator, save_calibration
+    from ..core.calibrate import RigCalibrator, calibration_path_problem, save_calibration
     from ..evaluation.rig import calibration_edge_check
 
     try:
@@ -149,10 +149,8 @@ def run(args) -> int:
     if not scales or min(scales) <= 0:
         print("cgrp calibrate: error: --scales: expected positive numbers", file=sys.stderr)
         return 2
-    unwritable = unwritable_reason(args.out)
-    if args.out.is_dir():
-        unwritable = f"it is a folder: give the file to write, e.g. {args.out / 'rig.yaml'}"
-    elif args.out in picture_paths(args.out):  # the picture would overwrite the calibration
+    unwritable = calibration_path_problem(args.out)
+    if not unwritable and args.out in picture_paths(args.out):  # the picture would overwrite the calibration
         unwritable = f"the checkerboard picture is written to {args.out}: give a .yaml name, e.g. " \
                      f"{args.out.with_suffix('.yaml')}"
     if unwritable:  # before minutes of work, not after

@@ -92,15 +92,21 @@ class Calibration:
 
 
 # -- files -----------------------------------------------------------------------------------------
+def calibration_path_problem(path) -> str | None:
+    """Why a calibration cannot be written to `path` ('it is a folder: ...', 'x is not writable'), or None;
+    checked before the work that makes one, and again by save_calibration."""
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() would drop the slash: a file 'dir'
+        return f"it is a folder: give the file to write, e.g. {Path(path) / 'rig.yaml'}"
+    return unwritable_reason(Path(path))
+
+
 def save_calibration(calibration: Calibration, path) -> None:
     import yaml
 
-    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() would drop the slash: a file 'dir'
-        raise CalibrationError(f"{path} is a folder: give the file to write, e.g. {Path(path) / 'rig.yaml'}")
+    problem = calibration_path_problem(path)
+    if problem:
+        raise CalibrationError(f"cannot write {path}: {problem}")
     path = Path(path)
-    unwritable = unwritable_reason(path)
-    if unwritable:
-        raise CalibrationError(f"cannot write {path}: {unwritable}")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = calibration.to_dict()
     # matrix rows inline, one skipped pair (name: reason) per line
