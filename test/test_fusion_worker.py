@@ -89,6 +89,32 @@ def test_an_exception_inside_inference_is_logged_counted_and_the_next_pair_fused
         assert "inference failed for the pair at 1.000: RuntimeError: simulated: CUDA out of memory" in err, err
 
 
+def test_a_fault_outside_inference_does_not_end_the_worker(capfd):
+    """A bug on the per-pair path before inference (a wrong keyword in a log call did it once) ended the
+    worker thread: the node stayed up and never published again."""
+    with in_process_node() as (node, fused, spin_until, executor):
+        plan, calls = node.camera_infos.plan, []
+
+        def fails_once(*args):
+            calls.append(1)
+            if len(calls) == 1:
+                raise TypeError("simulated: a bug")
+            return plan(*args)
+        node.camera_infos.plan = fails_once
+        visible, thermal = make_images()
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        for second in (1, 2):
+            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            spin_until(lambda: len(calls) == second, 30.0, f"pair {second}")
+        spin_until(lambda: len(fused) == 1, 30.0, "the second pair's output")
+        assert fused[0].header.stamp.sec == 2 and node._worker.is_alive()
+        assert node.stats.inference_errors == 1
+        executor.spin_once(timeout_sec=0.1)
+        err = capfd.readouterr().err
+        assert "a pair failed, the node goes on: TypeError: simulated: a bug (" in err, err
+
+
 class Confidence:
     """The real pipeline, with the registration confidence / fallback of each call taken from a list."""
 
@@ -354,3 +380,22 @@ def test_a_thread_a_deactivation_left_inside_inference_is_waited_for_at_exit_or_
         assert node._deactivate() is False
         assert node.stop(timeout=0.2) is False  # still inside: the process must not wait for it
         held.set()
+
+
+def test_diagnostics_name_the_input_topics_as_the_node_subscribes_them():
+    """`no input on visible/image ...` sent a user with remapped topics looking for the wrong ones."""
+    from cgrp_ros.ros.diagnostics import diagnose
+
+    rclpy.init()
+    node = FusionNode(cli_args=["--ros-args", "-r", "visible/image:=/cam/rgb", "-r", "__ns:=/robot1"],
+                      parameter_overrides=[Parameter("working_size", value=[64, 96]),
+                                           Parameter("self_calibrate", value=False),
+                                           Parameter("stream_timeout", value=0.1)])
+    try:
+        assert node.autostart() is None
+        time.sleep(0.3)
+        assert diagnose(node)[1] == "no input on /cam/rgb or /robot1/thermal/image for more than 0.1 s"
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()

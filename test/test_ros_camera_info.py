@@ -91,9 +91,17 @@ def _publish_until(harness, predicate, what, infos=(), **pair):
 
 
 def test_without_camera_info_images_are_fused_as_they_are_and_no_camera_info_published(harness):
+    def diagnostics_say(text):
+        harness.spinner.spin(0.3)
+        return harness.diagnostic_value("camera_info") == text
+    # use_camera_info is true: before a pair, /diagnostics said "not used" (meaning: false)
+    harness.wait_for(lambda: diagnostics_say("no pair fused since use_camera_info was set"), 10.0,
+                     "/diagnostics 'camera_info' before the first pair")
     harness.wait_first_output("the first outputs")
     harness.spinner.spin(0.5)
     assert not harness.camera_infos
+    harness.wait_for(lambda: diagnostics_say("not undistorting: no visible/camera_info; no thermal/camera_info"),
+                     10.0, "/diagnostics 'camera_info' saying why the pair was not undistorted")
 
 
 def test_each_image_is_undistorted_and_camera_info_has_the_outputs_header(harness):

@@ -101,6 +101,13 @@ def confidence_threshold(node) -> float | None:
     return None if pipeline is None else float(pipeline.confidence_threshold)
 
 
+def input_topic(node, stream: int) -> str:
+    """The image topic of `stream` as the node subscribes it (remapped, namespaced, /compressed), for a
+    message that says which topic to check."""
+    subscriptions = getattr(node, "subscriptions_", None)
+    return subscriptions[stream].topic_name if subscriptions else f"{STREAM_NAMES[stream]}/image"
+
+
 def diagnose(node):
     """(level, message) of the node right now."""
     now, timeout, stats = time.monotonic(), node.values["stream_timeout"], node.stats
@@ -118,12 +125,13 @@ def diagnose(node):
     rejected = [i for i in silent if stats.last_bad_message[i] and now - stats.last_bad_message[i][0] <= timeout]
     if rejected:  # arriving but unreadable: not a topic or QoS problem
         i = rejected[0]
-        return DiagnosticStatus.ERROR, (f"{STREAM_NAMES[i]}/image: every message for more than {timeout:g} s "
+        return DiagnosticStatus.ERROR, (f"{input_topic(node, i)}: every message for more than {timeout:g} s "
                                         f"skipped: {stats.last_bad_message[i][1]}")
     if len(silent) == 2:
-        return DiagnosticStatus.WARN, f"no input on visible/image or thermal/image for more than {timeout:g} s"
+        return DiagnosticStatus.WARN, (f"no input on {input_topic(node, 0)} or {input_topic(node, 1)} for more than "
+                                       f"{timeout:g} s")
     if silent:
-        return DiagnosticStatus.WARN, f"{STREAM_NAMES[silent[0]]}/image silent for more than {timeout:g} s"
+        return DiagnosticStatus.WARN, f"{input_topic(node, silent[0])} silent for more than {timeout:g} s"
     if now - stats.last_pair > timeout:
         why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
                or f"stamps further apart than slop {node.values['slop']} s?")

@@ -66,9 +66,11 @@ class LogThrottle:
         self.period = period
         self._last = {}  # key -> time.monotonic() of its last line
 
-    def __call__(self, key) -> bool:
+    def __call__(self, key, period: float | None = None) -> bool:
+        """`period`: this key's own, instead of the throttle's."""
+        period = self.period if period is None else period
         now = time.monotonic()
-        if now - self._last.get(key, -self.period) < self.period:
+        if now - self._last.get(key, -period) < period:
             return False
         self._last[key] = now
         return True
