@@ -397,6 +397,10 @@ def test_calibrate_writes_its_file_but_exits_1_after_unreadable_or_unpaired_file
     assert cgrp(args + ["--min-pairs", "8"]) == 2
     assert "5 pair(s) to calibrate from, fewer than the 8 asked for" in capsys.readouterr().err
     assert not out.exists()
+    for sub in ("visible", "thermal"):
+        (tmp_path / sub / "broken.png").unlink()
+    assert cgrp(args) == 1  # a file without its partner alone is a fault of the input too
+    assert "1 problem(s) in the input" in capsys.readouterr().err and out.is_file()
 
 
 def test_calibrate_reads_a_bag(aligned_pairs, tmp_path):

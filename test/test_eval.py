@@ -370,3 +370,15 @@ def test_registration_only_eval_gives_the_same_flow_scores(sample_dir, tmp_path)
         assert runs["reg"][method]["epe"] == runs["full"][method]["epe"]
         assert runs["reg"][method]["mae"] == runs["full"][method]["mae"]
         assert runs["reg"][method]["ssim"] in ("", "nan") and runs["full"][method]["ssim"] not in ("", "nan")
+
+
+def test_the_severe_target_is_a_40_percent_cut_of_the_mae():
+    """`severe`: CGRP must cut the registered-vs-aligned MAE by at least 40 % against no registration."""
+    def severe(cgrp_mae, none_mae=10.0):
+        summary = {method: {column: {"mean": value} for column, value in (("mae", mae), ("ssim", float("nan")),
+                                                                          ("cc", float("nan")))}
+                   for method, mae in (("cgrp", cgrp_mae), ("none", none_mae))}
+        return {target: (holds, detail) for target, holds, detail in E.check_targets(summary, "severe")}
+    name = "severe: CGRP cuts registered-vs-aligned MAE by >= 40 % against no registration"
+    assert severe(5.9)[name] == (True, "MAE cgrp 5.9 vs none 10: 41.0 % lower")
+    assert severe(6.5)[name][0] is False

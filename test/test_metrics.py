@@ -168,3 +168,22 @@ def test_edge_agreement_of_a_sliver_is_nan_at_a_bounded_size(texture):
     assert math.isnan(M.edge_agreement(sliver, sliver))
     tall = np.ascontiguousarray(np.tile(texture, (6, 1)))  # taller than 4:1: scored at 1600 px tall, still scored
     assert tall.shape[0] > 4 * tall.shape[1] and M.edge_agreement(tall, tall) == pytest.approx(1.0)
+
+
+def test_edge_comparison_counts_only_changes_beyond_the_margin():
+    """`cgrp fuse` and `cgrp calibrate` say on how many pairs the registration lined the edges up better or
+    worse: a change within EDGE_MARGIN_OF_DIFFERENCE (0.01, the interpolation's own effect) is neither."""
+    c = M.edge_comparison([0.20, 0.20, 0.20, 0.20, float("nan")], [0.215, 0.205, 0.185, 0.195, 0.3])
+    assert (c["better"], c["worse"], c["scored"]) == (1, 1, 4)
+    assert c["before"] == pytest.approx(0.20) and c["after"] == pytest.approx(0.2)
+
+
+def test_the_per_pair_targets_apply_to_their_presets():
+    """Issue 9's per-pair targets: an aligned pair (`none`) must not move more than MOVED_LIMIT_PX; at `mild`
+    no pair may end worse than unregistered by more than WORSE_MARGIN_PX; the larger presets have none."""
+    from cgrp_ros.evaluation.protocol import MOVED_LIMIT_PX, WORSE_MARGIN_PX, misses_pair_target
+
+    assert misses_pair_target("none", MOVED_LIMIT_PX + 0.1, 0.0) and not misses_pair_target("none", MOVED_LIMIT_PX, 0.0)
+    assert misses_pair_target("mild", 3.0 + WORSE_MARGIN_PX + 0.1, 3.0)
+    assert not misses_pair_target("mild", 3.0 + WORSE_MARGIN_PX - 0.1, 3.0)
+    assert not any(misses_pair_target(preset, 30.0, 3.0) for preset in ("moderate", "severe", "peer"))

@@ -385,6 +385,53 @@ def test_a_config_is_copied_checked_and_named_in_its_errors(cpu_pipeline, sample
     assert small(visible, thermal, outputs={"fused"}, registration=Registration(flow)).flow.dtype == np.float32
 
 
+def test_a_camera_whose_working_grid_is_padded_is_not_stretched(cpu_pipeline, sample_pairs):
+    """A 270x480 camera works at 180x320, padded to 184 rows for the networks: the padding must be cut off
+    before the outputs are scaled back (else the picture stretches by 184/180, 4-6 px at the bottom of this
+    one and 24 at a 1920x1080 camera's). The pseudo-thermal against that of an unpadded 240x320 view."""
+    _, visible, thermal = sample_pairs[0]
+
+    def pseudo(size):
+        shrink = lambda image: cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)  # noqa: E731
+        return cpu_pipeline(shrink(visible), shrink(thermal), outputs={"pseudo_thermal"}).pseudo_thermal
+    padded = pseudo((270, 480)).astype(np.float32)
+    unpadded = cv2.resize(pseudo((240, 320)), (480, 270), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    rows = slice(170, 255)  # the bottom, where a stretch has moved the picture most
+    error = {dy: np.abs(padded[rows.start + dy:rows.stop + dy] - unpadded[rows]).mean() for dy in range(-8, 9)}
+    assert abs(min(error, key=error.get)) <= 1, error  # measured: 0 (a stretched picture: -4)
+
+
+class NonFiniteDense:
+    """A backend whose dense registration returns NaN (a fp16 overflow, a broken export)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, stage, *inputs):
+        outputs = self.backend(stage, *inputs)
+        if stage == "registration_dense":
+            flow, registered = outputs
+            return np.full_like(flow, np.nan), registered
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_a_non_finite_registration_is_a_fallback_to_the_prior(sample_pairs):
+    """NaN out of the networks is never published: the flow is the prior's (zero), and the pair says it fell
+    back, with confidence 0, so the node and cgrp fuse warn as for a pair without evidence."""
+    from cgrp_ros.core.deform import misalign, rng_for
+
+    pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu"))
+    pipeline.backend = NonFiniteDense(pipeline.backend)
+    _, visible, thermal = sample_pairs[0]
+    moved = misalign(thermal, "moderate", rng_for(0, "nan")).misaligned  # the dense levels run only on a moved pair
+    result = pipeline(visible, moved)
+    assert not result.flow.any() and result.registration_fallback and result.registration_confidence == 0.0
+    assert np.isfinite(result.fused_image.astype(np.float32)).all()
+
+
 def test_reconfigure_swaps_a_checked_copy_of_the_config(sample_pairs):
     """The node changes working_size and the thermal's gain between pairs while a registration may run in
     the background: the change is checked as at construction, and a call holding the old config keeps it."""

@@ -169,6 +169,37 @@ def test_a_few_usable_registrations_amid_fallbacks_are_no_converged_estimate():
     assert rig.state == CONVERGED
 
 
+def test_half_the_registrations_usable_is_enough_and_the_node_waits_for_two_windows_before_it_warns():
+    """The self-calibration is 'mostly usable' with at least half of its last 2 x window registrations
+    usable; /diagnostics tells the user to calibrate the rig only once it has seen 2 x window of them."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("rclpy")
+    from cgrp_ros.ros.diagnostics import rig_unsettled
+
+    identity = np.zeros((8, 10, 2), np.float32)
+    rig = RigFlow()
+    for i in range(2 * rig.window):
+        rig.update(_registration(identity, fallback=i % 2 == 1))
+    assert rig.recent_usable() == (rig.window, 2 * rig.window) and rig.mostly_usable()
+    rig = RigFlow()
+    node = SimpleNamespace(stream=SimpleNamespace(registration_rate=0.5, rig=rig))
+    for i in range(2 * rig.window):
+        assert rig_unsettled(node) is None, i  # too few registrations to judge
+        rig.update(_registration(identity, fallback=True))
+    assert rig_unsettled(node).startswith(f"self-calibration waiting: only 0 of the last {2 * rig.window} registrations")
+
+
+def test_time_going_backwards_registers_at_once(counted, rig_pair):
+    """A bag replayed in a loop: its first frame comes again with a smaller stamp than the last registration;
+    the rig estimate is checked at once, not when the stamps catch up with it."""
+    visible, thermal, _ = rig_pair
+    stream = StreamPipeline(counted, registration_rate=1.0, scene_change=0, converging_rate=0, confirming_rate=0)
+    for stamp in (10.0, 10.1, 10.2, 10.3, 0.0):
+        stream(visible, thermal, outputs=frozenset({"fused"}), stamp=stamp)
+    assert counted.backend.calls["registration_affine"] == 2
+
+
 def test_a_wrong_first_registration_is_outvoted():
     truth = np.zeros((8, 10, 2), np.float32)
     rig = RigFlow()

@@ -42,6 +42,17 @@ def test_pairs_inside_slop_only(use_mf):
 
 
 @pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
+def test_stamps_exactly_slop_apart_pair(use_mf):
+    """At most `slop`, as documented: two 10 Hz cameras half a frame apart sit exactly at the default 0.05 s."""
+    s, pairs = collect(use_mf)
+    s.add(VISIBLE, msg(10.00, "v0"))
+    s.add(THERMAL, msg(10.05, "t0"))
+    s.add(VISIBLE, msg(10.10, "v1"))
+    s.add(THERMAL, msg(10.1501, "t1"))  # 50.1 ms: not
+    assert pairs == [("v0", "t0")]
+
+
+@pytest.mark.parametrize("use_mf", IMPLEMENTATIONS)
 def test_closest_partner_wins(use_mf):
     s, pairs = collect(use_mf, slop=0.1)
     s.add(THERMAL, msg(5.00, "far"))

@@ -1,0 +1,50 @@
+"""cgrp_fusion's parameter checks (ros.parameters.check_parameter): what `ros2 param set` answers for a
+value the node refuses. The node keeps its old value then (test_ros_reconfigure)."""
+import pytest
+
+pytest.importorskip("rclpy")
+from cgrp_ros.ros.parameters import check_parameter  # noqa: E402
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("thermal_percentiles", [50.0, 50.0], "thermal_percentiles: expected [low, high] with low < high"),
+    ("thermal_percentiles", [99.0, 1.0], "thermal_percentiles: expected [low, high] with low < high"),
+    ("outputs", ["fused", "fused"], "outputs: duplicate names"),
+    ("outputs", ["fused", "heatmap"], "outputs: 'heatmap' is not one of"),
+    ("working_size", [256, 320, 64], "working_size: expected [height, width]"),
+    ("working_size", [16, 320], "working_size: 16 is outside [32, 4096]"),
+    ("generator_model", "/nonexistent/generator.pt", "generator_model: no such file '/nonexistent/generator.pt'"),
+])
+def test_a_refused_value_says_why(name, value, reason):
+    assert (check_parameter(name, value) or "").startswith(reason)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("thermal_percentiles", [1.0, 99.0]), ("outputs", ["fused", "deformation"]), ("outputs", []),
+    ("working_size", [256, 320]), ("generator_model", ""),
+])
+def test_a_valid_value_passes(name, value):
+    assert check_parameter(name, value) is None
+
+
+def test_drop_rate_warn_is_the_share_of_dropped_pairs_that_warns():
+    """/diagnostics WARNs when inference cannot keep up: more than `drop_rate_warn` of the pairs of the last
+    ticks replaced before the worker took them (judged once at least 5 pairs came)."""
+    import collections
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from cgrp_ros.ros.diagnostics import Stats, diagnose
+    from cgrp_ros.ros.sync import LatestPairSlot
+
+    def node(received, dropped, drop_rate_warn=0.5):
+        slot = LatestPairSlot()
+        slot.received, slot.dropped = received, dropped
+        return SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": drop_rate_warn, "slop": 0.05},
+                               stats=Stats(), slot=slot, drop_history=collections.deque([(0, 0)], maxlen=6),
+                               state="active", pipeline_error=None, pipeline=None, unsubscribed=False)
+    assert diagnose(node(10, 6)) == (DiagnosticStatus.WARN, "high drop rate: 60% of pairs dropped (inference too slow)")
+    assert diagnose(node(10, 5)) == (DiagnosticStatus.OK, "fusing")             # not more than half
+    assert diagnose(node(10, 6, drop_rate_warn=0.7)) == (DiagnosticStatus.OK, "fusing")
+    assert diagnose(node(4, 4)) == (DiagnosticStatus.OK, "fusing")              # too few pairs to judge
