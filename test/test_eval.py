@@ -382,3 +382,31 @@ def test_the_severe_target_is_a_40_percent_cut_of_the_mae():
     name = "severe: CGRP cuts registered-vs-aligned MAE by >= 40 % against no registration"
     assert severe(5.9)[name] == (True, "MAE cgrp 5.9 vs none 10: 41.0 % lower")
     assert severe(6.5)[name][0] is False
+
+
+def test_eval_rig_scores_each_frame_and_the_shimmer_between_frames(monkeypatch):
+    """`cgrp eval --rig`: EPE per frame against the truth, shimmer = the mean (over frame pairs) of the mean
+    (over pixels) flow change between consecutive frames, jump = the largest of those."""
+    from types import SimpleNamespace
+
+    from cgrp_ros.core import stream
+    from cgrp_ros.evaluation.rig import run_mode
+
+    shape = (6, 8)
+    flows = [np.zeros(shape + (2,), np.float32) + np.float32(shift) for shift in ([0, 0], [3, 4], [3, 4], [3, 0])]
+    flows[3][:3] = np.float32([3, 4])  # half the pixels unchanged, half moved by 4 px: a mean change of 2 px
+
+    class ScriptedStream:
+        def __init__(self, pipeline, registration_rate):
+            self.calls, self.registrations, self.rig = 0, 0, SimpleNamespace(state="waiting")
+
+        def __call__(self, visible, thermal, outputs, stamp):
+            self.calls += 1
+            return SimpleNamespace(flow=flows[self.calls - 1])
+
+    monkeypatch.setattr(stream, "StreamPipeline", ScriptedStream)
+    truth = SimpleNamespace(flow=np.zeros(shape + (2,), np.float32), valid=np.ones(shape, bool))
+    frame = (np.zeros(shape + (3,), np.uint8), np.zeros(shape, np.uint8))
+    summary = run_mode(None, [frame] * 4, truth, registration_rate=0.0, fps=10.0).summary()
+    assert summary["shimmer"] == pytest.approx((5.0 + 0.0 + 2.0) / 3)
+    assert summary["jump"] == pytest.approx(5.0) and summary["frames"] == 4

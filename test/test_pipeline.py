@@ -432,6 +432,37 @@ def test_a_non_finite_registration_is_a_fallback_to_the_prior(sample_pairs):
     assert np.isfinite(result.fused_image.astype(np.float32)).all()
 
 
+class BelowChance:
+    """A backend whose global stage reports a confidence below chance, whatever affine it found."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, stage, *inputs):
+        outputs = self.backend(stage, *inputs)
+        if stage == "registration_affine":
+            affine, registered, confidence, fallback = outputs
+            return affine, registered, np.zeros_like(confidence), np.zeros_like(fallback)
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_below_chance_confidence_keeps_the_prior_whatever_affine_was_found(sample_pairs):
+    """Matches no better than chance are no evidence: the pair keeps its prior (no warp) and says it fell
+    back, even where the network's affine is not the identity (here: a pair that really is misaligned)."""
+    from cgrp_ros.core.deform import misalign, rng_for
+
+    pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu"))
+    _, visible, thermal = sample_pairs[0]
+    moved = misalign(thermal, "moderate", rng_for(0, "chance")).misaligned
+    assert pipeline(visible, moved).flow.any()  # the affine the wrapper keeps below is not the identity
+    pipeline.backend = BelowChance(pipeline.backend)
+    result = pipeline(visible, moved)
+    assert not result.flow.any() and result.registration_fallback
+
+
 def test_reconfigure_swaps_a_checked_copy_of_the_config(sample_pairs):
     """The node changes working_size and the thermal's gain between pairs while a registration may run in
     the background: the change is checked as at construction, and a call holding the old config keeps it."""
