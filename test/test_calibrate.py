@@ -587,3 +587,16 @@ def test_eval_refuses_a_calibration_of_cameras_with_another_aspect_ratio(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "was made for a 502x351 visible image; " in err and "have another aspect ratio (" in err, err
     assert "/FLIR_01415 543x358" in err and "edge check" in err and not (tmp_path / "eval").exists()
+
+
+def test_two_writers_of_one_file_each_rename_a_whole_file_of_their_own(tmp_path):
+    """Two nodes saving one calibration_file at once shared the temporary name rig.yaml.tmp: one renamed
+    the other's file away ('No such file or directory') and a reader could meet a mix of both."""
+    from cgrp_ros.core.data import replaced_on_success
+
+    path = tmp_path / "rig.yaml"
+    with replaced_on_success(path) as first, replaced_on_success(path) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("first: 1\n")
+        second.write_text("second: 2\n")
+    assert path.read_text() == "first: 1\n" and [p.name for p in tmp_path.iterdir()] == ["rig.yaml"]

@@ -1,5 +1,6 @@
 """The Pipeline with the shipped weights: shapes, dtypes, inputs, backends, and that it registers."""
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -345,6 +346,38 @@ def test_fusion_only_and_generator_only_entry_points(cpu_pipeline, sample_pairs)
     pseudo = cpu_pipeline.pseudo_thermal(visible)
     assert pseudo.shape == thermal.shape and pseudo.dtype == np.float32
     assert 0.0 <= pseudo.min() and pseudo.max() <= 1.0
+
+
+def test_an_onnx_graph_appears_whole_and_a_damaged_one_is_exported_again(tmp_path, caplog):
+    """Two nodes sharing the ONNX cache: one exporting a graph while the other loads it read half a graph
+    (written in place). A graph cut short (an interrupted export, a full disk) failed every later start."""
+    from cgrp_ros.core import backends
+
+    paths = PipelineConfig().model_paths()
+    assert backends.export_onnx(paths, tmp_path, graphs=["fusion"]) == {"fusion": tmp_path / "fusion.onnx"}
+    assert [p.name for p in tmp_path.iterdir()] == ["fusion.onnx"]  # no temporary file left
+    whole = (tmp_path / "fusion.onnx").read_bytes()
+    (tmp_path / "fusion.onnx").write_bytes(whole[:len(whole) // 3])
+    backend = backends.OnnxBackend.__new__(backends.OnnxBackend)  # only its session(): one graph, not five
+    import onnxruntime
+    backend.model_paths, backend.onnx_dir, backend.sessions = paths, tmp_path, {}
+    backend._ort, backend._threads, backend._fp16, backend._wanted = onnxruntime, 1, False, ["CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="cgrp_ros"):
+        session = backend.session("fusion")
+    assert [i.name for i in session.get_inputs()] == ["visible_y", "registered_thermal"]
+    assert (tmp_path / "fusion.onnx").stat().st_size == len(whole) and "exporting it again" in caplog.text
+
+
+def test_a_read_only_onnx_dir_keeps_tensorrt_with_its_engines_elsewhere(tmp_path, monkeypatch):
+    """TensorRT's engine cache could not be made in a read-only onnx_dir, and the node fell back to the CPU."""
+    from cgrp_ros.core.backends import provider_settings
+
+    monkeypatch.setenv("CGRP_CACHE", str(tmp_path / "cache"))
+    read_only = tmp_path / "onnx"
+    read_only.write_text("")  # no folder can be made inside it (as in a read-only one, even for root)
+    (trt, options), cuda = provider_settings(["TensorrtExecutionProvider", "CUDAExecutionProvider"], read_only)
+    assert trt == "TensorrtExecutionProvider" and cuda[0] == "CUDAExecutionProvider"
+    assert Path(options["trt_engine_cache_path"]).parent == tmp_path / "cache"
 
 
 def test_tensorrt_keeps_its_engines_beside_the_onnx_files(tmp_path):

@@ -158,3 +158,15 @@ def test_two_runs_on_one_machine_get_different_ros_domains():
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_domain_whose_lock_file_cannot_be_opened_is_skipped(tmp_path, monkeypatch):
+    """Another user's lock file in /tmp (or one fs.protected_regular refuses) ended cgrp demo with
+    'Permission denied': that domain is someone else's, the next one is tried."""
+    import tempfile
+
+    from cgrp_ros.ros.node_processes import free_domain
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "cgrp_ros_domain_160.lock").mkdir()  # cannot be opened as a file, as another user's
+    assert free_domain(160, count=2) == 161

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .align import affine_flow
+from .data import replaced_on_success
 from .errors import BackendError, ModelLoadError
 from .models import STAGES, load_model
 from .warp import warp
@@ -199,7 +200,8 @@ class TorchBackend:
 
 def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None) -> dict:
     """Write GRAPH.onnx (dynamic batch, H and W) to out_dir for each of `graphs` (default: every
-    ONNX_GRAPHS entry): {graph: path}."""
+    ONNX_GRAPHS entry): {graph: path}. Each file appears whole or not at all (data.replaced_on_success):
+    another process loading it (a second node sharing the cache) never reads half a graph."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -212,9 +214,9 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None
                 for name in inputs + outputs}
         path = out_dir / f"{graph}.onnx"
         import warnings
-        with warnings.catch_warnings():
+        with replaced_on_success(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(module, sample, str(path), input_names=inputs, output_names=outputs,
+            torch.onnx.export(module, sample, str(tmp), input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
         written[graph] = path
     return written
@@ -233,10 +235,14 @@ def _models_digest(model_paths: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_base() -> Path:
+    """Where cgrp_ros caches what it derives from the weights: $CGRP_CACHE or ~/.cache/cgrp_ros."""
+    return Path(os.environ.get("CGRP_CACHE", Path.home() / ".cache" / "cgrp_ros"))
+
+
 def onnx_cache_dir(model_paths: dict) -> Path:
-    """Per-weights cache for exported ONNX files ($CGRP_CACHE or ~/.cache/cgrp_ros)."""
-    base = Path(os.environ.get("CGRP_CACHE", Path.home() / ".cache" / "cgrp_ros"))
-    return base / f"onnx-{_models_digest(model_paths)}"
+    """Per-weights cache for exported ONNX files (under cache_base())."""
+    return cache_base() / f"onnx-{_models_digest(model_paths)}"
 
 
 class OnnxBackend:
@@ -294,25 +300,43 @@ class OnnxBackend:
         """The onnxruntime session of ONNX_GRAPHS[graph], exported and created on first use."""
         if graph in self.sessions:
             return self.sessions[graph]
-        ort, path = self._ort, self.onnx_dir / f"{graph}.onnx"
+        path = self.onnx_dir / f"{graph}.onnx"
         if not path.is_file():
             log.info("exporting ONNX model %s to %s", graph, self.onnx_dir)
-            try:
-                export_onnx(self.model_paths, self.onnx_dir, graphs=[graph])
-            except OSError as exc:  # e.g. a read-only folder of an older `cgrp export`
-                raise ModelLoadError(path, f"missing and cannot be written ({exc}); write every graph with "
-                                           f"`cgrp export --out {self.onnx_dir}`") from None
+            self._export(graph, path, "missing and")
         try:
-            session = ort.InferenceSession(str(path), self._options(graph),
-                                           providers=provider_settings(self._wanted, self.onnx_dir, self._fp16))
-        except Exception as exc:  # a GPU provider that cannot start: CPU still works
-            if self._wanted == ["CPUExecutionProvider"]:
-                raise ModelLoadError(path, f"onnxruntime cannot load it ({exc})") from None
-            log.warning("onnxruntime providers %s failed (%s): falling back to CPU", self._wanted, exc)
-            self._wanted = ["CPUExecutionProvider"]
-            session = ort.InferenceSession(str(path), self._options(graph), providers=self._wanted)
+            session = self._new_session(graph, path)
+        except Exception as exc:  # not even on the CPU: a file cut short (an export interrupted, a full disk)
+            log.warning("ONNX model %s cannot be loaded (%s): exporting it again", path, exc)
+            self._export(graph, path, f"onnxruntime cannot load it ({exc}), and it")
+            try:
+                session = self._new_session(graph, path)
+            except Exception as again:
+                raise ModelLoadError(path, f"onnxruntime cannot load it ({again})") from None
         self.sessions[graph] = session
         return session
+
+    def _export(self, graph: str, path: Path, what: str) -> None:
+        try:
+            export_onnx(self.model_paths, self.onnx_dir, graphs=[graph])
+        except OSError as exc:  # e.g. a read-only folder of an older `cgrp export`, or a read-only home
+            raise ModelLoadError(path, f"{what} cannot be written ({exc}); export the graphs where they can be "
+                                       "(`cgrp export --out DIR`) and give that folder as onnx_dir (--onnx-dir), "
+                                       "or point $CGRP_CACHE to a writable folder") from None
+
+    def _new_session(self, graph: str, path: Path):
+        """A session on the providers wanted; one that cannot start there is made on the CPU (from then
+        on, for every graph)."""
+        ort = self._ort
+        try:
+            return ort.InferenceSession(str(path), self._options(graph),
+                                        providers=provider_settings(self._wanted, self.onnx_dir, self._fp16))
+        except Exception as exc:  # a GPU provider that cannot start: CPU still works
+            if self._wanted == ["CPUExecutionProvider"]:
+                raise
+            log.warning("onnxruntime providers %s failed (%s): falling back to CPU", self._wanted, exc)
+            self._wanted = ["CPUExecutionProvider"]
+            return ort.InferenceSession(str(path), self._options(graph), providers=self._wanted)
 
     def _options(self, graph: str):
         """Session options for `graph` on the providers now wanted."""
@@ -363,18 +387,35 @@ class OnnxBackend:
         pass
 
 
+def tensorrt_cache(cache_dir) -> Path | None:
+    """A writable folder for TensorRT's engines: `cache_dir/tensorrt` beside the ONNX files, else (a
+    read-only onnx_dir) one of its own under cache_base(); None where neither can be made."""
+    own = hashlib.sha1(str(Path(cache_dir).resolve()).encode()).hexdigest()[:12]
+    for folder in (Path(cache_dir) / "tensorrt", cache_base() / f"tensorrt-{own}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return None
+
+
 def provider_settings(providers, cache_dir, fp16: bool = False) -> list:
     """onnxruntime's `providers` argument: each provider with its options. TensorRT builds its engines
-    once and keeps them next to the ONNX files (`cache_dir/tensorrt`, keyed by model and input shape),
-    so only the first start on a machine pays the build; fp16 lets TensorRT use half precision."""
+    once and keeps them next to the ONNX files (`cache_dir/tensorrt`, keyed by model and input shape;
+    see tensorrt_cache), so only the first start on a machine pays the build; fp16 lets TensorRT use
+    half precision."""
     settings = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
-            cache = Path(cache_dir) / "tensorrt"
-            cache.mkdir(parents=True, exist_ok=True)
-            settings.append((name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-                                    "trt_fp16_enable": bool(fp16)}))
+            cache = tensorrt_cache(cache_dir)
+            if cache is None:  # TensorRT still runs: it builds its engines at every start
+                log.warning("no writable folder for TensorRT's engine cache (%s/tensorrt, %s): engines are built "
+                            "at every start", cache_dir, cache_base())
+            caching = {} if cache is None else {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+            settings.append((name, {**caching, "trt_fp16_enable": bool(fp16)}))
         elif name == "CUDAExecutionProvider":
             settings.append((name, {"cudnn_conv_algo_search": "HEURISTIC"}))
         else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,10 @@ def unwritable_reason(path: Path) -> str | None:
 @contextmanager
 def replaced_on_success(path: Path):
     """Yields a temporary path beside `path` to write to; moves it over `path` when the block ends without
-    an exception (and removes it otherwise): an interruption leaves the old file, never a truncated one."""
-    tmp = path.with_name(path.name + ".tmp")
+    an exception (and removes it otherwise): an interruption leaves the old file, never a truncated one.
+    The name is this writer's own: two writers of one file (two nodes saving one calibration_file) each
+    rename a whole file, and a reader sees one of them."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
     except BaseException:

@@ -42,7 +42,10 @@ def free_domain(first: int, count: int = 100) -> int:
     start = os.getpid() % count
     for offset in range(count):
         domain = first + (start + offset) % count
-        handle = open(Path(tempfile.gettempdir()) / f"cgrp_ros_domain_{domain}.lock", "w")
+        try:  # (another user's lock file cannot be opened: that domain is theirs)
+            handle = open(Path(tempfile.gettempdir()) / f"cgrp_ros_domain_{domain}.lock", "a")
+        except OSError:
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
