@@ -5,7 +5,7 @@ is the current time; the thermal stamp is offset by `stamp_offset` plus uniform 
 +-`jitter` seconds, like two free-running cameras. With `bag` (+ `visible_topic`, `thermal_topic`)
 the pairs come from a rosbag2 (cgrp_ros.ros.sources.BagSource, read with rosbags: no ROS installation needed) and keep
 the bag's header stamps unless `bag_stamps` is false; a thermal frame that several visible frames are nearest to (a
-slower thermal camera) goes out once, with its own nearest visible frame, as the camera sent it. With `deform` the thermal is misaligned on the
+slower thermal camera) goes out once, with the first of them, as the camera sent it. With `deform` the thermal is misaligned on the
 fly by cgrp_ros.core.deform (deterministic per image and `seed`), as an uncalibrated rig would be.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PlayerNode(Node):
                             "(frames of one size); false: one per image")
         reliable = declare("reliable", True, "reliable QoS (needed for large images over shared memory)")
         self.count = declare("count", 0, "pairs to publish before exiting (with bag: visible frames, each with "
-                             "the thermal frame nearest it if not sent with another); 0: loop forever",
+                             "the thermal frame nearest it if not sent already); 0: loop forever",
                              integer_range=[IntegerRange(from_value=0, to_value=10**9, step=0)])
         max_width = declare("max_width", 0, "downscale wider images to this width, px; 0: as stored",
                             integer_range=[IntegerRange(from_value=0, to_value=100000, step=0)])

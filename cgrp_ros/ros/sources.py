@@ -134,11 +134,12 @@ class BagSource(PairSource):
         if not visible or not thermal:
             raise CgrpError(f"bag '{bag}': no readable messages on "
                             f"{visible_topic if not visible else thermal_topic}")
-        nearest_thermal, nearest_visible = _nearest(thermal), _nearest(visible)
+        nearest_thermal = _nearest(thermal)
         self.pairs = [(index, nearest_thermal(stamp)) for index, (stamp, _) in enumerate(visible)]
-        # pair i sends its thermal frame only if visible i is that frame's own nearest: a slower thermal
-        # camera's frame is nearest to several visible frames, and the camera sent it once
-        self.thermal_sent = [nearest_visible(thermal[t][0]) == v for v, t in self.pairs]
+        # a slower thermal camera's frame is nearest to several visible frames, and the camera sent it once:
+        # it goes out with the first of them (every paired frame goes out, ties and a short stream included)
+        seen = set()
+        self.thermal_sent = [t not in seen and not seen.add(t) for _, t in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
