@@ -434,18 +434,15 @@ def test_a_camera_whose_working_grid_is_padded_is_not_stretched(cpu_pipeline, sa
     assert abs(min(error, key=error.get)) <= 1, error  # measured: 0 (a stretched picture: -4)
 
 
-class NonFiniteDense:
-    """A backend whose dense registration returns NaN (a fp16 overflow, a broken export)."""
+class EditedStage:
+    """A backend whose `stage` outputs pass through `edit(outputs)` (a fault or a verdict to provoke)."""
 
-    def __init__(self, backend):
-        self.backend = backend
+    def __init__(self, backend, stage, edit):
+        self.backend, self.stage, self.edit = backend, stage, edit
 
     def __call__(self, stage, *inputs):
         outputs = self.backend(stage, *inputs)
-        if stage == "registration_dense":
-            flow, registered = outputs
-            return np.full_like(flow, np.nan), registered
-        return outputs
+        return self.edit(outputs) if stage == self.stage else outputs
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
@@ -457,29 +454,14 @@ def test_a_non_finite_registration_is_a_fallback_to_the_prior(sample_pairs):
     from cgrp_ros.core.deform import misalign, rng_for
 
     pipeline = Pipeline(PipelineConfig(backend="torch", device="cpu"))
-    pipeline.backend = NonFiniteDense(pipeline.backend)
+    # NaN out of the dense registration (a fp16 overflow, a broken export)
+    pipeline.backend = EditedStage(pipeline.backend, "registration_dense",
+                                   lambda outputs: (np.full_like(outputs[0], np.nan), outputs[1]))
     _, visible, thermal = sample_pairs[0]
     moved = misalign(thermal, "moderate", rng_for(0, "nan")).misaligned  # the dense levels run only on a moved pair
     result = pipeline(visible, moved)
     assert not result.flow.any() and result.registration_fallback and result.registration_confidence == 0.0
     assert np.isfinite(result.fused_image.astype(np.float32)).all()
-
-
-class BelowChance:
-    """A backend whose global stage reports a confidence below chance, whatever affine it found."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __call__(self, stage, *inputs):
-        outputs = self.backend(stage, *inputs)
-        if stage == "registration_affine":
-            affine, registered, confidence, fallback = outputs
-            return affine, registered, np.zeros_like(confidence), np.zeros_like(fallback)
-        return outputs
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
 
 
 def test_below_chance_confidence_keeps_the_prior_whatever_affine_was_found(sample_pairs):
@@ -491,7 +473,9 @@ def test_below_chance_confidence_keeps_the_prior_whatever_affine_was_found(sampl
     _, visible, thermal = sample_pairs[0]
     moved = misalign(thermal, "moderate", rng_for(0, "chance")).misaligned
     assert pipeline(visible, moved).flow.any()  # the affine the wrapper keeps below is not the identity
-    pipeline.backend = BelowChance(pipeline.backend)
+    # the global stage reports a confidence below chance, whatever affine it found
+    pipeline.backend = EditedStage(pipeline.backend, "registration_affine", lambda outputs: (
+        outputs[0], outputs[1], np.zeros_like(outputs[2]), np.zeros_like(outputs[3])))
     result = pipeline(visible, moved)
     assert not result.flow.any() and result.registration_fallback
 

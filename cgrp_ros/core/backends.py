@@ -304,11 +304,13 @@ class OnnxBackend:
         if not path.is_file():
             log.info("exporting ONNX model %s to %s", graph, self.onnx_dir)
             self._export(graph, path, "missing and")
+        wanted = self._wanted
         try:
             session = self._new_session(graph, path)
         except Exception as exc:  # not even on the CPU: a file cut short (an export interrupted, a full disk)
             log.warning("ONNX model %s cannot be loaded (%s): exporting it again", path, exc)
             self._export(graph, path, f"onnxruntime cannot load it ({exc}), and it")
+            self._wanted = wanted  # the GPU providers failed on the file, not on the GPU: try them again
             try:
                 session = self._new_session(graph, path)
             except Exception as again:
