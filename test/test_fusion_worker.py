@@ -115,6 +115,43 @@ def test_a_fault_outside_inference_does_not_end_the_worker(capfd):
         assert "a pair failed, the node goes on: TypeError: simulated: a bug (" in err, err
 
 
+def test_a_fault_while_taking_a_new_pipeline_does_not_end_the_worker(capfd):
+    """The swap between pairs (builder.take, the stream's use of the new Pipeline) runs in the worker too."""
+    with in_process_node() as (node, fused, spin_until, executor):
+        take, calls = node.builder.take, []
+
+        def fails_once(pipeline):
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("simulated: a bug in the swap")
+            return take(pipeline)
+        node.builder.take = fails_once
+        spin_until(lambda: len(calls) >= 2, 10.0, "the worker's next round")
+        visible, thermal = make_images()
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        header = Header(stamp=rclpy.time.Time(seconds=1).to_msg())
+        node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+        spin_until(lambda: len(fused) == 1, 30.0, "the pair's output")
+        assert node._worker.is_alive() and node.stats.inference_errors == 1
+        executor.spin_once(timeout_sec=0.1)
+        err = capfd.readouterr().err
+        assert "a pair failed, the node goes on: ValueError: simulated: a bug in the swap (" in err, err
+
+
+def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from cgrp_ros.ros.fusion_node import NO_PAIR_YET
+
+    with in_process_node(Parameter("use_camera_info", value=True)) as (node, *_):
+        node.camera_info_state = "undistorting (visible plumb_bob, thermal plumb_bob)"  # as a pair sets it
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.diagnostic_values()["camera_info"] == NO_PAIR_YET  # (no camera_info is subscribed)
+        node.camera_info_state = "undistorting (visible plumb_bob, thermal plumb_bob)"
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.diagnostic_values()["camera_info"] == NO_PAIR_YET
+
+
 class Confidence:
     """The real pipeline, with the registration confidence / fallback of each call taken from a list."""
 

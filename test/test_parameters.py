@@ -48,3 +48,19 @@ def test_drop_rate_warn_is_the_share_of_dropped_pairs_that_warns():
     assert diagnose(node(10, 5)) == (DiagnosticStatus.OK, "fusing")             # not more than half
     assert diagnose(node(10, 6, drop_rate_warn=0.7)) == (DiagnosticStatus.OK, "fusing")
     assert diagnose(node(4, 4)) == (DiagnosticStatus.OK, "fusing")              # too few pairs to judge
+
+
+def test_a_parameter_change_the_pipeline_refused_is_a_diagnostics_error_while_it_stands():
+    import collections
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from cgrp_ros.ros.diagnostics import Stats, diagnose
+    from cgrp_ros.ros.sync import LatestPairSlot
+
+    node = SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": 0.5, "slop": 0.05}, stats=Stats(),
+                           slot=LatestPairSlot(), drop_history=collections.deque([(0, 0)], maxlen=6),
+                           state="active", pipeline_error="working_size too small", pipeline=None, unsubscribed=False)
+    assert diagnose(node) == (DiagnosticStatus.ERROR, "parameter change not applied, previous pipeline running: "
+                              "working_size too small")

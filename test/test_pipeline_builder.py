@@ -91,6 +91,10 @@ def test_a_refused_light_change_keeps_the_running_values_and_is_reported():
         assert builder.take(running) == (running, False)  # the worker goes on
         assert running.config.working_size == (96, 128) and not running.config.agc_8bit
         assert [str(exc) for exc in failures] == ["working_size too small"]
+        assert builder.error == "working_size too small"  # /diagnostics says it (it was only a log line)
+        builder.request(PipelineConfig(backend="torch", working_size=(64, 96)))
+        assert builder.error is None and builder.take(running) == (running, False)
+        assert running.config.working_size == (64, 96)
     finally:
         builder.close()
 

@@ -12,6 +12,7 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CameraInfo  # noqa: E402
 
 from cgrp_ros.core.camera import Intrinsics, distort, undistort  # noqa: E402
+from cgrp_ros.ros.fusion_node import NO_PAIR_YET  # noqa: E402
 from cgrp_ros.ros.image_conversions import image_to_numpy  # noqa: E402
 from cgrp_ros.ros.sync import THERMAL, VISIBLE  # noqa: E402
 from ros_helpers import RELIABLE, STARTUP_TIMEOUT, Harness, stop_node  # noqa: E402
@@ -95,7 +96,7 @@ def test_without_camera_info_images_are_fused_as_they_are_and_no_camera_info_pub
         harness.spinner.spin(0.3)
         return harness.diagnostic_value("camera_info") == text
     # use_camera_info is true: before a pair, /diagnostics said "not used" (meaning: false)
-    harness.wait_for(lambda: diagnostics_say("no pair fused since use_camera_info was set"), 10.0,
+    harness.wait_for(lambda: diagnostics_say(NO_PAIR_YET), 10.0,
                      "/diagnostics 'camera_info' before the first pair")
     harness.wait_first_output("the first outputs")
     harness.spinner.spin(0.5)

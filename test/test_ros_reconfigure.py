@@ -113,7 +113,7 @@ def test_parameter_changes_while_streaming_never_stop_the_output(harness):
     assert arrivals and max(gaps) <= MAX_GAP, f"fused output stopped for {max(gaps):.1f} s"
     assert arrivals[-1] > last_change + 1.0, "no output after the last change"
     log = h.log()
-    assert "pipeline rebuild failed" not in log, log[-3000:]
+    assert "new configuration not applied" not in log, log[-3000:]
     # 8 Pipelines at most: the first + one per backend/device change (7); the working sizes and the
     # gain control (7 valid changes) build none. At least 3, an onnxruntime one among them: the switches
     # took effect (measured 2026-12-06: 7 and 8 built). Which one is built last depends on timing (a build

@@ -120,7 +120,7 @@ def diagnose(node):
             return DiagnosticStatus.ERROR, f"{state}: the last transition failed: {failed}"
         return DiagnosticStatus.OK, f"{state}: not fusing (lifecycle state)"
     if node.pipeline_error:
-        return DiagnosticStatus.ERROR, f"model failed to load: {node.pipeline_error}"
+        return DiagnosticStatus.ERROR, f"parameter change not applied, previous pipeline running: {node.pipeline_error}"
     silent = [i for i in (0, 1) if now - stats.last_message[i] > timeout]
     rejected = [i for i in silent if stats.last_bad_message[i] and now - stats.last_bad_message[i][0] <= timeout]
     if rejected:  # arriving but unreadable: not a topic or QoS problem

@@ -72,7 +72,7 @@ OUTPUT_DEPTH = 5
 # undistortion switched on and off more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (two
 # publishers of one camera_info topic): one warning every 30 s instead of a line per change
 FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
-NO_PAIR_YET = "no pair fused since use_camera_info was set"  # /diagnostics' camera_info before a pair says more
+NO_PAIR_YET = "no pair fused since activation or since use_camera_info was set"  # before a pair says more
 
 
 def free_model_caches() -> None:
@@ -354,7 +354,8 @@ class FusionNode(LifecycleNode):
         """Subscribe both cameras' CameraInfo while use_camera_info is true and the images are subscribed
         (active), else unsubscribe and forget them: the next pairs are fused as they are."""
         enabled = self.values["use_camera_info"] and bool(self.subscriptions_)
-        if enabled and not self.camera_info_subscriptions:
+        subscribed = bool(self.camera_info_subscriptions)
+        if enabled and not subscribed:
             self.camera_info_subscriptions = [
                 self.create_subscription(CameraInfo, self._camera_info_topic(stream),
                                          lambda m, s=stream: self._on_camera_info(s, m), self._input_qos(),
@@ -365,9 +366,11 @@ class FusionNode(LifecycleNode):
                 self.destroy_subscription(subscription)
             self.camera_info_subscriptions = []
             self.camera_infos.clear()
+            self._rectifying = False  # (the next activation logs again whether it undistorts)
         if not self.values["use_camera_info"]:
             self.camera_info_state = "not used"
-        elif self.camera_info_state == "not used":  # switched on: the next pair says what it did
+        elif enabled != subscribed or self.camera_info_state == "not used":
+            # switched on, (re)activated or deactivated: what an earlier pair did no longer holds
             self.camera_info_state = NO_PAIR_YET
 
     def _input_qos(self) -> QoSProfile:
@@ -470,7 +473,7 @@ class FusionNode(LifecycleNode):
 
     @property
     def pipeline_error(self) -> str | None:
-        """Why the latest rebuild failed, while the previous Pipeline keeps running (diagnostics ERROR)."""
+        """Why the latest rebuild (or working_size / gain change) failed, while the previous Pipeline keeps running (diagnostics ERROR)."""
         builder = self.builder
         return None if builder is None else builder.error
 
@@ -478,7 +481,7 @@ class FusionNode(LifecycleNode):
         self.get_logger().info(f"new pipeline built in {seconds:.1f} s beside the running one: swapping it in")
 
     def _on_build_failed(self, exc):
-        self.get_logger().error(f"pipeline rebuild failed, still running the previous one: {exc}")
+        self.get_logger().error(f"new configuration not applied, still running the previous one: {exc}")
 
     # -- input ---------------------------------------------------------------------------------------
     def _log_throttled(self, key, text: str, period: float | None = None, warning: bool = False):
@@ -534,21 +537,21 @@ class FusionNode(LifecycleNode):
         """The worker thread of one activation: fuse the newest pair until `slot` is closed."""
         while not slot.closed:
             pair = slot.take(timeout=0.2)
-            builder = self.builder
-            if builder is not None:  # between pairs: a new Pipeline or new working size / gain control
-                self.pipeline, swapped = builder.take(self.pipeline)
-                if swapped:
-                    self._use_pipeline(self.pipeline)
-                    self._log_startup()
-            if pair is not None and not slot.closed:
-                try:
+            try:
+                builder = self.builder
+                if builder is not None:  # between pairs: a new Pipeline or new working size / gain control
+                    self.pipeline, swapped = builder.take(self.pipeline)
+                    if swapped:
+                        self._use_pipeline(self.pipeline)
+                        self._log_startup()
+                if pair is not None and not slot.closed:
                     self._process(*pair)
-                except Exception as exc:  # a fault outside inference: the thread ending would end every output
-                    where = traceback.extract_tb(exc.__traceback__)[-1]
-                    why = f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
-                    self._pair_failed("inference_errors", f"pair failed: {why}")
-                    self._log_throttled(("worker", type(exc).__name__, where.lineno),
-                                        f"a pair failed, the node goes on: {why}")
+            except Exception as exc:  # a fault outside inference: the thread ending would end every output
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                why = f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
+                self._pair_failed("inference_errors", f"pair failed: {why}")
+                self._log_throttled(("worker", type(exc).__name__, where.lineno),
+                                    f"a pair failed, the node goes on: {why}")
 
     def _wanted_outputs(self) -> set:
         """The enabled outputs that someone subscribes to right now ('fused/compressed' with 'fused');

@@ -46,7 +46,7 @@ class PipelineBuilder:
         self._target = heavy_key(running_config)   # heavy key of the running (or ready) Pipeline
         self._failed = None                        # heavy key whose build failed
         self._closed = False
-        self.error = None                          # why the latest build failed, while it stands
+        self.error = None                          # why the latest build (or LIGHT change) failed, while it stands
         self.builds = 0                            # Pipelines built and handed over
         self.discarded = 0                         # builds thrown away because a newer request came
         self._thread = threading.Thread(target=self._run, name="cgrp_fusion_builder", daemon=True)
@@ -71,6 +71,8 @@ class PipelineBuilder:
             try:
                 pipeline.reconfigure(**{name: getattr(wanted, name) for name in LIGHT})
             except CgrpError as exc:  # (the node checks values before it asks): the running ones stay
+                with self._cond:
+                    self.error = str(exc)  # stands until the next request (diagnostics ERROR)
                 self._on_failed(exc)
         return pipeline, ready is not None
 
