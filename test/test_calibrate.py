@@ -600,3 +600,32 @@ def test_two_writers_of_one_file_each_rename_a_whole_file_of_their_own(tmp_path)
         first.write_text("first: 1\n")
         second.write_text("second: 2\n")
     assert path.read_text() == "first: 1\n" and [p.name for p in tmp_path.iterdir()] == ["rig.yaml"]
+
+
+def test_a_temporary_file_a_killed_writer_left_is_removed_by_the_next_writer(tmp_path):
+    """A writer killed between writing and renaming left rig.yaml.<pid>-<id>.tmp for good; the next write of
+    the file removes it, once its process is gone and it is old (a writer on another machine that shares
+    the folder keeps its file)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cgrp_ros.core.data import LEFT_BEHIND_AGE_S, replaced_on_success
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    path = tmp_path / "rig.yaml"
+    old = time.time() - LEFT_BEHIND_AGE_S - 5
+    left = {name: tmp_path / f"rig.yaml.{name}.tmp" for name in
+            (f"{gone}-0badc0de", f"{gone}-fresh001", f"{os.getpid()}-running1")}
+    for name, file in left.items():
+        file.write_text("half a file")
+        if "fresh" not in name:
+            os.utime(file, (old, old))
+    (tmp_path / "other.yaml.99999999-0badc0de.tmp").write_text("another file's")
+    with replaced_on_success(path) as tmp:
+        tmp.write_text("new: 1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["rig.yaml", f"rig.yaml.{gone}-fresh001.tmp", f"rig.yaml.{os.getpid()}-running1.tmp",
+         "other.yaml.99999999-0badc0de.tmp"])

@@ -163,10 +163,12 @@ def test_two_runs_on_one_machine_get_different_ros_domains():
 def test_a_domain_whose_lock_file_cannot_be_opened_is_skipped(tmp_path, monkeypatch):
     """Another user's lock file in /tmp (or one fs.protected_regular refuses) ended cgrp demo with
     'Permission denied': that domain is someone else's, the next one is tried."""
+    import os
     import tempfile
 
     from cgrp_ros.ros.node_processes import free_domain
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    (tmp_path / "cgrp_ros_domain_160.lock").mkdir()  # cannot be opened as a file, as another user's
-    assert free_domain(160, count=2) == 161
+    tried_first = 160 + os.getpid() % 2  # (the search starts at the pid's own domain)
+    (tmp_path / f"cgrp_ros_domain_{tried_first}.lock").mkdir()  # cannot be opened as a file, as another user's
+    assert free_domain(160, count=2) == 160 + (tried_first + 1) % 2

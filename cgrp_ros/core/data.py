@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 import cv2
@@ -59,6 +61,7 @@ def replaced_on_success(path: Path):
     an exception (and removes it otherwise): an interruption leaves the old file, never a truncated one.
     The name is this writer's own: two writers of one file (two nodes saving one calibration_file) each
     rename a whole file, and a reader sees one of them."""
+    _remove_left_behind(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
@@ -66,6 +69,33 @@ def replaced_on_success(path: Path):
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+LEFT_BEHIND_AGE_S = 600  # a temporary file this old whose writer is gone was left by a killed writer
+
+
+def _remove_left_behind(path: Path) -> None:
+    """Remove `replaced_on_success`'s temporary files of `path` that a killed writer left: their process
+    is gone and they are older than LEFT_BEHIND_AGE_S (the age guards a writer on another machine that
+    shares the folder, whose pid means nothing here)."""
+    for tmp in path.parent.glob(f"{glob_escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 1:].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or _process_exists(int(pid)) or time.time() - tmp.stat().st_mtime < LEFT_BEHIND_AGE_S:
+                continue
+            tmp.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or a pid no process can have)
+        return True
+    return True
 
 
 def read_image(path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
