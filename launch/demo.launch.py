@@ -16,7 +16,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description():
     share = get_package_share_directory("cgrp_ros")
     arguments = [
-        DeclareLaunchArgument("deform", default_value="moderate", description="misalignment preset: none, mild, moderate, severe"),
+        DeclareLaunchArgument("deform", default_value="moderate", description="misalignment preset: none, mild, moderate, severe, peer"),
         DeclareLaunchArgument("rate", default_value="4.0", description="pairs per second"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/cgrp.rviz"),
         DeclareLaunchArgument("log_level", default_value="info", description="cgrp_fusion's log level: debug, info, warn, error"),

@@ -82,17 +82,17 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     prior.add_argument("--homography", type=Path, help="3x3 thermal->visible pixel homography (.npy or text)")
     prior.add_argument("--calibration", type=Path, metavar="RIG.yaml",
                        help="rig calibration written by cgrp calibrate (its thermal->visible homography)")
-    add_thermal_arguments(g)
+    add_thermal_arguments(g, fuses=True)
 
 
-def add_thermal_arguments(g) -> None:
+def add_thermal_arguments(g, fuses: bool = False) -> None:
     """How the thermal is normalised for the networks (PipelineConfig's fields of the same names): the same
     for cgrp calibrate as for the commands that fuse, so a rig is calibrated on the thermal it is fused with."""
     g.add_argument("--thermal-percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
                    help="robust gain control for 16-bit/float thermal (default: 1 99)")
     g.add_argument("--black-hot", action="store_true",
-                   help="the thermal camera shows hot as dark (a black-hot palette): inverted for the networks, so "
-                        "hot is bright in the fused image (registered/ keeps the camera's values)")
+                   help="the thermal camera shows hot as dark (a black-hot palette): inverted for the networks"
+                        + (", so hot is bright in the fused image (registered/ keeps the camera's values)" if fuses else ""))
 
 
 def add_camera_file_arguments(g) -> None:

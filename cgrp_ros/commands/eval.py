@@ -63,7 +63,7 @@ def add_arguments(p):
     p.add_argument("--data", type=Path, action=_DataAction, dest="datasets", default=None, metavar="DIR",
                    help="folder with visible/ and thermal/ aligned pairs, or whose subfolders each hold them "
                    "(one data set made of all of them); repeat for several data sets, each named after its "
-                   "folder (default: the RoadScene data set)")
+                   "folder (default: $CGRP_DATA, else ../shared/datasets/roadscene beside the repository)")
     p.add_argument("--list", type=Path, action=_ListAction, dest="pending_list", default=None, metavar="FILE",
                    help="evaluate only the names listed in FILE, e.g. DATA/val.txt; applies to the --data "
                    "before it (default: every pair)")

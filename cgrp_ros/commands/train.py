@@ -15,7 +15,8 @@ def add_arguments(t):
                         "global affine); registration: its dense levels")
     t.add_argument("--data", type=Path, action="append", default=None,
                    help="dataset folder with visible/, thermal/ and train.txt; repeat for several "
-                        "(default: ../shared/datasets/roadscene and m3svd)")
+                        "(default: roadscene and m3svd in the folder that holds $CGRP_DATA, else in "
+                        "../shared/datasets beside the repository)")
     t.add_argument("--out", type=Path, default=Path("models"), help="where the final weights go (default: models)")
     t.add_argument("--run-dir", type=Path, default=Path("runs"), help="resumable checkpoints (default: runs)")
     t.add_argument("--iterations", type=positive(int), help="total iterations (default: per stage)")

@@ -12,7 +12,8 @@ Publishes   ~/fused               bgr8 (colour visible) or mono8
             ~/alignment_vis       bgr8, both cameras' edges after registration (visible green, thermal magenta,
                                   white where they coincide) for rviz
             ~/pseudo_thermal      mono8
-            ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's, rectified)
+            ~/camera_info         sensor_msgs/CameraInfo of the outputs (the visible camera's: rectified, or as
+                                  received while only the visible camera's is known)
             /diagnostics          diagnostic_msgs/DiagnosticArray (self-calibration state and its edge check
                                   included: cgrp_ros.ros.alignment_check)
 Services    ~/save_calibration    std_srvs/Trigger: the rig estimate -> calibration_file (a rig.yaml)
