@@ -311,6 +311,15 @@ def test_swapped_cameras_are_named_as_such(tmp_path, sample_dir, capsys):
     assert "the two sizes the other way round" in err and "swapped?" in err, err
 
 
+def test_calibrate_warns_of_swapped_folders_as_fuse_does(tmp_path, sample_dir, capsys):
+    """--visible and --thermal swapped on 8-bit images: cgrp fuse warned of a colour thermal, cgrp calibrate
+    wrote a calibration of the wrong images without a word."""
+    code = cgrp(["calibrate", "--visible", sample_dir / "thermal", "--thermal", sample_dir / "visible",
+                 "--out", tmp_path / "rig.yaml", "--device", "cpu", "--min-pairs", "99"])  # (then refused: fast)
+    err = capsys.readouterr().err
+    assert code == 2 and "is in colour (a false-colour palette?)" in err and "warning: " in err, err
+
+
 def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):
     """What the node's calibration_file and ~/save_calibration answer (they said "no such file" for a folder
     and "[Errno 17] File exists" for a path under a file)."""

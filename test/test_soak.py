@@ -141,6 +141,17 @@ def test_a_soak_shorter_than_its_warm_up_is_refused_before_it_starts(tmp_path, c
     assert main(["soak", "--warmup", "-1", "--out", str(tmp_path / "o")]) == 2
 
 
+def test_at_camera_resolutions_the_warm_up_waits_for_the_output_queues_to_fill():
+    """A 4-minute soak at 1080x1920 read 'FAIL: resident memory grew 93.4 MB' with a 20 s warm-up: the
+    node's memory steps up ~70 MB near 55 s as its reliable output queues of 6-17 MB images fill, then
+    stays flat; with 90 s the same run read 35.9 MB, OK."""
+    from cgrp_ros.ros.soak import warmup_for
+
+    cameras = ((1080, 1920), (512, 640))
+    assert warmup_for(None, 10.0) == 20.0 and warmup_for(cameras, 10.0) == 90.0
+    assert warmup_for(cameras, 1.0) == 30.0  # a short run keeps half of it to measure
+
+
 def test_two_runs_on_one_machine_get_different_ros_domains():
     """A test run beside a demo (or a second test run) must not share a DDS domain, whatever their pids."""
     from cgrp_ros.ros.node_processes import free_domain

@@ -282,6 +282,10 @@ def test_the_rig_estimate_saves_as_a_calibration_that_fuse_accepts(cpu_pipeline,
             save_calibration(calibration, folder)
     assert not (tmp_path / "rigs").exists()
     assert calibration.pairs_used == 1 and calibration.median_residual_px < 2.0
+    assert calibration.pairs_skipped == 0 and calibration.skipped == {}
+    stream.rig.rejected = 3  # rig.yaml said pairs_skipped: 3 beside skipped: {} (a count without a reason)
+    assert stream.calibration().skipped == {"registrations rejected": "3: fallbacks (too little evidence) or "
+                                                                       "outliers of the estimate"}
     # the saved homography alone reproduces the rig estimate's mapping (no network)
     from cgrp_ros.core.calibrate import apply_homography
     ys, xs = np.mgrid[20:visible.shape[0] - 20:40, 20:visible.shape[1] - 20:40]

@@ -194,18 +194,23 @@ def run(args) -> int:
     return 0
 
 
+CAMERA_MIX_UPS = ("swapped", "same_picture", "colour_thermal")  # content_warnings' kinds that say the folders are wrong
+
+
 def warn_if_swapped(name: str, load) -> None:
-    """A warning (the calibration would map the cameras the wrong way round) where a pair's images look
-    like each other's camera; `load()` -> (visible, thermal). An unreadable pair is left to the
+    """cgrp fuse's warnings (core.image.content_warnings) that the cameras look swapped, one camera is given
+    for both, or the "thermal" is in colour, for a pair: the calibration would map the wrong images (it
+    was written without a word). `load()` -> (visible, thermal). An unreadable pair is left to the
     calibration to report."""
-    from ..core.image import swapped_cameras_hint
+    from ..core.image import content_warnings
 
     try:
-        hint = swapped_cameras_hint(*load())
+        warnings = content_warnings(*load())
     except Exception:  # noqa: BLE001 - reported, with its name, where the calibration reads it
         return
-    if hint:
-        print(f"cgrp calibrate: warning: {name}: {hint}", file=sys.stderr)
+    for kind, text in warnings:
+        if kind in CAMERA_MIX_UPS:
+            print(f"cgrp calibrate: warning: {name}: {text}", file=sys.stderr)
 
 
 def input_pairs(args) -> tuple:

@@ -10,7 +10,7 @@ HELP = ("soak test: player + fusion node at 30 Hz for M minutes; throughput, dro
 
 
 def add_arguments(p):
-    from ..ros.soak import SoakConfig
+    from ..ros.soak import CAMERAS_WARMUP_S, SoakConfig
     from .common import cameras_arg, positive
 
     d = SoakConfig()
@@ -19,8 +19,10 @@ def add_arguments(p):
     p.add_argument("--rate", type=positive(float), default=d.rate, help="player rate, pairs/s (default: %(default)s)")
     p.add_argument("--out", type=Path, default=d.out, help="report and logs (default: %(default)s)")
     p.add_argument("--window", type=positive(float), default=d.window, help="seconds per reported window (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help="seconds after the first output before the memory baseline is taken (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help=f"seconds after the first output before the memory baseline is taken (default: {d.warmup:g}; "
+                        f"with --cameras {CAMERAS_WARMUP_S:g}, at most half the run: the node's output queues of "
+                        "large images take about a minute to fill)")
     p.add_argument("--max-growth-mb", type=float, default=d.max_growth_mb,
                    help="fail when resident memory grows more than this after warm-up (default: %(default)s)")
     p.add_argument("--startup-timeout", type=positive(float), default=d.startup_timeout,
@@ -40,8 +42,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..ros.soak import SoakConfig, run_soak
+    from ..ros.soak import SoakConfig, run_soak, warmup_for
 
+    if args.warmup is None:
+        args.warmup = warmup_for(args.cameras, args.minutes)
     if args.cameras and args.source != "rig":
         print("cgrp soak: error: --cameras resizes the rig's sequence: use it with --source rig", file=sys.stderr)
         return 2

@@ -427,5 +427,8 @@ class StreamPipeline:
         homography, residual = homography_from_flow(flow, visible_to_thermal, thermal_shape)
         return Calibration(homography, tuple(visible_shape), tuple(thermal_shape), pairs_used=accepted,
                            pairs_skipped=rejected, median_residual_px=residual,
+                           # no names to list (frames of a stream): one line, so the count has its reason
+                           skipped={"registrations rejected": f"{rejected}: fallbacks (too little evidence) or "
+                                                              "outliers of the estimate"} if rejected else {},
                            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            command=f"self-calibration ({state})")

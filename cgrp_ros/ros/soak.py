@@ -36,6 +36,16 @@ OUTPUTS = {  # output -> encodings it may have
 COUNTERS = ("pairs", "dropped pairs", "published", "bad messages", "bad pairs", "inference errors", "registrations")
 
 
+# At camera resolutions (--cameras 1080x1920,...) the node's reliable output queues fill for about a
+# minute before its memory levels off (measured: a step of ~70 MB near 55 s, flat for the next three minutes)
+CAMERAS_WARMUP_S = 90.0
+
+
+def warmup_for(cameras, minutes: float) -> float:
+    """The default warm-up: 20 s for the bundled sequence; with `cameras`, CAMERAS_WARMUP_S, at most half the run."""
+    return SoakConfig.warmup if cameras is None else min(CAMERAS_WARMUP_S, 30.0 * minutes)
+
+
 @dataclass
 class SoakConfig:
     """`cgrp soak`'s options (its --help says what each is)."""
@@ -43,7 +53,7 @@ class SoakConfig:
     rate: float = 30.0
     out: Path = Path("out/soak")
     window: float = 10.0
-    warmup: float = 20.0
+    warmup: float = 20.0  # `cgrp soak` uses warmup_for(cameras, minutes) when --warmup is not given
     max_growth_mb: float = 50.0
     startup_timeout: float = 120.0
     max_width: int = 0
