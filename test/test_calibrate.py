@@ -320,6 +320,17 @@ def test_calibrate_warns_of_swapped_folders_as_fuse_does(tmp_path, sample_dir, c
     assert code == 2 and "is in colour (a false-colour palette?)" in err and "warning: " in err, err
 
 
+def test_a_rig_yaml_of_nested_aliases_is_refused_before_it_is_expanded(tmp_path):
+    """YAML aliases (references) let a 500-byte file stand for 10^8 numbers: np.asarray expanded them, and a
+    calibration_file set on a running node stalled it for seconds and took a gigabyte (an audit's attack).
+    Five levels here (10^5 numbers); the check looks at the 3x3 structure before numpy does."""
+    levels = ["a0: &a0 [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 5)]
+    (tmp_path / "rig.yaml").write_text("\n".join(levels) + "\nhomography: [*a4, *a4, *a4]\n")
+    with pytest.raises(CalibrationError, match="'homography' is not a 3x3 matrix of numbers"):
+        load_rig(tmp_path / "rig.yaml")
+
+
 def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):
     """What the node's calibration_file and ~/save_calibration answer (they said "no such file" for a folder
     and "[Errno 17] File exists" for a path under a file)."""

@@ -100,7 +100,9 @@ def test_maps_are_cached_per_intrinsics():
     (np.zeros((3, 3)), [], "plumb_bob", SIZE, "uncalibrated"),
     (K, [0.1, 0.0, 0.0], "plumb_bob", SIZE, "plumb_bob takes 4 or 5"),
     (K, [0.1] * 5, "equidistant", SIZE, "equidistant takes 4"),
-    (K, [0.1] * 5, "pinhole_unknown", SIZE, "unsupported distortion model"),
+    (K, [0.1] * 5, "pinhole_unknown", SIZE, "unsupported distortion model 'pinhole_unknown'"),
+    # quoted cut: a 300 kB name reached /diagnostics and the log whole, every second
+    (K, [0.1] * 5, "x" * 300_000, SIZE, r"unsupported distortion model 'x{40}\.\.\.' \(300000 characters\): expected"),
     (K, [float("nan")] * 5, "plumb_bob", SIZE, "D must be finite"),
     (K, [0.0] * 5, "plumb_bob", (0, 320), "image size"),
 ])

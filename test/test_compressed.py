@@ -146,3 +146,36 @@ def test_encode_is_a_jpeg_of_the_same_size():
     msg = encode_compressed(fused, "bgr8", CompressedImage, quality=75)
     assert msg.format == "bgr8; jpeg compressed bgr8"
     assert decode_compressed(msg)[0].shape == (50, 70, 3)
+
+
+def test_the_node_queues_a_compressed_image_undecoded_and_decodes_it_once_paired():
+    """A 7000x7000 16-bit PNG of zeros is a few hundred kB that decodes to ~294 MB: decoded at arrival,
+    twelve unpaired ones pinned 2.3 GB in the pairing queue (an audit). prepare_input(decode_later=True)
+    checks the header and keeps the payload; the pixels appear when the worker first reads them."""
+    import tracemalloc
+
+    from cgrp_ros.ros.fusion_outputs import as_array, prepare_input
+
+    thermal = np.zeros((2000, 2000), np.uint16)
+    thermal[::97, ::89] = 40000
+    msg = message(thermal, ".png", "16UC1; png compressed 16UC1")
+    tracemalloc.start()
+    try:
+        queued = [prepare_input(msg, True, decode_later=True) for _ in range(12)]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < thermal.nbytes  # twelve queued, less than one decoded image held
+    assert np.array_equal(as_array(queued[0]), thermal) and queued[0].encoding == "16UC1"
+    corrupt = bytearray(msg.data)
+    corrupt[60:] = bytes(len(corrupt) - 60)  # a sound header, a body zlib refuses
+    pending = prepare_input(CompressedImage(format="png", data=bytes(corrupt)), True, decode_later=True)
+    with pytest.raises(ImageConversionError, match="cannot decode the png payload"):
+        as_array(pending)
+
+
+def test_a_long_format_string_is_quoted_cut():
+    """A 200 kB `format` was quoted whole in the log and in /diagnostics, every second."""
+    with pytest.raises(ImageConversionError) as err:
+        decode_compressed(CompressedImage(format="x" * 200_000, data=bytes(64)))
+    assert len(str(err.value)) < 300 and "(200000 characters)" in str(err.value)

@@ -138,6 +138,34 @@ def test_a_fault_while_taking_a_new_pipeline_does_not_end_the_worker(capfd):
         assert "a pair failed, the node goes on: ValueError: simulated: a bug in the swap (" in err, err
 
 
+def test_a_compressed_image_that_fails_to_decode_once_paired_is_a_bad_message(capfd):
+    """Compressed inputs are decoded by the worker once paired (their headers checked on arrival): a payload
+    whose body is corrupt is counted and logged as a bad message of its camera, and the next pair is fused."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from cgrp_ros.ros.fusion_outputs import prepare_input
+
+    with in_process_node() as (node, fused, spin_until, executor):
+        visible, thermal = make_images()
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        payload = bytearray(cv2.imencode(".png", visible)[1].tobytes())
+        payload[60:] = bytes(len(payload) - 60)  # a sound header, a body zlib refuses
+        for second, data in ((1, bytes(payload)), (2, cv2.imencode(".png", visible)[1].tobytes())):
+            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            compressed = prepare_input(CompressedImage(header=header, format="bgr8; png compressed bgr8", data=data),
+                                       True, decode_later=True)
+            node.slot.put((compressed, numpy_to_image(thermal, "mono16", Image, header)))
+            if second == 1:
+                spin_until(lambda: node.stats.bad_messages == 1, 10.0, "the corrupt image counted")
+        spin_until(lambda: len(fused) == 1, 30.0, "the second pair's output")
+        assert fused[0].header.stamp.sec == 2 and node.stats.bad_messages == 1
+        assert node.stats.inference_errors == 0 and node._worker.is_alive()
+        executor.spin_once(timeout_sec=0.1)
+        err = capfd.readouterr().err
+        assert "skipping visible image: cannot decode the png payload" in err, err
+
+
 def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
     from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..core.image import MAX_PIXELS
-from .image_conversions import ImageConversionError
+from .image_conversions import ImageConversionError, shortened
 
 # decoded (dtype, channels) -> encoding
 DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16",
@@ -50,6 +50,30 @@ class DecodedImage:
     header: object
     image: np.ndarray
     encoding: str
+
+
+class PendingDecode:
+    """A CompressedImage whose header passed `check_compressed`, decoded when its `image` or `encoding` is
+    first read (cgrp_fusion's worker, once the message is paired). The pairing queues then hold payloads,
+    not pixels: a 286 kB PNG can declare 392 MB of them (an audit pinned 2.3 GB with 12 such messages), and
+    a frame that never pairs is never decoded. ImageConversionError from `image` / `encoding`: a bad message."""
+
+    def __init__(self, msg):
+        self.header, self._msg, self._decoded = msg.header, msg, None
+
+    def _decode(self) -> tuple:
+        if self._decoded is None:
+            self._decoded = decode_compressed(self._msg)
+            self._msg = None  # the payload is not needed again
+        return self._decoded
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._decode()[0]
+
+    @property
+    def encoding(self) -> str:
+        return self._decode()[1]
 
 
 def _payload(data) -> np.ndarray:
@@ -152,16 +176,19 @@ def jpeg_least_bytes(marker: int, height: int, width: int) -> int:
     return -(-height // 8) * -(-width // 8) // 8
 
 
-def decode_compressed(msg) -> tuple:
-    """CompressedImage -> (H x W or H x W x C array, encoding)."""
+def check_compressed(msg) -> tuple:
+    """What can be checked of a CompressedImage without decoding it: the format, the payload's kind and
+    the size its header declares (at most MAX_DECODED_PIXELS), a payload long enough for that size.
+    -> (payload, (H, W), kind, format); ImageConversionError: a bad message."""
     fmt = (msg.format or "").strip()
+    shown = shortened(fmt)
     if "compresseddepth" in fmt.lower():
-        raise ImageConversionError("format", f"format '{fmt}' (compressedDepth) is not supported: "
+        raise ImageConversionError("format", f"format '{shown}' (compressedDepth) is not supported: "
                                              "publish the thermal as 'compressed' (PNG)")
     payload = _payload(msg.data)
     if payload.size == 0:
         raise ImageConversionError("payload", "empty compressed payload")
-    kind = (fmt.split(";")[-1].split() or ["compressed"])[0]
+    kind = shortened((fmt.split(";")[-1].split() or ["compressed"])[0])
     declared = declared_size(payload)
     if declared is None:  # decoding it would be the only way to learn its size
         found = payload_kind(payload)
@@ -169,7 +196,7 @@ def decode_compressed(msg) -> tuple:
                 f"a TIFF whose first directory gives no image size, or more than {MAX_TIFF_PIXEL_BITS} bits a pixel"
                 if found == "TIFF" else f"a {found} whose header gives no image size (cut short or corrupt)")
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is {what} "
-                                              f"(format '{fmt}'): not decoded")
+                                              f"(format '{shown}'): not decoded")
     size, least = declared
     if size[0] * size[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image, more "
@@ -178,13 +205,20 @@ def decode_compressed(msg) -> tuple:
         raise ImageConversionError("payload", f"the {kind} payload of {payload.size} bytes is too short for the "
                                               f"{size[1]}x{size[0]} image its header declares (at least {least} "
                                               "bytes): cut short or corrupt, not decoded")
+    return payload, size, kind, fmt
+
+
+def decode_compressed(msg) -> tuple:
+    """CompressedImage -> (H x W or H x W x C array, encoding)."""
+    payload, size, kind, fmt = check_compressed(msg)
+    shown = shortened(fmt)
     try:
         image = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. a header OpenCV refuses (its own pixel limit)
         image = None
     if image is None or image.size == 0:
         raise ImageConversionError("payload", f"cannot decode the {kind} payload of {payload.size} bytes "
-                                              f"(format '{fmt}')")
+                                              f"(format '{shown}')")
     if image.shape[:2] != tuple(size):  # a second frame header, or one the decoder read otherwise
         raise ImageConversionError("payload", f"the {kind} payload declares a {size[1]}x{size[0]} image and "
                                               f"decodes to {image.shape[1]}x{image.shape[0]}: not used")
@@ -192,7 +226,7 @@ def decode_compressed(msg) -> tuple:
     encoding = DECODED_ENCODINGS.get((image.dtype.type, channels))
     if encoding is None:
         raise ImageConversionError("encoding", f"decoded a {image.dtype} image with {channels} channels "
-                                               f"(format '{fmt}'): not supported")
+                                               f"(format '{shown}'): not supported")
     original = fmt.split(";")[0].strip() if ";" in fmt else ""
     if SAME_AS.get(original) == encoding:
         encoding = original  # e.g. 16UC1 stays 16UC1, as raw messages do

@@ -503,14 +503,10 @@ class FusionNode(LifecycleNode):
                 "most messages this large are lost (pairs go missing). If the topic is published reliable, set "
                 f"qos_overrides.{self.subscriptions_[stream].topic_name}.subscription.reliability: reliable")
         largest[stream] = max(largest[stream], len(msg.data))  # (for /diagnostics: best-effort loss)
-        try:
-            msg = prepare_input(msg, isinstance(msg, CompressedImage))  # a corrupt payload is a bad message
-        except Exception as exc:  # also a decoder's failure nobody foresaw: a bad message, not the node's end
-            why = str(exc) if isinstance(exc, ImageConversionError) else f"unexpected {type(exc).__name__}: {exc}"
-            with self.stats.lock:
-                self.stats.bad_messages += 1
-                self.stats.last_bad_message[stream] = (time.monotonic(), why)
-            self._log_throttled((name, getattr(exc, "kind", "unexpected")), f"skipping {name} image: {why}")
+        try:  # a compressed image's header is checked here, its pixels decoded once it is paired
+            msg = prepare_input(msg, isinstance(msg, CompressedImage), decode_later=True)
+        except Exception as exc:  # also a check's failure nobody foresaw: a bad message, not the node's end
+            self._bad_message(stream, exc)
             return
         self.stats.last_message[stream] = time.monotonic()
         resets = self.sync.resets
@@ -519,6 +515,15 @@ class FusionNode(LifecycleNode):
             self.stats.count("synchronizer_resets")
             self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
                                 "a clock reset?): pairing starts again from this message", warning=True)
+
+    def _bad_message(self, stream: int, exc: Exception) -> None:
+        """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding."""
+        name = STREAM_NAMES[stream]
+        why = str(exc) if isinstance(exc, ImageConversionError) else f"unexpected {type(exc).__name__}: {exc}"
+        with self.stats.lock:
+            self.stats.bad_messages += 1
+            self.stats.last_bad_message[stream] = (time.monotonic(), why)
+        self._log_throttled((name, getattr(exc, "kind", "unexpected")), f"skipping {name} image: {why}")
 
     def _on_camera_info(self, stream: int, msg):
         name = STREAM_NAMES[stream]
@@ -575,6 +580,12 @@ class FusionNode(LifecycleNode):
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
         stamp = stamp_seconds(visible_msg.header.stamp)
+        for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
+            try:
+                as_array(msg)  # a compressed image is decoded here, once paired
+            except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
+                self._bad_message(stream, exc)
+                return
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)
         try:

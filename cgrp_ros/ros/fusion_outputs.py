@@ -17,7 +17,7 @@ import numpy as np
 from ..core.camera import undistort
 from ..core.warp import flow_to_color
 from ..evaluation.alignment import registered_edges_picture
-from .compressed import DecodedImage, decode_message
+from .compressed import DecodedImage, PendingDecode, check_compressed, decode_message
 from .image_conversions import (INPUT_ENCODINGS, encoding_for, image_to_numpy, to_bgr,
                                 unsupported_encoding)
 from .sync import stamp_seconds
@@ -38,9 +38,13 @@ class PairOutputs:
     inputs: tuple = ()                          # (visible, thermal) arrays as fused (undistorted where asked)
 
 
-def prepare_input(msg, compressed: bool):
-    """What the synchronizer gets for one incoming message: a CompressedImage decoded (once, here),
+def prepare_input(msg, compressed: bool, decode_later: bool = False):
+    """What the synchronizer gets for one incoming message: a CompressedImage decoded (once, here; with
+    `decode_later` its header checked here and the pixels decoded where first used: a PendingDecode),
     a raw Image as it is after checking that it converts. ImageConversionError: a bad message."""
+    if compressed and decode_later:
+        check_compressed(msg)
+        return PendingDecode(msg)
     if compressed:
         return decode_message(msg)
     if msg.encoding not in INPUT_ENCODINGS:
@@ -51,7 +55,7 @@ def prepare_input(msg, compressed: bool):
 
 def as_array(msg) -> np.ndarray:
     """The pixels of a raw Image (a view of its buffer) or of an already decoded CompressedImage."""
-    return msg.image if isinstance(msg, DecodedImage) else image_to_numpy(msg)
+    return msg.image if isinstance(msg, (DecodedImage, PendingDecode)) else image_to_numpy(msg)
 
 
 def message_arrays(visible_msg, thermal_msg):

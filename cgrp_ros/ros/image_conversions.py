@@ -59,11 +59,16 @@ class ImageConversionError(InputError):
         super().__init__(message)
 
 
+def shortened(text: str, limit: int = 40) -> str:
+    """A string field of an incoming message as errors quote it: a long one cut (errors are logged and put
+    into /diagnostics: a 200 kB 'encoding' or 'format' must not be, every second)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def unsupported_encoding(encoding: str, supported) -> ImageConversionError:
-    """The error for a message of an encoding not in `supported`; a long string is cut (it is logged and
-    put into /diagnostics: a 200 kB 'encoding' must not be, every 5 s)."""
-    shown = encoding if len(encoding) <= 40 else f"{encoding[:40]}... ({len(encoding)} characters)"
-    return ImageConversionError("encoding", f"unsupported encoding '{shown}' (supported: {', '.join(supported)})")
+    """The error for a message of an encoding not in `supported` (quoted `shortened`)."""
+    return ImageConversionError("encoding", f"unsupported encoding '{shortened(encoding)}' (supported: "
+                                            f"{', '.join(supported)})")
 
 
 def image_to_numpy(msg) -> np.ndarray:

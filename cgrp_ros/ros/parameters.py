@@ -69,7 +69,8 @@ PARAMETERS = (
                               "hot is bright in ~/fused (~/registered_thermal keeps the camera's values)"),
     Param("slop", DEFAULT_SLOP, "largest stamp difference (s) of a visible/thermal pair", range=(0.0, 10.0)),
     Param("queue_size", DEFAULT_QUEUE_SIZE,
-          "messages per stream kept for pairing (each holds its image, decoded: up to 2 x queue_size images)",
+          "messages per stream kept for pairing (each holds its image, a compressed one undecoded: up to 2 x "
+          "queue_size images)",
           range=(1, 1000)),
     Param("reliability", "best_effort", "deprecated alias: the inputs' default QoS reliability; prefer the standard "
           "qos_overrides.<topic>.subscription.reliability, which wins (read only)", choices=("best_effort", "reliable"),
