@@ -64,3 +64,22 @@ def test_a_parameter_change_the_pipeline_refused_is_a_diagnostics_error_while_it
                            state="active", pipeline_error="working_size too small", pipeline=None, unsubscribed=False)
     assert diagnose(node) == (DiagnosticStatus.ERROR, "parameter change not applied, previous pipeline running: "
                               "working_size too small")
+
+
+def test_stamps_that_stand_still_are_a_diagnostics_warning():
+    import collections
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from cgrp_ros.ros.diagnostics import Stats, diagnose
+    from cgrp_ros.ros.sync import LatestPairSlot
+
+    def node(repeated):
+        return SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": 0.5, "slop": 0.05}, stats=Stats(),
+                               slot=LatestPairSlot(), drop_history=collections.deque([(0, 0)], maxlen=6),
+                               state="active", pipeline_error=None, pipeline=None, unsubscribed=False,
+                               stream=SimpleNamespace(repeated_stamps=repeated, registration_rate=0.0))
+    level, message = diagnose(node(5))
+    assert level == DiagnosticStatus.WARN and message.startswith("the last 6 pairs carry one and the same stamp")
+    assert diagnose(node(4)) == (DiagnosticStatus.OK, "fusing")

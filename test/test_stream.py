@@ -572,3 +572,22 @@ def test_in_the_background_a_rejected_frame_costs_only_itself(cpu_pipeline, rig_
     assert stream.wait_idle(30.0) and stream.registrations == 1
     assert stream(visible, thermal, stamp=0.55).fused is not None  # the registration it was due is run now
     assert stream.wait_idle(30.0) and stream.registrations == 2 and stream.rig.accepted == 2
+
+
+def test_stamps_that_stand_still_schedule_registrations_by_the_clock(counted, rig_pair):
+    """A driver that leaves header.stamp 0 (or repeats one): on the stamps alone the first registration was
+    never confirmed and the self-calibration stayed 'converging' (an audit: 2 registrations in 20 s). While
+    the stamps stand still the stream's clock schedules them; the count says so (/diagnostics warns)."""
+    visible, thermal, _ = rig_pair
+    now = [100.0]
+    stream = StreamPipeline(counted, registration_rate=0.5, scene_change=0, converging_rate=2.0, confirming_rate=0,
+                            clock=lambda: now[0])
+    for frame in range(35):  # 3.5 s at 10 Hz, every frame stamped 0
+        stream(visible, thermal, outputs=frozenset({"flow"}), stamp=0.0)
+        now[0] += 0.1
+    assert stream.repeated_stamps == 34 and stream.rig.state == CONVERGED
+    # as with stamps: every 0.5 s until three agree (about 1 s), then 2 s later (float rounding of the
+    # clock's steps may put each one a frame later)
+    assert counted.backend.calls["registration_affine"] == 4
+    stream(visible, thermal, outputs=frozenset({"flow"}), stamp=7.0)
+    assert stream.repeated_stamps == 0

@@ -210,7 +210,9 @@ class StreamPipeline:
         self.confirming_rate = float(confirming_rate)
         self.rig = rig or RigFlow()
         self.clock = clock
-        self.last_registration = None   # stamp (s) of the last full registration
+        self.last_registration = None   # frame time (s, see _frame_time) of the last full registration
+        self.repeated_stamps = 0        # frames in a row whose stamp was the previous frame's (0: stamps advance)
+        self._previous_frame = None     # (stamp, frame time, clock) of the previous frame
         self.last_update = None         # RigUpdate of the last full registration
         self.registrations = 0
         self._thumbnail = None
@@ -362,7 +364,20 @@ class StreamPipeline:
         (read-only: the frames share it until the estimate changes); its confidence/fallback are the last
         registration's when this frame ran one."""
         visible, thermal = check_image(visible, "visible"), check_image(thermal, "thermal")
-        return self._fuse(visible, thermal, outputs, self.clock() if stamp is None else float(stamp))
+        return self._fuse(visible, thermal, outputs, self._frame_time(self.clock() if stamp is None else float(stamp)))
+
+    def _frame_time(self, stamp: float) -> float:
+        """The time registrations are scheduled by: the frame's stamp; while the stamps stand still (a driver
+        that leaves header.stamp 0, or repeats one), the last one plus the clock's time since. On the stamps
+        alone the first registration was never confirmed: self-calibration stayed 'converging' for good."""
+        now, previous = self.clock(), self._previous_frame
+        if previous is not None and stamp == previous[0]:
+            self.repeated_stamps += 1
+            time_ = previous[1] + (now - previous[2])
+        else:
+            self.repeated_stamps, time_ = 0, stamp
+        self._previous_frame = (stamp, time_, now)
+        return time_
 
     def _fuse(self, visible, thermal, outputs, stamp: float) -> FusionResult:
         if self.registration_rate <= 0:

@@ -108,6 +108,9 @@ def input_topic(node, stream: int) -> str:
     return subscriptions[stream].topic_name if subscriptions else f"{STREAM_NAMES[stream]}/image"
 
 
+REPEATED_STAMPS_WARN = 5  # pairs in a row with the previous pair's stamp: the stamps stand still
+
+
 def diagnose(node):
     """(level, message) of the node right now."""
     now, timeout, stats = time.monotonic(), node.values["stream_timeout"], node.stats
@@ -152,6 +155,11 @@ def diagnose(node):
     # the registration's problems first, the clock's after them: a replayed recording's stamps would
     # otherwise hide a self-calibration that never settles
     also = f"; {clock}" if clock else ""
+    stream = getattr(node, "stream", None)
+    if stream is not None and stream.repeated_stamps >= REPEATED_STAMPS_WARN:
+        return DiagnosticStatus.WARN, (f"the last {stream.repeated_stamps + 1} pairs carry one and the same stamp "
+                                       "(a driver that leaves header.stamp 0, or repeats one?): registrations are "
+                                       "scheduled by this node's clock meanwhile; set the cameras' stamps" + also)
     unsettled = rig_unsettled(node)
     if unsettled:
         return DiagnosticStatus.WARN, unsettled + also
@@ -159,7 +167,7 @@ def diagnose(node):
     doubtful = threshold is not None and low_confidence(stats, threshold)
     if doubtful:  # a warning, never an error: the pair was fused
         return DiagnosticStatus.WARN, f"last pair: {doubtful}{also}"
-    check, stream = getattr(node, "alignment_check", None), getattr(node, "stream", None)
+    check = getattr(node, "alignment_check", None)
     amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
     worse = check.worse() if check is not None and amortised else None
     if worse:
