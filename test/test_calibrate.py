@@ -188,7 +188,7 @@ def test_featureless_pairs_are_refused(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     # names the calibration's own threshold, not cgrp fuse's per-pair registration confidence
-    assert "not enough evidence" in err and "match confidence" in err, err
+    assert "not enough evidence" in err and "match confidence" in err and "working size" not in err, err
     assert not out.exists() and not out.with_suffix(".png").exists()
     # at a smaller working size chance agreement passes that confidence (black frames scored 0.40-0.45 at
     # 128x160 and were used): refused before any work, nothing written
@@ -196,6 +196,12 @@ def test_featureless_pairs_are_refused(tmp_path, capsys):
                  "--working-size", "128x160", "--device", "cpu"])
     assert code == 2 and "working size 128x160 (HxW) is too small to calibrate" in capsys.readouterr().err
     assert not out.exists()
+    # above the default size the refusal names the size as a likely cause too (it blamed only the images,
+    # where the same pairs calibrate at 256x320)
+    code = cgrp(["calibrate", "--visible", tmp_path / "visible", "--thermal", tmp_path / "thermal", "--out", out,
+                 "--scales", "1", "--working-size", "320x480", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "or the working size: the match-confidence minimum was chosen at 256x320" in err, err
 
 
 def test_fuse_accepts_a_calibration(tmp_path, sample_dir, capsys):

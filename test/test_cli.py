@@ -385,6 +385,12 @@ def test_folders_named_differently_are_summarised_with_an_example_of_each(sample
         err = capsys.readouterr().err
         assert err.count("no partner") == 10 and "... and 20 more" in err, err
         assert "'f00.jpg'" in err and "'f00_ir.jpg'" in err and "no visible/thermal pairs found" in err
+    # an empty --visible folder is said so, in one line (it was "no partner" for each thermal image)
+    (tmp_path / "empty").mkdir()
+    assert main(["fuse", "--visible", str(tmp_path / "empty"), "--thermal", str(tmp_path / "t"), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no images in this folder (read: .bmp," in err and "no partner" not in err, err
 
 
 def test_flow_pictures_carry_their_scale_and_a_colour_key():

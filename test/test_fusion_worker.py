@@ -166,6 +166,28 @@ def test_a_compressed_image_that_fails_to_decode_once_paired_is_a_bad_message(ca
         assert "skipping visible image: cannot decode the png payload" in err, err
 
 
+def test_a_calibration_file_for_other_cameras_than_the_streams_is_refused_when_set(tmp_path):
+    """The set was accepted and every pair then refused (an audit); once a pair came, the node knows the
+    cameras' sizes and says why at once. A file of the same view at another resolution is accepted."""
+    import numpy as np
+
+    from cgrp_ros.core.calibrate import Calibration, save_calibration
+
+    with in_process_node() as (node, fused, spin_until, executor):
+        visible, thermal = make_images()  # 120x160 both
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        header = Header(stamp=rclpy.time.Time(seconds=1).to_msg())
+        node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+        spin_until(lambda: len(fused) == 1, 30.0, "the pair's output")
+        save_calibration(Calibration(np.eye(3), (100, 100), (100, 100), pairs_used=5), tmp_path / "square.yaml")
+        save_calibration(Calibration(np.diag([2.0, 2.0, 1.0]), (240, 320), (120, 160), pairs_used=5),
+                         tmp_path / "binned.yaml")
+        refused = node.set_parameters([Parameter("calibration_file", value=str(tmp_path / "square.yaml"))])[0]
+        assert not refused.successful and "a different aspect ratio" in refused.reason, refused.reason
+        assert "the last pair received is 160x120 and 160x120" in refused.reason, refused.reason
+        assert node.set_parameters([Parameter("calibration_file", value=str(tmp_path / "binned.yaml"))])[0].successful
+
+
 def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
     from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -221,6 +221,13 @@ class RigCalibrator:
         self.search_pairs, self.refinements = int(search_pairs), int(refinements)
         self.thermal_normalization = (tuple(thermal_percentiles), bool(agc_8bit), bool(black_hot))
 
+    def _size_hint(self) -> str:
+        """For a 'not enough evidence' error at a working size above the default: the size may be why."""
+        if self.working_size[0] * self.working_size[1] <= MIN_WORKING_AREA:
+            return ""
+        return (f", or the working size: the match-confidence minimum was chosen at 256x320, and at "
+                f"{self.working_size[0]}x{self.working_size[1]} fewer pairs reach it (try the default)")
+
     # one pair, one placement ------------------------------------------------------------------
     def _prepare(self, visible, thermal):
         from .image import check_image, luminance, thermal_for_networks, visible_to_bgr01
@@ -416,7 +423,7 @@ class RigCalibrator:
             raise CalibrationError(
                 f"not enough evidence: no pair reached match confidence {self.min_confidence:.2f} at any "
                 f"placement scale (best {float(np.max(scores[best_scale])):.2f}); the pairs carry no structure "
-                "both cameras see (night, fog, a lens cap, featureless images?)")
+                f"both cameras see (night, fog, a lens cap, featureless images?){self._size_hint()}")
         return best_scale
 
     def _fit(self, pairs, usable, load, placement, visible_size, thermal_size, skipped, progress):
@@ -441,7 +448,8 @@ class RigCalibrator:
             if len(used) < self.min_pairs or sum(len(s) for s in src) < self.min_matches:
                 if h is not None:  # a refinement lost its evidence: keep the previous round's fit
                     break
-                why = ("the pairs carry too little structure both cameras see" if len(used) < len(usable) else
+                why = ("the pairs carry too little structure both cameras see" + self._size_hint()
+                       if len(used) < len(usable) else
                        f"each of the {len(usable)} usable pair(s) matched: give more pairs")
                 raise CalibrationError(
                     f"not enough evidence: {len(used)} of {len(pairs)} pair(s) matched with confidence >= "

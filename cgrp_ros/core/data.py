@@ -149,6 +149,7 @@ class PairListing:
     not_found: list = field(default_factory=list)  # [name] listed in `names` but in neither folder
     duplicates: list = field(default_factory=list)  # [(path used, [paths of the same stem left out])]
     unsupported: dict = field(default_factory=dict)  # {unpaired path: its namesake of a type not read, other folder}
+    empty: list = field(default_factory=list)  # [folder] of the two that holds no image at all
 
     def problems(self) -> list:
         """One line per file left out or listed name missing: what cgrp fuse and calibrate report."""
@@ -169,6 +170,9 @@ class PairListing:
     def report(self, limit: int = 10) -> list:
         """`problems()` for a terminal: at most `limit` lines, then how many more; where nothing paired
         at all, an example name from each folder (pairs share a name: `0001.jpg` and `0001.png`)."""
+        if self.empty:  # one line, not one per file of the other folder ("no partner with the same name")
+            return [f"{folder}: no images in this folder (read: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    for folder in self.empty]
         lines = self.problems()
         shown = lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
         by_folder = {}
@@ -213,6 +217,7 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
             raise InputError(f"{folder}: no such file or folder")
     duplicates = []
     vis, th = _by_stem(visible, duplicates), _by_stem(thermal, duplicates)
+    empty = [folder for folder, found in ((visible, vis), (thermal, th)) if not found]
     not_found = []
     if names is not None:
         wanted = {Path(n).stem for n in names}
@@ -229,7 +234,7 @@ def find_pairs(visible, thermal, names=None) -> PairListing:
                       if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS}
             unsupported.update({own[stem]: others[stem] for stem in own
                                 if stem in others and own[stem] in unpaired})
-    return PairListing(pairs, unpaired, not_found, duplicates, unsupported)
+    return PairListing(pairs, unpaired, not_found, duplicates, unsupported, empty)
 
 
 def load_split(root=None, split: str = "train"):

@@ -187,6 +187,21 @@ def _check_per_call_fields(c: PipelineConfig) -> None:
     check_percentiles(percentiles)  # a configuration error: said once, now, not per image
 
 
+def calibration_size_problem(sizes, visible_shape, thermal_shape) -> str | None:
+    """Why a calibration made at `sizes` ((visible H, W), (thermal H, W)) cannot map a pair of these
+    shapes ((H, W) each), or None: the same view at another resolution is rescaled (a driver's binning
+    mode), another aspect ratio is a crop, and the calibration no longer says where the thermal lands."""
+    (vh, vw), (th, tw) = sizes
+    for (h0, w0), (h1, w1) in ((sizes[0], visible_shape), (sizes[1], thermal_shape)):
+        if not same_aspect((h1, w1), (h0, w0)):
+            made = f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
+            if (tuple(sizes[1]), tuple(sizes[0])) == (tuple(visible_shape), tuple(thermal_shape)):
+                return made + f"this pair has the two sizes the other way round: {SWAPPED_QUESTION}"
+            return (made + f"this pair is {visible_shape[1]}x{visible_shape[0]} and {thermal_shape[1]}x"
+                    f"{thermal_shape[0]}, a different aspect ratio (cropped?): calibrate at the resolutions you run at")
+    return None
+
+
 class Pipeline:
     """Generation -> registration -> fusion on one backend.
 
@@ -334,17 +349,9 @@ class Pipeline:
         sizes = self.config.homography_sizes
         if sizes is None or (tuple(sizes[0]), tuple(sizes[1])) == (visible_shape, thermal_shape):
             return self.homography
-        (vh, vw), (th, tw) = sizes
-        for (h0, w0), (h1, w1) in ((sizes[0], visible_shape), (sizes[1], thermal_shape)):
-            if not same_aspect((h1, w1), (h0, w0)):
-                if (tuple(sizes[1]), tuple(sizes[0])) == (visible_shape, thermal_shape):
-                    raise InputError(
-                        f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
-                        f"this pair has the two sizes the other way round: {SWAPPED_QUESTION}")
-                raise InputError(
-                    f"the calibration was made for a visible image of {vw}x{vh} and a thermal of {tw}x{th}; "
-                    f"this pair is {visible_shape[1]}x{visible_shape[0]} and {thermal_shape[1]}x{thermal_shape[0]}, "
-                    f"a different aspect ratio (cropped?): calibrate at the resolutions you run at")
+        problem = calibration_size_problem(sizes, visible_shape, thermal_shape)
+        if problem:
+            raise InputError(problem)
         return (resize_homography(sizes[0], visible_shape) @ self.homography
                 @ resize_homography(thermal_shape, sizes[1]))
 

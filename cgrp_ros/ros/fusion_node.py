@@ -136,6 +136,7 @@ class FusionNode(LifecycleNode):
         self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
         # for /diagnostics: what the last pair did with camera_info, and why
         self.camera_info_state = NO_PAIR_YET if self.values["use_camera_info"] else "not used"
+        self.last_pair_shapes = None  # ((visible H, W), (thermal H, W)) of the last pair the worker took
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
@@ -441,11 +442,26 @@ class FusionNode(LifecycleNode):
                 device = self.pipeline.backend.device if self.pipeline is not None else self.values["device"]
                 if not reason and p.name == "working_size" and device == "cpu":
                     reason = working_size_problem(tuple(p.value), device)
+                if not reason and p.name == "calibration_file" and p.value and self.last_pair_shapes:
+                    reason = self._calibration_file_problem(p.value)
             except Exception as exc:  # a value of a shape no check foresaw: reject it, keep running
                 reason = f"{p.name}: {type(exc).__name__}: {exc}"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _calibration_file_problem(self, path: str) -> str | None:
+        """A calibration made for other cameras than the last pair's (every pair would be refused); the
+        file itself is checked by check_parameter."""
+        from ..core.calibrate import CalibrationError, load_rig
+        from ..core.pipeline import calibration_size_problem
+
+        try:
+            _, sizes = load_rig(path)
+        except CalibrationError:
+            return None  # (check_parameter said why, or the file is not there yet)
+        problem = sizes and calibration_size_problem(sizes, *self.last_pair_shapes)
+        return f"calibration_file '{path}': {problem.replace('this pair', 'the last pair received')}" if problem else None
 
     def _apply_new_parameters(self, parameters) -> None:
         changed = {p.name for p in parameters if p.name in PARAMETERS_BY_NAME}
@@ -586,6 +602,7 @@ class FusionNode(LifecycleNode):
             except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
                 self._bad_message(stream, exc)
                 return
+        self.last_pair_shapes = (as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2])
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)
         try:
