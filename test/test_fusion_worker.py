@@ -188,6 +188,27 @@ def test_a_calibration_file_for_other_cameras_than_the_streams_is_refused_when_s
         assert node.set_parameters([Parameter("calibration_file", value=str(tmp_path / "binned.yaml"))])[0].successful
 
 
+def test_image_sizes_that_change_from_pair_to_pair_are_a_diagnostics_warning(capfd):
+    """A visible topic alternating 320x240 and 160x120 (a driver and a resizing republisher on one topic)
+    made every pair a registration from scratch while /diagnostics said OK (an audit: 94 registrations for
+    95 pairs)."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with in_process_node() as (node, fused, spin_until, executor):
+        sizes = [make_images(120, 160), make_images(60, 80)]
+        spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
+        for second in range(1, 7):
+            visible, thermal = sizes[second % 2]
+            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
+            node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
+            spin_until(lambda: len(fused) == second, 30.0, f"pair {second}'s output")
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN and message.startswith("the pairs' image sizes changed 5 times in 10 s")
+        executor.spin_once(timeout_sec=0.1)
+        err = capfd.readouterr().err
+        assert "two publishers of one topic, or a camera switching modes?" in err, err
+
+
 def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
     from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -109,6 +109,14 @@ def input_topic(node, stream: int) -> str:
 
 
 REPEATED_STAMPS_WARN = 5  # pairs in a row with the previous pair's stamp: the stamps stand still
+# a setting that switches more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (undistortion on
+# and off, the pairs' image sizes): one warning every 30 s instead of a line per change
+FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
+
+
+def sizes_flapping(changes: int) -> str:
+    return (f"the pairs' image sizes changed {changes} times in {FLAPPING_WINDOW_S:g} s: two publishers of one "
+            "topic, or a camera switching modes? Each change registers the pair from scratch")
 
 
 def diagnose(node):
@@ -155,6 +163,9 @@ def diagnose(node):
     # the registration's problems first, the clock's after them: a replayed recording's stamps would
     # otherwise hide a self-calibration that never settles
     also = f"; {clock}" if clock else ""
+    flapping = [t for t in getattr(node, "size_changes", ()) if now - t < FLAPPING_WINDOW_S]
+    if len(flapping) > FLAPPING_CHANGES:
+        return DiagnosticStatus.WARN, sizes_flapping(len(flapping)) + also
     stream = getattr(node, "stream", None)
     if stream is not None and stream.repeated_stamps >= REPEATED_STAMPS_WARN:
         return DiagnosticStatus.WARN, (f"the last {stream.repeated_stamps + 1} pairs carry one and the same stamp "

@@ -55,7 +55,7 @@ from . import diagnostics
 from .alignment_check import AlignmentCheck
 from .camera_info import CameraInfos, camera_info_topic, with_header
 from .compressed import encode_compressed
-from .diagnostics import LOSSY_MESSAGE_BYTES, Stats
+from .diagnostics import FLAPPING_CHANGES, FLAPPING_WINDOW_S, LOSSY_MESSAGE_BYTES, Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
@@ -70,9 +70,6 @@ INPUT_DEPTH = 5    # subscription history: the synchronizer keeps its own queue
 # publishers: reliable, keep last 5. A reliable reader that missed a message gets it resent from this history;
 # with 2, a Python subscriber of four outputs at 3 Hz lost 3-9 of 40 fused images (5 and 10: none lost)
 OUTPUT_DEPTH = 5
-# undistortion switched on and off more than FLAPPING_CHANGES times within FLAPPING_WINDOW_S seconds (two
-# publishers of one camera_info topic): one warning every 30 s instead of a line per change
-FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
 NO_PAIR_YET = "no pair fused since activation or since use_camera_info was set"  # before a pair says more
 
 
@@ -137,6 +134,7 @@ class FusionNode(LifecycleNode):
         # for /diagnostics: what the last pair did with camera_info, and why
         self.camera_info_state = NO_PAIR_YET if self.values["use_camera_info"] else "not used"
         self.last_pair_shapes = None  # ((visible H, W), (thermal H, W)) of the last pair the worker took
+        self.size_changes = []        # monotonic s of its recent changes (/diagnostics: sizes that flap)
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
@@ -602,7 +600,7 @@ class FusionNode(LifecycleNode):
             except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
                 self._bad_message(stream, exc)
                 return
-        self.last_pair_shapes = (as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2])
+        self._note_sizes((as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2]), stamp)
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)
         try:
@@ -658,6 +656,19 @@ class FusionNode(LifecycleNode):
         with self.stats.lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             self.stats.last_failed_pair = (time.monotonic(), why)
+
+    def _note_sizes(self, shapes, stamp: float) -> None:
+        """Keep the pair's image sizes; sizes that change from pair to pair (two publishers of one topic, a
+        camera switching modes) make every pair a registration from scratch: a warning, not a line a pair."""
+        if self.last_pair_shapes is not None and shapes != self.last_pair_shapes:
+            now = time.monotonic()
+            self.size_changes = [t for t in self.size_changes if now - t < FLAPPING_WINDOW_S] + [now]
+            if len(self.size_changes) > FLAPPING_CHANGES:
+                (vh, vw), (th, tw) = shapes
+                self._log_throttled("sizes flapping", f"{diagnostics.sizes_flapping(len(self.size_changes))} "
+                                    f"(pair at {stamp:.3f}: visible {vw}x{vh}, thermal {tw}x{th})", period=30.0,
+                                    warning=True)
+        self.last_pair_shapes = shapes
 
     def _log_rectification(self, plan, stamp: float):
         """A line when undistortion starts or stops; a CameraInfo that does not fit its image: a warning
