@@ -209,6 +209,25 @@ def test_image_sizes_that_change_from_pair_to_pair_are_a_diagnostics_warning(cap
         assert "two publishers of one topic, or a camera switching modes?" in err, err
 
 
+def test_a_second_publisher_with_other_stamps_on_one_topic_is_named_as_such():
+    """Images stamped 0 on the visible topic between a live camera's: every one restarted the pairing and
+    /diagnostics blamed 'different clocks', its stamp offset taken against the intruder's (an audit)."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from cgrp_ros.ros.sync import THERMAL, VISIBLE
+
+    with in_process_node() as (node, *_):
+        visible, thermal = make_images()
+        for second in range(1, 6):
+            live = Header(stamp=rclpy.time.Time(seconds=1000 + second).to_msg())
+            node._on_image(VISIBLE, numpy_to_image(visible, "bgr8", Image, live))
+            node._on_image(VISIBLE, numpy_to_image(visible, "bgr8", Image, Header()))  # the other publisher
+            node._on_image(THERMAL, numpy_to_image(thermal, "mono16", Image, live))
+        level, message = node.diagnose()
+        assert level == DiagnosticStatus.WARN, message
+        assert message.startswith("/visible/image: stamps went back in time 5 times in 10 s") and "two publishers" in message
+
+
 def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
     from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -143,6 +143,12 @@ def diagnose(node):
                                        f"{timeout:g} s")
     if silent:
         return DiagnosticStatus.WARN, f"{input_topic(node, silent[0])} silent for more than {timeout:g} s"
+    resets = [stream for t, stream in getattr(node, "stamp_resets", ()) if now - t < FLAPPING_WINDOW_S]
+    if len(resets) > FLAPPING_CHANGES:  # before the stamp offset, which the other publisher's stamps distort
+        topic = input_topic(node, collections.Counter(resets).most_common(1)[0][0])
+        return DiagnosticStatus.WARN, (f"{topic}: stamps went back in time {len(resets)} times in "
+                                       f"{FLAPPING_WINDOW_S:g} s, each time restarting the pairing: two publishers "
+                                       "with different stamps on one topic (a bag played beside a live driver?)")
     if now - stats.last_pair > timeout:
         why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
                or f"stamps further apart than slop {node.values['slop']} s?")

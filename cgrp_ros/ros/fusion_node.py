@@ -135,6 +135,7 @@ class FusionNode(LifecycleNode):
         self.camera_info_state = NO_PAIR_YET if self.values["use_camera_info"] else "not used"
         self.last_pair_shapes = None  # ((visible H, W), (thermal H, W)) of the last pair the worker took
         self.size_changes = []        # monotonic s of its recent changes (/diagnostics: sizes that flap)
+        self.stamp_resets = []        # (monotonic s, stream) of recent backward stamp jumps (/diagnostics)
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
@@ -527,8 +528,10 @@ class FusionNode(LifecycleNode):
         self.sync.add(stream, msg)
         if self.sync.resets != resets:  # counted here: the synchronizer is rebuilt on configure and slop changes
             self.stats.count("synchronizer_resets")
+            now = time.monotonic()
+            self.stamp_resets = [(t, s) for t, s in self.stamp_resets if now - t < FLAPPING_WINDOW_S] + [(now, stream)]
             self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
-                                "a clock reset?): pairing starts again from this message", warning=True)
+                                "a clock reset, two publishers on one topic?): pairing starts again from this message", warning=True)
 
     def _bad_message(self, stream: int, exc: Exception) -> None:
         """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding."""
