@@ -228,6 +228,22 @@ def test_a_second_publisher_with_other_stamps_on_one_topic_is_named_as_such():
         assert message.startswith("/visible/image: stamps went back in time 5 times in 10 s") and "two publishers" in message
 
 
+def test_a_second_node_of_the_same_name_is_a_diagnostics_warning():
+    """Launched twice: both fused every pair and published on one topic, and their /diagnostics statuses
+    could not be told apart (an audit)."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with in_process_node() as (node, _, spin_until, executor):
+        assert node.namesakes() == 0
+        twin = rclpy.create_node("cgrp_fusion")
+        try:
+            spin_until(lambda: node.namesakes() == 1, 10.0, "the twin discovered")
+            level, message = node.diagnose()
+            assert level == DiagnosticStatus.WARN and message.startswith("1 other node(s) named /cgrp_fusion"), message
+        finally:
+            twin.destroy_node()
+
+
 def test_after_deactivate_and_activate_diagnostics_no_longer_report_the_last_pairs_undistortion():
     from rclpy.lifecycle import TransitionCallbackReturn
 

@@ -143,6 +143,11 @@ def diagnose(node):
                                        f"{timeout:g} s")
     if silent:
         return DiagnosticStatus.WARN, f"{input_topic(node, silent[0])} silent for more than {timeout:g} s"
+    namesakes = node.namesakes() if hasattr(node, "namesakes") else 0
+    if namesakes:  # two launches of one node: both fuse every pair and publish on the same topics
+        return DiagnosticStatus.WARN, (f"{namesakes} other node(s) named {node.get_fully_qualified_name()} on this "
+                                       "ROS domain: each fuses every pair and publishes on the same topics (launched "
+                                       "twice? give each its own name or namespace)")
     resets = [stream for t, stream in getattr(node, "stamp_resets", ()) if now - t < FLAPPING_WINDOW_S]
     if len(resets) > FLAPPING_CHANGES:  # before the stamp offset, which the other publisher's stamps distort
         topic = input_topic(node, collections.Counter(resets).most_common(1)[0][0])

@@ -719,6 +719,11 @@ class FusionNode(LifecycleNode):
         """(level, message) of the node right now."""
         return diagnostics.diagnose(self)
 
+    def namesakes(self) -> int:
+        """Other nodes of this name and namespace on the domain (ROS 2 lets them run side by side)."""
+        me = (self.get_name(), self.get_namespace())
+        return sum(1 for node in self.get_node_names_and_namespaces() if node == me) - 1
+
     def diagnostic_values(self) -> dict:
         """The key/values of the /diagnostics status."""
         return diagnostics.diagnostic_values(self)
