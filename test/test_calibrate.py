@@ -99,8 +99,23 @@ def test_calibration_file_and_picture(shifted_rig):
     assert len(data["skipped"]) == data["pairs_skipped"] and all(data["skipped"].values())
     assert 0 < data["median_residual_px"] < 5
     assert data["date"] and data["command"].startswith("cgrp calibrate")
+    assert data["distinct_scenes"] >= 3  # bundled pairs of several places: no few-scenes warning
+    assert "scene(s)" not in shifted_rig[3]
     picture = cv2.imread(str(out.with_suffix(".png")))
     assert picture is not None and picture.shape[1] > SIZE[1]
+
+
+def test_frames_of_one_place_count_as_one_scene_and_other_places_as_others(aligned_pairs):
+    """cgrp calibrate counts the scenes of the pairs it used and warns below FEW_SCENES: one scene biases the
+    matches its own way (a new user's rig of two M3SVD scenes calibrated 2.2 thermal px off, unwarned)."""
+    from cgrp_ros.core.calibrate import FEW_SCENES, distinct_scenes
+    from cgrp_ros.core.stream import scene_thumbnail
+
+    rng = np.random.default_rng(0)
+    frames = [np.clip(aligned_pairs[0][1].astype(np.int16) + rng.integers(-6, 7, aligned_pairs[0][1].shape), 0, 255
+                      ).astype(np.uint8) for _ in range(5)]  # a static camera's frames: sensor noise only
+    assert distinct_scenes(scene_thumbnail(v) for v in frames) == 1 < FEW_SCENES
+    assert distinct_scenes(scene_thumbnail(v) for _, v, _ in aligned_pairs) >= FEW_SCENES
 
 
 def test_the_edges_picture_shows_the_calibration_lining_the_cameras_up(shifted_rig):

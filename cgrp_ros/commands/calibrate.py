@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from ..core.calibrate import FEW_SCENES
 from ..core.camera import undistort
 from ..core.data import find_pairs, read_image
 from ..core.errors import CgrpError
@@ -183,6 +184,10 @@ def run(args) -> int:
         print(f"cgrp calibrate: warning: calibrated from only {calibration.pairs_used} pair(s); a pair's match errors "
               f"are shared by all its matches, so a few dozen pairs of different scenes give a steadier "
               f"calibration", file=sys.stderr)
+    if calibration.scenes is not None and calibration.scenes < FEW_SCENES:
+        print(f"cgrp calibrate: warning: the pairs used show {calibration.scenes} scene(s) (pairs whose visible "
+              "images hardly differ count as one): each scene biases the matches its own way (on M3SVD's rigs one scene alone was "
+              "1-3 thermal px off, four together 0.8); add pairs of other places and views", file=sys.stderr)
     skipped = list(calibration.skipped.items())
     for name, why in skipped[:SHOWN_SKIPPED]:
         print(f"  skipped {name}: {why}")

@@ -53,6 +53,22 @@ MIN_WORKING_AREA = 256 * 320  # px: the working size the calibration's match-con
 EDGE_MARGIN = 1.5  # cells: matches closer than this to the placed thermal's frame are dropped
 PRESHRINK = 0.6  # thermal shrunk by area averaging first when the placement shrinks it below this
 AFFINE_MARGIN = 0.05  # a homography replaces the affine fit only if its median residual is 5 % lower
+# Pairs whose visible thumbnails (core.stream.scene_thumbnail) differ by at most this are one scene. Each
+# scene biases the matches its own way: on M3SVD val's rigs one scene alone gave 1.05-2.91 thermal px of
+# corner error, two scenes 2.16, its four scenes together 0.82 (2026-12-08, scratch script); at 0.1 those
+# sets count 1, 2 and 4 scenes, RoadScene val's 36 pairs 25.
+SCENE_DIFFERENCE = 0.1
+FEW_SCENES = 3  # cgrp calibrate warns below this many scenes
+
+
+def distinct_scenes(thumbnails) -> int:
+    """How many scenes a sequence of scene thumbnails shows: greedily, a thumbnail more than SCENE_DIFFERENCE
+    (mean absolute difference) from every scene so far starts a new one."""
+    scenes = []
+    for thumbnail in thumbnails:
+        if all(float(np.mean(np.abs(thumbnail - seen))) > SCENE_DIFFERENCE for seen in scenes):
+            scenes.append(thumbnail)
+    return len(scenes)
 
 
 class CalibrationError(InputError):
@@ -75,6 +91,7 @@ class Calibration:
     # the check of the result that needs no ground truth, when one ran (cgrp calibrate: see
     # evaluation.rig.calibration_edge_check): edge agreement with the plain resize and with the calibration
     edge_check: dict = field(default_factory=dict)
+    scenes: int | None = None         # distinct scenes among the pairs used (distinct_scenes; None: not counted)
 
     def to_dict(self) -> dict:
         return dict(homography=[[float(v) for v in row] for row in np.asarray(self.homography)],
@@ -86,6 +103,7 @@ class Calibration:
                     # a self-calibration has neither: a file must not claim a search that never ran
                     **({"inlier_matches": int(self.matches)} if self.matches is not None else {}),
                     **({"placement_scale": round(float(self.scale), 4)} if self.scale is not None else {}),
+                    **({"distinct_scenes": int(self.scenes)} if self.scenes is not None else {}),
                     **({"edge_check": dict(self.edge_check)} if self.edge_check else {}),
                     skipped={str(k): str(v) for k, v in sorted(dict(self.skipped).items())},
                     date=self.date, command=self.command)
@@ -361,14 +379,20 @@ class RigCalibrator:
             more = f"; ... {len(skipped) - 3} more" if len(skipped) > 3 else ""
             raise CalibrationError(f"{exc}. Not matched at all, {len(skipped)} of {len(pairs)} pair(s): "
                                    f"{reasons}{more}") from None
+        names = set(used)
+        scenes = distinct_scenes(self._thumbnails[i] for i, (name, _, _) in enumerate(pairs) if name in names)
         return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used), len(pairs) - len(used),
                            float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
-                           datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command)
+                           datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command,
+                           scenes=scenes)
 
     def _loader(self, pairs):
         """load(i) -> (visible luminance, normalised thermal) of pairs[i], the last 64 kept in memory
-        (recomputing is cheap). Raises InputError for an unreadable pair."""
-        cache = {}
+        (recomputing is cheap), each pair's scene thumbnail kept in `_thumbnails`. Raises InputError for an
+        unreadable pair."""
+        from .stream import scene_thumbnail
+
+        cache, self._thumbnails = {}, {}
 
         def load(i):
             if i not in cache:
@@ -376,6 +400,7 @@ class RigCalibrator:
                 v = v() if callable(v) else v
                 t = t() if callable(t) else t
                 cache[i] = self._prepare(v, t)
+                self._thumbnails[i] = scene_thumbnail(v)
                 if len(cache) > 64:
                     cache.pop(next(iter(cache)))
             return cache[i]
