@@ -5,6 +5,8 @@ network tensors are float32 in [0, 1], N x C x H x W.
 """
 from __future__ import annotations
 
+import numbers
+
 import cv2
 import numpy as np
 
@@ -193,8 +195,8 @@ def homography_problem(matrix) -> str | None:
     numbers, invertible, with h[2, 2] != 0 and, scaled to h[2, 2] = 1, entries within +-HOMOGRAPHY_LIMIT and
     perspective terms within +-1 per pixel (larger ones overflow the float32 sampling maps: a NaN flow)."""
     if isinstance(matrix, (list, tuple)) and not (
-            len(matrix) == 3 and all(isinstance(row, (list, tuple)) and len(row) == 3 for row in matrix)
-            and all(isinstance(v, (int, float)) for row in matrix for v in row)):
+            len(matrix) == 3 and all(isinstance(row, (list, tuple, np.ndarray)) and len(row) == 3 for row in matrix)
+            and all(isinstance(v, numbers.Real) for row in matrix for v in row)):
         # checked before numpy sees it: YAML aliases nest a 500-byte file into 10^8 elements that
         # np.asarray would expand (a calibration_file set on a running node stalled it and took 1 GB)
         return "is not a 3x3 matrix of numbers"
