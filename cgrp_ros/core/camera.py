@@ -29,6 +29,7 @@ from .errors import InputError
 # model -> accepted numbers of distortion coefficients (0: no distortion)
 COEFFICIENTS = {"plumb_bob": (0, 4, 5), "rational_polynomial": (0, 8), "equidistant": (0, 4)}
 MAP_CACHE_SIZE = 8  # undistortion maps kept (two cameras, a few resolutions)
+MIN_SHARE_INSIDE = 0.5  # of the undistorted image that must come from the raw one (a pincushion lens: black corners)
 _POINT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10)  # iterative inversion
 
 
@@ -63,6 +64,21 @@ class Intrinsics:
             raise InputError(f"distortion coefficients D must be finite, got {[float(v) for v in self.D]}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise InputError(f"image size must be (height, width) >= 1, got {self.size}")
+        if self.distorted:
+            inside = self._share_inside()
+            if inside < MIN_SHARE_INSIDE:  # the undistorted image would be black where this leaves it
+                raise InputError(f"{self.model} distortion {[float(v) for v in self.D]} maps {1 - inside:.0%} of "
+                                 f"the undistorted image outside the raw one: not a lens this camera has")
+
+    def _share_inside(self) -> float:
+        """The share of a 9 x 9 grid over the undistorted image that the lens model maps into the raw image."""
+        h, w = self.size
+        grid = np.stack(np.meshgrid(np.linspace(0, w - 1, 9), np.linspace(0, h - 1, 9)), axis=2).reshape(-1, 2)
+        with np.errstate(all="ignore"):
+            raw = distort_points(grid, self)
+        inside = np.isfinite(raw).all(axis=1) & (raw[:, 0] >= -0.5) & (raw[:, 0] <= w - 0.5) \
+            & (raw[:, 1] >= -0.5) & (raw[:, 1] <= h - 0.5)
+        return float(inside.mean())
 
     @classmethod
     def from_matrix(cls, K, D, model: str = "plumb_bob", size=(0, 0)) -> "Intrinsics":
