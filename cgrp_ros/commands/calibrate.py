@@ -174,7 +174,7 @@ def run(args) -> int:
     written = write_pictures(args.out, pairs, calibration, calibrator.best_pair or pairs[0][0])
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
-          f"(visible); placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
+          f"(visible; the matches' spread about the fit, not its accuracy); placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
     print(f"cgrp calibrate: {edge_check_line(calibration.edge_check)}")
     if edges_got_worse(calibration.edge_check):
         print("cgrp calibrate: warning: the thermal's edges meet the visible image's worse with the calibration than "
