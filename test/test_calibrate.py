@@ -350,6 +350,9 @@ def test_a_rig_yaml_of_nested_aliases_is_refused_before_it_is_expanded(tmp_path)
     (tmp_path / "rig.yaml").write_text("\n".join(levels) + "\nhomography: [*a4, *a4, *a4]\n")
     with pytest.raises(CalibrationError, match="'homography' is not a 3x3 matrix of numbers"):
         load_rig(tmp_path / "rig.yaml")
+    # a hand-written file still loads: YAML reads 1e-5 (no dot) as a string, which numpy converts
+    (tmp_path / "hand.yaml").write_text("homography: [[1.0, 0.0, 12], [0.0, 1.0, -8], [1e-5, 0.0, 1.0]]\n")
+    np.testing.assert_allclose(load_rig(tmp_path / "hand.yaml")[0][2], [1e-5, 0.0, 1.0])
 
 
 def test_a_calibration_path_that_cannot_be_a_file_is_said_so(tmp_path):

@@ -140,27 +140,37 @@ def test_a_fault_while_taking_a_new_pipeline_does_not_end_the_worker(capfd):
 
 def test_a_compressed_image_that_fails_to_decode_once_paired_is_a_bad_message(capfd):
     """Compressed inputs are decoded by the worker once paired (their headers checked on arrival): a payload
-    whose body is corrupt is counted and logged as a bad message of its camera, and the next pair is fused."""
+    whose body is corrupt is counted and logged as a bad message of its camera, /diagnostics says that no
+    pair is fused (the stream is not silent), and the next good pair is fused."""
     import cv2
+    from diagnostic_msgs.msg import DiagnosticStatus
     from sensor_msgs.msg import CompressedImage
 
-    from cgrp_ros.ros.fusion_outputs import prepare_input
+    from cgrp_ros.ros.compressed import PendingDecode
+    from cgrp_ros.ros.sync import THERMAL, VISIBLE
 
-    with in_process_node() as (node, fused, spin_until, executor):
+    with in_process_node(Parameter("stream_timeout", value=0.5)) as (node, fused, spin_until, executor):
         visible, thermal = make_images()
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
         payload = bytearray(cv2.imencode(".png", visible)[1].tobytes())
         payload[60:] = bytes(len(payload) - 60)  # a sound header, a body zlib refuses
-        for second, data in ((1, bytes(payload)), (2, cv2.imencode(".png", visible)[1].tobytes())):
-            header = Header(stamp=rclpy.time.Time(seconds=second).to_msg())
-            compressed = prepare_input(CompressedImage(header=header, format="bgr8; png compressed bgr8", data=data),
-                                       True, decode_later=True)
-            node.slot.put((compressed, numpy_to_image(thermal, "mono16", Image, header)))
-            if second == 1:
-                spin_until(lambda: node.stats.bad_messages == 1, 10.0, "the corrupt image counted")
-        spin_until(lambda: len(fused) == 1, 30.0, "the second pair's output")
-        assert fused[0].header.stamp.sec == 2 and node.stats.bad_messages == 1
-        assert node.stats.inference_errors == 0 and node._worker.is_alive()
+
+        def arrive(tenth, data):  # as the subscriptions hand the two images over
+            header = Header(stamp=rclpy.time.Time(nanoseconds=tenth * 100_000_000).to_msg())
+            node._on_image(VISIBLE, CompressedImage(header=header, format="bgr8; png compressed bgr8", data=data))
+            queue = node.sync._policy.queues[VISIBLE] if node.sync.implementation == "builtin" else {}
+            for queued in queue.values():  # the pairing queue holds the payload, not its pixels
+                assert isinstance(queued, PendingDecode) and queued._decoded is None
+            node._on_image(THERMAL, numpy_to_image(thermal, "mono16", Image, header))
+        for tenth in range(1, 8):  # 0.7 s of corrupt visible images: past stream_timeout, not silent
+            arrive(tenth, bytes(payload))
+            time.sleep(0.1)
+        spin_until(lambda: node.stats.bad_messages >= 3, 10.0, "the corrupt images counted")
+        level, why = node.diagnose()
+        assert level == DiagnosticStatus.ERROR and "skipping visible image: cannot decode" in why, why
+        arrive(20, cv2.imencode(".png", visible)[1].tobytes())
+        spin_until(lambda: len(fused) == 1, 30.0, "the good pair's output")
+        assert fused[0].header.stamp.sec == 2 and node.stats.inference_errors == 0 and node._worker.is_alive()
         executor.spin_once(timeout_sec=0.1)
         err = capfd.readouterr().err
         assert "skipping visible image: cannot decode the png payload" in err, err
@@ -188,13 +198,15 @@ def test_a_calibration_file_for_other_cameras_than_the_streams_is_refused_when_s
         assert node.set_parameters([Parameter("calibration_file", value=str(tmp_path / "binned.yaml"))])[0].successful
 
 
-def test_image_sizes_that_change_from_pair_to_pair_are_a_diagnostics_warning(capfd):
+@pytest.mark.parametrize("self_calibrate", [True, False], ids=["self-calibrating", "per-frame"])
+def test_image_sizes_that_change_from_pair_to_pair_are_a_diagnostics_warning(capfd, self_calibrate):
     """A visible topic alternating 320x240 and 160x120 (a driver and a resizing republisher on one topic)
     made every pair a registration from scratch while /diagnostics said OK (an audit: 94 registrations for
-    95 pairs)."""
+    95 pairs). In per-frame mode every pair registers anyway (the demo's sample pairs each have their own
+    size): no warning there."""
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    with in_process_node() as (node, fused, spin_until, executor):
+    with in_process_node(Parameter("self_calibrate", value=self_calibrate)) as (node, fused, spin_until, executor):
         sizes = [make_images(120, 160), make_images(60, 80)]
         spin_until(lambda: node.publishers_["fused"].get_subscription_count() > 0, 10.0, "the subscription")
         for second in range(1, 7):
@@ -203,9 +215,12 @@ def test_image_sizes_that_change_from_pair_to_pair_are_a_diagnostics_warning(cap
             node.slot.put((numpy_to_image(visible, "bgr8", Image, header), numpy_to_image(thermal, "mono16", Image, header)))
             spin_until(lambda: len(fused) == second, 30.0, f"pair {second}'s output")
         level, message = node.diagnose()
-        assert level == DiagnosticStatus.WARN and message.startswith("the pairs' image sizes changed 5 times in 10 s")
         executor.spin_once(timeout_sec=0.1)
         err = capfd.readouterr().err
+        if not self_calibrate:
+            assert not message.startswith("the pairs' image sizes") and "switching modes" not in err, (message, err)
+            return
+        assert level == DiagnosticStatus.WARN and message.startswith("the pairs' image sizes changed 5 times in 10 s")
         assert "two publishers of one topic, or a camera switching modes?" in err, err
 
 

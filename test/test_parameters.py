@@ -79,7 +79,35 @@ def test_stamps_that_stand_still_are_a_diagnostics_warning():
         return SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": 0.5, "slop": 0.05}, stats=Stats(),
                                slot=LatestPairSlot(), drop_history=collections.deque([(0, 0)], maxlen=6),
                                state="active", pipeline_error=None, pipeline=None, unsubscribed=False,
-                               stream=SimpleNamespace(repeated_stamps=repeated, registration_rate=0.0))
+                               stream=SimpleNamespace(repeated_stamps=repeated, registration_rate=0.5,
+                                                      rig=SimpleNamespace(state="converged")))
     level, message = diagnose(node(5))
     assert level == DiagnosticStatus.WARN and message.startswith("the last 6 pairs carry one and the same stamp")
     assert diagnose(node(4)) == (DiagnosticStatus.OK, "fusing")
+    per_frame = node(5)
+    per_frame.stream.registration_rate = 0.0  # every pair registered alone: nothing is scheduled by stamps
+    assert diagnose(per_frame) == (DiagnosticStatus.OK, "fusing")
+
+
+def test_new_warnings_do_not_hide_that_no_pair_is_fused():
+    """A node launched twice, or stamps that keep jumping back, were WARNs shown before the ERROR 'no pair
+    fused for N s' (a review)."""
+    import collections
+    import time
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from cgrp_ros.ros.diagnostics import Stats, diagnose
+    from cgrp_ros.ros.sync import LatestPairSlot
+
+    stats = Stats()
+    now = time.monotonic()
+    stats.last_fused, stats.last_failed_pair = now - 30.0, (now - 0.5, "pair rejected: a reason")
+    node = SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": 0.5, "slop": 0.05}, stats=stats,
+                           slot=LatestPairSlot(), drop_history=collections.deque([(0, 0)], maxlen=6),
+                           state="active", pipeline_error=None, pipeline=None, unsubscribed=False,
+                           namesakes=lambda: 1, get_fully_qualified_name=lambda: "/cgrp_fusion",
+                           stamp_resets=[(now - 1.0, 0)] * 5)
+    level, message = diagnose(node)
+    assert level == DiagnosticStatus.ERROR and message.startswith("no pair fused for 30.0 s: pair rejected"), message

@@ -152,6 +152,18 @@ def test_at_camera_resolutions_the_warm_up_waits_for_the_output_queues_to_fill()
     assert warmup_for(cameras, 1.0) == 30.0  # a short run keeps half of it to measure
 
 
+@pytest.mark.parametrize("args, warmup", [([], 20.0), (["--cameras", "1080x1920,512x640"], 90.0),
+                                          (["--cameras", "1080x1920", "--warmup", "15"], 15.0)])
+def test_cgrp_soak_takes_the_warm_up_for_its_cameras(monkeypatch, tmp_path, args, warmup):
+    import cgrp_ros.ros.soak as soak
+    from cgrp_ros.cli import main
+
+    configs = []
+    monkeypatch.setattr(soak, "run_soak", lambda config: configs.append(config) or 0)
+    assert main(["soak", "--out", str(tmp_path / "o"), *args]) == 0
+    assert configs[0].warmup == warmup
+
+
 def test_two_runs_on_one_machine_get_different_ros_domains():
     """A test run beside a demo (or a second test run) must not share a DDS domain, whatever their pids."""
     from cgrp_ros.ros.node_processes import free_domain

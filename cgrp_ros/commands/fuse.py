@@ -16,6 +16,7 @@ gets a warning line; it is still written and is no failure.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -153,7 +154,7 @@ def no_pair_reason(args, summary, slop: float) -> str:
 
 def run_bag(args) -> int:
     """--bag: the two topics of a recording -> a new MCAP bag with the inputs and the node's outputs."""
-    from ..core.stream import StreamPipeline
+    from ..core.stream import STALLED_FRAME_S, StreamPipeline
     from ..ros.bag import BagTopics, fuse_bag
     from ..ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 
@@ -173,7 +174,10 @@ def run_bag(args) -> int:
         raise CgrpError(f"output bag '{args.out}' exists already: remove it or pick another --out")
     video = FusionVideo(args.video) if args.video else None  # at the bag's own rate
     pipeline = pipeline_from_args(args)
-    stream = StreamPipeline(pipeline, args.registration_rate)  # paced by the visible stamps
+    # paced by the visible stamps; where they stand still, frames count 0.1 s each (not the machine's speed:
+    # the output stays deterministic)
+    frames = itertools.count()
+    stream = StreamPipeline(pipeline, args.registration_rate, clock=lambda: next(frames) * STALLED_FRAME_S)
     records = PairRecords(pipeline, video)
 
     def record(visible_msg, thermal_msg, outputs):  # registration.csv: one row per pair, named by its stamp

@@ -380,7 +380,8 @@ class RigCalibrator:
             raise CalibrationError(f"{exc}. Not matched at all, {len(skipped)} of {len(pairs)} pair(s): "
                                    f"{reasons}{more}") from None
         names = set(used)
-        scenes = distinct_scenes(self._thumbnails[i] for i, (name, _, _) in enumerate(pairs) if name in names)
+        scenes = distinct_scenes(self._thumbnails[i] for i, (name, _, _) in enumerate(pairs)
+                                 if name in names and i in self._thumbnails)  # (a name twice, one unreadable)
         return Calibration(h, tuple(visible_size), tuple(thermal_size), len(used), len(pairs) - len(used),
                            float(np.median(residual)), int(inliers.sum()), best_scale, dict(sorted(skipped.items())),
                            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), command,

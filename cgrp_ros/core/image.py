@@ -196,7 +196,7 @@ def homography_problem(matrix) -> str | None:
     perspective terms within +-1 per pixel (larger ones overflow the float32 sampling maps: a NaN flow)."""
     if isinstance(matrix, (list, tuple)) and not (
             len(matrix) == 3 and all(isinstance(row, (list, tuple, np.ndarray)) and len(row) == 3 for row in matrix)
-            and all(isinstance(v, numbers.Real) for row in matrix for v in row)):
+            and all(isinstance(v, (numbers.Real, str)) for row in matrix for v in row)):  # ('1e-5': YAML's string)
         # checked before numpy sees it: YAML aliases nest a 500-byte file into 10^8 elements that
         # np.asarray would expand (a calibration_file set on a running node stalled it and took 1 GB)
         return "is not a 3x3 matrix of numbers"

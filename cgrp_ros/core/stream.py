@@ -174,6 +174,9 @@ def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(small / scale), 0.0, 1.0)
 
 
+STALLED_FRAME_S = 0.1  # offline (a bag's frames whose stamps stand still): the time one frame counts
+
+
 class StreamPipeline:
     """Pipeline for one rig's stream: full registration at `registration_rate` Hz, fusion every frame.
 

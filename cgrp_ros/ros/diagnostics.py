@@ -143,24 +143,23 @@ def diagnose(node):
                                        f"{timeout:g} s")
     if silent:
         return DiagnosticStatus.WARN, f"{input_topic(node, silent[0])} silent for more than {timeout:g} s"
-    namesakes = node.namesakes() if hasattr(node, "namesakes") else 0
-    if namesakes:  # two launches of one node: both fuse every pair and publish on the same topics
-        return DiagnosticStatus.WARN, (f"{namesakes} other node(s) named {node.get_fully_qualified_name()} on this "
-                                       "ROS domain: each fuses every pair and publishes on the same topics (launched "
-                                       "twice? give each its own name or namespace)")
-    resets = [stream for t, stream in getattr(node, "stamp_resets", ()) if now - t < FLAPPING_WINDOW_S]
-    if len(resets) > FLAPPING_CHANGES:  # before the stamp offset, which the other publisher's stamps distort
-        topic = input_topic(node, collections.Counter(resets).most_common(1)[0][0])
-        return DiagnosticStatus.WARN, (f"{topic}: stamps went back in time {len(resets)} times in "
-                                       f"{FLAPPING_WINDOW_S:g} s, each time restarting the pairing: two publishers "
-                                       "with different stamps on one topic (a bag played beside a live driver?)")
+    resets = stamp_resets(node, now)
     if now - stats.last_pair > timeout:
+        if resets:  # before the stamp offset, which the other publisher's stamps distort
+            return DiagnosticStatus.WARN, resets
         why = (describe_offset(node.sync.offset.closest(), node.values["slop"])
                or f"stamps further apart than slop {node.values['slop']} s?")
         return DiagnosticStatus.WARN, f"no synchronized pair for {now - stats.last_pair:.1f} s ({why}){lossy(node)}"
     failed = stats.last_failed_pair
     if failed and failed[0] > stats.last_fused and now - stats.last_fused > timeout:
         return DiagnosticStatus.ERROR, f"no pair fused for {now - stats.last_fused:.1f} s: {failed[1]}"
+    namesakes = node.namesakes() if hasattr(node, "namesakes") else 0
+    if namesakes:  # two launches of one node: both fuse every pair and publish on the same topics
+        return DiagnosticStatus.WARN, (f"{namesakes} other node(s) named {node.get_fully_qualified_name()} on this "
+                                       "ROS domain: each fuses every pair and publishes on the same topics (launched "
+                                       "twice? give each its own name or namespace)")
+    if resets:
+        return DiagnosticStatus.WARN, resets
     if getattr(node, "unsubscribed", False):  # not a fault: nobody asked for an output
         return DiagnosticStatus.OK, f"idle: {UNSUBSCRIBED}"
     old_received, old_dropped = node.drop_history[0]
@@ -174,11 +173,12 @@ def diagnose(node):
     # the registration's problems first, the clock's after them: a replayed recording's stamps would
     # otherwise hide a self-calibration that never settles
     also = f"; {clock}" if clock else ""
-    flapping = [t for t in getattr(node, "size_changes", ()) if now - t < FLAPPING_WINDOW_S]
-    if len(flapping) > FLAPPING_CHANGES:
-        return DiagnosticStatus.WARN, sizes_flapping(len(flapping)) + also
     stream = getattr(node, "stream", None)
-    if stream is not None and stream.repeated_stamps >= REPEATED_STAMPS_WARN:
+    amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
+    flapping = [t for t in getattr(node, "size_changes", ()) if now - t < FLAPPING_WINDOW_S]
+    if amortised and len(flapping) > FLAPPING_CHANGES:
+        return DiagnosticStatus.WARN, sizes_flapping(len(flapping)) + also
+    if amortised and stream.repeated_stamps >= REPEATED_STAMPS_WARN:
         return DiagnosticStatus.WARN, (f"the last {stream.repeated_stamps + 1} pairs carry one and the same stamp "
                                        "(a driver that leaves header.stamp 0, or repeats one?): registrations are "
                                        "scheduled by this node's clock meanwhile; set the cameras' stamps" + also)
@@ -190,13 +190,24 @@ def diagnose(node):
     if doubtful:  # a warning, never an error: the pair was fused
         return DiagnosticStatus.WARN, f"last pair: {doubtful}{also}"
     check = getattr(node, "alignment_check", None)
-    amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
     worse = check.worse() if check is not None and amortised else None
     if worse:
         return DiagnosticStatus.WARN, worse + also
     if clock:
         return DiagnosticStatus.WARN, clock
     return DiagnosticStatus.OK, "fusing"
+
+
+def stamp_resets(node, now: float) -> str | None:
+    """Why the pairing keeps restarting, where stamps went back in time more than FLAPPING_CHANGES times
+    within FLAPPING_WINDOW_S (node.stamp_resets: [(monotonic s, stream)]); None otherwise."""
+    resets = [stream for t, stream in getattr(node, "stamp_resets", ()) if now - t < FLAPPING_WINDOW_S]
+    if len(resets) <= FLAPPING_CHANGES:
+        return None
+    topic = input_topic(node, collections.Counter(resets).most_common(1)[0][0])
+    return (f"{topic}: stamps went back in time {len(resets)} times in {FLAPPING_WINDOW_S:g} s, each time "
+            "restarting the pairing: two publishers with different stamps on one topic (a bag played beside a "
+            "live driver?), or a bag of a few seconds played in a loop")
 
 
 def rig_unsettled(node) -> str | None:

@@ -294,6 +294,7 @@ class FusionNode(LifecycleNode):
         for subscription in self.subscriptions_:
             self.destroy_subscription(subscription)
         self.subscriptions_ = []
+        self.last_pair_shapes = None  # (the cameras may change while the node pauses)
         self._update_camera_info_inputs()
         rebuilt = self._close_builder()
         stopped = self._stop_worker() and rebuilt
@@ -367,7 +368,8 @@ class FusionNode(LifecycleNode):
                 self.destroy_subscription(subscription)
             self.camera_info_subscriptions = []
             self.camera_infos.clear()
-            self._rectifying = False  # (the next activation logs again whether it undistorts)
+            if not self.subscriptions_:  # deactivated: the next activation logs again whether it undistorts
+                self._rectifying = False
         if not self.values["use_camera_info"]:
             self.camera_info_state = "not used"
         elif enabled != subscribed or self.camera_info_state == "not used":
@@ -533,13 +535,17 @@ class FusionNode(LifecycleNode):
             self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
                                 "a clock reset, two publishers on one topic?): pairing starts again from this message", warning=True)
 
-    def _bad_message(self, stream: int, exc: Exception) -> None:
-        """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding."""
+    def _bad_message(self, stream: int, exc: Exception, paired: bool = False) -> None:
+        """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding.
+        `paired`: found by the worker (a compressed image decoded once paired), so its pair failed too: the
+        stream is not silent, and only 'no pair fused ...' can say that none decodes."""
         name = STREAM_NAMES[stream]
         why = str(exc) if isinstance(exc, ImageConversionError) else f"unexpected {type(exc).__name__}: {exc}"
         with self.stats.lock:
             self.stats.bad_messages += 1
             self.stats.last_bad_message[stream] = (time.monotonic(), why)
+            if paired:
+                self.stats.last_failed_pair = (time.monotonic(), f"skipping {name} image: {why}")
         self._log_throttled((name, getattr(exc, "kind", "unexpected")), f"skipping {name} image: {why}")
 
     def _on_camera_info(self, stream: int, msg):
@@ -601,7 +607,7 @@ class FusionNode(LifecycleNode):
             try:
                 as_array(msg)  # a compressed image is decoded here, once paired
             except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
-                self._bad_message(stream, exc)
+                self._bad_message(stream, exc, paired=True)
                 return
         self._note_sizes((as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2]), stamp)
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
@@ -666,7 +672,8 @@ class FusionNode(LifecycleNode):
         if self.last_pair_shapes is not None and shapes != self.last_pair_shapes:
             now = time.monotonic()
             self.size_changes = [t for t in self.size_changes if now - t < FLAPPING_WINDOW_S] + [now]
-            if len(self.size_changes) > FLAPPING_CHANGES:
+            if len(self.size_changes) > FLAPPING_CHANGES and self.stream.registration_rate > 0:
+                # (per-frame mode registers every pair anyway: the demo's sample pairs each have their size)
                 (vh, vw), (th, tw) = shapes
                 self._log_throttled("sizes flapping", f"{diagnostics.sizes_flapping(len(self.size_changes))} "
                                     f"(pair at {stamp:.3f}: visible {vw}x{vh}, thermal {tw}x{th})", period=30.0,
