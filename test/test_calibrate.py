@@ -109,7 +109,7 @@ def test_frames_of_one_place_count_as_one_scene_and_other_places_as_others(align
     """cgrp calibrate counts the scenes of the pairs it used and warns below FEW_SCENES: one scene biases the
     matches its own way (a new user's rig of two M3SVD scenes calibrated 2.2 thermal px off, unwarned)."""
     from cgrp_ros.core.calibrate import FEW_SCENES, distinct_scenes
-    from cgrp_ros.core.stream import scene_thumbnail
+    from cgrp_ros.core.image import scene_thumbnail
 
     rng = np.random.default_rng(0)
     frames = [np.clip(aligned_pairs[0][1].astype(np.int16) + rng.integers(-6, 7, aligned_pairs[0][1].shape), 0, 255

@@ -53,7 +53,7 @@ MIN_WORKING_AREA = 256 * 320  # px: the working size the calibration's match-con
 EDGE_MARGIN = 1.5  # cells: matches closer than this to the placed thermal's frame are dropped
 PRESHRINK = 0.6  # thermal shrunk by area averaging first when the placement shrinks it below this
 AFFINE_MARGIN = 0.05  # a homography replaces the affine fit only if its median residual is 5 % lower
-# Pairs whose visible thumbnails (core.stream.scene_thumbnail) differ by at most this are one scene. Each
+# Pairs whose visible thumbnails (core.image.scene_thumbnail) differ by at most this are one scene. Each
 # scene biases the matches its own way: on M3SVD val's rigs one scene alone gave 1.05-2.91 thermal px of
 # corner error, two scenes 2.16, its four scenes together 0.82 (2026-12-08, scratch script); at 0.1 those
 # sets count 1, 2 and 4 scenes, RoadScene val's 36 pairs 25.
@@ -391,7 +391,7 @@ class RigCalibrator:
         """load(i) -> (visible luminance, normalised thermal) of pairs[i], the last 64 kept in memory
         (recomputing is cheap), each pair's scene thumbnail kept in `_thumbnails`. Raises InputError for an
         unreadable pair."""
-        from .stream import scene_thumbnail
+        from .image import scene_thumbnail
 
         cache, self._thumbnails = {}, {}
 

@@ -312,3 +312,15 @@ def content_warnings(visible: np.ndarray, thermal: np.ndarray, where: str = "") 
             warnings.append((f"constant_{name}", f"{name} image{at} is constant (value {image.flat[0]}): fused, but "
                              "it carries no information"))
     return warnings
+
+
+def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
+    """12 x 16 float32 in [0, 1]: a visible image shrunk, its colour channels averaged (not weighted as
+    luminance: only changes of the scene matter); cheap enough for every frame."""
+    visible = check_image(visible, "visible")
+    small = cv2.resize(visible if visible.dtype != np.float64 else visible.astype(np.float32), (16, 12),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    if small.ndim == 3:
+        small = small[:, :, :3].mean(axis=2)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(visible.dtype, 1.0)
+    return np.clip(np.nan_to_num(small / scale), 0.0, 1.0)

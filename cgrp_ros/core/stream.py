@@ -21,10 +21,9 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
-from .image import check_image
+from .image import check_image, scene_thumbnail
 from .pipeline import ALL_OUTPUTS, FusionResult, Pipeline, Registration
 from .warp import endpoint_error
 
@@ -160,18 +159,6 @@ def same_prior(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return bool(np.allclose(a, b))
-
-
-def scene_thumbnail(visible: np.ndarray) -> np.ndarray:
-    """12 x 16 float32 in [0, 1]: a visible image shrunk, its colour channels averaged (not weighted as
-    luminance: only changes of the scene matter); cheap enough for every frame."""
-    visible = check_image(visible, "visible")
-    small = cv2.resize(visible if visible.dtype != np.float64 else visible.astype(np.float32), (16, 12),
-                       interpolation=cv2.INTER_AREA).astype(np.float32)
-    if small.ndim == 3:
-        small = small[:, :, :3].mean(axis=2)
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(visible.dtype, 1.0)
-    return np.clip(np.nan_to_num(small / scale), 0.0, 1.0)
 
 
 STALLED_FRAME_S = 0.1  # offline (a bag's frames whose stamps stand still): the time one frame counts
