@@ -151,7 +151,7 @@ def test_encode_is_a_jpeg_of_the_same_size():
 def test_the_node_queues_a_compressed_image_undecoded_and_decodes_it_once_paired():
     """A 7000x7000 16-bit PNG of zeros is a few hundred kB that decodes to ~294 MB: decoded at arrival,
     twelve unpaired ones pinned 2.3 GB in the pairing queue (an audit). prepare_input(decode_later=True)
-    checks the header and keeps the payload; the pixels appear when the worker first reads them."""
+    checks the header and keeps the payload; the pixels appear when first read (the node: once paired)."""
     import tracemalloc
 
     from cgrp_ros.ros.fusion_outputs import as_array, prepare_input

@@ -139,7 +139,7 @@ def test_a_fault_while_taking_a_new_pipeline_does_not_end_the_worker(capfd):
 
 
 def test_a_compressed_image_that_fails_to_decode_once_paired_is_a_bad_message(capfd):
-    """Compressed inputs are decoded by the worker once paired (their headers checked on arrival): a payload
+    """Compressed inputs are decoded once paired (their headers checked on arrival): a payload
     whose body is corrupt is counted and logged as a bad message of its camera, /diagnostics says that no
     pair is fused (the stream is not silent), and the next good pair is fused."""
     import cv2

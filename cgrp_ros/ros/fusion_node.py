@@ -520,7 +520,7 @@ class FusionNode(LifecycleNode):
                 "most messages this large are lost (pairs go missing). If the topic is published reliable, set "
                 f"qos_overrides.{self.subscriptions_[stream].topic_name}.subscription.reliability: reliable")
         largest[stream] = max(largest[stream], len(msg.data))  # (for /diagnostics: best-effort loss)
-        try:  # a compressed image's header is checked here, its pixels decoded once it is paired
+        try:  # a compressed image's header is checked here, its pixels decoded once it is paired (_on_pair)
             msg = prepare_input(msg, isinstance(msg, CompressedImage), decode_later=True)
         except Exception as exc:  # also a check's failure nobody foresaw: a bad message, not the node's end
             self._bad_message(stream, exc)
@@ -537,8 +537,8 @@ class FusionNode(LifecycleNode):
 
     def _bad_message(self, stream: int, exc: Exception, paired: bool = False) -> None:
         """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding.
-        `paired`: found by the worker (a compressed image decoded once paired), so its pair failed too: the
-        stream is not silent, and only 'no pair fused ...' can say that none decodes."""
+        `paired`: found once paired (a compressed image is decoded then), so its pair failed too: the stream
+        is not silent, and only 'no pair fused ...' can say that none decodes."""
         name = STREAM_NAMES[stream]
         why = str(exc) if isinstance(exc, ImageConversionError) else f"unexpected {type(exc).__name__}: {exc}"
         with self.stats.lock:
@@ -559,6 +559,12 @@ class FusionNode(LifecycleNode):
 
     def _on_pair(self, visible_msg, thermal_msg):
         self.stats.last_pair = time.monotonic()
+        for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
+            try:  # a compressed image is decoded here, once paired: in this thread, beside the worker's inference
+                as_array(msg)
+            except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
+                self._bad_message(stream, exc, paired=True)
+                return
         self.slot.put((visible_msg, thermal_msg))
 
     # -- worker --------------------------------------------------------------------------------------
@@ -603,12 +609,6 @@ class FusionNode(LifecycleNode):
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
         stamp = stamp_seconds(visible_msg.header.stamp)
-        for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
-            try:
-                as_array(msg)  # a compressed image is decoded here, once paired
-            except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
-                self._bad_message(stream, exc, paired=True)
-                return
         self._note_sizes((as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2]), stamp)
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)
