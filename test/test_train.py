@@ -112,3 +112,40 @@ def test_generator_global_registration_stages_chain(tiny_dataset, tmp_path):
     for part in ("pyramid.", "levels."):
         assert any(not torch.equal(v, dense_after[k]) for k, v in dense_before.items() if k.startswith(part)), part
     assert model_config(models / "registration.pt")["confidence_threshold"] == float(trained.local_stage.threshold)
+
+
+def test_a_run_refuses_what_it_would_get_wrong_before_it_trains(tiny_dataset, tmp_path, capfd):
+    """An audit: resuming with another --lr or --data trained on with the checkpoint's and wrote ours into
+    the weights' metadata; a train.txt naming a missing file trained on fewer pairs without a word (an empty
+    one raised a traceback); an --out that is a file failed only after the whole run."""
+    from cgrp_ros.core.errors import CgrpError, InputError
+
+    common = dict(stage="fusion", data=tiny_dataset, run_dir=tmp_path / "runs", batch=2, crop=(64, 64),
+                  checkpoint_every=2)
+    train(TrainConfig(iterations=2, out=tmp_path / "models", **common))
+    with pytest.raises(CgrpError, match=r"trained with other options \(lr 0.001 -> 0.5\): pass --restart"):
+        train(TrainConfig(iterations=4, out=tmp_path / "models", lr=0.5, **common))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CgrpError, match=f"cannot write --out {tmp_path / 'a_file'}: .* is not a folder"):
+        train(TrainConfig(iterations=4, out=tmp_path / "a_file", **{**common, "run_dir": tmp_path / "other"}))
+    assert not (tmp_path / "other").exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    (broken / "train.txt").write_text((broken / "train.txt").read_text() + "\nNOPE_1.jpg\n")
+    with pytest.raises(InputError, match=r"train.txt: 1 listed name\(s\) without a pair: NOPE_1: listed, but in "
+                                         r"neither folder"):
+        train(TrainConfig(iterations=2, out=tmp_path / "m2", **{**common, "data": broken, "run_dir": tmp_path / "r2"}))
+    (broken / "train.txt").write_text("# nothing yet\n")
+    with pytest.raises(InputError, match="train.txt: lists no names"):
+        train(TrainConfig(iterations=2, out=tmp_path / "m2", **{**common, "data": broken, "run_dir": tmp_path / "r2"}))
+
+
+def test_training_into_the_shipped_models_folder_says_so_first(tiny_dataset, tmp_path, monkeypatch, capfd):
+    """`cgrp train fusion` (--out models by default) replaced the shipped fusion.pt, saying only 'weights in
+    models' at the end."""
+    from cgrp_ros.training import stages
+
+    monkeypatch.setattr(stages, "shipped_folder", lambda name: tmp_path / "shipped")
+    train(TrainConfig(stage="fusion", data=tiny_dataset, out=tmp_path / "shipped", run_dir=tmp_path / "runs",
+                      batch=2, crop=(64, 64), iterations=1))
+    assert "[fusion] warning: writes the shipped fusion.pt in" in capfd.readouterr().err

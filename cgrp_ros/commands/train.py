@@ -44,7 +44,13 @@ def add_arguments(t):
 
 
 def run(args) -> int:
+    import signal
+
     from ..training.stages import TrainConfig, train
+
+    def stop(signum, frame):  # docker stop, systemd, timeout: saved and resumable, as Ctrl-C is
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
 
     extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
                                ("fusion", args.fusion), ("threads", args.threads), ("init", args.init)) if v}

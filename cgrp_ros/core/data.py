@@ -243,6 +243,13 @@ def load_split(root=None, split: str = "train"):
     if not root.is_dir():
         raise InputError(f"dataset folder {root} not found (set CGRP_DATA or pass --data)")
     names = read_split(root / f"{split}.txt")
+    if not names:
+        raise InputError(f"{root / f'{split}.txt'}: lists no names")
     listing = find_pairs(root / "visible", root / "thermal", names)
+    problems = listing.problems()
+    if problems:  # a split is what was chosen to train on: fewer pairs than listed would go unnoticed
+        more = f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise InputError(f"{root / f'{split}.txt'}: {len(problems)} listed name(s) without a pair: "
+                         f"{'; '.join(problems[:3])}{more}")
     return [(name, read_image(v, cv2.IMREAD_COLOR), read_image(t, cv2.IMREAD_GRAYSCALE))
             for name, v, t in listing.pairs]

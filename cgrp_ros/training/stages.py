@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import losses
 from ..core.backends import resolve_device
-from ..core.data import default_dataset_root, load_split, replaced_on_success
+from ..core.data import default_dataset_root, load_split, replaced_on_success, shipped_folder, unwritable_reason
 from ..core.deform import PRESETS, Preset, random_displacement
 from ..core.errors import CgrpError, InputError
 from ..core.filters import gradient_magnitude
@@ -173,6 +173,16 @@ class Stage:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        for option, path in (("--out", cfg.out / STAGE_OUTPUTS[cfg.stage][0]),
+                             ("--run-dir", self.checkpoint_path())):  # before minutes of work, not after
+            problem = unwritable_reason(path)
+            if problem:
+                raise CgrpError(f"cannot write {option} {path.parent}: {problem}")
+        shipped = [name for name in STAGE_OUTPUTS[cfg.stage]
+                   if (cfg.out / name).resolve() == (shipped_folder("models") / name).resolve()]
+        if shipped:
+            print(f"[{cfg.stage}] warning: writes the shipped {', '.join(shipped)} in {cfg.out} when it ends (git "
+                  f"checkout restores them; --out DIR writes elsewhere)", file=sys.stderr)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.device = torch.device(resolve_device(cfg.device))  # 'cuda' without a GPU: the CPU, with a warning
@@ -203,6 +213,20 @@ class Stage:
     def checkpoint_path(self) -> Path:
         return self.cfg.run_dir / self.cfg.stage / "last.pt"
 
+    def trained_with(self) -> dict:
+        """The options a checkpoint is resumed only with (TRAINED_WITH and the starting weights), as text."""
+        def text(value):  # paths absolute: the same run resumed from another folder is the same run
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], Path):
+                return repr([str(v.resolve()) for v in value])
+            return repr(str(Path(value).resolve()) if isinstance(value, Path) else value)
+        options = {k: text(getattr(self.cfg, k)) for k in TRAINED_WITH}
+        options.update({f"--{k}": text(v) for k, v in self.cfg.extra.items() if k != "threads"})
+        return options
+
+    def starts_from(self, what: str, path) -> None:
+        """Say which weights the stage starts from (each stage starts from the shipped ones unless told)."""
+        print(f"[{self.cfg.stage}] {what}: {path}", file=sys.stderr)
+
     def save_checkpoint(self, iteration: int, elapsed: float):
         """runs/<stage>/last.pt, written beside and then moved over the old one: an interruption while
         saving leaves the previous checkpoint, not a truncated file."""
@@ -212,13 +236,23 @@ class Stage:
             torch.save({"iteration": iteration, "elapsed": elapsed,
                         "modules": {k: m.state_dict() for k, m in self.modules.items()},
                         "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                        "rng": self.rng.bit_generator.state}, tmp)
+                        "rng": self.rng.bit_generator.state, "trained_with": self.trained_with()}, tmp)
 
     def load_checkpoint(self, path: Path) -> tuple:
         """Restore modules, optimizers and the sampling RNG from `path` -> (iteration, elapsed s).
         CgrpError (one line) where the file is unreadable or of another stage or network."""
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # torch raises RuntimeError, pickle errors ... for such files
+            raise CgrpError(f"checkpoint {path} cannot be resumed ({type(exc).__name__}: {str(exc)[:120]}): "
+                            "pass --restart to start again, or --run-dir for another folder") from None
+        before, now = state.get("trained_with") if isinstance(state, dict) else None, self.trained_with()
+        if before is not None and before != now:  # resumed, it would train on with its own and say ours
+            changed = [f"{k.lstrip('-')} {before.get(k, 'unset')} -> {now.get(k, 'unset')}"
+                       for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+            raise CgrpError(f"checkpoint {path} was trained with other options ({'; '.join(changed)}): pass "
+                            "--restart to start again with these, or --run-dir for another folder")
+        try:
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             for k, o in self.optimizers.items():
@@ -348,11 +382,14 @@ class RegistrationStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        generator = load_model(cfg.extra.get("generator", default_model_path("generator")), "generator")
+        generator_path = cfg.extra.get("generator", default_model_path("generator"))
+        self.starts_from("frozen generator", generator_path)
+        generator = load_model(generator_path, "generator")
         generator.to(self.device)
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
         init = cfg.extra.get("init", default_model_path("registration"))
+        self.starts_from("starts from", init)
         net = load_model(init, "registration")
         self.config = dict(model_config(init), confidence_threshold=float(net.confidence_stage.threshold))
         self.modules = {"registration": net.to(self.device)}
@@ -466,6 +503,7 @@ class GlobalStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.starts_from("starts from", cfg.extra.get("init") or "new weights (--init to start from others)")
         net = load_model(cfg.extra["init"], "registration") if cfg.extra.get("init") else RegistrationNet()
         self.modules = {"registration": net.to(self.device)}
         self.optimizers = {"global": torch.optim.Adam(net.global_stage.parameters(), lr=cfg.lr)}
@@ -578,6 +616,7 @@ class LocalStage(GlobalStage):
     def __init__(self, cfg):
         Stage.__init__(self, cfg)
         init = cfg.extra.get("init", default_model_path("registration"))
+        self.starts_from("starts from (its global stage kept)", init)
         net = load_model(init, "registration", new_modules=("local_stage",))
         self.modules = {"registration": net.to(self.device)}
         self.optimizers = {"local": torch.optim.Adam(net.local_stage.parameters(), lr=cfg.lr)}
@@ -630,8 +669,10 @@ class JointStage(RegistrationStage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        reg = load_model(cfg.extra.get("registration", default_model_path("registration")), "registration")
-        fus = load_model(cfg.extra.get("fusion", default_model_path("fusion")), "fusion")
+        paths = {kind: cfg.extra.get(kind, default_model_path(kind)) for kind in ("registration", "fusion")}
+        for kind, path in paths.items():
+            self.starts_from(f"{kind} starts from", path)
+        reg, fus = load_model(paths["registration"], "registration"), load_model(paths["fusion"], "fusion")
         self.modules = {"registration": reg.to(self.device), "fusion": fus.to(self.device)}
         self.optimizers = {"joint": torch.optim.Adam([p for m in self.modules.values() for p in m.parameters()],
                                                      lr=cfg.lr)}
@@ -652,6 +693,14 @@ class JointStage(RegistrationStage):
         save_model(self.cfg.out / "registration.pt", "registration", self.modules["registration"], self.config, meta)
         save_model(self.cfg.out / "fusion.pt", "fusion", self.modules["fusion"], dict(channels=16), meta)
 
+
+# what each stage writes into cfg.out
+STAGE_OUTPUTS = {"generator": ("generator.pt",), "global": ("registration.pt",), "local": ("registration.pt",),
+                 "registration": ("registration.pt",), "fusion": ("fusion.pt",), "joint": ("registration.pt", "fusion.pt")}
+# TrainConfig fields a checkpoint must have been trained with to be resumed (iterations, minutes, device and
+# threads may change between runs: a resumed run trains longer, or on another machine)
+TRAINED_WITH = ("data", "batch", "crop", "lr", "preset", "working_size", "seed", "flow_supervision",
+                "similarity_weight", "threshold_samples")
 
 STAGES = {"generator": GeneratorStage, "global": GlobalStage, "local": LocalStage, "registration": RegistrationStage,
           "fusion": FusionStage, "joint": JointStage}
