@@ -673,3 +673,13 @@ def test_a_temporary_file_a_killed_writer_left_is_removed_by_the_next_writer(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["rig.yaml", f"rig.yaml.{gone}-fresh001.tmp", f"rig.yaml.{os.getpid()}-running1.tmp",
          "other.yaml.99999999-0badc0de.tmp"])
+
+
+def test_a_write_that_fails_names_the_file_asked_for_not_the_temporary_one(tmp_path):
+    """cgrp export into a read-only folder said 'ro/generator.onnx.30023-dab7dd87.tmp: Read-only file system'."""
+    from cgrp_ros.core.data import replaced_on_success
+
+    with pytest.raises(OSError) as err:
+        with replaced_on_success(tmp_path / "missing" / "rig.yaml") as tmp:
+            tmp.write_text("x")  # its folder does not exist: FileNotFoundError on the temporary name
+    assert err.value.filename == str(tmp_path / "missing" / "rig.yaml") and ".tmp" not in str(err.value)

@@ -34,7 +34,7 @@ def test_classical_registrars_use_the_core_convention(scene, registrar):
     assert np.median(np.abs(flow[inner] - true_flow[inner])) < 0.5
 
 
-def test_eval_end_to_end(sample_dir, tmp_path):
+def test_eval_end_to_end(sample_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--data", str(sample_dir), "--limit", "2", "--out", str(out), "--device", "cpu",
                  "--working-size", "64x96", "--figures", "1", "--preset", "mild"]) == 0
@@ -58,6 +58,13 @@ def test_eval_end_to_end(sample_dir, tmp_path):
     assert set(document["summary"]) == set(protocol.METHODS) and document["summary"]["cgrp"]["mae"]["n"] == 2
     report = (run / "report.md").read_text()
     assert "`cgrp`" in report and "**" in report and "Targets" in report and "confidence" in report
+    # a second run into the same --out says that the first one's files stay beside its own (an audit found
+    # an old data set's folder beside a new report, and a Ctrl-C'd run's pictures beside the old report)
+    capsys.readouterr()
+    assert main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(out), "--device", "cpu",
+                 "--working-size", "64x96", "--figures", "0", "--preset", "none", "--methods", "cgrp,none",
+                 "--no-fusion-metrics"]) == 0
+    assert f"{out} holds an earlier run's report.md: this run's files replace theirs" in capsys.readouterr().err
 
 
 def test_eval_is_deterministic_in_seed(sample_dir, tmp_path):
@@ -330,9 +337,18 @@ def test_marked_block_is_replaced_or_appended(tmp_path):
     replace_marked_block(path, "first")  # a missing file is created
     assert path.read_text() == f"{BENCHMARKS_BEGIN}\nfirst\n{BENCHMARKS_END}\n"
     path.write_text("head\n")
-    replace_marked_block(path, "one")
-    replace_marked_block(path, "two\n")
+    assert replace_marked_block(path, "one") == "appended"
+    assert replace_marked_block(path, "two\n") == "replaced"
     assert path.read_text() == f"head\n\n{BENCHMARKS_BEGIN}\ntwo\n{BENCHMARKS_END}\n"
+    # an edit that lost the end marker: the next run appended a pair, the one after deleted everything
+    # between the orphan and the new end (an audit lost a section so); now refused, nothing written
+    from cgrp_ros.core.errors import InputError
+
+    orphan = f"head\n{BENCHMARKS_BEGIN}\nold\n## Important section\nkept\n"
+    path.write_text(orphan)
+    with pytest.raises(InputError, match="are not one pair in order: fix them by hand"):
+        replace_marked_block(path, "three")
+    assert path.read_text() == orphan
 
 
 def test_bench_names_every_backend_and_says_why_one_cannot_run():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from ..core.data import default_dataset_root, unwritable_reason
@@ -199,8 +200,8 @@ def write_rig_report(args, name: str, documents: dict, body: str, markers) -> No
     (args.out / f"{name}.md").write_text(text + "\n")
     print(text)
     if args.write_benchmarks:
-        report.replace_marked_block(args.write_benchmarks, text, *markers)
-        print(f"cgrp eval: {name} table written into {args.write_benchmarks}")
+        done = report.replace_marked_block(args.write_benchmarks, text, *markers)
+        print(f"cgrp eval: {name} table written into {args.write_benchmarks} ({done}: {markers[0]})")
 
 
 def run_rig_calibration(args, datasets) -> int:
@@ -292,9 +293,14 @@ def run(args) -> int:
     if calibration_only and not (args.rig and args.calibrate):
         raise CgrpError(f"{' '.join(calibration_only)}: only with --rig --calibrate")
     datasets = load_datasets(dataset_specs(args), args.limit)
-    unwritable = args.write_benchmarks and unwritable_reason(args.write_benchmarks)
+    unwritable = args.write_benchmarks and ("it is a folder" if Path(args.write_benchmarks).is_dir()
+                                            else unwritable_reason(args.write_benchmarks))
     if unwritable:  # before the evaluation, not after it
         raise CgrpError(f"--write-benchmarks: cannot write {args.write_benchmarks}: {unwritable}")
+    earlier = [name for name in ("report.md", "rig.md", "rig_calibration.md") if (args.out / name).is_file()]
+    if earlier:  # its pictures and data-set folders would sit beside this run's, or stay alone after a Ctrl-C
+        print(f"cgrp eval: warning: {args.out} holds an earlier run's {', '.join(earlier)}: this run's files replace "
+              "theirs, the others stay (use a new --out for a clean report)", file=sys.stderr)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -326,8 +332,8 @@ def run(args) -> int:
           f"{mean(c['pairs_above'], c['epe_above'])}: {verdict}")
     if args.write_benchmarks:
         begin, _ = markers = report.benchmarks_markers(result)
-        report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result), *markers)
-        print(f"cgrp eval: tables written into {args.write_benchmarks} (section {begin})")
+        done = report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result), *markers)
+        print(f"cgrp eval: tables written into {args.write_benchmarks} (section {begin}, {done})")
     print(f"cgrp eval: {sum(len(d.pairs) for d in datasets)} pair(s) x {len(args.presets)} preset(s), "
           f"report in {args.out / 'report.md'}")
     return 0

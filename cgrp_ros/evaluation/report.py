@@ -588,20 +588,30 @@ def write_cross_domain(result, out: Path) -> list:
     return list(paths.values())
 
 
-def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, end: str = BENCHMARKS_END) -> None:
-    """Put `block` between the `begin` and `end` marker lines of the file at `path`, replacing what was there.
+def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, end: str = BENCHMARKS_END) -> str:
+    """Put `block` between the `begin` and `end` marker lines of the file at `path`, replacing what was there;
+    -> 'replaced' or 'appended' (a file without the markers gets them and the block at its end; a missing
+    file is created). InputError, nothing written, where the markers are not one pair in order (an edit
+    that lost one: what lay between the orphan and the next run's marker would be lost). The file is
+    replaced whole (an interruption leaves the old one)."""
+    from ..core.data import replaced_on_success
+    from ..core.errors import InputError
 
-    A file without the markers gets them (and the block) appended; a missing file is created.
-    """
     path = Path(path)
     text = path.read_text() if path.is_file() else ""
     marked = f"{begin}\n{block.strip()}\n{end}"
-    start, stop = text.find(begin), text.find(end)
-    if start >= 0 and stop > start:
-        text = text[:start] + marked + text[stop + len(end):]
+    counts = (text.count(begin), text.count(end))
+    if counts == (1, 1) and text.find(begin) < text.find(end):
+        start, stop = text.find(begin), text.find(end)
+        text, done = text[:start] + marked + text[stop + len(end):], "replaced"
+    elif counts == (0, 0):
+        text, done = (text.rstrip("\n") + "\n\n" if text.strip() else "") + marked + "\n", "appended"
     else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + marked + "\n"
-    path.write_text(text)
+        raise InputError(f"{path}: its markers '{begin}' ({counts[0]}x) and '{end}' ({counts[1]}x) are not one pair "
+                         "in order: fix them by hand (nothing was written there)")
+    with replaced_on_success(path) as tmp:
+        tmp.write_text(text)
+    return done
 
 
 def single_dataset(result) -> str | None:
