@@ -152,3 +152,15 @@ def test_asking_only_for_what_this_machine_lacks_is_an_error_not_an_empty_table(
     assert main(["bench", "--backends", "torch-cuda,torch-cuda-fp16", "--sizes", "64x96", "--out", str(out)]) == 2
     assert "torch-cuda: not available on this machine (torch sees no CUDA GPU)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_size_that_does_not_fit_is_refused_before_any_is_measured(tmp_path, capsys):
+    """--sizes 256x320,4000x4000 measured the first size for minutes, then refused the second, wrote nothing
+    and left an empty --out (an audit); an empty --backends said 'none ... available: ' with nothing named."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--backends", "torch-cpu", "--sizes", "64x96,4000x4000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--sizes: working_size 4000x4000 (HxW) needs about" in err and "cgrp bench: 64x96" not in err, err
+    assert not out.exists()
+    assert main(["bench", "--backends", ",", "--out", str(out)]) == 2
+    assert "--backends names no configuration; expected some of torch-cpu" in capsys.readouterr().err

@@ -47,6 +47,8 @@ def _selected(configs, wanted: str | None):
         return configs
     names = [w.strip() for w in wanted.split(",") if w.strip()]
     known = {c.label: c for c in configs}
+    if not names:
+        raise CgrpError(f"--backends names no configuration; expected some of {', '.join(known)}")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise CgrpError(f"unknown configuration(s) {', '.join(unknown)}; expected {', '.join(known)}")
@@ -66,6 +68,12 @@ def run(args) -> int:
     if not any(c.available for c in configs):  # nothing would be measured: say why instead of an empty table
         raise CgrpError("none of the selected configurations is available on this machine: "
                         + "; ".join(f"{c.label}: {c.reason}" for c in configs))
+    from ..core.pipeline import working_size_problem
+
+    for size in args.sizes[:1] if args.ros else args.sizes:  # before any is measured, not when it comes
+        problem = any(c.available and c.device == "cpu" for c in configs) and working_size_problem(size, "cpu")
+        if problem:
+            raise CgrpError(f"--sizes: {problem}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
