@@ -231,13 +231,20 @@ def test_export_writes_onnx_that_matches_torch_and_fuse_runs_it(tmp_path, sample
     for graph in ("generator", "registration_coarse", "registration_fine", "registration_coarse_calibrated",
                   "registration_fine_calibrated", "registration_dense", "fusion"):
         assert (onnx / f"{graph}.onnx").stat().st_size > 10_000
-    assert proc.stdout.count("within tolerance") == 2  # searching, and from a calibration
+    # searching, and from a calibration: the flow, and the generator's and the fusion network's 8-bit outputs
+    # (the flow alone passed a fusion.onnx of other weights)
+    assert proc.stdout.count("within tolerance") == 6, proc.stdout
+    stamp = (onnx / "exported_from.txt").read_text().splitlines()
+    assert stamp[1].startswith("generator: ") and len(stamp) == 4
+    # graphs of other weights than those given (a retrain, the graphs not exported again) are said so
+    (onnx / "exported_from.txt").write_text("0123456789abcdef\ngenerator: /old/generator.pt\n")
     exported = {p.name: p.stat().st_mtime_ns for p in onnx.iterdir()}
     name = sorted(p.stem for p in (sample_dir / "visible").glob("*.jpg"))[0]
     proc = cgrp("fuse", "--visible", sample_dir / "visible" / f"{name}.jpg", "--thermal",
                 sample_dir / "thermal" / f"{name}.jpg", "--out", tmp_path / "out", "--backend", "onnxruntime",
                 "--onnx-dir", onnx, "--working-size", "64x96")
     assert proc.returncode == 0, proc.stderr
+    assert f"the graphs in {onnx} were exported from other weights or code (generator: /old/generator.pt)" in proc.stderr
     assert (tmp_path / "out" / "fused" / f"{name}.png").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in onnx.iterdir()} == exported  # those graphs, none exported again
 

@@ -1,9 +1,12 @@
 """cgrp export: ONNX models (dynamic batch/height/width) for the onnxruntime backend."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+
+GREY_LEVELS_TOLERANCE = 1  # of the 8-bit outputs: float rounding, as the backends' agreement test allows
 
 HELP = ("export generator/registration/fusion to ONNX (dynamic H/W; registration also without its global search, "
         "for calibrated rigs) and check them against torch")
@@ -41,4 +44,12 @@ def run(args) -> int:
         print(f"torch vs onnxruntime flow difference{label} (pair misaligned by `moderate`): max {agree['max']:.1e} px, "
               f"p99 {agree['p99']:.1e} px, mean {agree['mean']:.1e} px "
               f"({'within' if agree['ok'] else 'OUTSIDE'} tolerance)")
+        # the generator and the fusion network as well: the flow alone passed a fusion.onnx of other weights
+        for name in ("pseudo_thermal", "fused"):
+            worst = int(np.abs(getattr(a, name).astype(int) - getattr(b, name)).max())
+            ok &= worst <= GREY_LEVELS_TOLERANCE
+            print(f"torch vs onnxruntime {name} difference{label}: max {worst} grey level(s) "
+                  f"({'within' if worst <= GREY_LEVELS_TOLERANCE else 'OUTSIDE'} tolerance, {GREY_LEVELS_TOLERANCE})")
+    if not ok:
+        print(f"cgrp export: the graphs in {args.out} do not match the weights: do not use them", file=sys.stderr)
     return 0 if ok else 1

@@ -198,13 +198,22 @@ class TorchBackend:
             torch.cuda.synchronize()
 
 
+EXPORTED_FROM = "exported_from.txt"  # beside a full export: the digest of the weights and code it came from
+
+
 def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None) -> dict:
     """Write GRAPH.onnx (dynamic batch, H and W) to out_dir for each of `graphs` (default: every
-    ONNX_GRAPHS entry): {graph: path}. Each file appears whole or not at all (data.replaced_on_success):
-    another process loading it (a second node sharing the cache) never reads half a graph."""
+    ONNX_GRAPHS entry, and EXPORTED_FROM last): {graph: path}. Each file appears whole or not at all
+    (data.replaced_on_success): another process loading it (a second node sharing the cache) never reads
+    half a graph. The weights are checked before any graph is written."""
+    for stage in STAGES:
+        if not Path(model_paths[stage]).is_file():
+            raise ModelLoadError(model_paths[stage], "file not found")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
+    if graphs is None:  # the folder's graphs change now: a stamp of other weights would lie meanwhile
+        (out_dir / EXPORTED_FROM).unlink(missing_ok=True)
     for graph in graphs or ONNX_GRAPHS:
         network, inputs, outputs = ONNX_GRAPHS[graph]
         module = graph_module(graph, load_model(model_paths[network], network)).eval()
@@ -219,7 +228,23 @@ def export_onnx(model_paths: dict, out_dir, opset: int = ONNX_OPSET, graphs=None
             torch.onnx.export(module, sample, str(tmp), input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
         written[graph] = path
+    if graphs is None:
+        with replaced_on_success(out_dir / EXPORTED_FROM) as tmp:
+            tmp.write_text(f"{_models_digest(model_paths)}\n"
+                           + "".join(f"{stage}: {Path(model_paths[stage]).resolve()}\n" for stage in STAGES))
     return written
+
+
+def exported_from_other_weights(onnx_dir, model_paths: dict) -> str | None:
+    """Where the graphs in `onnx_dir` come from other weights or code than `model_paths` (EXPORTED_FROM
+    says so): what it names; None where they match or the folder does not say."""
+    try:
+        lines = (Path(onnx_dir) / EXPORTED_FROM).read_text().splitlines()
+    except OSError:
+        return None
+    if not lines or lines[0].strip() == _models_digest(model_paths):
+        return None
+    return "; ".join(lines[1:]) or "other weights"
 
 
 # the code the graphs are traced from: a change to it is another export, even with the same weights
@@ -267,6 +292,11 @@ class OnnxBackend:
                 raise ModelLoadError(model_paths[stage], "file not found")
         self.model_paths = model_paths
         self.onnx_dir = Path(onnx_dir) if onnx_dir else onnx_cache_dir(model_paths)
+        other = onnx_dir and exported_from_other_weights(onnx_dir, model_paths)
+        if other:  # (the cache's folders are named by the digest: only a folder given by hand can be stale)
+            log.warning("the graphs in %s were exported from other weights or code (%s) than these: used as they "
+                        "are; export them again (cgrp export --out %s, with --models for your weights)",
+                        onnx_dir, other, onnx_dir)
         if device not in ("auto", "cpu", "cuda"):
             raise BackendError(f"unknown device '{device}', expected auto, cpu or cuda")
         if device != "cpu" and not nvidia_driver_present():
