@@ -541,3 +541,14 @@ def test_a_file_that_is_no_image_says_what_it_is_and_an_unread_type_is_named(tmp
     gif, sidecar = listing.problems()
     assert gif.startswith(f"{vis / 'b.jpg'}: no partner") and f"({th / 'b.gif'} is there, of a type not read" in gif
     assert sidecar == f"{vis / 'c.jpg'}: no partner with the same name in the other folder"
+
+
+def test_an_out_that_is_a_file_is_refused_by_name_before_any_work(tmp_path, capsys):
+    """export and bench said 'File exists' (bench after minutes of measuring), train failed after the run."""
+    from cgrp_ros.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    for command in (["export"], ["bench", "--backends", "torch-cpu"]):
+        assert main([*command, "--out", str(tmp_path / "a_file")]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write --out {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is not a folder" in err, err

@@ -68,7 +68,12 @@ def run(args) -> int:
     if not any(c.available for c in configs):  # nothing would be measured: say why instead of an empty table
         raise CgrpError("none of the selected configurations is available on this machine: "
                         + "; ".join(f"{c.label}: {c.reason}" for c in configs))
+    from ..core.data import unwritable_reason
     from ..core.pipeline import working_size_problem
+
+    problem = unwritable_reason(args.out / "bench.json")
+    if problem:  # ("File exists" for an --out that is a file), before minutes of measuring
+        raise CgrpError(f"cannot write --out {args.out}: {problem}")
 
     for size in args.sizes[:1] if args.ros else args.sizes:  # before any is measured, not when it comes
         problem = any(c.available and c.device == "cpu" for c in configs) and working_size_problem(size, "cpu")

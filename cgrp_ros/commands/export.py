@@ -24,6 +24,12 @@ def run(args) -> int:
     from ..core.pipeline import Pipeline, PipelineConfig
     from ..evaluation.evaluate import misaligned_sample
 
+    from ..core.data import unwritable_reason
+    from ..core.errors import CgrpError
+
+    problem = unwritable_reason(args.out / "generator.onnx")
+    if problem:  # ("File exists" for an --out that is a file)
+        raise CgrpError(f"cannot write --out {args.out}: {problem}")
     cfg = PipelineConfig(**(model_files(args.models) if args.models else {}))
     written = export_onnx(cfg.model_paths(), args.out)
     for stage, path in written.items():
