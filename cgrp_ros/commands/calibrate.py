@@ -174,7 +174,8 @@ def run(args) -> int:
     written = write_pictures(args.out, pairs, calibration, calibrator.best_pair or pairs[0][0])
     print(f"cgrp calibrate: {calibration.pairs_used} pair(s) used, {calibration.pairs_skipped} skipped; "
           f"{calibration.matches} inlier matches, median residual {calibration.median_residual_px:.2f} px "
-          f"(visible; the matches' spread about the fit, not its accuracy); placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
+          "(visible; the matches' spread about the fit, not its accuracy); "
+          f"placement scale {calibration.scale:.3g}; wrote {args.out}, {written}")
     print(f"cgrp calibrate: {edge_check_line(calibration.edge_check)}")
     if edges_got_worse(calibration.edge_check):
         print("cgrp calibrate: warning: the thermal's edges meet the visible image's worse with the calibration than "
@@ -186,8 +187,9 @@ def run(args) -> int:
               f"calibration", file=sys.stderr)
     if calibration.scenes is not None and calibration.scenes < FEW_SCENES:
         print(f"cgrp calibrate: warning: the pairs used show {calibration.scenes} scene(s) (pairs whose visible "
-              "images hardly differ count as one): each scene biases the matches its own way (on M3SVD's rigs one scene alone was "
-              "1-3 thermal px off, four together 0.8); add pairs of other places and views", file=sys.stderr)
+              "images hardly differ count as one): each scene biases the matches its own way (on M3SVD's rigs "
+              "one scene alone was 1-3 thermal px off, four together 0.8); add pairs of other places and views",
+              file=sys.stderr)
     skipped = list(calibration.skipped.items())
     for name, why in skipped[:SHOWN_SKIPPED]:
         print(f"  skipped {name}: {why}")

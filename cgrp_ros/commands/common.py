@@ -92,7 +92,8 @@ def add_thermal_arguments(g, fuses: bool = False) -> None:
                    help="robust gain control for 16-bit/float thermal (default: 1 99)")
     g.add_argument("--black-hot", action="store_true",
                    help="the thermal camera shows hot as dark (a black-hot palette): inverted for the networks"
-                        + (", so hot is bright in the fused image (registered/ keeps the camera's values)" if fuses else ""))
+                        + (", so hot is bright in the fused image (registered/ keeps the camera's values)"
+                           if fuses else ""))
 
 
 def add_camera_file_arguments(g) -> None:

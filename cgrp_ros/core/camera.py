@@ -54,8 +54,9 @@ class Intrinsics:
             raise InputError(f"camera matrix K must be [fx 0 cx, 0 fy cy, 0 0 1] with fx, fy > 0 "
                              f"(an all-zero K means an uncalibrated camera), got {[float(v) for v in k]}")
         if self.model not in COEFFICIENTS:
-            shown = repr(self.model) if len(self.model) <= 40 else f"'{self.model[:40]}...' ({len(self.model)} characters)"
             # (quoted in /diagnostics and the log: a 300 kB model name must not be, every second)
+            shown = (repr(self.model) if len(self.model) <= 40
+                     else f"'{self.model[:40]}...' ({len(self.model)} characters)")
             raise InputError(f"unsupported distortion model {shown}: expected one of {', '.join(COEFFICIENTS)}")
         if len(self.D) not in COEFFICIENTS[self.model]:
             raise InputError(f"{self.model} takes {' or '.join(map(str, COEFFICIENTS[self.model][1:]))} "

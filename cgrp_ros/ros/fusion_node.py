@@ -462,7 +462,9 @@ class FusionNode(LifecycleNode):
         except CalibrationError:
             return None  # (check_parameter said why, or the file is not there yet)
         problem = sizes and calibration_size_problem(sizes, *self.last_pair_shapes)
-        return f"calibration_file '{path}': {problem.replace('this pair', 'the last pair received')}" if problem else None
+        if not problem:
+            return None
+        return f"calibration_file '{path}': {problem.replace('this pair', 'the last pair received')}"
 
     def _apply_new_parameters(self, parameters) -> None:
         changed = {p.name for p in parameters if p.name in PARAMETERS_BY_NAME}
@@ -491,7 +493,8 @@ class FusionNode(LifecycleNode):
 
     @property
     def pipeline_error(self) -> str | None:
-        """Why the latest rebuild (or working_size / gain change) failed, while the previous Pipeline keeps running (diagnostics ERROR)."""
+        """Why the latest rebuild (or working_size / gain change) failed, while the previous Pipeline keeps
+        running (diagnostics ERROR)."""
         builder = self.builder
         return None if builder is None else builder.error
 
@@ -533,7 +536,8 @@ class FusionNode(LifecycleNode):
             now = time.monotonic()
             self.stamp_resets = [(t, s) for t, s in self.stamp_resets if now - t < FLAPPING_WINDOW_S] + [(now, stream)]
             self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
-                                "a clock reset, two publishers on one topic?): pairing starts again from this message", warning=True)
+                                "a clock reset, two publishers on one topic?): pairing starts again from this message",
+                                warning=True)
 
     def _bad_message(self, stream: int, exc: Exception, paired: bool = False) -> None:
         """Count and log (throttled) a message that cannot be used: a corrupt payload, an unknown encoding.

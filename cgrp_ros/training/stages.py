@@ -696,7 +696,8 @@ class JointStage(RegistrationStage):
 
 # what each stage writes into cfg.out
 STAGE_OUTPUTS = {"generator": ("generator.pt",), "global": ("registration.pt",), "local": ("registration.pt",),
-                 "registration": ("registration.pt",), "fusion": ("fusion.pt",), "joint": ("registration.pt", "fusion.pt")}
+                 "registration": ("registration.pt",), "fusion": ("fusion.pt",),
+                 "joint": ("registration.pt", "fusion.pt")}
 # TrainConfig fields a checkpoint must have been trained with to be resumed (iterations, minutes, device and
 # threads may change between runs: a resumed run trains longer, or on another machine)
 TRAINED_WITH = ("data", "batch", "crop", "lr", "preset", "working_size", "seed", "flow_supervision",
