@@ -159,8 +159,8 @@ def test_a_size_that_does_not_fit_is_refused_before_any_is_measured(tmp_path, ca
     and left an empty --out (an audit); an empty --backends said 'none ... available: ' with nothing named."""
     out = tmp_path / "bench"
     assert main(["bench", "--backends", "torch-cpu", "--sizes", "64x96,4000x4000", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "--sizes: working_size 4000x4000 (HxW) needs about" in err and "cgrp bench: 64x96" not in err, err
+    out_text, err = capsys.readouterr()
+    assert "--sizes: working_size 4000x4000 (HxW) needs about" in err and " at 64x96" not in out_text, (out_text, err)
     assert not out.exists()
     assert main(["bench", "--backends", ",", "--out", str(out)]) == 2
     assert "--backends names no configuration; expected some of torch-cpu" in capsys.readouterr().err

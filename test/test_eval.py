@@ -426,3 +426,15 @@ def test_eval_rig_scores_each_frame_and_the_shimmer_between_frames(monkeypatch):
     summary = run_mode(None, [frame] * 4, truth, registration_rate=0.0, fps=10.0).summary()
     assert summary["shimmer"] == pytest.approx((5.0 + 0.0 + 2.0) / 3)
     assert summary["jump"] == pytest.approx(5.0) and summary["frames"] == 4
+
+
+def test_write_benchmarks_with_broken_markers_is_refused_before_the_evaluation(sample_dir, tmp_path, capsys):
+    """The refusal came after the whole evaluation (30+ minutes on the real sets); now before it starts."""
+    from cgrp_ros.evaluation.report import section_markers
+
+    begin, _ = section_markers(["sample"])
+    (tmp_path / "b.md").write_text(f"# benchmarks\n{begin}\nold table\n")
+    assert main(["eval", "--data", str(sample_dir), "--limit", "1", "--out", str(tmp_path / "o"), "--device", "cpu",
+                 "--write-benchmarks", str(tmp_path / "b.md")]) == 2
+    assert "are not one pair in order: fix them by hand" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

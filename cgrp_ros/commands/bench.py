@@ -75,8 +75,9 @@ def run(args) -> int:
     if problem:  # ("File exists" for an --out that is a file), before minutes of measuring
         raise CgrpError(f"cannot write --out {args.out}: {problem}")
 
+    measured = [c for c in configs if c.available][:1] if args.ros else configs  # (--ros: the first, one size)
     for size in args.sizes[:1] if args.ros else args.sizes:  # before any is measured, not when it comes
-        problem = any(c.available and c.device == "cpu" for c in configs) and working_size_problem(size, "cpu")
+        problem = any(c.available and c.device == "cpu" for c in measured) and working_size_problem(size, "cpu")
         if problem:
             raise CgrpError(f"--sizes: {problem}")
     args.out.mkdir(parents=True, exist_ok=True)

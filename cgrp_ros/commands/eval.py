@@ -297,6 +297,13 @@ def run(args) -> int:
                                             else unwritable_reason(args.write_benchmarks))
     if unwritable:  # before the evaluation, not after it
         raise CgrpError(f"--write-benchmarks: cannot write {args.write_benchmarks}: {unwritable}")
+    if args.write_benchmarks:
+        markers = ((report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END) if args.rig and args.calibrate
+                   else (report.RIG_BEGIN, report.RIG_END) if args.rig
+                   else report.section_markers(d.name for d in datasets))
+        problem = report.marked_block_problem(args.write_benchmarks, *markers)
+        if problem:
+            raise CgrpError(f"--write-benchmarks: {problem}")
     earlier = [name for name in ("report.md", "rig.md", "rig_calibration.md") if (args.out / name).is_file()]
     if earlier:  # its pictures and data-set folders would sit beside this run's, or stay alone after a Ctrl-C
         print(f"cgrp eval: warning: {args.out} holds an earlier run's {', '.join(earlier)}: this run's files replace "

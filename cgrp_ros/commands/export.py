@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-GREY_LEVELS_TOLERANCE = 1  # of the 8-bit outputs: float rounding, as the backends' agreement test allows
+# of the 8-bit outputs: float rounding moves pixels by 1 grey level (measured: 1 at most over 16 pairs and
+# presets); flows a few hundredths of a pixel apart (tied matches) move a few edge pixels more. A graph of
+# other weights moves most pixels (up to 67 levels in an audit).
+GREY_LEVELS_TOLERANCE, SHARE_TOLERANCE = 2, 0.01
 
 HELP = ("export generator/registration/fusion to ONNX (dynamic H/W; registration also without its global search, "
         "for calibrated rigs) and check them against torch")
@@ -52,10 +55,12 @@ def run(args) -> int:
               f"({'within' if agree['ok'] else 'OUTSIDE'} tolerance)")
         # the generator and the fusion network as well: the flow alone passed a fusion.onnx of other weights
         for name in ("pseudo_thermal", "fused"):
-            worst = int(np.abs(getattr(a, name).astype(int) - getattr(b, name)).max())
-            ok &= worst <= GREY_LEVELS_TOLERANCE
-            print(f"torch vs onnxruntime {name} difference{label}: max {worst} grey level(s) "
-                  f"({'within' if worst <= GREY_LEVELS_TOLERANCE else 'OUTSIDE'} tolerance, {GREY_LEVELS_TOLERANCE})")
+            difference = np.abs(getattr(a, name).astype(int) - getattr(b, name))
+            share = float((difference > GREY_LEVELS_TOLERANCE).mean())
+            ok &= share <= SHARE_TOLERANCE
+            verdict = "within" if share <= SHARE_TOLERANCE else "OUTSIDE"
+            print(f"torch vs onnxruntime {name} difference{label}: max {int(difference.max())} grey level(s), "
+                  f"{share:.2%} of pixels above {GREY_LEVELS_TOLERANCE} ({verdict} tolerance, {SHARE_TOLERANCE:.0%})")
     if not ok:
         print(f"cgrp export: the graphs in {args.out} do not match the weights: do not use them", file=sys.stderr)
     return 0 if ok else 1

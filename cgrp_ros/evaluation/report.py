@@ -599,19 +599,41 @@ def replace_marked_block(path: Path, block: str, begin: str = BENCHMARKS_BEGIN, 
 
     path = Path(path)
     text = path.read_text() if path.is_file() else ""
+    problem = marked_block_problem(path, begin, end)
+    if problem:
+        raise InputError(f"{problem} (nothing was written there)")
     marked = f"{begin}\n{block.strip()}\n{end}"
-    counts = (text.count(begin), text.count(end))
-    if counts == (1, 1) and text.find(begin) < text.find(end):
+    if begin in text:
         start, stop = text.find(begin), text.find(end)
         text, done = text[:start] + marked + text[stop + len(end):], "replaced"
-    elif counts == (0, 0):
-        text, done = (text.rstrip("\n") + "\n\n" if text.strip() else "") + marked + "\n", "appended"
     else:
-        raise InputError(f"{path}: its markers '{begin}' ({counts[0]}x) and '{end}' ({counts[1]}x) are not one pair "
-                         "in order: fix them by hand (nothing was written there)")
+        text, done = (text.rstrip("\n") + "\n\n" if text.strip() else "") + marked + "\n", "appended"
     with replaced_on_success(path) as tmp:
         tmp.write_text(text)
     return done
+
+
+def marked_block_problem(path: Path, begin: str, end: str) -> str | None:
+    """Why replace_marked_block cannot write into the file at `path`: its markers are not one pair in
+    order, nor absent (an edit that lost one: what lay between the orphan and the next run's marker would be
+    lost). None for a missing file. Checked before an evaluation as well as when writing."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    counts = (text.count(begin), text.count(end))
+    if counts == (0, 0) or (counts == (1, 1) and text.find(begin) < text.find(end)):
+        return None
+    return (f"{path}: its markers '{begin}' ({counts[0]}x) and '{end}' ({counts[1]}x) are not one pair in order: "
+            "fix them by hand")
+
+
+def section_markers(names) -> tuple:
+    """(begin, end) marker lines of the section --write-benchmarks replaces for data sets `names`: the
+    cross-domain section for several, a section of the data set's own for one (e.g. the baselines on
+    RoadScene val), so a single-data-set run never overwrites the cross-domain table."""
+    names = list(names)
+    if len(names) != 1:
+        return BENCHMARKS_BEGIN, BENCHMARKS_END
+    return f"<!-- cgrp eval {names[0]}: begin -->", f"<!-- cgrp eval {names[0]}: end -->"
 
 
 def single_dataset(result) -> str | None:
@@ -621,13 +643,8 @@ def single_dataset(result) -> str | None:
 
 
 def benchmarks_markers(result) -> tuple:
-    """(begin, end) marker lines of the section --write-benchmarks replaces: the cross-domain section
-    for several data sets, a section of the data set's own for one (e.g. the baselines on RoadScene
-    val), so a single-data-set run never overwrites the cross-domain table."""
-    name = single_dataset(result)
-    if name is None:
-        return BENCHMARKS_BEGIN, BENCHMARKS_END
-    return f"<!-- cgrp eval {name}: begin -->", f"<!-- cgrp eval {name}: end -->"
+    """section_markers of the data sets `result` (a CrossDomain) covers."""
+    return section_markers(d["name"] for d in result.info["datasets"])
 
 
 def benchmarks_block(result) -> str:

@@ -54,7 +54,7 @@ class DecodedImage:
 
 class PendingDecode:
     """A CompressedImage whose header passed `check_compressed`, decoded when its `image` or `encoding` is
-    first read (cgrp_fusion, once the message is paired). The pairing queues then hold payloads,
+    first read (cgrp_fusion's worker, for a pair it takes and someone listens to). The pairing queues hold payloads,
     not pixels: a 286 kB PNG can declare 392 MB of them (an audit pinned 2.3 GB with 12 such messages), and
     a frame that never pairs is never decoded. ImageConversionError from `image` / `encoding`: a bad message."""
 

@@ -523,7 +523,7 @@ class FusionNode(LifecycleNode):
                 "most messages this large are lost (pairs go missing). If the topic is published reliable, set "
                 f"qos_overrides.{self.subscriptions_[stream].topic_name}.subscription.reliability: reliable")
         largest[stream] = max(largest[stream], len(msg.data))  # (for /diagnostics: best-effort loss)
-        try:  # a compressed image's header is checked here, its pixels decoded once it is paired (_on_pair)
+        try:  # a compressed image's header is checked here, its pixels decoded by the worker (_process)
             msg = prepare_input(msg, isinstance(msg, CompressedImage), decode_later=True)
         except Exception as exc:  # also a check's failure nobody foresaw: a bad message, not the node's end
             self._bad_message(stream, exc)
@@ -563,12 +563,6 @@ class FusionNode(LifecycleNode):
 
     def _on_pair(self, visible_msg, thermal_msg):
         self.stats.last_pair = time.monotonic()
-        for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
-            try:  # a compressed image is decoded here, once paired: in this thread, beside the worker's inference
-                as_array(msg)
-            except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
-                self._bad_message(stream, exc, paired=True)
-                return
         self.slot.put((visible_msg, thermal_msg))
 
     # -- worker --------------------------------------------------------------------------------------
@@ -613,6 +607,12 @@ class FusionNode(LifecycleNode):
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
         stamp = stamp_seconds(visible_msg.header.stamp)
+        for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
+            try:  # a compressed image is decoded here: only a pair the worker takes and someone listens to
+                as_array(msg)
+            except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
+                self._bad_message(stream, exc, paired=True)
+                return
         self._note_sizes((as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2]), stamp)
         plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
         self._log_rectification(plan, stamp)

@@ -388,14 +388,18 @@ class RegistrationStage(Stage):
         generator.to(self.device)
         with torch.no_grad():  # the generator is frozen: compute each pseudo-thermal once
             self.pseudo = [generator(self.t(v))[0, 0].cpu().numpy() for _, v, _ in self.images]
-        init = cfg.extra.get("init", default_model_path("registration"))
-        self.starts_from("starts from", init)
+        init = self.registration_start()
+        self.starts_from("registration starts from", init)
         net = load_model(init, "registration")
         self.config = dict(model_config(init), confidence_threshold=float(net.confidence_stage.threshold))
         self.modules = {"registration": net.to(self.device)}
         # the affine stages (global, local) are frozen: only the pyramid and the dense levels learn
         trainable = [p for name, p in net.named_parameters() if not name.startswith(("global_stage.", "local_stage."))]
         self.optimizers = {"registration": torch.optim.Adam(trainable, lr=cfg.lr)}
+
+    def registration_start(self):
+        """The registration weights this stage starts from: --init, else the shipped ones."""
+        return self.cfg.extra.get("init", default_model_path("registration"))
 
     def mono_share(self, iteration: int) -> float:
         progress = iteration / max(1e-9, self.MONO_WARMUP * self.cfg.iterations)
@@ -668,14 +672,16 @@ class JointStage(RegistrationStage):
     is taken against the aligned thermal, so registration errors show up as fusion errors."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        paths = {kind: cfg.extra.get(kind, default_model_path(kind)) for kind in ("registration", "fusion")}
-        for kind, path in paths.items():
-            self.starts_from(f"{kind} starts from", path)
-        reg, fus = load_model(paths["registration"], "registration"), load_model(paths["fusion"], "fusion")
-        self.modules = {"registration": reg.to(self.device), "fusion": fus.to(self.device)}
+        super().__init__(cfg)  # the registration, from --registration (its config too: see registration_start)
+        fusion_path = cfg.extra.get("fusion", default_model_path("fusion"))
+        self.starts_from("fusion starts from", fusion_path)
+        fus = load_model(fusion_path, "fusion")
+        self.modules = {"registration": self.modules["registration"], "fusion": fus.to(self.device)}
         self.optimizers = {"joint": torch.optim.Adam([p for m in self.modules.values() for p in m.parameters()],
                                                      lr=cfg.lr)}
+
+    def registration_start(self):
+        return self.cfg.extra.get("registration", default_model_path("registration"))
 
     def step(self, iteration):
         y, pseudo, aligned, moving, gt_flow, valid, initial = self.misaligned_batch(iteration)
