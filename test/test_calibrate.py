@@ -683,3 +683,20 @@ def test_a_write_that_fails_names_the_file_asked_for_not_the_temporary_one(tmp_p
         with replaced_on_success(tmp_path / "missing" / "rig.yaml") as tmp:
             tmp.write_text("x")  # its folder does not exist: FileNotFoundError on the temporary name
     assert err.value.filename == str(tmp_path / "missing" / "rig.yaml") and ".tmp" not in str(err.value)
+
+
+def test_a_replaced_file_keeps_its_link_and_its_permissions(tmp_path):
+    """docs/benchmarks.md as a symbolic link became a plain file, and a file's mode went back to the default."""
+    import os
+    import stat
+
+    from cgrp_ros.core.data import replaced_on_success
+
+    target = tmp_path / "real.md"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    (tmp_path / "link.md").symlink_to(target)
+    with replaced_on_success(tmp_path / "link.md") as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "link.md").is_symlink() and target.read_text() == "new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

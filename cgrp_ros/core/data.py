@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from contextlib import contextmanager
@@ -60,7 +61,11 @@ def replaced_on_success(path: Path):
     """Yields a temporary path beside `path` to write to; moves it over `path` when the block ends without
     an exception (and removes it otherwise): an interruption leaves the old file, never a truncated one.
     The name is this writer's own: two writers of one file (two nodes saving one calibration_file) each
-    rename a whole file, and a reader sees one of them."""
+    rename a whole file, and a reader sees one of them. A symbolic link is followed (its target is
+    replaced, the link stays), and the file keeps its permissions."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     _remove_left_behind(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -73,7 +78,13 @@ def replaced_on_success(path: Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(path)
+    try:
+        if path.is_file():
+            shutil.copymode(path, tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 LEFT_BEHIND_AGE_S = 600  # a temporary file this old whose writer is gone was left by a killed writer
