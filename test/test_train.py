@@ -125,6 +125,9 @@ def test_a_run_refuses_what_it_would_get_wrong_before_it_trains(tiny_dataset, tm
     train(TrainConfig(iterations=2, out=tmp_path / "models", **common))
     with pytest.raises(CgrpError, match=r"trained with other options \(lr 0.001 -> 0.5\): pass --restart"):
         train(TrainConfig(iterations=4, out=tmp_path / "models", lr=0.5, **common))
+    # an option the stage never reads does not stand in the way (the fusion stage has no --init)
+    assert train(TrainConfig(iterations=3, out=tmp_path / "models", extra={"init": tmp_path / "x.pt"},
+                             **common))["iterations"] == 3
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(CgrpError, match=f"cannot write --out {tmp_path / 'a_file'}: .* is not a folder"):
         train(TrainConfig(iterations=4, out=tmp_path / "a_file", **{**common, "run_dir": tmp_path / "other"}))
@@ -149,3 +152,30 @@ def test_training_into_the_shipped_models_folder_says_so_first(tiny_dataset, tmp
     train(TrainConfig(stage="fusion", data=tiny_dataset, out=tmp_path / "shipped", run_dir=tmp_path / "runs",
                       batch=2, crop=(64, 64), iterations=1))
     assert "[fusion] warning: writes the shipped fusion.pt in" in capfd.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint_as_ctrl_c_does(tiny_dataset, tmp_path):
+    """docker stop, systemd and timeout send SIGTERM: after 56 iterations nothing had been saved (an audit)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "cgrp_ros.cli", "train", "fusion", "--data", str(tiny_dataset),
+                                 "--iterations", "100000", "--batch", "2", "--threads", "1", "--out",
+                                 str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs")],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            end = time.monotonic() + 120
+            while "fusion:" not in log.read_text() and time.monotonic() < end:  # its progress bar: training
+                time.sleep(0.2)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert code == 130 and "interrupted: checkpoint" in text, text[-2000:]
+    assert torch.load(tmp_path / "runs" / "fusion" / "last.pt", weights_only=False)["iteration"] > 0

@@ -46,11 +46,17 @@ def add_arguments(t):
 def run(args) -> int:
     import signal
 
-    from ..training.stages import TrainConfig, train
-
     def stop(signum, frame):  # docker stop, systemd, timeout: saved and resumable, as Ctrl-C is
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _train(args)
+    finally:  # (main() may be called in a process that goes on)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(args) -> int:
+    from ..training.stages import TrainConfig, train
 
     extra = {k: v for k, v in (("generator", args.generator), ("registration", args.registration),
                                ("fusion", args.fusion), ("threads", args.threads), ("init", args.init)) if v}

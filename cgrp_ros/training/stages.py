@@ -219,8 +219,9 @@ class Stage:
             if isinstance(value, (list, tuple)) and value and isinstance(value[0], Path):
                 return repr([str(v.resolve()) for v in value])
             return repr(str(Path(value).resolve()) if isinstance(value, Path) else value)
-        options = {k: text(getattr(self.cfg, k)) for k in TRAINED_WITH}
-        options.update({f"--{k}": text(v) for k, v in self.cfg.extra.items() if k != "threads"})
+        used = STAGE_OPTIONS.get(self.cfg.stage, ())
+        options = {k: text(getattr(self.cfg, k)) for k in TRAINED_WITH + tuple(k for k in used if k[0] != "-")}
+        options.update({f"--{k}": text(v) for k, v in self.cfg.extra.items() if f"--{k}" in used})
         return options
 
     def starts_from(self, what: str, path) -> None:
@@ -706,8 +707,13 @@ STAGE_OUTPUTS = {"generator": ("generator.pt",), "global": ("registration.pt",),
                  "joint": ("registration.pt", "fusion.pt")}
 # TrainConfig fields a checkpoint must have been trained with to be resumed (iterations, minutes, device and
 # threads may change between runs: a resumed run trains longer, or on another machine)
-TRAINED_WITH = ("data", "batch", "crop", "lr", "preset", "working_size", "seed", "flow_supervision",
-                "similarity_weight", "threshold_samples")
+TRAINED_WITH = ("data", "batch", "crop", "lr", "working_size", "seed")
+# and those only some stages read (an option a stage ignores must not refuse its resume)
+STAGE_OPTIONS = {"global": ("preset", "threshold_samples", "--init"),
+                 "local": ("preset", "threshold_samples", "--init"),
+                 "registration": ("preset", "flow_supervision", "similarity_weight", "--init", "--generator"),
+                 "joint": ("preset", "flow_supervision", "similarity_weight", "--generator", "--registration",
+                           "--fusion")}
 
 STAGES = {"generator": GeneratorStage, "global": GlobalStage, "local": LocalStage, "registration": RegistrationStage,
           "fusion": FusionStage, "joint": JointStage}
