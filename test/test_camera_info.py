@@ -102,7 +102,7 @@ def test_maps_are_cached_per_intrinsics():
     (K, [0.1] * 5, "equidistant", SIZE, "equidistant takes 4"),
     (K, [0.1] * 5, "pinhole_unknown", SIZE, "unsupported distortion model 'pinhole_unknown'"),
     # quoted cut: a 300 kB name reached /diagnostics and the log whole, every second
-    (K, [0.1] * 5, "x" * 300_000, SIZE, r"unsupported distortion model 'x{40}\.\.\.' \(300000 characters\): expected"),
+    (K, [0.1] * 5, "x" * 300_000, SIZE, r"unsupported distortion model 'x{40}\.\.\. \(300000 characters\)': expected"),
     (K, [float("nan")] * 5, "plumb_bob", SIZE, "D must be finite"),
     # finite but absurd: the undistorted image came out black and /diagnostics said "undistorting" (an audit)
     (K, [1e300, 0.0, 0.0, 0.0, 0.0], "plumb_bob", SIZE, "maps 100% of the undistorted image outside the raw one"),

@@ -98,16 +98,19 @@ def test_new_warnings_do_not_hide_that_no_pair_is_fused():
 
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    from cgrp_ros.ros.diagnostics import Stats, diagnose
+    from cgrp_ros.ros.diagnostics import RecentEvents, Stats, diagnose
     from cgrp_ros.ros.sync import LatestPairSlot
 
     stats = Stats()
     now = time.monotonic()
+    resets = RecentEvents()
+    for _ in range(5):
+        resets.add(0, now=now - 1.0)
     stats.last_fused, stats.last_failed_pair = now - 30.0, (now - 0.5, "pair rejected: a reason")
     node = SimpleNamespace(values={"stream_timeout": 2.0, "drop_rate_warn": 0.5, "slop": 0.05}, stats=stats,
                            slot=LatestPairSlot(), drop_history=collections.deque([(0, 0)], maxlen=6),
                            state="active", pipeline_error=None, pipeline=None, unsubscribed=False,
                            namesakes=lambda: 1, get_fully_qualified_name=lambda: "/cgrp_fusion",
-                           stamp_resets=[(now - 1.0, 0)] * 5)
+                           stamp_resets=resets)
     level, message = diagnose(node)
     assert level == DiagnosticStatus.ERROR and message.startswith("no pair fused for 30.0 s: pair rejected"), message

@@ -185,6 +185,18 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
+def benchmarks_section(args, names) -> tuple:
+    """(begin, end) markers of the section --write-benchmarks replaces for this run on data sets `names`:
+    the rig calibration's, the rig's, or the data sets' (report.section_markers)."""
+    from ..evaluation import report
+
+    if args.rig and args.calibrate:
+        return report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END
+    if args.rig:
+        return report.RIG_BEGIN, report.RIG_END
+    return report.section_markers(names)
+
+
 def write_rig_report(args, name: str, documents: dict, body: str, markers) -> None:
     """OUT/NAME.json + OUT/NAME.md (the command line first), printed, and with --write-benchmarks put
     between `markers` (begin, end) in that file."""
@@ -206,7 +218,6 @@ def write_rig_report(args, name: str, documents: dict, body: str, markers) -> No
 
 def run_rig_calibration(args, datasets) -> int:
     """--rig --calibrate: cgrp calibrate's estimator on synthetic rigs of another resolution and view."""
-    from ..evaluation import report
     from ..evaluation.rig import calibration_markdown, evaluate_calibration
 
     try:
@@ -221,7 +232,7 @@ def run_rig_calibration(args, datasets) -> int:
                                             one_modality=getattr(args, "one_modality", False))
                for d in datasets}
     write_rig_report(args, "rig_calibration", results, calibration_markdown(results),
-                     (report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END))
+                     benchmarks_section(args, results))
     return 0
 
 
@@ -230,7 +241,6 @@ def run_rig(args, datasets, pipeline) -> int:
     OUT/rig_epe_DATASET_PRESET.png (EPE over time)."""
     import cv2
 
-    from ..evaluation import report
     from ..evaluation.rig import epe_over_time_figure, evaluate_rig, rig_markdown
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +252,7 @@ def run_rig(args, datasets, pipeline) -> int:
             cv2.imwrite(str(args.out / f"rig_epe_{dataset.name}_{preset}.png"), epe_over_time_figure(document, preset))
         sections.append(f"### {dataset.name}: fixed rig, {args.fps:g} fps, amortised registration at "
                         f"{args.registration_rate:g} Hz\n\n{rig_markdown(document)}")
-    write_rig_report(args, "rig", documents, "\n\n".join(sections), (report.RIG_BEGIN, report.RIG_END))
+    write_rig_report(args, "rig", documents, "\n\n".join(sections), benchmarks_section(args, documents))
     return 0
 
 
@@ -298,10 +308,8 @@ def run(args) -> int:
     if unwritable:  # before the evaluation, not after it
         raise CgrpError(f"--write-benchmarks: cannot write {args.write_benchmarks}: {unwritable}")
     if args.write_benchmarks:
-        markers = ((report.RIG_CALIBRATION_BEGIN, report.RIG_CALIBRATION_END) if args.rig and args.calibrate
-                   else (report.RIG_BEGIN, report.RIG_END) if args.rig
-                   else report.section_markers(d.name for d in datasets))
-        problem = report.marked_block_problem(args.write_benchmarks, *markers)
+        problem = report.marked_block_problem(args.write_benchmarks,
+                                              *benchmarks_section(args, [d.name for d in datasets]))
         if problem:
             raise CgrpError(f"--write-benchmarks: {problem}")
     earlier = [name for name in ("report.md", "rig.md", "rig_calibration.md") if (args.out / name).is_file()]
@@ -338,7 +346,7 @@ def run(args) -> int:
           f"{mean(c['pairs_below'], c['epe_below'])}; >= {c['threshold']:.3g}: {c['pairs_above']} pair(s), "
           f"{mean(c['pairs_above'], c['epe_above'])}: {verdict}")
     if args.write_benchmarks:
-        begin, _ = markers = report.benchmarks_markers(result)
+        begin, _ = markers = benchmarks_section(args, [d.name for d in datasets])
         done = report.replace_marked_block(args.write_benchmarks, report.benchmarks_block(result), *markers)
         print(f"cgrp eval: tables written into {args.write_benchmarks} (section {begin}, {done})")
     print(f"cgrp eval: {sum(len(d.pairs) for d in datasets)} pair(s) x {len(args.presets)} preset(s), "

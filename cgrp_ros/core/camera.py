@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, shortened
 
 # model -> accepted numbers of distortion coefficients (0: no distortion)
 COEFFICIENTS = {"plumb_bob": (0, 4, 5), "rational_polynomial": (0, 8), "equidistant": (0, 4)}
@@ -54,10 +54,8 @@ class Intrinsics:
             raise InputError(f"camera matrix K must be [fx 0 cx, 0 fy cy, 0 0 1] with fx, fy > 0 "
                              f"(an all-zero K means an uncalibrated camera), got {[float(v) for v in k]}")
         if self.model not in COEFFICIENTS:
-            # (quoted in /diagnostics and the log: a 300 kB model name must not be, every second)
-            shown = (repr(self.model) if len(self.model) <= 40
-                     else f"'{self.model[:40]}...' ({len(self.model)} characters)")
-            raise InputError(f"unsupported distortion model {shown}: expected one of {', '.join(COEFFICIENTS)}")
+            raise InputError(f"unsupported distortion model '{shortened(self.model)}': expected one of "
+                             f"{', '.join(COEFFICIENTS)}")
         if len(self.D) not in COEFFICIENTS[self.model]:
             raise InputError(f"{self.model} takes {' or '.join(map(str, COEFFICIENTS[self.model][1:]))} "
                              f"distortion coefficients, got {len(self.D)}")

@@ -20,3 +20,9 @@ class ModelLoadError(CgrpError):
 
 class BackendError(CgrpError):
     """A requested backend or device is not available."""
+
+
+def shortened(text: str, limit: int = 40) -> str:
+    """A string from outside (a message's encoding or format, a camera's distortion model) as an error quotes
+    it: a long one cut (errors are logged and put into /diagnostics: a 200 kB field must not be, every second)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -642,11 +642,6 @@ def single_dataset(result) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def benchmarks_markers(result) -> tuple:
-    """section_markers of the data sets `result` (a CrossDomain) covers."""
-    return section_markers(d["name"] for d in result.info["datasets"])
-
-
 def benchmarks_block(result) -> str:
     """What --write-benchmarks puts between the markers: the cross-domain report without links to OUT;
     for a single data set also each preset's report (every method's table), two levels down."""

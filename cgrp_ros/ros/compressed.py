@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from ..core.image import MAX_PIXELS
-from .image_conversions import ImageConversionError, shortened
+from ..core.errors import shortened
+from .image_conversions import ImageConversionError
 
 # decoded (dtype, channels) -> encoding
 DECODED_ENCODINGS = {(np.uint8, 1): "mono8", (np.uint8, 3): "bgr8", (np.uint8, 4): "bgra8", (np.uint16, 1): "mono16",

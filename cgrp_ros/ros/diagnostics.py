@@ -114,6 +114,29 @@ REPEATED_STAMPS_WARN = 5  # pairs in a row with the previous pair's stamp: the s
 FLAPPING_CHANGES, FLAPPING_WINDOW_S = 3, 10.0
 
 
+class RecentEvents:
+    """What happened within the last `window` s (monotonic), oldest first: a setting that flaps, stamps that
+    keep jumping back. Thread-safe: the worker and the subscriptions add, the diagnostics timer reads."""
+
+    def __init__(self, window: float = FLAPPING_WINDOW_S):
+        self.window, self._events, self._lock = window, collections.deque(), threading.Lock()
+
+    def add(self, item=None, now: float | None = None) -> int:
+        """Record one event (`item`: what it was about) -> how many are recent now, this one included."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._events.append((now, item))
+        return len(self.recent(now))
+
+    def recent(self, now: float | None = None) -> list:
+        """The items of the events within the window."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._events and now - self._events[0][0] >= self.window:
+                self._events.popleft()
+            return [item for _, item in self._events]
+
+
 def sizes_flapping(changes: int) -> str:
     return (f"the pairs' image sizes changed {changes} times in {FLAPPING_WINDOW_S:g} s: two publishers of one "
             "topic, or a camera switching modes? Each change registers the pair from scratch")
@@ -175,7 +198,7 @@ def diagnose(node):
     also = f"; {clock}" if clock else ""
     stream = getattr(node, "stream", None)
     amortised = stream is not None and stream.registration_rate > 0  # (per-frame mode: no rig estimate)
-    flapping = [t for t in getattr(node, "size_changes", ()) if now - t < FLAPPING_WINDOW_S]
+    flapping = node.size_changes.recent(now) if hasattr(node, "size_changes") else []
     if amortised and len(flapping) > FLAPPING_CHANGES:
         return DiagnosticStatus.WARN, sizes_flapping(len(flapping)) + also
     if amortised and stream.repeated_stamps >= REPEATED_STAMPS_WARN:
@@ -200,8 +223,8 @@ def diagnose(node):
 
 def stamp_resets(node, now: float) -> str | None:
     """Why the pairing keeps restarting, where stamps went back in time more than FLAPPING_CHANGES times
-    within FLAPPING_WINDOW_S (node.stamp_resets: [(monotonic s, stream)]); None otherwise."""
-    resets = [stream for t, stream in getattr(node, "stamp_resets", ()) if now - t < FLAPPING_WINDOW_S]
+    within FLAPPING_WINDOW_S (node.stamp_resets: RecentEvents of the streams); None otherwise."""
+    resets = node.stamp_resets.recent(now) if hasattr(node, "stamp_resets") else []
     if len(resets) <= FLAPPING_CHANGES:
         return None
     topic = input_topic(node, collections.Counter(resets).most_common(1)[0][0])

@@ -55,7 +55,7 @@ from . import diagnostics
 from .alignment_check import AlignmentCheck
 from .camera_info import CameraInfos, camera_info_topic, with_header
 from .compressed import encode_compressed
-from .diagnostics import FLAPPING_CHANGES, FLAPPING_WINDOW_S, LOSSY_MESSAGE_BYTES, Stats
+from .diagnostics import FLAPPING_CHANGES, FLAPPING_WINDOW_S, LOSSY_MESSAGE_BYTES, RecentEvents, Stats
 from .fusion_outputs import as_array, fuse_pair, prepare_input
 from .image_conversions import ImageConversionError, numpy_to_image
 from .pipelines import LIGHT, PipelineBuilder
@@ -130,12 +130,12 @@ class FusionNode(LifecycleNode):
         self._rectifying = False            # the last pair was undistorted (logged when it changes)
         self._left_behind = []              # threads a deactivation left running inside torch (see stop)
         self._publishing = threading.Lock()  # the outputs' publishers: held while publishing and removing them
-        self._rectification_changes = []    # monotonic s of its recent changes (a flapping one is one warning)
+        self._rectification_changes = RecentEvents()  # undistortion switched on or off (flapping: one warning)
         # for /diagnostics: what the last pair did with camera_info, and why
         self.camera_info_state = NO_PAIR_YET if self.values["use_camera_info"] else "not used"
         self.last_pair_shapes = None  # ((visible H, W), (thermal H, W)) of the last pair the worker took
-        self.size_changes = []        # monotonic s of its recent changes (/diagnostics: sizes that flap)
-        self.stamp_resets = []        # (monotonic s, stream) of recent backward stamp jumps (/diagnostics)
+        self.size_changes = RecentEvents()  # of the pairs' image sizes (/diagnostics: sizes that flap)
+        self.stamp_resets = RecentEvents()  # backward stamp jumps, by stream (/diagnostics)
         self._camera_info_rejected = [None, None]  # per camera: why its last CameraInfo was ignored
         self._worker = None
 
@@ -533,8 +533,7 @@ class FusionNode(LifecycleNode):
         self.sync.add(stream, msg)
         if self.sync.resets != resets:  # counted here: the synchronizer is rebuilt on configure and slop changes
             self.stats.count("synchronizer_resets")
-            now = time.monotonic()
-            self.stamp_resets = [(t, s) for t, s in self.stamp_resets if now - t < FLAPPING_WINDOW_S] + [(now, stream)]
+            self.stamp_resets.add(stream)
             self._log_throttled("stamps backwards", f"{name} stamps went back in time (a bag replayed in a loop, "
                                 "a clock reset, two publishers on one topic?): pairing starts again from this message",
                                 warning=True)
@@ -607,14 +606,15 @@ class FusionNode(LifecycleNode):
         if not wanted:
             return  # nobody listens (or deactivating): spend nothing
         stamp = stamp_seconds(visible_msg.header.stamp)
+        shapes = []
         for stream, msg in ((VISIBLE, visible_msg), (THERMAL, thermal_msg)):
             try:  # a compressed image is decoded here: only a pair the worker takes and someone listens to
-                as_array(msg)
+                shapes.append(as_array(msg).shape)
             except Exception as exc:  # (ImageConversionError, or a decoder's failure nobody foresaw)
                 self._bad_message(stream, exc, paired=True)
                 return
-        self._note_sizes((as_array(visible_msg).shape[:2], as_array(thermal_msg).shape[:2]), stamp)
-        plan = self.camera_infos.plan(as_array(visible_msg).shape, as_array(thermal_msg).shape)
+        self._note_sizes(tuple(shape[:2] for shape in shapes), stamp)
+        plan = self.camera_infos.plan(*shapes)
         self._log_rectification(plan, stamp)
         try:
             out = fuse_pair(self.stream, visible_msg, thermal_msg, wanted, self.values["deformation_vis_max"],
@@ -674,12 +674,11 @@ class FusionNode(LifecycleNode):
         """Keep the pair's image sizes; sizes that change from pair to pair (two publishers of one topic, a
         camera switching modes) make every pair a registration from scratch: a warning, not a line a pair."""
         if self.last_pair_shapes is not None and shapes != self.last_pair_shapes:
-            now = time.monotonic()
-            self.size_changes = [t for t in self.size_changes if now - t < FLAPPING_WINDOW_S] + [now]
-            if len(self.size_changes) > FLAPPING_CHANGES and self.stream.registration_rate > 0:
+            changes = self.size_changes.add()
+            if changes > FLAPPING_CHANGES and self.stream.registration_rate > 0:
                 # (per-frame mode registers every pair anyway: the demo's sample pairs each have their size)
                 (vh, vw), (th, tw) = shapes
-                self._log_throttled("sizes flapping", f"{diagnostics.sizes_flapping(len(self.size_changes))} "
+                self._log_throttled("sizes flapping", f"{diagnostics.sizes_flapping(changes)} "
                                     f"(pair at {stamp:.3f}: visible {vw}x{vh}, thermal {tw}x{th})", period=30.0,
                                     warning=True)
         self.last_pair_shapes = shapes
@@ -700,10 +699,7 @@ class FusionNode(LifecycleNode):
             self.camera_info_state = "not used"
         if rectifying != self._rectifying:
             self._rectifying = rectifying
-            now = time.monotonic()
-            self._rectification_changes = [t for t in self._rectification_changes
-                                           if now - t < FLAPPING_WINDOW_S] + [now]
-            changes = len(self._rectification_changes)
+            changes = self._rectification_changes.add()
             if changes > FLAPPING_CHANGES:  # not a line per pair: one warning instead
                 self._log_throttled(
                     "camera_info flapping", f"undistortion switched on and off {changes} times in "

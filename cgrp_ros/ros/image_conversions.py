@@ -17,7 +17,7 @@ import sys
 import cv2
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.errors import InputError, shortened
 
 # encoding -> (element dtype, channels)
 ENCODINGS = {
@@ -57,12 +57,6 @@ class ImageConversionError(InputError):
     def __init__(self, kind: str, message: str):
         self.kind = kind
         super().__init__(message)
-
-
-def shortened(text: str, limit: int = 40) -> str:
-    """A string field of an incoming message as errors quote it: a long one cut (errors are logged and put
-    into /diagnostics: a 200 kB 'encoding' or 'format' must not be, every second)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def unsupported_encoding(encoding: str, supported) -> ImageConversionError:
